@@ -1,0 +1,100 @@
+"""The `omnisift-edge` command line. Commands parse options and call one stage function each.
+
+A `UsageError` anywhere becomes one line on stderr and exit code 1; any other exception is a bug
+and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from omnisift_edge import __version__
+from omnisift_edge.errors import UsageError
+
+
+def _user_errors(func):
+    """Turn UsageError into click's one-line error (exit 1); Ctrl-C into a short message."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except UsageError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted; nothing was written", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="omnisift-edge")
+def main() -> None:
+    """Ship OmniSIFT-compressed Qwen2.5-Omni to NVIDIA GPUs.
+
+    With no --model, every command uses the embedded default: a tiny random-weight thinker with
+    the real token ids and layout, built from a seed, so the whole pipeline runs without a download.
+    """
+
+
+@main.command()
+@_user_errors
+def doctor() -> None:
+    """Print what this machine has (torch, CUDA, ONNX Runtime, TensorRT...) and what each command needs."""
+    from omnisift_edge.doctor import report
+
+    click.echo(report())
+
+
+@main.command()
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
+              help="Local Qwen2.5-Omni folder (full, thinker-only or OmniSIFT). Default: the embedded tiny model.")
+@click.option("--compressor", type=click.Path(path_type=Path), default=None,
+              help="Selector checkpoint (safetensors/pt) overriding the one in the model folder.")
+@click.option("--video", type=click.Path(path_type=Path), default=None,
+              help="A video file with an audio track. Default: a generated clip.")
+@click.option("--audio", type=click.Path(path_type=Path), default=None, help="Separate audio file for --video.")
+@click.option("--seconds", type=float, default=6.0, show_default=True, help="Length of the generated clip.")
+@click.option("--resolution", default="112x112", show_default=True, help="Frame HxW, multiples of 28.")
+@click.option("--ratio", type=float, default=0.25, show_default=True,
+              help="Overall fraction of audio+video tokens kept, in (0, 1].")
+@click.option("--question", default="What happens in the video, and what do you hear?", show_default=True)
+@click.option("--max-new-tokens", type=int, default=16, show_default=True)
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the embedded default model.")
+@_user_errors
+def demo(model_dir, compressor, video, audio, seconds, resolution, ratio, question, max_new_tokens, dtype, seed):
+    """Stream a clip through OmniSIFT + the thinker in PyTorch, chunk by chunk, and answer a question."""
+    from omnisift_edge.model.load import ModelSource
+    from omnisift_edge.runtime.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(source=ModelSource(path=model_dir, compressor=compressor, seed=seed, dtype=dtype),
+                     video=video, audio=audio, seconds=seconds, resolution=resolution, ratio=ratio,
+                     question=question, max_new_tokens=max_new_tokens)
+    result = run_demo(cfg, echo=click.echo)
+    click.echo(result.summary())
+
+
+@main.command("tiny-model")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--kind", type=click.Choice(["full", "thinker", "omnisift"]), default="omnisift", show_default=True,
+              help="Folder layout to write: a full Qwen2.5-Omni checkpoint, a thinker-only folder, or OmniSIFT's.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@_user_errors
+def tiny_model(folder, kind, seed):
+    """Write the embedded default model as a checkpoint folder (to see or test the folder formats)."""
+    from omnisift_edge.model.tiny import write_tiny_checkpoint
+
+    if folder.exists() and any(folder.iterdir()):
+        raise UsageError(f"{folder} is not empty; choose a new folder")
+    write_tiny_checkpoint(folder, kind, seed)
+    click.echo(f"wrote the embedded default (seed {seed}) as a {kind} checkpoint to {folder}")
+
+
+if __name__ == "__main__":
+    main()

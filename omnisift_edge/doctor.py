@@ -1,0 +1,81 @@
+"""`omnisift-edge doctor`: what this machine has, and which commands it can run.
+
+Only version probes: nothing heavy is imported unless it is installed, and a missing or broken
+library is reported, never raised.
+"""
+
+from __future__ import annotations
+
+import importlib
+import platform
+import sys
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Probe:
+    name: str
+    found: bool
+    detail: str
+
+
+# command -> the probes it needs (names as in `probe_all`)
+NEEDS: dict[str, tuple[str, ...]] = {
+    "demo": ("torch", "transformers", "tokenizers", "safetensors"),
+    "demo --video FILE": ("torch", "transformers", "av"),
+    "tiny-model": ("torch", "transformers", "safetensors"),
+}
+
+
+def _version(module_name: str) -> Probe:
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # a broken install must not break doctor
+        reason = "not installed" if isinstance(exc, ModuleNotFoundError) else f"broken: {exc}"
+        return Probe(module_name, False, reason)
+    return Probe(module_name, True, str(getattr(module, "__version__", "installed")))
+
+
+def _torch_cuda() -> Probe:
+    try:
+        import torch
+    except Exception:
+        return Probe("cuda (torch)", False, "torch not installed")
+    if not torch.cuda.is_available():
+        return Probe("cuda (torch)", False, f"no CUDA device (torch {torch.__version__}, "
+                                            f"built for CUDA {torch.version.cuda})")
+    names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+    return Probe("cuda (torch)", True, f"{names}; CUDA {torch.version.cuda}")
+
+
+def _ort_providers() -> Probe:
+    try:
+        import onnxruntime
+    except Exception:
+        return Probe("onnxruntime providers", False, "onnxruntime not installed")
+    return Probe("onnxruntime providers", True, ", ".join(onnxruntime.get_available_providers()))
+
+
+def probe_all() -> list[Probe]:
+    probes = [Probe("python", True, f"{platform.python_version()} ({platform.machine()}, {sys.platform})")]
+    for name in ("numpy", "click", "torch", "transformers", "tokenizers", "safetensors", "av", "PIL",
+                 "onnx", "onnxruntime", "optimum", "polygraphy", "tensorrt"):
+        probes.append(_version(name))
+    probes.append(_torch_cuda())
+    probes.append(_ort_providers())
+    return probes
+
+
+def report() -> str:
+    probes = probe_all()
+    found = {p.name for p in probes if p.found}
+    width = max(len(p.name) for p in probes)
+    lines = ["what this machine has:"]
+    lines += [f"  {'ok ' if p.found else '-- '}{p.name:<{width}}  {p.detail}" for p in probes]
+    lines.append("what each command needs:")
+    for command, needs in NEEDS.items():
+        missing = [n for n in needs if n not in found]
+        status = "ready" if not missing else "missing " + ", ".join(missing) + \
+            " (pip install 'omnisift-edge[model]')"
+        lines.append(f"  omnisift-edge {command:<18} {status}")
+    return "\n".join(lines)

@@ -1,0 +1,317 @@
+"""The PyTorch reference pipeline: OmniSIFT on a Qwen2.5-Omni thinker, whole clip or streaming.
+
+Two ways to run the same computation, which the tests hold equal:
+- `whole_clip_prefill`: the thinker's own forward over the whole clip (its encoders, its
+  placeholder scatter, its `get_rope_index`), with the decoder's input compressed by OmniSIFT at
+  prefill through a patch of `thinker.model.forward` (as the authors hook it; the modeling code
+  is not forked);
+- `TorchStream`: one 2-second chunk at a time: encode its frames and audio window, compress with
+  the static per-chunk module, prefill the kept tokens into the KV cache at their original
+  positions; then the question; then greedy decode.
+Kept tokens keep their full-layout positions and decoding continues from the full layout's next
+position, so the KV cache holds only kept tokens while the rope stays uncompressed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from omnisift_edge.errors import UsageError
+from omnisift_edge.model.load import OmniModel
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    """OmniSIFT drop fractions: per-frame video drop and per-chunk audio drop, each in [0, 1)."""
+
+    rho_video: float = 0.7
+    rho_audio: float = 0.3
+
+    def __post_init__(self):
+        for name in ("rho_video", "rho_audio"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise UsageError(f"{name} must be in [0, 1) (got {value}); 0 keeps every token")
+
+    @classmethod
+    def for_ratio(cls, ratio: float, tokens_per_frame: int) -> "CompressionConfig":
+        """Drops that keep about `ratio` of the audio+video tokens (see compress.ratio)."""
+        from omnisift_edge.compress.ratio import drops_for_ratio
+
+        rho_video, rho_audio = drops_for_ratio(ratio, tokens_per_frame)
+        return cls(rho_video=rho_video, rho_audio=rho_audio)
+
+    @property
+    def is_identity(self) -> bool:
+        return self.rho_video == 0.0 and self.rho_audio == 0.0
+
+
+@dataclass
+class Prefill:
+    """What a prefill leaves behind: the cache, the last logits and where decoding continues."""
+
+    cache: object                         # transformers DynamicCache of the kept tokens
+    last_logits: torch.Tensor             # [B, V] logits at the last prefilled position
+    next_position: int                    # rope position of the next token (full layout)
+    keep_mask: torch.Tensor | None = None  # [B, L] bool over the full layout (whole clip only)
+    kept_positions: list = field(default_factory=list)   # streaming: per chunk [3, K] positions
+
+
+def _require_selector(model: OmniModel, cfg: CompressionConfig) -> None:
+    if model.selector is None and cfg.rho_audio > 0:
+        raise UsageError("this model has no OmniSIFT compressor; pass --compressor FILE (the OmniSIFT "
+                         "checkpoint's, or one from `omnisift-edge train`), or use --ratio 1")
+
+
+@contextlib.contextmanager
+def compressing(model: OmniModel, cfg: CompressionConfig | None) -> Iterator[None]:
+    """Within the block, a thinker prefill over video+audio drops tokens as OmniSIFT does.
+
+    Patches `thinker.model.forward` (the decoder stack) for the duration only: the embeddings,
+    attention mask and 3-row positions the thinker computed for the full layout are filtered by
+    the keep mask before the first decoder layer. `model.last_keep_mask` records the mask.
+    """
+    thinker = model.thinker
+    if cfg is None:
+        yield
+        return
+    _require_selector(model, cfg)
+    from omnisift_edge.compress.sequence import compress_sequence
+
+    original = thinker.model.forward
+    ids_holder: dict = {}
+    original_thinker_forward = thinker.forward
+
+    def thinker_forward(*args, **kwargs):
+        ids_holder["input_ids"] = kwargs.get("input_ids")
+        return original_thinker_forward(*args, **kwargs)
+
+    def decoder_forward(*args, **kwargs):
+        embeds, positions = kwargs.get("inputs_embeds"), kwargs.get("position_ids")
+        input_ids = ids_holder.get("input_ids")
+        is_prefill = input_ids is not None and embeds is not None and embeds.shape[1] == input_ids.shape[1] > 1
+        tokens = model.spec.tokens
+        if is_prefill and bool((input_ids == tokens.video).any()) and bool((input_ids == tokens.audio).any()):
+            result = compress_sequence(embeds, input_ids, positions, model.selector,
+                                       rho_video=cfg.rho_video, rho_audio=cfg.rho_audio,
+                                       audio_token_id=tokens.audio, video_token_id=tokens.video,
+                                       training=thinker.training)
+            keep = result.keep_mask                                       # [B, L]
+            kwargs["inputs_embeds"] = torch.stack([result.inputs_embeds[b, keep[b]] for b in range(keep.shape[0])])
+            kwargs["position_ids"] = torch.stack([positions[:, b, keep[b]] for b in range(keep.shape[0])], dim=1)
+            mask = kwargs.get("attention_mask")
+            if isinstance(mask, torch.Tensor) and mask.ndim == 2:
+                kwargs["attention_mask"] = torch.stack([mask[b, keep[b]] for b in range(keep.shape[0])])
+            kwargs["cache_position"] = None
+            model.last_keep_mask = keep
+        return original(*args, **kwargs)
+
+    thinker.model.forward = decoder_forward
+    thinker.forward = thinker_forward
+    try:
+        yield
+    finally:
+        thinker.model.forward = original
+        thinker.forward = original_thinker_forward
+
+
+@dataclass(frozen=True)
+class ClipFeatures:
+    """Encoder inputs of one clip: pixel patches and log-mel frames (the processors' outputs)."""
+
+    pixel_values: np.ndarray   # [grid_t * grid_h * grid_w, 3 * 2 * 14 * 14] float32
+    grid_thw: tuple[int, int, int]
+    mel: np.ndarray            # [n_mels, n_frames] float32
+
+
+def whole_clip_inputs(model: OmniModel, features: ClipFeatures, prefix_ids: Sequence[int],
+                      suffix_ids: Sequence[int]) -> dict:
+    """The keyword arguments of the thinker's forward for one clip with its question."""
+    from omnisift_edge.model.layout import build_layout
+
+    t, h, w = features.grid_thw
+    n_audio = model.spec.audio_tokens_for_mel_frames(features.mel.shape[1])
+    layout = build_layout(model.spec, list(prefix_ids), list(suffix_ids), n_grids=t, grid_hw=(h, w),
+                          n_audio=n_audio)
+    dtype = next(model.thinker.parameters()).dtype
+    ids = torch.from_numpy(np.asarray(layout.input_ids, dtype=np.int64))[None]   # [1, L]
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "pixel_values_videos": torch.from_numpy(features.pixel_values).to(dtype),
+        "video_grid_thw": torch.tensor([[t, h, w]]),
+        "video_second_per_grid": torch.tensor([model.spec.seconds_per_grid]),
+        "input_features": torch.from_numpy(features.mel).to(dtype)[None],        # [1, n_mels, n]
+        "feature_attention_mask": torch.ones(1, features.mel.shape[1], dtype=torch.long),
+        "use_audio_in_video": True,
+    }
+
+
+@torch.inference_mode()
+def whole_clip_prefill(model: OmniModel, features: ClipFeatures, prefix_ids: Sequence[int],
+                       suffix_ids: Sequence[int], compression: CompressionConfig | None) -> Prefill:
+    """Prefill the whole clip and the question through the thinker's own forward."""
+    from transformers import DynamicCache
+
+    inputs = whole_clip_inputs(model, features, prefix_ids, suffix_ids)
+    cache = DynamicCache(config=model.thinker.config.text_config)
+    model.last_keep_mask = None
+    with compressing(model, compression):
+        out = model.thinker(**inputs, past_key_values=cache, use_cache=True)
+    full_len = inputs["input_ids"].shape[1]
+    next_position = int(full_len + model.thinker.rope_deltas.reshape(-1)[0])
+    keep = model.last_keep_mask if compression is not None else None
+    return Prefill(cache=out.past_key_values, last_logits=out.logits[:, -1].float(),
+                   next_position=next_position, keep_mask=keep)
+
+
+def _decoder_step(model: OmniModel, embeds: torch.Tensor, positions: np.ndarray, cache) -> torch.Tensor:
+    """Append `embeds` [1, n, D] at rope `positions` [3, n] to the cache; logits [1, V] of the last."""
+    pos = torch.from_numpy(np.asarray(positions, dtype=np.int64))[:, None, :]      # [3, 1, n]
+    out = model.thinker.model(inputs_embeds=embeds, position_ids=pos, past_key_values=cache, use_cache=True)
+    return model.thinker.lm_head(out.last_hidden_state[:, -1]).float()
+
+
+def _embed_text(model: OmniModel, ids: Sequence[int]) -> torch.Tensor:
+    return model.thinker.get_input_embeddings()(torch.tensor([list(ids)], dtype=torch.long))   # [1, n, D]
+
+
+@torch.inference_mode()
+def greedy_decode(model: OmniModel, prefill: Prefill, *, max_new_tokens: int,
+                  stop_ids: Sequence[int]) -> Iterator[int]:
+    """Greedy tokens after a prefill, one at a time; stops after a stop token or the budget."""
+    if max_new_tokens < 1:
+        raise UsageError(f"max new tokens must be at least 1 (got {max_new_tokens})")
+    logits, position = prefill.last_logits, prefill.next_position
+    for _ in range(max_new_tokens):
+        token = int(logits[0].argmax())
+        yield token
+        if token in stop_ids:
+            return
+        logits = _decoder_step(model, _embed_text(model, [token]), np.full((3, 1), position), prefill.cache)
+        position += 1
+    prefill.last_logits, prefill.next_position = logits, position
+
+
+def encode_video_chunk(model: OmniModel, pixel_values: np.ndarray, grid_thw: tuple[int, int, int]) -> torch.Tensor:
+    """Merged video embeddings of one chunk's frames: [n_grids * tokens_per_frame, D]."""
+    dtype = next(model.thinker.parameters()).dtype
+    return model.thinker.get_video_features(torch.from_numpy(pixel_values).to(dtype), torch.tensor([list(grid_thw)]))
+
+
+def encode_audio_window(model: OmniModel, mel: np.ndarray) -> torch.Tensor:
+    """Audio embeddings of one (at most 2-second) log-mel window [n_mels, n]: [n_tokens, D]."""
+    dtype = next(model.thinker.parameters()).dtype
+    n = mel.shape[1]
+    tower = model.thinker.audio_tower
+    out = tower(torch.from_numpy(mel).to(dtype), feature_lens=torch.tensor([n]),
+                aftercnn_lens=torch.tensor([(n - 1) // 2 + 1]))
+    return out.last_hidden_state
+
+
+@dataclass(frozen=True)
+class ChunkReport:
+    index: int
+    video_tokens: int
+    audio_tokens: int
+    kept_video: int
+    kept_audio: int
+
+
+class TorchStream:
+    """Streaming OmniSIFT in PyTorch: push chunks as they arrive, then ask questions.
+
+    The KV cache grows by the kept tokens of each chunk; answer latency does not depend on how
+    long the stream was. `push` takes one chunk's encoder inputs (pixel patches of its 1 or 2
+    temporal grid steps and its log-mel window); `ask` closes the video span, appends the question
+    and yields answer tokens; `ask` again continues the same conversation.
+    """
+
+    def __init__(self, model: OmniModel, prefix_ids: Sequence[int], *, grid_hw: tuple[int, int],
+                 compression: CompressionConfig | None):
+        from transformers import DynamicCache
+
+        from omnisift_edge.model.layout import StreamingLayout
+
+        self.model = model
+        self.grid_hw = grid_hw
+        merge = model.spec.spatial_merge_size
+        self.tokens_per_frame = (grid_hw[0] // merge) * (grid_hw[1] // merge)
+        self.compression = compression
+        if compression is not None:
+            _require_selector(model, compression)
+        self.layout = StreamingLayout(model.spec, list(prefix_ids), self.tokens_per_frame)
+        self.cache = DynamicCache(config=model.thinker.config.text_config)
+        self.reports: list[ChunkReport] = []
+        self.kept_positions: list[np.ndarray] = []
+        self.closed = False
+        self._compressors: dict = {}
+        with torch.inference_mode():
+            ids, pos = self.layout.prefix()
+            self._last_logits = _decoder_step(model, _embed_text(model, ids), pos, self.cache)
+        self._next_position = int(np.asarray(pos).max()) + 1
+
+    def _compressor(self):
+        from omnisift_edge.compress.chunk import ChunkCompressor
+
+        key = (self.compression.rho_video, self.compression.rho_audio)
+        if key not in self._compressors:
+            self._compressors[key] = ChunkCompressor(self.model.selector, *key).eval()
+        return self._compressors[key]
+
+    @torch.inference_mode()
+    def push(self, pixel_values: np.ndarray, n_grids: int, mel: np.ndarray) -> ChunkReport:
+        """Encode, compress and prefill one chunk (1 or 2 grid steps of video, its audio window)."""
+        if self.closed:
+            raise UsageError("the video span is closed once a question was asked; start a new stream")
+        h, w = self.grid_hw
+        expected = (n_grids * h * w, None)
+        if pixel_values.ndim != 2 or pixel_values.shape[0] != expected[0]:
+            raise UsageError(f"chunk pixel patches must be [{expected[0]}, patch_dim] for {n_grids} grid steps "
+                             f"of {h}x{w} patches (got {list(pixel_values.shape)})")
+        video = encode_video_chunk(self.model, pixel_values, (n_grids, h, w))       # [n_grids*n_p, D]
+        audio = encode_audio_window(self.model, mel)                               # [La, D]
+        chunk = self.layout.chunk(n_grids, audio.shape[0])
+        n_p = self.tokens_per_frame
+        if self.compression is None or self.compression.is_identity:
+            kept = torch.cat([video, audio])[None]                                 # [1, n, D]
+            kept_index = np.arange(kept.shape[1])
+            kept_video = video.shape[0]
+        else:
+            frames = video.reshape(1, n_grids, n_p, -1)                             # [1, F, n_p, D]
+            kept, index = self._compressor()(frames, audio[None])                  # [1, K, D], [1, K]
+            kept_index = index[0].numpy()
+            kept_video = int((kept_index < n_grids * n_p).sum())
+        positions = np.asarray(chunk.position_ids)[:, kept_index]                  # [3, K]
+        self._last_logits = _decoder_step(self.model, kept, positions, self.cache)
+        self.kept_positions.append(positions)
+        report = ChunkReport(len(self.reports), video.shape[0], audio.shape[0], kept_video,
+                             kept.shape[1] - kept_video)
+        self.reports.append(report)
+        return report
+
+    @torch.inference_mode()
+    def ask(self, question_ids: Sequence[int], *, max_new_tokens: int = 32,
+            stop_ids: Sequence[int] = ()) -> Iterator[int]:
+        """Append a question (closing the video span first) and yield greedy answer tokens."""
+        if not self.closed:
+            if not self.reports:
+                raise UsageError("no chunk was pushed; OmniSIFT needs video with audio before a question")
+            ids, pos = self.layout.close(list(question_ids))
+            self.closed = True
+        else:
+            ids = list(question_ids)
+            pos = self.layout.text(ids)
+        logits = _decoder_step(self.model, _embed_text(self.model, ids), pos, self.cache)
+        prefill = Prefill(cache=self.cache, last_logits=logits, next_position=int(np.asarray(pos).max()) + 1)
+        answer = []
+        for token in greedy_decode(self.model, prefill, max_new_tokens=max_new_tokens, stop_ids=stop_ids):
+            answer.append(token)
+            yield token
+        # the answer tokens are in the cache; the layout continues after them
+        self.layout.text(answer[:-1] if answer and answer[-1] in stop_ids else answer)

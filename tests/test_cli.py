@@ -1,0 +1,74 @@
+"""The command line as a user meets it: help without heavy stacks, the demo, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+COMMANDS = [[], ["doctor"], ["demo"], ["tiny-model"]]
+
+
+def _run(*args: str, block_heavy: bool = False) -> subprocess.CompletedProcess:
+    """Run `omnisift-edge ARGS` in a fresh interpreter; optionally make torch & co. unimportable."""
+    prelude = ""
+    if block_heavy:
+        prelude = ("import sys\n"
+                   "for name in ('torch', 'transformers', 'onnxruntime', 'tensorrt', 'av', 'safetensors'):\n"
+                   "    sys.modules[name] = None\n")
+    code = prelude + f"from omnisift_edge.cli import main\nmain({list(args)!r}, prog_name='omnisift-edge')\n"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "main")
+def test_help_works_without_torch(command):
+    result = _run(*command, "--help", block_heavy=True)
+    assert result.returncode == 0, result.stderr
+    assert "Usage: omnisift-edge" in result.stdout
+
+
+def test_import_does_not_pull_heavy_stacks():
+    code = ("import sys, omnisift_edge, omnisift_edge.cli, omnisift_edge.model.spec\n"
+            "heavy = [m for m in ('torch', 'transformers', 'onnxruntime', 'tensorrt') if m in sys.modules]\n"
+            "print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_doctor_reports_versions_and_needs():
+    result = _run("doctor")
+    assert result.returncode == 0, result.stderr
+    assert "numpy" in result.stdout and "what each command needs" in result.stdout
+
+
+def test_demo_runs_on_the_embedded_default():
+    result = _run("demo", "--seconds", "4", "--max-new-tokens", "3")
+    assert result.returncode == 0, result.stderr
+    assert "chunk 1:" in result.stdout
+    assert "kept" in result.stdout and "answer (" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["demo", "--ratio", "0"], "--ratio must be in (0, 1]"),
+    (["demo", "--ratio", "1.5"], "--ratio must be in (0, 1]"),
+    (["demo", "--resolution", "100x100"], "try 112x112"),
+    (["demo", "--resolution", "big"], "--resolution must look like"),
+    (["demo", "--video", "/nonexistent/clip.mp4"], "clip.mp4"),
+    (["demo", "--model", "/nonexistent/model"], "does not exist"),
+])
+def test_bad_input_is_one_line_and_exit_1(args, message):
+    result = _run(*args)
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_tiny_model_writes_a_loadable_folder_and_refuses_non_empty(tmp_path):
+    target = tmp_path / "tiny"
+    result = _run("tiny-model", str(target), "--kind", "thinker")
+    assert result.returncode == 0, result.stderr
+    assert (target / "config.json").is_file() and (target / "model.safetensors.index.json").is_file()
+    again = _run("tiny-model", str(target))
+    assert again.returncode == 1 and "not empty" in again.stderr
