@@ -95,14 +95,14 @@ def _load_clip(cfg: DemoConfig, spec, size: tuple[int, int]):
 def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult:
     from omnisift_edge.model.load import load_model
     from omnisift_edge.model.preprocess import StreamingLogMel, frames_to_patches
-    from omnisift_edge.model.prompt import prompt_pieces
+    from omnisift_edge.model.prompt import build_prompt
     from omnisift_edge.runtime.torch_pipeline import CompressionConfig, TorchStream
 
     model = load_model(cfg.source)
     spec = model.spec
     size = parse_resolution(cfg.resolution, spec.merge_pixels)
     frames, pcm = _load_clip(cfg, spec, size)
-    pieces = prompt_pieces(model.tokenizer, cfg.question)
+    pieces = build_prompt(model.tokenizer, cfg.question, spec=spec)
     grid_hw = (size[0] // spec.patch_size, size[1] // spec.patch_size)
     compression = CompressionConfig.for_ratio(cfg.ratio, spec.tokens_per_frame(*size))
     stream = TorchStream(model, pieces.prefix_ids, grid_hw=grid_hw, compression=compression)

@@ -245,7 +245,7 @@ class TorchStream:
         self.compression = compression
         if compression is not None:
             _require_selector(model, compression)
-        self.layout = StreamingLayout(model.spec, list(prefix_ids), self.tokens_per_frame)
+        self.layout = StreamingLayout(model.spec, list(prefix_ids), grid_hw=grid_hw)
         self.cache = DynamicCache(config=model.thinker.config.text_config)
         self.reports: list[ChunkReport] = []
         self.kept_positions: list[np.ndarray] = []
@@ -254,7 +254,6 @@ class TorchStream:
         with torch.inference_mode():
             ids, pos = self.layout.prefix()
             self._last_logits = _decoder_step(model, _embed_text(model, ids), pos, self.cache)
-        self._next_position = int(np.asarray(pos).max()) + 1
 
     def _compressor(self):
         from omnisift_edge.compress.chunk import ChunkCompressor
@@ -308,7 +307,7 @@ class TorchStream:
             ids = list(question_ids)
             pos = self.layout.text(ids)
         logits = _decoder_step(self.model, _embed_text(self.model, ids), pos, self.cache)
-        prefill = Prefill(cache=self.cache, last_logits=logits, next_position=int(np.asarray(pos).max()) + 1)
+        prefill = Prefill(cache=self.cache, last_logits=logits, next_position=self.layout.next_position)
         answer = []
         for token in greedy_decode(self.model, prefill, max_new_tokens=max_new_tokens, stop_ids=stop_ids):
             answer.append(token)

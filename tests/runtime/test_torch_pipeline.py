@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from omnisift_edge.model.preprocess import frames_to_patches, log_mel  # noqa: E402
-from omnisift_edge.model.prompt import prompt_pieces  # noqa: E402
+from omnisift_edge.model.prompt import build_prompt, followup_ids  # noqa: E402
 from omnisift_edge.model.synthetic import synthetic_clip  # noqa: E402
 from omnisift_edge.runtime.torch_pipeline import (  # noqa: E402
     ClipFeatures,
@@ -44,7 +44,7 @@ def _stream(model, features: ClipFeatures, prefix_ids, compression) -> TorchStre
 
 def test_ratio_one_equals_the_plain_thinker(tiny_model):
     features = _features(tiny_model, 5.0)
-    pieces = prompt_pieces(tiny_model.tokenizer, "What happens?")
+    pieces = build_prompt(tiny_model.tokenizer, "What happens?")
     with torch.inference_mode():
         plain = tiny_model.thinker(**whole_clip_inputs(tiny_model, features, pieces.prefix_ids,
                                                        pieces.suffix_ids)).logits[:, -1]
@@ -56,7 +56,7 @@ def test_ratio_one_equals_the_plain_thinker(tiny_model):
 
 def test_quarter_ratio_drops_tokens_and_changes_logits(tiny_model):
     features = _features(tiny_model, 5.0)
-    pieces = prompt_pieces(tiny_model.tokenizer, "What happens?")
+    pieces = build_prompt(tiny_model.tokenizer, "What happens?")
     full = whole_clip_prefill(tiny_model, features, pieces.prefix_ids, pieces.suffix_ids, None)
     quarter = whole_clip_prefill(tiny_model, features, pieces.prefix_ids, pieces.suffix_ids,
                                  CompressionConfig(rho_video=0.5, rho_audio=0.3))
@@ -74,7 +74,7 @@ def test_quarter_ratio_drops_tokens_and_changes_logits(tiny_model):
 @pytest.mark.parametrize("ratio", [1.0, 0.25])
 def test_streaming_equals_whole_clip(tiny_model, seconds, ratio):
     features = _features(tiny_model, seconds, seed=3)
-    pieces = prompt_pieces(tiny_model.tokenizer, "Describe the sound.")
+    pieces = build_prompt(tiny_model.tokenizer, "Describe the sound.")
     compression = CompressionConfig.for_ratio(ratio, tiny_model.spec.tokens_per_frame(*SIZE))
     whole = whole_clip_prefill(tiny_model, features, pieces.prefix_ids, pieces.suffix_ids, compression)
     stream = _stream(tiny_model, features, pieces.prefix_ids, compression)
@@ -100,22 +100,22 @@ def test_streaming_equals_whole_clip(tiny_model, seconds, ratio):
 
 def test_stream_answers_follow_up_questions(tiny_model):
     features = _features(tiny_model, 4.0)
-    pieces = prompt_pieces(tiny_model.tokenizer, "First?")
+    pieces = build_prompt(tiny_model.tokenizer, "First?")
     stream = _stream(tiny_model, features, pieces.prefix_ids, CompressionConfig.for_ratio(0.35, 6))
     first = list(stream.ask(pieces.suffix_ids, max_new_tokens=3))
     length = stream.cache.get_seq_length()
-    follow = pieces.follow_up_ids(tiny_model.tokenizer, "And then?") if hasattr(pieces, "follow_up_ids") else None
     assert len(first) == 3
-    if follow is not None:
-        second = list(stream.ask(follow, max_new_tokens=3))
-        assert len(second) == 3 and stream.cache.get_seq_length() > length
+    follow = followup_ids(tiny_model.tokenizer, "And then?")
+    second = list(stream.ask(follow, max_new_tokens=3))
+    assert len(second) == 3
+    assert stream.cache.get_seq_length() == length + len(follow) + 3
 
 
 def test_stream_rejects_wrong_chunk_shapes_and_late_pushes(tiny_model):
     from omnisift_edge.errors import UsageError
 
     features = _features(tiny_model, 4.0)
-    pieces = prompt_pieces(tiny_model.tokenizer, "Q?")
+    pieces = build_prompt(tiny_model.tokenizer, "Q?")
     t, h, w = features.grid_thw
     stream = TorchStream(tiny_model, pieces.prefix_ids, grid_hw=(h, w), compression=None)
     with pytest.raises(UsageError, match="pixel patches"):
