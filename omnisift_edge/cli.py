@@ -56,6 +56,8 @@ def doctor() -> None:
               help="Local Qwen2.5-Omni folder (full, thinker-only or OmniSIFT). Default: the embedded tiny model.")
 @click.option("--compressor", type=click.Path(path_type=Path), default=None,
               help="Selector checkpoint (safetensors/pt) overriding the one in the model folder.")
+@click.option("--compressor-heads", type=int, default=None,
+              help="Attention heads of the selector (not stored in the weights). Default: the folder's, else 8.")
 @click.option("--video", type=click.Path(path_type=Path), default=None,
               help="A video file with an audio track. Default: a generated clip.")
 @click.option("--audio", type=click.Path(path_type=Path), default=None, help="Separate audio file for --video.")
@@ -68,12 +70,13 @@ def doctor() -> None:
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the embedded default model.")
 @_user_errors
-def demo(model_dir, compressor, video, audio, seconds, resolution, ratio, question, max_new_tokens, dtype, seed):
+def demo(model_dir, compressor, compressor_heads, video, audio, seconds, resolution, ratio, question, max_new_tokens, dtype, seed):
     """Stream a clip through OmniSIFT + the thinker in PyTorch, chunk by chunk, and answer a question."""
     from omnisift_edge.model.load import ModelSource
     from omnisift_edge.runtime.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(source=ModelSource(path=model_dir, compressor=compressor, seed=seed, dtype=dtype),
+    cfg = DemoConfig(source=ModelSource(path=model_dir, compressor=compressor, seed=seed, dtype=dtype,
+                                         selector_heads=compressor_heads),
                      video=video, audio=audio, seconds=seconds, resolution=resolution, ratio=ratio,
                      question=question, max_new_tokens=max_new_tokens)
     result = run_demo(cfg, echo=click.echo)

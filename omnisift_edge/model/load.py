@@ -33,7 +33,7 @@ class ModelSource:
     compressor: Path | None = None  # a selector checkpoint overriding the one in the folder
     seed: int = 0                   # the embedded default's seed
     dtype: str = "fp32"
-    selector_heads: int = 8         # attention heads of the selector (not inferable from weights)
+    selector_heads: int | None = None   # selector attention heads; None: the folder's config, else 8
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -77,7 +77,7 @@ def load_model(source: ModelSource) -> OmniModel:
     if source.compressor is not None:
         from omnisift_edge.compress.selector import load_selector_state
 
-        model.selector = load_selector_state(source.compressor, heads=source.selector_heads)
+        model.selector = load_selector_state(source.compressor, heads=source.selector_heads or 8)
     if model.selector is not None:
         _check_selector_width(model)
         model.selector = model.selector.to(dtype).eval()
@@ -206,7 +206,8 @@ def _load_folder(source: ModelSource, dtype) -> OmniModel:
     if compressor_state and source.compressor is None:
         from omnisift_edge.compress.selector import load_selector_state
 
-        selector = load_selector_state(compressor_state, heads=source.selector_heads)
+        heads = source.selector_heads or _folder_selector_heads(folder)
+        selector = load_selector_state(compressor_state, heads=heads)
     return OmniModel(
         thinker=thinker,
         selector=selector,
@@ -217,8 +218,19 @@ def _load_folder(source: ModelSource, dtype) -> OmniModel:
     )
 
 
+def _folder_selector_heads(folder: Path) -> int:
+    """Selector heads recorded in config.json's `omnisift_compressor` section (ours), else 8.
+
+    The head count is the one selector setting the weights do not determine; the authors' 7B
+    selector uses 8.
+    """
+    config = json.loads((folder / "config.json").read_text())
+    section = config.get("omnisift_compressor") or config.get("thinker_config", {}).get("omnisift_compressor") or {}
+    return int(section.get("heads", 8))
+
+
 def _check_selector_width(model: OmniModel) -> None:
-    width = model.selector.config.d_model
+    width = model.selector.cfg.d_model
     if width != model.hidden_size:
         raise UsageError(f"the compressor was trained for width {width} but the model's LLM width is "
                          f"{model.hidden_size}; use the compressor trained for this model "

@@ -163,7 +163,7 @@ def _write_checkpoint_files(folder, kind: str, seed: int, shard_bytes: int) -> N
         state.update({prefix + "compressor." + k: v.contiguous()
                       for k, v in build_tiny_selector(seed).state_dict().items()})
     if kind == "thinker":
-        config = thinker_cfg
+        config = dict(thinker_cfg)
     else:
         config = {"model_type": "qwen2_5_omni", "architectures": ["Qwen2_5OmniModel"],
                   "enable_audio_output": True, "thinker_config": thinker_cfg,
@@ -172,6 +172,8 @@ def _write_checkpoint_files(folder, kind: str, seed: int, shard_bytes: int) -> N
         generator = torch.Generator().manual_seed(seed)
         state["talker.model.embed_tokens.weight"] = torch.randn(8, 4, generator=generator)
         state["token2wav.code2wav_dit_model.proj.weight"] = torch.randn(4, 4, generator=generator)
+    if kind in ("omnisift", "thinker"):
+        config["omnisift_compressor"] = dict(TINY_SELECTOR)   # heads are not in the weights
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     shards, current, size = [], {}, 0
     for key in sorted(state):

@@ -94,7 +94,7 @@ def _load_clip(cfg: DemoConfig, spec, size: tuple[int, int]):
 
 def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult:
     from omnisift_edge.model.load import load_model
-    from omnisift_edge.model.preprocess import StreamingLogMel, frames_to_patches
+    from omnisift_edge.model.preprocess import StreamingLogMel, video_patches
     from omnisift_edge.model.prompt import build_prompt
     from omnisift_edge.runtime.torch_pipeline import CompressionConfig, TorchStream
 
@@ -122,9 +122,9 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
         windows = mel_stream.push(pcm[j * spec.samples_per_chunk:(j + 1) * spec.samples_per_chunk])
         if j == n_chunks - 1:
             windows += mel_stream.finish()
-        for mel in windows:
-            pixel_values, grid_thw = frames_to_patches(pending.popleft(), spec, size=size)
-            report = stream.push(pixel_values, grid_thw[0], mel)
+        for mel in windows[:len(pending)]:   # audio beyond the video is dropped
+            pixel_values, grid_thw = video_patches(pending.popleft(), spec, size=size)
+            report = stream.push(pixel_values, int(grid_thw[0]), mel.features)
             result.chunks.append(report)
             echo(f"chunk {report.index}: video {report.kept_video}/{report.video_tokens}, "
                  f"audio {report.kept_audio}/{report.audio_tokens}")

@@ -59,6 +59,7 @@ def test_folder_kinds_load_the_same_thinker(tiny_model, tiny_checkpoints, kind):
         assert model.selector is None          # a base Qwen2.5-Omni has no compressor
     else:
         assert _same_state(model.selector, tiny_model.selector)
+        assert model.selector.cfg == tiny_model.selector.cfg     # heads come from config.json
     assert model.tokenizer("<|im_start|>hi").input_ids[0] == TokenIds().im_start
 
 
