@@ -68,15 +68,17 @@ def doctor() -> None:
 @click.option("--question", default="What happens in the video, and what do you hear?", show_default=True)
 @click.option("--max-new-tokens", type=int, default=16, show_default=True)
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the embedded default model.")
 @_user_errors
-def demo(model_dir, compressor, compressor_heads, video, audio, seconds, resolution, ratio, question, max_new_tokens, dtype, seed):
+def demo(model_dir, compressor, compressor_heads, video, audio, seconds, resolution, ratio, question,
+         max_new_tokens, dtype, device, seed):
     """Stream a clip through OmniSIFT + the thinker in PyTorch, chunk by chunk, and answer a question."""
     from omnisift_edge.model.load import ModelSource
     from omnisift_edge.runtime.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(source=ModelSource(path=model_dir, compressor=compressor, seed=seed, dtype=dtype,
-                                         selector_heads=compressor_heads),
+                                         selector_heads=compressor_heads, device=device),
                      video=video, audio=audio, seconds=seconds, resolution=resolution, ratio=ratio,
                      question=question, max_new_tokens=max_new_tokens)
     result = run_demo(cfg, echo=click.echo)

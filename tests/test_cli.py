@@ -46,7 +46,7 @@ def test_demo_runs_on_the_embedded_default():
     result = _run("demo", "--seconds", "4", "--max-new-tokens", "3")
     assert result.returncode == 0, result.stderr
     assert "chunk 1:" in result.stdout
-    assert "kept" in result.stdout and "answer (" in result.stdout
+    assert "kept" in result.stdout and "answer ids: [" in result.stdout
 
 
 @pytest.mark.parametrize("args, message", [

@@ -34,6 +34,7 @@ class ModelSource:
     seed: int = 0                   # the embedded default's seed
     dtype: str = "fp32"
     selector_heads: int | None = None   # selector attention heads; None: the folder's config, else 8
+    device: str = "cpu"             # "cpu", "cuda" or "cuda:N"
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -42,6 +43,8 @@ class ModelSource:
             object.__setattr__(self, "path", Path(self.path))
         if self.compressor is not None:
             object.__setattr__(self, "compressor", Path(self.compressor))
+        if self.device != "cpu" and not self.device.startswith("cuda"):
+            raise UsageError(f"--device must be cpu, cuda or cuda:N (got {self.device!r})")
 
     @property
     def is_default(self) -> bool:
@@ -60,6 +63,10 @@ class OmniModel:
     identity: dict = field(default_factory=dict)   # name, config hash: what the manifest records
 
     @property
+    def device(self):
+        return next(self.thinker.parameters()).device
+
+    @property
     def hidden_size(self) -> int:
         return self.thinker.config.text_config.hidden_size
 
@@ -70,6 +77,9 @@ def load_model(source: ModelSource) -> OmniModel:
     transformers = require("transformers")
     transformers.logging.set_verbosity_error()   # rope-config chatter is not the user's business
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[source.dtype]
+    if source.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {source.device} but torch sees no CUDA GPU "
+                         f"(torch {torch.__version__}); use --device cpu, or install a CUDA build of torch")
     if source.is_default:
         model = _load_default(source)
     else:
@@ -80,8 +90,8 @@ def load_model(source: ModelSource) -> OmniModel:
         model.selector = load_selector_state(source.compressor, heads=source.selector_heads or 8)
     if model.selector is not None:
         _check_selector_width(model)
-        model.selector = model.selector.to(dtype).eval()
-    model.thinker = model.thinker.to(dtype).eval()
+        model.selector = model.selector.to(source.device, dtype).eval()
+    model.thinker = model.thinker.to(source.device, dtype).eval()
     return model
 
 

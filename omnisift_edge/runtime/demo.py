@@ -71,10 +71,11 @@ class DemoResult:
 
     def summary(self) -> str:
         ratio = self.tokens_kept / max(1, self.tokens_in)
+        text = repr(self.answer) if self.answer else "(no text: the tokens are outside the tokenizer's vocabulary)"
         return (f"kept {self.tokens_kept}/{self.tokens_in} audio+video tokens ({ratio:.1%}; video drop "
                 f"{self.rho_video:.3f}, audio drop {self.rho_audio:.3f}) in {len(self.chunks)} chunks; "
                 f"streamed in {self.stream_seconds:.2f}s, answered in {self.answer_seconds:.2f}s\n"
-                f"answer ({len(self.answer_ids)} tokens): {self.answer!r}")
+                f"answer ids: {self.answer_ids}\nanswer: {text}")
 
 
 def _load_clip(cfg: DemoConfig, spec, size: tuple[int, int]):

@@ -139,15 +139,16 @@ def whole_clip_inputs(model: OmniModel, features: ClipFeatures, prefix_ids: Sequ
     layout = build_layout(model.spec, list(prefix_ids), list(suffix_ids), n_grids=t, grid_hw=(h, w),
                           n_audio=n_audio)
     dtype = next(model.thinker.parameters()).dtype
-    ids = torch.from_numpy(np.asarray(layout.input_ids, dtype=np.int64))[None]   # [1, L]
+    dev = model.device
+    ids = torch.from_numpy(np.array(layout.input_ids, dtype=np.int64))[None].to(dev)   # [1, L]
     return {
         "input_ids": ids,
         "attention_mask": torch.ones_like(ids),
-        "pixel_values_videos": torch.from_numpy(features.pixel_values).to(dtype),
-        "video_grid_thw": torch.tensor([[t, h, w]]),
-        "video_second_per_grid": torch.tensor([model.spec.seconds_per_grid]),
-        "input_features": torch.from_numpy(features.mel).to(dtype)[None],        # [1, n_mels, n]
-        "feature_attention_mask": torch.ones(1, features.mel.shape[1], dtype=torch.long),
+        "pixel_values_videos": torch.from_numpy(features.pixel_values).to(dev, dtype),
+        "video_grid_thw": torch.tensor([[t, h, w]], device=dev),
+        "video_second_per_grid": torch.tensor([model.spec.seconds_per_grid], device=dev),
+        "input_features": torch.from_numpy(features.mel).to(dev, dtype)[None],   # [1, n_mels, n]
+        "feature_attention_mask": torch.ones(1, features.mel.shape[1], dtype=torch.long, device=dev),
         "use_audio_in_video": True,
     }
 
@@ -172,13 +173,14 @@ def whole_clip_prefill(model: OmniModel, features: ClipFeatures, prefix_ids: Seq
 
 def _decoder_step(model: OmniModel, embeds: torch.Tensor, positions: np.ndarray, cache) -> torch.Tensor:
     """Append `embeds` [1, n, D] at rope `positions` [3, n] to the cache; logits [1, V] of the last."""
-    pos = torch.from_numpy(np.asarray(positions, dtype=np.int64))[:, None, :]      # [3, 1, n]
+    pos = torch.from_numpy(np.array(positions, dtype=np.int64))[:, None, :].to(model.device)   # [3, 1, n]
     out = model.thinker.model(inputs_embeds=embeds, position_ids=pos, past_key_values=cache, use_cache=True)
     return model.thinker.lm_head(out.last_hidden_state[:, -1]).float()
 
 
 def _embed_text(model: OmniModel, ids: Sequence[int]) -> torch.Tensor:
-    return model.thinker.get_input_embeddings()(torch.tensor([list(ids)], dtype=torch.long))   # [1, n, D]
+    ids = torch.tensor([list(ids)], dtype=torch.long, device=model.device)
+    return model.thinker.get_input_embeddings()(ids)                              # [1, n, D]
 
 
 @torch.inference_mode()
@@ -195,13 +197,13 @@ def greedy_decode(model: OmniModel, prefill: Prefill, *, max_new_tokens: int,
             return
         logits = _decoder_step(model, _embed_text(model, [token]), np.full((3, 1), position), prefill.cache)
         position += 1
-    prefill.last_logits, prefill.next_position = logits, position
 
 
 def encode_video_chunk(model: OmniModel, pixel_values: np.ndarray, grid_thw: tuple[int, int, int]) -> torch.Tensor:
     """Merged video embeddings of one chunk's frames: [n_grids * tokens_per_frame, D]."""
     dtype = next(model.thinker.parameters()).dtype
-    return model.thinker.get_video_features(torch.from_numpy(pixel_values).to(dtype), torch.tensor([list(grid_thw)]))
+    pixels = torch.from_numpy(pixel_values).to(model.device, dtype)
+    return model.thinker.get_video_features(pixels, torch.tensor([list(grid_thw)], device=model.device))
 
 
 def encode_audio_window(model: OmniModel, mel: np.ndarray) -> torch.Tensor:
@@ -209,8 +211,9 @@ def encode_audio_window(model: OmniModel, mel: np.ndarray) -> torch.Tensor:
     dtype = next(model.thinker.parameters()).dtype
     n = mel.shape[1]
     tower = model.thinker.audio_tower
-    out = tower(torch.from_numpy(mel).to(dtype), feature_lens=torch.tensor([n]),
-                aftercnn_lens=torch.tensor([(n - 1) // 2 + 1]))
+    dev = model.device
+    out = tower(torch.from_numpy(mel).to(dev, dtype), feature_lens=torch.tensor([n], device=dev),
+                aftercnn_lens=torch.tensor([(n - 1) // 2 + 1], device=dev))
     return out.last_hidden_state
 
 
@@ -284,7 +287,7 @@ class TorchStream:
         else:
             frames = video.reshape(1, n_grids, n_p, -1)                             # [1, F, n_p, D]
             kept, index = self._compressor()(frames, audio[None])                  # [1, K, D], [1, K]
-            kept_index = index[0].numpy()
+            kept_index = index[0].cpu().numpy()
             kept_video = int((kept_index < n_grids * n_p).sum())
         positions = np.asarray(chunk.position_ids)[:, kept_index]                  # [3, K]
         self._last_logits = _decoder_step(self.model, kept, positions, self.cache)
@@ -307,6 +310,7 @@ class TorchStream:
             ids = list(question_ids)
             pos = self.layout.text(ids)
         logits = _decoder_step(self.model, _embed_text(self.model, ids), pos, self.cache)
+        self.question_logits = logits                                              # [1, V]
         prefill = Prefill(cache=self.cache, last_logits=logits, next_position=self.layout.next_position)
         answer = []
         for token in greedy_decode(self.model, prefill, max_new_tokens=max_new_tokens, stop_ids=stop_ids):

@@ -90,10 +90,13 @@ def test_streaming_equals_whole_clip(tiny_model, seconds, ratio):
     whole_kept = positions[:, 0].numpy()[:, keep & mm]                       # [3, K_total]
     stream_kept = np.concatenate(stream.kept_positions, axis=1)              # [3, K_total]
     np.testing.assert_array_equal(stream_kept, whole_kept)
+    if ratio < 1:
+        assert stream_kept.shape[1] < 0.5 * mm.sum()          # it did compress
 
     stop = [tiny_model.spec.tokens.im_end]
     stream_tokens = list(stream.ask(pieces.suffix_ids, max_new_tokens=6, stop_ids=stop))
     whole_tokens = list(greedy_decode(tiny_model, whole, max_new_tokens=6, stop_ids=stop))
+    torch.testing.assert_close(stream.question_logits, whole.last_logits, rtol=1e-4, atol=1e-4)
     assert stream_tokens == whole_tokens
     assert stream.cache.get_seq_length() == whole.cache.get_seq_length()
 
