@@ -20,3 +20,31 @@ def tiny_checkpoints(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("checkpoints")
     return {kind: write_tiny_checkpoint(root / kind, kind, shard_bytes=8 << 20) for kind in CHECKPOINT_KINDS}
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def _tensorrt_available() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except Exception:
+        return False
+    return _cuda_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip `gpu` / `trt` tests with the reason where CUDA or TensorRT is missing."""
+    cuda, trt = _cuda_available(), None
+    for item in items:
+        if "gpu" in item.keywords and not cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU: torch.cuda.is_available() is False"))
+        if "trt" in item.keywords:
+            trt = _tensorrt_available() if trt is None else trt
+            if not trt:
+                item.add_marker(pytest.mark.skip(reason="needs TensorRT and a CUDA GPU (import tensorrt failed)"))

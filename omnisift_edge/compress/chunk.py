@@ -1,0 +1,93 @@
+"""The static-shape per-chunk compressor: what the export stage traces into ONNX / TensorRT.
+
+One 2-second chunk in, its kept tokens out. Every shape is fixed by the input shapes and the two
+drop fractions: `K = kept_count(F, n_p, La)` is a Python int, so the graph has no NonZero, no
+boolean indexing and no loop over data-dependent counts, and batch > 1 works (B chunks at once).
+Selections use the pairwise-rank form of the tie rule by default, which relies on no backend's
+TopK tie order; kept tokens come out in the chunk's token order.
+
+Chunk token order (what `kept_index` indexes): the F * n_p video tokens frame by frame, then the
+La audio tokens. This is also the order in which Qwen2.5-Omni writes a chunk into the sequence,
+so for a chunk whose sequence positions start at `s`, the kept tokens sit at `s + kept_index`.
+
+It computes the same selection as `compress_sequence` on a sequence made of the same chunks (tests
+check it), in inference mode only: no straight-through estimator (train with `compress_sequence`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from omnisift_edge.compress.ratio import audio_keep_count, check_rho, drop_count, kept_per_chunk
+from omnisift_edge.compress.select import compact_indices, select_indices
+from omnisift_edge.compress.stvp import keep_unchecked
+from omnisift_edge.errors import UsageError
+
+
+class ChunkCompressor(nn.Module):
+    """STVP + VGAS on B chunks of F frames (1 or 2) of n_p tokens and La audio tokens each."""
+
+    def __init__(self, selector: nn.Module, rho_video: float, rho_audio: float, *, method: str = "pairwise"):
+        super().__init__()
+        if getattr(getattr(selector, "cfg", None), "d_model", None) is None:
+            raise UsageError(f"selector must be an AudioSelector; got {type(selector).__name__}")
+        self.selector = selector
+        self.rho_video = check_rho("rho_video", rho_video)
+        self.rho_audio = check_rho("rho_audio", rho_audio)
+        self.method = method   # "pairwise" (export: no TopK tie reliance) or "auto"/"sort" (eager speed)
+
+    def kept_count(self, frames: int, tokens_per_frame: int, audio_tokens: int) -> int:
+        """K: tokens a chunk of `frames` frames of `tokens_per_frame` and `audio_tokens` audio keeps."""
+        return kept_per_chunk(tokens_per_frame, self.rho_video, self.rho_audio, audio_tokens, frames).total
+
+    def forward(self, video: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """video [B, F, n_p, D], audio [B, La, D] -> kept [B, K, D], kept_index [B, K] int64 ascending."""
+        B, F, P, D = self._check(video, audio)
+        La = audio.shape[1]
+        n_vk = P - drop_count(P, self.rho_video)                              # video kept per frame
+        keep = keep_unchecked(video, P - n_vk, method=self.method)            # [B, F, P]
+        slots = compact_indices(keep, n_vk)                                   # [B, F, n_vk] ascending
+        offsets = (torch.arange(F, device=video.device) * P).view(1, F, 1)
+        v_index = (slots + offsets).reshape(B, F * n_vk)                      # [B, Nv] into [F*P]
+        context = video.reshape(B, F * P, D).gather(1, v_index.unsqueeze(-1).expand(B, F * n_vk, D))   # [B, Nv, D]
+        n_ka = audio_keep_count(La, self.rho_audio, F * n_vk)
+        if n_ka < La:
+            dtype = next(self.selector.parameters()).dtype
+            scores = self.selector(context.to(dtype), audio.to(dtype))        # [B, La]
+            a_index = select_indices(scores, n_ka, method=self.method, check=False)   # [B, n_ka] ascending
+            kept_audio = audio.gather(1, a_index.unsqueeze(-1).expand(B, n_ka, D))    # [B, n_ka, D]
+        else:   # nothing to drop: the reference's selection keeps every audio token
+            a_index = torch.arange(La, device=audio.device).expand(B, La)
+            kept_audio = audio
+        kept = torch.cat((context, kept_audio), dim=1)                        # [B, K, D]
+        kept_index = torch.cat((v_index, a_index + F * P), dim=1)             # [B, K]
+        return kept, kept_index
+
+    def _check(self, video: torch.Tensor, audio: torch.Tensor) -> tuple[int, int, int, int]:
+        if video.dim() != 4 or video.shape[1] not in (1, 2) or video.shape[2] < 1:
+            raise UsageError(f"video must be [B, F, n_p, D] with F = 1 or 2 and n_p >= 1; got {tuple(video.shape)}")
+        B, F, P, D = video.shape
+        if audio.dim() != 3 or audio.shape[0] != B or audio.shape[2] != D:
+            raise UsageError(f"audio must be [B, La, D] = [{B}, La, {D}] to match the video; got {tuple(audio.shape)}")
+        if audio.dtype != video.dtype:
+            raise UsageError(f"video and audio embeddings must share a dtype; got {video.dtype} and {audio.dtype}")
+        width = self.selector.cfg.d_model
+        if width != D:
+            raise UsageError(f"the selector is {width} wide but the embeddings are {D} wide; use the matching compressor")
+        return B, F, P, D
+
+
+def gather_positions(positions: torch.Tensor, kept_index: torch.Tensor) -> torch.Tensor:
+    """[3, B, K] TMRoPE positions of the kept tokens (the thinker's [3, batch, seq] layout).
+
+    positions: the (t, h, w) positions of the chunk's tokens in chunk token order, either [3, n]
+    (one table for the whole batch) or [3, B, n] (one per chunk); kept_index: [B, K] from
+    `ChunkCompressor`. Kept tokens keep their original positions: nothing is re-indexed.
+    """
+    B, K = kept_index.shape
+    if positions.dim() == 2 and positions.shape[0] == 3:
+        return positions.index_select(1, kept_index.reshape(-1)).view(3, B, K)        # [3, B, K]
+    if positions.dim() == 3 and positions.shape[:2] == (3, B):
+        return positions.gather(2, kept_index.unsqueeze(0).expand(3, B, K))           # [3, B, K]
+    raise UsageError(f"positions must be [3, n] or [3, B, n] = [3, {B}, n] (rows t, h, w); got {tuple(positions.shape)}")
