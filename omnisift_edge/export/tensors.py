@@ -1,0 +1,141 @@
+"""Every exported graph's tensor names, axes and dtypes, declared once.
+
+`torch.onnx.export` input/output names and dynamic axes, the TensorRT optimization profiles, the
+manifest and the C++ side are all derived from `GRAPHS`; nothing else spells a tensor name.
+Axis names are symbolic: an axis listed in `DYNAMIC_AXES` stays dynamic in the ONNX graph (and
+gets a min/opt/max range in a TensorRT profile); every other axis is fixed at export time from
+`Dims` (the model's widths and the chunk shape), so the encoders and the compressor are fully
+static per chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# axes that stay dynamic in the graphs (named as Optimum names them)
+DYNAMIC_AXES = ("batch_size", "sequence_length", "past_sequence_length", "total_sequence_length")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str               # "float" (the export dtype: float32 or float16), "int64" or "bool"
+    axes: tuple[str, ...]    # symbolic axis names; sizes from Dims unless in DYNAMIC_AXES
+
+    def shape(self, dims: "Dims") -> list[int | str]:
+        """Concrete shape: ints for fixed axes, the axis name for dynamic ones (ONNX dim_param)."""
+        return [axis if axis in DYNAMIC_AXES else dims.size(axis) for axis in self.axes]
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        """`torch.onnx.export`'s dynamic_axes argument."""
+        return {t.name: {i: a for i, a in enumerate(t.axes) if a in DYNAMIC_AXES}
+                for t in (*self.inputs, *self.outputs) if any(a in DYNAMIC_AXES for a in t.axes)}
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+
+@dataclass(frozen=True)
+class Dims:
+    """Sizes of the fixed axes, from the model config and the export resolution."""
+
+    hidden: int                 # LLM width D
+    patch_dim: int              # 3 * temporal_patch * patch^2 (1176)
+    grid_h: int                 # patches per frame column (H / 14)
+    grid_w: int
+    spatial_merge: int          # 2
+    grids_per_chunk: int        # temporal grid steps per chunk (2)
+    n_mels: int                 # 128
+    window_frames: int          # log-mel frames per audio window (200)
+    window_audio_tokens: int    # audio tokens per window (50)
+    kept_tokens: int = 0        # K of one compressor graph (per ratio)
+    num_layers: int = 0         # decoder layers
+    kv_heads: int = 0
+    head_dim: int = 0
+    vocab: int = 0
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return (self.grid_h // self.spatial_merge) * (self.grid_w // self.spatial_merge)
+
+    def size(self, axis: str) -> int:
+        derived = {
+            "chunk_patches": self.grids_per_chunk * self.grid_h * self.grid_w,
+            "chunk_video_tokens": self.grids_per_chunk * self.tokens_per_frame,
+            "tokens_per_frame": self.tokens_per_frame,
+            "frames_per_chunk": self.grids_per_chunk,
+            "chunk_tokens": self.grids_per_chunk * self.tokens_per_frame + self.window_audio_tokens,
+            "rope_rows": 3,
+            "chunk_batch": 1,
+            "last_token": 1,
+        }
+        if axis in derived:
+            return derived[axis]
+        value = getattr(self, axis, None)
+        if not isinstance(value, int) or value <= 0:
+            raise KeyError(f"no size for axis {axis!r}")
+        return value
+
+
+def _t(name: str, dtype: str, *axes: str) -> TensorSpec:
+    return TensorSpec(name, dtype, tuple(axes))
+
+
+VISION_ENCODER = GraphSpec(
+    "vision_encoder",
+    inputs=(_t("pixel_values", "float", "chunk_patches", "patch_dim"),),
+    outputs=(_t("video_embeds", "float", "chunk_video_tokens", "hidden"),),
+)
+
+AUDIO_ENCODER = GraphSpec(
+    "audio_encoder",
+    inputs=(_t("input_features", "float", "n_mels", "window_frames"),),
+    outputs=(_t("audio_embeds", "float", "window_audio_tokens", "hidden"),),
+)
+
+COMPRESSOR = GraphSpec(
+    "compressor",
+    inputs=(
+        _t("video_embeds", "float", "chunk_batch", "frames_per_chunk", "tokens_per_frame", "hidden"),
+        _t("audio_embeds", "float", "chunk_batch", "window_audio_tokens", "hidden"),
+        _t("chunk_position_ids", "int64", "rope_rows", "chunk_tokens"),
+    ),
+    outputs=(
+        _t("kept_embeds", "float", "chunk_batch", "kept_tokens", "hidden"),
+        _t("kept_position_ids", "int64", "rope_rows", "chunk_batch", "kept_tokens"),
+        _t("kept_index", "int64", "chunk_batch", "kept_tokens"),
+    ),
+)
+
+
+def decoder_graph(num_layers: int) -> GraphSpec:
+    """The thinker LLM with a KV cache (Optimum's naming), logits of the last position only."""
+    past, present = [], []
+    for i in range(num_layers):
+        for kind in ("key", "value"):
+            past.append(_t(f"past_key_values.{i}.{kind}", "float", "batch_size", "kv_heads",
+                           "past_sequence_length", "head_dim"))
+            present.append(_t(f"present.{i}.{kind}", "float", "batch_size", "kv_heads",
+                              "total_sequence_length", "head_dim"))
+    return GraphSpec(
+        "decoder",
+        inputs=(
+            _t("inputs_embeds", "float", "batch_size", "sequence_length", "hidden"),
+            _t("position_ids", "int64", "rope_rows", "batch_size", "sequence_length"),
+            _t("attention_mask", "int64", "batch_size", "total_sequence_length"),
+            *past,
+        ),
+        outputs=(_t("logits", "float", "batch_size", "last_token", "vocab"), *present),
+    )
