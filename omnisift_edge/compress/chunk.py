@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from omnisift_edge.compress.ratio import audio_keep_count, check_rho, drop_count, kept_per_chunk
-from omnisift_edge.compress.select import compact_indices, select_indices
+from omnisift_edge.compress.select import compact_indices, select_indices, share_identical_scores
 from omnisift_edge.compress.stvp import keep_unchecked
 from omnisift_edge.errors import UsageError
 
@@ -55,6 +55,7 @@ class ChunkCompressor(nn.Module):
         if n_ka < La:
             dtype = next(self.selector.parameters()).dtype
             scores = self.selector(context.to(dtype), audio.to(dtype))        # [B, La]
+            scores = share_identical_scores(scores, audio)                    # exact ties on any backend
             a_index = select_indices(scores, n_ka, method=self.method, check=False)   # [B, n_ka] ascending
             kept_audio = audio.gather(1, a_index.unsqueeze(-1).expand(B, n_ka, D))    # [B, n_ka, D]
         else:   # nothing to drop: the reference's selection keeps every audio token

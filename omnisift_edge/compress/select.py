@@ -134,3 +134,18 @@ def _check_k(k: int | torch.Tensor, n: int) -> None:
         return
     if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= n:
         raise UsageError(f"k must be an int in [0, {n}]; got {k!r}")
+
+
+def share_identical_scores(scores: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Scores [B, N] where every token bitwise equal to an earlier one takes that one's score.
+
+    Identical inputs (silence, a black frame) must tie exactly for the tie rule to decide, but a
+    backend's matrix kernels may round identical rows differently (ONNX Runtime's blocked GEMM
+    does: rows in the remainder block take another path). Copying the score of the first identical
+    token makes the tie exact on every backend. tokens [B, N, D]; O(N^2 D) compares, static shapes.
+    """
+    n = tokens.shape[1]
+    same = (tokens.unsqueeze(2) == tokens.unsqueeze(1)).all(dim=-1)             # [B, N, N]: token i == token j
+    index = torch.arange(n, device=tokens.device).view(1, n, 1)
+    first = torch.where(same, index, torch.full_like(index, n)).amin(dim=1)     # [B, N]: lowest identical i
+    return scores.gather(1, first)

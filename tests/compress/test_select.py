@@ -95,3 +95,21 @@ def test_nan_and_bad_k_are_usage_errors():
         select_mask(torch.zeros(4), 1, method="fast")
     with pytest.raises(UsageError, match="floating"):
         select_mask(torch.arange(4), 1)
+
+
+def test_identical_tokens_share_the_first_ones_score():
+    from omnisift_edge.compress.select import share_identical_scores
+
+    tokens = torch.randn(2, 6, 5)
+    tokens[0, 4] = tokens[0, 1]            # 1 and 4 identical
+    tokens[0, 5] = tokens[0, 1]
+    tokens[1, 3] = tokens[1, 0]
+    scores = torch.arange(12, dtype=torch.float32).view(2, 6) + 0.5
+    out = share_identical_scores(scores, tokens)
+    expected = scores.clone()
+    expected[0, 4] = expected[0, 5] = scores[0, 1]
+    expected[1, 3] = scores[1, 0]
+    assert torch.equal(out, expected)
+    near = tokens.clone()
+    near[0, 4] += 1e-6                      # not bitwise identical: keeps its own score
+    assert share_identical_scores(scores, near)[0, 4] == scores[0, 4]
