@@ -85,6 +85,71 @@ def demo(model_dir, compressor, compressor_heads, video, audio, seconds, resolut
     click.echo(result.summary())
 
 
+def _parse_ratios(ratio: float | None, ratios: str | None) -> tuple[float, ...]:
+    values: list[float] = []
+    if ratios:
+        try:
+            values = [float(v) for v in ratios.split(",") if v.strip()]
+        except ValueError:
+            raise UsageError(f"--ratios must be numbers separated by commas, like 1,0.5,0.25 (got {ratios!r})") from None
+    if ratio is not None and ratio not in values:
+        values.insert(0, ratio)
+    return tuple(values) if values else (0.25,)
+
+
+@main.command()
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
+              help="Local Qwen2.5-Omni folder (full, thinker-only or OmniSIFT). Default: the embedded tiny model.")
+@click.option("--compressor", type=click.Path(path_type=Path), default=None,
+              help="Selector checkpoint overriding the one in the model folder.")
+@click.option("--compressor-heads", type=int, default=None, help="Selector attention heads (default: the folder's, else 8).")
+@click.option("--ratio", type=float, default=None, help="Overall fraction of audio+video tokens kept, in (0, 1]. Default 0.25.")
+@click.option("--ratios", default=None, help="Several ratios, comma separated (one compressor graph each), e.g. 1,0.5,0.35,0.25.")
+@click.option("--video-drop", type=float, default=None, help="Explicit per-frame video drop in [0, 1) instead of --ratio.")
+@click.option("--audio-drop", type=float, default=None, help="Explicit per-chunk audio drop in [0, 1) (with --video-drop).")
+@click.option("--resolution", default="448x448", show_default=True, help="Frame HxW, multiples of 28.")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--max-context", type=int, default=8192, show_default=True, help="Longest KV cache to plan for.")
+@click.option("--opset", type=int, default=17, show_default=True)
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True, help="Export folder to create.")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder (only once the new export passed).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the embedded default model.")
+@_user_errors
+def export(model_dir, compressor, compressor_heads, ratio, ratios, video_drop, audio_drop, resolution, dtype,
+           max_context, opset, out, overwrite, seed):
+    """Export ONNX graphs + manifest.json for the per-chunk streaming pipeline, validated and linted."""
+    from omnisift_edge.export.stage import ExportConfig, export as run_export
+    from omnisift_edge.model.load import ModelSource
+    from omnisift_edge.runtime.demo import parse_resolution
+
+    cfg = ExportConfig(out=out, source=ModelSource(path=model_dir, compressor=compressor, seed=seed, dtype=dtype,
+                                                   selector_heads=compressor_heads),
+                       ratios=_parse_ratios(ratio, ratios), resolution=parse_resolution(resolution), dtype=dtype,
+                       max_context=max_context, video_drop=video_drop, audio_drop=audio_drop,
+                       overwrite=overwrite, opset=opset)
+    artifact = run_export(cfg, progress=lambda step: click.echo(f"- {step}", err=True))
+    for entry in artifact.manifest["ratios"]:
+        kept = entry["kept_per_chunk"]
+        click.echo(f"ratio {entry['ratio']:g}: video drop {entry['rho_video']:.4f}, audio drop {entry['rho_audio']:.4f}, "
+                   f"{kept['total']} tokens kept per chunk ({kept['video']} video + {kept['audio']} audio), "
+                   f"achieved {entry['achieved']:.3f}")
+    click.echo(f"exported {len(artifact.manifest['graphs'])} graphs to {artifact.folder} in {artifact.seconds:.0f}s "
+               "(validated in ONNX Runtime, TensorRT lint clean)")
+
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@_user_errors
+def lint(folder):
+    """Check exported graphs against what the TensorRT 10.3 ONNX parser (JetPack 6) accepts."""
+    from omnisift_edge.export.lint import format_findings, has_errors, lint_folder
+
+    findings = lint_folder(folder)
+    click.echo(format_findings(findings))
+    if has_errors(findings):
+        sys.exit(1)
+
+
 @main.command("tiny-model")
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--kind", type=click.Choice(["full", "thinker", "omnisift"]), default="omnisift", show_default=True,

@@ -23,6 +23,9 @@ _EXTRA_FOR = {
     "av": "model",
     "PIL": "model",
     "tqdm": "model",
+    "onnx": "export",
+    "onnxruntime": "export",
+    "optimum": "export",
 }
 
 

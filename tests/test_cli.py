@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-COMMANDS = [[], ["doctor"], ["demo"], ["tiny-model"]]
+COMMANDS = [[], ["doctor"], ["demo"], ["tiny-model"], ["export"], ["lint"]]
 
 
 def _run(*args: str, block_heavy: bool = False) -> subprocess.CompletedProcess:
@@ -72,3 +72,28 @@ def test_tiny_model_writes_a_loadable_folder_and_refuses_non_empty(tmp_path):
     assert (target / "config.json").is_file() and (target / "model.safetensors.index.json").is_file()
     again = _run("tiny-model", str(target))
     assert again.returncode == 1 and "not empty" in again.stderr
+
+
+def test_export_then_lint_from_the_shell(tmp_path):
+    out = tmp_path / "art"
+    result = _run("export", "--ratios", "1,0.25", "--resolution", "56x56", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "ratio 0.25:" in result.stdout and (out / "manifest.json").is_file()
+    assert "TracerWarning" not in result.stderr                # tracing noise stays out of the user's way
+    linted = _run("lint", str(out))
+    assert linted.returncode == 0 and "no findings" in linted.stdout
+    again = _run("export", "-o", str(out), "--resolution", "56x56")
+    assert again.returncode == 1 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["export", "-o", "x", "--ratio", "0"], "ratios must be in (0, 1]"),
+    (["export", "-o", "x", "--ratios", "1,abc"], "--ratios must be numbers"),
+    (["export", "-o", "x", "--resolution", "450x450"], "try 448x448"),
+    (["export", "-o", "x", "--video-drop", "0.5"], "go together"),
+    (["lint", "/nonexistent/folder"], "nonexistent"),
+])
+def test_export_and_lint_bad_input_is_one_line(args, message):
+    result = _run(*args)
+    assert result.returncode == 1
+    assert message in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,181 @@
+"""What `export` does inside its staging folder: graphs, tables, tokenizer, checks, manifest.
+
+Each graph is validated against PyTorch in ONNX Runtime right after it is written (a failed check
+raises `ExportValidationError` with the numbers), then the whole chain is run end to end on a
+generated clip, then every graph is linted for TensorRT 10.3; the manifest is written last.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from omnisift_edge.errors import UsageError, require
+from omnisift_edge.export.manifest import TIE_RULE, graph_entry, tool_versions, write_manifest
+from omnisift_edge.export.stage import ExportArtifact, ExportConfig, ExportValidationError, config_summary
+from omnisift_edge.export.tensors import AUDIO_ENCODER, COMPRESSOR, VISION_ENCODER, Dims, decoder_graph
+
+EMBED_FILE, EMBED_TENSOR, TOKENIZER_DIR = "embed_tokens.safetensors", "embed_tokens", "tokenizer"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.json", "vocab.json", "merges.txt",
+                   "special_tokens_map.json", "added_tokens.json")
+
+
+def model_dims(model, resolution: tuple[int, int]) -> Dims:
+    spec, text = model.spec, model.thinker.config.text_config
+    return Dims(
+        hidden=text.hidden_size, patch_dim=3 * spec.temporal_patch_size * spec.patch_size ** 2,
+        grid_h=resolution[0] // spec.patch_size, grid_w=resolution[1] // spec.patch_size,
+        spatial_merge=spec.spatial_merge_size, grids_per_chunk=spec.grids_per_chunk, n_mels=spec.n_mels,
+        window_frames=spec.audio_window_frames,
+        window_audio_tokens=spec.audio_tokens_for_mel_frames(spec.audio_window_frames),
+        num_layers=text.num_hidden_layers, kv_heads=text.num_key_value_heads,
+        head_dim=getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads,
+        vocab=text.vocab_size)
+
+
+def ratio_plan(cfg: ExportConfig, dims: Dims) -> list[dict]:
+    """For each compressor graph: the target, the drops and what they achieve (integer rounding)."""
+    from omnisift_edge.compress.ratio import achieved_ratio, drops_for_ratio, kept_per_chunk
+
+    if cfg.video_drop is not None:
+        pairs = [(None, cfg.video_drop, cfg.audio_drop)]
+    else:
+        pairs = [(r, *drops_for_ratio(r, dims.tokens_per_frame, dims.window_audio_tokens, dims.grids_per_chunk))
+                 for r in cfg.ratios]
+    plan = []
+    for target, rho_v, rho_a in pairs:
+        kept = kept_per_chunk(dims.tokens_per_frame, rho_v, rho_a, dims.window_audio_tokens, dims.grids_per_chunk)
+        achieved = achieved_ratio(dims.tokens_per_frame, rho_v, rho_a, dims.window_audio_tokens, dims.grids_per_chunk)
+        name = f"compressor_r{(target if target is not None else round(achieved, 3)):g}"
+        plan.append({"graph": name, "ratio": target if target is not None else round(achieved, 3),
+                     "rho_video": rho_v, "rho_audio": rho_a, "achieved": achieved,
+                     "kept_per_chunk": {"video": kept.video, "audio": kept.audio, "total": kept.total}})
+    return plan
+
+
+def _check(name: str, result, checks: dict) -> None:
+    checks[name] = asdict(result) | {"ok": bool(result.ok)}
+    if not result.ok:
+        raise ExportValidationError(f"{name} disagrees with PyTorch in ONNX Runtime: {checks[name]}; "
+                                    "please report this with the command line (the export was not written)")
+
+
+def _copy_tokenizer(model, target: Path) -> list[str]:
+    target.mkdir()
+    if model.source.is_default:
+        from omnisift_edge.model.tokenizer import write_tiny_tokenizer
+
+        write_tiny_tokenizer(target)
+    else:
+        for name in TOKENIZER_FILES:
+            if (model.source.path / name).is_file():
+                shutil.copy2(model.source.path / name, target / name)
+    return sorted(p.name for p in target.iterdir())
+
+
+def build_folder(cfg: ExportConfig, folder: Path, progress: Callable[[str], None]) -> ExportArtifact:
+    require("onnx", extra="export")
+    require("onnxruntime", extra="export")
+    from omnisift_edge.export.compressor import export_compressor, validate_compressor
+    from omnisift_edge.export.decoder import export_decoder, validate_decoder
+    from omnisift_edge.export.encoders import (
+        export_audio_encoder,
+        export_vision_encoder,
+        validate_audio_encoder,
+        validate_vision_encoder,
+    )
+    from omnisift_edge.export.lint import has_errors, lint_folder, format_findings
+    from omnisift_edge.model.load import load_model
+
+    progress("loading the model")
+    model = load_model(cfg.source)
+    dims = model_dims(model, cfg.resolution)
+    plan = ratio_plan(cfg, dims)
+    if model.selector is None and any(p["rho_audio"] > 0 for p in plan):
+        raise UsageError("this model has no OmniSIFT compressor; pass --compressor FILE (the OmniSIFT checkpoint's, "
+                         "or one trained with omnisift-edge train), or export --ratio 1")
+    checks: dict = {}
+    graphs: dict = {}
+    thinker, opset, dtype = model.thinker, cfg.opset, cfg.dtype
+
+    progress("vision encoder")
+    export_vision_encoder(thinker, dims, folder / "vision_encoder.onnx", dtype=dtype, opset=opset)
+    _check("vision_encoder", validate_vision_encoder(folder / "vision_encoder.onnx", thinker, dims, dtype=dtype), checks)
+    graphs["vision_encoder"] = graph_entry(VISION_ENCODER, dims, "vision_encoder.onnx", opset, dtype)
+
+    progress("audio encoder")
+    export_audio_encoder(thinker, dims, folder / "audio_encoder.onnx", dtype=dtype, opset=opset)
+    _check("audio_encoder", validate_audio_encoder(folder / "audio_encoder.onnx", thinker, dims, dtype=dtype), checks)
+    graphs["audio_encoder"] = graph_entry(AUDIO_ENCODER, dims, "audio_encoder.onnx", opset, dtype)
+
+    for entry in plan:
+        progress(f"compressor at ratio {entry['ratio']:g}")
+        file = f"{entry['graph']}.onnx"
+        export_compressor(model.selector, dims, entry["rho_video"], entry["rho_audio"], folder / file,
+                          dtype=dtype, opset=opset)
+        _check(entry["graph"], validate_compressor(folder / file, model.selector, dims, entry["rho_video"],
+                                                   entry["rho_audio"], dtype=dtype), checks)
+        kept_dims = Dims(**{**asdict(dims), "kept_tokens": entry["kept_per_chunk"]["total"]})
+        graphs[entry["graph"]] = graph_entry(COMPRESSOR, kept_dims, file, opset, dtype,
+                                             rho_video=entry["rho_video"], rho_audio=entry["rho_audio"])
+
+    progress("decoder")
+    decoder_path = export_decoder(thinker, dims, folder / "decoder.onnx", dtype=dtype, opset=opset,
+                                  max_context=cfg.max_context)
+    _check("decoder", validate_decoder(decoder_path, thinker, dtype=dtype), checks)
+    graphs["decoder"] = graph_entry(decoder_graph(dims.num_layers), dims, "decoder.onnx", opset, dtype,
+                                    external_data=(folder / "decoder.onnx.data").exists())
+
+    progress("text embeddings and tokenizer")
+    save_file = require("safetensors.numpy").save_file
+    table = thinker.get_input_embeddings().weight.detach().float().numpy()
+    save_file({EMBED_TENSOR: table.astype(np.float16 if dtype == "fp16" else np.float32)}, str(folder / EMBED_FILE))
+    tokenizer_files = _copy_tokenizer(model, folder / TOKENIZER_DIR)
+
+    manifest = {
+        "model": dict(model.identity, source="embedded default" if model.source.is_default else str(model.source.path)),
+        "dtype": dtype,
+        "resolution": list(cfg.resolution),
+        "max_context": cfg.max_context,
+        "dims": asdict(dims),
+        "layout": asdict(model.spec),
+        "rope": _rope_settings(model),
+        "tie_rule": TIE_RULE,
+        "ratios": plan,
+        "graphs": graphs,
+        "text_embeddings": {"file": EMBED_FILE, "tensor": EMBED_TENSOR, "shape": list(table.shape),
+                            "dtype": "float16" if dtype == "fp16" else "float32"},
+        "tokenizer": {"folder": TOKENIZER_DIR, "files": tokenizer_files},
+        "stop_token_ids": [model.spec.tokens.im_end, model.spec.tokens.endoftext],
+        "tools": tool_versions(),
+        "export_config": config_summary(cfg),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+    progress("end-to-end check: greedy answers through the graphs vs the PyTorch stream")
+    from omnisift_edge.export.e2e import end_to_end_check
+
+    for entry in plan:
+        _check(f"end_to_end_{entry['graph']}", end_to_end_check(model, folder, manifest, entry), checks)
+
+    progress("TensorRT lint")
+    findings = lint_folder(folder)
+    lint = {graph: [asdict(f) for f in items] for graph, items in findings.items()}
+    if has_errors(findings):
+        raise UsageError("the graphs use what TensorRT 10.3 cannot build:\n" + format_findings(findings))
+    manifest.update(validation=checks, lint=lint)
+    write_manifest(folder, manifest)
+    return ExportArtifact(folder=folder, manifest=manifest, checks=checks, lint=lint)
+
+
+def _rope_settings(model) -> dict:
+    text = model.thinker.config.text_config
+    scaling = getattr(text, "rope_scaling", None) or {}
+    return {"rope_theta": getattr(text, "rope_theta", None), "mrope_section": scaling.get("mrope_section"),
+            "position_id_per_seconds": model.spec.position_id_per_seconds,
+            "seconds_per_chunk": model.spec.seconds_per_chunk, "rows": ["time", "height", "width"]}

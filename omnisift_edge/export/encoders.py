@@ -1,0 +1,417 @@
+"""`vision_encoder.onnx` and `audio_encoder.onnx`: the thinker's towers for ONE chunk, static shapes.
+
+The stock towers do not export: they loop over `cu_seqlens` in Python, call `.tolist()` and build
+masks from data. For one chunk of fixed shape all of that bookkeeping is a constant, so the
+wrappers here compute it once on the host, with the tower's own `get_window_index` and
+`rot_pos_emb`, and keep it as buffers (graph initializers):
+- `VisionChunkEncoder`: window order and its inverse, rotary cos/sin tables, and the segments the
+  blocks attend within (one temporal grid step for full-attention blocks, one 112-pixel window of
+  one grid step for the others), run as a batch of independent sequences;
+- `AudioWindowEncoder`: the sinusoid positions of one 2-second window (whose 100 post-conv frames
+  attend to each other only).
+The forward passes call the tower's own submodules (patch embedding weight, blocks' norms,
+projections and MLPs, merger, conv1/conv2, layers, avg_pooler, ln_post, proj); the modeling
+file is not copied. See docs/export-encoders.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from omnisift_edge.errors import UsageError, require
+from omnisift_edge.export.tensors import AUDIO_ENCODER, VISION_ENCODER, Dims, GraphSpec
+from omnisift_edge.model.spec import OmniSpec
+
+TWO_GB = 2 * 1024**3
+_MASKED = -1e9   # additive score of a padding key (scores are float32 when it is added)
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+def encoder_dims(thinker, height: int, width: int) -> Dims:
+    """The encoder axes of `Dims` for frames of `height` x `width` pixels (multiples of 28)."""
+    spec = OmniSpec.from_thinker_config(thinker.config)
+    m = spec.merge_pixels
+    if height <= 0 or width <= 0 or height % m or width % m:
+        fix = f"{max(m, round(height / m) * m)}x{max(m, round(width / m) * m)}"
+        raise UsageError(f"resolution must be a multiple of {m} (got {height}x{width}); try {fix}")
+    vision = thinker.config.vision_config
+    return Dims(
+        hidden=thinker.config.text_config.hidden_size,
+        patch_dim=vision.in_channels * vision.temporal_patch_size * vision.patch_size**2,
+        grid_h=height // spec.patch_size,
+        grid_w=width // spec.patch_size,
+        spatial_merge=spec.spatial_merge_size,
+        grids_per_chunk=spec.grids_per_chunk,
+        n_mels=spec.n_mels,
+        window_frames=spec.audio_window_frames,
+        window_audio_tokens=spec.audio_tokens_for_mel_frames(spec.audio_window_frames),
+    )
+
+
+class _Fp32Tables(nn.Module):
+    """Buffers named in `_fp32` stay float32 through `.half()` / `.to(dtype)` (rotary tables, masks)."""
+
+    _fp32: tuple[str, ...] = ()
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        for name in self._fp32:
+            if getattr(self, name) is not None:
+                setattr(self, name, getattr(self, name).float())
+        return self
+
+
+class SegmentAttention(_Fp32Tables):
+    """Softmax attention within contiguous segments of a sequence, from host-side `cu_seqlens`.
+
+    Equal segments are a reshape into [n, L]. Unequal ones (edge windows) are gathered into
+    [n, max L] rows; padding keys get `_MASKED` and padding queries are dropped when scattering
+    back. Every index is a constant: no data-dependent shapes.
+    """
+
+    _fp32 = ("key_bias",)
+
+    def __init__(self, cu_seqlens, device=None):
+        super().__init__()
+        cu = [int(c) for c in cu_seqlens]
+        lengths = np.diff(cu)
+        if len(lengths) == 0 or (lengths <= 0).any():
+            raise ValueError(f"cu_seqlens must be strictly increasing from 0 (got {cu})")
+        self.seq, self.n, self.L = cu[-1], len(lengths), int(lengths.max())
+        for name in ("gather", "scatter", "key_bias"):
+            self.register_buffer(name, None, persistent=False)
+        if (lengths != self.L).any():
+            slot = np.arange(self.L)                                            # [L]
+            valid = slot[None, :] < lengths[:, None]                            # [n, L]
+            gather = np.where(valid, np.asarray(cu[:-1])[:, None] + slot, 0)    # [n, L] token per slot
+            scatter = np.flatnonzero(valid.reshape(-1))                         # [seq] slot per token
+            bias = np.where(valid, 0.0, _MASKED)[:, None, None, :]              # [n, 1, 1, L]
+            self.gather = torch.tensor(gather.reshape(-1), device=device)
+            self.scatter = torch.tensor(scatter, device=device)
+            self.key_bias = torch.tensor(bias, dtype=torch.float32, device=device)
+
+    def forward(self, q, k, v, scaling: float):                  # each [seq, H, hd]
+        heads, hd = q.shape[1], q.shape[2]
+        if self.gather is not None:
+            q, k, v = (t.index_select(0, self.gather) for t in (q, k, v))      # [n*L, H, hd]
+        q, k, v = (t.reshape(self.n, self.L, heads, hd).transpose(1, 2) for t in (q, k, v))  # [n, H, L, hd]
+        scores = (torch.matmul(q, k.transpose(2, 3)) * scaling).float()       # [n, H, L, L]
+        if self.key_bias is not None:
+            scores = scores + self.key_bias
+        probs = scores.softmax(dim=-1).to(v.dtype)
+        out = torch.matmul(probs, v).transpose(1, 2).reshape(self.n * self.L, heads * hd)   # [n*L, H*hd]
+        if self.scatter is not None:
+            out = out.index_select(0, self.scatter)                            # [seq, H*hd]
+        return out
+
+
+def _rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class VisionChunkEncoder(_Fp32Tables):
+    """pixel_values [chunk_patches, 1176] -> video_embeds [chunk_video_tokens, D] for one chunk.
+
+    Equals `thinker.get_video_features(pixel_values, [[grids_per_chunk, grid_h, grid_w]])`. Holds
+    the tower by reference: casting the wrapper casts the tower (the exporters cast a copy).
+    """
+
+    _fp32 = ("rope_cos", "rope_sin")
+
+    def __init__(self, visual: nn.Module, *, grid_h: int, grid_w: int, grids_per_chunk: int = 2):
+        super().__init__()
+        m = visual.spatial_merge_size
+        if grid_h <= 0 or grid_w <= 0 or grid_h % m or grid_w % m:
+            raise UsageError(f"the vision grid must be a positive multiple of {m} patches (got {grid_h}x{grid_w}); "
+                             f"use a resolution that is a multiple of {m * visual.patch_size} pixels")
+        self.visual = visual
+        self.unit = m * m                                          # patches per merged token
+        self.seq = grids_per_chunk * grid_h * grid_w              # patches per chunk
+        device = next(visual.parameters()).device
+        grid = torch.tensor([[grids_per_chunk, grid_h, grid_w]])
+        with torch.no_grad():
+            window_index, cu_windows = visual.get_window_index(grid)   # [seq/unit] merged tokens in window order
+            freqs = visual.rot_pos_emb(grid).float()                   # [seq, hd/2]
+        cu_windows = torch.unique_consecutive(torch.tensor(cu_windows)).tolist()
+        freqs = freqs.reshape(-1, self.unit, freqs.shape[-1])[window_index].reshape(self.seq, -1)
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]           # [seq, 1, hd] in window order
+        self.register_buffer("window_index", window_index.to(device), persistent=False)
+        self.register_buffer("reverse_index", torch.argsort(window_index).to(device), persistent=False)
+        self.register_buffer("rope_cos", emb.cos().to(device), persistent=False)
+        self.register_buffer("rope_sin", emb.sin().to(device), persistent=False)
+        per_grid = grid_h * grid_w
+        self.full = SegmentAttention(range(0, self.seq + 1, per_grid), device)   # one grid step each
+        self.windows = SegmentAttention(cu_windows, device)                      # one window of one step each
+        self.full_blocks = set(visual.fullatt_block_indexes)
+
+    @classmethod
+    def from_dims(cls, visual: nn.Module, dims: Dims) -> "VisionChunkEncoder":
+        return cls(visual, grid_h=dims.grid_h, grid_w=dims.grid_w, grids_per_chunk=dims.grids_per_chunk)
+
+    def _rope(self, x):                                            # [seq, H, hd], rotated in float32
+        x32 = x.float()
+        return (x32 * self.rope_cos + _rotate_half(x32) * self.rope_sin).to(x.dtype)
+
+    def _attention(self, attn: nn.Module, x, segments: SegmentAttention):   # x [seq, C]
+        q = self._rope(attn.q(x).reshape(self.seq, attn.num_heads, -1))      # [seq, H, hd]
+        k = self._rope(attn.k(x).reshape(self.seq, attn.num_heads, -1))
+        v = attn.v(x).reshape(self.seq, attn.num_heads, -1)
+        return attn.proj(segments(q, k, v, attn.scaling))                   # [seq, C]
+
+    def forward(self, pixel_values):                               # [seq, 1176]
+        visual = self.visual
+        weight = visual.patch_embed.proj.weight                    # Conv3d [C, 3, 2, 14, 14], kernel == stride
+        x = F.linear(pixel_values.to(weight.dtype), weight.reshape(weight.shape[0], -1))   # [seq, C]
+        x = x.reshape(self.seq // self.unit, self.unit, -1).index_select(0, self.window_index)
+        x = x.reshape(self.seq, -1)                                # [seq, C] window order
+        for i, blk in enumerate(visual.blocks):
+            segments = self.full if i in self.full_blocks else self.windows
+            x = x + self._attention(blk.attn, blk.norm1(x), segments)
+            x = x + blk.mlp(blk.norm2(x))
+        x = visual.merger(x)                                       # [seq/unit, D] window order
+        return x.index_select(0, self.reverse_index)               # [seq/unit, D] raster order
+
+
+class AudioWindowEncoder(nn.Module):
+    """input_features [n_mels, window_frames] -> audio_embeds [tokens, D] for one audio window.
+
+    Equals the tower on that window alone, and the window's slice of whole-clip features. The
+    default is a full window (2 * n_window = 200 frames -> 50 tokens); a shorter last window can be
+    built in torch (`window_frames=n`), but the exported graph is the full window only.
+    """
+
+    def __init__(self, audio_tower: nn.Module, *, window_frames: int | None = None):
+        super().__init__()
+        full = 2 * audio_tower.n_window
+        frames = full if window_frames is None else int(window_frames)
+        if not 0 < frames <= full:
+            raise UsageError(f"an audio window holds 1 to {full} mel frames (got {frames}); "
+                             "split longer audio into 2-second windows")
+        self.tower = audio_tower
+        self.frames = frames
+        self.after_cnn = (frames - 1) // 2 + 1                     # frames after conv2 (stride 2)
+        positions = audio_tower.positional_embedding.positional_embedding[: self.after_cnn]
+        self.register_buffer("positions", positions.detach().clone(), persistent=False)   # [T, d]
+        self.attend = SegmentAttention([0, self.after_cnn], positions.device)     # the whole window
+
+    @property
+    def tokens(self) -> int:
+        return self.after_cnn // 2
+
+    def _attention(self, attn: nn.Module, x):                      # [T, d]
+        q, k, v = (proj(x).reshape(self.after_cnn, attn.num_heads, -1)          # [T, H, hd]
+                   for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+        return attn.out_proj(self.attend(q, k, v, attn.scaling))   # [T, d]
+
+    def forward(self, input_features):                             # [n_mels, frames]
+        tower = self.tower
+        x = input_features.to(tower.conv1.weight.dtype)[None]      # [1, n_mels, frames]
+        x = F.gelu(tower.conv1(x))                                 # [1, d, frames]
+        x = F.gelu(tower.conv2(x))                                 # [1, d, T]
+        x = x[0].transpose(0, 1) + self.positions.to(x.dtype)      # [T, d]
+        for layer in tower.layers:
+            x = x + self._attention(layer.self_attn, layer.self_attn_layer_norm(x))
+            h = layer.activation_fn(layer.fc1(layer.final_layer_norm(x)))
+            x = x + layer.fc2(h)                                   # [T, d]
+            if x.dtype == torch.float16:                           # as the stock layer does
+                bound = torch.finfo(torch.float16).max - 1000
+                x = x.clamp(min=-bound, max=bound)
+        x = tower.avg_pooler(x.transpose(0, 1)[None])[0].transpose(0, 1)   # [T/2, d]
+        return tower.proj(tower.ln_post(x))                        # [T/2, D]
+
+
+# ------------------------------------------------------------------------------------------- export
+
+def _param_bytes(module: nn.Module, dtype: torch.dtype) -> int:
+    item = torch.empty((), dtype=dtype).element_size()
+    return sum(p.numel() for p in module.parameters()) * item
+
+
+def _in_dtype(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """`module` in `dtype`: itself when it already is, else a copy (the caller's thinker is not cast)."""
+    if next(module.parameters()).dtype == dtype:
+        return module
+    return copy.deepcopy(module).to(dtype)
+
+
+def _write_onnx(module: nn.Module, example, spec: GraphSpec, dims: Dims, path: Path, *,
+                opset: int, external_data: bool) -> Path:
+    """Trace `module` into `path` atomically: temp folder beside `path`, then os.replace."""
+    onnx = require("onnx", extra="export")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        traced = tmp / "traced.onnx"
+        with torch.no_grad(), warnings.catch_warnings():
+            # the dynamo exporter needs onnxscript (not a dependency); TorchScript tracing is exact here
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            torch.onnx.export(module, (example,), str(traced), input_names=spec.input_names,
+                              output_names=spec.output_names, opset_version=opset, dynamo=False,
+                              do_constant_folding=True)
+        proto = onnx.load(str(traced))                            # external data (if torch wrote any) loaded
+        proto.graph.name = spec.name
+        _check_io(proto, spec, dims, onnx.helper.tensor_dtype_to_np_dtype)
+        external = external_data or _param_bytes(module, example.dtype) > TWO_GB - (64 << 20)
+        final = tmp / path.name
+        data_name = f"{path.name}.data"
+        if external:
+            onnx.save_model(proto, str(final), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data_name, size_threshold=1024)
+        else:
+            onnx.save_model(proto, str(final))
+        onnx.checker.check_model(str(final))
+        if external:
+            os.replace(tmp / data_name, path.parent / data_name)  # data first: the .onnx appears last
+        os.replace(final, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _check_io(proto, spec: GraphSpec, dims: Dims, np_dtype) -> None:
+    """The traced graph's inputs/outputs must be the declared names and shapes (a bug otherwise)."""
+    for declared, actual in ((spec.inputs, proto.graph.input), (spec.outputs, proto.graph.output)):
+        got = [(t.name, [d.dim_value or d.dim_param for d in t.type.tensor_type.shape.dim]) for t in actual]
+        want = [(t.name, t.shape(dims)) for t in declared]
+        if got != want:
+            raise RuntimeError(f"{spec.name}: traced graph has {got}, tensors.py declares {want}")
+        for t in actual:
+            if np.dtype(np_dtype(t.type.tensor_type.elem_type)).kind != "f":
+                raise RuntimeError(f"{spec.name}: {t.name} is not a float tensor")
+
+
+def _torch_dtype(dtype: str) -> torch.dtype:
+    if dtype not in _DTYPES:
+        raise UsageError(f"--dtype must be fp32 or fp16 for the encoders (got {dtype!r})")
+    return _DTYPES[dtype]
+
+
+def example_pixels(dims: Dims, dtype=torch.float32, seed: int = 0, device="cpu"):
+    """Random normalized patches [chunk_patches, patch_dim] (CLIP-normalized pixels are ~N(0, 1))."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(dims.size("chunk_patches"), dims.patch_dim, generator=gen).to(device, dtype)
+
+
+def example_features(dims: Dims, dtype=torch.float32, seed: int = 0, device="cpu"):
+    """Random log-mel [n_mels, window_frames] in Whisper's scaled range (about [-1.5, 1.5])."""
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand(dims.n_mels, dims.window_frames, generator=gen) * 3 - 1.5).to(device, dtype)
+
+
+def export_vision_encoder(thinker, dims: Dims, path: Path, *, dtype: str = "fp32", opset: int = 17,
+                          external_data: bool = False) -> Path:
+    """Trace `VisionChunkEncoder` for the chunk grid of `dims` into `path` (written atomically)."""
+    torch_dtype = _torch_dtype(dtype)
+    module = VisionChunkEncoder.from_dims(_in_dtype(thinker.visual, torch_dtype), dims).eval()
+    example = example_pixels(dims, torch_dtype, device=next(module.parameters()).device)
+    return _write_onnx(module, example, VISION_ENCODER, dims, path, opset=opset, external_data=external_data)
+
+
+def export_audio_encoder(thinker, dims: Dims, path: Path, *, dtype: str = "fp32", opset: int = 17,
+                         external_data: bool = False) -> Path:
+    """Trace `AudioWindowEncoder` for one full window into `path` (written atomically)."""
+    torch_dtype = _torch_dtype(dtype)
+    tower = _in_dtype(thinker.audio_tower, torch_dtype)
+    if 2 * tower.n_window != dims.window_frames:
+        raise UsageError(f"the audio tower attends within {2 * tower.n_window} mel frames but dims say "
+                         f"{dims.window_frames}; build Dims with encoder_dims(thinker, H, W)")
+    module = AudioWindowEncoder(tower).eval()
+    example = example_features(dims, torch_dtype, device=next(module.parameters()).device)
+    return _write_onnx(module, example, AUDIO_ENCODER, dims, path, opset=opset, external_data=external_data)
+
+
+# --------------------------------------------------------------------------------------- validation
+
+@dataclass(frozen=True)
+class EncoderCheck:
+    """ONNX Runtime (CPU) against PyTorch."""
+
+    max_abs: float
+    max_rel: float      # largest |ort - torch| / |torch| over elements with |torch| > atol
+    ok: bool            # every element within atol + rtol * |torch| (numpy.allclose's rule)
+    atol: float         # absolute (already scaled when the check was asked relative to ref_max)
+    rtol: float
+    ref_max: float      # max |torch|: the output's scale
+
+    def worst(self, other: "EncoderCheck") -> "EncoderCheck":
+        return EncoderCheck(max(self.max_abs, other.max_abs), max(self.max_rel, other.max_rel),
+                            self.ok and other.ok, max(self.atol, other.atol), self.rtol,
+                            max(self.ref_max, other.ref_max))
+
+
+def validate_encoder(onnx_path: Path, torch_module: nn.Module, example_input, *, atol: float, rtol: float,
+                     relative_atol: bool = False) -> EncoderCheck:
+    """Run the graph on `example_input` in ONNX Runtime's CPU provider and compare with `torch_module`.
+
+    Both see the input rounded to the graph's input dtype. `relative_atol`: atol is a fraction of
+    max |torch| (real models' embeddings are 100x the tiny default's).
+    """
+    ort = require("onnxruntime", extra="export")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    (graph_input,), (graph_output,) = session.get_inputs(), session.get_outputs()
+    feed_dtype = np.float16 if graph_input.type == "tensor(float16)" else np.float32
+    feed = torch.as_tensor(example_input).detach().cpu().numpy().astype(feed_dtype)   # both see these values
+    param = next(torch_module.parameters())
+    with torch.no_grad():
+        want = torch_module(torch.from_numpy(feed).to(param.device, param.dtype)).float().cpu().numpy()
+    got = session.run([graph_output.name], {graph_input.name: feed})[0]
+    ref_max = float(np.abs(want).max())
+    atol = atol * ref_max if relative_atol else atol
+    diff = np.abs(got.astype(np.float32) - want) if got.shape == want.shape else np.full(1, np.inf)
+    if not np.isfinite(diff).all():
+        return EncoderCheck(float("inf"), float("inf"), False, atol, rtol, ref_max)
+    big = np.abs(want) > atol
+    max_rel = float((diff[big] / np.abs(want[big])).max()) if big.any() else 0.0
+    ok = bool((diff <= atol + rtol * np.abs(want)).all())
+    return EncoderCheck(float(diff.max()), max_rel, ok, atol, rtol, ref_max)
+
+
+# (atol as a fraction of max |torch|, rtol) for a graph of each dtype against the torch module
+TOLERANCES = {"fp32": (1e-4, 1e-3), "fp16": (2e-2, 5e-2)}
+
+
+def clip_inputs(thinker, dims: Dims, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """One generated 2-second chunk: (pixel patches [chunk_patches, 1176], log-mel [n_mels, 200])."""
+    from omnisift_edge.model.preprocess import log_mel, video_patches
+    from omnisift_edge.model.synthetic import synthetic_clip
+
+    spec = OmniSpec.from_thinker_config(thinker.config)
+    size = (dims.grid_h * spec.patch_size, dims.grid_w * spec.patch_size)
+    clip = synthetic_clip(spec.seconds_per_chunk, *size, fps=spec.fps, sample_rate=spec.sample_rate,
+                          seed=seed, events=(0.5,))
+    return video_patches(clip.frames, spec, size=size)[0], log_mel(clip.pcm, spec)
+
+
+def _validate(path, module, inputs, dtype: str) -> EncoderCheck:
+    atol, rtol = TOLERANCES[dtype]
+    checks = [validate_encoder(path, module, x, atol=atol, rtol=rtol, relative_atol=True) for x in inputs]
+    return checks[0].worst(checks[1])
+
+
+def validate_vision_encoder(path: Path, thinker, dims: Dims, *, dtype: str = "fp32") -> EncoderCheck:
+    """The exported vision graph against `VisionChunkEncoder` on random and generated frames."""
+    module = VisionChunkEncoder.from_dims(thinker.visual, dims).eval()
+    inputs = (example_pixels(dims, seed=1), clip_inputs(thinker, dims)[0])
+    return _validate(path, module, inputs, dtype)
+
+
+def validate_audio_encoder(path: Path, thinker, dims: Dims, *, dtype: str = "fp32") -> EncoderCheck:
+    """The exported audio graph against `AudioWindowEncoder` on random and generated log-mel."""
+    module = AudioWindowEncoder(thinker.audio_tower).eval()
+    inputs = (example_features(dims, seed=1), clip_inputs(thinker, dims)[1])
+    return _validate(path, module, inputs, dtype)

@@ -1,0 +1,133 @@
+"""The export stage: model + ratios -> validated ONNX graphs and `manifest.json` in one folder.
+
+`export(ExportConfig) -> ExportArtifact`. Everything is written into a hidden temporary folder
+beside the output and renamed at the very end, after validation and lint passed: an interrupted
+or failed export never leaves a folder that looks complete.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from omnisift_edge.errors import UsageError
+from omnisift_edge.model.load import ModelSource
+
+DEFAULT_RATIOS = (0.25,)
+
+
+class ExportValidationError(UsageError):
+    """A graph disagreed with PyTorch beyond its tolerance; the message carries the numbers."""
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    out: Path
+    source: ModelSource = ModelSource()
+    ratios: tuple[float, ...] = DEFAULT_RATIOS      # overall fraction of audio+video tokens kept
+    resolution: tuple[int, int] = (448, 448)        # frame H, W: multiples of 28
+    dtype: str = "fp32"                             # fp32 | fp16 (graphs, embeddings)
+    max_context: int = 8192                         # longest KV cache the runtime/engines plan for
+    video_drop: float | None = None                 # explicit drops instead of the ratio policy
+    audio_drop: float | None = None
+    overwrite: bool = False
+    opset: int = 17
+
+    def __post_init__(self):
+        object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "ratios", tuple(float(r) for r in self.ratios))
+        if not self.ratios or not all(0 < r <= 1 for r in self.ratios):
+            raise UsageError(f"ratios must be in (0, 1]; got {', '.join(f'{r:g}' for r in self.ratios) or 'none'}")
+        if len(set(self.ratios)) != len(self.ratios):
+            raise UsageError(f"ratios repeat a value: {self.ratios}")
+        height, width = self.resolution
+        if height <= 0 or width <= 0 or height % 28 or width % 28:
+            fix = f"{max(1, round(height / 28)) * 28}x{max(1, round(width / 28)) * 28}"
+            raise UsageError(f"--resolution must be a multiple of 28 (got {height}x{width}); try {fix}")
+        if self.dtype not in ("fp32", "fp16"):
+            raise UsageError(f"--dtype must be fp32 or fp16 (got {self.dtype}); TensorRT builds bf16 from fp32 graphs")
+        if (self.video_drop is None) != (self.audio_drop is None):
+            raise UsageError("--video-drop and --audio-drop go together; give both or neither")
+        if self.video_drop is not None:
+            for name, value in (("--video-drop", self.video_drop), ("--audio-drop", self.audio_drop)):
+                if not 0 <= value < 1:
+                    raise UsageError(f"{name} must be in [0, 1) (got {value})")
+            if self.ratios != DEFAULT_RATIOS:
+                raise UsageError("give either --ratio/--ratios or --video-drop/--audio-drop, not both")
+        if self.max_context < 1024:
+            raise UsageError(f"--max-context must be at least 1024 tokens (got {self.max_context})")
+
+
+@dataclass
+class ExportArtifact:
+    folder: Path
+    manifest: dict
+    checks: dict = field(default_factory=dict)
+    lint: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _prepare_output(cfg: ExportConfig) -> Path:
+    out = cfg.out
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} exists and is not a folder; choose another -o")
+    if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
+        raise UsageError(f"{out} is not empty; pass --overwrite to replace it, or choose another -o")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Swap the finished folder in: the old one (if any) is removed only after the rename."""
+    _share(staging)
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{int(time.time())}"
+        out.rename(old)
+    staging.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def export(cfg: ExportConfig, progress: Callable[[str], None] = lambda _: None) -> ExportArtifact:
+    """Export, validate and lint; the folder appears at `cfg.out` only if all of it passed."""
+    from omnisift_edge.export import build
+
+    started = time.perf_counter()
+    staging = _prepare_output(cfg)
+    try:
+        with warnings.catch_warnings():
+            # tracing static per-chunk shapes is intended: the tracer's "might not generalize" notes are noise
+            warnings.filterwarnings("ignore", message=".*might cause the trace to be incorrect.*")
+            warnings.filterwarnings("ignore", message="Exporting aten::index operator.*")
+            artifact = build.build_folder(cfg, staging, progress)
+        _publish(staging, cfg.out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    artifact.folder = cfg.out
+    artifact.seconds = time.perf_counter() - started
+    return artifact
+
+
+def _share(folder: Path) -> None:
+    """Give the staged files the modes a plain write would (temp files are created private)."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def config_summary(cfg: ExportConfig) -> dict:
+    summary = asdict(cfg)
+    summary["out"] = str(cfg.out)
+    summary["source"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg.source).items()}
+    return summary
