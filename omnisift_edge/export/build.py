@@ -26,16 +26,11 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jso
 
 
 def model_dims(model, resolution: tuple[int, int]) -> Dims:
-    spec, text = model.spec, model.thinker.config.text_config
-    return Dims(
-        hidden=text.hidden_size, patch_dim=3 * spec.temporal_patch_size * spec.patch_size ** 2,
-        grid_h=resolution[0] // spec.patch_size, grid_w=resolution[1] // spec.patch_size,
-        spatial_merge=spec.spatial_merge_size, grids_per_chunk=spec.grids_per_chunk, n_mels=spec.n_mels,
-        window_frames=spec.audio_window_frames,
-        window_audio_tokens=spec.audio_tokens_for_mel_frames(spec.audio_window_frames),
-        num_layers=text.num_hidden_layers, kv_heads=text.num_key_value_heads,
-        head_dim=getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads,
-        vocab=text.vocab_size)
+    """Every fixed axis size of the export: the encoders' chunk shape and the decoder's widths."""
+    from omnisift_edge.export.decoder import decoder_dims
+    from omnisift_edge.export.encoders import encoder_dims
+
+    return decoder_dims(model.thinker, encoder_dims(model.thinker, *resolution))
 
 
 def ratio_plan(cfg: ExportConfig, dims: Dims) -> list[dict]:

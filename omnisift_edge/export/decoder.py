@@ -223,7 +223,7 @@ def validate_decoder(onnx_path, thinker, *, dtype: str | None = None, atol: floa
     Compares logits and presents after every call; attention masks are all ones. dtype (the
     graph's, read from it when None) picks the default tolerances of `TOLERANCES`.
     """
-    torch = require("torch")
+    require("torch")
     from transformers import DynamicCache
 
     from omnisift_edge.export.decoder_config import gapped_positions, head_dim, text_config

@@ -359,10 +359,9 @@ def validate_encoder(onnx_path: Path, torch_module: nn.Module, example_input, *,
     Both see the input rounded to the graph's input dtype. `relative_atol`: atol is a fraction of
     max |torch| (real models' embeddings are 100x the tiny default's).
     """
-    ort = require("onnxruntime", extra="export")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    from omnisift_edge.export.onnx_io import ort_session
+
+    session = ort_session(onnx_path)
     (graph_input,), (graph_output,) = session.get_inputs(), session.get_outputs()
     feed_dtype = np.float16 if graph_input.type == "tensor(float16)" else np.float32
     feed = torch.as_tensor(example_input).detach().cpu().numpy().astype(feed_dtype)   # both see these values
