@@ -69,7 +69,8 @@ def doctor() -> None:
 @click.option("--max-new-tokens", type=int, default=16, show_default=True)
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the embedded default model.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the embedded default model.")
 @_user_errors
 def demo(model_dir, compressor, compressor_heads, video, audio, seconds, resolution, ratio, question,
          max_new_tokens, dtype, device, seed):
@@ -113,7 +114,8 @@ def _parse_ratios(ratio: float | None, ratios: str | None) -> tuple[float, ...]:
 @click.option("--opset", type=int, default=17, show_default=True)
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True, help="Export folder to create.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder (only once the new export passed).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the embedded default model.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the embedded default model.")
 @_user_errors
 def export(model_dir, compressor, compressor_heads, ratio, ratios, video_drop, audio_drop, resolution, dtype,
            max_context, opset, out, overwrite, seed):
@@ -154,14 +156,14 @@ def lint(folder):
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--kind", type=click.Choice(["full", "thinker", "omnisift"]), default="omnisift", show_default=True,
               help="Folder layout to write: a full Qwen2.5-Omni checkpoint, a thinker-only folder, or OmniSIFT's.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @_user_errors
 def tiny_model(folder, kind, seed):
     """Write the embedded default model as a checkpoint folder (to see or test the folder formats)."""
     from omnisift_edge.model.tiny import write_tiny_checkpoint
 
-    if folder.exists() and any(folder.iterdir()):
-        raise UsageError(f"{folder} is not empty; choose a new folder")
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise UsageError(f"{folder} exists and is not an empty folder; choose a new folder")
     write_tiny_checkpoint(folder, kind, seed)
     click.echo(f"wrote the embedded default (seed {seed}) as a {kind} checkpoint to {folder}")
 

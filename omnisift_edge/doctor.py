@@ -22,7 +22,9 @@ class Probe:
 # command -> the probes it needs (names as in `probe_all`)
 NEEDS: dict[str, tuple[str, ...]] = {
     "demo": ("torch", "transformers", "tokenizers", "safetensors"),
-    "demo --video FILE": ("torch", "transformers", "av"),
+    "demo --video FILE": ("torch", "transformers", "av", "PIL"),
+    "export": ("torch", "transformers", "safetensors", "onnx", "onnxruntime", "optimum"),
+    "lint": ("onnx",),
     "tiny-model": ("torch", "transformers", "safetensors"),
 }
 
@@ -75,7 +77,8 @@ def report() -> str:
     lines.append("what each command needs:")
     for command, needs in NEEDS.items():
         missing = [n for n in needs if n not in found]
+        extra = "export" if command in ("export", "lint") else "model"
         status = "ready" if not missing else "missing " + ", ".join(missing) + \
-            " (pip install 'omnisift-edge[model]')"
+            f" (pip install 'omnisift-edge[{extra}]')"
         lines.append(f"  omnisift-edge {command:<18} {status}")
     return "\n".join(lines)

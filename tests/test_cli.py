@@ -71,7 +71,7 @@ def test_tiny_model_writes_a_loadable_folder_and_refuses_non_empty(tmp_path):
     assert result.returncode == 0, result.stderr
     assert (target / "config.json").is_file() and (target / "model.safetensors.index.json").is_file()
     again = _run("tiny-model", str(target))
-    assert again.returncode == 1 and "not empty" in again.stderr
+    assert again.returncode == 1 and "not an empty folder" in again.stderr
 
 
 def test_export_then_lint_from_the_shell(tmp_path):

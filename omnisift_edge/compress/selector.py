@@ -132,12 +132,18 @@ def _read(source) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from omnisift_edge.errors import require
 
-        return dict(require("safetensors.torch").load_file(str(path)))
+        try:
+            return dict(require("safetensors.torch").load_file(str(path)))
+        except Exception as exc:   # safetensors raises its own error types for truncated/corrupt files
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UsageError(f"cannot read {path} ({first}); the file is corrupt or partial, copy it again") from None
     if path.suffix in (".pt", ".pth", ".bin"):
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:   # a pickle with code in it, or not a torch file at all
-            raise UsageError(f"cannot read {path} as a tensor state dict ({exc}); save it with torch.save(state_dict)") from None
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UsageError(f"cannot read {path} as a tensor state dict ({first}); "
+                             "save it with torch.save(state_dict)") from None
         if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
             obj = obj["state_dict"]
         if not isinstance(obj, Mapping):

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from omnisift_edge.compress.ratio import audio_keep_count, check_rho, drop_count
-from omnisift_edge.compress.select import compact_indices, select_mask
+from omnisift_edge.compress.select import compact_indices, select_mask, share_identical_scores
 from omnisift_edge.compress.stvp import cosine_from_dots, frame_scores, pair_gram, rowdot, spatial_scores
 from omnisift_edge.errors import UsageError
 
@@ -122,7 +122,8 @@ def _compress(embeds, input_ids, t: _Tables, selector, video_id, audio_id, train
         dtype = next(selector.parameters()).dtype
         scores = selector(context.to(dtype), audio.to(dtype), ctx_valid)     # [C, A]
         with torch.no_grad():
-            decided = torch.where(t.do_audio.unsqueeze(-1), scores, torch.ones_like(scores))
+            shared = share_identical_scores(scores, audio)                     # exact ties, as the chunk module
+            decided = torch.where(t.do_audio.unsqueeze(-1), shared, torch.ones_like(scores))
             ranked = torch.where(t.aud_valid, decided, torch.full_like(scores, float("-inf")))
             keep_a = t.aud_valid & select_mask(ranked, t.n_keep, check=False)   # [C, A]
         keep_flat[t.aud_dst] = keep_a.reshape(-1)[t.aud_src]

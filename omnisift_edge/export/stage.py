@@ -45,10 +45,9 @@ class ExportConfig:
             raise UsageError(f"ratios must be in (0, 1]; got {', '.join(f'{r:g}' for r in self.ratios) or 'none'}")
         if len(set(self.ratios)) != len(self.ratios):
             raise UsageError(f"ratios repeat a value: {self.ratios}")
-        height, width = self.resolution
-        if height <= 0 or width <= 0 or height % 28 or width % 28:
-            fix = f"{max(1, round(height / 28)) * 28}x{max(1, round(width / 28)) * 28}"
-            raise UsageError(f"--resolution must be a multiple of 28 (got {height}x{width}); try {fix}")
+        from omnisift_edge.model.preprocess import check_resolution
+
+        object.__setattr__(self, "resolution", check_resolution(self.resolution))
         if self.dtype not in ("fp32", "fp16"):
             raise UsageError(f"--dtype must be fp32 or fp16 (got {self.dtype}); TensorRT builds bf16 from fp32 graphs")
         if (self.video_drop is None) != (self.audio_drop is None):

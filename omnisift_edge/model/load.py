@@ -87,12 +87,27 @@ def load_model(source: ModelSource) -> OmniModel:
     if source.compressor is not None:
         from omnisift_edge.compress.selector import load_selector_state
 
-        model.selector = load_selector_state(source.compressor, heads=source.selector_heads or 8)
+        heads = source.selector_heads or (_folder_selector_heads(source.path) if source.path else 8)
+        model.selector = load_selector_state(source.compressor, heads=heads)
     if model.selector is not None:
         _check_selector_width(model)
-        model.selector = model.selector.to(source.device, dtype).eval()
-    model.thinker = model.thinker.to(source.device, dtype).eval()
+        model.selector = _to_device_and_dtype(model.selector, source.device, dtype).eval()
+    model.thinker = _to_device_and_dtype(model.thinker, source.device, dtype).eval()
     return model
+
+
+def _to_device_and_dtype(module, device: str, dtype):
+    """Move to `device` and cast the floating-point parameters only.
+
+    Buffers (rotary inv_freq tables, the audio tower's sinusoids) stay float32, as transformers'
+    `from_pretrained(dtype=...)` keeps them: in bf16 the rotary angles at position 5000 would be
+    off by up to half a radian.
+    """
+    module.to(device)
+    for param in module.parameters():
+        if param.is_floating_point() and param.dtype != dtype:
+            param.data = param.data.to(dtype)
+    return module
 
 
 def _load_default(source: ModelSource) -> OmniModel:
@@ -122,9 +137,11 @@ def read_folder_config(folder: Path) -> tuple[dict, str]:
         raise UsageError(f"{folder} has no config.json; it is not a Hugging Face model folder "
                          "(copy the whole Qwen2.5-Omni checkpoint folder)")
     try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as exc:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{config_file} is not valid JSON ({exc}); re-copy it from the checkpoint") from None
+    if not isinstance(config, dict):
+        raise UsageError(f"{config_file} holds a JSON {type(config).__name__}, not a config object; re-copy it")
     model_type = config.get("model_type")
     if model_type == "qwen2_5_omni":
         if "thinker_config" not in config:
@@ -167,8 +184,11 @@ def _load_folder(source: ModelSource, dtype) -> OmniModel:
     folder = source.path
     thinker_cfg_dict, prefix = read_folder_config(folder)
     files = weight_files(folder)
-    config = transformers.Qwen2_5OmniThinkerConfig(**{k: v for k, v in thinker_cfg_dict.items()
-                                                      if k != "model_type"})
+    try:
+        config = transformers.Qwen2_5OmniThinkerConfig(**{k: v for k, v in thinker_cfg_dict.items()
+                                                          if k != "model_type"})
+    except (TypeError, ValueError, KeyError) as exc:
+        raise UsageError(f"{folder}/config.json has an invalid thinker config ({exc}); re-copy it") from None
     config._attn_implementation = "sdpa"
     old_default = torch.get_default_dtype()
     try:
@@ -234,9 +254,12 @@ def _folder_selector_heads(folder: Path) -> int:
     The head count is the one selector setting the weights do not determine; the authors' 7B
     selector uses 8.
     """
-    config = json.loads((folder / "config.json").read_text())
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     section = config.get("omnisift_compressor") or config.get("thinker_config", {}).get("omnisift_compressor") or {}
-    return int(section.get("heads", 8))
+    heads = section.get("heads", 8)
+    if not isinstance(heads, int) or heads < 1:
+        raise UsageError(f"{folder}/config.json: omnisift_compressor.heads must be a positive int (got {heads!r})")
+    return heads
 
 
 def _check_selector_width(model: OmniModel) -> None:

@@ -239,6 +239,8 @@ def load_media(path, spec: OmniSpec = OmniSpec(), *, audio_path=None, max_second
         pcm = pcm[:round(max_seconds * spec.sample_rate)]
     if pcm.shape[0] == 0:
         raise UsageError(f"{apath or vpath} has an empty audio stream (zero-length); pass --audio FILE")
+    if not np.isfinite(pcm).all():
+        raise UsageError(f"{apath or vpath} has NaN or Inf audio samples; re-encode the audio track")
 
     fps = Fraction(spec.fps).limit_denominator(10**6)
     n_frames = max(1, math.floor(end_t * fps))

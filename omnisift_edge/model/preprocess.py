@@ -67,6 +67,15 @@ def check_size(size: tuple[int, int], spec: OmniSpec = OmniSpec()) -> tuple[int,
     return h, w
 
 
+def check_resolution(size: tuple[int, int], spec: OmniSpec = OmniSpec()) -> tuple[int, int]:
+    """A pipeline resolution: `check_size`, and within Qwen2.5-Omni's video pixel budget."""
+    h, w = check_size(size, spec)
+    if h * w > VIDEO_MAX_PIXELS:
+        raise UsageError(f"resolution {h}x{w} is above Qwen2.5-Omni's video budget of {VIDEO_MAX_PIXELS} pixels "
+                         "per frame (768 tokens); try 448x448 or 672x672")
+    return h, w
+
+
 def _check_frames(frames: np.ndarray) -> np.ndarray:
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0 or frames.dtype != np.uint8:
@@ -239,6 +248,9 @@ class StreamingLogMel:
         pcm = np.asarray(pcm)
         if pcm.ndim != 1:
             raise UsageError(f"pcm must be mono [n] (got shape {list(pcm.shape)}); downmix it first")
+        if not np.isfinite(pcm).all():
+            raise UsageError("the audio contains NaN or Inf samples; check the source (a float WAV/track with "
+                             "invalid values?)")
         # float32 first: the feature extractor casts to float32, so float64 input matches it too
         self._buf = np.concatenate([self._buf, pcm.astype(np.float32).astype(np.float64)])
         self._received += pcm.shape[0]

@@ -19,16 +19,15 @@ from omnisift_edge.errors import UsageError
 from omnisift_edge.model.load import ModelSource
 
 
-def parse_resolution(text: str, merge_pixels: int = 28) -> tuple[int, int]:
-    """'448x448' -> (448, 448), both multiples of `merge_pixels`."""
+def parse_resolution(text: str) -> tuple[int, int]:
+    """'448x448' -> (448, 448): multiples of 28 within Qwen2.5-Omni's video pixel budget."""
+    from omnisift_edge.model.preprocess import check_resolution
+
     try:
         height, width = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise UsageError(f"--resolution must look like 448x448 (got {text!r})") from None
-    if height <= 0 or width <= 0 or height % merge_pixels or width % merge_pixels:
-        fix = f"{max(1, round(height / merge_pixels)) * merge_pixels}x{max(1, round(width / merge_pixels)) * merge_pixels}"
-        raise UsageError(f"--resolution must be a multiple of {merge_pixels} (got {height}x{width}); try {fix}")
-    return height, width
+    return check_resolution((height, width))
 
 
 @dataclass(frozen=True)
@@ -47,8 +46,12 @@ class DemoConfig:
             raise UsageError(f"--ratio must be in (0, 1] (got {self.ratio}); 0.25 keeps a quarter of the tokens")
         if self.video is None and not 0 < self.seconds <= 600:
             raise UsageError(f"--seconds must be in (0, 600] (got {self.seconds})")
-        if self.max_new_tokens < 1:
-            raise UsageError(f"--max-new-tokens must be at least 1 (got {self.max_new_tokens})")
+        if not 1 <= self.max_new_tokens <= 4096:
+            raise UsageError(f"--max-new-tokens must be in [1, 4096] (got {self.max_new_tokens})")
+        parse_resolution(self.resolution)          # fail before the model loads, not after
+        for flag, path in (("--video", self.video), ("--audio", self.audio)):
+            if path is not None and not Path(path).is_file():
+                raise UsageError(f"{flag} {path} does not exist; pass a video file with an audio track")
 
 
 @dataclass
@@ -101,7 +104,7 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
 
     model = load_model(cfg.source)
     spec = model.spec
-    size = parse_resolution(cfg.resolution, spec.merge_pixels)
+    size = parse_resolution(cfg.resolution)
     frames, pcm = _load_clip(cfg, spec, size)
     pieces = build_prompt(model.tokenizer, cfg.question, spec=spec)
     grid_hw = (size[0] // spec.patch_size, size[1] // spec.patch_size)

@@ -77,7 +77,8 @@ def compressing(model: OmniModel, cfg: CompressionConfig | None) -> Iterator[Non
     the keep mask before the first decoder layer. `model.last_keep_mask` records the mask.
     """
     thinker = model.thinker
-    if cfg is None:
+    if cfg is None or cfg.is_identity:   # nothing to drop: the plain thinker
+        model.last_keep_mask = None
         yield
         return
     _require_selector(model, cfg)
@@ -102,6 +103,9 @@ def compressing(model: OmniModel, cfg: CompressionConfig | None) -> Iterator[Non
                                        audio_token_id=tokens.audio, video_token_id=tokens.video,
                                        training=thinker.training)
             keep = result.keep_mask                                       # [B, L]
+            if keep.shape[0] > 1 and len(set(keep.sum(dim=1).tolist())) > 1:
+                raise UsageError("the clips of this batch keep different token counts (different layouts); "
+                                 "run them one at a time")
             kwargs["inputs_embeds"] = torch.stack([result.inputs_embeds[b, keep[b]] for b in range(keep.shape[0])])
             kwargs["position_ids"] = torch.stack([positions[:, b, keep[b]] for b in range(keep.shape[0])], dim=1)
             mask = kwargs.get("attention_mask")
@@ -111,13 +115,18 @@ def compressing(model: OmniModel, cfg: CompressionConfig | None) -> Iterator[Non
             model.last_keep_mask = keep
         return original(*args, **kwargs)
 
-    thinker.model.forward = decoder_forward
-    thinker.forward = thinker_forward
+    patched = [(thinker.model, decoder_forward), (thinker, thinker_forward)]
+    had_own = [("forward" in vars(obj)) for obj, _ in patched]
+    for obj, fn in patched:
+        obj.forward = fn
     try:
         yield
     finally:
-        thinker.model.forward = original
-        thinker.forward = original_thinker_forward
+        for (obj, _), own, saved in zip(patched, had_own, (original, original_thinker_forward)):
+            if own:
+                obj.forward = saved
+            else:
+                del obj.forward   # back to the class's method, no instance attribute left behind
 
 
 @dataclass(frozen=True)
@@ -166,7 +175,9 @@ def whole_clip_prefill(model: OmniModel, features: ClipFeatures, prefix_ids: Seq
         out = model.thinker(**inputs, past_key_values=cache, use_cache=True)
     full_len = inputs["input_ids"].shape[1]
     next_position = int(full_len + model.thinker.rope_deltas.reshape(-1)[0])
-    keep = model.last_keep_mask if compression is not None else None
+    keep = getattr(model, "last_keep_mask", None) if compression is not None else None
+    if compression is not None and keep is None:   # identity: every token kept
+        keep = torch.ones_like(inputs["input_ids"], dtype=torch.bool)
     return Prefill(cache=out.past_key_values, last_logits=out.logits[:, -1].float(),
                    next_position=next_position, keep_mask=keep)
 
@@ -246,7 +257,7 @@ class TorchStream:
         merge = model.spec.spatial_merge_size
         self.tokens_per_frame = (grid_hw[0] // merge) * (grid_hw[1] // merge)
         self.compression = compression
-        if compression is not None:
+        if compression is not None and not compression.is_identity:
             _require_selector(model, compression)
         self.layout = StreamingLayout(model.spec, list(prefix_ids), grid_hw=grid_hw)
         self.cache = DynamicCache(config=model.thinker.config.text_config)
@@ -272,12 +283,22 @@ class TorchStream:
         if self.closed:
             raise UsageError("the video span is closed once a question was asked; start a new stream")
         h, w = self.grid_hw
-        expected = (n_grids * h * w, None)
-        if pixel_values.ndim != 2 or pixel_values.shape[0] != expected[0]:
-            raise UsageError(f"chunk pixel patches must be [{expected[0]}, patch_dim] for {n_grids} grid steps "
+        spec = self.model.spec
+        patch_dim = 3 * spec.temporal_patch_size * spec.patch_size ** 2
+        if n_grids not in (1, 2):
+            raise UsageError(f"a chunk holds 1 or 2 temporal grid steps (got {n_grids})")
+        if pixel_values.shape != (n_grids * h * w, patch_dim):
+            raise UsageError(f"chunk pixel patches must be [{n_grids * h * w}, {patch_dim}] for {n_grids} grid steps "
                              f"of {h}x{w} patches (got {list(pixel_values.shape)})")
+        if mel.ndim != 2 or mel.shape[0] != spec.n_mels or not 0 < mel.shape[1] <= spec.audio_window_frames:
+            raise UsageError(f"the audio window must be [{spec.n_mels}, n] log-mel frames with 0 < n <= "
+                             f"{spec.audio_window_frames} (got {list(mel.shape)})")
+        if not (np.isfinite(pixel_values).all() and np.isfinite(mel).all()):
+            raise UsageError("the chunk's pixels or audio features contain NaN or Inf; check the source media")
         video = encode_video_chunk(self.model, pixel_values, (n_grids, h, w))       # [n_grids*n_p, D]
         audio = encode_audio_window(self.model, mel)                               # [La, D]
+        if not (torch.isfinite(video).all() and torch.isfinite(audio).all()):
+            raise UsageError("the encoders produced NaN or Inf for this chunk (fp16 overflow?); try --dtype bf16 or fp32")
         chunk = self.layout.chunk(n_grids, audio.shape[0])
         n_p = self.tokens_per_frame
         if self.compression is None or self.compression.is_identity:
@@ -312,9 +333,13 @@ class TorchStream:
         logits = _decoder_step(self.model, _embed_text(self.model, ids), pos, self.cache)
         self.question_logits = logits                                              # [1, V]
         prefill = Prefill(cache=self.cache, last_logits=logits, next_position=self.layout.next_position)
-        answer = []
-        for token in greedy_decode(self.model, prefill, max_new_tokens=max_new_tokens, stop_ids=stop_ids):
-            answer.append(token)
-            yield token
-        # the answer tokens are in the cache; the layout continues after them
-        self.layout.text(answer[:-1] if answer and answer[-1] in stop_ids else answer)
+        start = self.cache.get_seq_length()
+        answer: list[int] = []
+        try:
+            for token in greedy_decode(self.model, prefill, max_new_tokens=max_new_tokens, stop_ids=stop_ids):
+                answer.append(token)
+                yield token
+        finally:
+            # the layout continues after the answer tokens actually fed to the cache (also when
+            # the caller stops iterating early)
+            self.layout.text(answer[: self.cache.get_seq_length() - start])

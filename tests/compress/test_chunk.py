@@ -51,6 +51,28 @@ def test_equals_compress_sequence_on_the_same_chunks(selector, frames, grid, n_a
         assert torch.equal(kept[b], embeds[b, start + kept_index[b]])
 
 
+@pytest.mark.parametrize("ties", ["silence", "black", "both"])
+def test_tied_chunks_keep_the_same_tokens_in_both_forms(selector, ties):
+    """Silence and black static frames: the chunk module and the sequence form pick the same tokens."""
+    gen = torch.Generator().manual_seed(7)
+    video = torch.randn(2, 2, 12, 32, generator=gen)
+    audio = torch.randn(2, 50, 32, generator=gen)
+    if ties in ("silence", "both"):
+        audio = audio[:, :1].expand_as(audio).clone()
+    if ties in ("black", "both"):
+        video = torch.zeros_like(video)
+    module = ChunkCompressor(selector, 0.5, 0.3)
+    with torch.no_grad():
+        _, kept_index = module(video, audio)
+    layout, embeds, start = chunk_as_sequence(video, audio, (3, 4))
+    mask = compress_sequence(embeds, layout.input_ids, layout.position_ids, selector, rho_video=0.5, rho_audio=0.3,
+                             audio_token_id=IDS.audio, video_token_id=IDS.video, training=False).keep_mask
+    for b in range(2):
+        assert mask[b, start:start + 2 * 12 + 50].nonzero().flatten().tolist() == kept_index[b].tolist()
+    if ties in ("silence", "both"):      # every audio score ties: the lowest indices are kept
+        assert kept_index[0, -35:].tolist() == list(range(24, 24 + 35))
+
+
 def test_methods_agree_and_batch_rows_are_independent(selector):
     gen = torch.Generator().manual_seed(7)
     video = torch.randn(4, 2, 20, 32, generator=gen)

@@ -164,3 +164,17 @@ print((peak - before) * 1024 / weights)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     ratio = float(out.stdout.strip().splitlines()[-1])
     assert ratio < 1.6, f"loading peaked at {ratio:.2f}x the weights"
+
+
+def test_low_precision_loads_keep_rotary_tables_in_fp32(tiny_checkpoints):
+    """Only parameters are cast: bf16 rotary angles at position 5000 would be off by ~0.5 rad."""
+    for source in (ModelSource(dtype="bf16"), ModelSource(path=tiny_checkpoints["thinker"], dtype="fp16")):
+        model = load_model(source)
+        buffers = dict(model.thinker.named_buffers())
+        assert buffers["model.rotary_emb.inv_freq"].dtype == torch.float32
+        assert buffers["visual.rotary_pos_emb.inv_freq"].dtype == torch.float32
+        assert {p.dtype for p in model.thinker.parameters()} == {source_dtype(source)}
+
+
+def source_dtype(source):
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[source.dtype]

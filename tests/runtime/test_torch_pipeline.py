@@ -125,3 +125,46 @@ def test_stream_rejects_wrong_chunk_shapes_and_late_pushes(tiny_model):
         stream.push(features.pixel_values[:5], 2, features.mel[:, :200])
     with pytest.raises(UsageError, match="no chunk"):
         list(stream.ask(pieces.suffix_ids, max_new_tokens=2))
+
+
+def test_non_finite_inputs_are_refused(tiny_model):
+    from omnisift_edge.errors import UsageError
+    from omnisift_edge.model.preprocess import StreamingLogMel
+
+    features = _features(tiny_model, 4.0)
+    pieces = build_prompt(tiny_model.tokenizer, "Q?")
+    t, h, w = features.grid_thw
+    stream = TorchStream(tiny_model, pieces.prefix_ids, grid_hw=(h, w), compression=None)
+    mel = features.mel[:, :200].copy()
+    mel[3, 7] = np.nan
+    with pytest.raises(UsageError, match="NaN or Inf"):
+        stream.push(features.pixel_values[: 2 * h * w], 2, mel)
+    pcm = np.zeros(32000, np.float32)
+    pcm[100] = np.inf
+    with pytest.raises(UsageError, match="NaN or Inf"):
+        StreamingLogMel(tiny_model.spec).push(pcm)
+
+
+def test_compressing_restores_the_thinker(tiny_model):
+    from omnisift_edge.runtime.torch_pipeline import compressing
+
+    with compressing(tiny_model, CompressionConfig(0.5, 0.3)):
+        assert "forward" in vars(tiny_model.thinker.model)
+    assert "forward" not in vars(tiny_model.thinker.model)
+    assert "forward" not in vars(tiny_model.thinker)
+
+
+def test_abandoned_answer_keeps_the_layout_in_step(tiny_model):
+    """Stopping iteration early must leave positions in step with what the cache holds."""
+    features = _features(tiny_model, 4.0)
+    pieces = build_prompt(tiny_model.tokenizer, "First?")
+    compression = CompressionConfig.for_ratio(0.35, 6)
+    abandoned = _stream(tiny_model, features, pieces.prefix_ids, compression)
+    answer = abandoned.ask(pieces.suffix_ids, max_new_tokens=5)
+    first = [next(answer), next(answer)]
+    answer.close()                          # stopped at the 2nd token: only the 1st was fed back
+    finished = _stream(tiny_model, features, pieces.prefix_ids, compression)
+    assert list(finished.ask(pieces.suffix_ids, max_new_tokens=1)) == first[:1]   # fed its one token
+    assert abandoned.cache.get_seq_length() == finished.cache.get_seq_length()
+    assert abandoned.layout.length == finished.layout.length
+    assert abandoned.layout.next_position == finished.layout.next_position
