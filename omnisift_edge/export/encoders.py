@@ -40,11 +40,10 @@ _DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 def encoder_dims(thinker, height: int, width: int) -> Dims:
     """The encoder axes of `Dims` for frames of `height` x `width` pixels (multiples of 28)."""
+    from omnisift_edge.model.preprocess import check_size
+
     spec = OmniSpec.from_thinker_config(thinker.config)
-    m = spec.merge_pixels
-    if height <= 0 or width <= 0 or height % m or width % m:
-        fix = f"{max(m, round(height / m) * m)}x{max(m, round(width / m) * m)}"
-        raise UsageError(f"resolution must be a multiple of {m} (got {height}x{width}); try {fix}")
+    height, width = check_size((height, width), spec)
     vision = thinker.config.vision_config
     return Dims(
         hidden=thinker.config.text_config.hidden_size,

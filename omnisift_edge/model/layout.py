@@ -48,11 +48,9 @@ def text_positions(start: int, n: int) -> np.ndarray:
 
 def grid_hw_for_pixels(spec: OmniSpec, height: int, width: int) -> tuple[int, int]:
     """`(grid_h, grid_w)` in patches for frames of `height` x `width` pixels (multiples of 28)."""
-    m = spec.merge_pixels
-    if height <= 0 or width <= 0 or height % m or width % m:
-        fix = f"{max(m, round(height / m) * m)}x{max(m, round(width / m) * m)}"
-        raise UsageError(f"frame size must be a positive multiple of {m} pixels (got {height}x{width}); "
-                         f"try {fix}")
+    from omnisift_edge.model.preprocess import check_size
+
+    height, width = check_size((height, width), spec)
     return height // spec.patch_size, width // spec.patch_size
 
 

@@ -243,7 +243,7 @@ def test_build_errors(kwargs, match):
 
 
 def test_other_errors():
-    with pytest.raises(UsageError, match="multiple of 28 pixels.*try 448x448"):
+    with pytest.raises(UsageError, match="multiple of 28.*try 448x448"):
         grid_hw_for_pixels(SPEC, 450, 450)
     with pytest.raises(UsageError, match="media token ids"):
         build_layout(SPEC, [1, SPEC.tokens.video], [3], n_grids=1, grid_hw=(4, 4), n_audio=5)
