@@ -152,6 +152,37 @@ def lint(folder):
         sys.exit(1)
 
 
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--video", type=click.Path(path_type=Path), required=True, help="Video file with an audio track.")
+@click.option("--audio", type=click.Path(path_type=Path), default=None, help="Separate audio file for --video.")
+@click.option("--question", "questions", multiple=True, required=True,
+              help="A question; repeat for follow-up questions on the same context.")
+@click.option("--backend", type=click.Choice(["onnxruntime", "torch"]), default="onnxruntime", show_default=True)
+@click.option("--ratio", type=float, default=None, help="One of the export's ratios. Default: the first it lists.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=64, show_default=True)
+@click.option("--max-context", type=int, default=None, help="KV cache limit (default: the export's).")
+@_user_errors
+def run(folder, video, audio, questions, backend, ratio, device, max_new_tokens, max_context):
+    """Stream a video through an export folder chunk by chunk, then answer questions (streamed)."""
+    from omnisift_edge.runtime.session import RuntimeConfig, open_session
+
+    session = open_session(RuntimeConfig(folder=folder, backend=backend, ratio=ratio, device=device,
+                                         max_context=max_context))
+    reports = session.append_file(video, audio_path=audio)
+    kept = sum(r.kept_video + r.kept_audio for r in reports)
+    total = sum(r.video_tokens + r.audio_tokens for r in reports)
+    click.echo(f"{len(reports)} chunks, kept {kept}/{total} audio+video tokens ({kept / max(1, total):.1%}) "
+               f"at ratio {session.ratio:g} [{backend}]", err=True)
+    for question in questions:
+        click.echo(f"Q: {question}", err=True)
+        for piece in session.ask(question, max_new_tokens=max_new_tokens):
+            click.echo(piece, nl=False)
+        click.echo("" if session.last_answer_ids else "(no answer)")
+        click.echo(f"answer ids: {session.last_answer_ids}", err=True)
+
+
 @main.command("tiny-model")
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--kind", type=click.Choice(["full", "thinker", "omnisift"]), default="omnisift", show_default=True,

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from omnisift_edge.errors import require
+from omnisift_edge.errors import UsageError, require
 
 TWO_GB = 2 * 1024**3
 
@@ -31,9 +31,14 @@ def atomic_path(path: Path, suffix: str = ".onnx") -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
-def ort_session(path: Path):
-    """An ONNX Runtime session on the CPU provider, named explicitly (works with onnxruntime-gpu too)."""
+def ort_session(path: Path, providers=("CPUExecutionProvider",)):
+    """An ONNX Runtime session with its providers named explicitly (the CPU one by default)."""
     ort = require("onnxruntime", extra="export")
+    missing = [p for p in providers if p not in ort.get_available_providers()]
+    if missing:
+        raise UsageError(f"ONNX Runtime here has no {', '.join(missing)} (it has "
+                         f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu for CUDA, "
+                         "or use --device cpu")
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=list(providers))

@@ -15,7 +15,7 @@ position, so the KV cache holds only kept tokens while the rope stays uncompress
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -23,6 +23,7 @@ import torch
 
 from omnisift_edge.errors import UsageError
 from omnisift_edge.model.load import OmniModel
+from omnisift_edge.runtime.stream import ChunkStream
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,7 @@ class Prefill:
     cache: object                         # transformers DynamicCache of the kept tokens
     last_logits: torch.Tensor             # [B, V] logits at the last prefilled position
     next_position: int                    # rope position of the next token (full layout)
-    keep_mask: torch.Tensor | None = None  # [B, L] bool over the full layout (whole clip only)
-    kept_positions: list = field(default_factory=list)   # streaming: per chunk [3, K] positions
+    keep_mask: torch.Tensor | None = None  # [B, L] bool over the full layout
 
 
 def _require_selector(model: OmniModel, cfg: CompressionConfig) -> None:
@@ -228,118 +228,70 @@ def encode_audio_window(model: OmniModel, mel: np.ndarray) -> torch.Tensor:
     return out.last_hidden_state
 
 
-@dataclass(frozen=True)
-class ChunkReport:
-    index: int
-    video_tokens: int
-    audio_tokens: int
-    kept_video: int
-    kept_audio: int
+class TorchStream(ChunkStream):
+    """Streaming OmniSIFT in PyTorch (the reference backend): push chunks, then ask questions.
 
-
-class TorchStream:
-    """Streaming OmniSIFT in PyTorch: push chunks as they arrive, then ask questions.
-
-    The KV cache grows by the kept tokens of each chunk; answer latency does not depend on how
-    long the stream was. `push` takes one chunk's encoder inputs (pixel patches of its 1 or 2
-    temporal grid steps and its log-mel window); `ask` closes the video span, appends the question
-    and yields answer tokens; `ask` again continues the same conversation.
+    The KV cache (a transformers DynamicCache) grows by the kept tokens of each chunk; answer
+    latency does not depend on how long the stream was.
     """
 
     def __init__(self, model: OmniModel, prefix_ids: Sequence[int], *, grid_hw: tuple[int, int],
-                 compression: CompressionConfig | None):
+                 compression: CompressionConfig | None, max_context: int | None = None):
         from transformers import DynamicCache
 
-        from omnisift_edge.model.layout import StreamingLayout
-
-        self.model = model
-        self.grid_hw = grid_hw
-        merge = model.spec.spatial_merge_size
-        self.tokens_per_frame = (grid_hw[0] // merge) * (grid_hw[1] // merge)
-        self.compression = compression
         if compression is not None and not compression.is_identity:
             _require_selector(model, compression)
-        self.layout = StreamingLayout(model.spec, list(prefix_ids), grid_hw=grid_hw)
+        self.model = model
+        self.compression = None if compression is None or compression.is_identity else compression
         self.cache = DynamicCache(config=model.thinker.config.text_config)
-        self.reports: list[ChunkReport] = []
-        self.kept_positions: list[np.ndarray] = []
-        self.closed = False
-        self._compressors: dict = {}
+        self._chunk_compressor = None
+        if self.compression is not None:
+            from omnisift_edge.compress.chunk import ChunkCompressor
+
+            self._chunk_compressor = ChunkCompressor(model.selector, self.compression.rho_video,
+                                                     self.compression.rho_audio).eval()
         with torch.inference_mode():
-            ids, pos = self.layout.prefix()
-            self._last_logits = _decoder_step(model, _embed_text(model, ids), pos, self.cache)
+            super().__init__(model.spec, prefix_ids, grid_hw, max_context=max_context)
 
-    def _compressor(self):
-        from omnisift_edge.compress.chunk import ChunkCompressor
+    def _embed(self, ids):
+        return _embed_text(self.model, ids)
 
-        key = (self.compression.rho_video, self.compression.rho_audio)
-        if key not in self._compressors:
-            self._compressors[key] = ChunkCompressor(self.model.selector, *key).eval()
-        return self._compressors[key]
+    def _step(self, embeds, positions):
+        return _decoder_step(self.model, embeds, positions, self.cache)
 
-    @torch.inference_mode()
-    def push(self, pixel_values: np.ndarray, n_grids: int, mel: np.ndarray) -> ChunkReport:
-        """Encode, compress and prefill one chunk (1 or 2 grid steps of video, its audio window)."""
-        if self.closed:
-            raise UsageError("the video span is closed once a question was asked; start a new stream")
-        h, w = self.grid_hw
-        spec = self.model.spec
-        patch_dim = 3 * spec.temporal_patch_size * spec.patch_size ** 2
-        if n_grids not in (1, 2):
-            raise UsageError(f"a chunk holds 1 or 2 temporal grid steps (got {n_grids})")
-        if pixel_values.shape != (n_grids * h * w, patch_dim):
-            raise UsageError(f"chunk pixel patches must be [{n_grids * h * w}, {patch_dim}] for {n_grids} grid steps "
-                             f"of {h}x{w} patches (got {list(pixel_values.shape)})")
-        if mel.ndim != 2 or mel.shape[0] != spec.n_mels or not 0 < mel.shape[1] <= spec.audio_window_frames:
-            raise UsageError(f"the audio window must be [{spec.n_mels}, n] log-mel frames with 0 < n <= "
-                             f"{spec.audio_window_frames} (got {list(mel.shape)})")
-        if not (np.isfinite(pixel_values).all() and np.isfinite(mel).all()):
-            raise UsageError("the chunk's pixels or audio features contain NaN or Inf; check the source media")
-        video = encode_video_chunk(self.model, pixel_values, (n_grids, h, w))       # [n_grids*n_p, D]
-        audio = encode_audio_window(self.model, mel)                               # [La, D]
-        if not (torch.isfinite(video).all() and torch.isfinite(audio).all()):
-            raise UsageError("the encoders produced NaN or Inf for this chunk (fp16 overflow?); try --dtype bf16 or fp32")
-        chunk = self.layout.chunk(n_grids, audio.shape[0])
-        n_p = self.tokens_per_frame
-        if self.compression is None or self.compression.is_identity:
-            kept = torch.cat([video, audio])[None]                                 # [1, n, D]
-            kept_index = np.arange(kept.shape[1])
-            kept_video = video.shape[0]
-        else:
-            frames = video.reshape(1, n_grids, n_p, -1)                             # [1, F, n_p, D]
-            kept, index = self._compressor()(frames, audio[None])                  # [1, K, D], [1, K]
-            kept_index = index[0].cpu().numpy()
-            kept_video = int((kept_index < n_grids * n_p).sum())
-        positions = np.asarray(chunk.position_ids)[:, kept_index]                  # [3, K]
-        self._last_logits = _decoder_step(self.model, kept, positions, self.cache)
-        self.kept_positions.append(positions)
-        report = ChunkReport(len(self.reports), video.shape[0], audio.shape[0], kept_video,
-                             kept.shape[1] - kept_video)
-        self.reports.append(report)
-        return report
+    def _encode_video(self, pixel_values, n_grids):
+        return encode_video_chunk(self.model, pixel_values, (n_grids, *self.grid_hw))   # [n_grids*n_p, D]
+
+    def _encode_audio(self, mel):
+        audio = encode_audio_window(self.model, mel)                                    # [La, D]
+        if not torch.isfinite(audio).all():
+            raise UsageError("the audio encoder produced NaN or Inf (fp16 overflow?); try --dtype bf16 or fp32")
+        return audio
+
+    def _compress(self, video, audio, n_grids, chunk_positions):
+        if not torch.isfinite(video).all():
+            raise UsageError("the vision encoder produced NaN or Inf (fp16 overflow?); try --dtype bf16 or fp32")
+        if self._chunk_compressor is None:
+            return torch.cat([video, audio])[None], np.arange(video.shape[0] + audio.shape[0])
+        frames = video.reshape(1, n_grids, self.tokens_per_frame, -1)                   # [1, F, n_p, D]
+        kept, index = self._chunk_compressor(frames, audio[None])                       # [1, K, D], [1, K]
+        return kept, index[0].cpu().numpy()
+
+    def kv_length(self) -> int:
+        return self.cache.get_seq_length()
+
+    def _sync(self) -> None:
+        if self.model.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    @staticmethod
+    def _argmax(logits) -> int:
+        return int(logits[0].argmax())
 
     @torch.inference_mode()
-    def ask(self, question_ids: Sequence[int], *, max_new_tokens: int = 32,
-            stop_ids: Sequence[int] = ()) -> Iterator[int]:
-        """Append a question (closing the video span first) and yield greedy answer tokens."""
-        if not self.closed:
-            if not self.reports:
-                raise UsageError("no chunk was pushed; OmniSIFT needs video with audio before a question")
-            ids, pos = self.layout.close(list(question_ids))
-            self.closed = True
-        else:
-            ids = list(question_ids)
-            pos = self.layout.text(ids)
-        logits = _decoder_step(self.model, _embed_text(self.model, ids), pos, self.cache)
-        self.question_logits = logits                                              # [1, V]
-        prefill = Prefill(cache=self.cache, last_logits=logits, next_position=self.layout.next_position)
-        start = self.cache.get_seq_length()
-        answer: list[int] = []
-        try:
-            for token in greedy_decode(self.model, prefill, max_new_tokens=max_new_tokens, stop_ids=stop_ids):
-                answer.append(token)
-                yield token
-        finally:
-            # the layout continues after the answer tokens actually fed to the cache (also when
-            # the caller stops iterating early)
-            self.layout.text(answer[: self.cache.get_seq_length() - start])
+    def push(self, pixel_values, n_grids, mel):
+        return super().push(pixel_values, n_grids, mel)
+
+    @torch.inference_mode()   # torch enters and leaves the mode around each step of a generator
+    def ask(self, question_ids, *, max_new_tokens=32, stop_ids=()):
+        yield from super().ask(question_ids, max_new_tokens=max_new_tokens, stop_ids=stop_ids)

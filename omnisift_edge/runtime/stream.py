@@ -1,0 +1,175 @@
+"""What every backend's stream shares: the layout, the KV bookkeeping, timing and greedy decode.
+
+A backend (PyTorch modules, ONNX Runtime graphs, TensorRT engines) supplies five hooks: embed
+text ids, append embeddings to its KV cache and return the last logits, encode one chunk, compress
+it, and report its KV length. `ChunkStream` does the rest the same way for all of them, so they
+keep the same tokens at the same positions and answer with the same greedy loop.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from omnisift_edge.errors import UsageError
+from omnisift_edge.model.spec import OmniSpec
+
+STAGES = ("vision", "audio", "compressor", "prefill")
+
+
+@dataclass(frozen=True)
+class ChunkReport:
+    index: int
+    video_tokens: int
+    audio_tokens: int
+    kept_video: int
+    kept_audio: int
+    seconds: dict = field(default_factory=dict)   # stage -> wall seconds (vision, audio, compressor, prefill)
+
+
+class ContextFullError(UsageError):
+    """The KV cache would exceed max_context: the stated policy is to refuse, never to corrupt."""
+
+
+class ChunkStream:
+    """Push chunks (pixel patches of 1-2 grid steps, a log-mel window), then ask questions."""
+
+    def __init__(self, spec: OmniSpec, prefix_ids: Sequence[int], grid_hw: tuple[int, int], *,
+                 max_context: int | None = None):
+        from omnisift_edge.model.layout import StreamingLayout
+
+        self.spec = spec
+        self.grid_hw = tuple(grid_hw)
+        self.tokens_per_frame = (grid_hw[0] // spec.spatial_merge_size) * (grid_hw[1] // spec.spatial_merge_size)
+        self.max_context = max_context
+        self.layout = StreamingLayout(spec, list(prefix_ids), grid_hw=self.grid_hw)
+        self.reports: list[ChunkReport] = []
+        self.kept_positions: list[np.ndarray] = []
+        self.closed = False
+        self.question_logits: Any = None
+        self.full = False               # set once the context overflowed: the stream refuses more input
+        ids, pos = self.layout.prefix()
+        self._append(self._embed(ids), pos)
+
+    # -- backend hooks ---------------------------------------------------------------------------
+    def _embed(self, ids: Sequence[int]) -> Any:
+        """Text embeddings [1, n, D] of `ids`."""
+        raise NotImplementedError
+
+    def _step(self, embeds: Any, positions: np.ndarray) -> Any:
+        """Append `embeds` [1, n, D] at rope `positions` [3, n] to the KV cache; logits of the last."""
+        raise NotImplementedError
+
+    def _encode_video(self, pixel_values: np.ndarray, n_grids: int) -> Any:
+        """Merged video embeddings [n_grids * n_p, D] of one chunk's frames."""
+        raise NotImplementedError
+
+    def _encode_audio(self, mel: np.ndarray) -> Any:
+        """Audio embeddings [La, D] of one log-mel window."""
+        raise NotImplementedError
+
+    def _compress(self, video: Any, audio: Any, n_grids: int, chunk_positions: np.ndarray) -> tuple[Any, np.ndarray]:
+        """(kept [1, K, D], kept_index [K] into the chunk's token order)."""
+        raise NotImplementedError
+
+    def kv_length(self) -> int:
+        raise NotImplementedError
+
+    def _sync(self) -> None:
+        """Wait for queued device work (for honest stage timings)."""
+
+    @staticmethod
+    def _argmax(logits: Any) -> int:
+        return int(np.asarray(logits).reshape(-1).argmax())
+
+    # -- shared ----------------------------------------------------------------------------------
+    def _append(self, embeds: Any, positions: np.ndarray) -> Any:
+        n = int(np.asarray(positions).shape[-1])
+        if self.full:
+            raise ContextFullError("the context filled up earlier; start a new stream")
+        if self.max_context is not None and self.kv_length() + n > self.max_context:
+            self.full = True            # the layout may have advanced already: no further use is safe
+            raise ContextFullError(
+                f"the context is full: {self.kv_length()} cached + {n} new tokens > max_context "
+                f"{self.max_context}; start a new stream, export with a larger --max-context, or a lower --ratio")
+        return self._step(embeds, np.asarray(positions, dtype=np.int64).reshape(3, n))
+
+    def _check_chunk(self, pixel_values: np.ndarray, n_grids: int, mel: np.ndarray) -> None:
+        if self.closed:
+            raise UsageError("the video span is closed once a question was asked; start a new stream")
+        spec, (h, w) = self.spec, self.grid_hw
+        patch_dim = 3 * spec.temporal_patch_size * spec.patch_size ** 2
+        if n_grids not in (1, 2):
+            raise UsageError(f"a chunk holds 1 or 2 temporal grid steps (got {n_grids})")
+        if tuple(pixel_values.shape) != (n_grids * h * w, patch_dim):
+            raise UsageError(f"chunk pixel patches must be [{n_grids * h * w}, {patch_dim}] for {n_grids} grid steps "
+                             f"of {h}x{w} patches (got {list(pixel_values.shape)})")
+        if mel.ndim != 2 or mel.shape[0] != spec.n_mels or not 0 < mel.shape[1] <= spec.audio_window_frames:
+            raise UsageError(f"the audio window must be [{spec.n_mels}, n] log-mel frames with 0 < n <= "
+                             f"{spec.audio_window_frames} (got {list(mel.shape)})")
+        if not (np.isfinite(pixel_values).all() and np.isfinite(mel).all()):
+            raise UsageError("the chunk's pixels or audio features contain NaN or Inf; check the source media")
+
+    def push(self, pixel_values: np.ndarray, n_grids: int, mel: np.ndarray) -> ChunkReport:
+        """Encode, compress and prefill one chunk (1 or 2 grid steps of video, its audio window)."""
+        self._check_chunk(pixel_values, n_grids, mel)
+        seconds = {}
+        clock = time.perf_counter()
+
+        def lap(stage: str) -> None:
+            nonlocal clock
+            self._sync()
+            now = time.perf_counter()
+            seconds[stage] = seconds.get(stage, 0.0) + now - clock
+            clock = now
+
+        video = self._encode_video(pixel_values, n_grids)
+        lap("vision")
+        audio = self._encode_audio(mel)
+        lap("audio")
+        chunk = self.layout.chunk(n_grids, int(audio.shape[0]))
+        kept, kept_index = self._compress(video, audio, n_grids, np.asarray(chunk.position_ids))
+        lap("compressor")
+        positions = np.asarray(chunk.position_ids)[:, kept_index]                  # [3, K]
+        self._append(kept, positions)
+        lap("prefill")
+        n_video = n_grids * self.tokens_per_frame
+        kept_video = int((kept_index < n_video).sum())
+        self.kept_positions.append(positions)
+        report = ChunkReport(len(self.reports), n_video, int(audio.shape[0]), kept_video,
+                             len(kept_index) - kept_video, seconds)
+        self.reports.append(report)
+        return report
+
+    def ask(self, question_ids: Sequence[int], *, max_new_tokens: int = 32,
+            stop_ids: Sequence[int] = ()) -> Iterator[int]:
+        """Append a question (closing the video span first) and yield greedy answer tokens."""
+        if max_new_tokens < 1:
+            raise UsageError(f"max new tokens must be at least 1 (got {max_new_tokens})")
+        if not self.closed:
+            if not self.reports:
+                raise UsageError("no chunk was pushed; OmniSIFT needs video with audio before a question")
+            ids, pos = self.layout.close(list(question_ids))
+            self.closed = True
+        else:
+            ids = list(question_ids)
+            pos = self.layout.text(ids)
+        logits = self._append(self._embed(ids), pos)
+        self.question_logits = logits
+        position = self.layout.next_position
+        fed: list[int] = []
+        try:
+            for _ in range(max_new_tokens):
+                token = self._argmax(logits)
+                yield token
+                if token in stop_ids:
+                    return
+                logits = self._append(self._embed([token]), np.full((3, 1), position))
+                fed.append(token)
+                position += 1
+        finally:
+            # positions continue after the tokens actually in the cache (also when the caller stops early)
+            self.layout.text(fed)
