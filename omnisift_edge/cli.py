@@ -183,6 +183,27 @@ def run(folder, video, audio, questions, backend, ratio, device, max_new_tokens,
         click.echo(f"answer ids: {session.last_answer_ids}", err=True)
 
 
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--backend", type=click.Choice(["onnxruntime", "torch"]), default="onnxruntime", show_default=True)
+@click.option("--ratios", default=None, help="Comma-separated ratios to profile (default: every ratio the export has).")
+@click.option("--seconds", type=float, default=30.0, show_default=True, help="Length of the generated clip.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--max-new-tokens", type=click.IntRange(2, 4096), default=16, show_default=True)
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), default=None,
+              help="Folder for profile.json/.md/.png (default: FOLDER/profile).")
+@_user_errors
+def profile(folder, backend, ratios, seconds, device, max_new_tokens, out):
+    """Measure per-stage latency, TTFT, decode speed and memory at each ratio, side by side."""
+    from omnisift_edge.profiling.profile import ProfileConfig, markdown, profile as run_profile
+
+    cfg = ProfileConfig(folder=folder, backend=backend, ratios=_parse_ratios(None, ratios) if ratios else None,
+                        seconds=seconds, device=device, max_new_tokens=max_new_tokens, out=out)
+    report = run_profile(cfg)
+    click.echo(markdown(report))
+    click.echo(f"wrote {report.files['json']}, {report.files['markdown']}, {report.files['plot']}", err=True)
+
+
 @main.command("tiny-model")
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--kind", type=click.Choice(["full", "thinker", "omnisift"]), default="omnisift", show_default=True,

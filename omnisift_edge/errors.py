@@ -26,6 +26,7 @@ _EXTRA_FOR = {
     "onnx": "export",
     "onnxruntime": "export",
     "optimum": "export",
+    "matplotlib": "profile",
 }
 
 

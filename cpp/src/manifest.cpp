@@ -1,0 +1,334 @@
+#include "omnisift/manifest.h"
+
+#include <openssl/evp.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <sstream>
+
+#include "json_util.h"
+
+namespace omnisift {
+
+namespace fs = std::filesystem;
+using detail::FieldError;
+using detail::get_array;
+using detail::get_int;
+using detail::get_number;
+using detail::get_string;
+using detail::json;
+
+int LayoutSpec::time_ids_per_grid() const {
+  return static_cast<int>(std::lround(temporal_patch_size / fps * position_id_per_seconds));
+}
+int LayoutSpec::grids_per_chunk() const {
+  return static_cast<int>(std::lround(seconds_per_chunk / (temporal_patch_size / fps)));
+}
+int LayoutSpec::time_ids_per_chunk() const {
+  return static_cast<int>(position_id_per_seconds * seconds_per_chunk);
+}
+int LayoutSpec::samples_per_chunk() const { return static_cast<int>(sample_rate * seconds_per_chunk); }
+int LayoutSpec::raw_frames_per_chunk() const { return static_cast<int>(std::lround(fps * seconds_per_chunk)); }
+
+Result<RatioPlan> Manifest::ratio_plan(double ratio) const {
+  std::string have;
+  for (const RatioPlan& plan : ratios) {
+    if (std::fabs(plan.ratio - ratio) < 1e-9) return plan;
+    std::ostringstream s;
+    s << (have.empty() ? "" : ", ") << plan.ratio;
+    have += s.str();
+  }
+  std::ostringstream msg;
+  msg << "this export has no compressor for ratio " << ratio << " (it has " << have
+      << "); export again with --ratios including it";
+  return NotFound(msg.str());
+}
+
+Result<const GraphInfo*> Manifest::graph(const std::string& key) const {
+  auto it = graphs.find(key);
+  if (it == graphs.end()) return NotFound("manifest.json has no graph '" + key + "'; export again");
+  return &it->second;
+}
+
+Result<std::string> read_file(const std::string& path) {
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) return NotFound(path + " is missing (or not a file)");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return NotFound("cannot open " + path);
+  std::ostringstream buf;
+  buf << in.rdbuf();
+  if (in.bad()) return DataLoss("error while reading " + path);
+  return buf.str();
+}
+
+namespace {
+
+struct MdCtxDeleter {
+  void operator()(EVP_MD_CTX* ctx) const { EVP_MD_CTX_free(ctx); }
+};
+
+std::string to_hex(const unsigned char* digest, unsigned int n) {
+  static const char* kHex = "0123456789abcdef";
+  std::string out;
+  for (unsigned int i = 0; i < n; ++i) {
+    out += kHex[digest[i] >> 4];
+    out += kHex[digest[i] & 15];
+  }
+  return out;
+}
+
+TensorInfo parse_tensor(const json& t, const std::string& path) {
+  TensorInfo info;
+  info.name = get_string(t, "name", path);
+  info.dtype = get_string(t, "dtype", path);
+  for (const json& a : get_array(t, "axes", path)) info.axes.push_back(a.get<std::string>());
+  for (const json& d : get_array(t, "shape", path)) {
+    if (d.is_number_integer()) info.shape.push_back(d.get<int64_t>());
+    else if (d.is_string()) info.shape.push_back(-1);
+    else throw FieldError(path + ".shape holds neither a size nor an axis name");
+  }
+  if (info.shape.size() != info.axes.size()) throw FieldError(path + ": shape and axes differ in length");
+  return info;
+}
+
+GraphInfo parse_graph(const std::string& key, const json& g) {
+  const std::string path = "graphs." + key;
+  GraphInfo info;
+  info.key = key;
+  info.file = get_string(g, "file", path);
+  info.opset = static_cast<int>(get_int(g, "opset", path));
+  size_t i = 0;
+  for (const json& t : get_array(g, "inputs", path)) info.inputs.push_back(parse_tensor(t, path + ".inputs[" + std::to_string(i++) + "]"));
+  i = 0;
+  for (const json& t : get_array(g, "outputs", path)) info.outputs.push_back(parse_tensor(t, path + ".outputs[" + std::to_string(i++) + "]"));
+  return info;
+}
+
+void parse_layout(const json& l, LayoutSpec& spec) {
+  const json& t = detail::field(l, "tokens", "layout");
+  TokenIds& ids = spec.tokens;
+  const std::string tp = "layout.tokens";
+  ids.endoftext = get_int(t, "endoftext", tp);
+  ids.im_start = get_int(t, "im_start", tp);
+  ids.im_end = get_int(t, "im_end", tp);
+  ids.audio = get_int(t, "audio", tp);
+  ids.audio_bos = get_int(t, "audio_bos", tp);
+  ids.audio_eos = get_int(t, "audio_eos", tp);
+  ids.vision_bos = get_int(t, "vision_bos", tp);
+  ids.vision_eos = get_int(t, "vision_eos", tp);
+  ids.image = get_int(t, "image", tp);
+  ids.video = get_int(t, "video", tp);
+  spec.patch_size = static_cast<int>(get_int(l, "patch_size", "layout"));
+  spec.temporal_patch_size = static_cast<int>(get_int(l, "temporal_patch_size", "layout"));
+  spec.spatial_merge_size = static_cast<int>(get_int(l, "spatial_merge_size", "layout"));
+  spec.fps = get_number(l, "fps", "layout");
+  spec.position_id_per_seconds = static_cast<int>(get_int(l, "position_id_per_seconds", "layout"));
+  spec.seconds_per_chunk = get_number(l, "seconds_per_chunk", "layout");
+  spec.sample_rate = static_cast<int>(get_int(l, "sample_rate", "layout"));
+  spec.n_mels = static_cast<int>(get_int(l, "n_mels", "layout"));
+  spec.n_fft = static_cast<int>(get_int(l, "n_fft", "layout"));
+  spec.hop_length = static_cast<int>(get_int(l, "hop_length", "layout"));
+  spec.audio_window_frames = static_cast<int>(get_int(l, "audio_window_frames", "layout"));
+}
+
+void parse_dims(const json& d, Dims& dims) {
+  auto geti = [&](const char* k) { return static_cast<int>(get_int(d, k, "dims")); };
+  dims.hidden = geti("hidden");
+  dims.patch_dim = geti("patch_dim");
+  dims.grid_h = geti("grid_h");
+  dims.grid_w = geti("grid_w");
+  dims.spatial_merge = geti("spatial_merge");
+  dims.grids_per_chunk = geti("grids_per_chunk");
+  dims.n_mels = geti("n_mels");
+  dims.window_frames = geti("window_frames");
+  dims.window_audio_tokens = geti("window_audio_tokens");
+  dims.num_layers = geti("num_layers");
+  dims.kv_heads = geti("kv_heads");
+  dims.head_dim = geti("head_dim");
+  dims.vocab = get_int(d, "vocab", "dims");
+}
+
+// Entries that must agree with each other; a mismatch means a hand-edited or foreign manifest.
+void check_consistency(const Manifest& m) {
+  const Dims& d = m.dims;
+  const LayoutSpec& l = m.layout;
+  if (d.hidden <= 0 || d.grid_h <= 0 || d.grid_w <= 0 || d.spatial_merge <= 0 || d.num_layers <= 0 ||
+      d.kv_heads <= 0 || d.head_dim <= 0 || d.vocab <= 0 || d.window_audio_tokens <= 0)
+    throw FieldError("dims holds a size <= 0");
+  if (d.grid_h % d.spatial_merge || d.grid_w % d.spatial_merge)
+    throw FieldError("dims.grid_h/grid_w are not multiples of dims.spatial_merge");
+  if (l.fps <= 0 || l.seconds_per_chunk <= 0 || l.temporal_patch_size <= 0)
+    throw FieldError("layout holds a non-positive fps, seconds_per_chunk or temporal_patch_size");
+  const double per_grid = l.temporal_patch_size / l.fps * l.position_id_per_seconds;
+  if (per_grid != std::floor(per_grid) || l.time_ids_per_grid() * l.grids_per_chunk() != l.time_ids_per_chunk())
+    throw FieldError("layout timing: grid steps must tile a chunk (use fps 2 with temporal_patch_size 2)");
+  if (l.grids_per_chunk() != d.grids_per_chunk || l.spatial_merge_size != d.spatial_merge ||
+      l.time_ids_per_chunk() != d.window_audio_tokens || l.n_mels != d.n_mels || l.audio_window_frames != d.window_frames)
+    throw FieldError("layout and dims disagree (grids per chunk, merge size, audio tokens or mel frames)");
+  if (m.height != d.grid_h * l.patch_size || m.width != d.grid_w * l.patch_size)
+    throw FieldError("resolution does not match dims.grid_h/grid_w * layout.patch_size");
+  if (m.max_context <= 0) throw FieldError("max_context must be > 0");
+  for (const char* key : {"vision_encoder", "audio_encoder", "decoder"})
+    if (!m.graphs.count(key)) throw FieldError(std::string("graphs.") + key + " is missing");
+  const GraphInfo& dec = m.graphs.at("decoder");
+  if (dec.inputs.size() != 3 + 2 * static_cast<size_t>(d.num_layers) ||
+      dec.outputs.size() != 1 + 2 * static_cast<size_t>(d.num_layers))
+    throw FieldError("graphs.decoder does not have 3 + 2*num_layers inputs and 1 + 2*num_layers outputs");
+  for (const char* key : {"vision_encoder", "audio_encoder"}) {
+    const GraphInfo& g = m.graphs.at(key);
+    if (g.inputs.size() != 1 || g.outputs.size() != 1) throw FieldError(std::string("graphs.") + key + " is not one input, one output");
+  }
+  if (m.ratios.empty()) throw FieldError("ratios is empty");
+  for (const RatioPlan& p : m.ratios) {
+    auto it = m.graphs.find(p.graph);
+    if (it == m.graphs.end()) throw FieldError("ratios names graph " + p.graph + ", which graphs does not list");
+    const GraphInfo& g = it->second;
+    if (g.inputs.size() != 3 || g.outputs.size() != 3 || g.outputs[0].shape.size() != 3)
+      throw FieldError("graphs." + p.graph + " is not the compressor's 3 inputs, 3 outputs");
+    if (g.outputs[0].shape[1] != p.kept_total || p.kept_video + p.kept_audio != p.kept_total)
+      throw FieldError("graphs." + p.graph + " keeps " + std::to_string(g.outputs[0].shape[1]) +
+                       " tokens but its ratio plan says " + std::to_string(p.kept_total));
+    if (p.kept_total <= 0 || p.kept_total > d.chunk_tokens())
+      throw FieldError("ratio plan of " + p.graph + " keeps an impossible number of tokens");
+  }
+  if (m.embeddings_shape.size() != 2 || m.embeddings_shape[0] != d.vocab || m.embeddings_shape[1] != d.hidden)
+    throw FieldError("text_embeddings.shape is not [dims.vocab, dims.hidden]");
+}
+
+Manifest parse_manifest_fields(const json& j) {
+  Manifest m;
+  m.schema_version = static_cast<int>(get_int(j, "schema_version", ""));
+  m.dtype = get_string(j, "dtype", "");
+  if (m.dtype != "fp32" && m.dtype != "fp16") throw FieldError("dtype is '" + m.dtype + "', expected fp32 or fp16");
+  std::vector<int64_t> res = detail::get_int_list(j, "resolution", "");
+  if (res.size() != 2) throw FieldError("resolution is not [height, width]");
+  m.height = static_cast<int>(res[0]);
+  m.width = static_cast<int>(res[1]);
+  m.max_context = get_int(j, "max_context", "");
+  parse_dims(detail::field(j, "dims", ""), m.dims);
+  parse_layout(detail::field(j, "layout", ""), m.layout);
+  size_t i = 0;
+  for (const json& r : get_array(j, "ratios", "")) {
+    const std::string path = "ratios[" + std::to_string(i++) + "]";
+    RatioPlan p;
+    p.graph = get_string(r, "graph", path);
+    p.ratio = get_number(r, "ratio", path);
+    p.rho_video = get_number(r, "rho_video", path);
+    p.rho_audio = get_number(r, "rho_audio", path);
+    p.achieved = get_number(r, "achieved", path);
+    const json& kept = detail::field(r, "kept_per_chunk", path);
+    p.kept_video = static_cast<int>(get_int(kept, "video", path + ".kept_per_chunk"));
+    p.kept_audio = static_cast<int>(get_int(kept, "audio", path + ".kept_per_chunk"));
+    p.kept_total = static_cast<int>(get_int(kept, "total", path + ".kept_per_chunk"));
+    m.ratios.push_back(p);
+  }
+  const json& graphs = detail::field(j, "graphs", "");
+  if (!graphs.is_object()) throw FieldError("graphs is not an object");
+  for (auto it = graphs.begin(); it != graphs.end(); ++it) m.graphs[it.key()] = parse_graph(it.key(), it.value());
+  const json& emb = detail::field(j, "text_embeddings", "");
+  m.embeddings_file = get_string(emb, "file", "text_embeddings");
+  m.embeddings_tensor = get_string(emb, "tensor", "text_embeddings");
+  m.embeddings_dtype = get_string(emb, "dtype", "text_embeddings");
+  m.embeddings_shape = detail::get_int_list(emb, "shape", "text_embeddings");
+  const json& tok = detail::field(j, "tokenizer", "");
+  m.tokenizer_folder = get_string(tok, "folder", "tokenizer");
+  for (const json& f : get_array(tok, "files", "tokenizer")) m.tokenizer_files.push_back(f.get<std::string>());
+  m.stop_token_ids = detail::get_int_list(j, "stop_token_ids", "");
+  const json& files = detail::field(j, "files", "");
+  if (!files.is_object()) throw FieldError("files is not an object");
+  for (auto it = files.begin(); it != files.end(); ++it) {
+    FileEntry e;
+    e.sha256 = get_string(it.value(), "sha256", "files." + it.key());
+    e.bytes = get_int(it.value(), "bytes", "files." + it.key());
+    m.files[it.key()] = e;
+  }
+  check_consistency(m);
+  return m;
+}
+
+bool safe_relative(const std::string& name) {
+  fs::path p(name);
+  if (name.empty() || p.is_absolute()) return false;
+  for (const fs::path& part : p)
+    if (part == "..") return false;
+  return true;
+}
+
+}  // namespace
+
+std::string sha256_hex(const void* data, size_t n) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(data, n, digest, &len, EVP_sha256(), nullptr);
+  return to_hex(digest, len);
+}
+
+Result<std::string> sha256_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return NotFound(path + " is missing or unreadable");
+  std::unique_ptr<EVP_MD_CTX, MdCtxDeleter> ctx(EVP_MD_CTX_new());
+  if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) return Internal("OpenSSL SHA-256 init failed");
+  std::vector<char> block(1 << 20);
+  while (in) {
+    in.read(block.data(), static_cast<std::streamsize>(block.size()));
+    if (in.gcount() > 0) EVP_DigestUpdate(ctx.get(), block.data(), static_cast<size_t>(in.gcount()));
+  }
+  if (in.bad()) return DataLoss("error while reading " + path);
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(ctx.get(), digest, &len);
+  return to_hex(digest, len);
+}
+
+Result<Manifest> parse_manifest(const std::string& json_text) {
+  json j = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) return DataLoss("manifest.json is corrupt (not a JSON object); export again");
+  auto version = j.find("schema_version");
+  if (version == j.end() || !version->is_number_integer() || version->get<int64_t>() != kSchemaVersion) {
+    std::string got = version == j.end() ? "none" : version->dump();
+    return Unsupported("manifest.json has schema version " + got + ", this omnisift C++ library reads " +
+                       std::to_string(kSchemaVersion) + "; export again with a matching omnisift-edge");
+  }
+  try {
+    return parse_manifest_fields(j);
+  } catch (const FieldError& e) {
+    return DataLoss(std::string("manifest.json: ") + e.what() + "; export again (was it edited by hand?)");
+  } catch (const json::exception& e) {
+    return DataLoss(std::string("manifest.json: unexpected value (") + e.what() + "); export again");
+  }
+}
+
+Status verify_files(const std::string& folder, const Manifest& manifest) {
+  for (const auto& [name, entry] : manifest.files) {
+    if (!safe_relative(name)) return DataLoss("manifest.json lists a file outside the export folder: " + name);
+    const std::string path = (fs::path(folder) / name).string();
+    std::error_code ec;
+    if (!fs::is_regular_file(path, ec))
+      return NotFound(path + " is missing from the export; copy the whole folder or export again");
+    const auto size = fs::file_size(path, ec);
+    if (ec || static_cast<int64_t>(size) != entry.bytes)
+      return DataLoss(path + " has " + std::to_string(size) + " bytes, manifest.json says " +
+                      std::to_string(entry.bytes) + " (modified or partly copied); copy it again or export again");
+    Result<std::string> digest = sha256_file(path);
+    if (!digest.ok()) return digest.status();
+    if (*digest != entry.sha256)
+      return DataLoss(path + " does not match its SHA-256 in manifest.json (modified or partly copied); "
+                      "copy it again or export again");
+  }
+  return Status::Ok();
+}
+
+Result<Manifest> read_manifest(const std::string& folder, bool verify) {
+  const std::string path = (fs::path(folder) / "manifest.json").string();
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec))
+    return NotFound(folder + " has no manifest.json; it is not a complete export (run omnisift-edge export)");
+  OMNISIFT_ASSIGN_OR_RETURN(std::string text, read_file(path));
+  OMNISIFT_ASSIGN_OR_RETURN(Manifest manifest, parse_manifest(text));
+  if (verify) OMNISIFT_RETURN_IF_ERROR(verify_files(folder, manifest));
+  return manifest;
+}
+
+}  // namespace omnisift

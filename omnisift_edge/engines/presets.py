@@ -1,0 +1,183 @@
+"""Target presets: the GPUs engines are built for, and `auto` (the GPU this process sees).
+
+A TensorRT engine runs only on the GPU model (compute capability) and TensorRT version it was
+built with, so a preset names what the build machine must be, not a cross-compile target. The
+numbers are nominal (the largest common configuration); `auto` measures the real device.
+Detection uses the CUDA runtime through Polygraphy's ctypes wrapper (no torch, no cuda-python).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from omnisift_edge.errors import UsageError
+
+PRECISIONS = ("fp16", "bf16", "fp32")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    compute_capability: tuple[int, int]
+    memory_gb: float              # device memory (unified with the CPU on Jetson)
+    bf16: bool                    # TensorRT bf16 kernels on this GPU
+    workspace_gb: float           # default builder workspace (IBuilderConfig memory pool limit)
+    tensorrt: tuple[str, ...]     # TensorRT version prefixes expected here ("10.3" = JetPack 6)
+    jetson: bool = False
+
+    @property
+    def sm(self) -> str:
+        return f"sm_{self.compute_capability[0]}{self.compute_capability[1]}"
+
+    def expects_tensorrt(self, version: str) -> bool:
+        return any(version == p or version.startswith(p if p.endswith(".") else p + ".") for p in self.tensorrt)
+
+    def check_precision(self, precision: str) -> None:
+        if precision not in PRECISIONS:
+            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+        if precision == "bf16" and not self.bf16:
+            raise UsageError(f"{self.name} ({self.sm}) has no bf16 support in TensorRT; "
+                             "use --precision fp16 (or fp32)")
+
+
+_ORIN = dict(compute_capability=(8, 7), bf16=False, tensorrt=("10.3",), jetson=True)
+_DATACENTER = dict(bf16=True, tensorrt=("10.", "11."))
+
+PRESETS: dict[str, Target] = {t.name: t for t in (
+    Target("orin-nano", "Jetson Orin Nano 8 GB (JetPack 6)", memory_gb=8, workspace_gb=1, **_ORIN),
+    Target("orin-nx", "Jetson Orin NX 16 GB (JetPack 6)", memory_gb=16, workspace_gb=2, **_ORIN),
+    Target("orin-agx", "Jetson AGX Orin 64 GB (JetPack 6)", memory_gb=64, workspace_gb=4, **_ORIN),
+    Target("a100", "NVIDIA A100 80 GB", compute_capability=(8, 0), memory_gb=80, workspace_gb=8, **_DATACENTER),
+    Target("l4", "NVIDIA L4 24 GB", compute_capability=(8, 9), memory_gb=24, workspace_gb=4, **_DATACENTER),
+    Target("h100", "NVIDIA H100 80 GB (also H200, same sm_90)", compute_capability=(9, 0), memory_gb=80,
+           workspace_gb=8, **_DATACENTER),
+)}
+TARGETS = (*PRESETS, "auto")
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What the CUDA runtime says about device 0 (and, on a Jetson, the board's model string)."""
+
+    name: str
+    compute_capability: tuple[int, int]
+    memory_gb: float
+    board: str = ""               # /proc/device-tree/model on Jetson, else ""
+
+    @property
+    def cc(self) -> str:
+        return f"{self.compute_capability[0]}.{self.compute_capability[1]}"
+
+
+def get_target(name: str) -> Target:
+    """A named preset (not `auto`)."""
+    if name not in PRESETS:
+        raise UsageError(f"unknown --target {name!r}; choose one of {', '.join(TARGETS)}")
+    return PRESETS[name]
+
+
+def resolve_target(name: str, device: DeviceInfo | None = None) -> Target:
+    """The preset `name`, or for `auto` the preset matching `device` (a generic `sm_XY` target when none does)."""
+    if name != "auto":
+        return get_target(name)
+    if device is None:
+        device = detect_device()
+    if device is None:
+        raise UsageError("--target auto needs a CUDA GPU to detect and none was found; "
+                         f"name the target instead (one of {', '.join(PRESETS)})")
+    return target_for_device(device)
+
+
+def target_for_device(device: DeviceInfo) -> Target:
+    cc = device.compute_capability
+    if cc == (8, 7):   # Orin: tell the modules apart by the board string, else by memory
+        board = device.board.lower()
+        name = ("orin-nano" if "nano" in board else "orin-nx" if "nx" in board else "orin-agx" if "agx" in board
+                else "orin-nano" if device.memory_gb <= 8.5 else "orin-nx" if device.memory_gb <= 16.5 else "orin-agx")
+        return replace(PRESETS[name], memory_gb=round(device.memory_gb, 1))
+    for preset in PRESETS.values():
+        if not preset.jetson and preset.compute_capability == cc and _same_family(preset.name, device.name):
+            return replace(preset, memory_gb=round(device.memory_gb, 1))
+    generic = Target(f"sm_{cc[0]}{cc[1]}", f"{device.name} (no preset; detected)", cc, round(device.memory_gb, 1),
+                     bf16=cc >= (8, 0), workspace_gb=max(1.0, min(8.0, round(device.memory_gb / 8))),
+                     tensorrt=("10.", "11."))
+    return generic
+
+
+def _same_family(preset: str, device_name: str) -> bool:
+    name = device_name.upper()
+    return {"a100": "A100" in name or "A800" in name, "l4": bool(re.search(r"\bL4\b", name)),
+            "h100": any(k in name for k in ("H100", "H200", "H800", "GH200"))}.get(preset, False)
+
+
+def check_device(target: Target, device: DeviceInfo) -> None:
+    """Refuse building or running `target`'s engines on a GPU of another compute capability."""
+    if device.compute_capability != target.compute_capability:
+        want = f"{target.compute_capability[0]}.{target.compute_capability[1]}"
+        raise UsageError(f"--target {target.name} is compute capability {want} but this GPU ({device.name}) is "
+                         f"{device.cc}; TensorRT engines only run on the GPU model they were built on: build on the "
+                         "target itself, or use --target auto")
+
+
+# ------------------------------------------------------------------------------------------ detection
+
+_CC_MAJOR, _CC_MINOR = 75, 76          # cudaDevAttrComputeCapabilityMajor / Minor (stable since CUDA 5)
+_CUDART_NAMES = ("libcudart.so", "libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0")
+
+
+def _cudart():
+    """The CUDA runtime library via ctypes: Polygraphy's wrapper (it searches CUDA and pip paths) or the loader's."""
+    try:
+        from polygraphy import cuda
+        from polygraphy.logger import G_LOGGER
+
+        with G_LOGGER.verbosity(G_LOGGER.CRITICAL + 1):
+            return cuda.wrapper().handle
+    except Exception:   # polygraphy missing, or no libcudart where it looked
+        pass
+    for name in _CUDART_NAMES:
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    return None
+
+
+def detect_device(index: int = 0) -> DeviceInfo | None:
+    """Device `index` as the CUDA runtime reports it, or None without a CUDA runtime or GPU."""
+    lib = _cudart()
+    if lib is None:
+        return None
+    count = ctypes.c_int(0)
+    if lib.cudaGetDeviceCount(ctypes.byref(count)) != 0 or count.value <= index:
+        return None
+    major, minor = ctypes.c_int(0), ctypes.c_int(0)
+    lib.cudaDeviceGetAttribute(ctypes.byref(major), _CC_MAJOR, index)
+    lib.cudaDeviceGetAttribute(ctypes.byref(minor), _CC_MINOR, index)
+    props = ctypes.create_string_buffer(8192)   # cudaDeviceProp: `char name[256]` first in every CUDA version
+    name = "CUDA device"
+    if lib.cudaGetDeviceProperties(props, index) == 0:
+        name = props.raw[:256].split(b"\0", 1)[0].decode(errors="replace") or name
+    lib.cudaSetDevice(index)
+    free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+    memory_gb = total.value / 2**30 if lib.cudaMemGetInfo(ctypes.byref(free), ctypes.byref(total)) == 0 else 0.0
+    return DeviceInfo(name, (major.value, minor.value), memory_gb, _jetson_board())
+
+
+def _jetson_board() -> str:
+    path = Path("/proc/device-tree/model")
+    try:
+        return path.read_bytes().rstrip(b"\0").decode(errors="replace") if path.exists() else ""
+    except OSError:
+        return ""
+
+
+def describe() -> str:
+    """One line per preset, for --help texts and docs."""
+    return "\n".join(f"{t.name:10} {t.sm}  {t.memory_gb:g} GB  bf16 {'yes' if t.bf16 else 'no '}  "
+                     f"workspace {t.workspace_gb:g} GB  TensorRT {'/'.join(p.rstrip('.') + ('.x' if p.endswith('.') else '') for p in t.tensorrt)}"
+                     f"  {t.description}" for t in PRESETS.values())

@@ -1,0 +1,172 @@
+"""TensorRT optimization profiles, derived from the manifest's graph entries.
+
+Nothing here spells a tensor name: each input's shape comes from `manifest["graphs"][g]["inputs"]`
+(ints for fixed axes, the axis name for dynamic ones, as declared in export/tensors.py) and only
+the dynamic axes get ranges. Graphs without dynamic axes (vision_encoder, audio_encoder,
+compressor_r*) get one fixed profile. The decoder gets two:
+
+- prefill (profile 0): sequence_length 1 .. S_max with S_max = max(K of every compressor, the
+  longest prompt); opt = K of the main ratio. past_sequence_length 0 .. max_context - S_max.
+- decode (profile 1): sequence_length 1; past_sequence_length 1 .. max_context - 1.
+
+total_sequence_length = past + sequence at min, opt and max, so each profile covers exactly the
+calls whose cache ends within max_context. batch_size is 1 (one stream per context).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from omnisift_edge.errors import UsageError
+from omnisift_edge.export.tensors import DYNAMIC_AXES
+
+DEFAULT_MAX_PROMPT = 512      # longest text prefill (system prompt + question) the decoder profile covers
+Range = tuple[int, int, int]  # (min, opt, max)
+
+
+@dataclass(frozen=True)
+class ShapeRange:
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+    @property
+    def static(self) -> bool:
+        return self.min == self.opt == self.max
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One optimization profile: per input (in graph order) its min/opt/max shapes, and the axis ranges used."""
+
+    name: str                                    # "static", "prefill" or "decode"
+    inputs: tuple[tuple[str, ShapeRange], ...]
+    axes: tuple[tuple[str, Range], ...] = ()
+    dynamic: frozenset[str] = frozenset()        # inputs with a dynamic axis
+
+    @property
+    def shapes(self) -> dict[str, ShapeRange]:
+        return dict(self.inputs)
+
+    @property
+    def dynamic_inputs(self) -> dict[str, ShapeRange]:
+        """Inputs with a dynamic axis: the ones a TensorRT profile must name."""
+        return {name: r for name, r in self.inputs if name in self.dynamic}
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "axes": {a: list(r) for a, r in self.axes},
+                "inputs": {n: {"min": list(r.min), "opt": list(r.opt), "max": list(r.max)} for n, r in self.inputs}}
+
+
+@dataclass(frozen=True)
+class DecoderLimits:
+    max_context: int
+    max_sequence: int           # S_max of a prefill
+    opt_sequence: int           # K of the main ratio
+    main_ratio: float
+
+
+def kept_tokens(manifest: dict) -> dict[str, int]:
+    """K of every compressor graph, read from its outputs' `kept_tokens` axis."""
+    found = {}
+    for name, entry in manifest["graphs"].items():
+        for tensor in entry["outputs"]:
+            if "kept_tokens" in tensor.get("axes", ()):
+                found[name] = int(tensor["shape"][tensor["axes"].index("kept_tokens")])
+                break
+    return found
+
+
+def main_ratio(manifest: dict, ratio: float | None = None) -> tuple[float, str]:
+    """(ratio, compressor graph) the decoder's prefill is tuned for: `ratio`, else the export's smallest."""
+    graphs = {float(r["ratio"]): r["graph"] for r in manifest.get("ratios", []) if r["graph"] in manifest["graphs"]}
+    if not graphs:
+        raise UsageError("this export has no compressor graph; export again with --ratios")
+    if ratio is None:
+        ratio = min(graphs)
+    if float(ratio) not in graphs:
+        raise UsageError(f"this export has no compressor for ratio {ratio:g} (it has "
+                         f"{', '.join(f'{r:g}' for r in sorted(graphs))}); pass one of those")
+    return float(ratio), graphs[float(ratio)]
+
+
+def decoder_limits(manifest: dict, *, max_context: int | None = None, ratio: float | None = None,
+                   max_prompt: int = DEFAULT_MAX_PROMPT) -> DecoderLimits:
+    """The decoder's ranges, validated against the manifest (whose max_context the export checked against
+    the model's max_position_embeddings)."""
+    exported = int(manifest["max_context"])
+    ratio, graph = main_ratio(manifest, ratio)
+    ks = kept_tokens(manifest)
+    if max_prompt < 1:
+        raise UsageError(f"the longest prompt must be at least 1 token (got {max_prompt})")
+    s_max = max([*ks.values(), max_prompt])
+    if max_context is None:
+        max_context = exported
+    if isinstance(max_context, bool) or not isinstance(max_context, int):
+        raise UsageError(f"--max-context must be a whole number of tokens (got {max_context!r})")
+    if max_context > exported:
+        raise UsageError(f"--max-context {max_context} is longer than the export's {exported}; export again with "
+                         f"--max-context {max_context} (the export checks it against the model's max_position_embeddings)")
+    if max_context <= s_max:
+        raise UsageError(f"--max-context {max_context} leaves no room after one prefill of {s_max} tokens "
+                         f"(the largest kept count or prompt); use at least {s_max + 1}")
+    return DecoderLimits(max_context, s_max, ks[graph], ratio)
+
+
+def axis_ranges(limits: DecoderLimits) -> dict[str, dict[str, Range]]:
+    """profile name -> dynamic axis -> (min, opt, max). total = past + sequence at each point."""
+    c, s_max, k = limits.max_context, limits.max_sequence, limits.opt_sequence
+    pre_past = (0, (c - s_max) // 2, c - s_max)
+    pre_seq = (1, k, s_max)
+    dec_past = (1, (c - 1) // 2, c - 1)
+    dec_seq = (1, 1, 1)
+    total = lambda past, seq: tuple(p + s for p, s in zip(past, seq))  # noqa: E731
+    return {
+        "prefill": {"batch_size": (1, 1, 1), "sequence_length": pre_seq, "past_sequence_length": pre_past,
+                    "total_sequence_length": total(pre_past, pre_seq)},
+        "decode": {"batch_size": (1, 1, 1), "sequence_length": dec_seq, "past_sequence_length": dec_past,
+                   "total_sequence_length": total(dec_past, dec_seq)},
+    }
+
+
+def _graph_dynamic_axes(manifest: dict, entry: dict) -> set[str]:
+    declared = set(manifest.get("dynamic_axes", DYNAMIC_AXES))
+    unknown = declared - set(DYNAMIC_AXES)
+    if unknown:
+        raise UsageError(f"the manifest declares dynamic axes {sorted(unknown)} this omnisift-edge has no profile "
+                         "ranges for; build with the omnisift-edge that exported it")
+    return {d for t in entry["inputs"] for d in t["shape"] if isinstance(d, str) and d in declared}
+
+
+def _profile(name: str, entry: dict, ranges: dict[str, Range]) -> Profile:
+    inputs, dynamic = [], set()
+    for tensor in entry["inputs"]:
+        dims = []
+        for d in tensor["shape"]:
+            if isinstance(d, int):
+                dims.append((d, d, d))
+            elif d in ranges:
+                dims.append(ranges[d])
+                dynamic.add(tensor["name"])
+            else:
+                raise UsageError(f"input {tensor['name']} has an axis {d!r} with no range; the manifest is damaged "
+                                 "or from another omnisift-edge version")
+        inputs.append((tensor["name"], ShapeRange(*(tuple(x[i] for x in dims) for i in range(3)))))
+    used = sorted({d for t in entry["inputs"] for d in t["shape"] if isinstance(d, str)})
+    return Profile(name, tuple(inputs), tuple((a, ranges[a]) for a in used), frozenset(dynamic))
+
+
+def graph_profiles(manifest: dict, graph: str, limits: DecoderLimits | None = None) -> tuple[Profile, ...]:
+    """The profiles of one graph: one fixed profile, or prefill + decode for a graph with dynamic axes."""
+    entry = manifest["graphs"][graph]
+    if not _graph_dynamic_axes(manifest, entry):
+        return (_profile("static", entry, {}),)
+    limits = limits or decoder_limits(manifest)
+    return tuple(_profile(name, entry, ranges) for name, ranges in axis_ranges(limits).items())
+
+
+def engine_profiles(manifest: dict, *, max_context: int | None = None, ratio: float | None = None,
+                    max_prompt: int = DEFAULT_MAX_PROMPT) -> dict[str, tuple[Profile, ...]]:
+    """graph -> its profiles, for every graph in the manifest."""
+    limits = decoder_limits(manifest, max_context=max_context, ratio=ratio, max_prompt=max_prompt)
+    return {graph: graph_profiles(manifest, graph, limits) for graph in manifest["graphs"]}

@@ -1,0 +1,224 @@
+"""The profiling stage: `profile(ProfileConfig) -> ProfileReport`, one run over several ratios.
+
+For each ratio a generated clip streams through an `OmniSession` (same backend, same machine, one
+process: ratios are compared side by side), measuring per chunk the vision, audio, compressor and
+prefill latency (median and p90 after warm-up), the real-time factor (chunk time / 2 s), time to
+first token after the question, decode tokens/s, tokens kept, KV-cache bytes, peak host memory
+and (torch on CUDA) peak GPU memory, plus the graphs' sizes. Writes JSON (for machines), a
+Markdown table (for people) and a PNG plot of latency by stage against ratio.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from omnisift_edge.errors import UsageError, require
+from omnisift_edge.runtime.stream import STAGES
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    folder: Path
+    backend: str = "onnxruntime"
+    ratios: tuple[float, ...] | None = None     # None: every ratio the export has
+    seconds: float = 30.0
+    device: str = "cpu"
+    warmup_chunks: int = 1
+    question: str = "What happens in the video, and what do you hear?"
+    max_new_tokens: int = 16
+    out: Path | None = None                      # None: FOLDER/profile
+
+    def __post_init__(self):
+        object.__setattr__(self, "folder", Path(self.folder))
+        if not 2.0 * (self.warmup_chunks + 1) <= self.seconds <= 3600:
+            raise UsageError(f"--seconds must cover the warm-up plus one measured chunk "
+                             f"({2.0 * (self.warmup_chunks + 1):g} s) and at most 3600 (got {self.seconds:g})")
+        if self.ratios is not None and not all(0 < r <= 1 for r in self.ratios):
+            raise UsageError(f"ratios must be in (0, 1] (got {self.ratios})")
+        if self.max_new_tokens < 2:
+            raise UsageError("--max-new-tokens must be at least 2 to measure decode speed")
+
+
+@dataclass
+class RatioProfile:
+    ratio: float
+    achieved: float
+    chunks: int
+    stage_ms: dict                 # stage -> {"median": ms, "p90": ms}
+    chunk_ms: dict                 # whole chunk -> {"median", "p90"}
+    real_time_factor: float        # median chunk time / 2 s (< 1: keeps up with a live feed)
+    ttft_ms: float
+    decode_tokens_per_s: float
+    tokens_kept: int
+    tokens_total: int
+    kv_bytes: int
+    peak_host_mb: float
+    peak_gpu_mb: float | None
+
+
+@dataclass
+class ProfileReport:
+    machine: dict
+    config: dict
+    graph_bytes: dict
+    ratios: list = field(default_factory=list)
+    files: dict = field(default_factory=dict)
+
+
+def _stats(values: list[float]) -> dict:
+    ms = [v * 1e3 for v in values]
+    return {"median": statistics.median(ms), "p90": float(np.percentile(ms, 90))}
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:   # not Linux: the process peak is all there is
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _machine(backend: str, device: str) -> dict:
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "backend": backend, "device": device,
+            "date": time.strftime("%Y-%m-%d")}
+    if device.startswith("cuda"):
+        try:
+            import torch
+
+            info["gpu"] = torch.cuda.get_device_name()
+        except Exception:
+            info["gpu"] = "unknown"
+    return info
+
+
+def _profile_ratio(cfg: ProfileConfig, ratio: float, bar) -> RatioProfile:
+    from omnisift_edge.model.synthetic import synthetic_clip
+    from omnisift_edge.runtime.session import OmniSession, RuntimeConfig
+
+    session = OmniSession(RuntimeConfig(cfg.folder, backend=cfg.backend, ratio=ratio, device=cfg.device))
+    gpu = None
+    if cfg.backend == "torch" and cfg.device.startswith("cuda"):
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+    clip = synthetic_clip(cfg.seconds, *session.resolution, fps=session.spec.fps,
+                          sample_rate=session.spec.sample_rate, seed=0)
+    per_chunk, samples = session.spec.raw_frames_per_chunk, session.spec.samples_per_chunk
+    peak = _rss_mb()
+    chunk_seconds = []
+    for j in range(-(-len(clip.frames) // per_chunk)):
+        start = time.perf_counter()
+        session.append_chunk(clip.frames[j * per_chunk:(j + 1) * per_chunk], clip.pcm[j * samples:(j + 1) * samples])
+        chunk_seconds.append(time.perf_counter() - start)
+        peak = max(peak, _rss_mb())
+        bar.update(1)
+    session.finish()
+    measured = session.reports[cfg.warmup_chunks:]
+    start = time.perf_counter()
+    stamps = []
+    for _ in session.ask_ids(cfg.question, max_new_tokens=cfg.max_new_tokens):
+        stamps.append(time.perf_counter())
+    peak = max(peak, _rss_mb())
+    if cfg.backend == "torch" and cfg.device.startswith("cuda"):
+        import torch
+
+        gpu = torch.cuda.max_memory_allocated() / 2**20
+    dims = session.manifest["dims"]
+    width = 2 if session.manifest["dtype"] == "fp16" else 4
+    kv_bytes = session.stream.kv_length() * dims["num_layers"] * 2 * dims["kv_heads"] * dims["head_dim"] * width
+    decode = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 and stamps[-1] > stamps[0] else 0.0
+    chunk_stats = _stats(chunk_seconds[cfg.warmup_chunks:])
+    return RatioProfile(
+        ratio=ratio, achieved=session.plan["achieved"], chunks=len(session.reports),
+        stage_ms={stage: _stats([r.seconds[stage] for r in measured]) for stage in STAGES},
+        chunk_ms=chunk_stats, real_time_factor=chunk_stats["median"] / 1e3 / session.spec.seconds_per_chunk,
+        ttft_ms=(stamps[0] - start) * 1e3, decode_tokens_per_s=decode,
+        tokens_kept=sum(r.kept_video + r.kept_audio for r in session.reports),
+        tokens_total=sum(r.video_tokens + r.audio_tokens for r in session.reports),
+        kv_bytes=kv_bytes, peak_host_mb=peak, peak_gpu_mb=gpu)
+
+
+def markdown(report: ProfileReport) -> str:
+    m = report.machine
+    lines = [f"Profile of {report.config['folder']} ({m['backend']} on {m.get('gpu', m['processor'])}, "
+             f"{m['cpus']} CPUs, {m['date']}), {report.config['seconds']:g} s clip, median (p90) ms per chunk",
+             "",
+             "| ratio | kept | vision | audio | compressor | prefill | chunk | RTF | TTFT ms | decode tok/s | KV MB | host MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report.ratios:
+        cells = [f"{r['stage_ms'][s]['median']:.1f} ({r['stage_ms'][s]['p90']:.1f})" for s in STAGES]
+        lines.append(f"| {r['ratio']:g} | {r['tokens_kept']}/{r['tokens_total']} | " + " | ".join(cells) +
+                     f" | {r['chunk_ms']['median']:.1f} | {r['real_time_factor']:.3f} | {r['ttft_ms']:.1f} | "
+                     f"{r['decode_tokens_per_s']:.1f} | {r['kv_bytes'] / 2**20:.1f} | {r['peak_host_mb']:.0f} |")
+    sizes = ", ".join(f"{name} {size / 2**20:.1f} MB" for name, size in report.graph_bytes.items())
+    return "\n".join(lines + ["", f"graphs: {sizes}", ""])
+
+
+def _plot(report: ProfileReport, path: Path) -> None:
+    matplotlib = require("matplotlib", extra="profile")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ratios = [r["ratio"] for r in report.ratios]
+    x = np.arange(len(ratios))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    bottom = np.zeros(len(ratios))
+    for stage in STAGES:
+        values = np.array([r["stage_ms"][stage]["median"] for r in report.ratios])
+        ax.bar(x, values, bottom=bottom, label=stage)
+        bottom += values
+    ax.set_xticks(x, [f"{r:g}" for r in ratios])
+    ax.set_xlabel("ratio of audio+video tokens kept")
+    ax.set_ylabel("median ms per 2-second chunk")
+    ax.set_title(f"latency by stage ({report.machine['backend']}, {report.machine.get('gpu', 'CPU')})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, format="png")
+    plt.close(fig)
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def profile(cfg: ProfileConfig, *, progress: bool = True) -> ProfileReport:
+    from omnisift_edge.export.manifest import read_manifest
+
+    tqdm = require("tqdm").tqdm
+    manifest = read_manifest(cfg.folder)
+    ratios = cfg.ratios or tuple(e["ratio"] for e in manifest["ratios"])
+    chunks = -(-int(round(cfg.seconds * 2)) // 4)
+    report = ProfileReport(machine=_machine(cfg.backend, cfg.device),
+                           config={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+                           graph_bytes={g["file"]: manifest["files"][g["file"]]["bytes"]
+                                        for g in manifest["graphs"].values()})
+    with tqdm(total=chunks * len(ratios), desc="profiling", unit="chunk", disable=not progress) as bar:
+        for ratio in ratios:
+            bar.set_postfix(ratio=f"{ratio:g}")
+            report.ratios.append(asdict(_profile_ratio(cfg, ratio, bar)))
+    out = cfg.out or cfg.folder / "profile"
+    out.mkdir(parents=True, exist_ok=True)
+    report.files = {"json": str(out / "profile.json"), "markdown": str(out / "profile.md"),
+                    "plot": str(out / "profile.png")}
+    _atomic_write(out / "profile.json", lambda p: p.write_text(json.dumps(asdict(report), indent=2)))
+    _atomic_write(out / "profile.md", lambda p: p.write_text(markdown(report)))
+    _atomic_write(out / "profile.png", lambda p: _plot(report, p))
+    return report
