@@ -150,6 +150,41 @@ void parse_dims(const json& d, Dims& dims) {
   dims.vocab = get_int(d, "vocab", "dims");
 }
 
+EngineBuild parse_build(const std::string& target, const json& b) {
+  const std::string path = "builds." + target;
+  EngineBuild build;
+  build.target = target;
+  build.tensorrt = get_string(b, "tensorrt", path);
+  const json& cc = detail::field(b, "compute_capability", path);
+  build.compute_capability = cc.is_string() ? cc.get<std::string>() : cc.dump();
+  build.precision = get_string(b, "precision", path);
+  build.max_context = get_int(b, "max_context", path);
+  build.max_prefill_tokens = get_int(b, "max_prefill_tokens", path);
+  const json& engines = detail::field(b, "engines", path);
+  if (!engines.is_object()) throw FieldError(path + ".engines is not an object");
+  for (auto it = engines.begin(); it != engines.end(); ++it) {
+    const std::string ep = path + ".engines." + it.key();
+    EngineEntry e;
+    e.file = get_string(it.value(), "file", ep);
+    e.precision = get_string(it.value(), "precision", ep);
+    for (const json& p : get_array(it.value(), "profiles", ep)) {
+      EngineProfile profile;
+      profile.name = get_string(p, "name", ep + ".profiles");
+      const json& axes = detail::field(p, "axes", ep + ".profiles");
+      if (!axes.is_object()) throw FieldError(ep + ".profiles[].axes is not an object");
+      for (auto a = axes.begin(); a != axes.end(); ++a) {
+        std::vector<int64_t> range;
+        for (const json& v : a.value()) range.push_back(v.get<int64_t>());
+        if (range.size() != 3) throw FieldError(ep + ": axis " + a.key() + " is not [min, opt, max]");
+        profile.axes[a.key()] = range;
+      }
+      e.profiles.push_back(profile);
+    }
+    build.engines[it.key()] = e;
+  }
+  return build;
+}
+
 // Entries that must agree with each other; a mismatch means a hand-edited or foreign manifest.
 void check_consistency(const Manifest& m) {
   const Dims& d = m.dims;
@@ -243,6 +278,10 @@ Manifest parse_manifest_fields(const json& j) {
     e.sha256 = get_string(it.value(), "sha256", "files." + it.key());
     e.bytes = get_int(it.value(), "bytes", "files." + it.key());
     m.files[it.key()] = e;
+  }
+  if (auto builds = j.find("builds"); builds != j.end() && !builds->is_null()) {
+    if (!builds->is_object()) throw FieldError("builds is not an object");
+    for (auto it = builds->begin(); it != builds->end(); ++it) m.builds[it.key()] = parse_build(it.key(), it.value());
   }
   check_consistency(m);
   return m;

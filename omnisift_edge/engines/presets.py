@@ -160,7 +160,8 @@ def detect_device(index: int = 0) -> DeviceInfo | None:
     lib.cudaDeviceGetAttribute(ctypes.byref(minor), _CC_MINOR, index)
     props = ctypes.create_string_buffer(8192)   # cudaDeviceProp: `char name[256]` first in every CUDA version
     name = "CUDA device"
-    if lib.cudaGetDeviceProperties(props, index) == 0:
+    get_props = getattr(lib, "cudaGetDeviceProperties_v2", None) or getattr(lib, "cudaGetDeviceProperties", None)
+    if get_props is not None and get_props(props, index) == 0:
         name = props.raw[:256].split(b"\0", 1)[0].decode(errors="replace") or name
     lib.cudaSetDevice(index)
     free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)

@@ -73,6 +73,22 @@ struct RatioPlan {
   int kept_video = 0, kept_audio = 0, kept_total = 0;   // kept tokens per whole chunk
 };
 
+// TensorRT engines built for one target (manifest `builds.<target>`, written by the engines stage).
+struct EngineProfile {
+  std::string name;                                      // "static", "prefill" or "decode"
+  std::map<std::string, std::vector<int64_t>> axes;      // dynamic axis -> [min, opt, max]
+};
+struct EngineEntry {
+  std::string file;                                      // relative to the export folder
+  std::string precision;
+  std::vector<EngineProfile> profiles;                   // in the engine's profile order
+};
+struct EngineBuild {
+  std::string target, tensorrt, compute_capability, precision;   // compute_capability "8.7"
+  int64_t max_context = 0, max_prefill_tokens = 0;
+  std::map<std::string, EngineEntry> engines;            // graph key -> engine
+};
+
 struct FileEntry {
   std::string sha256;
   int64_t bytes = 0;
@@ -93,6 +109,7 @@ struct Manifest {
   std::vector<std::string> tokenizer_files;
   std::vector<int64_t> stop_token_ids;
   std::map<std::string, FileEntry> files;
+  std::map<std::string, EngineBuild> builds;             // empty until `omnisift-edge build` ran
 
   // The ratio plan entry for `ratio` (compared to 1e-9), or NotFound listing the ratios there are.
   Result<RatioPlan> ratio_plan(double ratio) const;

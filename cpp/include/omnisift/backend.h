@@ -1,0 +1,46 @@
+// The inference backend interface: one call per exported graph, host float32 in and out.
+//
+// The chunk pipeline (Session) is written against this interface only, so it builds and is
+// tested without TensorRT. Implementations: TrtBackend (TensorRT 10 engines, built only where
+// TensorRT is found; trt_backend.h) and StubBackend (deterministic stand-in, stub_backend.h).
+// Shapes are the manifest's (dims): the backend never invents names or sizes.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "omnisift/layout.h"
+#include "omnisift/status.h"
+
+namespace omnisift {
+
+struct CompressorOutput {
+  std::vector<float> kept_embeds;    // [K, hidden]
+  Positions kept_positions;          // [3, K]
+  std::vector<int64_t> kept_index;   // [K], ascending indices into the chunk's tokens
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  // vision_encoder: pixel_values [chunk_patches, patch_dim] -> video_embeds [chunk_video_tokens, hidden]
+  virtual Status encode_video(const std::vector<float>& pixel_values, std::vector<float>& video_embeds) = 0;
+  // audio_encoder: input_features [n_mels, window_frames] -> audio_embeds [window_audio_tokens, hidden]
+  virtual Status encode_audio(const std::vector<float>& mel, std::vector<float>& audio_embeds) = 0;
+  // compressor of the session's ratio: one whole chunk -> K kept tokens and their positions
+  virtual Status compress(const std::vector<float>& video_embeds, const std::vector<float>& audio_embeds,
+                          const Positions& chunk_positions, CompressorOutput& out) = 0;
+  // decoder: append n tokens (embeds [n, hidden] at positions [3, n]) to the KV cache;
+  // logits [vocab] of the last one. The attention mask is all ones over past + n.
+  virtual Status decode(const std::vector<float>& embeds, const Positions& positions, std::vector<float>& logits) = 0;
+  // Empty the KV cache (a new clip).
+  virtual Status reset() = 0;
+  virtual int64_t kv_length() const = 0;
+  // Whether a decoder step of n tokens after `past` cached ones can run (e.g. inside the engine's
+  // optimization profiles); checked before the session changes anything, so a refusal is clean.
+  virtual Status check_append(int64_t /*past*/, int64_t /*n*/) const { return Status::Ok(); }
+  // The longest KV cache the backend holds (0: no limit of its own; the manifest's applies).
+  virtual int64_t max_context() const { return 0; }
+};
+
+}  // namespace omnisift

@@ -1,0 +1,67 @@
+// Chunk and KV-cache bookkeeping: how many tokens each chunk adds at a ratio, how long the KV
+// cache is, and the context-full policy (an error before the step that would overflow, never a
+// silent truncation or a sliding window: the answer would no longer be about the whole video).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "omnisift/manifest.h"
+#include "omnisift/status.h"
+
+namespace omnisift {
+
+struct ChunkBudget {
+  int kept_per_chunk = 0;        // K of the ratio's compressor graph (manifest ratio plan)
+  int kept_video = 0, kept_audio = 0;
+  int uncompressed_per_chunk = 0;   // 2 * tokens_per_frame + 50
+  int64_t max_context = 0;
+
+  static Result<ChunkBudget> create(const Manifest& manifest, double ratio);
+  // KV length after the prefix (p + 2 tokens) and `chunks` whole chunks.
+  int64_t kv_after(int64_t prefix_tokens, int64_t chunks) const { return prefix_tokens + chunks * kept_per_chunk; }
+  // Whole chunks that fit after a prefix of `prefix_tokens`, leaving `reserve` tokens for the
+  // question, the answer and follow-ups; 0 when not even one fits.
+  int64_t max_chunks(int64_t prefix_tokens, int64_t reserve) const;
+  // Seconds of video that fit (2 s per chunk).
+  double max_seconds(int64_t prefix_tokens, int64_t reserve, double seconds_per_chunk) const {
+    return static_cast<double>(max_chunks(prefix_tokens, reserve)) * seconds_per_chunk;
+  }
+};
+
+// The KV length as the decoder sees it, checked against max_context before every step.
+class KvLedger {
+ public:
+  explicit KvLedger(int64_t max_context) : max_context_(max_context) {}
+  // ContextFull (naming `what` and the fixes) when n more tokens would not fit; no change then.
+  Status reserve(int64_t n, const std::string& what) const;
+  void commit(int64_t n) { length_ += n; }
+  int64_t length() const { return length_; }
+  int64_t free() const { return max_context_ - length_; }
+  int64_t max_context() const { return max_context_; }
+  void reset() { length_ = 0; }
+
+ private:
+  int64_t max_context_;
+  int64_t length_ = 0;
+};
+
+// The decoder engine's optimization profiles (manifest builds.<target>.engines.decoder): which
+// profile a step of n tokens after `past` cached ones runs under. A single new token after at
+// least one cached one takes "decode" when its ranges hold, everything else "prefill"; a step
+// outside every profile is ContextFull (the engines were built for a shorter context than
+// max_context allows for that step; build with a larger --max-context or ask sooner).
+class DecoderProfiles {
+ public:
+  static Result<DecoderProfiles> create(const EngineEntry& decoder);
+  // Index of the profile (in engine order) for the step.
+  Result<int> select(int64_t past, int64_t n) const;
+  const std::vector<EngineProfile>& profiles() const { return profiles_; }
+
+ private:
+  bool fits(const EngineProfile& p, int64_t past, int64_t n) const;
+  std::vector<EngineProfile> profiles_;
+  int prefill_ = -1, decode_ = -1;
+};
+
+}  // namespace omnisift

@@ -1,0 +1,130 @@
+// The chunk pipeline an app embeds: open an export folder, push 2-second chunks as they arrive,
+// ask questions, stream the greedy answer. The same loop as Python's runtime/ort_pipeline.py
+// (OrtStream), over any Backend:
+//   create:   prefix ids (system prompt) + <|vision_bos|><|audio_bos|> -> decoder prefill
+//   chunk:    vision + audio encoders -> compressor (K kept tokens, their positions) -> prefill
+//   ask:      first question closes the span (<|audio_eos|><|vision_eos|> + question) -> prefill,
+//             then greedy decode at max position + 1, + 2, ... until a stop id or max_new_tokens
+//   later:    follow-up ids (<|im_end|>\n<|im_start|>user\n...) continue the conversation
+// Media arrives as frames (2 fps, export resolution) and PCM (16 kHz) in any block sizes; a chunk
+// runs when 4 frames and its log-mel window are there. When the media ends (finish(), or the first
+// question) a trailing partial chunk is padded to 2 s: the last frame repeated, the audio
+// zero-padded; audio beyond the video is dropped. The same rules as Python's OmniSession
+// (runtime/session.py); golden files check the two agree chunk by chunk.
+// Context policy: a step that would exceed max_context returns kContextFull before anything is
+// appended; the session stays consistent (ask again after a shorter question, or start anew).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "omnisift/backend.h"
+#include "omnisift/embeddings.h"
+#include "omnisift/layout.h"
+#include "omnisift/manifest.h"
+#include "omnisift/plan.h"
+#include "omnisift/preprocess.h"
+#include "omnisift/prompt.h"
+#include "omnisift/tokenizer.h"
+
+namespace omnisift {
+
+// An export folder, read and checked once: manifest (checksums verified), tokenizer, chat
+// prompt, text embeddings. Shared by the sessions that use it.
+class ExportFolder {
+ public:
+  static Result<std::shared_ptr<const ExportFolder>> open(const std::string& folder, bool verify_checksums = true);
+  // From parts already loaded (tests, custom storage); the prompt's template check is skipped.
+  static std::shared_ptr<const ExportFolder> from_parts(Manifest manifest, Tokenizer tokenizer, TextEmbeddings embeddings);
+
+  const Manifest& manifest() const { return manifest_; }
+  const Tokenizer& tokenizer() const { return tokenizer_; }
+  const TextEmbeddings& embeddings() const { return embeddings_; }
+  const ChatPrompt& prompt() const { return *prompt_; }
+  const std::string& path() const { return path_; }
+
+  ExportFolder(Manifest m, Tokenizer t, TextEmbeddings e) : manifest_(std::move(m)), tokenizer_(std::move(t)), embeddings_(std::move(e)) {}
+
+ private:
+  std::string path_;
+  Manifest manifest_;
+  Tokenizer tokenizer_;
+  TextEmbeddings embeddings_;
+  std::optional<ChatPrompt> prompt_;
+};
+
+struct SessionOptions {
+  double ratio = 0.25;                                           // must be in the manifest's ratio plan
+  std::optional<std::string> system = std::string(kDefaultSystemPrompt);   // nullopt: the template's default
+  int max_new_tokens = 64;
+  std::vector<int64_t> stop_token_ids;                           // empty: the manifest's stop_token_ids
+  int64_t max_context = 0;                                       // 0: the manifest's (and the backend's)
+};
+
+struct TokenEvent {
+  int64_t id = 0;
+  std::string text;      // whole UTF-8 characters completed by this token (special tokens: ""); a
+                         // last event with id -1 flushes an incomplete character as U+FFFD
+  bool stop = false;     // a stop id: the answer ends here (it is not fed back)
+};
+// Return false to end the answer after this token.
+using TokenCallback = std::function<bool(const TokenEvent&)>;
+
+struct Answer {
+  std::vector<int64_t> ids;   // including the stop id when one ended it
+  std::string text;           // special tokens skipped
+};
+
+class Session {
+ public:
+  static Result<std::unique_ptr<Session>> create(std::shared_ptr<const ExportFolder> folder, Backend& backend,
+                                                 SessionOptions options = {});
+
+  // One RGB frame at the export resolution (frames at 2 fps, in order).
+  Status push_frame(const FrameView& frame);
+  // Mono PCM at 16 kHz, any block size.
+  Status push_audio(const float* pcm, size_t n);
+  // One whole preprocessed chunk: pixel_values [chunk_patches * patch_dim], mel [n_mels * window_frames].
+  Status push_chunk(const std::vector<float>& pixel_values, const std::vector<float>& mel);
+  // End the media: pad a trailing partial chunk to 2 s and run it (the first question does this).
+  Status finish();
+
+  // Ask about everything pushed so far; tokens stream through `on_token`.
+  Result<Answer> ask(const std::string& question, const TokenCallback& on_token = {});
+  // The same with the ids to prefill (suffix ids for the first question, follow-up ids later).
+  Result<Answer> ask_ids(const std::vector<int64_t>& ids, const TokenCallback& on_token = {});
+
+  int chunks() const { return static_cast<int>(layout_.chunks().size()); }
+  int64_t kv_length() const { return ledger_.length(); }
+  const KvLedger& ledger() const { return ledger_; }
+  const ChunkBudget& budget() const { return budget_; }
+  const StreamingLayout& layout() const { return layout_; }
+  int64_t waiting_frames() const { return static_cast<int64_t>(frames_.size()); }
+  bool closed() const { return layout_.closed(); }
+
+ private:
+  Session(std::shared_ptr<const ExportFolder> folder, Backend& backend, SessionOptions options,
+          StreamingLayout layout, ChunkBudget budget);
+  Status step(const std::vector<int64_t>* ids, const std::vector<float>* embeds, const Positions& positions,
+              const std::string& what, std::vector<float>& logits);
+  Status run_ready_chunks(bool finishing = false);
+  Status guard() const;
+
+  std::shared_ptr<const ExportFolder> folder_;
+  Backend& backend_;
+  SessionOptions options_;
+  StreamingLayout layout_;
+  ChunkBudget budget_;
+  KvLedger ledger_;
+  StreamingLogMel mel_;
+  std::vector<std::vector<uint8_t>> frames_;   // frames waiting for a whole chunk
+  bool finished_ = false;
+  int questions_ = 0;
+  bool broken_ = false;
+};
+
+}  // namespace omnisift

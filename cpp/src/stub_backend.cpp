@@ -1,0 +1,56 @@
+#include "omnisift/stub_backend.h"
+
+#include <string>
+
+namespace omnisift {
+
+StubBackend::StubBackend(const Manifest& manifest, int kept_per_chunk, std::vector<int64_t> script)
+    : dims_(manifest.dims), kept_(kept_per_chunk), script_(std::move(script)) {}
+
+Status StubBackend::encode_video(const std::vector<float>& pixel_values, std::vector<float>& video_embeds) {
+  if (pixel_values.size() != static_cast<size_t>(dims_.chunk_patches()) * dims_.patch_dim)
+    return InvalidArgument("stub vision encoder: pixel_values of the wrong size");
+  video_embeds.assign(static_cast<size_t>(dims_.chunk_video_tokens()) * dims_.hidden, 0.0f);
+  return Status::Ok();
+}
+
+Status StubBackend::encode_audio(const std::vector<float>& mel, std::vector<float>& audio_embeds) {
+  if (mel.size() != static_cast<size_t>(dims_.n_mels) * dims_.window_frames)
+    return InvalidArgument("stub audio encoder: input_features of the wrong size");
+  audio_embeds.assign(static_cast<size_t>(dims_.window_audio_tokens) * dims_.hidden, 0.0f);
+  return Status::Ok();
+}
+
+Status StubBackend::compress(const std::vector<float>&, const std::vector<float>&, const Positions& chunk_positions,
+                             CompressorOutput& out) {
+  if (chunk_positions.n < kept_) return InvalidArgument("stub compressor: chunk shorter than K");
+  out.kept_embeds.assign(static_cast<size_t>(kept_) * dims_.hidden, 0.0f);
+  out.kept_positions.n = kept_;
+  out.kept_positions.data.clear();
+  for (int row = 0; row < 3; ++row)
+    for (int i = 0; i < kept_; ++i) out.kept_positions.data.push_back(chunk_positions.at(row, i));
+  out.kept_index.clear();
+  for (int i = 0; i < kept_; ++i) out.kept_index.push_back(i);
+  return Status::Ok();
+}
+
+Status StubBackend::decode(const std::vector<float>& embeds, const Positions& positions, std::vector<float>& logits) {
+  if (embeds.size() != static_cast<size_t>(positions.n) * dims_.hidden || positions.n <= 0)
+    return InvalidArgument("stub decoder: embeds and positions disagree");
+  calls_.push_back({positions.n, kv_length_, positions});
+  kv_length_ += positions.n;
+  logits.assign(static_cast<size_t>(dims_.vocab), 0.0f);
+  if (!script_.empty()) {
+    const int64_t token = script_[(calls_.size() - 1) % script_.size()];
+    if (token >= 0 && token < dims_.vocab) logits[static_cast<size_t>(token)] = 1.0f;
+  }
+  return Status::Ok();
+}
+
+Status StubBackend::reset() {
+  kv_length_ = 0;
+  calls_.clear();
+  return Status::Ok();
+}
+
+}  // namespace omnisift

@@ -1,0 +1,271 @@
+"""`plan_build(BuildConfig) -> BuildPlan`: what `build` will do, computed anywhere (no TensorRT).
+
+Per engine: its optimization profiles (from the manifest, see profiles.py), the precision mode,
+the workspace, the timing cache, and the equivalent `trtexec` and `polygraphy convert` command
+lines. Written to `DIR/engines/<target>/build_plan.json`; `build_engines` executes the same plan.
+
+Precision modes (TensorRT >= 10):
+- an fp16 ONNX graph is built *strongly typed*: every tensor keeps the type the graph declares,
+  which is what ONNX Runtime validated at export (and the exporter's fp32 islands, such as
+  rotary tables, stay fp32); no FP16 flag is needed, and TensorRT 11, which removed the
+  precision flags, builds it the same way.
+- an fp32 graph at fp32 is built strongly typed too (fp32 everywhere, TF32 off).
+- an fp32 graph at fp16/bf16 uses TensorRT 10's FP16/BF16 builder flag (weak typing, deprecated
+  since 10.12): TensorRT picks reduced-precision kernels per layer, I/O stays fp32. TensorRT 11 has
+  no such flag: export with --dtype fp16 instead.
+- compressor graphs are always built at the graph's own precision, strongly typed: the kept set
+  must equal ONNX Runtime's, and lower-precision scores would reorder near ties. They are tiny.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omnisift_edge.engines.presets import PRECISIONS, TARGETS, Target, get_target, resolve_target
+from omnisift_edge.engines.profiles import DEFAULT_MAX_PROMPT, Profile, decoder_limits, graph_profiles
+from omnisift_edge.engines.store import PLAN_FILE, engine_dir, engine_path, write_side_file
+from omnisift_edge.errors import UsageError
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    folder: Path
+    target: str = "auto"                 # a preset name (presets.PRESETS) or auto
+    precision: str = "fp16"              # fp16 | bf16 | fp32
+    max_context: int | None = None       # longest KV cache; default the manifest's
+    workspace_gb: float | None = None    # builder workspace; default the target's
+    plan_only: bool = False
+    ratio: float | None = None           # ratio whose K the prefill profile is tuned for; default the smallest
+    max_prompt: int = DEFAULT_MAX_PROMPT # longest text prefill the decoder profile covers
+    timing_cache: Path | None = None     # default ~/.cache/omnisift-edge/tensorrt/<target>-trt<version>.timing
+
+    def __post_init__(self):
+        object.__setattr__(self, "folder", Path(self.folder))
+        if self.timing_cache is not None:
+            object.__setattr__(self, "timing_cache", Path(self.timing_cache))
+        if not self.folder.is_dir():
+            raise UsageError(f"{self.folder} is not a folder; pass an export folder (omnisift-edge export -o DIR)")
+        if self.target not in TARGETS:
+            raise UsageError(f"unknown --target {self.target!r}; choose one of {', '.join(TARGETS)}")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
+        if self.target != "auto":
+            get_target(self.target).check_precision(self.precision)
+        if self.max_context is not None and (isinstance(self.max_context, bool) or not isinstance(self.max_context, int)
+                                             or self.max_context < 2):
+            raise UsageError(f"--max-context must be a whole number of tokens >= 2 (got {self.max_context!r})")
+        if self.workspace_gb is not None and not 0 < float(self.workspace_gb) <= 1024:
+            raise UsageError(f"--workspace must be a positive number of GB (got {self.workspace_gb})")
+        if self.max_prompt < 1:
+            raise UsageError(f"--max-prompt must be at least 1 token (got {self.max_prompt})")
+
+
+@dataclass(frozen=True)
+class PrecisionMode:
+    precision: str                 # what the engine computes in (fp16 | bf16 | fp32)
+    strongly_typed: bool
+    flags: tuple[str, ...]         # BuilderFlag names set (FP16 / BF16), empty when strongly typed
+    why: str
+
+
+def precision_mode(graph: str, graph_dtype: str, precision: str, tensorrt_major: int) -> PrecisionMode:
+    """How to build one graph at `precision` on TensorRT `tensorrt_major` (see the module docstring)."""
+    if graph.startswith("compressor"):
+        return PrecisionMode(graph_dtype, True, (), "compressor: built at the graph's own precision, strongly typed, so "
+                                                    "the kept set equals ONNX Runtime's (reduced-precision scores reorder near ties)")
+    if graph_dtype == "fp16":
+        if precision != "fp16":
+            raise UsageError(f"the graphs are fp16 ONNX; {precision} engines need an fp32 export "
+                             "(omnisift-edge export --dtype fp32), or build with --precision fp16")
+        return PrecisionMode("fp16", True, (), "fp16 ONNX graph: strongly typed, every tensor keeps the type ONNX Runtime "
+                                               "validated; no FP16 flag (TensorRT 11 builds it the same way)")
+    if precision == "fp32":
+        return PrecisionMode("fp32", True, (), "fp32 ONNX graph at fp32: strongly typed, fp32 everywhere (TF32 off)")
+    if tensorrt_major >= 11:
+        raise UsageError(f"TensorRT {tensorrt_major} removed the FP16/BF16 builder flags, so an fp32 graph cannot be "
+                         f"built at {precision}; export with --dtype fp16 and build with --precision fp16")
+    flag = precision.upper()
+    return PrecisionMode(precision, False, (flag,), f"fp32 ONNX graph with BuilderFlag.{flag} (weak typing, deprecated "
+                                                    "since TensorRT 10.12): TensorRT picks reduced-precision kernels per layer, "
+                                                    "I/O stays fp32; export --dtype fp16 for a strongly typed build")
+
+
+@dataclass(frozen=True)
+class EnginePlan:
+    graph: str
+    onnx: Path
+    engine: Path
+    graph_dtype: str
+    mode: PrecisionMode
+    profiles: tuple[Profile, ...]
+    weight_bytes: int              # ONNX file (+ external data) size: the weights TensorRT will hold
+
+    @property
+    def dynamic(self) -> bool:
+        return any(p.dynamic_inputs for p in self.profiles)
+
+    def trtexec(self, workspace_mib: int, timing_cache: Path) -> list[str]:
+        cmd = ["trtexec", f"--onnx={self.onnx}", f"--saveEngine={self.engine}"]
+        cmd += ["--stronglyTyped"] if self.mode.strongly_typed else [f"--{f.lower()}" for f in self.mode.flags]
+        cmd += ["--noTF32", f"--memPoolSize=workspace:{workspace_mib}", f"--timingCacheFile={timing_cache}"]
+        if self.dynamic:   # trtexec refuses shapes for static models; --profile=N starts profile N
+            for index, profile in enumerate(self.profiles):
+                cmd += [f"--profile={index}"] if len(self.profiles) > 1 else []
+                for flag, attr in (("--minShapes", "min"), ("--optShapes", "opt"), ("--maxShapes", "max")):
+                    cmd.append(f"{flag}=" + ",".join(f"{name}:{'x'.join(map(str, getattr(r, attr)))}"
+                                                     for name, r in profile.dynamic_inputs.items()))
+        return cmd + ["--skipInference"]
+
+    def polygraphy(self, workspace_mib: int, timing_cache: Path) -> list[str]:
+        cmd = ["polygraphy", "convert", str(self.onnx), "--convert-to", "trt", "-o", str(self.engine)]
+        cmd += ["--strongly-typed"] if self.mode.strongly_typed else [f"--{f.lower()}" for f in self.mode.flags]
+        cmd += ["--pool-limit", f"workspace:{workspace_mib}M", "--load-timing-cache", str(timing_cache),
+                "--save-timing-cache", str(timing_cache)]
+        if self.dynamic:   # each --trt-*-shapes group is one profile, in order
+            for profile in self.profiles:
+                for flag, attr in (("--trt-min-shapes", "min"), ("--trt-opt-shapes", "opt"), ("--trt-max-shapes", "max")):
+                    cmd += [flag, *(f"{name}:[{','.join(map(str, getattr(r, attr)))}]"
+                                    for name, r in profile.dynamic_inputs.items())]
+        return cmd
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    folder: Path
+    target: Target
+    precision: str
+    tensorrt: str                  # the TensorRT version the plan assumes (the installed one when known)
+    max_context: int
+    max_sequence: int
+    main_ratio: float
+    workspace_gb: float
+    timing_cache: Path
+    engines: tuple[EnginePlan, ...]
+    warnings: tuple[str, ...] = ()
+    path: Path | None = field(default=None, compare=False)
+
+    @property
+    def workspace_mib(self) -> int:
+        return int(round(self.workspace_gb * 1024))
+
+    @property
+    def relative_path(self) -> str:
+        """Where the plan is written, relative to the export folder."""
+        return str((engine_dir(self.folder, self.target.name) / PLAN_FILE).relative_to(self.folder))
+
+    def json_bytes(self) -> bytes:
+        return (json.dumps(self.to_dict(), indent=2) + "\n").encode()
+
+    def engine(self, graph: str) -> EnginePlan:
+        return next(e for e in self.engines if e.graph == graph)
+
+    def to_dict(self) -> dict:
+        t = self.target
+        return {
+            "folder": str(self.folder), "target": {"name": t.name, "description": t.description, "sm": t.sm,
+                                                   "memory_gb": t.memory_gb, "bf16": t.bf16, "tensorrt": list(t.tensorrt)},
+            "precision": self.precision, "tensorrt_assumed": self.tensorrt, "max_context": self.max_context,
+            "max_prefill_tokens": self.max_sequence, "main_ratio": self.main_ratio, "workspace_gb": self.workspace_gb,
+            "timing_cache": str(self.timing_cache), "warnings": list(self.warnings),
+            "engines": [{"graph": e.graph, "onnx": str(e.onnx), "engine": str(e.engine), "graph_dtype": e.graph_dtype,
+                         "precision": e.mode.precision, "strongly_typed": e.mode.strongly_typed,
+                         "flags": list(e.mode.flags), "why": e.mode.why, "weight_bytes": e.weight_bytes,
+                         "profiles": [p.to_dict() for p in e.profiles],
+                         "trtexec": e.trtexec(self.workspace_mib, self.timing_cache),
+                         "polygraphy": e.polygraphy(self.workspace_mib, self.timing_cache)} for e in self.engines],
+        }
+
+    def summary(self) -> str:
+        t = self.target
+        lines = [f"build plan for {t.name} ({t.description}, {t.sm}), {self.precision}, TensorRT {self.tensorrt}",
+                 f"  workspace {self.workspace_gb:g} GB, timing cache {self.timing_cache}",
+                 f"  decoder: max context {self.max_context}, prefill up to {self.max_sequence} tokens "
+                 f"(tuned for K of ratio {self.main_ratio:g})"]
+        for e in self.engines:
+            kind = "strongly typed" if e.mode.strongly_typed else "+".join(e.mode.flags) + " flag"
+            lines.append(f"  {e.graph}: {e.mode.precision}, {kind} -> {e.engine.relative_to(self.folder)}")
+            for p in e.profiles:
+                if p.dynamic_inputs:
+                    lines.append(f"    profile {p.name}: " + ", ".join(f"{a} {lo}/{opt}/{hi}" for a, (lo, opt, hi) in p.axes))
+            lines.append("    " + shlex.join(e.trtexec(self.workspace_mib, self.timing_cache)))
+            lines.append("    " + shlex.join(e.polygraphy(self.workspace_mib, self.timing_cache)))
+        lines += [f"  warning: {w}" for w in self.warnings]
+        if self.path is not None:
+            lines.append(f"  written to {self.path}")
+        return "\n".join(lines)
+
+
+def default_timing_cache(target: str, tensorrt: str) -> Path:
+    """Timing caches are per GPU and TensorRT version; reused by every build (of any export) for them."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "omnisift-edge" / "tensorrt"
+    return root / f"{target}-trt{tensorrt}.timing"
+
+
+def installed_tensorrt() -> str | None:
+    """The installed TensorRT version from package metadata, without importing it."""
+    from importlib import metadata
+
+    for dist in ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt_cu12", "tensorrt-cu11"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _major(version: str) -> int:
+    try:
+        return int(version.split(".")[0])
+    except ValueError:
+        return 10
+
+
+def plan_build(cfg: BuildConfig, *, manifest: dict | None = None, target: Target | None = None,
+               tensorrt: str | None = None, write: bool = True) -> BuildPlan:
+    """The build plan for `cfg`; written to DIR/engines/<target>/build_plan.json when `write`.
+
+    Reads the manifest without re-hashing the graphs (the build verifies every checksum).
+    `target`/`tensorrt` are passed by `build_engines` (the detected GPU and installed TensorRT).
+    """
+    from omnisift_edge.export.manifest import read_manifest
+
+    manifest = manifest if manifest is not None else read_manifest(cfg.folder, verify=False)
+    target = target or resolve_target(cfg.target)
+    target.check_precision(cfg.precision)
+    tensorrt = tensorrt or installed_tensorrt() or target.tensorrt[0].rstrip(".")
+    workspace = float(cfg.workspace_gb) if cfg.workspace_gb is not None else target.workspace_gb
+    if workspace > target.memory_gb:
+        raise UsageError(f"--workspace {workspace:g} GB is more than {target.name}'s {target.memory_gb:g} GB; "
+                         f"try {target.workspace_gb:g}")
+    limits = decoder_limits(manifest, max_context=cfg.max_context, ratio=cfg.ratio, max_prompt=cfg.max_prompt)
+    graph_dtype = manifest.get("dtype", "fp32")
+    engines = []
+    for graph, entry in manifest["graphs"].items():
+        onnx = cfg.folder / entry["file"]
+        data = onnx.with_name(onnx.name + ".data")
+        size = sum(p.stat().st_size for p in (onnx, data) if p.is_file())
+        mode = precision_mode(graph, graph_dtype, cfg.precision, _major(tensorrt))
+        engines.append(EnginePlan(graph, onnx, engine_path(cfg.folder, target.name, graph), graph_dtype, mode,
+                                  graph_profiles(manifest, graph, limits),
+                                  size // 2 if graph_dtype == "fp32" and mode.precision != "fp32" else size))
+    warnings = []
+    weights_gb = sum(e.weight_bytes for e in engines) / 2**30
+    if weights_gb > 0.7 * target.memory_gb:
+        warnings.append(f"the engines hold about {weights_gb:.1f} GB of weights, over 70% of {target.name}'s "
+                        f"{target.memory_gb:g} GB{' (shared with the CPU)' if target.jetson else ''}; "
+                        "the build or the runtime may run out of memory")
+    if not target.expects_tensorrt(tensorrt):
+        warnings.append(f"{target.name} expects TensorRT {' or '.join(p.rstrip('.') for p in target.tensorrt)}, "
+                        f"this plan assumes {tensorrt}")
+    plan = BuildPlan(cfg.folder, target, cfg.precision, tensorrt, limits.max_context, limits.max_sequence,
+                     limits.main_ratio, workspace, cfg.timing_cache or default_timing_cache(target.name, tensorrt),
+                     tuple(engines), tuple(warnings))
+    if write:
+        path = write_side_file(cfg.folder, plan.relative_path, plan.json_bytes(), manifest)
+        plan = dataclasses.replace(plan, path=path)
+    return plan

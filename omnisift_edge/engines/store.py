@@ -1,0 +1,105 @@
+"""Where the engines stage writes in an export folder, and how (atomically, checksums kept true)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from omnisift_edge.errors import UsageError
+from omnisift_edge.export.manifest import MANIFEST, read_manifest, sha256, write_manifest
+
+ENGINES_DIR = "engines"
+REFERENCE_DIR = "reference"
+PLAN_FILE = "build_plan.json"
+ENGINE_SUFFIX = ".engine"
+
+
+def engine_dir(folder: Path, target: str) -> Path:
+    return Path(folder) / ENGINES_DIR / target
+
+
+def engine_path(folder: Path, target: str, graph: str) -> Path:
+    return engine_dir(folder, target) / f"{graph}{ENGINE_SUFFIX}"
+
+
+def atomic_write(path: Path, data: bytes | memoryview) -> Path:
+    """Write `data` to a hidden temporary file beside `path`, then os.replace it: never a half-written file.
+
+    The temporary name starts with "." so `write_manifest` never checksums it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def write_side_file(folder: Path, relative: str, data: bytes, manifest: dict) -> Path:
+    """Write a small file into the export folder without leaving the manifest's checksums stale.
+
+    When the manifest already lists `relative` (a later build checksummed it), every checksum is
+    verified first, the file rewritten, and the manifest written again; otherwise the file is
+    just written (the next `write_manifest` records it).
+    """
+    folder, path = Path(folder), Path(folder) / relative
+    listed = relative in manifest.get("files", {})
+    if listed and path.is_file() and path.read_bytes() == data:
+        return path
+    if listed:
+        manifest = read_manifest(folder, verify=True)
+    atomic_write(path, data)
+    if listed:
+        write_manifest(folder, manifest)
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def verify_sources(folder: Path, manifest: dict) -> None:
+    """Check the checksums of every file a build reads: all but earlier engines (a failed rebuild may
+    have replaced those; the build rewrites them and the manifest)."""
+    for name, entry in manifest.get("files", {}).items():
+        if name.startswith(ENGINES_DIR + "/"):
+            continue
+        file = Path(folder) / name
+        if not file.is_file():
+            raise UsageError(f"{file} is missing from the export; copy the whole folder or export again")
+        if file.stat().st_size != entry["bytes"] or sha256(file) != entry["sha256"]:
+            raise UsageError(f"{file} does not match its checksum in {MANIFEST} (modified or partly copied); "
+                             "copy it again or export again")
+
+
+def staging_dir(folder: Path, target: str) -> Path:
+    """A hidden folder beside DIR/engines/<target> to build into; leftovers of interrupted builds are removed."""
+    parent = Path(folder) / ENGINES_DIR
+    parent.mkdir(parents=True, exist_ok=True)
+    for stale in (*parent.glob(f".{target}.partial-*"), *parent.glob(f".{target}.old-*")):
+        shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target}.partial-", dir=parent))
+
+
+def publish(staging: Path, final: Path) -> None:
+    """Swap the finished engines in: the previous ones are removed only after the rename."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{time.time_ns()}")
+        final.rename(old)
+    os.chmod(staging, 0o777 & ~_umask())
+    staging.rename(final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

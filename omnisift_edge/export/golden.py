@@ -1,0 +1,408 @@
+"""Golden files that make the C++ runtime (cpp/) and the Python side agree.
+
+`write_golden(folder)` writes small JSON files (and a few tiny fixtures) computed by the Python
+code the C++ library reimplements; the C++ tests (ctest, cpp/tests/) read them and compare:
+
+| file | Python source of truth | C++ counterpart |
+|---|---|---|
+| layouts.json, layout_errors.json | `model.layout.StreamingLayout` | `omnisift::StreamingLayout` |
+| tokenizer_tiny/, tokenizer_bpe/, tokenizer_cases.json | `model.tokenizer.load_tokenizer` (transformers) | `omnisift::Tokenizer` |
+| prompt_cases.json | `model.prompt.build_prompt`, `followup_ids` | `omnisift::ChatPrompt` |
+| preprocess.json | `model.preprocess.chunk_patches`, `StreamingLogMel.push` | `chunk_patches`, `StreamingLogMel` |
+| export_mini/, manifest_cases.json | `export.manifest.write_manifest` and the manifest entries of `export.build` | `read_manifest` |
+| schedule.json | `runtime.ort_pipeline.OrtStream` driven by stand-in sessions | `Session` + `StubBackend` |
+| embeddings_f32/f16.safetensors | `safetensors.numpy.save_file` | `TextEmbeddings` |
+
+`tokenizer_bpe` is a byte-level BPE WITH merges trained here with the `tokenizers` library
+(Qwen2's split regex, ByteLevel pre-tokenizer and decoder, NFC, special tokens at Qwen's ids);
+the tiny default's tokenizer has none. Everything is deterministic: `tests/export/test_golden.py`
+checks that the committed `cpp/golden/` equals a fresh write. Regenerate with
+`python -m omnisift_edge.export.golden cpp/golden` after a deliberate behaviour change.
+Needs the `model` extra (transformers, tokenizers, safetensors); no torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+
+from omnisift_edge.errors import UsageError, require
+from omnisift_edge.model.spec import OmniSpec
+
+SPEC = OmniSpec()
+MINI_RESOLUTION = (112, 84)        # H, W of the mini export: grid 8x6 patches, 12 tokens per frame
+MINI_HIDDEN = 8
+
+TOKENIZER_TEXTS = [
+    "", " ", "\n", "Hello, world!", "What is happening in this video? Describe it in detail.",
+    "I'M here, it's fine; they'RE, we've, I'll, he'd, it'\u017f", "Call 911 or 1-800-555-0199 at 3.14159 pm; 2026",
+    "a  b   c\t\td\n\ne \r\n f    \n", "   leading and trailing   ", "tab\tsep x \n\n  y", "!!! ??? ... $$$ (a) [b] {c} <d>",
+    "def f(x):\n    return x**2  # square\n", "naïve café, Zürich, straße, œuvre", "東京タワーは333メートルです。",
+    "Привет, мир! Ελληνικά", "I ❤️ 🤖 robots 👩‍💻", "cafe\u0301 and e\u0301te\u0301", "a\u00a0b\u3000c\u2028d\u2009e\u0085f",
+    "zero\u200bwidth\ufeffbom\x1cx", "٣٤٥ ½ Ⅻ ①", "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n",
+    "<|vision_bos|><|VIDEO|><|vision_eos|>question<|im_end|>", "text<|endoftext|>more<|im_start|><|im_start|>",
+    "<|im_start <|IMAGE|><|AUDIO|>", "<tool_call>{\"a\": 1}</tool_call>", "cafe\u0301 menu, café menu", "Ã©x marks Ã©",
+]
+DECODE_IDS = {   # byte ids of the tiny vocabulary (id = byte) and specials: invalid UTF-8, holes
+    "truncated_cjk": [0xE6, 0x97], "truncated_then_ascii": [0xE6, 0x97, 0x61], "bad_lead": [0xFF, 0x41],
+    "overlong": [0xC0, 0xAF], "surrogate": [0xED, 0xA0, 0x80], "emoji": [0xF0, 0x9F, 0x98, 0x80],
+    "unknown_id": [300, 65, 151700], "specials": [151644, 72, 105, 151645, 10],
+}
+PROMPTS = [  # (system or None, question, follow-up question)
+    ("DEFAULT", "What is happening in this video?", "And then?"),
+    (None, "Describe the sound.  Twice!", "Wer spricht? 東京"),
+    ("You watch a robot's camera.", "How many people? Answer with a number.", ""),
+]
+BPE_SPECIAL = {"<tool_call>": (151657, False, False), "Ã©x": (151658, False, False),
+               "café": (151659, False, True)}   # content: (id, special, normalized)
+
+
+def _dump(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+
+
+# ------------------------------------------------------------------------------------------ layout
+
+def _layout_case(prefix, suffix, grid_hw, n_grids, n_audio, answer):
+    from omnisift_edge.model.layout import StreamingLayout, chunk_counts
+
+    s = StreamingLayout(SPEC, prefix, grid_hw=grid_hw)
+    ids, pos = [s.prefix()[0]], [s.prefix()[1]]
+    chunks = []
+    for g, a in chunk_counts(SPEC, n_grids, n_audio):
+        c = s.chunk(g, a)
+        ids.append(c.input_ids)
+        pos.append(c.position_ids)
+        chunks.append({"n_grids": g, "n_audio": a, "start": c.start, "time_start": c.time_start,
+                       "time_end": c.time_end, "segment_max": c.segment_max()})
+    close_ids, close_pos = s.close(suffix)
+    ids.append(close_ids)
+    pos.append(close_pos)
+    rope_delta = s.rope_delta
+    text = s.text(list(range(answer)))
+    return {"prefix_ids": list(prefix), "suffix_ids": list(suffix), "grid_hw": list(grid_hw), "n_grids": n_grids,
+            "n_audio": n_audio, "answer_tokens": answer, "chunks": chunks,
+            "input_ids": np.concatenate(ids).tolist(), "position_ids": np.concatenate(pos, axis=1).tolist(),
+            "rope_delta_after_close": rope_delta, "text_positions": text.tolist(),
+            "next_position": s.next_position, "length": s.length}
+
+
+def layout_cases() -> list[dict]:
+    p3, s4 = [100, 101, 102], [200, 201, 202, 203]
+    grid = [(4, 4), (4, 4), (4, 6), (4, 4), (4, 4), (16, 4), (4, 4), (8, 6), (2, 2), (4, 4), (4, 4)]
+    counts = [(4, 53), (2, 50), (3, 75), (5, 120), (2, 160), (3, 30), (6, 50), (4, 100), (1, 1), (3, 149), (9, 201)]
+    out = []
+    for k, ((g, a), hw) in enumerate(zip(counts, grid)):
+        prefix = [] if k == 3 else p3 if k % 2 else list(range(10, 10 + k))
+        suffix = [] if k == 4 else s4 if k % 3 else [7]
+        out.append(_layout_case(prefix, suffix, hw, g, a, answer=3 + k % 2))
+    return out
+
+
+def layout_error_cases() -> list[dict]:
+    """Call sequences StreamingLayout rejects; `fails_at` is the first op that raises."""
+    from omnisift_edge.model.layout import StreamingLayout
+
+    t = SPEC.tokens
+    cases = {
+        "first_chunk_video_only": ([1], [("chunk", 2, 0)]), "first_chunk_audio_only": ([1], [("chunk", 0, 50)]),
+        "too_many_grids": ([1], [("chunk", 3, 50)]), "too_many_audio": ([1], [("chunk", 2, 51)]),
+        "empty_chunk": ([1], [("chunk", 2, 50), ("chunk", 0, 0)]),
+        "video_after_video_ended": ([1], [("chunk", 1, 50), ("chunk", 1, 50)]),
+        "audio_after_audio_ended": ([1], [("chunk", 2, 30), ("chunk", 2, 10)]),
+        "close_before_chunk": ([1], [("close",)]), "chunk_after_close": ([1], [("chunk", 2, 50), ("close",), ("chunk", 2, 50)]),
+        "close_twice": ([1], [("chunk", 2, 50), ("close",), ("close",)]), "text_before_close": ([1], [("chunk", 2, 50), ("text", 2)]),
+        "media_in_prefix": ([1, t.video], [("chunk", 2, 50)]), "media_in_suffix": ([1], [("chunk", 2, 50), ("close", t.audio_bos)]),
+        "ok_sequence": ([1], [("chunk", 2, 50), ("chunk", 0, 20), ("close",), ("text", 3)]),
+    }
+    out = []
+    for name, (prefix, ops) in cases.items():
+        fails_at = -1
+        try:
+            s = StreamingLayout(SPEC, prefix, grid_hw=(4, 4))
+            for i, op in enumerate(ops):
+                fails_at = i
+                if op[0] == "chunk":
+                    s.chunk(op[1], op[2])
+                elif op[0] == "close":
+                    s.close(list(op[1:]))
+                else:
+                    s.text(list(range(op[1])))
+            fails_at = None
+        except UsageError:
+            pass
+        out.append({"name": name, "prefix_ids": prefix, "ops": [list(op) for op in ops], "fails_at": fails_at})
+    return out
+
+
+# --------------------------------------------------------------------------------------- tokenizer
+
+def _bpe_tokenizer_json() -> dict:
+    """A byte-level BPE with merges, trained on a fixed corpus, Qwen2's pre-tokenizer, Qwen's special ids."""
+    tokenizers = require("tokenizers")
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    from omnisift_edge.model.tokenizer import tiny_tokenizer_json
+
+    pre = tokenizers.pre_tokenizers
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+    tok.normalizer = tokenizers.normalizers.NFC()
+    tok.pre_tokenizer = pre.Sequence([pre.Split(tokenizers.Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+                                      pre.ByteLevel(add_prefix_space=False, use_regex=False)])
+    corpus = [t for t in TOKENIZER_TEXTS if "<|" not in t] * 3 + [
+        "the camera sees a robot arm picking up a red cube from the table, then it drops the cube again",
+        "there are 3 people talking; one of them says hello while the dog barks twice in the background",
+        "what is happening? the person is walking towards the door and opening it with the left hand",
+    ] * 6
+    trainer = tokenizers.trainers.BpeTrainer(vocab_size=700, show_progress=False,
+                                             initial_alphabet=pre.ByteLevel.alphabet(), special_tokens=[])
+    tok.train_from_iterator(corpus, trainer)
+    trained = json.loads(tok.to_str())
+    out = tiny_tokenizer_json()
+    out["pre_tokenizer"] = trained["pre_tokenizer"]
+    specials = {t["content"]: t["id"] for t in out["added_tokens"]}
+    out["model"]["merges"] = trained["model"]["merges"]
+    for content, (token_id, special, normalized) in BPE_SPECIAL.items():
+        specials[content] = token_id
+        out["added_tokens"].append({"id": token_id, "content": content, "single_word": False, "lstrip": False,
+                                    "rstrip": False, "normalized": normalized, "special": special})
+    # added tokens must also be in the vocabulary, or the tokenizers library renumbers them
+    out["model"]["vocab"] = {**trained["model"]["vocab"], **specials}
+    return out
+
+
+def _write_tokenizer(folder: Path, tokenizer_json: dict) -> None:
+    from omnisift_edge.model.tokenizer import write_tiny_tokenizer
+
+    write_tiny_tokenizer(folder)      # tokenizer_config.json and chat_template.json of the tiny default
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer_json, ensure_ascii=False))
+
+
+def tokenizer_cases(folder: Path) -> dict:
+    from omnisift_edge.model.tokenizer import load_tokenizer
+
+    out = {}
+    for name in ("tiny", "bpe"):
+        tok = load_tokenizer(folder / f"tokenizer_{name}")
+        enc = []
+        for text in TOKENIZER_TEXTS:
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            enc.append({"text": text, "ids": ids, "decoded": tok.decode(ids, skip_special_tokens=False),
+                        "decoded_skip_special": tok.decode(ids, skip_special_tokens=True)})
+        dec = [{"name": k, "ids": ids, "decoded": tok.decode(ids, skip_special_tokens=False),
+                "decoded_skip_special": tok.decode(ids, skip_special_tokens=True)}
+               for k, ids in DECODE_IDS.items()]
+        out[name] = {"encode": enc, "decode": dec}
+    return out
+
+
+def prompt_cases(folder: Path) -> dict:
+    from omnisift_edge.model.prompt import build_prompt, followup_ids
+    from omnisift_edge.model.tokenizer import DEFAULT_SYSTEM_PROMPT, load_tokenizer
+
+    out = {}
+    for name in ("tiny", "bpe"):
+        tok = load_tokenizer(folder / f"tokenizer_{name}")
+        cases = []
+        for system, question, followup in PROMPTS:
+            pieces = build_prompt(tok, question, system=DEFAULT_SYSTEM_PROMPT if system == "DEFAULT" else system)
+            cases.append({"system": system, "question": question, "prefix_ids": list(pieces.prefix_ids),
+                          "suffix_ids": list(pieces.suffix_ids), "followup": followup,
+                          "followup_ids": list(followup_ids(tok, followup))})
+        out[name] = cases
+    return out
+
+
+# -------------------------------------------------------------------------------------- preprocess
+
+def golden_frames(n: int, height: int, width: int) -> np.ndarray:
+    """uint8 [n, H, W, 3]: (37t + 11y + 7x + 101c + (x*y mod 13)) mod 256 (C++ builds the same)."""
+    t, y, x, c = np.meshgrid(np.arange(n), np.arange(height), np.arange(width), np.arange(3), indexing="ij")
+    return ((37 * t + 11 * y + 7 * x + 101 * c + (x * y) % 13) % 256).astype(np.uint8)
+
+
+GOLDEN_AMPS = (0.0, 1e-5, 1e-4, 2e-6, 5e-4, 3e-5)   # per 0.5 s segment, cycling
+
+
+def golden_pcm(n: int) -> np.ndarray:
+    """float32 [n]: an LCG's integers in [-1000, 1000] times a piecewise amplitude (C++ builds the same)."""
+    state, out = 12345, np.empty(n, np.float32)
+    amps = np.asarray(GOLDEN_AMPS, np.float32)
+    for i in range(n):
+        state = (1103515245 * state + 12345) % (1 << 31)
+        out[i] = np.float32((state >> 8) % 2001 - 1000) * amps[(i // 8000) % len(amps)]
+    return out
+
+
+def preprocess_cases() -> dict:
+    from omnisift_edge.model.preprocess import StreamingLogMel, chunk_patches
+
+    patches = []
+    for n_frames, (h, w) in ((4, (56, 84)), (3, (56, 84)), (1, (112, 56))):
+        x = chunk_patches(golden_frames(n_frames, h, w), SPEC, size=(h, w))       # [rows, 1176] float32
+        rng = np.random.default_rng(n_frames)
+        picks = [(int(r), int(c)) for r, c in zip(rng.integers(0, x.shape[0], 16), rng.integers(0, x.shape[1], 16))]
+        patches.append({"frames": n_frames, "height": h, "width": w, "shape": list(x.shape),
+                        "sha256": hashlib.sha256(np.ascontiguousarray(x, "<f4").tobytes()).hexdigest(),
+                        "samples": [[r, c, float(x[r, c])] for r, c in picks]})
+    n = 3 * SPEC.samples_per_chunk + 40 + 123
+    pcm, stream, chunks = golden_pcm(n), StreamingLogMel(SPEC), []
+    for start in range(0, n, 7919):
+        chunks += stream.push(pcm[start:start + 7919])
+    frames = (0, 1, 99, 100, 198, 199)
+    mel = [{"index": c.index, "floor_max": c.floor_max, "sum": float(c.features.astype(np.float64).sum()),
+            "frames": {str(f): c.features[:, f].tolist() for f in frames}} for c in chunks]
+    return {"patches": patches, "mel": {"samples": n, "block": 7919, "amps": list(GOLDEN_AMPS), "chunks": mel}}
+
+
+# ------------------------------------------------------------------------------- manifest, session
+
+def mini_manifest(folder: Path) -> dict:
+    """A complete manifest.json built by the export code's own entry builders, over placeholder files."""
+    from dataclasses import asdict
+
+    from omnisift_edge.export.build import ratio_plan
+    from omnisift_edge.export.manifest import TIE_RULE, graph_entry, write_manifest
+    from omnisift_edge.export.stage import ExportConfig
+    from omnisift_edge.export.tensors import AUDIO_ENCODER, COMPRESSOR, VISION_ENCODER, Dims, decoder_graph
+    from omnisift_edge.model.tokenizer import write_tiny_tokenizer
+
+    folder.mkdir(parents=True)
+    h, w = MINI_RESOLUTION
+    dims = Dims(hidden=MINI_HIDDEN, patch_dim=1176, grid_h=h // 14, grid_w=w // 14, spatial_merge=2, grids_per_chunk=2,
+                n_mels=128, window_frames=200, window_audio_tokens=50, num_layers=2, kv_heads=2, head_dim=4, vocab=152064)
+    cfg = ExportConfig(out=folder, ratios=(1.0, 0.25), resolution=MINI_RESOLUTION)
+    plan = ratio_plan(cfg, dims)
+    graphs = {"vision_encoder": graph_entry(VISION_ENCODER, dims, "vision_encoder.graph", 17, "fp32"),
+              "audio_encoder": graph_entry(AUDIO_ENCODER, dims, "audio_encoder.graph", 17, "fp32")}
+    for p in plan:
+        kept = Dims(**{**asdict(dims), "kept_tokens": p["kept_per_chunk"]["total"]})
+        graphs[p["graph"]] = graph_entry(COMPRESSOR, kept, f"{p['graph']}.graph", 17, "fp32",
+                                         rho_video=p["rho_video"], rho_audio=p["rho_audio"])
+    graphs["decoder"] = graph_entry(decoder_graph(2), dims, "decoder.graph", 17, "fp32", external_data=False)
+    for g in graphs.values():     # placeholders: the C++ manifest checks read bytes, not graphs
+        (folder / g["file"]).write_text(f"placeholder for {g['file']}\n")
+    (folder / "embed_tokens.safetensors").write_bytes(b"placeholder\n")
+    write_tiny_tokenizer(folder / "tokenizer")
+    manifest = {"model": {"name": "golden-mini", "source": "omnisift_edge.export.golden"}, "dtype": "fp32",
+                "resolution": list(MINI_RESOLUTION), "max_context": 1024, "dims": asdict(dims), "layout": asdict(SPEC),
+                "rope": {"rope_theta": 1e6, "mrope_section": [2, 3, 3], "rows": ["time", "height", "width"]},
+                "tie_rule": TIE_RULE, "ratios": plan, "graphs": graphs,
+                "text_embeddings": {"file": "embed_tokens.safetensors", "tensor": "embed_tokens",
+                                    "shape": [dims.vocab, dims.hidden], "dtype": "float32"},
+                "tokenizer": {"folder": "tokenizer", "files": sorted(p.name for p in (folder / "tokenizer").iterdir())},
+                "stop_token_ids": [SPEC.tokens.im_end, SPEC.tokens.endoftext], "tools": {"golden": True},
+                "export_config": {"golden": True}, "created": "golden", "validation": {}, "lint": {}}
+    write_manifest(folder, manifest)
+    return json.loads((folder / "manifest.json").read_text())
+
+
+MANIFEST_CASES = [  # JSON Patch (RFC 6902) on export_mini/manifest.json -> the C++ status code expected
+    ("as_written", [], "OK"),
+    ("schema_2", [{"op": "replace", "path": "/schema_version", "value": 2}], "UNSUPPORTED"),
+    ("no_schema", [{"op": "remove", "path": "/schema_version"}], "UNSUPPORTED"),
+    ("missing_dims_hidden", [{"op": "remove", "path": "/dims/hidden"}], "DATA_LOSS"),
+    ("hidden_is_text", [{"op": "replace", "path": "/dims/hidden", "value": "8"}], "DATA_LOSS"),
+    ("k_disagrees", [{"op": "replace", "path": "/ratios/1/kept_per_chunk/total", "value": 20}], "DATA_LOSS"),
+    ("unknown_graph", [{"op": "replace", "path": "/ratios/0/graph", "value": "compressor_r9"}], "DATA_LOSS"),
+    ("no_decoder", [{"op": "remove", "path": "/graphs/decoder"}], "DATA_LOSS"),
+    ("odd_grid", [{"op": "replace", "path": "/dims/grid_w", "value": 7}], "DATA_LOSS"),
+    ("file_outside", [{"op": "add", "path": "/files/..~1secret", "value": {"sha256": "0" * 64, "bytes": 1}}], "DATA_LOSS"),
+    ("wrong_checksum", [{"op": "replace", "path": "/files/decoder.graph/sha256", "value": "0" * 64}], "DATA_LOSS"),
+    ("wrong_size", [{"op": "replace", "path": "/files/decoder.graph/bytes", "value": 1}], "DATA_LOSS"),
+    ("missing_file", [{"op": "add", "path": "/files/gone.graph", "value": {"sha256": "0" * 64, "bytes": 1}}], "NOT_FOUND"),
+]
+
+
+class _FakeSession:
+    """Stands in for an ORT session with StubBackend's rule (cpp/include/omnisift/stub_backend.h)."""
+
+    def __init__(self, kind: str, dims: dict, kept: int, calls: list, script: list):
+        self.kind, self.dims, self.kept, self.calls, self.script = kind, dims, kept, calls, script
+
+    def run(self, names, feeds):
+        d = self.dims
+        if self.kind == "vision_encoder":
+            return [np.zeros((d["grids_per_chunk"] * d["grid_h"] * d["grid_w"] // 4, d["hidden"]), np.float32)]
+        if self.kind == "audio_encoder":
+            return [np.zeros((d["window_audio_tokens"], d["hidden"]), np.float32)]
+        if self.kind == "compressor":
+            pos = feeds["chunk_position_ids"][:, :self.kept]
+            return [np.zeros((1, self.kept, d["hidden"]), np.float32), pos[:, None, :], np.arange(self.kept)[None]]
+        n, past = feeds["inputs_embeds"].shape[1], feeds["past_key_values.0.key"].shape[2]
+        self.calls.append({"n": n, "past_length": past, "attention_mask_length": feeds["attention_mask"].shape[1],
+                           "positions": feeds["position_ids"].reshape(3, n).tolist()})
+        logits = np.zeros((1, 1, d["vocab"]), np.float32)
+        logits[0, 0, self.script[(len(self.calls) - 1) % len(self.script)]] = 1
+        grow = np.zeros((1, d["kv_heads"], n, d["head_dim"]), np.float32)
+        return [logits] + [np.concatenate([feeds[k], grow], axis=2) for k in feeds if k.startswith("past_key_values.")]
+
+
+def schedule_cases(folder: Path, manifest: dict) -> list[dict]:
+    """The decoder calls OrtStream makes for pushed chunks, a question and a follow-up."""
+    from omnisift_edge.export import onnx_io
+    from omnisift_edge.model.prompt import build_prompt, followup_ids
+    from omnisift_edge.model.tokenizer import load_tokenizer
+    from omnisift_edge.runtime import ort_pipeline
+
+    tok = load_tokenizer(folder / "export_mini" / "tokenizer")
+    pieces = build_prompt(tok, "What is happening in this video?")
+    follow = list(followup_ids(tok, "And then?"))
+    d, out = manifest["dims"], []
+    table = np.zeros((d["vocab"], d["hidden"]), np.float32)
+    files = {g["file"]: (key if not key.startswith("compressor") else "compressor") for key, g in manifest["graphs"].items()}
+    for ratio, chunks, script, max_new in ((0.25, 3, [111, 107, 33, 151645, 104], 8), (1.0, 2, [104, 105], 3)):
+        kept = next(p["kept_per_chunk"]["total"] for p in manifest["ratios"] if p["ratio"] == ratio)
+        calls: list = []
+        fake = lambda path: _FakeSession(files[Path(path).name], d, kept, calls, script)  # noqa: E731
+        loader = type("m", (), {"load_file": staticmethod(lambda _: {"embed_tokens": table})})
+        with mock.patch.object(onnx_io, "ort_session", fake), mock.patch.object(ort_pipeline, "require", lambda _: loader):
+            stream = ort_pipeline.OrtStream(folder / "export_mini", manifest, ratio, pieces.prefix_ids)
+            pixels = np.zeros((d["grids_per_chunk"] * d["grid_h"] * d["grid_w"], d["patch_dim"]), np.float32)
+            for _ in range(chunks):
+                stream.push(pixels, d["grids_per_chunk"], np.zeros((d["n_mels"], d["window_frames"]), np.float32))
+            stops = manifest["stop_token_ids"]
+            first = list(stream.ask(list(pieces.suffix_ids), max_new_tokens=max_new, stop_ids=stops))
+            second = list(stream.ask(follow, max_new_tokens=max_new, stop_ids=stops))
+        out.append({"ratio": ratio, "chunks": chunks, "script": script, "max_new_tokens": max_new,
+                    "prefix_ids": list(pieces.prefix_ids), "suffix_ids": list(pieces.suffix_ids), "followup_ids": follow,
+                    "answers": [first, second], "calls": calls})
+    return out
+
+
+def write_golden(folder: Path) -> Path:
+    """Write every golden file into `folder` (replaced if it exists)."""
+    folder = Path(folder)
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    from omnisift_edge.model.tokenizer import tiny_tokenizer_json
+
+    _dump(folder / "layouts.json", layout_cases())
+    _dump(folder / "layout_errors.json", layout_error_cases())
+    _write_tokenizer(folder / "tokenizer_tiny", tiny_tokenizer_json())
+    _write_tokenizer(folder / "tokenizer_bpe", _bpe_tokenizer_json())
+    _dump(folder / "tokenizer_cases.json", tokenizer_cases(folder))
+    _dump(folder / "prompt_cases.json", prompt_cases(folder))
+    _dump(folder / "preprocess.json", preprocess_cases())
+    manifest = mini_manifest(folder / "export_mini")
+    _dump(folder / "manifest_cases.json", [{"name": n, "patch": p, "expect": e} for n, p, e in MANIFEST_CASES])
+    _dump(folder / "schedule.json", schedule_cases(folder, manifest))
+    save_file = require("safetensors.numpy").save_file
+    table = (np.arange(64, dtype=np.float32).reshape(16, 4) - 20.5) / 8
+    save_file({"embed_tokens": table}, str(folder / "embeddings_f32.safetensors"))
+    save_file({"embed_tokens": table.astype(np.float16)}, str(folder / "embeddings_f16.safetensors"))
+    _dump(folder / "embeddings.json", {"tensor": "embed_tokens", "shape": [16, 4], "values": table.tolist()})
+    return folder
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m omnisift_edge.export.golden FOLDER   (the repo's is cpp/golden)")
+    print(f"wrote {write_golden(Path(sys.argv[1]))}")

@@ -1,0 +1,79 @@
+"""build_engines where TensorRT is missing: the plan still works, the build says how to install it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from omnisift_edge.engines.build import TENSORRT_MISSING, build_engines, require_tensorrt
+from omnisift_edge.engines.plan import BuildConfig, BuildPlan
+from omnisift_edge.errors import UsageError
+
+
+def test_import_of_the_package_is_light():
+    code = ("import sys, omnisift_edge.engines as e; e.BuildConfig; e.VerifyConfig; "
+            "print(sorted(m for m in ('tensorrt', 'polygraphy', 'onnx', 'onnxruntime', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_missing_tensorrt_is_the_install_message(export_copy, no_tensorrt):
+    with pytest.raises(UsageError) as info:
+        require_tensorrt()
+    assert str(info.value) == TENSORRT_MISSING
+    assert "sudo apt install python3-libnvinfer" in TENSORRT_MISSING and "pip install tensorrt" in TENSORRT_MISSING
+    with pytest.raises(UsageError, match=r"^TensorRT is not installed: on Jetson install JetPack's python3-libnvinfer"):
+        build_engines(BuildConfig(export_copy, target="orin-agx"))
+    assert not (export_copy / "engines" / "orin-agx" / "decoder.engine").exists()
+
+
+def test_plan_only_needs_no_tensorrt(export_copy, no_tensorrt):
+    plan = build_engines(BuildConfig(export_copy, target="orin-agx", plan_only=True))
+    assert isinstance(plan, BuildPlan) and plan.path.is_file()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda m: "{not json", "is corrupt"),
+    (lambda m: json.dumps({**json.loads(m), "schema_version": 2}), "has schema version 2, this omnisift-edge reads 1"),
+])
+def test_a_damaged_manifest_is_the_read_manifest_error(export_copy, no_tensorrt, damage, message):
+    path = export_copy / "manifest.json"
+    path.write_text(damage(path.read_text()))
+    with pytest.raises(UsageError, match=message):     # before the TensorRT check: no machine fixes this
+        build_engines(BuildConfig(export_copy, target="orin-agx"))
+    with pytest.raises(UsageError, match=message):
+        build_engines(BuildConfig(export_copy, target="orin-agx", plan_only=True))
+
+
+def test_a_folder_without_manifest(tmp_path):
+    with pytest.raises(UsageError, match="has no manifest.json"):
+        build_engines(BuildConfig(tmp_path, target="l4", plan_only=True))
+
+
+def test_the_cli_exit_path_is_one_line_and_exit_1(export_copy, no_tensorrt):
+    """What the lead's `omnisift-edge build` does with our UsageError: click's one-line error, exit 1."""
+    from omnisift_edge.cli import _user_errors
+
+    @click.command()
+    @click.argument("folder")
+    @_user_errors
+    def build(folder):
+        build_engines(BuildConfig(folder, target="orin-agx"))
+
+    result = CliRunner().invoke(build, [str(export_copy)])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"Error: {TENSORRT_MISSING}"
+
+
+def test_the_wired_build_command_if_present(export_copy, no_tensorrt):
+    from omnisift_edge.cli import main
+
+    if "build" not in main.commands:
+        pytest.skip("omnisift-edge build is not wired into cli.py yet (the lead adds it)")
+    result = CliRunner().invoke(main, ["build", str(export_copy), "--target", "orin-agx"])
+    assert result.exit_code == 1 and "TensorRT is not installed" in result.output
