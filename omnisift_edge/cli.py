@@ -204,6 +204,58 @@ def profile(folder, backend, ratios, seconds, device, max_new_tokens, out):
     click.echo(f"wrote {report.files['json']}, {report.files['markdown']}, {report.files['plot']}", err=True)
 
 
+TARGETS = ["auto", "orin-nano", "orin-nx", "orin-agx", "a100", "l4", "h100"]
+
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--target", type=click.Choice(TARGETS), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["fp16", "bf16", "fp32"]), default="fp16", show_default=True)
+@click.option("--max-context", type=int, default=None, help="Longest KV cache for the decoder profiles (<= the export's).")
+@click.option("--workspace", "workspace_gb", type=float, default=None, help="Builder workspace in GB (default: the preset's).")
+@click.option("--plan", "plan_only", is_flag=True, help="Print and write the profiles, flags and trtexec/polygraphy "
+              "command lines without building (works without TensorRT).")
+@_user_errors
+def build(folder, target, precision, max_context, workspace_gb, plan_only):
+    """Build TensorRT engines (one per graph) for a target; --plan works anywhere."""
+    from omnisift_edge.engines import BuildConfig, build_engines
+
+    result = build_engines(BuildConfig(folder, target=target, precision=precision, max_context=max_context,
+                                       workspace_gb=workspace_gb, plan_only=plan_only))
+    if plan_only:
+        click.echo(result.summary())
+    else:
+        click.echo(f"built {len(result.engines)} engines for {result.target.name} in {result.seconds:.0f}s: "
+                   + ", ".join(str(p) for p in result.engines.values()))
+
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--target", type=click.Choice(TARGETS[1:]), default=None, help="Engines of this target (default: the built one).")
+@click.option("--record", is_flag=True, help="Record ONNX Runtime reference outputs (on the export machine).")
+@_user_errors
+def verify(folder, target, record):
+    """Compare TensorRT engines with ONNX Runtime outputs recorded at export (two-machine flow)."""
+    from omnisift_edge.engines import VerifyConfig, verify_engines
+
+    report = verify_engines(VerifyConfig(folder, target=target, record=record))
+    click.echo(report.summary())
+    if not report.ok:
+        sys.exit(1)
+
+
+@main.command()
+@_user_errors
+def selftest():
+    """Export the embedded default, build engines and verify them, where TensorRT and a GPU exist."""
+    from omnisift_edge.engines import selftest as run_selftest
+
+    result = run_selftest()
+    click.echo(result.summary())
+    if result.ran and not result.ok:
+        sys.exit(1)
+
+
 @main.command("tiny-model")
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--kind", type=click.Choice(["full", "thinker", "omnisift"]), default="omnisift", show_default=True,

@@ -25,6 +25,8 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "demo --video FILE": ("torch", "transformers", "av", "PIL"),
     "export": ("torch", "transformers", "safetensors", "onnx", "onnxruntime", "optimum"),
     "lint": ("onnx",),
+    "run / profile": ("onnxruntime", "tokenizers", "transformers"),
+    "build / verify": ("tensorrt", "polygraphy"),
     "tiny-model": ("torch", "transformers", "safetensors"),
 }
 
@@ -77,7 +79,8 @@ def report() -> str:
     lines.append("what each command needs:")
     for command, needs in NEEDS.items():
         missing = [n for n in needs if n not in found]
-        extra = "export" if command in ("export", "lint") else "model"
+        extra = {"export": "export", "lint": "export", "run / profile": "profile",
+                 "build / verify": "engines"}.get(command, "model")
         status = "ready" if not missing else "missing " + ", ".join(missing) + \
             f" (pip install 'omnisift-edge[{extra}]')"
         lines.append(f"  omnisift-edge {command:<18} {status}")

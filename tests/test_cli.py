@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-COMMANDS = [[], ["doctor"], ["demo"], ["tiny-model"], ["export"], ["lint"]]
+COMMANDS = [[], ["doctor"], ["demo"], ["tiny-model"], ["export"], ["lint"], ["run"], ["profile"], ["build"], ["verify"], ["selftest"]]
 
 
 def _run(*args: str, block_heavy: bool = False) -> subprocess.CompletedProcess:

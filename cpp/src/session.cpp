@@ -1,6 +1,7 @@
 #include "omnisift/session.h"
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 
 namespace omnisift {
@@ -37,9 +38,12 @@ Result<std::unique_ptr<Session>> Session::create(std::shared_ptr<const ExportFol
                                                  SessionOptions options) {
   if (!folder) return InvalidArgument("no export folder");
   const Manifest& m = folder->manifest();
-  if (options.max_new_tokens < 1) return InvalidArgument("max_new_tokens must be >= 1");
+  if (options.max_new_tokens < 1)
+    return InvalidArgument("max_new_tokens must be at least 1 (got " + std::to_string(options.max_new_tokens) + ")");
   if (options.stop_token_ids.empty()) options.stop_token_ids = m.stop_token_ids;
   OMNISIFT_ASSIGN_OR_RETURN(ChunkBudget budget, ChunkBudget::create(m, options.ratio));
+  if (options.max_context > 0) budget.max_context = std::min(budget.max_context, options.max_context);
+  if (backend.max_context() > 0) budget.max_context = std::min(budget.max_context, backend.max_context());
   OMNISIFT_ASSIGN_OR_RETURN(std::vector<int64_t> prefix, folder->prompt().prefix_ids(options.system));
   OMNISIFT_ASSIGN_OR_RETURN(StreamingLayout layout,
                             StreamingLayout::create(m.layout, std::move(prefix), m.dims.grid_h, m.dims.grid_w));
@@ -47,7 +51,8 @@ Result<std::unique_ptr<Session>> Session::create(std::shared_ptr<const ExportFol
   std::unique_ptr<Session> s(new Session(folder, backend, std::move(options), std::move(layout), budget));
   std::vector<float> logits;
   const Span& span = s->layout_.prefix();
-  OMNISIFT_RETURN_IF_ERROR(s->step(&span.ids, nullptr, span.positions, "the system prompt", logits));
+  OMNISIFT_RETURN_IF_ERROR(s->reserve(span.positions.n, "the system prompt"));
+  OMNISIFT_RETURN_IF_ERROR(s->step(&span.ids, nullptr, span.positions, logits));
   return s;
 }
 
@@ -57,23 +62,30 @@ Status Session::guard() const {
   return Status::Ok();
 }
 
-// One decoder call: ids (embedded here) or embeds, checked against max_context first.
+// Room for n more tokens: max_context (ledger) and the backend's own limits (engine profiles).
+Status Session::reserve(int64_t n, const std::string& what) const {
+  OMNISIFT_RETURN_IF_ERROR(ledger_.reserve(n, what));
+  return backend_.check_append(ledger_.length(), n);
+}
+
+// One decoder call: ids (embedded here) or embeds; the caller reserved the room.
 Status Session::step(const std::vector<int64_t>* ids, const std::vector<float>* embeds, const Positions& positions,
-                     const std::string& what, std::vector<float>& logits) {
-  OMNISIFT_RETURN_IF_ERROR(ledger_.reserve(positions.n, what));
+                     std::vector<float>& logits) {
   std::vector<float> looked_up;
   if (ids) {
-    OMNISIFT_RETURN_IF_ERROR(folder_->embeddings().lookup(*ids, looked_up));
+    Status st = folder_->embeddings().lookup(*ids, looked_up);
+    if (!st.ok()) {
+      broken_ = true;   // the layout has counted these tokens already
+      return st;
+    }
     embeds = &looked_up;
   }
   Status st = backend_.decode(*embeds, positions, logits);
+  if (st.ok() && logits.size() != static_cast<size_t>(folder_->manifest().dims.vocab))
+    st = BackendError("the decoder returned " + std::to_string(logits.size()) + " logits, expected dims.vocab");
   if (!st.ok()) {
     broken_ = true;
     return st;
-  }
-  if (logits.size() != static_cast<size_t>(folder_->manifest().dims.vocab)) {
-    broken_ = true;
-    return BackendError("the decoder returned " + std::to_string(logits.size()) + " logits, expected dims.vocab");
   }
   ledger_.commit(positions.n);
   return Status::Ok();
@@ -91,8 +103,11 @@ Status Session::push_chunk(const std::vector<float>& pixel_values, const std::ve
                            ", " + std::to_string(d.patch_dim) + "] and a log-mel window [" + std::to_string(d.n_mels) +
                            ", " + std::to_string(d.window_frames) + "] (got " + std::to_string(pixel_values.size()) +
                            " and " + std::to_string(mel.size()) + " values)");
+  for (const std::vector<float>* v : {&pixel_values, &mel})
+    for (float x : *v)
+      if (!std::isfinite(x)) return InvalidArgument("the chunk's pixels or audio features contain NaN or Inf");
   const std::string what = "chunk " + std::to_string(chunks());
-  OMNISIFT_RETURN_IF_ERROR(ledger_.reserve(budget_.kept_per_chunk, what));
+  OMNISIFT_RETURN_IF_ERROR(reserve(budget_.kept_per_chunk, what));
   std::vector<float> video, audio, logits;
   OMNISIFT_RETURN_IF_ERROR(backend_.encode_video(pixel_values, video));
   OMNISIFT_RETURN_IF_ERROR(backend_.encode_audio(mel, audio));
@@ -102,33 +117,50 @@ Status Session::push_chunk(const std::vector<float>& pixel_values, const std::ve
   OMNISIFT_ASSIGN_OR_RETURN(ChunkLayout chunk, layout_.chunk(d.grids_per_chunk, d.window_audio_tokens));
   CompressorOutput kept;
   Status st = backend_.compress(video, audio, chunk.positions, kept);
-  if (st.ok() && (kept.kept_positions.n != budget_.kept_per_chunk ||
-                  kept.kept_embeds.size() != static_cast<size_t>(budget_.kept_per_chunk) * d.hidden))
-    st = BackendError("the compressor kept " + std::to_string(kept.kept_positions.n) + " tokens, the ratio plan says " +
-                      std::to_string(budget_.kept_per_chunk));
+  const int64_t k = budget_.kept_per_chunk;
+  if (st.ok() && (static_cast<int64_t>(kept.kept_index.size()) != k ||
+                  kept.kept_embeds.size() != static_cast<size_t>(k) * d.hidden))
+    st = BackendError("the compressor kept " + std::to_string(kept.kept_index.size()) + " tokens, the ratio plan says " +
+                      std::to_string(k));
+  // positions of the kept tokens: the chunk's, gathered by kept_index (as Python's ChunkStream.push)
+  Positions positions;
+  positions.n = k;
+  positions.data.resize(static_cast<size_t>(3 * k));
+  for (int64_t i = 0; st.ok() && i < k; ++i) {
+    const int64_t idx = kept.kept_index[static_cast<size_t>(i)];
+    if (idx < 0 || idx >= chunk.positions.n) {
+      st = BackendError("the compressor returned kept index " + std::to_string(idx) + " outside the chunk");
+      break;
+    }
+    for (int row = 0; row < 3; ++row) positions.data[static_cast<size_t>(row * k + i)] = chunk.positions.at(row, idx);
+  }
+  if (st.ok() && kept.kept_positions.n == k && kept.kept_positions.data != positions.data)
+    st = BackendError("the compressor's kept_position_ids disagree with its kept_index");
   if (!st.ok()) {
     broken_ = true;   // the layout has counted the chunk, the KV cache has not
     return st;
   }
-  return step(nullptr, &kept.kept_embeds, kept.kept_positions, what, logits);
+  return step(nullptr, &kept.kept_embeds, positions, logits);
 }
 
-Status Session::run_ready_chunks() {
+Status Session::run_ready_chunks(bool finishing) {
   const Manifest& m = folder_->manifest();
   const size_t per_chunk = static_cast<size_t>(m.layout.raw_frames_per_chunk());
   while (frames_.size() >= per_chunk && mel_.ready()) {
+    if (mel_.front_frames() != m.dims.window_frames) return Internal("a partial log-mel window reached a chunk");
     std::vector<FrameView> views;
     for (size_t i = 0; i < per_chunk; ++i) views.push_back({frames_[i].data(), m.height, m.width});
     OMNISIFT_ASSIGN_OR_RETURN(std::vector<float> pixels, chunk_patches(views, m.layout, m.height, m.width));
     frames_.erase(frames_.begin(), frames_.begin() + static_cast<std::ptrdiff_t>(per_chunk));
     OMNISIFT_RETURN_IF_ERROR(push_chunk(pixels, mel_.pop()));
   }
+  if (finishing) mel_.clear();   // audio beyond the video is dropped
   return Status::Ok();
 }
 
 Status Session::push_frame(const FrameView& frame) {
   OMNISIFT_RETURN_IF_ERROR(guard());
-  if (layout_.closed()) return FailedPrecondition("the video span is closed once a question was asked; start a new session");
+  if (finished_) return FailedPrecondition("the media ended (finish() or the first question); start a new session");
   const Manifest& m = folder_->manifest();
   if (!frame.rgb || frame.height != m.height || frame.width != m.width)
     return InvalidArgument("frame is " + std::to_string(frame.height) + "x" + std::to_string(frame.width) +
@@ -144,17 +176,42 @@ Status Session::push_frame(const FrameView& frame) {
 
 Status Session::push_audio(const float* pcm, size_t n) {
   OMNISIFT_RETURN_IF_ERROR(guard());
-  if (layout_.closed()) return FailedPrecondition("the video span is closed once a question was asked; start a new session");
+  if (finished_) return FailedPrecondition("the media ended (finish() or the first question); start a new session");
   OMNISIFT_ASSIGN_OR_RETURN(int completed, mel_.push(pcm, n));
   (void)completed;
   return run_ready_chunks();
 }
 
-Result<Answer> Session::ask(const std::string& question, const TokenCallback& on_token) {
+Status Session::finish() {
   OMNISIFT_RETURN_IF_ERROR(guard());
+  if (finished_) return Status::Ok();
+  finished_ = true;
+  if (frames_.empty()) {   // no partial chunk to pad; audio beyond the video is dropped
+    mel_.clear();
+    return Status::Ok();
+  }
+  const LayoutSpec& spec = folder_->manifest().layout;
+  const size_t per_chunk = static_cast<size_t>(spec.raw_frames_per_chunk());
+  while (!frames_.empty() && frames_.size() % per_chunk) frames_.push_back(frames_.back());   // repeat the last frame
+  const int64_t chunks_total = chunks() + static_cast<int64_t>(frames_.size() / per_chunk);
+  const int64_t want = chunks_total * spec.samples_per_chunk();
+  if (want > mel_.samples_received()) {
+    const std::vector<float> zeros(static_cast<size_t>(want - mel_.samples_received()), 0.0f);
+    OMNISIFT_ASSIGN_OR_RETURN(int completed, mel_.push(zeros.data(), zeros.size()));
+    (void)completed;
+  }
+  mel_.finish();
+  return run_ready_chunks(/*finishing=*/true);
+}
+
+Result<Answer> Session::ask(const std::string& question, const TokenCallback& on_token) {
+  OMNISIFT_RETURN_IF_ERROR(finish());
+  if (question.find_first_not_of(" \t\r\n\f\v") == std::string::npos)
+    return InvalidArgument("the question is empty; ask something about the video");
   const ChatPrompt& prompt = folder_->prompt();
-  Result<std::vector<int64_t>> ids = layout_.closed() ? prompt.followup_ids(question) : prompt.suffix_ids(question);
+  Result<std::vector<int64_t>> ids = questions_ == 0 ? prompt.suffix_ids(question) : prompt.followup_ids(question);
   if (!ids.ok()) return ids.status();
+  ++questions_;
   return ask_ids(*ids, on_token);
 }
 
@@ -162,18 +219,18 @@ Result<Answer> Session::ask_ids(const std::vector<int64_t>& ids, const TokenCall
   OMNISIFT_RETURN_IF_ERROR(guard());
   std::vector<float> logits;
   if (!layout_.closed()) {
+    OMNISIFT_RETURN_IF_ERROR(finish());   // pads and runs a trailing partial chunk
     if (layout_.chunks().empty())
-      return FailedPrecondition("no whole chunk was pushed yet (4 frames and 2 s of audio); push media before asking");
-    OMNISIFT_RETURN_IF_ERROR(ledger_.reserve(static_cast<int64_t>(ids.size()) + 2, "the question"));
+      return FailedPrecondition("no chunk was pushed; OmniSIFT needs video with audio before a question");
+    OMNISIFT_RETURN_IF_ERROR(reserve(static_cast<int64_t>(ids.size()) + 2, "the question"));
     OMNISIFT_ASSIGN_OR_RETURN(Span span, layout_.close(ids));
-    dropped_frames_ += static_cast<int64_t>(frames_.size());
-    frames_.clear();
-    OMNISIFT_RETURN_IF_ERROR(step(&span.ids, nullptr, span.positions, "the question", logits));
+    finished_ = true;
+    OMNISIFT_RETURN_IF_ERROR(step(&span.ids, nullptr, span.positions, logits));
   } else {
     OMNISIFT_RETURN_IF_ERROR(check_text_ids(folder_->manifest().layout, ids, "follow-up ids"));
-    OMNISIFT_RETURN_IF_ERROR(ledger_.reserve(static_cast<int64_t>(ids.size()), "the follow-up question"));
+    OMNISIFT_RETURN_IF_ERROR(reserve(static_cast<int64_t>(ids.size()), "the follow-up question"));
     OMNISIFT_ASSIGN_OR_RETURN(Positions pos, layout_.text(static_cast<int64_t>(ids.size())));
-    OMNISIFT_RETURN_IF_ERROR(step(&ids, nullptr, pos, "the follow-up question", logits));
+    OMNISIFT_RETURN_IF_ERROR(step(&ids, nullptr, pos, logits));
   }
   Answer answer;
   TokenStreamDecoder text(folder_->tokenizer(), /*skip_special_tokens=*/true);
@@ -186,14 +243,11 @@ Result<Answer> Session::ask_ids(const std::vector<int64_t>& ids, const TokenCall
     const bool more = on_token ? on_token(event) : true;
     if (event.stop || !more) break;
     const std::vector<int64_t> one{token};
-    OMNISIFT_RETURN_IF_ERROR(ledger_.reserve(1, "answer token " + std::to_string(k)));
+    OMNISIFT_RETURN_IF_ERROR(reserve(1, "answer token " + std::to_string(k)));
     OMNISIFT_ASSIGN_OR_RETURN(Positions pos, layout_.text(1));
-    OMNISIFT_RETURN_IF_ERROR(step(&one, nullptr, pos, "answer token " + std::to_string(k), logits));
+    OMNISIFT_RETURN_IF_ERROR(step(&one, nullptr, pos, logits));
   }
-  const std::string tail = text.finish();
-  answer.text += tail;
-  if (!tail.empty() && on_token) on_token(TokenEvent{-1, tail, false});
-  return answer;
+  return answer;   // an incomplete last character is never shown (TokenStreamDecoder)
 }
 
 }  // namespace omnisift

@@ -329,29 +329,13 @@ int64_t Tokenizer::max_id() const { return impl_->max_id; }
 
 std::string TokenStreamDecoder::push(int64_t id) {
   if (skip_special_ && tokenizer_.is_special(id)) return "";
-  pending_ += tokenizer_.token_bytes(id);
-  std::string out;
-  size_t i = 0;
-  while (i < pending_.size()) {
-    int bad;
-    const int len = detail::utf8_sequence(pending_, i, bad);
-    if (len > 0) {
-      out.append(pending_, i, static_cast<size_t>(len));
-      i += static_cast<size_t>(len);
-    } else if (bad > 0) {
-      out += "\xEF\xBF\xBD";
-      i += static_cast<size_t>(bad);
-    } else {
-      break;   // an incomplete character: wait for the next token
-    }
-  }
-  pending_.erase(0, i);
-  return out;
-}
-
-std::string TokenStreamDecoder::finish() {
-  std::string out = detail::utf8_lossy(pending_);
-  pending_.clear();
+  bytes_ += tokenizer_.token_bytes(id);
+  const std::string text = detail::utf8_lossy(bytes_);
+  static const std::string kReplacement = "\xEF\xBF\xBD";
+  const bool open_end = text.size() >= 3 && text.compare(text.size() - 3, 3, kReplacement) == 0;
+  if (text.size() <= shown_ || open_end) return "";
+  std::string out = text.substr(shown_);
+  shown_ = text.size();
   return out;
 }
 

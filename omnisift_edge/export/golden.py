@@ -10,7 +10,8 @@ code the C++ library reimplements; the C++ tests (ctest, cpp/tests/) read them a
 | prompt_cases.json | `model.prompt.build_prompt`, `followup_ids` | `omnisift::ChatPrompt` |
 | preprocess.json | `model.preprocess.chunk_patches`, `StreamingLogMel.push` | `chunk_patches`, `StreamingLogMel` |
 | export_mini/, manifest_cases.json | `export.manifest.write_manifest` and the manifest entries of `export.build` | `read_manifest` |
-| schedule.json | `runtime.ort_pipeline.OrtStream` driven by stand-in sessions | `Session` + `StubBackend` |
+| schedule.json | `runtime.ort_pipeline.OrtStream`, `runtime.session.OmniSession` over stand-in sessions | `Session` + `StubBackend` |
+| profile_cases.json | `engines.profiles.engine_profiles` (the decoder's optimization profiles) | `DecoderProfiles` |
 | embeddings_f32/f16.safetensors | `safetensors.numpy.save_file` | `TextEmbeddings` |
 
 `tokenizer_bpe` is a byte-level BPE WITH merges trained here with the `tokenizers` library
@@ -32,6 +33,7 @@ from unittest import mock
 
 import numpy as np
 
+from omnisift_edge import __version__
 from omnisift_edge.errors import UsageError, require
 from omnisift_edge.model.spec import OmniSpec
 
@@ -64,7 +66,15 @@ BPE_SPECIAL = {"<tool_call>": (151657, False, False), "Ã©x": (151658, False, F
 
 
 def _dump(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+    """JSON with one line per top-level item (diffable, yet small)."""
+    line = lambda x: json.dumps(x, ensure_ascii=False, separators=(",", ":"))  # noqa: E731
+    if isinstance(obj, list):
+        text = "[\n" + ",\n".join(line(x) for x in obj) + "\n]"
+    elif isinstance(obj, dict):
+        text = "{\n" + ",\n".join(f"{line(k)}:{line(v)}" for k, v in obj.items()) + "\n}"
+    else:
+        text = line(obj)
+    path.write_text(text + "\n")
 
 
 # ------------------------------------------------------------------------------------------ layout
@@ -297,8 +307,9 @@ def mini_manifest(folder: Path) -> dict:
                 "text_embeddings": {"file": "embed_tokens.safetensors", "tensor": "embed_tokens",
                                     "shape": [dims.vocab, dims.hidden], "dtype": "float32"},
                 "tokenizer": {"folder": "tokenizer", "files": sorted(p.name for p in (folder / "tokenizer").iterdir())},
-                "stop_token_ids": [SPEC.tokens.im_end, SPEC.tokens.endoftext], "tools": {"golden": True},
+                "stop_token_ids": [SPEC.tokens.im_end, SPEC.tokens.endoftext], "tools": {"omnisift_edge": __version__},
                 "export_config": {"golden": True}, "created": "golden", "validation": {}, "lint": {}}
+    manifest["builds"] = add_golden_build(folder, manifest)
     write_manifest(folder, manifest)
     return json.loads((folder / "manifest.json").read_text())
 
@@ -323,57 +334,142 @@ MANIFEST_CASES = [  # JSON Patch (RFC 6902) on export_mini/manifest.json -> the 
 class _FakeSession:
     """Stands in for an ORT session with StubBackend's rule (cpp/include/omnisift/stub_backend.h)."""
 
-    def __init__(self, kind: str, dims: dict, kept: int, calls: list, script: list):
-        self.kind, self.dims, self.kept, self.calls, self.script = kind, dims, kept, calls, script
+    def __init__(self, kind: str, dims: dict, kept: int, log: dict, script: list):
+        self.kind, self.dims, self.kept, self.log, self.script = kind, dims, kept, log, script
 
     def run(self, names, feeds):
-        d = self.dims
+        d, log = self.dims, self.log
         if self.kind == "vision_encoder":
+            x = np.ascontiguousarray(feeds["pixel_values"], "<f4")
+            log["chunks"].append({"pixel_sha256": hashlib.sha256(x.tobytes()).hexdigest()})
             return [np.zeros((d["grids_per_chunk"] * d["grid_h"] * d["grid_w"] // 4, d["hidden"]), np.float32)]
         if self.kind == "audio_encoder":
+            mel = feeds["input_features"].astype(np.float64)
+            log["chunks"][-1].update(mel_sum=float(mel.sum()), mel_first_frame=mel[:, 0].tolist(),
+                                     mel_last_frame=mel[:, -1].tolist())
             return [np.zeros((d["window_audio_tokens"], d["hidden"]), np.float32)]
         if self.kind == "compressor":
             pos = feeds["chunk_position_ids"][:, :self.kept]
             return [np.zeros((1, self.kept, d["hidden"]), np.float32), pos[:, None, :], np.arange(self.kept)[None]]
+        calls = log["calls"]
         n, past = feeds["inputs_embeds"].shape[1], feeds["past_key_values.0.key"].shape[2]
-        self.calls.append({"n": n, "past_length": past, "attention_mask_length": feeds["attention_mask"].shape[1],
-                           "positions": feeds["position_ids"].reshape(3, n).tolist()})
+        calls.append({"n": n, "past_length": past, "attention_mask_length": feeds["attention_mask"].shape[1],
+                      "positions": feeds["position_ids"].reshape(3, n).tolist()})
         logits = np.zeros((1, 1, d["vocab"]), np.float32)
-        logits[0, 0, self.script[(len(self.calls) - 1) % len(self.script)]] = 1
+        logits[0, 0, self.script[(len(calls) - 1) % len(self.script)]] = 1
         grow = np.zeros((1, d["kv_heads"], n, d["head_dim"]), np.float32)
         return [logits] + [np.concatenate([feeds[k], grow], axis=2) for k in feeds if k.startswith("past_key_values.")]
 
 
-def schedule_cases(folder: Path, manifest: dict) -> list[dict]:
-    """The decoder calls OrtStream makes for pushed chunks, a question and a follow-up."""
+def _stand_in_backend(manifest: dict, ratio: float, log: dict, script: list):
+    """Patches ORT sessions and the embedding loader for OrtStream (restored on exit)."""
+    from contextlib import ExitStack
+
     from omnisift_edge.export import onnx_io
+    from omnisift_edge.runtime import ort_pipeline
+
+    d = manifest["dims"]
+    kept = next(p["kept_per_chunk"]["total"] for p in manifest["ratios"] if p["ratio"] == ratio)
+    files = {g["file"]: (key if not key.startswith("compressor") else "compressor") for key, g in manifest["graphs"].items()}
+    table = np.zeros((d["vocab"], d["hidden"]), np.float32)
+    loader = type("m", (), {"load_file": staticmethod(lambda _: {"embed_tokens": table})})
+    stack = ExitStack()
+    stack.enter_context(mock.patch.object(
+        onnx_io, "ort_session", lambda path, **_: _FakeSession(files[Path(path).name], d, kept, log, script)))
+    stack.enter_context(mock.patch.object(ort_pipeline, "require", lambda _: loader))
+    return stack
+
+
+SCHEDULE_QUESTIONS = ("What is happening in this video?", "And then?")
+MEDIA_FRAMES, MEDIA_SAMPLES = 9, 68800     # 4.5 s of video, 4.3 s of audio: the third chunk is padded
+MEDIA_SPLITS = ((0, 3, 0, 20000), (3, 7, 20000, 50000), (7, 9, 50000, MEDIA_SAMPLES))   # frames, samples per append
+
+
+def schedule_cases(folder: Path, manifest: dict) -> list[dict]:
+    """What the Python runtime does, recorded through stand-in sessions: the decoder calls of an
+    OrtStream fed whole chunks, and of an OmniSession fed frames + PCM with a partial last chunk."""
     from omnisift_edge.model.prompt import build_prompt, followup_ids
     from omnisift_edge.model.tokenizer import load_tokenizer
     from omnisift_edge.runtime import ort_pipeline
+    from omnisift_edge.runtime.session import OmniSession, RuntimeConfig
 
-    tok = load_tokenizer(folder / "export_mini" / "tokenizer")
-    pieces = build_prompt(tok, "What is happening in this video?")
-    follow = list(followup_ids(tok, "And then?"))
-    d, out = manifest["dims"], []
-    table = np.zeros((d["vocab"], d["hidden"]), np.float32)
-    files = {g["file"]: (key if not key.startswith("compressor") else "compressor") for key, g in manifest["graphs"].items()}
-    for ratio, chunks, script, max_new in ((0.25, 3, [111, 107, 33, 151645, 104], 8), (1.0, 2, [104, 105], 3)):
-        kept = next(p["kept_per_chunk"]["total"] for p in manifest["ratios"] if p["ratio"] == ratio)
-        calls: list = []
-        fake = lambda path: _FakeSession(files[Path(path).name], d, kept, calls, script)  # noqa: E731
-        loader = type("m", (), {"load_file": staticmethod(lambda _: {"embed_tokens": table})})
-        with mock.patch.object(onnx_io, "ort_session", fake), mock.patch.object(ort_pipeline, "require", lambda _: loader):
-            stream = ort_pipeline.OrtStream(folder / "export_mini", manifest, ratio, pieces.prefix_ids)
-            pixels = np.zeros((d["grids_per_chunk"] * d["grid_h"] * d["grid_w"], d["patch_dim"]), np.float32)
-            for _ in range(chunks):
-                stream.push(pixels, d["grids_per_chunk"], np.zeros((d["n_mels"], d["window_frames"]), np.float32))
-            stops = manifest["stop_token_ids"]
-            first = list(stream.ask(list(pieces.suffix_ids), max_new_tokens=max_new, stop_ids=stops))
-            second = list(stream.ask(follow, max_new_tokens=max_new, stop_ids=stops))
-        out.append({"ratio": ratio, "chunks": chunks, "script": script, "max_new_tokens": max_new,
-                    "prefix_ids": list(pieces.prefix_ids), "suffix_ids": list(pieces.suffix_ids), "followup_ids": follow,
-                    "answers": [first, second], "calls": calls})
+    mini = folder / "export_mini"
+    tok = load_tokenizer(mini / "tokenizer")
+    pieces = build_prompt(tok, SCHEDULE_QUESTIONS[0])
+    follow = list(followup_ids(tok, SCHEDULE_QUESTIONS[1]))
+    d, stops = manifest["dims"], manifest["stop_token_ids"]
+    out = []
+    # whole chunks straight into the stream (push_chunk in C++)
+    script, log = [111, 107, 33, 151645, 104], {"calls": [], "chunks": []}
+    with _stand_in_backend(manifest, 0.25, log, script):
+        stream = ort_pipeline.OrtStream(mini, manifest, 0.25, pieces.prefix_ids)
+        for _ in range(3):
+            stream.push(np.zeros((d["grids_per_chunk"] * d["grid_h"] * d["grid_w"], d["patch_dim"]), np.float32),
+                        d["grids_per_chunk"], np.zeros((d["n_mels"], d["window_frames"]), np.float32))
+        answers = [list(stream.ask(list(pieces.suffix_ids), max_new_tokens=8, stop_ids=stops)),
+                   list(stream.ask(follow, max_new_tokens=8, stop_ids=stops))]
+    out.append({"name": "chunks", "ratio": 0.25, "chunks": 3, "script": script, "max_new_tokens": 8,
+                "prefix_ids": list(pieces.prefix_ids), "question_ids": [list(pieces.suffix_ids), follow],
+                "answers": answers, "calls": log["calls"]})
+    # frames + PCM through the session API (push_frame/push_audio/ask in C++)
+    script, log = [104, 105, 0xE6, 0x97, 0xA5], {"calls": [], "chunks": []}
+    frames, pcm = golden_frames(MEDIA_FRAMES, *MINI_RESOLUTION), golden_pcm(MEDIA_SAMPLES)
+    with _stand_in_backend(manifest, 1.0, log, script):
+        session = OmniSession(RuntimeConfig(mini, ratio=1.0))
+        for f0, f1, s0, s1 in MEDIA_SPLITS:
+            session.append_chunk(frames[f0:f1], pcm[s0:s1])
+        texts, answers = [], []
+        for q in SCHEDULE_QUESTIONS:
+            texts.append("".join(session.ask(q, max_new_tokens=4)))
+            answers.append(session.last_answer_ids)
+    out.append({"name": "media", "ratio": 1.0, "script": script, "max_new_tokens": 4, "frames": MEDIA_FRAMES,
+                "samples": MEDIA_SAMPLES, "splits": [list(x) for x in MEDIA_SPLITS], "questions": list(SCHEDULE_QUESTIONS),
+                "answers": answers, "answer_texts": texts, "chunk_inputs": log["chunks"], "calls": log["calls"]})
     return out
+
+
+def profile_cases(manifest: dict) -> list[dict]:
+    """Decoder steps (past, n) -> the profile the C++ TensorRT backend must pick (or CONTEXT_FULL).
+
+    Rule: one new token after >= 1 cached takes "decode" when its ranges hold, else "prefill" when
+    its ranges hold, else the step is refused. Ranges come from the engines stage's own profiles.
+    """
+    decoder = manifest["builds"][GOLDEN_TARGET]["engines"]["decoder"]
+    c, s_max = manifest["max_context"], manifest["builds"][GOLDEN_TARGET]["max_prefill_tokens"]
+
+    def fits(profile, past, n):
+        want = {"sequence_length": n, "past_sequence_length": past, "total_sequence_length": past + n, "batch_size": 1}
+        return all(lo <= want[a] <= hi for a, (lo, _, hi) in profile["axes"].items())
+
+    def pick(past, n):
+        names = [p["name"] for p in decoder["profiles"]]
+        if n == 1 and "decode" in names and fits(decoder["profiles"][names.index("decode")], past, n):
+            return "decode"
+        return "prefill" if fits(decoder["profiles"][names.index("prefill")], past, n) else "CONTEXT_FULL"
+
+    steps = [(0, 30), (30, s_max), (200, 1), (0, 1), (c - s_max, s_max), (c - s_max + 1, s_max), (c - 1, 1), (c, 1),
+             (10, s_max + 1), (c - 2, 2)]
+    return [{"past": p, "n": n, "profile": pick(p, n)} for p, n in steps]
+
+
+GOLDEN_TARGET = "golden-sm00"
+
+
+def add_golden_build(folder: Path, manifest: dict) -> dict:
+    """A `builds` record as the engines stage writes it (its own profile code), over placeholder engines."""
+    from omnisift_edge.engines.profiles import decoder_limits, engine_profiles
+
+    limits = decoder_limits(manifest, max_prompt=64)
+    engines = {}
+    for graph, profiles in engine_profiles(manifest, max_prompt=64).items():
+        rel = f"engines/{GOLDEN_TARGET}/{graph}.engine"
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_text(f"placeholder engine for {graph}\n")
+        engines[graph] = {"file": rel, "bytes": (folder / rel).stat().st_size, "precision": "fp32",
+                          "strongly_typed": True, "flags": [], "profiles": [p.to_dict() for p in profiles]}
+    return {GOLDEN_TARGET: {"target": GOLDEN_TARGET, "tensorrt": "10.3.0", "device": "golden", "compute_capability": "0.0",
+                            "precision": "fp32", "max_context": limits.max_context,
+                            "max_prefill_tokens": limits.max_sequence, "main_ratio": limits.main_ratio, "engines": engines}}
 
 
 def write_golden(folder: Path) -> Path:
@@ -394,6 +490,7 @@ def write_golden(folder: Path) -> Path:
     manifest = mini_manifest(folder / "export_mini")
     _dump(folder / "manifest_cases.json", [{"name": n, "patch": p, "expect": e} for n, p, e in MANIFEST_CASES])
     _dump(folder / "schedule.json", schedule_cases(folder, manifest))
+    _dump(folder / "profile_cases.json", profile_cases(manifest))
     save_file = require("safetensors.numpy").save_file
     table = (np.arange(64, dtype=np.float32).reshape(16, 4) - 20.5) / 8
     save_file({"embed_tokens": table}, str(folder / "embeddings_f32.safetensors"))

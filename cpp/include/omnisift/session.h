@@ -67,8 +67,7 @@ struct SessionOptions {
 
 struct TokenEvent {
   int64_t id = 0;
-  std::string text;      // whole UTF-8 characters completed by this token (special tokens: ""); a
-                         // last event with id -1 flushes an incomplete character as U+FFFD
+  std::string text;      // whole UTF-8 characters released by this token (maybe ""; TokenStreamDecoder)
   bool stop = false;     // a stop id: the answer ends here (it is not fed back)
 };
 // Return false to end the answer after this token.
@@ -109,8 +108,9 @@ class Session {
  private:
   Session(std::shared_ptr<const ExportFolder> folder, Backend& backend, SessionOptions options,
           StreamingLayout layout, ChunkBudget budget);
+  Status reserve(int64_t n, const std::string& what) const;
   Status step(const std::vector<int64_t>* ids, const std::vector<float>* embeds, const Positions& positions,
-              const std::string& what, std::vector<float>& logits);
+              std::vector<float>& logits);
   Status run_ready_chunks(bool finishing = false);
   Status guard() const;
 

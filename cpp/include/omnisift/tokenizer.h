@@ -46,20 +46,23 @@ class Tokenizer {
   std::unique_ptr<Impl> impl_;
 };
 
-// Turns a stream of token ids into text pieces that are always whole UTF-8 characters: bytes of a
-// character split across tokens are held back until it is complete. Invalid bytes become U+FFFD
-// as in decode(). Special tokens are skipped when `skip_special_tokens`.
+// Turns a stream of token ids into text pieces, as Python's OmniSession.ask does: after each token
+// the answer so far is decoded (special tokens skipped when `skip_special_tokens`) and the new text
+// is released unless it ends in U+FFFD (a character still split across tokens, or invalid bytes
+// that may be followed by more). So pieces are always whole characters, and an incomplete or
+// invalid tail of the answer is never shown (finish() returns "" then, as Python shows nothing).
 class TokenStreamDecoder {
  public:
   explicit TokenStreamDecoder(const Tokenizer& tokenizer, bool skip_special_tokens = true)
       : tokenizer_(tokenizer), skip_special_(skip_special_tokens) {}
-  std::string push(int64_t id);   // text that became complete with this token (maybe "")
-  std::string finish();           // what is left, with U+FFFD for an incomplete tail
+  std::string push(int64_t id);   // text released by this token (maybe "")
+  std::string finish() { return ""; }
 
  private:
   const Tokenizer& tokenizer_;
   bool skip_special_;
-  std::string pending_;
+  std::string bytes_;             // the answer's bytes so far
+  size_t shown_ = 0;              // bytes of decoded text released so far
 };
 
 }  // namespace omnisift
