@@ -158,18 +158,20 @@ def lint(folder):
 @click.option("--audio", type=click.Path(path_type=Path), default=None, help="Separate audio file for --video.")
 @click.option("--question", "questions", multiple=True, required=True,
               help="A question; repeat for follow-up questions on the same context.")
-@click.option("--backend", type=click.Choice(["onnxruntime", "torch"]), default="onnxruntime", show_default=True)
+@click.option("--backend", type=click.Choice(["onnxruntime", "torch", "tensorrt"]), default="onnxruntime",
+              show_default=True)
+@click.option("--target", default=None, help="tensorrt: which built engines (default: the only one built).")
 @click.option("--ratio", type=float, default=None, help="One of the export's ratios. Default: the first it lists.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=64, show_default=True)
 @click.option("--max-context", type=int, default=None, help="KV cache limit (default: the export's).")
 @_user_errors
-def run(folder, video, audio, questions, backend, ratio, device, max_new_tokens, max_context):
+def run(folder, video, audio, questions, backend, target, ratio, device, max_new_tokens, max_context):
     """Stream a video through an export folder chunk by chunk, then answer questions (streamed)."""
     from omnisift_edge.runtime.session import RuntimeConfig, open_session
 
     session = open_session(RuntimeConfig(folder=folder, backend=backend, ratio=ratio, device=device,
-                                         max_context=max_context))
+                                         max_context=max_context, target=target))
     reports = session.append_file(video, audio_path=audio)
     kept = sum(r.kept_video + r.kept_audio for r in reports)
     total = sum(r.video_tokens + r.audio_tokens for r in reports)
@@ -185,7 +187,10 @@ def run(folder, video, audio, questions, backend, ratio, device, max_new_tokens,
 
 @main.command()
 @click.argument("folder", type=click.Path(path_type=Path))
-@click.option("--backend", type=click.Choice(["onnxruntime", "torch"]), default="onnxruntime", show_default=True)
+@click.option("--backend", type=click.Choice(["onnxruntime", "torch", "tensorrt"]), default="onnxruntime",
+              show_default=True)
+@click.option("--engine", "target", default=None, help="tensorrt: the target whose engines to profile (e.g. orin-agx); "
+              "implies --backend tensorrt.")
 @click.option("--ratios", default=None, help="Comma-separated ratios to profile (default: every ratio the export has).")
 @click.option("--seconds", type=float, default=30.0, show_default=True, help="Length of the generated clip.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
@@ -193,12 +198,14 @@ def run(folder, video, audio, questions, backend, ratio, device, max_new_tokens,
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), default=None,
               help="Folder for profile.json/.md/.png (default: FOLDER/profile).")
 @_user_errors
-def profile(folder, backend, ratios, seconds, device, max_new_tokens, out):
+def profile(folder, backend, target, ratios, seconds, device, max_new_tokens, out):
     """Measure per-stage latency, TTFT, decode speed and memory at each ratio, side by side."""
     from omnisift_edge.profiling.profile import ProfileConfig, markdown, profile as run_profile
 
+    if target is not None:
+        backend = "tensorrt"
     cfg = ProfileConfig(folder=folder, backend=backend, ratios=_parse_ratios(None, ratios) if ratios else None,
-                        seconds=seconds, device=device, max_new_tokens=max_new_tokens, out=out)
+                        seconds=seconds, device=device, max_new_tokens=max_new_tokens, out=out, target=target)
     report = run_profile(cfg)
     click.echo(markdown(report))
     click.echo(f"wrote {report.files['json']}, {report.files['markdown']}, {report.files['plot']}", err=True)

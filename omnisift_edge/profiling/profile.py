@@ -37,6 +37,7 @@ class ProfileConfig:
     question: str = "What happens in the video, and what do you hear?"
     max_new_tokens: int = 16
     out: Path | None = None                      # None: FOLDER/profile
+    target: str | None = None                    # tensorrt: which built engines
 
     def __post_init__(self):
         object.__setattr__(self, "folder", Path(self.folder))
@@ -106,7 +107,8 @@ def _profile_ratio(cfg: ProfileConfig, ratio: float, bar) -> RatioProfile:
     from omnisift_edge.model.synthetic import synthetic_clip
     from omnisift_edge.runtime.session import OmniSession, RuntimeConfig
 
-    session = OmniSession(RuntimeConfig(cfg.folder, backend=cfg.backend, ratio=ratio, device=cfg.device))
+    session = OmniSession(RuntimeConfig(cfg.folder, backend=cfg.backend, ratio=ratio, device=cfg.device,
+                                        target=cfg.target))
     gpu = None
     if cfg.backend == "torch" and cfg.device.startswith("cuda"):
         import torch

@@ -28,7 +28,7 @@ from omnisift_edge.errors import UsageError
 from omnisift_edge.model.tokenizer import DEFAULT_SYSTEM_PROMPT
 from omnisift_edge.runtime.stream import ChunkReport
 
-BACKENDS = ("onnxruntime", "torch")
+BACKENDS = ("onnxruntime", "torch", "tensorrt")
 
 
 @dataclass(frozen=True)
@@ -39,12 +39,12 @@ class RuntimeConfig:
     device: str = "cpu"                   # cpu | cuda (ORT's CUDA provider, or torch on the GPU)
     max_context: int | None = None        # None: the export's
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    target: str | None = None             # tensorrt: which build's engines; None: the only one built
 
     def __post_init__(self):
         object.__setattr__(self, "folder", Path(self.folder))
         if self.backend not in BACKENDS:
-            extra = " (TensorRT engines: see docs/engines.md; not a runtime backend yet)" if self.backend == "tensorrt" else ""
-            raise UsageError(f"--backend must be one of {', '.join(BACKENDS)} (got {self.backend!r}){extra}")
+            raise UsageError(f"--backend must be one of {', '.join(BACKENDS)} (got {self.backend!r})")
         if self.device != "cpu" and not self.device.startswith("cuda"):
             raise UsageError(f"--device must be cpu or cuda (got {self.device!r})")
         if self.max_context is not None and self.max_context < 256:
@@ -94,6 +94,11 @@ class OmniSession:
             providers = ("CUDAExecutionProvider", "CPUExecutionProvider") if self.cfg.device.startswith("cuda") \
                 else ("CPUExecutionProvider",)
             return OrtStream(self.cfg.folder, self.manifest, self.ratio, prefix_ids, providers=providers,
+                             max_context=max_context)
+        if self.cfg.backend == "tensorrt":
+            from omnisift_edge.runtime.trt_pipeline import TrtStream
+
+            return TrtStream(self.cfg.folder, self.manifest, self.ratio, prefix_ids, target=self.cfg.target,
                              max_context=max_context)
         from omnisift_edge.model.load import ModelSource, load_model
         from omnisift_edge.runtime.torch_pipeline import CompressionConfig, TorchStream

@@ -101,7 +101,7 @@ def test_bad_media_and_folders(folder, tmp_path):
     with pytest.raises(UsageError, match="NaN or Inf"):
         session.append_chunk(np.zeros((4, *RES, 3), np.uint8), bad_pcm)
     with pytest.raises(UsageError, match="--backend must be one of"):
-        RuntimeConfig(folder, backend="tensorrt")
+        RuntimeConfig(folder, backend="tflite")
     old = tmp_path / "old"
     shutil.copytree(folder, old)
     manifest = json.loads((old / "manifest.json").read_text())

@@ -1,0 +1,205 @@
+"""Streaming OmniSIFT through the TensorRT engines of one build (Polygraphy's `TrtRunner`, numpy I/O).
+
+The same loop as `OrtStream` (`runtime.stream.ChunkStream`): the engines built by the engines
+stage (`omnisift-edge build DIR --target ...`, docs/engines.md) from the same ONNX graphs, found
+through the manifest's `builds.<target>` report. Vision, audio and compressor engines have static
+shapes (one profile); the decoder engine has the build's profiles (0 prefill, 1 decode: read from
+`builds.<target>.engines.decoder.profiles`, not assumed), and each call picks the one whose
+`sequence_length` / `past_sequence_length` ranges hold it.
+
+The KV cache is the decoder's presents fed back as the next call's past, as numpy arrays: every
+step copies the whole cache host -> device and back (a known cost, docs/runtime.md). TensorRT and
+Polygraphy are imported when a stream opens, never at module import.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from omnisift_edge.errors import UsageError, require
+from omnisift_edge.runtime.ort_pipeline import compressor_graph_name, spec_from_manifest
+from omnisift_edge.runtime.stream import ChunkStream, ContextFullError
+
+
+def pick_build(manifest: dict, target: str | None, folder: Path) -> tuple[str, dict]:
+    """(target, build report) of the engines to run, or a one-line UsageError."""
+    builds = manifest.get("builds") or {}
+    if not builds:
+        raise UsageError(f"no engines built for this export; run omnisift-edge build {folder} --target ... "
+                         "on the GPU that runs them (docs/engines.md)")
+    if target is None:
+        if len(builds) > 1:
+            raise UsageError(f"{folder} has engines for {', '.join(builds)}; pick one with target=... (--target)")
+        target = next(iter(builds))
+    if target not in builds:
+        raise UsageError(f"{folder} has no engines for {target} (it has {', '.join(builds)}); "
+                         f"build them: omnisift-edge build {folder} --target {target}")
+    return target, builds[target]
+
+
+def decoder_profiles(build: dict) -> list[tuple[str, tuple[int, int], tuple[int, int]]]:
+    """The decoder engine's profiles in build order: (name, (min, max) sequence_length, (min, max) past)."""
+    found = []
+    for profile in build["engines"]["decoder"]["profiles"]:
+        axes = profile.get("axes", {})
+        seq, past = axes.get("sequence_length"), axes.get("past_sequence_length")
+        if seq is None or past is None:
+            raise UsageError("the decoder engine's build report has no sequence_length / past_sequence_length ranges; "
+                             "rebuild the engines with this omnisift-edge")
+        found.append((profile["name"], (int(seq[0]), int(seq[2])), (int(past[0]), int(past[2]))))
+    return found
+
+
+def choose_profile(profiles, n: int, past: int) -> tuple[int, int]:
+    """(profile index, tokens to feed now) for `n` new tokens after `past` cached ones.
+
+    One token prefers a decode profile (sequence_length 1..1); more tokens take the profile that
+    holds the most of them. A prefill longer than its profile's max, or one late in the context
+    (past beyond the prefill profile's range), is fed in pieces, down to single decode steps.
+    """
+    best = None
+    for index, (_, (s_lo, s_hi), (p_lo, p_hi)) in enumerate(profiles):
+        if not (p_lo <= past <= p_hi and s_lo <= 1 <= s_hi):
+            continue
+        take = min(n, s_hi)
+        score = (take, n == 1 and s_hi == 1)          # most tokens at once; for one token, the decode profile
+        if best is None or score > best[0]:
+            best = (score, index, take)
+    if best is None:
+        raise ContextFullError(f"no decoder profile of these engines holds {past} cached tokens; "
+                               "rebuild the engines with a larger --max-context")
+    return best[1], best[2]
+
+
+class TrtStream(ChunkStream):
+    """Push whole 2-second chunks (pixel patches, log-mel window), then ask questions."""
+
+    def __init__(self, folder: Path, manifest: dict, ratio: float, prefix_ids: Sequence[int], *,
+                 target: str | None = None, max_context: int | None = None):
+        from omnisift_edge.engines.build import require_device, require_tensorrt
+        from omnisift_edge.engines.verify import check_compatible
+
+        self.folder, self.manifest = Path(folder), manifest
+        self.target, self.build = pick_build(manifest, target, self.folder)
+        graphs = manifest["graphs"]
+        names = {"vision_encoder": "vision_encoder", "audio_encoder": "audio_encoder", "decoder": "decoder",
+                 "compressor": compressor_graph_name(manifest, ratio)}
+        engines = self.build.get("engines", {})
+        files = {}
+        for role, graph in names.items():
+            if graph not in engines:
+                raise UsageError(f"the {self.target} build has no {graph} engine; rebuild: "
+                                 f"omnisift-edge build {self.folder} --target {self.target}")
+            files[role] = self.folder / engines[graph]["file"]
+        missing = [str(p) for p in files.values() if not p.is_file()]
+        if missing:
+            raise UsageError(f"engine file(s) missing: {', '.join(missing)}; copy the whole folder or rebuild: "
+                             f"omnisift-edge build {self.folder} --target {self.target}")
+        trt = require_tensorrt()
+        require("polygraphy", extra="engines")
+        device = require_device()
+        check_compatible(self.build, str(trt.__version__), device, self.folder)
+        from polygraphy.backend.common import BytesFromPath
+        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+        self.graphs = {role: graphs[graph] for role, graph in names.items()}
+        self.profiles = decoder_profiles(self.build)
+        self._profile: int | None = None
+        self.runners = {}
+        try:
+            for role, path in files.items():
+                engine = EngineFromBytes(BytesFromPath(str(path)))()
+                if engine is None:
+                    raise UsageError(f"TensorRT could not load {path}; rebuild: "
+                                     f"omnisift-edge build {self.folder} --target {self.target}")
+                runner = TrtRunner(engine, name=f"trt-{role}")
+                runner.activate()
+                self.runners[role] = runner
+        except BaseException:
+            self.close()
+            raise
+
+        embeddings = manifest["text_embeddings"]
+        self.embed_table = require("safetensors.numpy").load_file(
+            str(self.folder / embeddings["file"]))[embeddings["tensor"]]                # [V, D]
+        self.dims = dims = manifest["dims"]
+        self.float_type = np.float16 if manifest["dtype"] == "fp16" else np.float32
+        decoder = self.graphs["decoder"]
+        self.past_names = [t["name"] for t in decoder["inputs"] if t["name"].startswith("past_key_values.")]
+        self.present_names = [t["name"] for t in decoder["outputs"] if t["name"].startswith("present.")]
+        self.past = {name: np.zeros((1, dims["kv_heads"], 0, dims["head_dim"]), self.float_type)
+                     for name in self.past_names}
+        limit = int(self.build.get("max_context") or manifest["max_context"])   # the engines' profiles end there
+        super().__init__(spec_from_manifest(manifest), prefix_ids, (dims["grid_h"], dims["grid_w"]),
+                         max_context=min(max_context or limit, limit))
+
+    def close(self) -> None:
+        """Release the engines' execution contexts and device buffers."""
+        for runner in getattr(self, "runners", {}).values():
+            try:
+                runner.deactivate()
+            except Exception:
+                pass
+        self.runners = {}
+
+    def __del__(self):
+        self.close()
+
+    @staticmethod
+    def _run(runner, feeds: dict) -> dict:
+        # Polygraphy reuses its host output buffers between calls: copy what we keep
+        return {name: np.array(value) for name, value in runner.infer(feeds).items()}
+
+    def _embed(self, ids):
+        return self.embed_table[np.asarray(ids, dtype=np.int64)][None].astype(self.float_type)   # [1, n, D]
+
+    def _step(self, embeds, positions):
+        n, start, logits = embeds.shape[1], 0, None
+        runner = self.runners["decoder"]
+        while start < n:
+            index, take = choose_profile(self.profiles, n - start, self.kv_length())
+            if index != self._profile:
+                runner.set_profile(index)
+                self._profile = index
+            piece = np.ascontiguousarray(embeds[:, start:start + take])
+            feeds = {"inputs_embeds": piece,
+                     "position_ids": np.ascontiguousarray(positions[:, start:start + take]).reshape(3, 1, take),
+                     "attention_mask": np.ones((1, self.kv_length() + take), dtype=np.int64), **self.past}
+            out = self._run(runner, feeds)
+            self.past = {p: out[q] for p, q in zip(self.past_names, self.present_names)}
+            logits = out["logits"]
+            start += take
+        return logits[0, -1].astype(np.float32)                                           # [V]
+
+    def _check_chunk(self, pixel_values, n_grids, mel):
+        super()._check_chunk(pixel_values, n_grids, mel)
+        dims = self.dims
+        if n_grids != dims["grids_per_chunk"] or mel.shape[1] != dims["window_frames"]:
+            raise UsageError(f"the engines take whole 2-second chunks ({dims['grids_per_chunk']} grid steps, "
+                             f"{dims['window_frames']} log-mel frames; got {n_grids} and {mel.shape[1]}); "
+                             "pad the last chunk (omnisift_edge.runtime.session does)")
+
+    def _encode_video(self, pixel_values, n_grids):
+        g = self.graphs["vision_encoder"]
+        out = self._run(self.runners["vision_encoder"],
+                        {g["inputs"][0]["name"]: np.ascontiguousarray(pixel_values, dtype=self.float_type)})
+        return out[g["outputs"][0]["name"]]                                               # [2*n_p, D]
+
+    def _encode_audio(self, mel):
+        g = self.graphs["audio_encoder"]
+        out = self._run(self.runners["audio_encoder"],
+                        {g["inputs"][0]["name"]: np.ascontiguousarray(mel, dtype=self.float_type)})
+        return out[g["outputs"][0]["name"]]                                               # [La, D]
+
+    def _compress(self, video, audio, n_grids, chunk_positions):
+        out = self._run(self.runners["compressor"], {
+            "video_embeds": np.ascontiguousarray(video.reshape(1, n_grids, self.tokens_per_frame, -1)),
+            "audio_embeds": np.ascontiguousarray(audio[None]),
+            "chunk_position_ids": np.ascontiguousarray(chunk_positions, dtype=np.int64)})
+        return out["kept_embeds"], out["kept_index"][0].astype(np.int64)
+
+    def kv_length(self) -> int:
+        return next(iter(self.past.values())).shape[2]

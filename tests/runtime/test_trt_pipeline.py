@@ -1,0 +1,203 @@
+"""The TensorRT runtime backend: clear one-line errors without engines or TensorRT, profile choice,
+and (where TensorRT and a GPU exist) the same kept positions and tokens as ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("optimum.exporters.onnx")
+
+from omnisift_edge.engines.build import TENSORRT_MISSING  # noqa: E402
+from omnisift_edge.errors import UsageError  # noqa: E402
+from omnisift_edge.export.manifest import write_manifest  # noqa: E402
+from omnisift_edge.export.stage import ExportConfig, export  # noqa: E402
+from omnisift_edge.model.synthetic import synthetic_clip  # noqa: E402
+from omnisift_edge.runtime.session import BACKENDS, OmniSession, RuntimeConfig  # noqa: E402
+from omnisift_edge.runtime.trt_pipeline import choose_profile  # noqa: E402
+
+RES = (112, 84)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    out = tmp_path_factory.mktemp("trt") / "art"
+    export(ExportConfig(out=out, ratios=(0.25,), resolution=RES))
+    return out
+
+
+def _fake_build(src, dst, targets=("h100",), write_files=True):
+    """A copy of the export with a `builds` section for `targets`; each placeholder engine file holds
+    the name of the ONNX graph it stands for (the stand-in runner below runs that in ONNX Runtime)."""
+    shutil.copytree(src, dst)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    c, s_max = manifest["max_context"], 512
+    builds = {}
+    for target in targets:
+        engines = {}
+        for graph, entry in manifest["graphs"].items():
+            rel = f"engines/{target}/{graph}.engine"
+            if write_files:
+                (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+                (dst / rel).write_bytes(entry["file"].encode())
+            profiles = [{"name": "static", "axes": {}, "inputs": {}}]
+            if graph == "decoder":   # the order and ranges of engines/profiles.py
+                profiles = [{"name": "prefill", "axes": {"sequence_length": [1, 64, s_max],
+                                                        "past_sequence_length": [0, 100, c - s_max]}, "inputs": {}},
+                            {"name": "decode", "axes": {"sequence_length": [1, 1, 1],
+                                                       "past_sequence_length": [1, 300, c - 1]}, "inputs": {}}]
+            engines[graph] = {"file": rel, "precision": "fp32", "profiles": profiles}
+        builds[target] = {"target": target, "tensorrt": "10.3.0", "device": "NVIDIA H100", "compute_capability": "9.0",
+                          "max_context": manifest["max_context"], "engines": engines}
+    write_manifest(dst, dict(manifest, builds=builds))
+    return dst
+
+
+def _one_line(exc_info) -> str:
+    message = str(exc_info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_tensorrt_is_a_backend():
+    assert "tensorrt" in BACKENDS
+    assert RuntimeConfig("x", backend="tensorrt", target="orin-agx").target == "orin-agx"
+
+
+def test_no_engines_built_is_one_line(folder):
+    with pytest.raises(UsageError, match="no engines built for this export; run omnisift-edge build") as exc:
+        OmniSession(RuntimeConfig(folder, backend="tensorrt"))
+    assert "--target" in _one_line(exc)
+
+
+def test_tensorrt_missing_is_the_engines_stage_message(folder, tmp_path, monkeypatch):
+    built = _fake_build(folder, tmp_path / "built")
+    monkeypatch.setitem(sys.modules, "tensorrt", None)          # `import tensorrt` raises ImportError
+    with pytest.raises(UsageError) as exc:
+        OmniSession(RuntimeConfig(built, backend="tensorrt"))
+    assert _one_line(exc) == TENSORRT_MISSING
+
+
+def test_target_choice_and_missing_files(folder, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    two = _fake_build(folder, tmp_path / "two", targets=("h100", "orin-agx"))
+    with pytest.raises(UsageError, match="has engines for h100, orin-agx; pick one") as exc:
+        OmniSession(RuntimeConfig(two, backend="tensorrt"))
+    _one_line(exc)
+    with pytest.raises(UsageError, match=r"no engines for l4 \(it has h100, orin-agx\)"):
+        OmniSession(RuntimeConfig(two, backend="tensorrt", target="l4"))
+    with pytest.raises(UsageError, match=TENSORRT_MISSING.split(":")[0]):
+        OmniSession(RuntimeConfig(two, backend="tensorrt", target="orin-agx"))
+    gone = _fake_build(folder, tmp_path / "gone")
+    (gone / "engines/h100/decoder.engine").unlink()
+    manifest = json.loads((gone / "manifest.json").read_text())
+    write_manifest(gone, manifest)                                 # checksums true again, the file still absent
+    with pytest.raises(UsageError, match="engine file\\(s\\) missing: .*decoder.engine") as exc:
+        OmniSession(RuntimeConfig(gone, backend="tensorrt"))
+    _one_line(exc)
+
+
+def test_profile_choice_follows_the_build_report():
+    profiles = [("prefill", (1, 512), (0, 200)), ("decode", (1, 1), (1, 711))]
+    assert choose_profile(profiles, 40, 0) == (0, 40)            # prefill on an empty cache
+    assert choose_profile(profiles, 1, 0) == (0, 1)              # one token, empty cache: decode needs past >= 1
+    assert choose_profile(profiles, 1, 150) == (1, 1)            # decode
+    assert choose_profile(profiles, 600, 10) == (0, 512)         # longer than the profile: in pieces
+    assert choose_profile(profiles, 30, 300) == (1, 1)           # late prefill: single decode steps
+    reordered = [profiles[1], profiles[0]]                       # the order comes from the report, not assumed
+    assert choose_profile(reordered, 1, 150) == (0, 1)
+    assert choose_profile(reordered, 40, 0) == (1, 40)
+
+
+class _OrtEngineRunner:
+    """Stands in for Polygraphy's TrtRunner: runs the ONNX graph named in the placeholder engine."""
+
+    log: list = []
+
+    def __init__(self, engine, name=None, optimization_profile=None):
+        from omnisift_edge.export.onnx_io import ort_session
+
+        self.session, self.name, self.profile = ort_session(engine), name, optimization_profile
+
+    def activate(self):
+        self.log.append((self.name, "activate"))
+
+    def deactivate(self):
+        self.log.append((self.name, "deactivate"))
+
+    def set_profile(self, index):
+        self.profile = index
+        self.log.append((self.name, "profile", index))
+
+    def infer(self, feeds):
+        names = [o.name for o in self.session.get_outputs()]
+        if self.name == "trt-decoder":
+            n, past = feeds["inputs_embeds"].shape[1], next(v for k, v in feeds.items() if k.startswith("past")).shape[2]
+            self.log.append((self.name, "run", self.profile, n, past))
+        return dict(zip(names, self.session.run(None, feeds)))
+
+
+def test_stream_through_stand_in_engines_matches_onnxruntime(folder, tmp_path, monkeypatch):
+    """TrtStream's own logic (feeds, profile switching, KV fed back, outputs by name) with TensorRT, the GPU
+    and the engines replaced by ONNX Runtime on the same graphs: the same positions and tokens."""
+    import types
+
+    import polygraphy.backend.trt as polygraphy_trt
+
+    import omnisift_edge.engines.build as build
+    from omnisift_edge.engines.presets import DeviceInfo
+
+    built = _fake_build(folder, tmp_path / "built")
+    monkeypatch.setattr(build, "require_tensorrt", lambda: types.SimpleNamespace(__version__="10.3.0"))
+    monkeypatch.setattr(build, "require_device", lambda: DeviceInfo("NVIDIA H100", (9, 0), 80.0))
+    monkeypatch.setattr(polygraphy_trt, "EngineFromBytes", lambda data: lambda: str(built / data().decode()))
+    monkeypatch.setattr(polygraphy_trt, "TrtRunner", _OrtEngineRunner)
+    _OrtEngineRunner.log = []
+    clip = synthetic_clip(5.0, *RES, seed=4)
+    reference = _answers(OmniSession(RuntimeConfig(built, backend="onnxruntime")), clip)
+    session = OmniSession(RuntimeConfig(built, backend="tensorrt"))
+    assert _answers(session, clip) == reference
+    runs = [e[2:] for e in _OrtEngineRunner.log if e[:2] == ("trt-decoder", "run")]
+    assert runs[0][0] == 0 and runs[0][2] == 0                       # prefix: prefill profile, empty past
+    assert all(p == (0 if n > 1 else 1) for p, n, _ in runs[1:])     # chunks/questions prefill, answers decode
+    assert {p for p, _, _ in runs} == {0, 1}
+    session.stream.close()
+    assert sum(e[1] == "deactivate" for e in _OrtEngineRunner.log) == 4
+
+    monkeypatch.setattr(build, "require_device", lambda: DeviceInfo("NVIDIA A100", (8, 0), 80.0))
+    with pytest.raises(UsageError, match="were built with TensorRT 10.3.0 on NVIDIA H100") as exc:
+        OmniSession(RuntimeConfig(built, backend="tensorrt"))
+    _one_line(exc)
+
+
+def _answers(session, clip):
+    per_frame = int(session.spec.sample_rate / session.spec.fps)
+    for j in range(0, len(clip.frames), 4):
+        session.append_chunk(clip.frames[j:j + 4], clip.pcm[j * per_frame:(j + 4) * per_frame])
+    first = list(session.ask_ids("What happens?", max_new_tokens=6))
+    second = list(session.ask_ids("And after that?", max_new_tokens=4))
+    return first, second, [(r.kept_video, r.kept_audio) for r in session.reports], \
+        [p.tolist() for p in session.stream.kept_positions]
+
+
+@pytest.mark.trt
+def test_tensorrt_session_matches_onnxruntime(folder, tmp_path):
+    from omnisift_edge.engines import BuildConfig, build_engines
+
+    built = tmp_path / "built"
+    shutil.copytree(folder, built)
+    build_engines(BuildConfig(built, target="auto", precision="fp32"))
+    clip = synthetic_clip(5.0, *RES, seed=4)
+    reference = _answers(OmniSession(RuntimeConfig(built, backend="onnxruntime")), clip)
+    session = OmniSession(RuntimeConfig(built, backend="tensorrt"))
+    got = _answers(session, clip)
+    assert got == reference
+    assert all(r.seconds["prefill"] > 0 for r in session.reports)
+    session.stream.close()
+    assert np.isfinite(np.asarray(session.stream.question_logits)).all()
