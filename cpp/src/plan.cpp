@@ -30,33 +30,48 @@ Status KvLedger::reserve(int64_t n, const std::string& what) const {
 }
 
 Result<DecoderProfiles> DecoderProfiles::create(const EngineEntry& decoder) {
+  if (decoder.profiles.empty())
+    return DataLoss("the decoder engine's build record lists no optimization profiles; build the engines again");
+  for (const EngineProfile& p : decoder.profiles)
+    if (!p.axes.count("sequence_length") || !p.axes.count("past_sequence_length"))
+      return DataLoss("the decoder engine's profile \"" + p.name + "\" has no sequence_length / past_sequence_length "
+                      "ranges; build the engines again with this omnisift-edge");
   DecoderProfiles d;
   d.profiles_ = decoder.profiles;
-  for (size_t i = 0; i < d.profiles_.size(); ++i) {
-    if (d.profiles_[i].name == "prefill") d.prefill_ = static_cast<int>(i);
-    if (d.profiles_[i].name == "decode") d.decode_ = static_cast<int>(i);
-  }
-  if (d.prefill_ < 0)
-    return DataLoss("the decoder engine's build record has no \"prefill\" profile; build the engines again");
   return d;
 }
 
-bool DecoderProfiles::fits(const EngineProfile& p, int64_t past, int64_t n) const {
-  const std::pair<const char*, int64_t> values[] = {
-      {"sequence_length", n}, {"past_sequence_length", past}, {"total_sequence_length", past + n}, {"batch_size", 1}};
-  for (const auto& [axis, v] : values) {
-    auto it = p.axes.find(axis);
-    if (it != p.axes.end() && (v < it->second[0] || v > it->second[2])) return false;
+Result<DecoderProfiles::Piece> DecoderProfiles::choose(int64_t past, int64_t n) const {
+  int best = -1;
+  int64_t best_take = 0;
+  bool best_decode = false;
+  for (size_t i = 0; i < profiles_.size(); ++i) {
+    const std::vector<int64_t>& seq = profiles_[i].axes.at("sequence_length");
+    const std::vector<int64_t>& pst = profiles_[i].axes.at("past_sequence_length");
+    if (!(pst[0] <= past && past <= pst[2] && seq[0] <= 1 && 1 <= seq[2])) continue;
+    const int64_t take = std::min(n, seq[2]);
+    const bool decode = n == 1 && seq[2] == 1;
+    if (best < 0 || take > best_take || (take == best_take && decode && !best_decode)) {
+      best = static_cast<int>(i);
+      best_take = take;
+      best_decode = decode;
+    }
   }
-  return true;
+  if (best < 0)
+    return ContextFull("no decoder profile of these engines holds " + std::to_string(past) +
+                       " cached tokens; build the engines with a larger --max-context, or ask sooner");
+  return Piece{best, best_take};
 }
 
-Result<int> DecoderProfiles::select(int64_t past, int64_t n) const {
-  if (n == 1 && decode_ >= 0 && fits(profiles_[static_cast<size_t>(decode_)], past, n)) return decode_;
-  if (fits(profiles_[static_cast<size_t>(prefill_)], past, n)) return prefill_;
-  return ContextFull("a decoder step of " + std::to_string(n) + " tokens after " + std::to_string(past) +
-                     " cached ones is outside the engine's optimization profiles; build the engines with a larger "
-                     "--max-context (or a larger max prompt), or ask sooner");
+Result<std::vector<DecoderProfiles::Piece>> DecoderProfiles::plan(int64_t past, int64_t n) const {
+  std::vector<Piece> pieces;
+  while (n > 0) {
+    OMNISIFT_ASSIGN_OR_RETURN(Piece piece, choose(past, n));
+    pieces.push_back(piece);
+    past += piece.tokens;
+    n -= piece.tokens;
+  }
+  return pieces;
 }
 
 }  // namespace omnisift

@@ -209,9 +209,8 @@ Result<Answer> Session::ask(const std::string& question, const TokenCallback& on
   if (question.find_first_not_of(" \t\r\n\f\v") == std::string::npos)
     return InvalidArgument("the question is empty; ask something about the video");
   const ChatPrompt& prompt = folder_->prompt();
-  Result<std::vector<int64_t>> ids = questions_ == 0 ? prompt.suffix_ids(question) : prompt.followup_ids(question);
+  Result<std::vector<int64_t>> ids = layout_.closed() ? prompt.followup_ids(question) : prompt.suffix_ids(question);
   if (!ids.ok()) return ids.status();
-  ++questions_;
   return ask_ids(*ids, on_token);
 }
 

@@ -40,8 +40,10 @@ Status StubBackend::decode(const std::vector<float>& embeds, const Positions& po
   calls_.push_back({positions.n, kv_length_, positions});
   kv_length_ += positions.n;
   logits.assign(static_cast<size_t>(dims_.vocab), 0.0f);
+  if (positions.n > 1) since_prefill_ = 0;
+  const int64_t k = since_prefill_++;
   if (!script_.empty()) {
-    const int64_t token = script_[(calls_.size() - 1) % script_.size()];
+    const int64_t token = script_[static_cast<size_t>(k) % script_.size()];
     if (token >= 0 && token < dims_.vocab) logits[static_cast<size_t>(token)] = 1.0f;
   }
   return Status::Ok();
@@ -49,6 +51,7 @@ Status StubBackend::decode(const std::vector<float>& embeds, const Positions& po
 
 Status StubBackend::reset() {
   kv_length_ = 0;
+  since_prefill_ = 0;
   calls_.clear();
   return Status::Ok();
 }

@@ -1,22 +1,21 @@
 """Golden files that make the C++ runtime (cpp/) and the Python side agree.
 
-`write_golden(folder)` writes small JSON files (and a few tiny fixtures) computed by the Python
-code the C++ library reimplements; the C++ tests (ctest, cpp/tests/) read them and compare:
-
-| file | Python source of truth | C++ counterpart |
-|---|---|---|
-| layouts.json, layout_errors.json | `model.layout.StreamingLayout` | `omnisift::StreamingLayout` |
-| tokenizer_tiny/, tokenizer_bpe/, tokenizer_cases.json | `model.tokenizer.load_tokenizer` (transformers) | `omnisift::Tokenizer` |
-| prompt_cases.json | `model.prompt.build_prompt`, `followup_ids` | `omnisift::ChatPrompt` |
-| preprocess.json | `model.preprocess.chunk_patches`, `StreamingLogMel.push` | `chunk_patches`, `StreamingLogMel` |
-| export_mini/, manifest_cases.json | `export.manifest.write_manifest` and the manifest entries of `export.build` | `read_manifest` |
-| schedule.json | `runtime.ort_pipeline.OrtStream`, `runtime.session.OmniSession` over stand-in sessions | `Session` + `StubBackend` |
-| profile_cases.json | `engines.profiles.engine_profiles` (the decoder's optimization profiles) | `DecoderProfiles` |
-| embeddings_f32/f16.safetensors | `safetensors.numpy.save_file` | `TextEmbeddings` |
+`write_golden(folder)` writes small JSON files (and tiny fixtures) computed by the Python code the
+C++ library reimplements; the C++ tests (ctest, cpp/tests/) read them and compare:
+- layouts.json, layout_errors.json: `model.layout.StreamingLayout` -> `omnisift::StreamingLayout`;
+- tokenizer_*/, tokenizer_cases.json: `model.tokenizer.load_tokenizer` (transformers) -> `Tokenizer`;
+- prompt_cases.json: `model.prompt.build_prompt`, `followup_ids` -> `ChatPrompt`;
+- preprocess.json: `model.preprocess.chunk_patches`, `StreamingLogMel` -> the same names in C++;
+- export_mini/: a manifest from `export.manifest.write_manifest` and `export.build`'s entry builders,
+  with a `builds` record from `engines.profiles` -> `read_manifest`, `DecoderProfiles`;
+- schedule.json: `runtime.ort_pipeline.OrtStream` and `runtime.session.OmniSession` over stand-in
+  sessions -> `Session` over `StubBackend` (the same stand-in rule);
+- embeddings_f32/f16.safetensors: `safetensors.numpy.save_file` -> `TextEmbeddings`.
 
 `tokenizer_bpe` is a byte-level BPE WITH merges trained here with the `tokenizers` library
 (Qwen2's split regex, ByteLevel pre-tokenizer and decoder, NFC, special tokens at Qwen's ids);
-the tiny default's tokenizer has none. Everything is deterministic: `tests/export/test_golden.py`
+`tokenizer_bpe_gpt2` has the same merges behind ByteLevel's own (GPT-2) regex; the tiny
+default's tokenizer has no merges. Everything is deterministic: `tests/export/test_golden.py`
 checks that the committed `cpp/golden/` equals a fresh write. Regenerate with
 `python -m omnisift_edge.export.golden cpp/golden` after a deliberate behaviour change.
 Needs the `model` extra (transformers, tokenizers, safetensors); no torch.
@@ -61,6 +60,7 @@ PROMPTS = [  # (system or None, question, follow-up question)
     (None, "Describe the sound.  Twice!", "Wer spricht? 東京"),
     ("You watch a robot's camera.", "How many people? Answer with a number.", ""),
 ]
+TOKENIZERS = ("tiny", "bpe", "bpe_gpt2")
 BPE_SPECIAL = {"<tool_call>": (151657, False, False), "Ã©x": (151658, False, False),
                "café": (151659, False, True)}   # content: (id, special, normalized)
 
@@ -133,18 +133,18 @@ def layout_error_cases() -> list[dict]:
     }
     out = []
     for name, (prefix, ops) in cases.items():
-        fails_at = -1
+        fails_at = "create"                 # where it raised: "create", the op's index, or "none"
         try:
             s = StreamingLayout(SPEC, prefix, grid_hw=(4, 4))
             for i, op in enumerate(ops):
-                fails_at = i
+                fails_at = str(i)
                 if op[0] == "chunk":
                     s.chunk(op[1], op[2])
                 elif op[0] == "close":
                     s.close(list(op[1:]))
                 else:
                     s.text(list(range(op[1])))
-            fails_at = None
+            fails_at = "none"
         except UsageError:
             pass
         out.append({"name": name, "prefix_ids": prefix, "ops": [list(op) for op in ops], "fails_at": fails_at})
@@ -163,8 +163,9 @@ def _bpe_tokenizer_json() -> dict:
     pre = tokenizers.pre_tokenizers
     tok = tokenizers.Tokenizer(tokenizers.models.BPE())
     tok.normalizer = tokenizers.normalizers.NFC()
-    tok.pre_tokenizer = pre.Sequence([pre.Split(tokenizers.Regex(PRETOKENIZE_REGEX), behavior="isolated"),
-                                      pre.ByteLevel(add_prefix_space=False, use_regex=False)])
+    # trained on unsplit lines, so merges span spaces, digits and punctuation: a pre-tokenizer that
+    # splits differently from the library's then gives other ids (the goldens are sensitive to it)
+    tok.pre_tokenizer = pre.ByteLevel(add_prefix_space=False, use_regex=False)
     corpus = [t for t in TOKENIZER_TEXTS if "<|" not in t] * 3 + [
         "the camera sees a robot arm picking up a red cube from the table, then it drops the cube again",
         "there are 3 people talking; one of them says hello while the dog barks twice in the background",
@@ -175,7 +176,9 @@ def _bpe_tokenizer_json() -> dict:
     tok.train_from_iterator(corpus, trainer)
     trained = json.loads(tok.to_str())
     out = tiny_tokenizer_json()
-    out["pre_tokenizer"] = trained["pre_tokenizer"]
+    out["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": PRETOKENIZE_REGEX}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]}
     specials = {t["content"]: t["id"] for t in out["added_tokens"]}
     out["model"]["merges"] = trained["model"]["merges"]
     for content, (token_id, special, normalized) in BPE_SPECIAL.items():
@@ -198,7 +201,7 @@ def tokenizer_cases(folder: Path) -> dict:
     from omnisift_edge.model.tokenizer import load_tokenizer
 
     out = {}
-    for name in ("tiny", "bpe"):
+    for name in TOKENIZERS:
         tok = load_tokenizer(folder / f"tokenizer_{name}")
         enc = []
         for text in TOKENIZER_TEXTS:
@@ -237,7 +240,8 @@ def golden_frames(n: int, height: int, width: int) -> np.ndarray:
     return ((37 * t + 11 * y + 7 * x + 101 * c + (x * y) % 13) % 256).astype(np.uint8)
 
 
-GOLDEN_AMPS = (0.0, 1e-5, 1e-4, 2e-6, 5e-4, 3e-5)   # per 0.5 s segment, cycling
+# per 0.5 s segment, cycling every 6 s: quiet, loud, then quieter again (the running max matters)
+GOLDEN_AMPS = (0.0, 1e-5, 1e-4, 2e-6, 5e-4, 3e-5, 0.0, 1e-5, 2e-5, 1e-6, 3e-5, 0.0)
 
 
 def golden_pcm(n: int) -> np.ndarray:
@@ -314,23 +318,6 @@ def mini_manifest(folder: Path) -> dict:
     return json.loads((folder / "manifest.json").read_text())
 
 
-MANIFEST_CASES = [  # JSON Patch (RFC 6902) on export_mini/manifest.json -> the C++ status code expected
-    ("as_written", [], "OK"),
-    ("schema_2", [{"op": "replace", "path": "/schema_version", "value": 2}], "UNSUPPORTED"),
-    ("no_schema", [{"op": "remove", "path": "/schema_version"}], "UNSUPPORTED"),
-    ("missing_dims_hidden", [{"op": "remove", "path": "/dims/hidden"}], "DATA_LOSS"),
-    ("hidden_is_text", [{"op": "replace", "path": "/dims/hidden", "value": "8"}], "DATA_LOSS"),
-    ("k_disagrees", [{"op": "replace", "path": "/ratios/1/kept_per_chunk/total", "value": 20}], "DATA_LOSS"),
-    ("unknown_graph", [{"op": "replace", "path": "/ratios/0/graph", "value": "compressor_r9"}], "DATA_LOSS"),
-    ("no_decoder", [{"op": "remove", "path": "/graphs/decoder"}], "DATA_LOSS"),
-    ("odd_grid", [{"op": "replace", "path": "/dims/grid_w", "value": 7}], "DATA_LOSS"),
-    ("file_outside", [{"op": "add", "path": "/files/..~1secret", "value": {"sha256": "0" * 64, "bytes": 1}}], "DATA_LOSS"),
-    ("wrong_checksum", [{"op": "replace", "path": "/files/decoder.graph/sha256", "value": "0" * 64}], "DATA_LOSS"),
-    ("wrong_size", [{"op": "replace", "path": "/files/decoder.graph/bytes", "value": 1}], "DATA_LOSS"),
-    ("missing_file", [{"op": "add", "path": "/files/gone.graph", "value": {"sha256": "0" * 64, "bytes": 1}}], "NOT_FOUND"),
-]
-
-
 class _FakeSession:
     """Stands in for an ORT session with StubBackend's rule (cpp/include/omnisift/stub_backend.h)."""
 
@@ -355,8 +342,10 @@ class _FakeSession:
         n, past = feeds["inputs_embeds"].shape[1], feeds["past_key_values.0.key"].shape[2]
         calls.append({"n": n, "past_length": past, "attention_mask_length": feeds["attention_mask"].shape[1],
                       "positions": feeds["position_ids"].reshape(3, n).tolist()})
+        log["since_prefill"] = 0 if n > 1 else log["since_prefill"]
         logits = np.zeros((1, 1, d["vocab"]), np.float32)
-        logits[0, 0, self.script[(len(calls) - 1) % len(self.script)]] = 1
+        logits[0, 0, self.script[log["since_prefill"] % len(self.script)]] = 1
+        log["since_prefill"] += 1
         grow = np.zeros((1, d["kv_heads"], n, d["head_dim"]), np.float32)
         return [logits] + [np.concatenate([feeds[k], grow], axis=2) for k in feeds if k.startswith("past_key_values.")]
 
@@ -368,14 +357,13 @@ def _stand_in_backend(manifest: dict, ratio: float, log: dict, script: list):
     from omnisift_edge.export import onnx_io
     from omnisift_edge.runtime import ort_pipeline
 
-    d = manifest["dims"]
+    d, stack = manifest["dims"], ExitStack()
     kept = next(p["kept_per_chunk"]["total"] for p in manifest["ratios"] if p["ratio"] == ratio)
-    files = {g["file"]: (key if not key.startswith("compressor") else "compressor") for key, g in manifest["graphs"].items()}
+    kinds = {g["file"]: ("compressor" if key.startswith("compressor") else key) for key, g in manifest["graphs"].items()}
     table = np.zeros((d["vocab"], d["hidden"]), np.float32)
     loader = type("m", (), {"load_file": staticmethod(lambda _: {"embed_tokens": table})})
-    stack = ExitStack()
-    stack.enter_context(mock.patch.object(
-        onnx_io, "ort_session", lambda path, **_: _FakeSession(files[Path(path).name], d, kept, log, script)))
+    fake = lambda path, **_: _FakeSession(kinds[Path(path).name], d, kept, log, script)  # noqa: E731
+    stack.enter_context(mock.patch.object(onnx_io, "ort_session", fake))
     stack.enter_context(mock.patch.object(ort_pipeline, "require", lambda _: loader))
     return stack
 
@@ -400,7 +388,7 @@ def schedule_cases(folder: Path, manifest: dict) -> list[dict]:
     d, stops = manifest["dims"], manifest["stop_token_ids"]
     out = []
     # whole chunks straight into the stream (push_chunk in C++)
-    script, log = [111, 107, 33, 151645, 104], {"calls": [], "chunks": []}
+    script, log = [111, 107, 33, 151645, 104], {"calls": [], "chunks": [], "since_prefill": 0}
     with _stand_in_backend(manifest, 0.25, log, script):
         stream = ort_pipeline.OrtStream(mini, manifest, 0.25, pieces.prefix_ids)
         for _ in range(3):
@@ -412,7 +400,7 @@ def schedule_cases(folder: Path, manifest: dict) -> list[dict]:
                 "prefix_ids": list(pieces.prefix_ids), "question_ids": [list(pieces.suffix_ids), follow],
                 "answers": answers, "calls": log["calls"]})
     # frames + PCM through the session API (push_frame/push_audio/ask in C++)
-    script, log = [104, 105, 0xE6, 0x97, 0xA5], {"calls": [], "chunks": []}
+    script, log = [104, 105, 0xE6, 0x97, 0xA5], {"calls": [], "chunks": [], "since_prefill": 0}
     frames, pcm = golden_frames(MEDIA_FRAMES, *MINI_RESOLUTION), golden_pcm(MEDIA_SAMPLES)
     with _stand_in_backend(manifest, 1.0, log, script):
         session = OmniSession(RuntimeConfig(mini, ratio=1.0))
@@ -426,30 +414,6 @@ def schedule_cases(folder: Path, manifest: dict) -> list[dict]:
                 "samples": MEDIA_SAMPLES, "splits": [list(x) for x in MEDIA_SPLITS], "questions": list(SCHEDULE_QUESTIONS),
                 "answers": answers, "answer_texts": texts, "chunk_inputs": log["chunks"], "calls": log["calls"]})
     return out
-
-
-def profile_cases(manifest: dict) -> list[dict]:
-    """Decoder steps (past, n) -> the profile the C++ TensorRT backend must pick (or CONTEXT_FULL).
-
-    Rule: one new token after >= 1 cached takes "decode" when its ranges hold, else "prefill" when
-    its ranges hold, else the step is refused. Ranges come from the engines stage's own profiles.
-    """
-    decoder = manifest["builds"][GOLDEN_TARGET]["engines"]["decoder"]
-    c, s_max = manifest["max_context"], manifest["builds"][GOLDEN_TARGET]["max_prefill_tokens"]
-
-    def fits(profile, past, n):
-        want = {"sequence_length": n, "past_sequence_length": past, "total_sequence_length": past + n, "batch_size": 1}
-        return all(lo <= want[a] <= hi for a, (lo, _, hi) in profile["axes"].items())
-
-    def pick(past, n):
-        names = [p["name"] for p in decoder["profiles"]]
-        if n == 1 and "decode" in names and fits(decoder["profiles"][names.index("decode")], past, n):
-            return "decode"
-        return "prefill" if fits(decoder["profiles"][names.index("prefill")], past, n) else "CONTEXT_FULL"
-
-    steps = [(0, 30), (30, s_max), (200, 1), (0, 1), (c - s_max, s_max), (c - s_max + 1, s_max), (c - 1, 1), (c, 1),
-             (10, s_max + 1), (c - 2, 2)]
-    return [{"past": p, "n": n, "profile": pick(p, n)} for p, n in steps]
 
 
 GOLDEN_TARGET = "golden-sm00"
@@ -483,14 +447,16 @@ def write_golden(folder: Path) -> Path:
     _dump(folder / "layouts.json", layout_cases())
     _dump(folder / "layout_errors.json", layout_error_cases())
     _write_tokenizer(folder / "tokenizer_tiny", tiny_tokenizer_json())
-    _write_tokenizer(folder / "tokenizer_bpe", _bpe_tokenizer_json())
+    bpe = _bpe_tokenizer_json()
+    _write_tokenizer(folder / "tokenizer_bpe", bpe)                   # Qwen2's split regex
+    gpt2 = json.loads(json.dumps(bpe))
+    gpt2["pre_tokenizer"] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": True}
+    _write_tokenizer(folder / "tokenizer_bpe_gpt2", gpt2)              # the same merges, ByteLevel's GPT-2 regex
     _dump(folder / "tokenizer_cases.json", tokenizer_cases(folder))
     _dump(folder / "prompt_cases.json", prompt_cases(folder))
     _dump(folder / "preprocess.json", preprocess_cases())
     manifest = mini_manifest(folder / "export_mini")
-    _dump(folder / "manifest_cases.json", [{"name": n, "patch": p, "expect": e} for n, p, e in MANIFEST_CASES])
     _dump(folder / "schedule.json", schedule_cases(folder, manifest))
-    _dump(folder / "profile_cases.json", profile_cases(manifest))
     save_file = require("safetensors.numpy").save_file
     table = (np.arange(64, dtype=np.float32).reshape(16, 4) - 20.5) / 8
     save_file({"embed_tokens": table}, str(folder / "embeddings_f32.safetensors"))

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "omnisift/manifest.h"
 #include "omnisift/status.h"
@@ -46,22 +47,27 @@ class KvLedger {
   int64_t length_ = 0;
 };
 
-// The decoder engine's optimization profiles (manifest builds.<target>.engines.decoder): which
-// profile a step of n tokens after `past` cached ones runs under. A single new token after at
-// least one cached one takes "decode" when its ranges hold, everything else "prefill"; a step
-// outside every profile is ContextFull (the engines were built for a shorter context than
-// max_context allows for that step; build with a larger --max-context or ask sooner).
+// The decoder engine's optimization profiles (manifest builds.<target>.engines.decoder) and how a
+// step of n tokens after `past` cached ones runs under them; the same rule as Python's
+// runtime/trt_pipeline.choose_profile: among the profiles whose past range holds `past`, take the
+// one that feeds the most tokens at once (for a single token, the decode profile); a step longer
+// than that is fed in pieces, down to single decode steps late in the context. A piece no profile
+// holds is ContextFull (the engines were built for a shorter context).
 class DecoderProfiles {
  public:
+  struct Piece {
+    int profile;       // index in engine order
+    int64_t tokens;
+  };
   static Result<DecoderProfiles> create(const EngineEntry& decoder);
-  // Index of the profile (in engine order) for the step.
-  Result<int> select(int64_t past, int64_t n) const;
+  // (profile, tokens to feed now) for n new tokens after `past` cached ones.
+  Result<Piece> choose(int64_t past, int64_t n) const;
+  // The whole step as pieces.
+  Result<std::vector<Piece>> plan(int64_t past, int64_t n) const;
   const std::vector<EngineProfile>& profiles() const { return profiles_; }
 
  private:
-  bool fits(const EngineProfile& p, int64_t past, int64_t n) const;
   std::vector<EngineProfile> profiles_;
-  int prefill_ = -1, decode_ = -1;
 };
 
 }  // namespace omnisift

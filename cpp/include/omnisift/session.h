@@ -1,6 +1,6 @@
 // The chunk pipeline an app embeds: open an export folder, push 2-second chunks as they arrive,
-// ask questions, stream the greedy answer. The same loop as Python's runtime/ort_pipeline.py
-// (OrtStream), over any Backend:
+// ask questions, stream the greedy answer. The same loop as Python's runtime/stream.py
+// (ChunkStream, which every Python backend shares), over any Backend:
 //   create:   prefix ids (system prompt) + <|vision_bos|><|audio_bos|> -> decoder prefill
 //   chunk:    vision + audio encoders -> compressor (K kept tokens, their positions) -> prefill
 //   ask:      first question closes the span (<|audio_eos|><|vision_eos|> + question) -> prefill,
@@ -123,7 +123,6 @@ class Session {
   StreamingLogMel mel_;
   std::vector<std::vector<uint8_t>> frames_;   // frames waiting for a whole chunk
   bool finished_ = false;
-  int questions_ = 0;
   bool broken_ = false;
 };
 

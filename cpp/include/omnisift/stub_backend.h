@@ -2,8 +2,10 @@
 //
 // Encoders return zeros of the manifest's shapes; the compressor keeps the first K tokens of a
 // chunk (positions = the chunk's first K positions); the decoder records every call and returns
-// logits whose argmax is script[(calls so far) % script.size()]. Golden files record the same
-// rule run through Python's OrtStream, so the two pipelines' decoder calls can be compared.
+// logits whose argmax is script[k % script.size()], k counting the calls since the last prefill
+// (a call of more than one token, which gives k = 0): so every answer starts at script[0].
+// Golden files record the same rule run through Python's runtime, so the two pipelines' decoder
+// calls can be compared.
 // Also what the example app runs when TensorRT is not built.
 #pragma once
 
@@ -40,6 +42,7 @@ class StubBackend : public Backend {
   int kept_;
   std::vector<int64_t> script_;
   int64_t kv_length_ = 0;
+  int64_t since_prefill_ = 0;
   std::vector<DecoderCall> calls_;
 };
 

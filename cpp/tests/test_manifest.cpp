@@ -1,0 +1,151 @@
+// read_manifest against the manifest the Python writer produces (golden/export_mini), JSON
+// Patches of it that break one thing each, and damaged folders.
+#include <filesystem>
+#include <fstream>
+
+#include "harness.h"
+#include "omnisift/manifest.h"
+
+using namespace omnisift;
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+// A fresh copy of golden/export_mini in a temporary folder.
+fs::path copy_mini(const std::string& tag) {
+  const fs::path dst = fs::temp_directory_path() / ("omnisift_manifest_test_" + tag);
+  fs::remove_all(dst);
+  fs::copy(harness::golden("export_mini"), dst, fs::copy_options::recursive);
+  return dst;
+}
+
+void write(const fs::path& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << text;
+}
+
+StatusCode code_of(const std::string& name) {
+  for (StatusCode c : {StatusCode::kOk, StatusCode::kInvalidArgument, StatusCode::kNotFound, StatusCode::kDataLoss,
+                       StatusCode::kUnsupported, StatusCode::kContextFull, StatusCode::kFailedPrecondition,
+                       StatusCode::kBackend, StatusCode::kInternal})
+    if (name == status_code_name(c)) return c;
+  return StatusCode::kInternal;
+}
+
+}  // namespace
+
+TEST(reads_the_python_manifest) {
+  auto m = read_manifest(harness::golden("export_mini"));
+  CHECK_RESULT(m);
+  if (!m.ok()) return;
+  CHECK_EQ(m->schema_version, 1);
+  CHECK_EQ(m->height, 112);
+  CHECK_EQ(m->width, 84);
+  CHECK_EQ(m->dims.tokens_per_frame(), 12);
+  CHECK_EQ(m->dims.chunk_tokens(), 74);
+  CHECK_EQ(m->layout.tokens.video, 151656);
+  CHECK_EQ(m->layout.grids_per_chunk(), 2);
+  CHECK_EQ(m->layout.time_ids_per_chunk(), 50);
+  CHECK_EQ(m->max_context, 1024);
+  auto r = m->ratio_plan(0.25);
+  CHECK_RESULT(r);
+  CHECK_EQ(r->kept_total, 19);
+  CHECK_EQ(r->graph, std::string("compressor_r0.25"));
+  CHECK_CODE(m->ratio_plan(0.5).status(), StatusCode::kNotFound);
+  // names come from the manifest, in tensors.py's order
+  auto dec = m->graph("decoder");
+  CHECK_RESULT(dec);
+  CHECK_EQ((*dec)->inputs[0].name, std::string("inputs_embeds"));
+  CHECK_EQ((*dec)->inputs.size(), 7u);
+  CHECK((*dec)->inputs[0].is_dynamic(1));
+  CHECK_EQ((*dec)->outputs[0].shape[2], 152064);
+  CHECK_EQ(m->stop_token_ids.size(), 2u);
+  // the engines stage's build record
+  CHECK_EQ(m->builds.size(), 1u);
+  const EngineBuild& b = m->builds.begin()->second;
+  CHECK_EQ(b.max_context, 1024);
+  CHECK(b.engines.count("decoder") == 1);
+  CHECK_EQ(b.engines.at("decoder").profiles.size(), 2u);
+  CHECK_EQ(b.engines.at("decoder").profiles[1].name, std::string("decode"));
+  CHECK_EQ(b.engines.at("vision_encoder").profiles[0].name, std::string("static"));
+}
+
+// JSON Patches (RFC 6902) of the Python-written manifest -> the status read_manifest must give.
+const char* const kManifestCases = R"([
+  {"name": "as_written", "patch": [], "expect": "OK"},
+  {"name": "schema_2", "patch": [{"op": "replace", "path": "/schema_version", "value": 2}], "expect": "UNSUPPORTED"},
+  {"name": "no_schema", "patch": [{"op": "remove", "path": "/schema_version"}], "expect": "UNSUPPORTED"},
+  {"name": "schema_text", "patch": [{"op": "replace", "path": "/schema_version", "value": "1"}], "expect": "UNSUPPORTED"},
+  {"name": "missing_dims_hidden", "patch": [{"op": "remove", "path": "/dims/hidden"}], "expect": "DATA_LOSS"},
+  {"name": "hidden_is_text", "patch": [{"op": "replace", "path": "/dims/hidden", "value": "8"}], "expect": "DATA_LOSS"},
+  {"name": "k_disagrees", "patch": [{"op": "replace", "path": "/ratios/1/kept_per_chunk/total", "value": 20}], "expect": "DATA_LOSS"},
+  {"name": "unknown_graph", "patch": [{"op": "replace", "path": "/ratios/0/graph", "value": "compressor_r9"}], "expect": "DATA_LOSS"},
+  {"name": "no_decoder", "patch": [{"op": "remove", "path": "/graphs/decoder"}], "expect": "DATA_LOSS"},
+  {"name": "odd_grid", "patch": [{"op": "replace", "path": "/dims/grid_w", "value": 7}], "expect": "DATA_LOSS"},
+  {"name": "resolution_off", "patch": [{"op": "replace", "path": "/resolution/0", "value": 140}], "expect": "DATA_LOSS"},
+  {"name": "bad_build", "patch": [{"op": "remove", "path": "/builds/golden-sm00/engines/decoder/profiles"}], "expect": "DATA_LOSS"},
+  {"name": "file_outside", "patch": [{"op": "add", "path": "/files/..~1secret", "value": {"sha256": "00", "bytes": 1}}], "expect": "DATA_LOSS"},
+  {"name": "wrong_checksum", "patch": [{"op": "replace", "path": "/files/decoder.graph/sha256", "value": "00"}], "expect": "DATA_LOSS"},
+  {"name": "wrong_size", "patch": [{"op": "replace", "path": "/files/decoder.graph/bytes", "value": 1}], "expect": "DATA_LOSS"},
+  {"name": "missing_file", "patch": [{"op": "add", "path": "/files/gone.graph", "value": {"sha256": "00", "bytes": 1}}], "expect": "NOT_FOUND"}
+])";
+
+TEST(bad_manifests) {
+  const json original = harness::load_json(harness::golden("export_mini/manifest.json"));
+  for (const json& c : json::parse(kManifestCases)) {
+    const fs::path dir = copy_mini(c["name"].get<std::string>());
+    write(dir / "manifest.json", original.patch(c["patch"]).dump(1));
+    auto m = read_manifest(dir.string());
+    const StatusCode want = code_of(c["expect"]);
+    if (m.status().code() != want)
+      harness::fail(__FILE__, __LINE__, c["name"].get<std::string>() + ": " + m.status().to_string() +
+                                            ", want " + c["expect"].get<std::string>());
+    fs::remove_all(dir);
+  }
+}
+
+TEST(damaged_folders) {
+  {  // no manifest at all
+    const fs::path dir = copy_mini("no_manifest");
+    fs::remove(dir / "manifest.json");
+    CHECK_CODE(read_manifest(dir.string()).status(), StatusCode::kNotFound);
+    fs::remove_all(dir);
+  }
+  {  // not JSON
+    const fs::path dir = copy_mini("corrupt");
+    write(dir / "manifest.json", "{\"schema_version\": 1, \"dims\": ");
+    CHECK_CODE(read_manifest(dir.string()).status(), StatusCode::kDataLoss);
+    write(dir / "manifest.json", "[1, 2]");
+    CHECK_CODE(read_manifest(dir.string()).status(), StatusCode::kDataLoss);
+    write(dir / "manifest.json", "");
+    CHECK_CODE(read_manifest(dir.string()).status(), StatusCode::kDataLoss);
+    fs::remove_all(dir);
+  }
+  {  // a listed file is missing
+    const fs::path dir = copy_mini("missing_file");
+    fs::remove(dir / "decoder.graph");
+    CHECK_CODE(read_manifest(dir.string()).status(), StatusCode::kNotFound);
+    CHECK_RESULT(read_manifest(dir.string(), /*verify=*/false));
+    fs::remove_all(dir);
+  }
+  {  // same size, other bytes
+    const fs::path dir = copy_mini("modified");
+    std::string text = *read_file((dir / "decoder.graph").string());
+    text[0] = text[0] == 'x' ? 'y' : 'x';
+    write(dir / "decoder.graph", text);
+    auto m = read_manifest(dir.string());
+    CHECK_CODE(m.status(), StatusCode::kDataLoss);
+    CHECK(m.status().message().find("decoder.graph") != std::string::npos);
+    fs::remove_all(dir);
+  }
+  CHECK_CODE(read_manifest("/nonexistent/omnisift").status(), StatusCode::kNotFound);
+}
+
+TEST(sha256) {
+  CHECK_EQ(sha256_hex("abc", 3), std::string("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"));
+  CHECK_EQ(sha256_hex("", 0), std::string("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"));
+  CHECK_CODE(sha256_file("/nonexistent/file").status(), StatusCode::kNotFound);
+}
+
+HARNESS_MAIN
