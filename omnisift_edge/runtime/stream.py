@@ -9,6 +9,7 @@ keep the same tokens at the same positions and answer with the same greedy loop.
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
@@ -34,7 +35,7 @@ class ContextFullError(UsageError):
     """The KV cache would exceed max_context: the stated policy is to refuse, never to corrupt."""
 
 
-class ChunkStream:
+class ChunkStream(ABC):
     """Push chunks (pixel patches of 1-2 grid steps, a log-mel window), then ask questions."""
 
     def __init__(self, spec: OmniSpec, prefix_ids: Sequence[int], grid_hw: tuple[int, int], *,
@@ -55,28 +56,29 @@ class ChunkStream:
         self._append(self._embed(ids), pos)
 
     # -- backend hooks ---------------------------------------------------------------------------
+    @abstractmethod
     def _embed(self, ids: Sequence[int]) -> Any:
         """Text embeddings [1, n, D] of `ids`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _step(self, embeds: Any, positions: np.ndarray) -> Any:
         """Append `embeds` [1, n, D] at rope `positions` [3, n] to the KV cache; logits of the last."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _encode_video(self, pixel_values: np.ndarray, n_grids: int) -> Any:
         """Merged video embeddings [n_grids * n_p, D] of one chunk's frames."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _encode_audio(self, mel: np.ndarray) -> Any:
         """Audio embeddings [La, D] of one log-mel window."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _compress(self, video: Any, audio: Any, n_grids: int, chunk_positions: np.ndarray) -> tuple[Any, np.ndarray]:
         """(kept [1, K, D], kept_index [K] into the chunk's token order)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def kv_length(self) -> int:
-        raise NotImplementedError
+        """Tokens in the KV cache."""
 
     def _sync(self) -> None:
         """Wait for queued device work (for honest stage timings)."""
