@@ -31,6 +31,20 @@ def compressor_graph_name(manifest: dict, ratio: float) -> str:
                      "export again with --ratios including it")
 
 
+def load_export_tables(stream, folder: Path, manifest: dict, decoder: dict) -> None:
+    """Set what every exported-graph backend needs on `stream`: the text embedding table, the
+    dims, the float type, the decoder's past/present names and an empty KV cache [1, kv, 0, hd]."""
+    embeddings = manifest["text_embeddings"]
+    stream.embed_table = require("safetensors.numpy").load_file(
+        str(folder / embeddings["file"]))[embeddings["tensor"]]                        # [V, D]
+    stream.dims = dims = manifest["dims"]
+    stream.float_type = np.float16 if manifest["dtype"] == "fp16" else np.float32
+    stream.past_names = [t["name"] for t in decoder["inputs"] if t["name"].startswith("past_key_values.")]
+    stream.present_names = [t["name"] for t in decoder["outputs"] if t["name"].startswith("present.")]
+    stream.past = {name: np.zeros((1, dims["kv_heads"], 0, dims["head_dim"]), stream.float_type)
+                   for name in stream.past_names}
+
+
 class OrtStream(ChunkStream):
     """Push whole 2-second chunks (pixel patches, log-mel window), then ask questions."""
 
@@ -44,16 +58,8 @@ class OrtStream(ChunkStream):
         self.graphs["compressor"] = graphs[compressor_graph_name(manifest, ratio)]
         self.sessions = {name: ort_session(self.folder / g["file"], providers=providers)
                          for name, g in self.graphs.items()}
-        embeddings = manifest["text_embeddings"]
-        self.embed_table = require("safetensors.numpy").load_file(
-            str(self.folder / embeddings["file"]))[embeddings["tensor"]]                # [V, D]
-        self.dims = dims = manifest["dims"]
-        self.float_type = np.float16 if manifest["dtype"] == "fp16" else np.float32
-        decoder = self.graphs["decoder"]
-        self.past_names = [t["name"] for t in decoder["inputs"] if t["name"].startswith("past_key_values.")]
-        self.present_names = [t["name"] for t in decoder["outputs"] if t["name"].startswith("present.")]
-        self.past = {name: np.zeros((1, dims["kv_heads"], 0, dims["head_dim"]), self.float_type)
-                     for name in self.past_names}
+        load_export_tables(self, self.folder, manifest, self.graphs["decoder"])
+        dims = self.dims
         super().__init__(spec_from_manifest(manifest), prefix_ids, (dims["grid_h"], dims["grid_w"]),
                          max_context=max_context or manifest["max_context"])
 

@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from omnisift_edge.errors import UsageError, require
-from omnisift_edge.runtime.ort_pipeline import compressor_graph_name, spec_from_manifest
+from omnisift_edge.runtime.ort_pipeline import compressor_graph_name, load_export_tables, spec_from_manifest
 from omnisift_edge.runtime.stream import ChunkStream, ContextFullError
 
 
@@ -122,16 +122,8 @@ class TrtStream(ChunkStream):
             self.close()
             raise
 
-        embeddings = manifest["text_embeddings"]
-        self.embed_table = require("safetensors.numpy").load_file(
-            str(self.folder / embeddings["file"]))[embeddings["tensor"]]                # [V, D]
-        self.dims = dims = manifest["dims"]
-        self.float_type = np.float16 if manifest["dtype"] == "fp16" else np.float32
-        decoder = self.graphs["decoder"]
-        self.past_names = [t["name"] for t in decoder["inputs"] if t["name"].startswith("past_key_values.")]
-        self.present_names = [t["name"] for t in decoder["outputs"] if t["name"].startswith("present.")]
-        self.past = {name: np.zeros((1, dims["kv_heads"], 0, dims["head_dim"]), self.float_type)
-                     for name in self.past_names}
+        load_export_tables(self, self.folder, manifest, self.graphs["decoder"])
+        dims = self.dims
         limit = int(self.build.get("max_context") or manifest["max_context"])   # the engines' profiles end there
         super().__init__(spec_from_manifest(manifest), prefix_ids, (dims["grid_h"], dims["grid_w"]),
                          max_context=min(max_context or limit, limit))
