@@ -16,20 +16,23 @@ from omnisift_edge import __version__
 from omnisift_edge.errors import UsageError
 
 
-def _user_errors(func):
-    """Turn UsageError into click's one-line error (exit 1); Ctrl-C into a short message."""
+def _user_errors(func=None, *, interrupted: str = "interrupted; nothing was written"):
+    """Turn UsageError into click's one-line error (exit 1); Ctrl-C into `interrupted` (exit 130)."""
 
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except UsageError as exc:
-            raise click.ClickException(str(exc)) from None
-        except KeyboardInterrupt:
-            click.echo("interrupted; nothing was written", err=True)
-            sys.exit(130)
+    def decorate(func):
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            try:
+                return func(*args, **kwargs)
+            except UsageError as exc:
+                raise click.ClickException(str(exc)) from None
+            except KeyboardInterrupt:
+                click.echo(interrupted, err=True)
+                sys.exit(130)
 
-    return wrapper
+        return wrapper
+
+    return decorate(func) if func is not None else decorate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -57,7 +60,7 @@ def doctor() -> None:
 @click.option("--compressor", type=click.Path(path_type=Path), default=None,
               help="Selector checkpoint (safetensors/pt) overriding the one in the model folder.")
 @click.option("--compressor-heads", type=int, default=None,
-              help="Attention heads of the selector (not stored in the weights). Default: the folder's, else 8.")
+              help="Attention heads of the selector (not in the weights). Default: recorded by train, else the folder's, else 8.")
 @click.option("--video", type=click.Path(path_type=Path), default=None,
               help="A video file with an audio track. Default: a generated clip.")
 @click.option("--audio", type=click.Path(path_type=Path), default=None, help="Separate audio file for --video.")
@@ -103,7 +106,7 @@ def _parse_ratios(ratio: float | None, ratios: str | None) -> tuple[float, ...]:
               help="Local Qwen2.5-Omni folder (full, thinker-only or OmniSIFT). Default: the embedded tiny model.")
 @click.option("--compressor", type=click.Path(path_type=Path), default=None,
               help="Selector checkpoint overriding the one in the model folder.")
-@click.option("--compressor-heads", type=int, default=None, help="Selector attention heads (default: the folder's, else 8).")
+@click.option("--compressor-heads", type=int, default=None, help="Selector attention heads (default: recorded by train, else the folder's, else 8).")
 @click.option("--ratio", type=float, default=None, help="Overall fraction of audio+video tokens kept, in (0, 1]. Default 0.25.")
 @click.option("--ratios", default=None, help="Several ratios, comma separated (one compressor graph each), e.g. 1,0.5,0.35,0.25.")
 @click.option("--video-drop", type=float, default=None, help="Explicit per-frame video drop in [0, 1) instead of --ratio.")
@@ -137,6 +140,74 @@ def export(model_dir, compressor, compressor_heads, ratio, ratios, video_drop, a
                    f"achieved {entry['achieved']:.3f}")
     click.echo(f"exported {len(artifact.manifest['graphs'])} graphs to {artifact.folder} in {artifact.seconds:.0f}s "
                "(validated in ONNX Runtime, TensorRT lint clean)")
+
+
+@main.command()
+@click.option("--data", type=click.Path(path_type=Path), required=True,
+              help='JSONL, one {"video", "audio"?, "question", "answer"} per line; paths relative to the file.')
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True,
+              help="Folder for checkpoints, log.jsonl and the final compressor.safetensors (empty, or --resume).")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
+              help="Local Qwen2.5-Omni folder (full, thinker-only or OmniSIFT). Default: the embedded tiny model.")
+@click.option("--compressor", type=click.Path(path_type=Path), default=None,
+              help="Selector checkpoint to start from (default: the folder's, else a new one).")
+@click.option("--compressor-heads", type=int, default=None, help="Heads of the --compressor selector.")
+@click.option("--ratio", type=float, default=None, help="Overall fraction of audio+video tokens kept, in (0, 1). Default 0.25.")
+@click.option("--video-drop", type=float, default=None, help="Explicit per-frame video drop in [0, 1) instead of --ratio.")
+@click.option("--audio-drop", type=float, default=None, help="Explicit per-chunk audio drop in (0, 1) (with --video-drop).")
+@click.option("--resolution", default="448x448", show_default=True, help="Frame HxW, multiples of 28.")
+@click.option("--epochs", type=float, default=1.0, show_default=True, help="Passes over the good lines.")
+@click.option("--max-steps", type=int, default=None, help="Optimizer steps (overrides --epochs).")
+@click.option("--lr", type=float, default=1e-5, show_default=True, help="Peak learning rate (the authors': 1e-5).")
+@click.option("--weight-decay", type=float, default=0.0, show_default=True)
+@click.option("--warmup-ratio", type=float, default=0.03, show_default=True, help="Linear warmup share, then cosine to 0.")
+@click.option("--warmup-steps", type=int, default=None, help="Warmup steps (instead of --warmup-ratio).")
+@click.option("--batch-size", type=int, default=1, show_default=True, help="Clips per forward.")
+@click.option("--grad-accum", type=int, default=1, show_default=True, help="Forwards per optimizer step.")
+@click.option("--max-grad-norm", type=float, default=1.0, show_default=True, help="Gradient clipping; 0 turns it off.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Example order, a new selector's init, LoRA init.")
+@click.option("--llm", type=click.Choice(["frozen", "full", "lora"]), default="frozen", show_default=True,
+              help="The thinker LLM: frozen (selector only), full fine-tuning (the authors'), or LoRA (needs [train]).")
+@click.option("--lora-rank", type=int, default=16, show_default=True)
+@click.option("--lora-alpha", type=int, default=32, show_default=True)
+@click.option("--lora-dropout", type=float, default=0.0, show_default=True)
+@click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+              help="auto: bf16 on a GPU, fp32 on the CPU.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--on-bad-line", type=click.Choice(["skip", "stop"]), default="skip", show_default=True,
+              help="skip: report bad lines and train on the rest; stop: report them and train nothing.")
+@click.option("--resume", is_flag=True, help="Continue the run in --output from its newest checkpoint.")
+@click.option("--save-every", type=int, default=500, show_default=True, help="Checkpoint every N steps (0: at the end).")
+@click.option("--keep-checkpoints", type=int, default=2, show_default=True, help="Step folders kept.")
+@click.option("--max-seconds", type=float, default=None, help="Cut every clip to this many seconds.")
+@click.option("--selector-hidden", type=int, default=512, show_default=True, help="A new selector's width.")
+@click.option("--selector-heads", type=int, default=8, show_default=True, help="A new selector's heads.")
+@click.option("--model-seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the embedded default model.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@_user_errors(interrupted="interrupted; the newest complete checkpoint in the output folder is kept "
+                          "(continue with --resume)")
+def train(data, out, model_dir, compressor, compressor_heads, ratio, video_drop, audio_drop, resolution, epochs,
+          max_steps, lr, weight_decay, warmup_ratio, warmup_steps, batch_size, grad_accum, max_grad_norm, seed, llm,
+          lora_rank, lora_alpha, lora_dropout, dtype, device, on_bad_line, resume, save_every, keep_checkpoints,
+          max_seconds, selector_hidden, selector_heads, model_seed, no_progress):
+    """Train OmniSIFT's audio selector (and optionally the LLM) with the straight-through estimator."""
+    from omnisift_edge.model.load import ModelSource
+    from omnisift_edge.train import TrainConfig, train as run_train
+
+    cfg = TrainConfig(data=data, out=out, source=ModelSource(path=model_dir, compressor=compressor, seed=model_seed,
+                                                             selector_heads=compressor_heads, device=device),
+                      ratio=ratio, video_drop=video_drop, audio_drop=audio_drop, resolution=resolution,
+                      epochs=epochs, max_steps=max_steps, lr=lr, weight_decay=weight_decay,
+                      warmup_ratio=warmup_ratio, warmup_steps=warmup_steps, batch_size=batch_size,
+                      grad_accum=grad_accum, max_grad_norm=max_grad_norm or None, seed=seed, llm=llm,
+                      lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, dtype=dtype,
+                      on_bad_line=on_bad_line, resume=resume, save_every=save_every,
+                      keep_checkpoints=keep_checkpoints, max_seconds=max_seconds, selector_hidden=selector_hidden,
+                      selector_heads=selector_heads)
+    artifact = run_train(cfg, echo=lambda text: click.echo(text, err=True), progress=not no_progress)
+    click.echo(artifact.summary())
 
 
 @main.command()

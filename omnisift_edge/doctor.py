@@ -28,6 +28,8 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "run / profile": ("onnxruntime", "tokenizers", "transformers"),
     "build / verify": ("tensorrt", "polygraphy"),
     "tiny-model": ("torch", "transformers", "safetensors"),
+    "train": ("torch", "transformers", "safetensors", "av", "PIL"),
+    "train --llm lora": ("torch", "transformers", "av", "peft"),
 }
 
 
@@ -63,7 +65,7 @@ def _ort_providers() -> Probe:
 def probe_all() -> list[Probe]:
     probes = [Probe("python", True, f"{platform.python_version()} ({platform.machine()}, {sys.platform})")]
     for name in ("numpy", "click", "torch", "transformers", "tokenizers", "safetensors", "av", "PIL",
-                 "onnx", "onnxruntime", "optimum", "polygraphy", "tensorrt"):
+                 "onnx", "onnxruntime", "optimum", "polygraphy", "tensorrt", "peft"):
         probes.append(_version(name))
     probes.append(_torch_cuda())
     probes.append(_ort_providers())
@@ -80,7 +82,8 @@ def report() -> str:
     for command, needs in NEEDS.items():
         missing = [n for n in needs if n not in found]
         extra = {"export": "export", "lint": "export", "run / profile": "profile",
-                 "build / verify": "engines"}.get(command, "model")
+                 "build / verify": "engines",
+                 "train --llm lora": "train"}.get(command, "model")
         status = "ready" if not missing else "missing " + ", ".join(missing) + \
             f" (pip install 'omnisift-edge[{extra}]')"
         lines.append(f"  omnisift-edge {command:<18} {status}")

@@ -27,6 +27,7 @@ _EXTRA_FOR = {
     "onnxruntime": "export",
     "optimum": "export",
     "matplotlib": "profile",
+    "peft": "train",
 }
 
 

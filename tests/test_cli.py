@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-COMMANDS = [[], ["doctor"], ["demo"], ["tiny-model"], ["export"], ["lint"], ["run"], ["profile"], ["build"], ["verify"], ["selftest"]]
+COMMANDS = [[], ["doctor"], ["demo"], ["tiny-model"], ["export"], ["lint"], ["run"], ["profile"], ["build"], ["verify"], ["selftest"], ["train"]]
 
 
 def _run(*args: str, block_heavy: bool = False) -> subprocess.CompletedProcess:

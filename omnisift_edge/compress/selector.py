@@ -8,6 +8,7 @@ is scored in one call. Per row it computes what the reference computes for that 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -119,6 +120,41 @@ def load_selector_state(
     if len(dtypes) == 1:
         selector.to(dtypes.pop())
     return selector.eval()
+
+
+def recorded_heads(path: str | os.PathLike) -> int | None:
+    """The head count saved with a selector file by `omnisift-edge train`, or None.
+
+    The weights do not determine it; train writes it into the safetensors metadata and into
+    `compressor.json` beside the file, so `--compressor ckpt/compressor.safetensors` needs no
+    `--compressor-heads`.
+    """
+    path = Path(path)
+    heads = None
+    sidecar = path.with_name("compressor.json")
+    if path.suffix == ".safetensors" and path.is_file():
+        from omnisift_edge.errors import require
+
+        try:
+            with require("safetensors").safe_open(str(path), framework="pt") as handle:
+                heads = (handle.metadata() or {}).get("heads")
+        except Exception:   # unreadable here: _read reports it with the fix
+            return None
+    if heads is None and sidecar.is_file():
+        try:
+            heads = json.loads(sidecar.read_text(encoding="utf-8")).get("heads")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            raise UsageError(f"{sidecar} is not the JSON object `omnisift-edge train` writes; fix or delete it, "
+                             "or pass --compressor-heads") from None
+    if heads is None:
+        return None
+    try:
+        heads = int(heads)
+    except (TypeError, ValueError):
+        heads = 0
+    if heads < 1:
+        raise UsageError(f"the head count recorded with {path} is not a positive int; pass --compressor-heads")
+    return heads
 
 
 def _read(source) -> dict[str, torch.Tensor]:

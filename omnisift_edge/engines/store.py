@@ -8,6 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from omnisift_edge.atomic import atomic_path, umask
 from omnisift_edge.errors import UsageError
 from omnisift_edge.export.manifest import MANIFEST, read_manifest, sha256, write_manifest
 
@@ -26,23 +27,15 @@ def engine_path(folder: Path, target: str, graph: str) -> Path:
 
 
 def atomic_write(path: Path, data: bytes | memoryview) -> Path:
-    """Write `data` to a hidden temporary file beside `path`, then os.replace it: never a half-written file.
+    """Write `data` through `omnisift_edge.atomic.atomic_path`, synced to disk before the rename.
 
     The temporary name starts with "." so `write_manifest` never checksums it.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return Path(path)
 
 
 def write_side_file(folder: Path, relative: str, data: bytes, manifest: dict) -> Path:
@@ -62,12 +55,6 @@ def write_side_file(folder: Path, relative: str, data: bytes, manifest: dict) ->
     if listed:
         write_manifest(folder, manifest)
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def verify_sources(folder: Path, manifest: dict) -> None:
@@ -99,7 +86,7 @@ def publish(staging: Path, final: Path) -> None:
     if final.exists():
         old = final.with_name(f".{final.name}.old-{time.time_ns()}")
         final.rename(old)
-    os.chmod(staging, 0o777 & ~_umask())
+    os.chmod(staging, 0o777 & ~umask())
     staging.rename(final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

@@ -2,33 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from pathlib import Path
-from typing import Iterator
 
+from omnisift_edge.atomic import atomic_path as _atomic_path
 from omnisift_edge.errors import UsageError, require
 
 TWO_GB = 2 * 1024**3
 
 
-@contextlib.contextmanager
-def atomic_path(path: Path, suffix: str = ".onnx") -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path`, on failure it vanishes.
-
-    An interrupted export never leaves a file at `path` that looks complete.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
+def atomic_path(path: Path, suffix: str = ".onnx"):
+    """`omnisift_edge.atomic.atomic_path` with an .onnx suffix (onnx.save picks its format by it)."""
+    return _atomic_path(path, suffix)
 
 
 def ort_session(path: Path, providers=("CPUExecutionProvider",)):

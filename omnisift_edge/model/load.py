@@ -85,9 +85,10 @@ def load_model(source: ModelSource) -> OmniModel:
     else:
         model = _load_folder(source, dtype)
     if source.compressor is not None:
-        from omnisift_edge.compress.selector import load_selector_state
+        from omnisift_edge.compress.selector import load_selector_state, recorded_heads
 
-        heads = source.selector_heads or (_folder_selector_heads(source.path) if source.path else 8)
+        heads = (source.selector_heads or recorded_heads(source.compressor)
+                 or (_folder_selector_heads(source.path) if source.path else 8))
         model.selector = load_selector_state(source.compressor, heads=heads)
     if model.selector is not None:
         _check_selector_width(model)

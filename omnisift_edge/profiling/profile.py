@@ -15,7 +15,6 @@ import os
 import platform
 import resource
 import statistics
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -191,14 +190,10 @@ def _plot(report: ProfileReport, path: Path) -> None:
 
 
 def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    from omnisift_edge.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        write(tmp)
 
 
 def profile(cfg: ProfileConfig, *, progress: bool = True) -> ProfileReport:

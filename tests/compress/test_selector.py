@@ -128,3 +128,33 @@ def test_load_errors_name_the_fix(tmp_path):
         load_selector_state(tmp_path / "x.onnx")
     with pytest.raises(UsageError, match="divisible"):
         load_selector_state(state, heads=3)
+
+
+def test_the_head_count_recorded_with_a_file_is_found(tmp_path):
+    from safetensors.torch import save_file
+
+    from omnisift_edge.compress.selector import recorded_heads
+    from omnisift_edge.model.load import ModelSource, load_model
+
+    selector = AudioSelector(SelectorConfig(d_model=64, hidden=32, heads=2))
+    state = {f"thinker.compressor.{k}": v for k, v in selector.state_dict().items()}
+    plain, tagged = tmp_path / "plain" / "c.safetensors", tmp_path / "tagged" / "c.safetensors"
+    for path in (plain, tagged):
+        path.parent.mkdir()
+    save_file(state, str(plain))
+    save_file(state, str(tagged), metadata={"heads": "2"})
+    assert recorded_heads(plain) is None and recorded_heads(tagged) == 2
+    loaded = load_model(ModelSource(compressor=tagged)).selector
+    assert loaded.cfg.heads == 2
+    assert load_model(ModelSource(compressor=plain)).selector.cfg.heads == 8     # nothing recorded: 8
+    # the sidecar compressor.json (train writes it) counts when the metadata lacks the heads
+    (plain.parent / "compressor.json").write_text('{"heads": 2}')
+    assert recorded_heads(plain) == 2
+    (plain.parent / "compressor.json").write_text('{"heads": 0}')
+    with pytest.raises(UsageError, match="--compressor-heads"):
+        recorded_heads(plain)
+    (plain.parent / "compressor.json").write_text("[not json")
+    with pytest.raises(UsageError, match="--compressor-heads"):
+        recorded_heads(plain)
+    # an explicit --compressor-heads wins over what was recorded
+    assert load_model(ModelSource(compressor=tagged, selector_heads=4)).selector.cfg.heads == 4

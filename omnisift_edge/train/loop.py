@@ -1,0 +1,217 @@
+"""`train(TrainConfig) -> TrainArtifact`: scan the data, load the model, run the steps, checkpoint.
+
+The example order is fixed by the seed: epoch e visits the good lines in the permutation
+`default_rng([seed, e])`, and optimizer step s takes the `global_batch` examples at positions
+[s * global_batch, (s + 1) * global_batch) of that endless sequence. So a resumed run continues
+with exactly the examples the interrupted one would have seen, and on the CPU it reproduces the
+uninterrupted run's weights bit for bit (tested).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from omnisift_edge.errors import UsageError
+from omnisift_edge.train.config import BadLine, TrainArtifact, TrainConfig
+
+
+def scan(cfg: TrainConfig, model, records, bad, echo: Callable[[str], None], progress: bool):
+    """(good records, bad lines): every checked line (`read_records`) also decoded and preprocessed once."""
+    from tqdm import tqdm
+
+    from omnisift_edge.train.data import prepare_example
+
+    good, bad = [], list(bad)
+    for record in tqdm(records, desc="checking data", unit="clip", disable=not progress, file=sys.stderr):
+        try:
+            prepare_example(model, record, cfg.resolution, max_seconds=cfg.max_seconds, system=cfg.system_prompt)
+        except UsageError as exc:
+            bad.append(BadLine(record.line, str(exc)))
+            continue
+        except Exception as exc:   # a media library's own error on a broken file: a bad line, not a crash
+            bad.append(BadLine(record.line, f"media error ({type(exc).__name__}: {exc})"))
+            continue
+        good.append(record)
+    bad.sort(key=lambda b: b.line)
+    if bad:
+        shown = "; ".join(str(b) for b in bad[:10]) + (f"; ... ({len(bad) - 10} more)" if len(bad) > 10 else "")
+        if cfg.on_bad_line == "stop":
+            raise UsageError(f"{len(bad)} bad line(s) in {cfg.data}: {shown}. Fix them, or pass "
+                             "--on-bad-line skip to train on the other lines")
+        echo(f"skipping {len(bad)} bad line(s) of {cfg.data}: {shown}")
+    if not good:
+        raise UsageError(f"no usable lines in {cfg.data} ({len(bad)} bad); each line needs a video with an audio "
+                         'track: {"video": "clip.mp4", "question": "...", "answer": "..."}')
+    return good, bad
+
+
+def _prepare_out(cfg: TrainConfig):
+    from omnisift_edge.train.checkpoint import latest_checkpoint
+
+    out = cfg.out
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} exists and is not a folder; choose another -o")
+    out.mkdir(parents=True, exist_ok=True)
+    latest = latest_checkpoint(out)
+    if not cfg.resume and any(out.iterdir()):
+        raise UsageError(f"{out} is not empty; pass --resume to continue the run in it, or choose an empty folder")
+    if latest is not None:
+        saved_file = out / "train_config.json"
+        saved = json.loads(saved_file.read_text(encoding="utf-8")) if saved_file.is_file() else {}
+        now = json.loads(json.dumps(cfg.fingerprint()))
+        diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        if diff:
+            raise UsageError(f"--resume: this run's settings differ from the checkpoint's in {', '.join(diff)} "
+                             f"(e.g. {diff[0]}: {saved.get(diff[0])!r} there, {now.get(diff[0])!r} now); "
+                             "use the same settings or another -o")
+    return latest
+
+
+def _new_selector(cfg: TrainConfig, d_model: int):
+    import torch
+
+    from omnisift_edge.compress.selector import AudioSelector, SelectorConfig
+
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)
+        return AudioSelector(SelectorConfig(d_model=d_model, hidden=cfg.selector_hidden, heads=cfg.selector_heads))
+
+
+def example_positions(step: int, global_batch: int, n: int, seed: int) -> list[tuple[int, int]]:
+    """(epoch, index into the good lines) of the examples optimizer step `step` (0-based) trains on."""
+    cache: dict[int, np.ndarray] = {}
+    out = []
+    for p in range(step * global_batch, (step + 1) * global_batch):
+        epoch = p // n
+        if epoch not in cache:
+            cache[epoch] = np.random.default_rng([seed, epoch]).permutation(n)
+        out.append((epoch, int(cache[epoch][p % n])))
+    return out
+
+
+def train(cfg: TrainConfig, *, echo: Callable[[str], None] = print, progress: bool = True,
+          on_step: Callable | None = None) -> TrainArtifact:
+    """Train OmniSIFT's selector on `cfg.data`; see docs/train.md. `on_step(stats)` runs after each step."""
+    from omnisift_edge.train.data import prepare_example, read_records
+
+    started = time.perf_counter()
+    records, bad = read_records(cfg.data)              # bad data fails before a folder is made or a model loads
+    latest = _prepare_out(cfg)
+    import torch
+    from tqdm import tqdm
+
+    from omnisift_edge.compress.ratio import drops_for_ratio
+    from omnisift_edge.model.load import load_model
+    from omnisift_edge.train import checkpoint as ckpt
+    from omnisift_edge.train.step import Trainer, seed_everything
+
+    seed_everything(cfg.seed)
+    model = load_model(dataclasses.replace(cfg.source, dtype=cfg.torch_dtype_name))
+    good, bad = scan(cfg, model, records, bad, echo, progress)
+    _write_bad_lines(cfg.out, bad)
+    selector = model.selector if model.selector is not None else _new_selector(cfg, model.hidden_size)
+    selector = selector.to(model.device, torch.float32)        # the selector trains in fp32 (small, new)
+    if cfg.ratio is not None:
+        rho_video, rho_audio = drops_for_ratio(cfg.ratio, model.spec.tokens_per_frame(*cfg.resolution))
+    else:
+        rho_video, rho_audio = cfg.video_drop, cfg.audio_drop
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(good) / cfg.global_batch))
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_ratio * total)
+    trainer = Trainer(model, selector, llm=cfg.llm, lr=cfg.lr, total_steps=total, warmup_steps=min(warmup, total - 1),
+                      rho_video=rho_video, rho_audio=rho_audio, weight_decay=cfg.weight_decay,
+                      max_grad_norm=cfg.max_grad_norm,
+                      lora={"rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout})
+    log_path = cfg.out / "log.jsonl"
+    resumed_from = None
+    if latest is not None:
+        step0, folder = latest
+        sel_state, llm_state, state = ckpt.load_checkpoint(folder, cfg.llm)
+        selector.load_state_dict(sel_state)
+        if llm_state:
+            trainer.load_llm_state(llm_state)
+        trainer.load_state_dict(state)
+        torch.set_rng_state(state["rng"]["torch"])
+        resumed_from = step0
+        echo(f"resuming from {folder} (step {step0} of {total})")
+        kept_lines = [ln for ln in _read_lines(log_path) if json.loads(ln)["step"] <= step0]
+        ckpt.write_atomic(log_path, lambda p: p.write_text("".join(kept_lines), encoding="utf-8"))
+    else:
+        for name in ("log.jsonl", "latest.json"):
+            (cfg.out / name).unlink(missing_ok=True)
+    ckpt.write_json(cfg.out / "train_config.json", cfg.fingerprint())
+
+    first_loss = last_loss = None
+    media = kept = 0
+    folder = latest[1] if latest else None
+    bar = tqdm(total=total, initial=trainer.steps_done, desc="train", unit="step", disable=not progress,
+               file=sys.stderr)
+    with open(log_path, "a", encoding="utf-8") as log:
+        while trainer.steps_done < total:
+            step = trainer.steps_done
+            picks = example_positions(step, cfg.global_batch, len(good), cfg.seed)
+            examples = []
+            for epoch, i in picks:
+                try:
+                    examples.append(prepare_example(model, good[i], cfg.resolution,
+                                                    max_seconds=cfg.max_seconds, system=cfg.system_prompt))
+                except Exception as exc:    # passed the scan, failed now: the file changed under us
+                    if cfg.on_bad_line == "stop":
+                        raise UsageError(f"line {good[i].line} failed during training ({exc}); it passed the "
+                                         "check before training, so the file changed") from None
+                    bad.append(BadLine(good[i].line, f"during training: {exc}"))
+                    echo(f"skipping line {good[i].line} in step {step + 1}: {exc}")
+            micro = [examples[k:k + cfg.batch_size] for k in range(0, len(examples), cfg.batch_size)]
+            if not micro:
+                raise UsageError(f"every example of step {step + 1} failed to load; check the data files")
+            t0 = time.perf_counter()
+            stats = trainer.step(micro)
+            first_loss = stats.loss if first_loss is None else first_loss
+            last_loss = stats.loss
+            media, kept = media + stats.media_tokens, kept + stats.media_kept
+            entry = {"step": stats.step, "epoch": round(((step + 1) * cfg.global_batch) / len(good), 4),
+                     "loss": stats.loss, "kept_ratio": stats.kept_ratio, "lr": stats.lr, "tokens": stats.tokens,
+                     "grad_norm": stats.grad_norm, "seconds": round(time.perf_counter() - t0, 4)}
+            log.write(json.dumps(entry) + "\n")
+            log.flush()
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats.loss:.4f}", kept=f"{stats.kept_ratio:.3f}", lr=f"{stats.lr:.2e}")
+            if (cfg.save_every and stats.step % cfg.save_every == 0) or stats.step == total:
+                folder = _save(cfg, trainer, selector, rho_video, rho_audio, stats.step)
+            if on_step is not None:
+                on_step(stats)
+    bar.close()
+    _write_bad_lines(cfg.out, bad)
+    compressor, extra = ckpt.publish_final(cfg.out, folder, cfg.llm)
+    return TrainArtifact(out=cfg.out, compressor=compressor, llm_weights=extra, log=log_path,
+                         steps=trainer.steps_done, good_lines=len(good), bad_lines=sorted(bad, key=lambda b: b.line),
+                         rho_video=rho_video, rho_audio=rho_audio, first_loss=first_loss, last_loss=last_loss,
+                         kept_ratio=kept / media if media else None, resumed_from=resumed_from,
+                         seconds=time.perf_counter() - started)
+
+
+def _save(cfg, trainer, selector, rho_video, rho_audio, step) -> Path:
+    from omnisift_edge.train import checkpoint as ckpt
+
+    return ckpt.save_checkpoint(cfg.out, step, selector=selector,
+                                info=ckpt.selector_info(selector, rho_video, rho_audio, step), llm=cfg.llm,
+                                llm_state=trainer.llm_state(), lora_config=trainer.lora_config,
+                                trainer_state=trainer.state_dict(), keep=cfg.keep_checkpoints)
+
+
+def _read_lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines(keepends=True) if path.is_file() else []
+
+
+def _write_bad_lines(out: Path, bad: list[BadLine]) -> None:
+    from omnisift_edge.train.checkpoint import write_atomic
+
+    text = "".join(json.dumps({"line": b.line, "reason": b.reason}) + "\n" for b in sorted(bad, key=lambda b: b.line))
+    write_atomic(out / "bad_lines.jsonl", lambda p: p.write_text(text, encoding="utf-8"))

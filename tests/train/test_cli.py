@@ -1,0 +1,127 @@
+"""`omnisift-edge train` from the shell: a run whose selector `export` takes as it is, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("av", reason="PyAV is not installed (pip install 'omnisift-edge[model]')")
+
+from ..test_cli import _run  # noqa: E402
+from .tasks import event_clip, write_mp4  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """train.jsonl: three good clips, then a line naming a missing file (line 4)."""
+    root = tmp_path_factory.mktemp("cli-data")
+    rng = np.random.default_rng(1)
+    lines = []
+    for i in range(3):
+        frames, pcm, _, answer = event_clip(rng)
+        write_mp4(root / f"c{i}.mp4", frames, pcm)
+        lines.append(json.dumps({"video": f"c{i}.mp4", "question": "Which sound?", "answer": answer}))
+    lines.append(json.dumps({"video": "gone.mp4", "question": "Which sound?", "answer": "A"}))
+    (root / "train.jsonl").write_text("\n".join(lines) + "\n")
+    return root / "train.jsonl"
+
+
+def test_train_then_export_the_trained_selector(data, tmp_path):
+    out = tmp_path / "ckpt"
+    result = _run("train", "--data", str(data), "-o", str(out), "--resolution", "56x56", "--max-steps", "2",
+                  "--batch-size", "2", "--lr", "1e-2", "--save-every", "1", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "trained 2 steps on 3 clips" in result.stdout and "1 line(s) skipped: line 4:" in result.stdout
+    assert "line 4: video file 'gone.mp4' not found" in result.stderr
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log] == [1, 2] and all(np.isfinite(e["loss"]) for e in log)
+    assert json.loads((out / "latest.json").read_text())["folder"] == "step-000002"
+
+    # export reads the head count the run recorded: no --compressor-heads
+    art = tmp_path / "art"
+    exported = _run("export", "--compressor", str(out / "compressor.safetensors"), "--ratio", "0.25",
+                    "--resolution", "56x56", "-o", str(art))
+    assert exported.returncode == 0, exported.stderr
+
+    import torch
+    from safetensors.torch import load_file
+
+    from omnisift_edge.model.load import ModelSource, load_model
+    from omnisift_edge.model.tiny import build_tiny_selector
+
+    trained = load_model(ModelSource(compressor=out / "compressor.safetensors")).selector
+    assert trained.cfg.heads == 4
+    saved = load_file(str(out / "compressor.safetensors"))
+    for name, tensor in trained.state_dict().items():
+        assert torch.equal(tensor, saved[f"thinker.compressor.{name}"])
+    untrained = build_tiny_selector(0).state_dict()
+    assert any(not torch.equal(untrained[k], v) for k, v in trained.state_dict().items())   # it did train
+
+
+def test_resume_continues_and_a_full_folder_is_refused(data, tmp_path):
+    out = tmp_path / "ckpt"
+    args = ["train", "--data", str(data), "-o", str(out), "--resolution", "56x56", "--batch-size", "3",
+            "--save-every", "1", "--no-progress"]
+    first = _run(*args, "--max-steps", "1")
+    assert first.returncode == 0, first.stderr
+    again = _run(*args, "--max-steps", "1")
+    assert again.returncode == 1 and "--resume" in again.stderr and "Traceback" not in again.stderr
+    other = _run(*args, "--max-steps", "1", "--lr", "1e-3", "--resume")
+    assert other.returncode == 1 and "differ from the checkpoint's in lr" in other.stderr
+    resumed = _run(*args, "--max-steps", "1", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "no step run (already complete)" in resumed.stdout
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--ratio", "1.5"], "--ratio must be in (0, 1)"),
+    (["--ratio", "0.25", "--video-drop", "0.5", "--audio-drop", "0.5"], "not both"),
+    (["--lr", "nan"], "--lr must be in (0, 1)"),
+    (["--resolution", "50x50"], "multiple"),
+    (["--selector-hidden", "30", "--selector-heads", "4"], "divisible"),
+    (["--device", "tpu"], "--device must be cpu, cuda or cuda:N"),
+    (["--on-bad-line", "stop"], "1 bad line(s)"),
+    (["--llm", "lora", "--lora-dropout", "1.5"], "--lora-dropout must be in [0, 1)"),
+])
+def test_bad_settings_are_one_line_and_exit_1(data, tmp_path, extra, message):
+    result = _run("train", "--data", str(data), "-o", str(tmp_path / "o"), "--resolution", "56x56",
+                  "--max-steps", "1", "--no-progress", *extra)
+    assert result.returncode == 1, result.stdout
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o" / "compressor.safetensors").exists()
+
+
+def test_missing_data_file(tmp_path):
+    result = _run("train", "--data", str(tmp_path / "none.jsonl"), "-o", str(tmp_path / "o"))
+    assert result.returncode == 1 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_ctrl_c_keeps_the_newest_checkpoint_and_resume_finishes(data, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "ckpt"
+    args = ["train", "--data", str(data), "-o", str(out), "--resolution", "56x56", "--batch-size", "1",
+            "--max-steps", "40", "--save-every", "1", "--no-progress"]
+    code = f"from omnisift_edge.cli import main\nmain({args!r}, prog_name='omnisift-edge')\n"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / "latest.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "the newest complete checkpoint in the output folder is kept" in stderr and "Traceback" not in stderr
+    step = json.loads((out / "latest.json").read_text())["step"]
+    assert 1 <= step < 40 and (out / f"step-{step:06d}" / "state.pt").is_file()
+    assert not list(out.glob(".step-*"))                                   # no half-written step folder left
+    resumed = _run(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from {out / f'step-{step:06d}'} (step {step} of 40)" in resumed.stderr
+    log = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert log == list(range(1, 41))                                       # no step lost or repeated
