@@ -83,8 +83,8 @@ def save_checkpoint(out: Path, step: int, *, selector, info: dict, llm: str, llm
     """Write `out/step-N/` atomically, point `latest.json` at it, drop all but the newest `keep`."""
     final = out / step_folder_name(step)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=out))
-    os.chmod(staging, 0o777 & ~umask())          # mkdtemp's owner-only mode is not for the final folder
     try:
+        os.chmod(staging, 0o777 & ~umask())      # mkdtemp's owner-only mode is not for the final folder
         _write_weights(staging, selector, info, llm_state, llm, lora_config)
         rng = {"torch": torch.get_rng_state()}
         torch.save({**trainer_state, "rng": rng, "step": step}, staging / "state.pt")
@@ -99,8 +99,11 @@ def save_checkpoint(out: Path, step: int, *, selector, info: dict, llm: str, llm
         raise
     write_json(out / "latest.json", {"step": step, "folder": final.name})
     steps = sorted((p for p in out.glob("step-*") if p.is_dir()), key=lambda p: p.name)
-    for old in steps[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    for old in steps[:-keep]:                  # hidden first: a half-deleted folder must not look like a checkpoint
+        trash = out / f".{old.name}.old"
+        shutil.rmtree(trash, ignore_errors=True)
+        old.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
     return final
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -63,6 +64,8 @@ def _prepare_out(cfg: TrainConfig):
     latest = latest_checkpoint(out)
     if not cfg.resume and any(out.iterdir()):
         raise UsageError(f"{out} is not empty; pass --resume to continue the run in it, or choose an empty folder")
+    for stale in (*out.glob(".step-*.partial-*"), *out.glob(".step-*.old"), *out.glob(".adapter.partial-*")):
+        shutil.rmtree(stale, ignore_errors=True)       # a killed run's half-written folders: never named by latest.json
     if latest is not None:
         saved_file = out / "train_config.json"
         saved = json.loads(saved_file.read_text(encoding="utf-8")) if saved_file.is_file() else {}
@@ -200,10 +203,14 @@ def train(cfg: TrainConfig, *, echo: Callable[[str], None] = print, progress: bo
 def _save(cfg, trainer, selector, rho_video, rho_audio, step) -> Path:
     from omnisift_edge.train import checkpoint as ckpt
 
-    return ckpt.save_checkpoint(cfg.out, step, selector=selector,
-                                info=ckpt.selector_info(selector, rho_video, rho_audio, step), llm=cfg.llm,
-                                llm_state=trainer.llm_state(), lora_config=trainer.lora_config,
-                                trainer_state=trainer.state_dict(), keep=cfg.keep_checkpoints)
+    try:
+        return ckpt.save_checkpoint(cfg.out, step, selector=selector,
+                                    info=ckpt.selector_info(selector, rho_video, rho_audio, step), llm=cfg.llm,
+                                    llm_state=trainer.llm_state(), lora_config=trainer.lora_config,
+                                    trainer_state=trainer.state_dict(), keep=cfg.keep_checkpoints)
+    except OSError as exc:     # disk full, permissions: the user's to fix; the previous checkpoint is whole
+        raise UsageError(f"writing the step {step} checkpoint in {cfg.out} failed ({exc}); the previous checkpoint "
+                         "there is intact: free space or fix permissions, then rerun with --resume") from None
 
 
 def _read_lines(path: Path) -> list[str]:

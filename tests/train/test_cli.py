@@ -60,6 +60,28 @@ def test_train_then_export_the_trained_selector(data, tmp_path):
     assert any(not torch.equal(untrained[k], v) for k, v in trained.state_dict().items())   # it did train
 
 
+def test_a_base_model_folder_gets_a_new_selector_that_export_takes(data, tmp_path):
+    """The issue's case: a Qwen2.5-Omni folder without a selector (`tiny-model --kind full`)."""
+    model = tmp_path / "base"
+    made = _run("tiny-model", str(model), "--kind", "full")
+    assert made.returncode == 0, made.stderr
+    out = tmp_path / "ckpt"
+    result = _run("train", "--model", str(model), "--data", str(data), "-o", str(out), "--resolution", "56x56",
+                  "--max-steps", "1", "--batch-size", "3", "--selector-hidden", "16", "--selector-heads", "2",
+                  "--no-progress")
+    assert result.returncode == 0, result.stderr
+    info = json.loads((out / "compressor.json").read_text())
+    assert (info["d_model"], info["hidden"], info["heads"]) == (64, 16, 2)
+    exported = _run("export", "--model", str(model), "--compressor", str(out / "compressor.safetensors"),
+                    "--ratio", "0.25", "--resolution", "56x56", "-o", str(tmp_path / "art"))
+    assert exported.returncode == 0, exported.stderr
+
+    from omnisift_edge.model.load import ModelSource, load_model
+
+    cfg = load_model(ModelSource(path=model, compressor=out / "compressor.safetensors")).selector.cfg
+    assert (cfg.d_model, cfg.hidden, cfg.heads) == (64, 16, 2)
+
+
 def test_resume_continues_and_a_full_folder_is_refused(data, tmp_path):
     out = tmp_path / "ckpt"
     args = ["train", "--data", str(data), "-o", str(out), "--resolution", "56x56", "--batch-size", "3",
@@ -99,29 +121,43 @@ def test_missing_data_file(tmp_path):
     assert result.returncode == 1 and "does not exist" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_ctrl_c_keeps_the_newest_checkpoint_and_resume_finishes(data, tmp_path):
+def _run_until_checkpoint_then_ctrl_c(args, out, after_step: int):
+    """Start `omnisift-edge ARGS`, wait until out/latest.json names a step > `after_step`, send SIGINT."""
     import signal
     import subprocess
     import sys
     import time
 
-    out = tmp_path / "ckpt"
-    args = ["train", "--data", str(data), "-o", str(out), "--resolution", "56x56", "--batch-size", "1",
-            "--max-steps", "40", "--save-every", "1", "--no-progress"]
     code = f"from omnisift_edge.cli import main\nmain({args!r}, prog_name='omnisift-edge')\n"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while not (out / "latest.json").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
+
+    def step():
+        try:
+            return json.loads((out / "latest.json").read_text())["step"]
+        except (FileNotFoundError, json.JSONDecodeError):
+            return 0
+
+    while step() <= after_step and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
+    _, stderr = proc.communicate(timeout=120)
+    return proc.returncode, stderr, step()
+
+
+def test_ctrl_c_keeps_the_newest_checkpoint_and_resume_continues(data, tmp_path):
+    out = tmp_path / "ckpt"
+    args = ["train", "--data", str(data), "-o", str(out), "--resolution", "56x56", "--batch-size", "1",
+            "--max-steps", "5000", "--save-every", "1", "--no-progress"]          # far more than it will run
+    rc, stderr, first = _run_until_checkpoint_then_ctrl_c(args, out, 0)
+    assert rc == 130, stderr
     assert "the newest complete checkpoint in the output folder is kept" in stderr and "Traceback" not in stderr
-    step = json.loads((out / "latest.json").read_text())["step"]
-    assert 1 <= step < 40 and (out / f"step-{step:06d}" / "state.pt").is_file()
-    assert not list(out.glob(".step-*"))                                   # no half-written step folder left
-    resumed = _run(*args, "--resume")
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming from {out / f'step-{step:06d}'} (step {step} of 40)" in resumed.stderr
+    assert 1 <= first < 5000 and (out / f"step-{first:06d}" / "state.pt").is_file()
+    assert not list(out.glob(".*"))                                        # no half-written folder or file left
+
+    rc, stderr, second = _run_until_checkpoint_then_ctrl_c(args + ["--resume"], out, first)
+    assert rc == 130, stderr
+    assert f"(step {first} of 5000)" in stderr and "resuming from" in stderr
+    assert second > first and not list(out.glob(".*"))
     log = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
-    assert log == list(range(1, 41))                                       # no step lost or repeated
+    assert log == list(range(1, len(log) + 1)) and len(log) >= second      # no step lost or repeated

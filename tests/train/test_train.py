@@ -132,13 +132,15 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint(dataset, tmp_path, 
 
     monkeypatch.setattr(safetensors.torch, "save_file", flaky)
     out = tmp_path / "out"
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(UsageError, match=r"step 2 checkpoint .* failed \(disk full\); the previous checkpoint"):
         train(_cfg(dataset, out, llm="full", max_steps=2), progress=False)
     assert json.loads((out / "latest.json").read_text())["step"] == 1
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(("step-", "."))) == ["step-000001"]
+    (out / ".step-000002.partial-killed").mkdir()          # what a SIGKILL mid-save would leave
     monkeypatch.setattr(safetensors.torch, "save_file", real)
     done = train(_cfg(dataset, out, llm="full", max_steps=2, resume=True), progress=False)
     assert done.resumed_from == 1 and done.steps == 2
+    assert not list(out.glob(".*"))                         # resume cleared the half-written folder
 
 
 @pytest.mark.parametrize("llm", ["full", "lora"])
