@@ -128,9 +128,11 @@ def _run_until_checkpoint_then_ctrl_c(args, out, after_step: int):
     import sys
     import time
 
-    code = f"from omnisift_edge.cli import main\nmain({args!r}, prog_name='omnisift-edge')\n"
+    # a shell's background job inherits SIGINT ignored; a user's terminal delivers it: restore Python's handler
+    code = ("import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
+            f"from omnisift_edge.cli import main\nmain({args!r}, prog_name='omnisift-edge')\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 180
 
     def step():
         try:
@@ -141,7 +143,10 @@ def _run_until_checkpoint_then_ctrl_c(args, out, after_step: int):
     while step() <= after_step and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
+    try:
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()                                # never leave a training process behind a failed test
     return proc.returncode, stderr, step()
 
 
