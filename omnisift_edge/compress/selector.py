@@ -8,6 +8,7 @@ is scored in one call. Per row it computes what the reference computes for that 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -120,6 +121,18 @@ def load_selector_state(
     if len(dtypes) == 1:
         selector.to(dtypes.pop())
     return selector.eval()
+
+
+def selector_record(selector: AudioSelector, origin: str) -> dict:
+    """What an export's manifest says about its selector: where it came from, its shape and a hash
+    of its weights (so an app can tell which trained selector an export carries)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(selector.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    cfg = selector.cfg
+    return {"from": origin, "d_model": cfg.d_model, "hidden": cfg.hidden, "heads": cfg.heads,
+            "weights_sha256": digest.hexdigest()}
 
 
 def recorded_heads(path: str | os.PathLike) -> int | None:

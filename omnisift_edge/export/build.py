@@ -134,6 +134,7 @@ def build_folder(cfg: ExportConfig, folder: Path, progress: Callable[[str], None
 
     manifest = {
         "model": dict(model.identity, source="embedded default" if model.source.is_default else str(model.source.path)),
+        "selector": _selector_record(model),
         "dtype": dtype,
         "resolution": list(cfg.resolution),
         "max_context": cfg.max_context,
@@ -174,3 +175,15 @@ def _rope_settings(model) -> dict:
     return {"rope_theta": getattr(text, "rope_theta", None), "mrope_section": scaling.get("mrope_section"),
             "position_id_per_seconds": model.spec.position_id_per_seconds,
             "seconds_per_chunk": model.spec.seconds_per_chunk, "rows": ["time", "height", "width"]}
+
+
+def _selector_record(model) -> dict | None:
+    """The manifest's `selector`: None when the export has no selector (every ratio keeps all audio)."""
+    if model.selector is None:
+        return None
+    from omnisift_edge.compress.selector import selector_record
+
+    source = model.source
+    origin = (str(source.compressor) if source.compressor is not None
+              else "embedded default" if source.is_default else f"{source.path} (model folder)")
+    return selector_record(model.selector, origin)

@@ -38,6 +38,10 @@ def test_folder_holds_every_graph_and_a_verified_manifest(exported):
     assert manifest["layout"]["tokens"]["video"] == 151656
     assert manifest["tie_rule"].startswith("rank by score")
     assert not list(exported.folder.parent.glob(".tiny.partial-*"))      # staging cleaned up
+    from omnisift_edge.compress.selector import selector_record
+    from omnisift_edge.model.tiny import build_tiny_selector
+
+    assert manifest["selector"] == selector_record(build_tiny_selector(0), "embedded default")
 
 
 def test_ratio_plan_records_what_was_achieved(exported):

@@ -59,6 +59,13 @@ def test_train_then_export_the_trained_selector(data, tmp_path):
     untrained = build_tiny_selector(0).state_dict()
     assert any(not torch.equal(untrained[k], v) for k, v in trained.state_dict().items())   # it did train
 
+    from omnisift_edge.compress.selector import selector_record
+
+    record = json.loads((art / "manifest.json").read_text())["selector"]       # the export says which selector
+    assert record["from"] == str(out / "compressor.safetensors") and record["heads"] == 4
+    assert record["weights_sha256"] == selector_record(trained, "")["weights_sha256"]
+    assert record["weights_sha256"] != selector_record(build_tiny_selector(0), "")["weights_sha256"]
+
 
 def test_a_base_model_folder_gets_a_new_selector_that_export_takes(data, tmp_path):
     """The issue's case: a Qwen2.5-Omni folder without a selector (`tiny-model --kind full`)."""
