@@ -17,7 +17,6 @@ import argparse
 import statistics
 import time
 
-import numpy as np
 import torch
 
 from omnisift_edge.compress.ratio import drops_for_ratio

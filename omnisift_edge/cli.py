@@ -181,6 +181,8 @@ def export(model_dir, compressor, compressor_heads, ratio, ratios, video_drop, a
 @click.option("--save-every", type=int, default=500, show_default=True, help="Checkpoint every N steps (0: at the end).")
 @click.option("--keep-checkpoints", type=int, default=2, show_default=True, help="Step folders kept.")
 @click.option("--max-seconds", type=float, default=None, help="Cut every clip to this many seconds.")
+@click.option("--workers", type=int, default=2, show_default=True,
+              help="Threads decoding clips ahead of training (0: in the main thread); results do not change.")
 @click.option("--selector-hidden", type=int, default=512, show_default=True, help="A new selector's width.")
 @click.option("--selector-heads", type=int, default=8, show_default=True, help="A new selector's heads.")
 @click.option("--model-seed", type=click.IntRange(min=0), default=0, show_default=True,
@@ -191,7 +193,7 @@ def export(model_dir, compressor, compressor_heads, ratio, ratios, video_drop, a
 def train(data, out, model_dir, compressor, compressor_heads, ratio, video_drop, audio_drop, resolution, epochs,
           max_steps, lr, weight_decay, warmup_ratio, warmup_steps, batch_size, grad_accum, max_grad_norm, seed, llm,
           lora_rank, lora_alpha, lora_dropout, dtype, device, on_bad_line, resume, save_every, keep_checkpoints,
-          max_seconds, selector_hidden, selector_heads, model_seed, no_progress):
+          max_seconds, workers, selector_hidden, selector_heads, model_seed, no_progress):
     """Train OmniSIFT's audio selector (and optionally the LLM) with the straight-through estimator."""
     from omnisift_edge.model.load import ModelSource
     from omnisift_edge.train import TrainConfig, train as run_train
@@ -204,7 +206,8 @@ def train(data, out, model_dir, compressor, compressor_heads, ratio, video_drop,
                       grad_accum=grad_accum, max_grad_norm=max_grad_norm or None, seed=seed, llm=llm,
                       lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, dtype=dtype,
                       on_bad_line=on_bad_line, resume=resume, save_every=save_every,
-                      keep_checkpoints=keep_checkpoints, max_seconds=max_seconds, selector_hidden=selector_hidden,
+                      keep_checkpoints=keep_checkpoints, max_seconds=max_seconds, workers=workers,
+                      selector_hidden=selector_hidden,
                       selector_heads=selector_heads)
     artifact = run_train(cfg, echo=lambda text: click.echo(text, err=True), progress=not no_progress)
     click.echo(artifact.summary())

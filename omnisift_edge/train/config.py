@@ -50,6 +50,7 @@ class TrainConfig:
     save_every: int = 500                       # checkpoint every N optimizer steps (0: only at the end)
     keep_checkpoints: int = 2                   # step folders kept (the newest ones)
     max_seconds: float | None = None            # cut clips to this length (None: whole clips)
+    workers: int = 2                            # threads decoding ahead (0: decode in the main thread); same results
     selector_hidden: int = 512                  # a new selector's width, when the model has none
     selector_heads: int = 8
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT   # the chat's system message; None: the template's
@@ -89,6 +90,8 @@ class TrainConfig:
         if isinstance(self.save_every, bool) or not isinstance(self.save_every, int) or self.save_every < 0:
             raise UsageError(f"--save-every must be an int >= 0 (got {self.save_every!r}); 0 saves at the end only")
         _positive("keep_checkpoints", self.keep_checkpoints)
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or not 0 <= self.workers <= 64:
+            raise UsageError(f"--workers must be an int in [0, 64] (got {self.workers!r}); 0 decodes in the main thread")
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise UsageError(f"--max-seconds must be > 0 (got {self.max_seconds}); omit it for whole clips")
         _positive("selector_hidden", self.selector_hidden)

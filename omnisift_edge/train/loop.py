@@ -24,23 +24,18 @@ from omnisift_edge.errors import UsageError
 from omnisift_edge.train.config import BadLine, TrainArtifact, TrainConfig
 
 
-def scan(cfg: TrainConfig, model, records, bad, echo: Callable[[str], None], progress: bool):
+def scan(cfg: TrainConfig, feeder, records, bad, echo: Callable[[str], None], progress: bool):
     """(good records, bad lines): every checked line (`read_records`) also decoded and preprocessed once."""
     from tqdm import tqdm
 
-    from omnisift_edge.train.data import prepare_example
-
     good, bad = [], list(bad)
-    for record in tqdm(records, desc="checking data", unit="clip", disable=not progress, file=sys.stderr):
-        try:
-            prepare_example(model, record, cfg.resolution, max_seconds=cfg.max_seconds, system=cfg.system_prompt)
-        except UsageError as exc:
-            bad.append(BadLine(record.line, str(exc)))
-            continue
-        except Exception as exc:   # a media library's own error on a broken file: a bad line, not a crash
-            bad.append(BadLine(record.line, f"media error ({type(exc).__name__}: {exc})"))
-            continue
-        good.append(record)
+    checked = feeder.check(records)
+    for record, reason in tqdm(checked, total=len(records), desc="checking data", unit="clip",
+                               disable=not progress, file=sys.stderr):
+        if reason is None:
+            good.append(record)
+        else:
+            bad.append(BadLine(record.line, reason))
     bad.sort(key=lambda b: b.line)
     if bad:
         shown = "; ".join(str(b) for b in bad[:10]) + (f"; ... ({len(bad) - 10} more)" if len(bad) > 10 else "")
@@ -108,17 +103,30 @@ def train(cfg: TrainConfig, *, echo: Callable[[str], None] = print, progress: bo
     started = time.perf_counter()
     records, bad = read_records(cfg.data)              # bad data fails before a folder is made or a model loads
     latest = _prepare_out(cfg)
+    from omnisift_edge.model.load import load_model
+    from omnisift_edge.train.feeder import Feeder
+    from omnisift_edge.train.step import seed_everything
+
+    seed_everything(cfg.seed)
+    model = load_model(dataclasses.replace(cfg.source, dtype=cfg.torch_dtype_name))
+    feeder = Feeder(lambda record: prepare_example(model, record, cfg.resolution, max_seconds=cfg.max_seconds,
+                                                   system=cfg.system_prompt), cfg.workers)
+    try:
+        return _train(cfg, model, feeder, records, bad, latest, started, echo, progress, on_step)
+    finally:
+        feeder.close()
+
+
+def _train(cfg, model, feeder, records, bad, latest, started, echo, progress, on_step) -> TrainArtifact:
+    """`train` once the model is loaded: check the data, build the trainer, resume, run the steps."""
     import torch
     from tqdm import tqdm
 
     from omnisift_edge.compress.ratio import drops_for_ratio
-    from omnisift_edge.model.load import load_model
     from omnisift_edge.train import checkpoint as ckpt
-    from omnisift_edge.train.step import Trainer, seed_everything
+    from omnisift_edge.train.step import Trainer
 
-    seed_everything(cfg.seed)
-    model = load_model(dataclasses.replace(cfg.source, dtype=cfg.torch_dtype_name))
-    good, bad = scan(cfg, model, records, bad, echo, progress)
+    good, bad = scan(cfg, feeder, records, bad, echo, progress)
     _write_bad_lines(cfg.out, bad)
     selector = model.selector if model.selector is not None else _new_selector(cfg, model.hidden_size)
     selector = selector.to(model.device, torch.float32)        # the selector trains in fp32 (small, new)
@@ -157,20 +165,25 @@ def train(cfg: TrainConfig, *, echo: Callable[[str], None] = print, progress: bo
     bar = tqdm(total=total, initial=trainer.steps_done, desc="train", unit="step", disable=not progress,
                file=sys.stderr)
     with open(log_path, "a", encoding="utf-8") as log:
+        def records_of(step: int) -> list:
+            return [good[i] for _, i in example_positions(step, cfg.global_batch, len(good), cfg.seed)]
+
         while trainer.steps_done < total:
             step = trainer.steps_done
-            picks = example_positions(step, cfg.global_batch, len(good), cfg.seed)
             examples = []
-            for epoch, i in picks:
-                try:
-                    examples.append(prepare_example(model, good[i], cfg.resolution,
-                                                    max_seconds=cfg.max_seconds, system=cfg.system_prompt))
-                except Exception as exc:    # passed the scan, failed now: the file changed under us
-                    if cfg.on_bad_line == "stop":
-                        raise UsageError(f"line {good[i].line} failed during training ({exc}); it passed the "
-                                         "check before training, so the file changed") from None
-                    bad.append(BadLine(good[i].line, f"during training: {exc}"))
-                    echo(f"skipping line {good[i].line} in step {step + 1}: {exc}")
+            for record, example, exc in feeder.take(step, records_of(step)):
+                if exc is None:
+                    examples.append(example)
+                    continue
+                # passed the check, failed now: the file changed under us
+                if cfg.on_bad_line == "stop":
+                    raise UsageError(f"line {record.line} failed during training ({exc}); it passed the "
+                                     "check before training, so the file changed") from None
+                if all(b.line != record.line for b in bad):          # listed once, skipped every time
+                    bad.append(BadLine(record.line, f"during training: {exc}"))
+                echo(f"skipping line {record.line} in step {step + 1}: {exc}")
+            if step + 1 < total:
+                feeder.queue(step + 1, records_of(step + 1))      # decodes while this step trains
             micro = [examples[k:k + cfg.batch_size] for k in range(0, len(examples), cfg.batch_size)]
             if not micro:
                 raise UsageError(f"every example of step {step + 1} failed to load; check the data files")

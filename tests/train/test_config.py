@@ -41,6 +41,8 @@ def test_defaults_and_derived_values(tmp_path):
     (dict(grad_accum=1.5), "--grad-accum"),
     (dict(epochs=0), "--epochs"),
     (dict(max_steps=-1), "--max-steps"),
+    (dict(workers=-1), "--workers"),
+    (dict(workers=True), "--workers"),
     (dict(llm="half"), "--llm must be one of frozen, full, lora"),
     (dict(dtype="fp16"), "loss scaling"),
     (dict(on_bad_line="ignore"), "--on-bad-line"),

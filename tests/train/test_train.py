@@ -64,9 +64,10 @@ def _crash_at(step):
     return on_step
 
 
-def test_stop_reports_every_bad_line_by_number_and_trains_nothing(dataset, tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_stop_reports_every_bad_line_by_number_and_trains_nothing(dataset, tmp_path, workers):
     with pytest.raises(UsageError) as err:
-        train(_cfg(dataset, tmp_path / "out", on_bad_line="stop"), progress=False)
+        train(_cfg(dataset, tmp_path / "out", on_bad_line="stop", workers=workers), progress=False)
     message = str(err.value)
     assert message.startswith("5 bad line(s)") and "--on-bad-line skip" in message
     for line, reason in BAD.items():
@@ -102,15 +103,16 @@ def test_train_checkpoints_and_resume_reproduce_the_uninterrupted_run(dataset, t
     assert {f"thinker.compressor.{k}" for k in selector.state_dict()} == set(tensors)
     assert json.loads((tmp_path / "a" / "compressor.json").read_text())["heads"] == 4
 
+    # run b: decoded in the main thread, then resumed with 3 decoding threads; ends as run a (2 threads)
     out = tmp_path / "b"
     with pytest.raises(Crash):
-        train(_cfg(dataset, out), on_step=_crash_at(3), progress=False)
+        train(_cfg(dataset, out, workers=0), on_step=_crash_at(3), progress=False)
     assert json.loads((out / "latest.json").read_text()) == {"step": 3, "folder": "step-000003"}
     with pytest.raises(UsageError, match="--resume"):
         train(_cfg(dataset, out), progress=False)                                     # not without --resume
     with pytest.raises(UsageError, match=r"differ .* in lr"):
         train(_cfg(dataset, out, lr=2e-2, resume=True), progress=False)
-    resumed = train(_cfg(dataset, out, resume=True), progress=False)
+    resumed = train(_cfg(dataset, out, resume=True, workers=3), progress=False)
     assert resumed.resumed_from == 3 and resumed.steps == 4
     assert [json.loads(ln)["step"] for ln in resumed.log.read_text().splitlines()] == [1, 2, 3, 4]
     a, b = _tensors(full.compressor), _tensors(resumed.compressor)
@@ -172,7 +174,10 @@ def test_llm_modes_save_their_weights_and_resume(dataset, tmp_path, llm):
 
 
 @pytest.mark.parametrize("mode", ["skip", "stop"])
-def test_a_file_that_breaks_after_the_check(tmp_path, mode):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_file_that_breaks_after_the_check(tmp_path, mode, workers):
+    """The file goes away after step 1. Decoded in the main thread, step 2 misses it; with workers,
+    step 2's clips were decoded while step 1 trained, so step 3 is the first to miss it."""
     rng = np.random.default_rng(1)
     lines = []
     for i in range(2):
@@ -185,15 +190,18 @@ def test_a_file_that_breaks_after_the_check(tmp_path, mode):
         if stats.step == 1:
             (tmp_path / "c1.mp4").unlink()
 
-    cfg = _cfg(tmp_path, tmp_path / "out", max_steps=2, on_bad_line=mode)
+    cfg = _cfg(tmp_path, tmp_path / "out", max_steps=3, on_bad_line=mode, workers=workers)
+    failing = 2 if workers == 0 else 3
     messages = []
     if mode == "stop":
         with pytest.raises(UsageError, match="line 2 failed during training"):
             train(cfg, on_step=break_clip, echo=messages.append, progress=False)
+        assert json.loads((tmp_path / "out" / "latest.json").read_text())["step"] == failing - 1
         return
     done = train(cfg, on_step=break_clip, echo=messages.append, progress=False)
-    assert done.steps == 2 and [b.line for b in done.bad_lines] == [2]
-    assert messages == [f"skipping line 2 in step 2: {done.bad_lines[0].reason[len('during training: '):]}"]
+    assert done.steps == 3 and [b.line for b in done.bad_lines] == [2]
+    reason = done.bad_lines[0].reason[len("during training: "):]
+    assert messages == [f"skipping line 2 in step {s}: {reason}" for s in range(failing, 4)]
     log = [json.loads(ln) for ln in done.log.read_text().splitlines()]
-    assert log[1]["tokens"] * 2 == log[0]["tokens"]                      # step 2 trained on one clip
-    assert json.loads((tmp_path / "out" / "bad_lines.jsonl").read_text())["line"] == 2
+    assert log[failing - 1]["tokens"] * 2 == log[0]["tokens"]            # that step trained on one clip
+    assert [json.loads(ln)["line"] for ln in (tmp_path / "out" / "bad_lines.jsonl").read_text().splitlines()] == [2]
