@@ -18,8 +18,9 @@ from pathlib import Path
 def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path`, on failure it vanishes.
 
-    The temporary name starts with "." (manifest checksums skip hidden files) and the final file
-    gets the permissions the umask gives a new file, not mkstemp's owner-only ones.
+    The temporary name starts with "." (manifest checksums skip hidden files); the file is synced to
+    disk before the rename and gets the permissions the umask gives a new file, not mkstemp's
+    owner-only ones.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -28,6 +29,8 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        with open(tmp_path, "rb") as handle:     # the bytes are on disk before the name points at them
+            os.fsync(handle.fileno())
         os.chmod(tmp_path, 0o666 & ~umask())
         os.replace(tmp_path, path)
     finally:

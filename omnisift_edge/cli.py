@@ -185,6 +185,8 @@ def export(model_dir, compressor, compressor_heads, ratio, ratios, video_drop, a
               help="Threads decoding clips ahead of training (0: in the main thread); results do not change.")
 @click.option("--selector-hidden", type=int, default=512, show_default=True, help="A new selector's width.")
 @click.option("--selector-heads", type=int, default=8, show_default=True, help="A new selector's heads.")
+@click.option("--system-prompt", default=None,
+              help="The chat's system message for every example (default: Qwen2.5-Omni's; '' for none).")
 @click.option("--model-seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the embedded default model.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
@@ -193,7 +195,7 @@ def export(model_dir, compressor, compressor_heads, ratio, ratios, video_drop, a
 def train(data, out, model_dir, compressor, compressor_heads, ratio, video_drop, audio_drop, resolution, epochs,
           max_steps, lr, weight_decay, warmup_ratio, warmup_steps, batch_size, grad_accum, max_grad_norm, seed, llm,
           lora_rank, lora_alpha, lora_dropout, dtype, device, on_bad_line, resume, save_every, keep_checkpoints,
-          max_seconds, workers, selector_hidden, selector_heads, model_seed, no_progress):
+          max_seconds, workers, selector_hidden, selector_heads, system_prompt, model_seed, no_progress):
     """Train OmniSIFT's audio selector (and optionally the LLM) with the straight-through estimator."""
     from omnisift_edge.model.load import ModelSource
     from omnisift_edge.train import TrainConfig, train as run_train
@@ -207,8 +209,8 @@ def train(data, out, model_dir, compressor, compressor_heads, ratio, video_drop,
                       lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, dtype=dtype,
                       on_bad_line=on_bad_line, resume=resume, save_every=save_every,
                       keep_checkpoints=keep_checkpoints, max_seconds=max_seconds, workers=workers,
-                      selector_hidden=selector_hidden,
-                      selector_heads=selector_heads)
+                      selector_hidden=selector_hidden, selector_heads=selector_heads,
+                      **({} if system_prompt is None else {"system_prompt": system_prompt or None}))
     artifact = run_train(cfg, echo=lambda text: click.echo(text, err=True), progress=not no_progress)
     click.echo(artifact.summary())
 

@@ -27,14 +27,12 @@ def engine_path(folder: Path, target: str, graph: str) -> Path:
 
 
 def atomic_write(path: Path, data: bytes | memoryview) -> Path:
-    """Write `data` through `omnisift_edge.atomic.atomic_path`, synced to disk before the rename.
+    """Write `data` through `omnisift_edge.atomic.atomic_path` (synced to disk before the rename).
 
     The temporary name starts with "." so `write_manifest` never checksums it.
     """
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
     return Path(path)
 
 

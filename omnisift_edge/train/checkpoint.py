@@ -88,6 +88,9 @@ def save_checkpoint(out: Path, step: int, *, selector, info: dict, llm: str, llm
         _write_weights(staging, selector, info, llm_state, llm, lora_config)
         rng = {"torch": torch.get_rng_state()}
         torch.save({**trainer_state, "rng": rng, "step": step}, staging / "state.pt")
+        for path in staging.rglob("*"):        # on disk before latest.json can name them (power loss)
+            if path.is_file():
+                fsync_file(path)
         if final.exists():                       # left by a crash after the rename, before latest.json
             trash = out / f".{final.name}.old"
             shutil.rmtree(trash, ignore_errors=True)
@@ -98,13 +101,28 @@ def save_checkpoint(out: Path, step: int, *, selector, info: dict, llm: str, llm
         shutil.rmtree(staging, ignore_errors=True)
         raise
     write_json(out / "latest.json", {"step": step, "folder": final.name})
-    steps = sorted((p for p in out.glob("step-*") if p.is_dir()), key=lambda p: p.name)
-    for old in steps[:-keep]:                  # hidden first: a half-deleted folder must not look like a checkpoint
-        trash = out / f".{old.name}.old"
-        shutil.rmtree(trash, ignore_errors=True)
-        old.rename(trash)
-        shutil.rmtree(trash, ignore_errors=True)
+    older = sorted(n for n, _ in step_folders(out) if n < step)
+    for n in older[:max(0, len(older) - (keep - 1))]:    # keep this one and the newest keep - 1 before it
+        remove_folder(out / step_folder_name(n))
     return final
+
+
+def step_folders(out: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every `step-N` folder in `out`."""
+    found = []
+    for path in out.glob("step-*"):
+        number = path.name[len("step-"):]
+        if path.is_dir() and number.isdigit():
+            found.append((int(number), path))
+    return sorted(found)
+
+
+def remove_folder(folder: Path) -> None:
+    """Rename to a hidden name, then delete: a half-deleted folder must not look like a checkpoint."""
+    trash = folder.with_name(f".{folder.name}.old")
+    shutil.rmtree(trash, ignore_errors=True)
+    folder.rename(trash)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def publish_final(out: Path, folder: Path, llm: str) -> tuple[Path, Path | None]:
@@ -118,7 +136,7 @@ def publish_final(out: Path, folder: Path, llm: str) -> tuple[Path, Path | None]
         shutil.rmtree(staging)
         shutil.copytree(folder / "adapter", staging)
         if target.exists():
-            shutil.rmtree(target)
+            remove_folder(target)
         staging.rename(target)
         extra = target
     return out / "compressor.safetensors", extra
@@ -131,9 +149,11 @@ def latest_checkpoint(out: Path) -> tuple[int, Path] | None:
         return None
     try:
         info = json.loads(pointer.read_text(encoding="utf-8"))
-        folder = out / info["folder"]
         step = int(info["step"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        if info["folder"] != step_folder_name(step):
+            raise ValueError(f"folder {info['folder']!r} is not {step_folder_name(step)!r}")
+        folder = out / info["folder"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
         raise UsageError(f"{pointer} is unreadable ({exc}); delete it to start over, or restore it") from None
     if not (folder / "state.pt").is_file() or not (folder / "compressor.safetensors").is_file():
         raise UsageError(f"{pointer} names {folder}, which is incomplete; restore it or delete latest.json")
@@ -143,11 +163,19 @@ def latest_checkpoint(out: Path) -> tuple[int, Path] | None:
 def load_checkpoint(folder: Path, llm: str) -> tuple[dict, dict, dict]:
     """(selector state without prefix, LLM state, trainer state) of a checkpoint folder."""
     load_file = require("safetensors.torch").load_file
-    selector = {k[len(COMPRESSOR_PREFIX):]: v for k, v in load_file(str(folder / "compressor.safetensors")).items()}
-    llm_state: dict = {}
-    if llm == "full":
-        llm_state = load_file(str(folder / "llm.safetensors"))
-    elif llm == "lora":
-        llm_state = load_file(str(folder / "adapter" / "adapter_model.safetensors"))
-    state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+    files = {"full": "llm.safetensors", "lora": "adapter/adapter_model.safetensors"}
+    try:
+        selector = {k[len(COMPRESSOR_PREFIX):]: v
+                    for k, v in load_file(str(folder / "compressor.safetensors")).items()}
+        llm_state = load_file(str(folder / files[llm])) if llm in files else {}
+        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+    except Exception as exc:     # safetensors' and torch's own errors for truncated or corrupt files
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise UsageError(f"the checkpoint {folder} is corrupt or incomplete ({first}); start a new run in another "
+                         "folder, or point latest.json at an older step folder") from None
     return selector, llm_state, state
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())

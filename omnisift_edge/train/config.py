@@ -75,7 +75,7 @@ class TrainConfig:
             raise UsageError(f"--warmup-steps must be an int >= 0 (got {self.warmup_steps!r})")
         _positive("batch_size", self.batch_size)
         _positive("grad_accum", self.grad_accum)
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+        if self.max_grad_norm is not None and not (self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm)):
             raise UsageError(f"--max-grad-norm must be > 0, or None for no clipping (got {self.max_grad_norm})")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise UsageError(f"--seed must be an int >= 0 (got {self.seed!r})")
@@ -92,7 +92,7 @@ class TrainConfig:
         _positive("keep_checkpoints", self.keep_checkpoints)
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or not 0 <= self.workers <= 64:
             raise UsageError(f"--workers must be an int in [0, 64] (got {self.workers!r}); 0 decodes in the main thread")
-        if self.max_seconds is not None and not self.max_seconds > 0:
+        if self.max_seconds is not None and not (self.max_seconds > 0 and math.isfinite(self.max_seconds)):
             raise UsageError(f"--max-seconds must be > 0 (got {self.max_seconds}); omit it for whole clips")
         _positive("selector_hidden", self.selector_hidden)
         _positive("selector_heads", self.selector_heads)
@@ -134,9 +134,15 @@ class TrainConfig:
         return "bf16" if self.source.device.startswith("cuda") else "fp32"
 
     def fingerprint(self) -> dict:
-        """What a resumed run must share with the run that wrote the checkpoint."""
+        """What a resumed run must share with the run that wrote the checkpoint: everything that changes
+        which examples a step sees or what it computes (not where it runs, how often it saves, or
+        how many threads decode)."""
         return {
-            "data": str(self.data.resolve()), "model": str(self.source.path) if self.source.path else None,
+            "data": str(self.data.resolve()), "data_sha256": _file_sha256(self.data),
+            "model": str(self.source.path) if self.source.path else None,
+            "compressor_heads": self.source.selector_heads, "max_grad_norm": self.max_grad_norm,
+            "lora_dropout": self.lora_dropout, "selector_hidden": self.selector_hidden,
+            "selector_heads": self.selector_heads,
             "compressor": str(self.source.compressor) if self.source.compressor else None,
             "seed_model": self.source.seed, "ratio": self.ratio, "video_drop": self.video_drop,
             "audio_drop": self.audio_drop, "resolution": list(self.resolution), "epochs": self.epochs,
@@ -192,6 +198,15 @@ class TrainArtifact:
         return "\n".join(lines)
 
 
+def _file_sha256(path: Path) -> str | None:
+    from omnisift_edge.export.manifest import sha256
+
+    try:
+        return sha256(path)
+    except OSError:
+        return None        # read_records reports a missing file with its fix
+
+
 def _resolution(value) -> tuple[int, int]:
     from omnisift_edge.model.preprocess import check_resolution
 
@@ -208,7 +223,7 @@ def _resolution(value) -> tuple[int, int]:
 
 def _positive(name: str, value, *, allow_float: bool = False) -> None:
     kinds = (int, float) if allow_float else (int,)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0:
+    if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0 or not math.isfinite(value):
         kind = "a number" if allow_float else "an int"
         raise UsageError(f"--{name.replace('_', '-')} must be {kind} > 0 (got {value!r})")
 

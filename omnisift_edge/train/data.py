@@ -82,6 +82,8 @@ def _record(number: int, text: str, base: Path) -> Record:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(f"malformed JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise UsageError("JSON nested too deeply; each line is one flat object") from None
     if not isinstance(obj, dict):
         raise UsageError(f"a JSON {type(obj).__name__}, expected an object with keys {', '.join(REQUIRED)}")
     missing = [k for k in REQUIRED if k not in obj]
@@ -99,7 +101,10 @@ def _record(number: int, text: str, base: Path) -> Record:
 
 
 def _media_path(base: Path, value: str, what: str) -> Path:
-    path = Path(value).expanduser()
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError as exc:          # "~nosuchuser/...": no such home folder
+        raise UsageError(f"{what} path {value!r}: {exc}") from None
     path = path if path.is_absolute() else base / path
     if not path.is_file():
         raise UsageError(f"{what} file {value!r} not found (looked for {path})")
@@ -138,7 +143,11 @@ def prepare_example(model, record: Record, resolution: tuple[int, int], *,
     """Decode and preprocess one record for `model` (an OmniModel: its spec and tokenizer)."""
     from omnisift_edge.model.media import load_media
 
-    media = load_media(record.video, model.spec, audio_path=record.audio, max_seconds=max_seconds)
+    try:
+        media = load_media(record.video, model.spec, audio_path=record.audio, max_seconds=max_seconds)
+    except UsageError as exc:    # the loader speaks to the command line; here the fix is the line's "audio" key
+        raise UsageError(str(exc).replace("to --audio", 'as the line\'s "audio"')
+                         .replace("pass --audio FILE", 'give the soundtrack as the line\'s "audio"')) from None
     return example_from_arrays(model, record.line, media.frames, media.pcm, record.question, record.answer,
                                resolution, system=system)
 

@@ -9,6 +9,7 @@ uninterrupted run's weights bit for bit (tested).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -50,27 +51,49 @@ def scan(cfg: TrainConfig, feeder, records, bad, echo: Callable[[str], None], pr
 
 
 def _prepare_out(cfg: TrainConfig):
-    from omnisift_edge.train.checkpoint import latest_checkpoint
+    """The newest checkpoint to resume from (or None), after checking the folder and the settings."""
+    from omnisift_edge.train.checkpoint import latest_checkpoint, remove_folder, step_folders
 
     out = cfg.out
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} exists and is not a folder; choose another -o")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the output folder {out} ({exc.strerror or exc}); choose another -o") from None
     latest = latest_checkpoint(out)
     if not cfg.resume and any(out.iterdir()):
         raise UsageError(f"{out} is not empty; pass --resume to continue the run in it, or choose an empty folder")
-    for stale in (*out.glob(".step-*.partial-*"), *out.glob(".step-*.old"), *out.glob(".adapter.partial-*")):
+    for stale in (*out.glob(".step-*.partial-*"), *out.glob(".step-*.old"), *out.glob(".adapter.partial-*"),
+                  *out.glob(".adapter.old")):
         shutil.rmtree(stale, ignore_errors=True)       # a killed run's half-written folders: never named by latest.json
+    for step, folder in step_folders(out):
+        if latest is None or step > latest[0]:          # written by a run killed before latest.json named it
+            remove_folder(folder)
     if latest is not None:
-        saved_file = out / "train_config.json"
-        saved = json.loads(saved_file.read_text(encoding="utf-8")) if saved_file.is_file() else {}
+        saved = _read_json(out / "train_config.json", {})
         now = json.loads(json.dumps(cfg.fingerprint()))
         diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
         if diff:
             raise UsageError(f"--resume: this run's settings differ from the checkpoint's in {', '.join(diff)} "
                              f"(e.g. {diff[0]}: {saved.get(diff[0])!r} there, {now.get(diff[0])!r} now); "
-                             "use the same settings or another -o")
+                             "use the same settings and data, or another -o")
     return latest
+
+
+def _read_json(path: Path, missing):
+    """A JSON object the run wrote earlier; `missing` when there is none; a UsageError when corrupt."""
+    if not path.is_file():
+        return missing
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path} is corrupt ({exc}); resume needs it as the run wrote it: restore it, or start "
+                         "a new run in another folder") from None
+    if not isinstance(value, type(missing)):
+        raise UsageError(f"{path} holds a {type(value).__name__}, not what the run wrote; restore it, or start "
+                         "a new run in another folder")
+    return value
 
 
 def _new_selector(cfg: TrainConfig, d_model: int):
@@ -127,7 +150,9 @@ def _train(cfg, model, feeder, records, bad, latest, started, echo, progress, on
     from omnisift_edge.train.step import Trainer
 
     good, bad = scan(cfg, feeder, records, bad, echo, progress)
-    _write_bad_lines(cfg.out, bad)
+    _check_good_lines(cfg, good, resuming=latest is not None)
+    with _writing(cfg.out, "bad_lines.jsonl"):
+        _write_bad_lines(cfg.out, bad)
     selector = model.selector if model.selector is not None else _new_selector(cfg, model.hidden_size)
     selector = selector.to(model.device, torch.float32)        # the selector trains in fp32 (small, new)
     if cfg.ratio is not None:
@@ -152,12 +177,14 @@ def _train(cfg, model, feeder, records, bad, latest, started, echo, progress, on
         torch.set_rng_state(state["rng"]["torch"])
         resumed_from = step0
         echo(f"resuming from {folder} (step {step0} of {total})")
-        kept_lines = [ln for ln in _read_lines(log_path) if json.loads(ln)["step"] <= step0]
-        ckpt.write_atomic(log_path, lambda p: p.write_text("".join(kept_lines), encoding="utf-8"))
+        kept_lines = _log_lines_until(log_path, step0)
+        with _writing(cfg.out, "log.jsonl"):
+            ckpt.write_atomic(log_path, lambda p: p.write_text("".join(kept_lines), encoding="utf-8"))
     else:
         for name in ("log.jsonl", "latest.json"):
             (cfg.out / name).unlink(missing_ok=True)
-    ckpt.write_json(cfg.out / "train_config.json", cfg.fingerprint())
+    with _writing(cfg.out, "train_config.json"):
+        ckpt.write_json(cfg.out / "train_config.json", cfg.fingerprint())
 
     first_loss = last_loss = None
     media = kept = 0
@@ -195,8 +222,9 @@ def _train(cfg, model, feeder, records, bad, latest, started, echo, progress, on
             entry = {"step": stats.step, "epoch": round(((step + 1) * cfg.global_batch) / len(good), 4),
                      "loss": stats.loss, "kept_ratio": stats.kept_ratio, "lr": stats.lr, "tokens": stats.tokens,
                      "grad_norm": stats.grad_norm, "seconds": round(time.perf_counter() - t0, 4)}
-            log.write(json.dumps(entry) + "\n")
-            log.flush()
+            with _writing(cfg.out, "log.jsonl"):
+                log.write(json.dumps(entry) + "\n")
+                log.flush()
             bar.update(1)
             bar.set_postfix(loss=f"{stats.loss:.4f}", kept=f"{stats.kept_ratio:.3f}", lr=f"{stats.lr:.2e}")
             if (cfg.save_every and stats.step % cfg.save_every == 0) or stats.step == total:
@@ -204,8 +232,9 @@ def _train(cfg, model, feeder, records, bad, latest, started, echo, progress, on
             if on_step is not None:
                 on_step(stats)
     bar.close()
-    _write_bad_lines(cfg.out, bad)
-    compressor, extra = ckpt.publish_final(cfg.out, folder, cfg.llm)
+    with _writing(cfg.out, "the final weights", saving=True):
+        _write_bad_lines(cfg.out, bad)
+        compressor, extra = ckpt.publish_final(cfg.out, folder, cfg.llm)
     return TrainArtifact(out=cfg.out, compressor=compressor, llm_weights=extra, log=log_path,
                          steps=trainer.steps_done, good_lines=len(good), bad_lines=sorted(bad, key=lambda b: b.line),
                          rho_video=rho_video, rho_audio=rho_audio, first_loss=first_loss, last_loss=last_loss,
@@ -216,18 +245,63 @@ def _train(cfg, model, feeder, records, bad, latest, started, echo, progress, on
 def _save(cfg, trainer, selector, rho_video, rho_audio, step) -> Path:
     from omnisift_edge.train import checkpoint as ckpt
 
-    try:
+    with _writing(cfg.out, f"the step {step} checkpoint", saving=True):
         return ckpt.save_checkpoint(cfg.out, step, selector=selector,
                                     info=ckpt.selector_info(selector, rho_video, rho_audio, step), llm=cfg.llm,
                                     llm_state=trainer.llm_state(), lora_config=trainer.lora_config,
                                     trainer_state=trainer.state_dict(), keep=cfg.keep_checkpoints)
-    except OSError as exc:     # disk full, permissions: the user's to fix; the previous checkpoint is whole
-        raise UsageError(f"writing the step {step} checkpoint in {cfg.out} failed ({exc}); the previous checkpoint "
-                         "there is intact: free space or fix permissions, then rerun with --resume") from None
 
 
-def _read_lines(path: Path) -> list[str]:
-    return path.read_text(encoding="utf-8").splitlines(keepends=True) if path.is_file() else []
+def _save_errors() -> tuple[type[BaseException], ...]:
+    """What a full disk or a lost permission raises while saving: OSError from Python, RuntimeError
+    from torch.save's writer, SafetensorError from safetensors (the saved objects themselves are ours)."""
+    from safetensors import SafetensorError
+
+    return (OSError, RuntimeError, SafetensorError)
+
+
+@contextlib.contextmanager
+def _writing(out: Path, what: str, *, saving: bool = False):
+    """Turn a failed write into one line naming the fix; the checkpoints already written stay whole.
+    `saving`: also the serializers' own error types (`_save_errors`)."""
+    try:
+        yield
+    except _save_errors() if saving else (OSError,) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise UsageError(f"writing {what} in {out} failed ({first}); the newest complete checkpoint there is "
+                         "intact: free space or fix permissions, then rerun with --resume") from None
+
+
+def _check_good_lines(cfg: TrainConfig, good: list, *, resuming: bool) -> None:
+    """A resumed run must see the same usable lines, or its steps would take other examples."""
+    from omnisift_edge.train.checkpoint import write_json
+
+    now = [record.line for record in good]
+    path = cfg.out / "good_lines.json"
+    if not resuming:
+        with _writing(cfg.out, "good_lines.json"):
+            write_json(path, now)
+        return
+    saved = _read_json(path, [])
+    if saved and saved != now:
+        lost, gained = sorted(set(saved) - set(now)), sorted(set(now) - set(saved))
+        raise UsageError(f"--resume: the usable lines of {cfg.data} changed since the run started (no longer "
+                         f"usable: {lost[:5] or 'none'}; newly usable: {gained[:5] or 'none'}), so its steps would "
+                         "train on other examples; restore the media files, or start a new run in another folder")
+
+
+def _log_lines_until(path: Path, step: int) -> list[str]:
+    """The log's lines up to `step`; a line cut short by a killed run is dropped."""
+    kept = []
+    for line in (path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+                 if path.is_file() else []):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("step"), int) and entry["step"] <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    return kept
 
 
 def _write_bad_lines(out: Path, bad: list[BadLine]) -> None:

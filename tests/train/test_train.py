@@ -121,20 +121,23 @@ def test_train_checkpoints_and_resume_reproduce_the_uninterrupted_run(dataset, t
     assert again.steps == 4 and again.first_loss is None
 
 
-def test_a_crash_while_saving_leaves_the_previous_checkpoint(dataset, tmp_path, monkeypatch):
+@pytest.mark.parametrize("error", [OSError, RuntimeError, "SafetensorError"])   # Python's, torch.save's, safetensors'
+def test_a_crash_while_saving_leaves_the_previous_checkpoint(dataset, tmp_path, monkeypatch, error):
+    import safetensors
     import safetensors.torch
 
+    error = getattr(safetensors, error) if isinstance(error, str) else error
     real, calls = safetensors.torch.save_file, []
 
     def flaky(*args, **kwargs):
         calls.append(1)
         if len(calls) == 3:                      # the third file written: step 2's selector
-            raise OSError("disk full")
+            raise error("disk full")
         return real(*args, **kwargs)
 
     monkeypatch.setattr(safetensors.torch, "save_file", flaky)
     out = tmp_path / "out"
-    with pytest.raises(UsageError, match=r"step 2 checkpoint .* failed \(disk full\); the previous checkpoint"):
+    with pytest.raises(UsageError, match=r"step 2 checkpoint .* failed \(disk full\); the newest complete checkpoint"):
         train(_cfg(dataset, out, llm="full", max_steps=2), progress=False)
     assert json.loads((out / "latest.json").read_text())["step"] == 1
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(("step-", "."))) == ["step-000001"]
@@ -177,7 +180,7 @@ def test_llm_modes_save_their_weights_and_resume(dataset, tmp_path, llm):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_file_that_breaks_after_the_check(tmp_path, mode, workers):
     """The file goes away after step 1. Decoded in the main thread, step 2 misses it; with workers,
-    step 2's clips were decoded while step 1 trained, so step 3 is the first to miss it."""
+    step 2's clips decode while step 1 trains, so step 2 or (if that decode had read the file) 3."""
     rng = np.random.default_rng(1)
     lines = []
     for i in range(2):
@@ -191,16 +194,18 @@ def test_a_file_that_breaks_after_the_check(tmp_path, mode, workers):
             (tmp_path / "c1.mp4").unlink()
 
     cfg = _cfg(tmp_path, tmp_path / "out", max_steps=3, on_bad_line=mode, workers=workers)
-    failing = 2 if workers == 0 else 3
+    allowed = {2} if workers == 0 else {2, 3}
     messages = []
     if mode == "stop":
         with pytest.raises(UsageError, match="line 2 failed during training"):
             train(cfg, on_step=break_clip, echo=messages.append, progress=False)
-        assert json.loads((tmp_path / "out" / "latest.json").read_text())["step"] == failing - 1
+        assert json.loads((tmp_path / "out" / "latest.json").read_text())["step"] + 1 in allowed
         return
     done = train(cfg, on_step=break_clip, echo=messages.append, progress=False)
     assert done.steps == 3 and [b.line for b in done.bad_lines] == [2]
     reason = done.bad_lines[0].reason[len("during training: "):]
+    failing = int(messages[0].split(" in step ")[1].split(":")[0])
+    assert failing in allowed
     assert messages == [f"skipping line 2 in step {s}: {reason}" for s in range(failing, 4)]
     log = [json.loads(ln) for ln in done.log.read_text().splitlines()]
     assert log[failing - 1]["tokens"] * 2 == log[0]["tokens"]            # that step trained on one clip
