@@ -29,12 +29,17 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        with open(tmp_path, "rb") as handle:     # the bytes are on disk before the name points at them
-            os.fsync(handle.fileno())
+        fsync_file(tmp_path)                       # the bytes are on disk before the name points at them
         os.chmod(tmp_path, 0o666 & ~umask())
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a written file's bytes to the disk."""
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
 
 
 def umask() -> int:

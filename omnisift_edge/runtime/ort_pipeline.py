@@ -45,6 +45,14 @@ def load_export_tables(stream, folder: Path, manifest: dict, decoder: dict) -> N
                    for name in stream.past_names}
 
 
+def check_whole_chunk(dims: dict, n_grids: int, mel, what: str) -> None:
+    """Exported graphs and engines take whole 2-second chunks; the session pads the last one."""
+    if n_grids != dims["grids_per_chunk"] or mel.shape[1] != dims["window_frames"]:
+        raise UsageError(f"{what} take whole 2-second chunks ({dims['grids_per_chunk']} grid steps, "
+                         f"{dims['window_frames']} log-mel frames; got {n_grids} and {mel.shape[1]}); "
+                         "pad the last chunk (omnisift_edge.runtime.session does)")
+
+
 class OrtStream(ChunkStream):
     """Push whole 2-second chunks (pixel patches, log-mel window), then ask questions."""
 
@@ -76,11 +84,7 @@ class OrtStream(ChunkStream):
 
     def _check_chunk(self, pixel_values, n_grids, mel):
         super()._check_chunk(pixel_values, n_grids, mel)
-        dims = self.dims
-        if n_grids != dims["grids_per_chunk"] or mel.shape[1] != dims["window_frames"]:
-            raise UsageError(f"the exported graphs take whole 2-second chunks ({dims['grids_per_chunk']} grid steps, "
-                             f"{dims['window_frames']} log-mel frames; got {n_grids} and {mel.shape[1]}); "
-                             "pad the last chunk (omnisift_edge.runtime.session does)")
+        check_whole_chunk(self.dims, n_grids, mel, "the exported graphs")
 
     def _encode_video(self, pixel_values, n_grids):
         feeds = {"pixel_values": pixel_values.astype(self.float_type)}

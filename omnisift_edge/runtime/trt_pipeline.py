@@ -20,7 +20,8 @@ from typing import Sequence
 import numpy as np
 
 from omnisift_edge.errors import UsageError, require
-from omnisift_edge.runtime.ort_pipeline import compressor_graph_name, load_export_tables, spec_from_manifest
+from omnisift_edge.runtime.ort_pipeline import (check_whole_chunk, compressor_graph_name, load_export_tables,
+                                                spec_from_manifest)
 from omnisift_edge.runtime.stream import ChunkStream, ContextFullError
 
 
@@ -168,11 +169,7 @@ class TrtStream(ChunkStream):
 
     def _check_chunk(self, pixel_values, n_grids, mel):
         super()._check_chunk(pixel_values, n_grids, mel)
-        dims = self.dims
-        if n_grids != dims["grids_per_chunk"] or mel.shape[1] != dims["window_frames"]:
-            raise UsageError(f"the engines take whole 2-second chunks ({dims['grids_per_chunk']} grid steps, "
-                             f"{dims['window_frames']} log-mel frames; got {n_grids} and {mel.shape[1]}); "
-                             "pad the last chunk (omnisift_edge.runtime.session does)")
+        check_whole_chunk(self.dims, n_grids, mel, "the engines")
 
     def _encode_video(self, pixel_values, n_grids):
         g = self.graphs["vision_encoder"]

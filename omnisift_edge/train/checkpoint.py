@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from omnisift_edge.atomic import atomic_path, umask
+from omnisift_edge.atomic import atomic_path, fsync_file, umask
 from omnisift_edge.errors import UsageError, require
 
 COMPRESSOR_PREFIX = "thinker.compressor."
@@ -175,7 +175,3 @@ def load_checkpoint(folder: Path, llm: str) -> tuple[dict, dict, dict]:
                          "folder, or point latest.json at an older step folder") from None
     return selector, llm_state, state
 
-
-def fsync_file(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
