@@ -36,6 +36,13 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
         tmp_path.unlink(missing_ok=True)
 
 
+def atomic_write(path: str | os.PathLike, data: bytes | memoryview) -> Path:
+    """Write `data` to `path` through `atomic_path`."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
 def fsync_file(path: str | os.PathLike) -> None:
     """Flush a written file's bytes to the disk."""
     with open(path, "rb") as handle:

@@ -35,6 +35,47 @@ def _user_errors(func=None, *, interrupted: str = "interrupted; nothing was writ
     return decorate(func) if func is not None else decorate
 
 
+def _options(*decorators):
+    """Several click options as one decorator (applied in the order listed)."""
+
+    def apply(func):
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+
+    return apply
+
+
+def model_options(*, compressor_help: str = "Selector checkpoint (safetensors/pt) overriding the one in the model folder."):
+    """--model, --compressor, --compressor-heads, --model-seed: where the model comes from (model.load.ModelSource)."""
+    return _options(
+        click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
+                     help="Local Qwen2.5-Omni folder (full, thinker-only or OmniSIFT). Default: the embedded tiny model."),
+        click.option("--compressor", type=click.Path(path_type=Path), default=None, help=compressor_help),
+        click.option("--compressor-heads", type=int, default=None,
+                     help="Attention heads of the selector (not in the weights). Default: recorded by train, "
+                          "else the folder's, else 8."),
+        click.option("--model-seed", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Seed of the embedded default model (used without --model)."),
+    )
+
+
+def resolution_option(default: str):
+    return click.option("--resolution", default=default, show_default=True, help="Frame HxW, multiples of 28.")
+
+
+def _targets() -> list[str]:
+    from omnisift_edge.engines.presets import TARGETS
+
+    return list(TARGETS)
+
+
+def _precisions() -> list[str]:
+    from omnisift_edge.engines.presets import PRECISIONS
+
+    return list(PRECISIONS)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="omnisift-edge")
 def main() -> None:
@@ -55,33 +96,26 @@ def doctor() -> None:
 
 
 @main.command()
-@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
-              help="Local Qwen2.5-Omni folder (full, thinker-only or OmniSIFT). Default: the embedded tiny model.")
-@click.option("--compressor", type=click.Path(path_type=Path), default=None,
-              help="Selector checkpoint (safetensors/pt) overriding the one in the model folder.")
-@click.option("--compressor-heads", type=int, default=None,
-              help="Attention heads of the selector (not in the weights). Default: recorded by train, else the folder's, else 8.")
+@model_options()
 @click.option("--video", type=click.Path(path_type=Path), default=None,
               help="A video file with an audio track. Default: a generated clip.")
 @click.option("--audio", type=click.Path(path_type=Path), default=None, help="Separate audio file for --video.")
 @click.option("--seconds", type=float, default=6.0, show_default=True, help="Length of the generated clip.")
-@click.option("--resolution", default="112x112", show_default=True, help="Frame HxW, multiples of 28.")
+@resolution_option("112x112")
 @click.option("--ratio", type=float, default=0.25, show_default=True,
               help="Overall fraction of audio+video tokens kept, in (0, 1].")
 @click.option("--question", default="What happens in the video, and what do you hear?", show_default=True)
 @click.option("--max-new-tokens", type=int, default=16, show_default=True)
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seed of the embedded default model.")
 @_user_errors
-def demo(model_dir, compressor, compressor_heads, video, audio, seconds, resolution, ratio, question,
-         max_new_tokens, dtype, device, seed):
+def demo(model_dir, compressor, compressor_heads, model_seed, video, audio, seconds, resolution, ratio, question,
+         max_new_tokens, dtype, device):
     """Stream a clip through OmniSIFT + the thinker in PyTorch, chunk by chunk, and answer a question."""
     from omnisift_edge.model.load import ModelSource
     from omnisift_edge.runtime.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(source=ModelSource(path=model_dir, compressor=compressor, seed=seed, dtype=dtype,
+    cfg = DemoConfig(source=ModelSource(path=model_dir, compressor=compressor, seed=model_seed, dtype=dtype,
                                          selector_heads=compressor_heads, device=device),
                      video=video, audio=audio, seconds=seconds, resolution=resolution, ratio=ratio,
                      question=question, max_new_tokens=max_new_tokens)
@@ -102,32 +136,26 @@ def _parse_ratios(ratio: float | None, ratios: str | None) -> tuple[float, ...]:
 
 
 @main.command()
-@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
-              help="Local Qwen2.5-Omni folder (full, thinker-only or OmniSIFT). Default: the embedded tiny model.")
-@click.option("--compressor", type=click.Path(path_type=Path), default=None,
-              help="Selector checkpoint overriding the one in the model folder.")
-@click.option("--compressor-heads", type=int, default=None, help="Selector attention heads (default: recorded by train, else the folder's, else 8).")
+@model_options()
 @click.option("--ratio", type=float, default=None, help="Overall fraction of audio+video tokens kept, in (0, 1]. Default 0.25.")
 @click.option("--ratios", default=None, help="Several ratios, comma separated (one compressor graph each), e.g. 1,0.5,0.35,0.25.")
 @click.option("--video-drop", type=float, default=None, help="Explicit per-frame video drop in [0, 1) instead of --ratio.")
 @click.option("--audio-drop", type=float, default=None, help="Explicit per-chunk audio drop in [0, 1) (with --video-drop).")
-@click.option("--resolution", default="448x448", show_default=True, help="Frame HxW, multiples of 28.")
+@resolution_option("448x448")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
 @click.option("--max-context", type=int, default=8192, show_default=True, help="Longest KV cache to plan for.")
 @click.option("--opset", type=int, default=17, show_default=True)
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True, help="Export folder to create.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder (only once the new export passed).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seed of the embedded default model.")
 @_user_errors
-def export(model_dir, compressor, compressor_heads, ratio, ratios, video_drop, audio_drop, resolution, dtype,
-           max_context, opset, out, overwrite, seed):
+def export(model_dir, compressor, compressor_heads, model_seed, ratio, ratios, video_drop, audio_drop, resolution,
+           dtype, max_context, opset, out, overwrite):
     """Export ONNX graphs + manifest.json for the per-chunk streaming pipeline, validated and linted."""
     from omnisift_edge.export.stage import ExportConfig, export as run_export
     from omnisift_edge.model.load import ModelSource
-    from omnisift_edge.runtime.demo import parse_resolution
+    from omnisift_edge.model.preprocess import parse_resolution
 
-    cfg = ExportConfig(out=out, source=ModelSource(path=model_dir, compressor=compressor, seed=seed, dtype=dtype,
+    cfg = ExportConfig(out=out, source=ModelSource(path=model_dir, compressor=compressor, seed=model_seed, dtype=dtype,
                                                    selector_heads=compressor_heads),
                        ratios=_parse_ratios(ratio, ratios), resolution=parse_resolution(resolution), dtype=dtype,
                        max_context=max_context, video_drop=video_drop, audio_drop=audio_drop,
@@ -147,15 +175,11 @@ def export(model_dir, compressor, compressor_heads, ratio, ratios, video_drop, a
               help='JSONL, one {"video", "audio"?, "question", "answer"} per line; paths relative to the file.')
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True,
               help="Folder for checkpoints, log.jsonl and the final compressor.safetensors (empty, or --resume).")
-@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
-              help="Local Qwen2.5-Omni folder (full, thinker-only or OmniSIFT). Default: the embedded tiny model.")
-@click.option("--compressor", type=click.Path(path_type=Path), default=None,
-              help="Selector checkpoint to start from (default: the folder's, else a new one).")
-@click.option("--compressor-heads", type=int, default=None, help="Heads of the --compressor selector.")
+@model_options(compressor_help="Selector checkpoint to start from (default: the folder's, else a new one).")
 @click.option("--ratio", type=float, default=None, help="Overall fraction of audio+video tokens kept, in (0, 1). Default 0.25.")
 @click.option("--video-drop", type=float, default=None, help="Explicit per-frame video drop in [0, 1) instead of --ratio.")
 @click.option("--audio-drop", type=float, default=None, help="Explicit per-chunk audio drop in (0, 1) (with --video-drop).")
-@click.option("--resolution", default="448x448", show_default=True, help="Frame HxW, multiples of 28.")
+@resolution_option("448x448")
 @click.option("--epochs", type=float, default=1.0, show_default=True, help="Passes over the good lines.")
 @click.option("--max-steps", type=int, default=None, help="Optimizer steps (overrides --epochs).")
 @click.option("--lr", type=float, default=1e-5, show_default=True, help="Peak learning rate (the authors': 1e-5).")
@@ -166,7 +190,7 @@ def export(model_dir, compressor, compressor_heads, ratio, ratios, video_drop, a
 @click.option("--grad-accum", type=int, default=1, show_default=True, help="Forwards per optimizer step.")
 @click.option("--max-grad-norm", type=float, default=1.0, show_default=True, help="Gradient clipping; 0 turns it off.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Example order, a new selector's init, LoRA init.")
+              help="Training randomness: example order, a new selector's init, LoRA init (--model-seed: the model).")
 @click.option("--llm", type=click.Choice(["frozen", "full", "lora"]), default="frozen", show_default=True,
               help="The thinker LLM: frozen (selector only), full fine-tuning (the authors'), or LoRA (needs [train]).")
 @click.option("--lora-rank", type=int, default=16, show_default=True)
@@ -187,15 +211,13 @@ def export(model_dir, compressor, compressor_heads, ratio, ratios, video_drop, a
 @click.option("--selector-heads", type=int, default=8, show_default=True, help="A new selector's heads.")
 @click.option("--system-prompt", default=None,
               help="The chat's system message for every example (default: Qwen2.5-Omni's; '' for none).")
-@click.option("--model-seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seed of the embedded default model.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @_user_errors(interrupted="interrupted; the newest complete checkpoint in the output folder is kept "
                           "(continue with --resume)")
-def train(data, out, model_dir, compressor, compressor_heads, ratio, video_drop, audio_drop, resolution, epochs,
+def train(data, out, model_dir, compressor, compressor_heads, model_seed, ratio, video_drop, audio_drop, resolution, epochs,
           max_steps, lr, weight_decay, warmup_ratio, warmup_steps, batch_size, grad_accum, max_grad_norm, seed, llm,
           lora_rank, lora_alpha, lora_dropout, dtype, device, on_bad_line, resume, save_every, keep_checkpoints,
-          max_seconds, workers, selector_hidden, selector_heads, system_prompt, model_seed, no_progress):
+          max_seconds, workers, selector_hidden, selector_heads, system_prompt, no_progress):
     """Train OmniSIFT's audio selector (and optionally the LLM) with the straight-through estimator."""
     from omnisift_edge.model.load import ModelSource
     from omnisift_edge.train import TrainConfig, train as run_train
@@ -211,7 +233,7 @@ def train(data, out, model_dir, compressor, compressor_heads, ratio, video_drop,
                       keep_checkpoints=keep_checkpoints, max_seconds=max_seconds, workers=workers,
                       selector_hidden=selector_hidden, selector_heads=selector_heads,
                       **({} if system_prompt is None else {"system_prompt": system_prompt or None}))
-    artifact = run_train(cfg, echo=lambda text: click.echo(text, err=True), progress=not no_progress)
+    artifact = run_train(cfg, progress=lambda text: click.echo(text, err=True), bar=not no_progress)
     click.echo(artifact.summary())
 
 
@@ -287,13 +309,10 @@ def profile(folder, backend, target, ratios, seconds, device, max_new_tokens, ou
     click.echo(f"wrote {report.files['json']}, {report.files['markdown']}, {report.files['plot']}", err=True)
 
 
-TARGETS = ["auto", "orin-nano", "orin-nx", "orin-agx", "a100", "l4", "h100"]
-
-
 @main.command()
 @click.argument("folder", type=click.Path(path_type=Path))
-@click.option("--target", type=click.Choice(TARGETS), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["fp16", "bf16", "fp32"]), default="fp16", show_default=True)
+@click.option("--target", type=click.Choice(_targets()), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(_precisions()), default="fp16", show_default=True)
 @click.option("--max-context", type=int, default=None, help="Longest KV cache for the decoder profiles (<= the export's).")
 @click.option("--workspace", "workspace_gb", type=float, default=None, help="Builder workspace in GB (default: the preset's).")
 @click.option("--plan", "plan_only", is_flag=True, help="Print and write the profiles, flags and trtexec/polygraphy "
@@ -301,26 +320,30 @@ TARGETS = ["auto", "orin-nano", "orin-nx", "orin-agx", "a100", "l4", "h100"]
 @_user_errors
 def build(folder, target, precision, max_context, workspace_gb, plan_only):
     """Build TensorRT engines (one per graph) for a target; --plan works anywhere."""
-    from omnisift_edge.engines import BuildConfig, build_engines
+    from omnisift_edge.engines import BuildConfig, build_engines, plan_build
 
-    result = build_engines(BuildConfig(folder, target=target, precision=precision, max_context=max_context,
-                                       workspace_gb=workspace_gb, plan_only=plan_only))
+    cfg = BuildConfig(folder, target=target, precision=precision, max_context=max_context, workspace_gb=workspace_gb)
     if plan_only:
-        click.echo(result.summary())
-    else:
-        click.echo(f"built {len(result.engines)} engines for {result.target.name} in {result.seconds:.0f}s: "
-                   + ", ".join(str(p) for p in result.engines.values()))
+        click.echo(plan_build(cfg).summary())
+        return
+    result = build_engines(cfg)
+    click.echo(f"built {len(result.engines)} engines for {result.target.name} in {result.seconds:.0f}s: "
+               + ", ".join(str(p) for p in result.engines.values()))
 
 
 @main.command()
 @click.argument("folder", type=click.Path(path_type=Path))
-@click.option("--target", type=click.Choice(TARGETS[1:]), default=None, help="Engines of this target (default: the built one).")
+@click.option("--target", default=None, help="Engines of this target (default: the built one).")
 @click.option("--record", is_flag=True, help="Record ONNX Runtime reference outputs (on the export machine).")
 @_user_errors
 def verify(folder, target, record):
     """Compare TensorRT engines with ONNX Runtime outputs recorded at export (two-machine flow)."""
     from omnisift_edge.engines import VerifyConfig, verify_engines
 
+    if record:
+        from omnisift_edge.export.reference import record_reference
+
+        record_reference(folder)
     report = verify_engines(VerifyConfig(folder, target=target, record=record))
     click.echo(report.summary())
     if not report.ok:
@@ -331,9 +354,9 @@ def verify(folder, target, record):
 @_user_errors
 def selftest():
     """Export the embedded default, build engines and verify them, where TensorRT and a GPU exist."""
-    from omnisift_edge.engines import selftest as run_selftest
+    from omnisift_edge.selftest import SelfTestConfig, selftest as run_selftest
 
-    result = run_selftest()
+    result = run_selftest(SelfTestConfig())
     click.echo(result.summary())
     if result.ran and not result.ok:
         sys.exit(1)
@@ -343,7 +366,8 @@ def selftest():
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--kind", type=click.Choice(["full", "thinker", "omnisift"]), default="omnisift", show_default=True,
               help="Folder layout to write: a full Qwen2.5-Omni checkpoint, a thinker-only folder, or OmniSIFT's.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--model-seed", "seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the embedded default model.")
 @_user_errors
 def tiny_model(folder, kind, seed):
     """Write the embedded default model as a checkpoint folder (to see or test the folder formats)."""

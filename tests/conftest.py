@@ -22,6 +22,28 @@ def tiny_checkpoints(tmp_path_factory):
     return {kind: write_tiny_checkpoint(root / kind, kind, shard_bytes=8 << 20) for kind in CHECKPOINT_KINDS}
 
 
+@pytest.fixture(scope="session")
+def small_export(tmp_path_factory):
+    """`small_export(ratios=..., resolution=..., **ExportConfig fields) -> folder`: the embedded default
+    exported once per distinct setting for the whole run (112x84 by default: seconds, not minutes).
+
+    The folders are shared: a test that changes files copies the folder first.
+    """
+    made = {}
+
+    def make(ratios=(1.0, 0.25), resolution=(112, 84), **fields):
+        key = (tuple(ratios), tuple(resolution), tuple(sorted(fields.items())))
+        if key not in made:
+            from omnisift_edge.export.stage import ExportConfig, export
+
+            out = tmp_path_factory.mktemp("export") / "export"
+            export(ExportConfig(out=out, ratios=tuple(ratios), resolution=tuple(resolution), **fields))
+            made[key] = out
+        return made[key]
+
+    return make
+
+
 def _cuda_available() -> bool:
     try:
         import torch

@@ -7,18 +7,9 @@ import sys
 
 import pytest
 
+from tests.helpers import run_cli as _run
+
 COMMANDS = [[], ["doctor"], ["demo"], ["tiny-model"], ["export"], ["lint"], ["run"], ["profile"], ["build"], ["verify"], ["selftest"], ["train"]]
-
-
-def _run(*args: str, block_heavy: bool = False) -> subprocess.CompletedProcess:
-    """Run `omnisift-edge ARGS` in a fresh interpreter; optionally make torch & co. unimportable."""
-    prelude = ""
-    if block_heavy:
-        prelude = ("import sys\n"
-                   "for name in ('torch', 'transformers', 'onnxruntime', 'tensorrt', 'av', 'safetensors'):\n"
-                   "    sys.modules[name] = None\n")
-    code = prelude + f"from omnisift_edge.cli import main\nmain({list(args)!r}, prog_name='omnisift-edge')\n"
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "main")

@@ -1,20 +1,18 @@
 """Engines stage: export folder + target -> TensorRT engines, a build report, a check against ONNX Runtime.
 
-Importing this package is cheap: TensorRT, Polygraphy, ONNX and torch are imported inside the
-functions that need them (the names below load their module on first use). docs/engines.md.
+Entry: `run(BuildConfig) -> BuildArtifact` (= `build_engines`). Importing this package is cheap:
+TensorRT, Polygraphy, ONNX and torch are imported inside the functions that need them (the names
+below load their module on first use). docs/engines.md.
 
-    from omnisift_edge.engines import (BuildConfig, VerifyConfig, build_engines, plan_build, record_reference,
-                                       selftest, verify_engines)
+    from omnisift_edge.engines import BuildConfig, VerifyConfig, build_engines, plan_build, verify_engines
 
     plan = plan_build(BuildConfig("artifacts/", target="orin-agx"))       # anywhere: no TensorRT needed
     print(plan.summary())                                                 # + artifacts/engines/orin-agx/build_plan.json
 
-    record_reference("artifacts/")                                        # export machine: ONNX Runtime outputs
+    # export machine: omnisift_edge.export.reference.record_reference("artifacts/") (ONNX Runtime outputs)
     art = build_engines(BuildConfig("artifacts/", target="auto", precision="fp16"))   # on the GPU itself
     report = verify_engines(VerifyConfig("artifacts/"))                   # engines vs recorded ORT outputs
     assert report.ok, report.summary()
-
-    selftest()                                                            # all of it on the embedded default
 """
 
 from __future__ import annotations
@@ -23,10 +21,9 @@ import importlib
 
 _EXPORTS = {
     "BuildConfig": "plan", "BuildPlan": "plan", "plan_build": "plan",
-    "BuildArtifact": "build", "build_engines": "build",
-    "VerifyConfig": "verify", "VerifyReport": "verify", "verify_engines": "verify", "record_reference": "verify",
-    "selftest": "self_test", "SelfTestResult": "self_test",
-    "Target": "presets", "PRESETS": "presets", "TARGETS": "presets", "resolve_target": "presets",
+    "BuildArtifact": "build", "build_engines": "build", "run": "build",
+    "VerifyConfig": "verify", "VerifyReport": "verify", "verify_engines": "verify",
+    "Target": "presets", "PRESETS": "presets", "TARGETS": "presets", "PRECISIONS": "presets", "resolve_target": "presets",
     "engine_profiles": "profiles",
 }
 
@@ -36,6 +33,7 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+    value = getattr(module, "build_engines" if name == "run" else name)
     globals()[name] = value
     return value

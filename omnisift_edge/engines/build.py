@@ -19,36 +19,10 @@ from pathlib import Path
 from typing import Callable
 
 from omnisift_edge.engines.plan import BuildConfig, BuildPlan, EnginePlan, plan_build
-from omnisift_edge.engines.presets import DeviceInfo, Target, check_device, detect_device, resolve_target
+from omnisift_edge.engines.presets import Target, check_device, resolve_target
 from omnisift_edge.engines.store import PLAN_FILE, atomic_write, engine_dir, publish, staging_dir, verify_sources
 from omnisift_edge.errors import UsageError, require
-
-TENSORRT_MISSING = ("TensorRT is not installed: on Jetson install JetPack's python3-libnvinfer "
-                    "(sudo apt install python3-libnvinfer), elsewhere pip install tensorrt (NVIDIA's wheels)")
-
-
-def require_tensorrt():
-    """`import tensorrt` (>= 10), or the UsageError that says how to install it."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise UsageError(TENSORRT_MISSING) from None
-    except Exception as exc:   # a wheel that imports but cannot load its libraries (the PyPI stubs)
-        raise UsageError(f"{TENSORRT_MISSING} (import tensorrt failed: {exc})") from None
-    major = int(str(trt.__version__).split(".")[0])
-    if major < 10:
-        raise UsageError(f"TensorRT {trt.__version__} is too old: omnisift-edge needs TensorRT 10 or newer "
-                         "(JetPack 6 ships 10.3)")
-    return trt
-
-
-def require_device() -> DeviceInfo:
-    device = detect_device()
-    if device is None:
-        raise UsageError("no CUDA GPU found (the CUDA runtime reports none); TensorRT engines are built and run "
-                         "on the GPU they are for")
-    return device
-
+from omnisift_edge.runtime.trt_env import DeviceInfo, detect_device, require_device, require_tensorrt
 
 @dataclass
 class BuildArtifact:
@@ -79,12 +53,10 @@ def _build_one(trt, polygraphy_trt, ep: EnginePlan, plan: BuildPlan) -> bytes:
     return bytes(memoryview(loader()))   # IHostMemory (TensorRT 10) or bytes
 
 
-def build_engines(cfg: BuildConfig, progress: Callable[[str], None] = lambda _: None) -> BuildArtifact | BuildPlan:
-    """Build every graph of the export for `cfg.target`; with `cfg.plan_only`, return the plan instead."""
-    from omnisift_edge.export.manifest import read_manifest, write_manifest
+def build_engines(cfg: BuildConfig, progress: Callable[[str], None] = lambda _: None) -> BuildArtifact:
+    """Build every graph of the export for `cfg.target` (`plan.plan_build` says what, anywhere)."""
+    from omnisift_edge.artifact.manifest import read_manifest, write_manifest
 
-    if cfg.plan_only:
-        return plan_build(cfg)
     started = time.perf_counter()
     manifest = read_manifest(cfg.folder, verify=False)   # schema / corrupt JSON first: no machine fixes those
     trt = require_tensorrt()

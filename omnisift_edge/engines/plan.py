@@ -39,7 +39,6 @@ class BuildConfig:
     precision: str = "fp16"              # fp16 | bf16 | fp32
     max_context: int | None = None       # longest KV cache; default the manifest's
     workspace_gb: float | None = None    # builder workspace; default the target's
-    plan_only: bool = False
     ratio: float | None = None           # ratio whose K the prefill profile is tuned for; default the smallest
     max_prompt: int = DEFAULT_MAX_PROMPT # longest text prefill the decoder profile covers
     timing_cache: Path | None = None     # default ~/.cache/omnisift-edge/tensorrt/<target>-trt<version>.timing
@@ -232,7 +231,7 @@ def plan_build(cfg: BuildConfig, *, manifest: dict | None = None, target: Target
     Reads the manifest without re-hashing the graphs (the build verifies every checksum).
     `target`/`tensorrt` are passed by `build_engines` (the detected GPU and installed TensorRT).
     """
-    from omnisift_edge.export.manifest import read_manifest
+    from omnisift_edge.artifact.manifest import read_manifest
 
     manifest = manifest if manifest is not None else read_manifest(cfg.folder, verify=False)
     target = target or resolve_target(cfg.target)

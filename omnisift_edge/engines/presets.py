@@ -8,12 +8,11 @@ Detection uses the CUDA runtime through Polygraphy's ctypes wrapper (no torch, n
 
 from __future__ import annotations
 
-import ctypes
 import re
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from omnisift_edge.errors import UsageError
+from omnisift_edge.runtime.trt_env import DeviceInfo, detect_device
 
 PRECISIONS = ("fp16", "bf16", "fp32")
 
@@ -57,20 +56,6 @@ PRESETS: dict[str, Target] = {t.name: t for t in (
            workspace_gb=8, **_DATACENTER),
 )}
 TARGETS = (*PRESETS, "auto")
-
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    """What the CUDA runtime says about device 0 (and, on a Jetson, the board's model string)."""
-
-    name: str
-    compute_capability: tuple[int, int]
-    memory_gb: float
-    board: str = ""               # /proc/device-tree/model on Jetson, else ""
-
-    @property
-    def cc(self) -> str:
-        return f"{self.compute_capability[0]}.{self.compute_capability[1]}"
 
 
 def get_target(name: str) -> Target:
@@ -121,60 +106,6 @@ def check_device(target: Target, device: DeviceInfo) -> None:
         raise UsageError(f"--target {target.name} is compute capability {want} but this GPU ({device.name}) is "
                          f"{device.cc}; TensorRT engines only run on the GPU model they were built on: build on the "
                          "target itself, or use --target auto")
-
-
-# ------------------------------------------------------------------------------------------ detection
-
-_CC_MAJOR, _CC_MINOR = 75, 76          # cudaDevAttrComputeCapabilityMajor / Minor (stable since CUDA 5)
-_CUDART_NAMES = ("libcudart.so", "libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0")
-
-
-def _cudart():
-    """The CUDA runtime library via ctypes: Polygraphy's wrapper (it searches CUDA and pip paths) or the loader's."""
-    try:
-        from polygraphy import cuda
-        from polygraphy.logger import G_LOGGER
-
-        with G_LOGGER.verbosity(G_LOGGER.CRITICAL + 1):
-            return cuda.wrapper().handle
-    except Exception:   # polygraphy missing, or no libcudart where it looked
-        pass
-    for name in _CUDART_NAMES:
-        try:
-            return ctypes.CDLL(name)
-        except OSError:
-            continue
-    return None
-
-
-def detect_device(index: int = 0) -> DeviceInfo | None:
-    """Device `index` as the CUDA runtime reports it, or None without a CUDA runtime or GPU."""
-    lib = _cudart()
-    if lib is None:
-        return None
-    count = ctypes.c_int(0)
-    if lib.cudaGetDeviceCount(ctypes.byref(count)) != 0 or count.value <= index:
-        return None
-    major, minor = ctypes.c_int(0), ctypes.c_int(0)
-    lib.cudaDeviceGetAttribute(ctypes.byref(major), _CC_MAJOR, index)
-    lib.cudaDeviceGetAttribute(ctypes.byref(minor), _CC_MINOR, index)
-    props = ctypes.create_string_buffer(8192)   # cudaDeviceProp: `char name[256]` first in every CUDA version
-    name = "CUDA device"
-    get_props = getattr(lib, "cudaGetDeviceProperties_v2", None) or getattr(lib, "cudaGetDeviceProperties", None)
-    if get_props is not None and get_props(props, index) == 0:
-        name = props.raw[:256].split(b"\0", 1)[0].decode(errors="replace") or name
-    lib.cudaSetDevice(index)
-    free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-    memory_gb = total.value / 2**30 if lib.cudaMemGetInfo(ctypes.byref(free), ctypes.byref(total)) == 0 else 0.0
-    return DeviceInfo(name, (major.value, minor.value), memory_gb, _jetson_board())
-
-
-def _jetson_board() -> str:
-    path = Path("/proc/device-tree/model")
-    try:
-        return path.read_bytes().rstrip(b"\0").decode(errors="replace") if path.exists() else ""
-    except OSError:
-        return ""
 
 
 def describe() -> str:

@@ -1,7 +1,7 @@
 """TensorRT optimization profiles, derived from the manifest's graph entries.
 
 Nothing here spells a tensor name: each input's shape comes from `manifest["graphs"][g]["inputs"]`
-(ints for fixed axes, the axis name for dynamic ones, as declared in export/tensors.py) and only
+(ints for fixed axes, the axis name for dynamic ones, as declared in artifact/tensors.py) and only
 the dynamic axes get ranges. Graphs without dynamic axes (vision_encoder, audio_encoder,
 compressor_r*) get one fixed profile. The decoder gets two:
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from omnisift_edge.errors import UsageError
-from omnisift_edge.export.tensors import DYNAMIC_AXES
+from omnisift_edge.artifact.tensors import DYNAMIC_AXES
 
 DEFAULT_MAX_PROMPT = 512      # longest text prefill (system prompt + question) the decoder profile covers
 Range = tuple[int, int, int]  # (min, opt, max)

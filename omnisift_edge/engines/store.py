@@ -8,12 +8,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from omnisift_edge.atomic import atomic_path, umask
+from omnisift_edge.atomic import atomic_path, atomic_write, umask
 from omnisift_edge.errors import UsageError
-from omnisift_edge.export.manifest import MANIFEST, read_manifest, sha256, write_manifest
+from omnisift_edge.artifact.manifest import ENGINES_DIR, MANIFEST, REFERENCE_DIR, read_manifest, sha256, write_manifest
 
-ENGINES_DIR = "engines"
-REFERENCE_DIR = "reference"
 PLAN_FILE = "build_plan.json"
 ENGINE_SUFFIX = ".engine"
 
@@ -24,16 +22,6 @@ def engine_dir(folder: Path, target: str) -> Path:
 
 def engine_path(folder: Path, target: str, graph: str) -> Path:
     return engine_dir(folder, target) / f"{graph}{ENGINE_SUFFIX}"
-
-
-def atomic_write(path: Path, data: bytes | memoryview) -> Path:
-    """Write `data` through `omnisift_edge.atomic.atomic_path` (synced to disk before the rename).
-
-    The temporary name starts with "." so `write_manifest` never checksums it.
-    """
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
 
 
 def write_side_file(folder: Path, relative: str, data: bytes, manifest: dict) -> Path:

@@ -1,10 +1,9 @@
 """Engines against ONNX Runtime, across two machines.
 
-On the export machine (torch + ONNX Runtime), `record_reference(folder)` runs every graph in ONNX
-Runtime's CPU provider on deterministic generated inputs (the export validators' generators: seeded
-random patches and log-mel, the compressor's random and exact-tie cases, decoder prefill/decode on
-gapped positions) and saves inputs and outputs as `reference/<graph>.npz`, recorded in the
-manifest with checksums. On the engine machine (TensorRT, no torch, no ONNX Runtime),
+On the export machine (torch + ONNX Runtime), the export stage's `record_reference(folder)`
+(omnisift_edge.export.reference) runs every graph in ONNX Runtime on generated inputs and saves
+inputs and outputs as `reference/<graph>.npz`, recorded in the manifest with checksums. On the
+engine machine (TensorRT, no torch, no ONNX Runtime; numpy and Polygraphy only),
 `verify_engines(VerifyConfig)` feeds the recorded inputs to each engine through Polygraphy's
 TrtRunner + Comparator and compares with the recorded outputs: kept indices and positions must be
 identical, floats within the tolerances below.
@@ -12,16 +11,16 @@ identical, floats within the tolerances below.
 
 from __future__ import annotations
 
-import datetime as dt
-import io
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from omnisift_edge.engines.store import REFERENCE_DIR, atomic_write
+from omnisift_edge.artifact.manifest import REFERENCE_DIR
+from omnisift_edge.artifact.reference import Case, load_reference
 from omnisift_edge.errors import UsageError, require
+from omnisift_edge.runtime.trt_env import TENSORRT_MISSING, check_compatible, require_device, require_tensorrt
 
 # (atol as a fraction of max |reference| of that output, rtol) per engine precision; integer
 # outputs (kept_index, kept_position_ids) must be identical; compressor kept_embeds are a gather of
@@ -31,124 +30,14 @@ GATHER_ATOL = 1e-6
 REFERENCE_RUNNER = "onnxrt-recorded"
 
 
-@dataclass(frozen=True)
-class Case:
-    name: str
-    profile: str                      # static | prefill | decode
-    inputs: dict
-    outputs: dict = field(default_factory=dict)
-
-
-# ------------------------------------------------------------------------------------- recording
-
-def _inputs(manifest: dict, graph: str, session, ratio_k: int) -> list[Case]:
-    """The generated inputs of one graph (decoder cases are chained: each feeds the last presents back)."""
-    torch = require("torch")
-    from omnisift_edge.export.tensors import Dims
-
-    dims = Dims(**manifest["dims"])
-    fp16 = manifest["dtype"] == "fp16"
-    tdt, ndt = (torch.float16, np.float16) if fp16 else (torch.float32, np.float32)
-    entry = manifest["graphs"][graph]
-    names = [t["name"] for t in entry["inputs"]]
-    if graph == "vision_encoder":
-        from omnisift_edge.export.encoders import example_pixels
-
-        return [Case(f"seed{s}", "static", {names[0]: example_pixels(dims, tdt, seed=s).numpy()}) for s in (0, 1)]
-    if graph == "audio_encoder":
-        from omnisift_edge.export.encoders import example_features
-
-        return [Case(f"seed{s}", "static", {names[0]: example_features(dims, tdt, seed=s).numpy()}) for s in (0, 1)]
-    if graph.startswith("compressor"):
-        from omnisift_edge.export.compressor import example_inputs
-
-        cases = []
-        for label, seed, ties in (("seed0", 0, None), ("seed1", 1, None), ("ties_frames", 0, "frames"),
-                                  ("ties_silence", 0, "silence"), ("ties_both", 0, "both")):
-            tensors = example_inputs(dims, tdt, seed, ties=ties)
-            cases.append(Case(label, "static", {n: t.numpy() for n, t in zip(names, tensors)}))
-        return cases
-    if graph == "decoder":
-        from omnisift_edge.export.decoder_config import gapped_positions
-
-        rng = np.random.Generator(np.random.PCG64(0))
-        past = {n: np.zeros((1, dims.kv_heads, 0, dims.head_dim), ndt) for n in names[3:]}   # [1, kv, 0, hd]
-        outputs = [t["name"] for t in entry["outputs"]]
-        cases, position, total = [], 3, 0
-        for label, profile, n in (("prefill_empty_past", "prefill", ratio_k), ("prefill", "prefill", ratio_k),
-                                  ("decode", "decode", 1)):
-            embeds = (rng.standard_normal((1, n, dims.hidden)) * 0.5).astype(ndt)               # [1, n, D]
-            positions = gapped_positions(1, n, start=position, rng=rng)                          # [3, 1, n]
-            total += n
-            feeds = {names[0]: embeds, names[1]: positions, names[2]: np.ones((1, total), np.int64), **past}
-            result = dict(zip(outputs, session.run(outputs, feeds)))
-            cases.append(Case(label, profile, feeds, result))
-            past = {p: result[o] for p, o in zip(names[3:], outputs[1:])}                        # presents -> past
-            position = int(positions.max()) + 1
-        return cases
-    raise UsageError(f"no reference inputs for graph {graph!r}; this omnisift-edge does not know it")
-
-
-def record_reference(folder: Path, progress: Callable[[str], None] = lambda _: None) -> Path:
-    """Run every graph of the export in ONNX Runtime (CPU) on generated inputs; save `reference/<graph>.npz`.
-
-    Returns the reference folder. The manifest gets a `reference` section and fresh checksums.
-    """
-    from omnisift_edge.engines.profiles import decoder_limits
-    from omnisift_edge.export.manifest import read_manifest, write_manifest
-    from omnisift_edge.export.onnx_io import ort_session
-
-    folder = Path(folder)
-    manifest = read_manifest(folder, verify=True)
-    ort = require("onnxruntime", extra="export")
-    require("torch")
-    k = decoder_limits(manifest).opt_sequence
-    graphs = {}
-    for graph, entry in manifest["graphs"].items():
-        progress(f"reference outputs of {graph} in ONNX Runtime")
-        session = ort_session(folder / entry["file"])
-        outputs = [t["name"] for t in entry["outputs"]]
-        cases = _inputs(manifest, graph, session, k)
-        arrays = {}
-        for case in cases:
-            result = case.outputs or dict(zip(outputs, session.run(outputs, case.inputs)))
-            arrays.update({f"{case.name}/in/{n}": a for n, a in case.inputs.items()})
-            arrays.update({f"{case.name}/out/{n}": np.asarray(a) for n, a in result.items()})
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        relative = f"{REFERENCE_DIR}/{graph}.npz"
-        atomic_write(folder / relative, buffer.getvalue())
-        graphs[graph] = {"file": relative, "cases": [{"name": c.name, "profile": c.profile} for c in cases]}
-    manifest["reference"] = {"runtime": f"onnxruntime {ort.__version__} (CPUExecutionProvider)", "seeded": True,
-                             "decoder_tokens": k, "graphs": graphs,
-                             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    write_manifest(folder, manifest)
-    return folder / REFERENCE_DIR
-
-
-def load_reference(folder: Path, manifest: dict, graph: str) -> list[Case]:
-    """The recorded cases of `graph`, inputs and ONNX Runtime outputs, in recording order."""
-    entry = manifest.get("reference", {}).get("graphs", {}).get(graph)
-    if entry is None:
-        raise UsageError(f"{folder} has no reference outputs for {graph}; record them on the export machine: "
-                         "omnisift-edge verify DIR --record")
-    with np.load(Path(folder) / entry["file"], allow_pickle=False) as data:
-        arrays = {key: data[key] for key in data.files}
-    cases = []
-    for meta in entry["cases"]:
-        pick = lambda kind: {k.split("/", 2)[2]: v for k, v in arrays.items()  # noqa: E731
-                             if k.startswith(f"{meta['name']}/{kind}/")}
-        cases.append(Case(meta["name"], meta["profile"], pick("in"), pick("out")))
-    return cases
-
-
 # ------------------------------------------------------------------------------------- verifying
 
 @dataclass(frozen=True)
 class VerifyConfig:
     folder: Path
     target: str | None = None       # which build in the manifest; default: the only one
-    record: bool = False            # record the ONNX Runtime reference first (export machine)
+    record: bool = False            # the reference was just recorded here (export.reference.record_reference):
+                                    # no engines or no TensorRT yet are notes, not errors (export machine)
 
     def __post_init__(self):
         object.__setattr__(self, "folder", Path(self.folder))
@@ -210,15 +99,6 @@ class VerifyReport:
                               for o in c.outputs[:4]) + (" ..." if len(c.outputs) > 4 else "")
             lines.append(f"  {'ok  ' if c.ok else 'FAIL'} {g} ({c.precision}, {len(c.cases)} cases): {worst}")
         return "\n".join(lines + [f"  note: {n}" for n in self.notes])
-
-
-def check_compatible(build: dict, tensorrt: str, device, folder: Path) -> None:
-    """Engines run only on the TensorRT version and GPU model they were built with: one line if not."""
-    if build.get("tensorrt") != tensorrt or build.get("compute_capability") != device.cc:
-        raise UsageError(f"the {build.get('target')} engines in {folder} were built with TensorRT {build.get('tensorrt')} "
-                         f"on {build.get('device')} (compute capability {build.get('compute_capability')}); this machine "
-                         f"has TensorRT {tensorrt} on {device.name} ({device.cc}): rebuild them here with "
-                         f"omnisift-edge build {folder} --target auto")
 
 
 def _tolerance(graph: str, ref: np.ndarray, precision: str) -> tuple[bool, float, float]:
@@ -311,12 +191,11 @@ def _polygraphy_compare(cases: list[Case], got: list[dict], checks: list[OutputC
 
 def verify_engines(cfg: VerifyConfig, progress: Callable[[str], None] = lambda _: None) -> VerifyReport:
     """Compare the engines of one build in the manifest with the recorded ONNX Runtime outputs."""
-    from omnisift_edge.engines.build import TENSORRT_MISSING, require_device, require_tensorrt
-    from omnisift_edge.export.manifest import read_manifest
+    from omnisift_edge.artifact.manifest import read_manifest
 
     report = VerifyReport(cfg.folder)
     if cfg.record:
-        report.reference = record_reference(cfg.folder, progress)
+        report.reference = cfg.folder / REFERENCE_DIR
     manifest = read_manifest(cfg.folder, verify=False)
     builds = manifest.get("builds", {})
     if cfg.record and not builds:

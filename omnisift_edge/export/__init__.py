@@ -1,4 +1,18 @@
-"""Export stage: model + ratio -> ONNX graphs and `manifest.json`, validated in ONNX Runtime.
+"""Export stage: model + ratios -> ONNX graphs and `manifest.json`, validated in ONNX Runtime.
 
-Not built yet (see the export issue); the package exists so the stage layout is fixed.
+Entry: `run(ExportConfig) -> ExportArtifact` (= `stage.export`). Importing this package is cheap;
+torch, transformers, Optimum and ONNX load when an export runs. docs/export.md.
 """
+
+from __future__ import annotations
+
+from omnisift_edge.export.config import ExportArtifact, ExportConfig, ExportValidationError
+
+__all__ = ["ExportArtifact", "ExportConfig", "ExportValidationError", "run"]
+
+
+def run(cfg: ExportConfig, progress=lambda _: None) -> ExportArtifact:
+    """Export, validate and lint `cfg` (see omnisift_edge.export.stage.export)."""
+    from omnisift_edge.export.stage import export
+
+    return export(cfg, progress)

@@ -16,9 +16,9 @@ from typing import Callable
 import numpy as np
 
 from omnisift_edge.errors import UsageError, require
-from omnisift_edge.export.manifest import TIE_RULE, graph_entry, tool_versions, write_manifest
-from omnisift_edge.export.stage import ExportArtifact, ExportConfig, ExportValidationError, config_summary
-from omnisift_edge.export.tensors import AUDIO_ENCODER, COMPRESSOR, VISION_ENCODER, Dims, decoder_graph
+from omnisift_edge.artifact.manifest import TIE_RULE, graph_entry, tool_versions, write_manifest
+from omnisift_edge.export.config import ExportArtifact, ExportConfig, ExportValidationError, config_summary
+from omnisift_edge.artifact.tensors import AUDIO_ENCODER, COMPRESSOR, VISION_ENCODER, Dims, decoder_graph
 
 EMBED_FILE, EMBED_TENSOR, TOKENIZER_DIR = "embed_tokens.safetensors", "embed_tokens", "tokenizer"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.json", "vocab.json", "merges.txt",

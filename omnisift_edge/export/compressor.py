@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from omnisift_edge.compress.chunk import ChunkCompressor, gather_positions
-from omnisift_edge.export.onnx_io import atomic_path, ort_session
-from omnisift_edge.export.tensors import COMPRESSOR, Dims
+from omnisift_edge.artifact.onnx_runtime import ort_session
+from omnisift_edge.export.onnx_io import atomic_path
+from omnisift_edge.artifact.tensors import COMPRESSOR, Dims
 
 
 class CompressorGraph(nn.Module):

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from omnisift_edge.errors import UsageError, require
-from omnisift_edge.export.onnx_io import ort_session
-from omnisift_edge.export.tensors import Dims, decoder_graph
+from omnisift_edge.artifact.onnx_runtime import ort_session
+from omnisift_edge.artifact.tensors import Dims, decoder_graph
 
 DTYPES = ("fp32", "fp16")
 DATA_SUFFIX = ".data"          # external data of `decoder.onnx` lives in `decoder.onnx.data`

@@ -25,7 +25,7 @@ from optimum.utils import DummyInputGenerator, NormalizedTextConfigWithGQA
 from packaging import version
 from torch import nn
 
-from omnisift_edge.export.tensors import DYNAMIC_AXES, GraphSpec, decoder_graph
+from omnisift_edge.artifact.tensors import DYNAMIC_AXES, GraphSpec, decoder_graph
 
 MODEL_TYPE = "qwen2_5_omni_thinker"    # transformers' model_type of the thinker config
 TASK = "text-generation-with-past"     # one graph: prefill (past may be empty) and decode

@@ -33,6 +33,8 @@ def end_to_end_check(model, folder: Path, manifest: dict, entry: dict) -> EndToE
     from omnisift_edge.model.preprocess import log_mel, video_patches
     from omnisift_edge.model.prompt import build_prompt
     from omnisift_edge.model.synthetic import synthetic_clip
+    from omnisift_edge.artifact.folder import ExportFolder
+    from omnisift_edge.artifact.manifest import Manifest
     from omnisift_edge.runtime.ort_pipeline import OrtStream
     from omnisift_edge.runtime.torch_pipeline import CompressionConfig, TorchStream
 
@@ -45,7 +47,9 @@ def end_to_end_check(model, folder: Path, manifest: dict, entry: dict) -> EndToE
     grid_hw = (int(grid_thw[1]), int(grid_thw[2]))
     compression = CompressionConfig(entry["rho_video"], entry["rho_audio"])
     torch_stream = TorchStream(model, pieces.prefix_ids, grid_hw=grid_hw, compression=compression)
-    ort_stream = OrtStream(folder, manifest, entry["ratio"], pieces.prefix_ids)
+    # the manifest is not written yet (it is written last): type the one being built, checksums aside
+    export = ExportFolder(Path(folder), Manifest.from_dict({**manifest, "schema_version": 0}))
+    ort_stream = OrtStream(export, entry["ratio"], pieces.prefix_ids)
     per_chunk = grid_hw[0] * grid_hw[1] * spec.grids_per_chunk
     window = spec.audio_window_frames
     chunks = int(grid_thw[0]) // spec.grids_per_chunk

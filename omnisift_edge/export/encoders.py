@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from omnisift_edge.errors import UsageError, require
-from omnisift_edge.export.tensors import AUDIO_ENCODER, VISION_ENCODER, Dims, GraphSpec
+from omnisift_edge.artifact.tensors import AUDIO_ENCODER, VISION_ENCODER, Dims, GraphSpec
 from omnisift_edge.model.spec import OmniSpec
 
 TWO_GB = 2 * 1024**3
@@ -358,7 +358,7 @@ def validate_encoder(onnx_path: Path, torch_module: nn.Module, example_input, *,
     Both see the input rounded to the graph's input dtype. `relative_atol`: atol is a fraction of
     max |torch| (real models' embeddings are 100x the tiny default's).
     """
-    from omnisift_edge.export.onnx_io import ort_session
+    from omnisift_edge.artifact.onnx_runtime import ort_session
 
     session = ort_session(onnx_path)
     (graph_input,), (graph_output,) = session.get_inputs(), session.get_outputs()

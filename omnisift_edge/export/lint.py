@@ -24,7 +24,7 @@ import numpy as np
 
 from omnisift_edge.errors import UsageError, require
 from omnisift_edge.export import trt_ops
-from omnisift_edge.export.tensors import DYNAMIC_AXES
+from omnisift_edge.artifact.tensors import DYNAMIC_AXES
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 _EXTERNAL = 1   # onnx.TensorProto.EXTERNAL
@@ -32,7 +32,7 @@ _EXTERNAL = 1   # onnx.TensorProto.EXTERNAL
 
 @dataclass(frozen=True)
 class Finding:
-    severity: str   # "error": TensorRT 10.3 will reject it (or DESIGN.md forbids it); "warning": builds, but check
+    severity: str   # "error": TensorRT 10.3 will reject it (or our static per-chunk design forbids it); "warning": builds, but check
     graph: str      # graph name (the file's stem for a path)
     node: str       # node name, or the tensor/input name the finding is about ("" for the model)
     op_type: str    # "" when not about a node
@@ -292,8 +292,8 @@ class _Linter:
     def _check_node(self, node, label: str) -> None:
         op = node.op_type
         if op in trt_ops.DATA_DEPENDENT_OPS:
-            self.add("error", label, op, f"{op} has a data-dependent output shape; DESIGN.md forbids it in "
-                     "static per-chunk engines (TensorRT 10.3 handles NonZero/NMS only with slow "
+            self.add("error", label, op, f"{op} has a data-dependent output shape, which the static per-chunk engines "
+                     "forbid (TensorRT 10.3 handles NonZero/NMS only with slow "
                      "data-dependent shapes, Unique/Compress not at all): use a pairwise-comparison rank "
                      "or top-k plus an order-preserving Gather")
             return

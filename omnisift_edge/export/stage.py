@@ -11,64 +11,11 @@ import shutil
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from omnisift_edge.errors import UsageError
-from omnisift_edge.model.load import ModelSource
-
-DEFAULT_RATIOS = (0.25,)
-
-
-class ExportValidationError(UsageError):
-    """A graph disagreed with PyTorch beyond its tolerance; the message carries the numbers."""
-
-
-@dataclass(frozen=True)
-class ExportConfig:
-    out: Path
-    source: ModelSource = ModelSource()
-    ratios: tuple[float, ...] = DEFAULT_RATIOS      # overall fraction of audio+video tokens kept
-    resolution: tuple[int, int] = (448, 448)        # frame H, W: multiples of 28
-    dtype: str = "fp32"                             # fp32 | fp16 (graphs, embeddings)
-    max_context: int = 8192                         # longest KV cache the runtime/engines plan for
-    video_drop: float | None = None                 # explicit drops instead of the ratio policy
-    audio_drop: float | None = None
-    overwrite: bool = False
-    opset: int = 17
-
-    def __post_init__(self):
-        object.__setattr__(self, "out", Path(self.out))
-        object.__setattr__(self, "ratios", tuple(float(r) for r in self.ratios))
-        if not self.ratios or not all(0 < r <= 1 for r in self.ratios):
-            raise UsageError(f"ratios must be in (0, 1]; got {', '.join(f'{r:g}' for r in self.ratios) or 'none'}")
-        if len(set(self.ratios)) != len(self.ratios):
-            raise UsageError(f"ratios repeat a value: {self.ratios}")
-        from omnisift_edge.model.preprocess import check_resolution
-
-        object.__setattr__(self, "resolution", check_resolution(self.resolution))
-        if self.dtype not in ("fp32", "fp16"):
-            raise UsageError(f"--dtype must be fp32 or fp16 (got {self.dtype}); TensorRT builds bf16 from fp32 graphs")
-        if (self.video_drop is None) != (self.audio_drop is None):
-            raise UsageError("--video-drop and --audio-drop go together; give both or neither")
-        if self.video_drop is not None:
-            for name, value in (("--video-drop", self.video_drop), ("--audio-drop", self.audio_drop)):
-                if not 0 <= value < 1:
-                    raise UsageError(f"{name} must be in [0, 1) (got {value})")
-            if self.ratios != DEFAULT_RATIOS:
-                raise UsageError("give either --ratio/--ratios or --video-drop/--audio-drop, not both")
-        if self.max_context < 1024:
-            raise UsageError(f"--max-context must be at least 1024 tokens (got {self.max_context})")
-
-
-@dataclass
-class ExportArtifact:
-    folder: Path
-    manifest: dict
-    checks: dict = field(default_factory=dict)
-    lint: dict = field(default_factory=dict)
-    seconds: float = 0.0
+from omnisift_edge.export.config import ExportArtifact, ExportConfig
 
 
 def _prepare_output(cfg: ExportConfig) -> Path:
@@ -123,10 +70,3 @@ def _share(folder: Path) -> None:
     folder.chmod(0o777 & ~umask)
     for path in folder.rglob("*"):
         path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
-
-
-def config_summary(cfg: ExportConfig) -> dict:
-    summary = asdict(cfg)
-    summary["out"] = str(cfg.out)
-    summary["source"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg.source).items()}
-    return summary

@@ -61,7 +61,7 @@ ADDED_LATER = {"BlackmanWindow": "10.4", "HammingWindow": "10.4", "HannWindow": 
                "STFT": "10.5", "Attention": "10.x after 10.6", "RMSNormalization": "10.15",
                "RotaryEmbedding": "10.15", "TensorScatter": "10.15"}
 
-# data-dependent output shapes: forbidden in our static per-chunk engines (DESIGN.md)
+# data-dependent output shapes: forbidden in our static per-chunk engines (docs/architecture.md)
 DATA_DEPENDENT_OPS = frozenset({"NonZero", "Unique", "NonMaxSuppression", "Compress"})
 CONTROL_FLOW_OPS = frozenset({"Loop", "If", "Scan"})
 
@@ -115,7 +115,7 @@ def _topk(node, g, opset: int) -> Iterator[Issue]:
         value = g.const(_input(node, 1))
         if value is None:
             yield ("error", "TopK K is a runtime tensor: TensorRT 10.3 then checks K <= 3840 only at run "
-                   "time and the output shape depends on data, and DESIGN.md needs K fixed per "
+                   "time and the output shape depends on data, and the per-chunk engines need K fixed per "
                    f"engine; {FOLD} (torch.topk(x, k=<int>))")
             k = None
         else:

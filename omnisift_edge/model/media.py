@@ -50,6 +50,17 @@ class Media:
         return self.pcm.shape[0] / self.sample_rate
 
 
+def fit_audio_to_video(pcm: np.ndarray, n_frames: int, spec: OmniSpec = OmniSpec()) -> np.ndarray:
+    """The audio track trimmed or zero-padded to the video's duration (n_frames at spec.fps).
+
+    OmniSIFT pairs each 2-second video chunk with its own audio window, so audio beyond the video
+    is dropped and a short track is padded with silence (docs/streaming.md).
+    """
+    n_samples = int(round(n_frames / spec.fps * spec.sample_rate))
+    pcm = np.asarray(pcm, np.float32)
+    return np.pad(pcm[:n_samples], (0, max(0, n_samples - len(pcm))))
+
+
 def _check_file(path, what: str) -> Path:
     p = Path(path).expanduser()
     if not p.exists():

@@ -76,6 +76,18 @@ def check_resolution(size: tuple[int, int], spec: OmniSpec = OmniSpec()) -> tupl
     return h, w
 
 
+def parse_resolution(value) -> tuple[int, int]:
+    """'448x448' or (448, 448) -> (448, 448): multiples of 28 within Qwen2.5-Omni's video pixel budget."""
+    if isinstance(value, str):
+        try:
+            value = tuple(int(v) for v in value.lower().split("x"))
+        except ValueError:
+            raise UsageError(f"--resolution must look like 448x448 (got {value!r})") from None
+    if not (isinstance(value, (tuple, list)) and len(value) == 2):
+        raise UsageError(f"--resolution must be (H, W) or 'HxW' (got {value!r}); try 448x448")
+    return check_resolution(tuple(value))
+
+
 def _check_frames(frames: np.ndarray) -> np.ndarray:
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0 or frames.dtype != np.uint8:

@@ -1,4 +1,13 @@
-"""Profiling stage: pipeline + ratios -> per-stage latency, TTFT, tokens/s and memory.
+"""Profiling stage: export + ratios -> per-stage latency, RTF, TTFT, decode tokens/s and memory.
 
-Not built yet (see the runtime and profiling issue); the package exists so the stage layout is fixed.
+Entry: `run(ProfileConfig) -> ProfileReport` (= `profile.profile`): JSON, Markdown and a PNG plot.
 """
+
+from __future__ import annotations
+
+
+def run(cfg, *, bar: bool = True):
+    """Profile `cfg` (a `profile.ProfileConfig`); see omnisift_edge.profiling.profile.profile."""
+    from omnisift_edge.profiling.profile import profile
+
+    return profile(cfg, bar=bar)

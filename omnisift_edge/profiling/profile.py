@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from omnisift_edge.atomic import atomic_path
 from omnisift_edge.errors import UsageError, require
 from omnisift_edge.runtime.stream import STAGES
 
@@ -189,15 +190,14 @@ def _plot(report: ProfileReport, path: Path) -> None:
     plt.close(fig)
 
 
-def _atomic_write(path: Path, write) -> None:
-    from omnisift_edge.atomic import atomic_path
-
+def _write(path: Path, write) -> None:
     with atomic_path(path) as tmp:
         write(tmp)
 
 
-def profile(cfg: ProfileConfig, *, progress: bool = True) -> ProfileReport:
-    from omnisift_edge.export.manifest import read_manifest
+def profile(cfg: ProfileConfig, *, bar: bool = True) -> ProfileReport:
+    """Stream a generated clip through the export at each ratio and measure every stage (docs/runtime.md)."""
+    from omnisift_edge.artifact.manifest import read_manifest
 
     tqdm = require("tqdm").tqdm
     manifest = read_manifest(cfg.folder)
@@ -207,15 +207,15 @@ def profile(cfg: ProfileConfig, *, progress: bool = True) -> ProfileReport:
                            config={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
                            graph_bytes={g["file"]: manifest["files"][g["file"]]["bytes"]
                                         for g in manifest["graphs"].values()})
-    with tqdm(total=chunks * len(ratios), desc="profiling", unit="chunk", disable=not progress) as bar:
+    with tqdm(total=chunks * len(ratios), desc="profiling", unit="chunk", disable=not bar) as chunk_bar:
         for ratio in ratios:
-            bar.set_postfix(ratio=f"{ratio:g}")
-            report.ratios.append(asdict(_profile_ratio(cfg, ratio, bar)))
+            chunk_bar.set_postfix(ratio=f"{ratio:g}")
+            report.ratios.append(asdict(_profile_ratio(cfg, ratio, chunk_bar)))
     out = cfg.out or cfg.folder / "profile"
     out.mkdir(parents=True, exist_ok=True)
     report.files = {"json": str(out / "profile.json"), "markdown": str(out / "profile.md"),
                     "plot": str(out / "profile.png")}
-    _atomic_write(out / "profile.json", lambda p: p.write_text(json.dumps(asdict(report), indent=2)))
-    _atomic_write(out / "profile.md", lambda p: p.write_text(markdown(report)))
-    _atomic_write(out / "profile.png", lambda p: _plot(report, p))
+    _write(out / "profile.json", lambda p: p.write_text(json.dumps(asdict(report), indent=2)))
+    _write(out / "profile.md", lambda p: p.write_text(markdown(report)))
+    _write(out / "profile.png", lambda p: _plot(report, p))
     return report

@@ -17,17 +17,7 @@ import numpy as np
 
 from omnisift_edge.errors import UsageError
 from omnisift_edge.model.load import ModelSource
-
-
-def parse_resolution(text: str) -> tuple[int, int]:
-    """'448x448' -> (448, 448): multiples of 28 within Qwen2.5-Omni's video pixel budget."""
-    from omnisift_edge.model.preprocess import check_resolution
-
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise UsageError(f"--resolution must look like 448x448 (got {text!r})") from None
-    return check_resolution((height, width))
+from omnisift_edge.model.preprocess import parse_resolution
 
 
 @dataclass(frozen=True)
@@ -98,6 +88,7 @@ def _load_clip(cfg: DemoConfig, spec, size: tuple[int, int]):
 
 def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult:
     from omnisift_edge.model.load import load_model
+    from omnisift_edge.model.media import fit_audio_to_video
     from omnisift_edge.model.preprocess import StreamingLogMel, video_patches
     from omnisift_edge.model.prompt import build_prompt
     from omnisift_edge.runtime.torch_pipeline import CompressionConfig, TorchStream
@@ -114,10 +105,7 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
 
     per_chunk = spec.raw_frames_per_chunk
     n_chunks = -(-len(frames) // per_chunk)
-    # the audio track is trimmed or zero-padded to the video's duration: OmniSIFT pairs each
-    # 2-second video chunk with its own audio window
-    n_samples = int(round(len(frames) / spec.fps * spec.sample_rate))
-    pcm = np.pad(pcm[:n_samples], (0, max(0, n_samples - len(pcm))))
+    pcm = fit_audio_to_video(pcm, len(frames), spec)
     mel_stream = StreamingLogMel(spec)
     pending: deque = deque()       # video chunks waiting for their audio window's STFT look-ahead
     started = time.perf_counter()

@@ -23,7 +23,6 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from omnisift_edge import __version__
 from omnisift_edge.errors import UsageError
 from omnisift_edge.model.tokenizer import DEFAULT_SYSTEM_PROMPT
 from omnisift_edge.runtime.stream import ChunkReport
@@ -51,32 +50,26 @@ class RuntimeConfig:
             raise UsageError(f"--max-context must be at least 256 tokens (got {self.max_context})")
 
 
-def _check_versions(manifest: dict) -> None:
-    wrote = str(manifest.get("tools", {}).get("omnisift_edge", ""))
-    if wrote.split(".")[:2] != __version__.split(".")[:2]:
-        raise UsageError(f"this export was written by omnisift-edge {wrote or 'unknown'}, this is {__version__}; "
-                         "export again with this version")
-
-
 class OmniSession:
     """Stream media in, ask questions, get streamed answers (see the module docstring)."""
 
     def __init__(self, cfg: RuntimeConfig):
-        from omnisift_edge.export.manifest import read_manifest
+        from omnisift_edge.artifact.folder import ExportFolder
         from omnisift_edge.model.preprocess import StreamingLogMel
         from omnisift_edge.model.prompt import build_prompt
         from omnisift_edge.model.tokenizer import load_tokenizer
-        from omnisift_edge.runtime.ort_pipeline import compressor_graph_name, spec_from_manifest
+        from omnisift_edge.runtime.exported import spec_from_layout
 
         self.cfg = cfg
-        self.manifest = manifest = read_manifest(cfg.folder)
-        _check_versions(manifest)
-        self.spec = spec_from_manifest(manifest)
-        self.resolution = tuple(manifest["resolution"])
-        self.ratio = manifest["ratios"][0]["ratio"] if cfg.ratio is None else cfg.ratio
-        self.plan = next(e for e in manifest["ratios"] if e["graph"] == compressor_graph_name(manifest, self.ratio))
-        self.tokenizer = load_tokenizer(cfg.folder / manifest["tokenizer"]["folder"])
-        self.stop_ids = list(manifest["stop_token_ids"])
+        self.export = ExportFolder.open(cfg.folder)
+        self.manifest = manifest = self.export.raw
+        self.spec = spec_from_layout(self.export.manifest.layout)
+        self.resolution = self.export.manifest.resolution
+        ratio_plan = self.export.ratio_plan(cfg.ratio)
+        self.ratio = ratio_plan.ratio
+        self.plan = next(e for e in manifest["ratios"] if e["graph"] == ratio_plan.graph)
+        self.tokenizer = load_tokenizer(self.export.tokenizer_path)
+        self.stop_ids = list(self.export.manifest.stop_token_ids)
         prefix = build_prompt(self.tokenizer, "", system=cfg.system_prompt, spec=self.spec).prefix_ids
         self.stream = self._open_backend(prefix)
         self._mel = StreamingLogMel(self.spec)
@@ -93,13 +86,11 @@ class OmniSession:
 
             providers = ("CUDAExecutionProvider", "CPUExecutionProvider") if self.cfg.device.startswith("cuda") \
                 else ("CPUExecutionProvider",)
-            return OrtStream(self.cfg.folder, self.manifest, self.ratio, prefix_ids, providers=providers,
-                             max_context=max_context)
+            return OrtStream(self.export, self.ratio, prefix_ids, providers=providers, max_context=max_context)
         if self.cfg.backend == "tensorrt":
             from omnisift_edge.runtime.trt_pipeline import TrtStream
 
-            return TrtStream(self.cfg.folder, self.manifest, self.ratio, prefix_ids, target=self.cfg.target,
-                             max_context=max_context)
+            return TrtStream(self.export, self.ratio, prefix_ids, target=self.cfg.target, max_context=max_context)
         from omnisift_edge.model.load import ModelSource, load_model
         from omnisift_edge.runtime.torch_pipeline import CompressionConfig, TorchStream
 
@@ -137,15 +128,14 @@ class OmniSession:
 
     def append_file(self, path: Path, *, audio_path: Path | None = None) -> list[ChunkReport]:
         """Decode a file (video + its audio track, or a separate audio file) and append it whole."""
-        from omnisift_edge.model.media import load_media
+        from omnisift_edge.model.media import fit_audio_to_video, load_media
         from omnisift_edge.model.preprocess import resize_frames
 
         media = load_media(Path(path), self.spec, audio_path=audio_path)
         frames = media.frames
         if tuple(frames.shape[1:3]) != self.resolution:
             frames = resize_frames(frames, self.resolution)
-        n_samples = int(round(len(frames) / self.spec.fps * self.spec.sample_rate))   # audio to the video's length
-        pcm = np.pad(media.pcm[:n_samples], (0, max(0, n_samples - len(media.pcm))))
+        pcm = fit_audio_to_video(media.pcm, len(frames), self.spec)
         per_chunk, samples = self.spec.raw_frames_per_chunk, self.spec.samples_per_chunk
         reports = []
         for j in range(-(-len(frames) // per_chunk)):

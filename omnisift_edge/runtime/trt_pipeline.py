@@ -1,6 +1,6 @@
 """Streaming OmniSIFT through the TensorRT engines of one build (Polygraphy's `TrtRunner`, numpy I/O).
 
-The same loop as `OrtStream` (`runtime.stream.ChunkStream`): the engines built by the engines
+The same loop as `OrtStream` (`runtime.exported.ExportedStream`): the engines built by the engines
 stage (`omnisift-edge build DIR --target ...`, docs/engines.md) from the same ONNX graphs, found
 through the manifest's `builds.<target>` report. Vision, audio and compressor engines have static
 shapes (one profile); the decoder engine has the build's profiles (0 prefill, 1 decode: read from
@@ -14,31 +14,14 @@ Polygraphy are imported when a stream opens, never at module import.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from omnisift_edge.artifact.folder import ExportFolder
 from omnisift_edge.errors import UsageError, require
-from omnisift_edge.runtime.ort_pipeline import (check_whole_chunk, compressor_graph_name, load_export_tables,
-                                                spec_from_manifest)
-from omnisift_edge.runtime.stream import ChunkStream, ContextFullError
-
-
-def pick_build(manifest: dict, target: str | None, folder: Path) -> tuple[str, dict]:
-    """(target, build report) of the engines to run, or a one-line UsageError."""
-    builds = manifest.get("builds") or {}
-    if not builds:
-        raise UsageError(f"no engines built for this export; run omnisift-edge build {folder} --target ... "
-                         "on the GPU that runs them (docs/engines.md)")
-    if target is None:
-        if len(builds) > 1:
-            raise UsageError(f"{folder} has engines for {', '.join(builds)}; pick one with target=... (--target)")
-        target = next(iter(builds))
-    if target not in builds:
-        raise UsageError(f"{folder} has no engines for {target} (it has {', '.join(builds)}); "
-                         f"build them: omnisift-edge build {folder} --target {target}")
-    return target, builds[target]
+from omnisift_edge.runtime.exported import ExportedStream
+from omnisift_edge.runtime.stream import ContextFullError
 
 
 def decoder_profiles(build: dict) -> list[tuple[str, tuple[int, int], tuple[int, int]]]:
@@ -75,26 +58,23 @@ def choose_profile(profiles, n: int, past: int) -> tuple[int, int]:
     return best[1], best[2]
 
 
-class TrtStream(ChunkStream):
+class TrtStream(ExportedStream):
     """Push whole 2-second chunks (pixel patches, log-mel window), then ask questions."""
 
-    def __init__(self, folder: Path, manifest: dict, ratio: float, prefix_ids: Sequence[int], *,
+    def __init__(self, export: ExportFolder, ratio: float | None, prefix_ids: Sequence[int], *,
                  target: str | None = None, max_context: int | None = None):
-        from omnisift_edge.engines.build import require_device, require_tensorrt
-        from omnisift_edge.engines.verify import check_compatible
+        from omnisift_edge.runtime.trt_env import check_compatible, require_device, require_tensorrt
 
-        self.folder, self.manifest = Path(folder), manifest
-        self.target, self.build = pick_build(manifest, target, self.folder)
-        graphs = manifest["graphs"]
-        names = {"vision_encoder": "vision_encoder", "audio_encoder": "audio_encoder", "decoder": "decoder",
-                 "compressor": compressor_graph_name(manifest, ratio)}
+        self.folder = export.path
+        self.target, self.build = export.build(target)
+        graphs = export.graphs_for(ratio)
         engines = self.build.get("engines", {})
         files = {}
-        for role, graph in names.items():
-            if graph not in engines:
-                raise UsageError(f"the {self.target} build has no {graph} engine; rebuild: "
+        for role, graph in graphs.items():
+            if graph.key not in engines:
+                raise UsageError(f"the {self.target} build has no {graph.key} engine; rebuild: "
                                  f"omnisift-edge build {self.folder} --target {self.target}")
-            files[role] = self.folder / engines[graph]["file"]
+            files[role] = self.folder / engines[graph.key]["file"]
         missing = [str(p) for p in files.values() if not p.is_file()]
         if missing:
             raise UsageError(f"engine file(s) missing: {', '.join(missing)}; copy the whole folder or rebuild: "
@@ -106,7 +86,6 @@ class TrtStream(ChunkStream):
         from polygraphy.backend.common import BytesFromPath
         from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
-        self.graphs = {role: graphs[graph] for role, graph in names.items()}
         self.profiles = decoder_profiles(self.build)
         self._profile: int | None = None
         self.runners = {}
@@ -123,11 +102,8 @@ class TrtStream(ChunkStream):
             self.close()
             raise
 
-        load_export_tables(self, self.folder, manifest, self.graphs["decoder"])
-        dims = self.dims
-        limit = int(self.build.get("max_context") or manifest["max_context"])   # the engines' profiles end there
-        super().__init__(spec_from_manifest(manifest), prefix_ids, (dims["grid_h"], dims["grid_w"]),
-                         max_context=min(max_context or limit, limit))
+        limit = int(self.build.get("max_context") or export.manifest.max_context)   # the engines' profiles end there
+        super().__init__(export, ratio, prefix_ids, what="the engines", max_context=min(max_context or limit, limit))
 
     def close(self) -> None:
         """Release the engines' execution contexts and device buffers."""
@@ -146,9 +122,6 @@ class TrtStream(ChunkStream):
         # Polygraphy reuses its host output buffers between calls: copy what we keep
         return {name: np.array(value) for name, value in runner.infer(feeds).items()}
 
-    def _embed(self, ids):
-        return self.embed_table[np.asarray(ids, dtype=np.int64)][None].astype(self.float_type)   # [1, n, D]
-
     def _step(self, embeds, positions):
         n, start, logits = embeds.shape[1], 0, None
         runner = self.runners["decoder"]
@@ -158,37 +131,29 @@ class TrtStream(ChunkStream):
                 runner.set_profile(index)
                 self._profile = index
             piece = np.ascontiguousarray(embeds[:, start:start + take])
-            feeds = {"inputs_embeds": piece,
-                     "position_ids": np.ascontiguousarray(positions[:, start:start + take]).reshape(3, 1, take),
-                     "attention_mask": np.ones((1, self.kv_length() + take), dtype=np.int64), **self.past}
+            embeds_name, positions_name, mask_name = self.decoder_inputs
+            feeds = {embeds_name: piece,
+                     positions_name: np.ascontiguousarray(positions[:, start:start + take]).reshape(3, 1, take),
+                     mask_name: np.ones((1, self.kv_length() + take), dtype=np.int64), **self.past}
             out = self._run(runner, feeds)
             self.past = {p: out[q] for p, q in zip(self.past_names, self.present_names)}
-            logits = out["logits"]
+            logits = out[self.logits_name]
             start += take
         return logits[0, -1].astype(np.float32)                                           # [V]
-
-    def _check_chunk(self, pixel_values, n_grids, mel):
-        super()._check_chunk(pixel_values, n_grids, mel)
-        check_whole_chunk(self.dims, n_grids, mel, "the engines")
 
     def _encode_video(self, pixel_values, n_grids):
         g = self.graphs["vision_encoder"]
         out = self._run(self.runners["vision_encoder"],
-                        {g["inputs"][0]["name"]: np.ascontiguousarray(pixel_values, dtype=self.float_type)})
-        return out[g["outputs"][0]["name"]]                                               # [2*n_p, D]
+                        {g.inputs[0].name: np.ascontiguousarray(pixel_values, dtype=self.float_type)})
+        return out[g.outputs[0].name]                                               # [2*n_p, D]
 
     def _encode_audio(self, mel):
         g = self.graphs["audio_encoder"]
         out = self._run(self.runners["audio_encoder"],
-                        {g["inputs"][0]["name"]: np.ascontiguousarray(mel, dtype=self.float_type)})
-        return out[g["outputs"][0]["name"]]                                               # [La, D]
+                        {g.inputs[0].name: np.ascontiguousarray(mel, dtype=self.float_type)})
+        return out[g.outputs[0].name]                                               # [La, D]
 
     def _compress(self, video, audio, n_grids, chunk_positions):
-        out = self._run(self.runners["compressor"], {
-            "video_embeds": np.ascontiguousarray(video.reshape(1, n_grids, self.tokens_per_frame, -1)),
-            "audio_embeds": np.ascontiguousarray(audio[None]),
-            "chunk_position_ids": np.ascontiguousarray(chunk_positions, dtype=np.int64)})
-        return out["kept_embeds"], out["kept_index"][0].astype(np.int64)
-
-    def kv_length(self) -> int:
-        return next(iter(self.past.values())).shape[2]
+        kept_name, _, index_name = self.graphs["compressor"].output_names
+        out = self._run(self.runners["compressor"], self.compressor_feeds(video, audio, n_grids, chunk_positions))
+        return out[kept_name], out[index_name][0].astype(np.int64)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from omnisift_edge.errors import UsageError
 from omnisift_edge.model.load import ModelSource
+from omnisift_edge.model.preprocess import parse_resolution
 from omnisift_edge.model.tokenizer import DEFAULT_SYSTEM_PROMPT
 
 LLM_MODES = ("frozen", "full", "lora")
@@ -60,7 +61,7 @@ class TrainConfig:
         object.__setattr__(self, "out", Path(self.out))
         if not isinstance(self.source, ModelSource):
             raise UsageError(f"source must be a ModelSource (got {type(self.source).__name__})")
-        object.__setattr__(self, "resolution", _resolution(self.resolution))
+        object.__setattr__(self, "resolution", parse_resolution(self.resolution))
         self._check_drops()
         _positive("epochs", self.epochs, allow_float=True)
         if self.max_steps is not None:
@@ -199,26 +200,12 @@ class TrainArtifact:
 
 
 def _file_sha256(path: Path) -> str | None:
-    from omnisift_edge.export.manifest import sha256
+    from omnisift_edge.artifact.manifest import sha256
 
     try:
         return sha256(path)
     except OSError:
         return None        # read_records reports a missing file with its fix
-
-
-def _resolution(value) -> tuple[int, int]:
-    from omnisift_edge.model.preprocess import check_resolution
-
-    if isinstance(value, str):
-        try:
-            h, w = (int(v) for v in value.lower().split("x"))
-        except ValueError:
-            raise UsageError(f"--resolution must look like 448x448 (got {value!r})") from None
-        value = (h, w)
-    if not (isinstance(value, (tuple, list)) and len(value) == 2):
-        raise UsageError(f"--resolution must be (H, W) or 'HxW' (got {value!r})")
-    return check_resolution(tuple(value))
 
 
 def _positive(name: str, value, *, allow_float: bool = False) -> None:

@@ -156,14 +156,12 @@ def example_from_arrays(model, line: int, frames: np.ndarray, pcm: np.ndarray, q
                         resolution: tuple[int, int], *, system=DEFAULT_SYSTEM) -> Example:
     """`prepare_example` from decoded frames [T, H, W, 3] uint8 at 2 fps and mono PCM at 16 kHz."""
     from omnisift_edge.model.layout import build_layout
+    from omnisift_edge.model.media import fit_audio_to_video
     from omnisift_edge.model.preprocess import log_mel, video_patches
     from omnisift_edge.model.prompt import build_prompt
 
     spec = model.spec
-    # the audio track is trimmed or zero-padded to the video's duration, as the demo does: OmniSIFT
-    # pairs each 2-second video chunk with its own audio window
-    n_samples = int(round(len(frames) / spec.fps * spec.sample_rate))
-    pcm = np.pad(np.asarray(pcm, np.float32)[:n_samples], (0, max(0, n_samples - len(pcm))))
+    pcm = fit_audio_to_video(pcm, len(frames), spec)
     pixel_values, grid = video_patches(frames, spec, size=resolution)         # [n, 1176], [3]
     mel = log_mel(pcm, spec)                                                  # [n_mels, n_frames]
     pieces = build_prompt(model.tokenizer, question, system=system, spec=spec)

@@ -25,14 +25,14 @@ from omnisift_edge.errors import UsageError
 from omnisift_edge.train.config import BadLine, TrainArtifact, TrainConfig
 
 
-def scan(cfg: TrainConfig, feeder, records, bad, echo: Callable[[str], None], progress: bool):
+def scan(cfg: TrainConfig, feeder, records, bad, progress: Callable[[str], None], bar: bool):
     """(good records, bad lines): every checked line (`read_records`) also decoded and preprocessed once."""
     from tqdm import tqdm
 
     good, bad = [], list(bad)
     checked = feeder.check(records)
     for record, reason in tqdm(checked, total=len(records), desc="checking data", unit="clip",
-                               disable=not progress, file=sys.stderr):
+                               disable=not bar, file=sys.stderr):
         if reason is None:
             good.append(record)
         else:
@@ -43,7 +43,7 @@ def scan(cfg: TrainConfig, feeder, records, bad, echo: Callable[[str], None], pr
         if cfg.on_bad_line == "stop":
             raise UsageError(f"{len(bad)} bad line(s) in {cfg.data}: {shown}. Fix them, or pass "
                              "--on-bad-line skip to train on the other lines")
-        echo(f"skipping {len(bad)} bad line(s) of {cfg.data}: {shown}")
+        progress(f"skipping {len(bad)} bad line(s) of {cfg.data}: {shown}")
     if not good:
         raise UsageError(f"no usable lines in {cfg.data} ({len(bad)} bad); each line needs a video with an audio "
                          'track: {"video": "clip.mp4", "question": "...", "answer": "..."}')
@@ -118,7 +118,7 @@ def example_positions(step: int, global_batch: int, n: int, seed: int) -> list[t
     return out
 
 
-def train(cfg: TrainConfig, *, echo: Callable[[str], None] = print, progress: bool = True,
+def train(cfg: TrainConfig, *, progress: Callable[[str], None] = print, bar: bool = True,
           on_step: Callable | None = None) -> TrainArtifact:
     """Train OmniSIFT's selector on `cfg.data`; see docs/train.md. `on_step(stats)` runs after each step."""
     from omnisift_edge.train.data import prepare_example, read_records
@@ -135,12 +135,12 @@ def train(cfg: TrainConfig, *, echo: Callable[[str], None] = print, progress: bo
     feeder = Feeder(lambda record: prepare_example(model, record, cfg.resolution, max_seconds=cfg.max_seconds,
                                                    system=cfg.system_prompt), cfg.workers)
     try:
-        return _train(cfg, model, feeder, records, bad, latest, started, echo, progress, on_step)
+        return _train(cfg, model, feeder, records, bad, latest, started, progress, bar, on_step)
     finally:
         feeder.close()
 
 
-def _train(cfg, model, feeder, records, bad, latest, started, echo, progress, on_step) -> TrainArtifact:
+def _train(cfg, model, feeder, records, bad, latest, started, progress, bar, on_step) -> TrainArtifact:
     """`train` once the model is loaded: check the data, build the trainer, resume, run the steps."""
     import torch
     from tqdm import tqdm
@@ -149,7 +149,7 @@ def _train(cfg, model, feeder, records, bad, latest, started, echo, progress, on
     from omnisift_edge.train import checkpoint as ckpt
     from omnisift_edge.train.step import Trainer
 
-    good, bad = scan(cfg, feeder, records, bad, echo, progress)
+    good, bad = scan(cfg, feeder, records, bad, progress, bar)
     _check_good_lines(cfg, good, resuming=latest is not None)
     with _writing(cfg.out, "bad_lines.jsonl"):
         _write_bad_lines(cfg.out, bad)
@@ -176,7 +176,7 @@ def _train(cfg, model, feeder, records, bad, latest, started, echo, progress, on
         trainer.load_state_dict(state)
         torch.set_rng_state(state["rng"]["torch"])
         resumed_from = step0
-        echo(f"resuming from {folder} (step {step0} of {total})")
+        progress(f"resuming from {folder} (step {step0} of {total})")
         kept_lines = _log_lines_until(log_path, step0)
         with _writing(cfg.out, "log.jsonl"):
             ckpt.write_atomic(log_path, lambda p: p.write_text("".join(kept_lines), encoding="utf-8"))
@@ -189,7 +189,7 @@ def _train(cfg, model, feeder, records, bad, latest, started, echo, progress, on
     first_loss = last_loss = None
     media = kept = 0
     folder = latest[1] if latest else None
-    bar = tqdm(total=total, initial=trainer.steps_done, desc="train", unit="step", disable=not progress,
+    steps_bar = tqdm(total=total, initial=trainer.steps_done, desc="train", unit="step", disable=not bar,
                file=sys.stderr)
     with open(log_path, "a", encoding="utf-8") as log:
         def records_of(step: int) -> list:
@@ -208,7 +208,7 @@ def _train(cfg, model, feeder, records, bad, latest, started, echo, progress, on
                                      "check before training, so the file changed") from None
                 if all(b.line != record.line for b in bad):          # listed once, skipped every time
                     bad.append(BadLine(record.line, f"during training: {exc}"))
-                echo(f"skipping line {record.line} in step {step + 1}: {exc}")
+                progress(f"skipping line {record.line} in step {step + 1}: {exc}")
             if step + 1 < total:
                 feeder.queue(step + 1, records_of(step + 1))      # decodes while this step trains
             micro = [examples[k:k + cfg.batch_size] for k in range(0, len(examples), cfg.batch_size)]
@@ -225,13 +225,13 @@ def _train(cfg, model, feeder, records, bad, latest, started, echo, progress, on
             with _writing(cfg.out, "log.jsonl"):
                 log.write(json.dumps(entry) + "\n")
                 log.flush()
-            bar.update(1)
-            bar.set_postfix(loss=f"{stats.loss:.4f}", kept=f"{stats.kept_ratio:.3f}", lr=f"{stats.lr:.2e}")
+            steps_bar.update(1)
+            steps_bar.set_postfix(loss=f"{stats.loss:.4f}", kept=f"{stats.kept_ratio:.3f}", lr=f"{stats.lr:.2e}")
             if (cfg.save_every and stats.step % cfg.save_every == 0) or stats.step == total:
                 folder = _save(cfg, trainer, selector, rho_video, rho_audio, stats.step)
             if on_step is not None:
                 on_step(stats)
-    bar.close()
+    steps_bar.close()
     with _writing(cfg.out, "the final weights", saving=True):
         _write_bad_lines(cfg.out, bad)
         compressor, extra = ckpt.publish_final(cfg.out, folder, cfg.llm)

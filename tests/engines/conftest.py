@@ -11,18 +11,14 @@ RATIOS = (1.0, 0.25)
 
 
 @pytest.fixture(scope="session")
-def engine_export(tmp_path_factory):
-    """A pristine export folder; tests that change files use `export_copy`."""
-    from omnisift_edge.export.stage import ExportConfig, export
-
-    out = tmp_path_factory.mktemp("engines") / "export"
-    export(ExportConfig(out=out, ratios=RATIOS, resolution=RESOLUTION))
-    return out
+def engine_export(small_export):
+    """A pristine export folder (tests/conftest.py's, shared); tests that change files use `export_copy`."""
+    return small_export(ratios=RATIOS, resolution=RESOLUTION)
 
 
 @pytest.fixture(scope="session")
 def engine_manifest(engine_export):
-    from omnisift_edge.export.manifest import read_manifest
+    from omnisift_edge.artifact.manifest import read_manifest
 
     return read_manifest(engine_export)
 
@@ -37,7 +33,7 @@ def export_copy(engine_export, tmp_path):
 @pytest.fixture(scope="session")
 def recorded_export(engine_export, tmp_path_factory):
     """A copy of the export with the ONNX Runtime reference recorded."""
-    from omnisift_edge.engines.verify import record_reference
+    from omnisift_edge.export.reference import record_reference
 
     target = tmp_path_factory.mktemp("recorded") / "export"
     shutil.copytree(engine_export, target)

@@ -10,8 +10,9 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from omnisift_edge.engines.build import TENSORRT_MISSING, build_engines, require_tensorrt
-from omnisift_edge.engines.plan import BuildConfig, BuildPlan
+from omnisift_edge.engines.build import build_engines
+from omnisift_edge.engines.plan import BuildConfig, BuildPlan, plan_build
+from omnisift_edge.runtime.trt_env import TENSORRT_MISSING, require_tensorrt
 from omnisift_edge.errors import UsageError
 
 
@@ -33,7 +34,7 @@ def test_missing_tensorrt_is_the_install_message(export_copy, no_tensorrt):
 
 
 def test_plan_only_needs_no_tensorrt(export_copy, no_tensorrt):
-    plan = build_engines(BuildConfig(export_copy, target="orin-agx", plan_only=True))
+    plan = plan_build(BuildConfig(export_copy, target="orin-agx"))
     assert isinstance(plan, BuildPlan) and plan.path.is_file()
 
 
@@ -47,12 +48,12 @@ def test_a_damaged_manifest_is_the_read_manifest_error(export_copy, no_tensorrt,
     with pytest.raises(UsageError, match=message):     # before the TensorRT check: no machine fixes this
         build_engines(BuildConfig(export_copy, target="orin-agx"))
     with pytest.raises(UsageError, match=message):
-        build_engines(BuildConfig(export_copy, target="orin-agx", plan_only=True))
+        plan_build(BuildConfig(export_copy, target="orin-agx"))
 
 
 def test_a_folder_without_manifest(tmp_path):
     with pytest.raises(UsageError, match="has no manifest.json"):
-        build_engines(BuildConfig(tmp_path, target="l4", plan_only=True))
+        plan_build(BuildConfig(tmp_path, target="l4"))
 
 
 def test_the_cli_exit_path_is_one_line_and_exit_1(export_copy, no_tensorrt):

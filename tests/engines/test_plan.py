@@ -12,7 +12,7 @@ import pytest
 from omnisift_edge.engines.plan import BuildConfig, plan_build, precision_mode
 from omnisift_edge.engines.profiles import engine_profiles
 from omnisift_edge.errors import UsageError
-from omnisift_edge.export.manifest import read_manifest, write_manifest
+from omnisift_edge.artifact.manifest import read_manifest, write_manifest
 
 
 def _shapes(spec: str, sep: str = "x") -> dict[str, tuple[int, ...]]:

@@ -11,10 +11,11 @@ import pytest
 
 from omnisift_edge.engines.build import build_engines
 from omnisift_edge.engines.plan import BuildConfig
-from omnisift_edge.engines.presets import PRESETS, detect_device
+from omnisift_edge.engines.presets import PRESETS
+from omnisift_edge.runtime.trt_env import detect_device
 from omnisift_edge.engines.verify import VerifyConfig, verify_engines
 from omnisift_edge.errors import UsageError
-from omnisift_edge.export.manifest import read_manifest, write_manifest
+from omnisift_edge.artifact.manifest import read_manifest, write_manifest
 
 pytestmark = pytest.mark.trt
 
@@ -128,7 +129,7 @@ def test_engines_of_another_tensorrt_version_are_refused(built, tmp_path_factory
 
 
 def test_selftest_passes(tmp_path):
-    from omnisift_edge.engines import selftest
+    from omnisift_edge.selftest import SelfTestConfig, selftest
 
-    result = selftest(tmp_path, progress=lambda _: None)
+    result = selftest(SelfTestConfig(workdir=tmp_path), progress=lambda _: None)
     assert result.ran and result.ok, result.summary()

@@ -5,20 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from omnisift_edge.engines.build import TENSORRT_MISSING
-from omnisift_edge.engines.verify import (
-    VerifyConfig,
-    check_compatible,
-    compare,
-    load_reference,
-    record_reference,
-    run_cases,
-    verify_engines,
-)
-from omnisift_edge.engines.presets import DeviceInfo
+from omnisift_edge.artifact.manifest import read_manifest, write_manifest
+from omnisift_edge.artifact.onnx_runtime import ort_session
+from omnisift_edge.artifact.reference import load_reference
+from omnisift_edge.engines.verify import VerifyConfig, compare, run_cases, verify_engines
 from omnisift_edge.errors import UsageError
-from omnisift_edge.export.manifest import read_manifest, write_manifest
-from omnisift_edge.export.onnx_io import ort_session
+from omnisift_edge.export.reference import record_reference
+from omnisift_edge.runtime.trt_env import TENSORRT_MISSING, DeviceInfo, check_compatible
 
 
 def test_reference_files_are_recorded_with_checksums(recorded_export):
@@ -145,6 +138,7 @@ def test_verify_without_tensorrt(recorded_export, tmp_path, no_tensorrt):
 
 
 def test_record_on_the_export_machine_returns_a_report(export_copy, no_tensorrt):
+    record_reference(export_copy)                          # what `verify --record` does first (export stage)
     report = verify_engines(VerifyConfig(export_copy, record=True))
     assert report.reference == export_copy / "reference" and not report.ok and not report.graphs
     assert "no engines built" in report.summary()

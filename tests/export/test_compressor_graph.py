@@ -16,8 +16,8 @@ from omnisift_edge.export.compressor import (  # noqa: E402
     export_compressor,
     validate_compressor,
 )
-from omnisift_edge.export.onnx_io import ort_session  # noqa: E402
-from omnisift_edge.export.tensors import COMPRESSOR, Dims  # noqa: E402
+from omnisift_edge.artifact.onnx_runtime import ort_session  # noqa: E402
+from omnisift_edge.artifact.tensors import COMPRESSOR, Dims  # noqa: E402
 from omnisift_edge.model.tiny import seeded_fill_  # noqa: E402
 
 DIMS = Dims(hidden=64, patch_dim=1176, grid_h=8, grid_w=6, spatial_merge=2, grids_per_chunk=2, n_mels=128,

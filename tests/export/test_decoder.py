@@ -15,8 +15,8 @@ pytest.importorskip("optimum.exporters.onnx")
 from omnisift_edge.errors import UsageError  # noqa: E402
 from omnisift_edge.export import decoder_config  # noqa: E402
 from omnisift_edge.export.decoder import decoder_dims, export_decoder, validate_decoder  # noqa: E402
-from omnisift_edge.export.onnx_io import ort_session  # noqa: E402
-from omnisift_edge.export.tensors import DYNAMIC_AXES, Dims, decoder_graph  # noqa: E402
+from omnisift_edge.artifact.onnx_runtime import ort_session  # noqa: E402
+from omnisift_edge.artifact.tensors import DYNAMIC_AXES, Dims, decoder_graph  # noqa: E402
 
 # encoder sizes are irrelevant to the decoder; decoder_dims fills in the LLM's
 BASE = Dims(hidden=64, patch_dim=1176, grid_h=8, grid_w=6, spatial_merge=2, grids_per_chunk=2, n_mels=128,

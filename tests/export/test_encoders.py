@@ -25,7 +25,7 @@ from omnisift_edge.export.encoders import (  # noqa: E402
     validate_encoder,
     validate_vision_encoder,
 )
-from omnisift_edge.export.tensors import AUDIO_ENCODER, VISION_ENCODER  # noqa: E402
+from omnisift_edge.artifact.tensors import AUDIO_ENCODER, VISION_ENCODER  # noqa: E402
 from omnisift_edge.model.preprocess import log_mel, video_patches  # noqa: E402
 from omnisift_edge.model.synthetic import synthetic_clip  # noqa: E402
 

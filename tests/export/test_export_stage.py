@@ -11,9 +11,9 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("optimum.exporters.onnx")
 
 from omnisift_edge.errors import UsageError  # noqa: E402
-from omnisift_edge.export.manifest import SCHEMA_VERSION, read_manifest  # noqa: E402
+from omnisift_edge.artifact.manifest import SCHEMA_VERSION, read_manifest  # noqa: E402
 from omnisift_edge.export.stage import ExportConfig, export  # noqa: E402
-from omnisift_edge.export.tensors import decoder_graph  # noqa: E402
+from omnisift_edge.artifact.tensors import decoder_graph  # noqa: E402
 
 RES = (112, 84)
 

@@ -1,4 +1,4 @@
-"""omnisift_edge/export/golden.py: the golden files that make the C++ runtime agree with Python.
+"""cpp/tools/golden.py: the golden files that make the C++ runtime agree with Python.
 
 The committed cpp/golden/ must equal a fresh write (floats compared to 1e-9 relative: FFT
 rounding may differ across numpy builds); the C++ side (cpp/ci.sh: CMake + ctest) must pass on
@@ -22,14 +22,24 @@ pytest.importorskip("safetensors")
 
 REPO = Path(__file__).resolve().parents[2]
 COMMITTED = REPO / "cpp" / "golden"
-REGENERATE = "regenerate with: python -m omnisift_edge.export.golden cpp/golden (after a deliberate change)"
+REGENERATE = "regenerate with: python cpp/tools/golden.py cpp/golden (after a deliberate change)"
+
+
+def golden_tool():
+    """cpp/tools/golden.py (a tool of the C++ tests, outside the shipped package) as a module."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("omnisift_cpp_golden", REPO / "cpp" / "tools" / "golden.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory) -> Path:
-    from omnisift_edge.export.golden import write_golden
-
-    return write_golden(tmp_path_factory.mktemp("golden") / "golden")
+    return golden_tool().write_golden(tmp_path_factory.mktemp("golden") / "golden")
 
 
 def _same(a, b, where: str) -> None:
@@ -68,7 +78,7 @@ def test_committed_golden_is_fresh(fresh):
 
 
 def test_golden_covers_the_cases(fresh):
-    from omnisift_edge.export.manifest import read_manifest
+    from omnisift_edge.artifact.manifest import read_manifest
 
     layouts = json.loads((fresh / "layouts.json").read_text())
     assert any(c["n_grids"] % 2 and c["n_audio"] % 50 for c in layouts)             # odd frames, short last audio
@@ -98,13 +108,13 @@ def _tool_reason() -> str | None:
 
 
 @pytest.mark.skipif(_tool_reason() is not None, reason=_tool_reason() or "")
-def test_cpp_ci_passes(tmp_path):
-    """cpp/ci.sh (CMake, g++, ctest) on the committed goldens and on a fresh real export."""
-    from omnisift_edge.export.stage import ExportConfig, export
+def test_cpp_ci_passes(tmp_path, small_export):
+    """cpp/ci.sh (CMake, g++, ctest) on the committed goldens and on a fresh real export (the C++ build
+    runs here, once per CI run: .ci/run leaves it to this test)."""
     from omnisift_edge.model.prompt import build_prompt
     from omnisift_edge.model.tokenizer import load_tokenizer
 
-    folder = export(ExportConfig(out=tmp_path / "export", ratios=(1.0, 0.25), resolution=(112, 84))).folder
+    folder = small_export(ratios=(1.0, 0.25), resolution=(112, 84))
     tok = load_tokenizer(folder / "tokenizer")
     question = "Wer spricht hier? 東京 2026"
     pieces = build_prompt(tok, question)

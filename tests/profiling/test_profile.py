@@ -11,22 +11,19 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("matplotlib")
 
 from omnisift_edge.errors import UsageError  # noqa: E402
-from omnisift_edge.export.stage import ExportConfig, export  # noqa: E402
 from omnisift_edge.profiling.profile import ProfileConfig, profile  # noqa: E402
 from omnisift_edge.runtime.stream import STAGES  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    out = tmp_path_factory.mktemp("prof") / "art"
-    export(ExportConfig(out=out, ratios=(1.0, 0.5, 0.25), resolution=(112, 84)))
-    return out
+def folder(small_export):
+    return small_export(ratios=(1.0, 0.5, 0.25), resolution=(112, 84))
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
 def test_profile_writes_three_reports_with_consistent_numbers(folder, tmp_path, backend):
     report = profile(ProfileConfig(folder, backend=backend, seconds=6.0, max_new_tokens=3, out=tmp_path),
-                     progress=False)
+                     bar=False)
     data = json.loads((tmp_path / "profile.json").read_text())
     assert [r["ratio"] for r in data["ratios"]] == [1.0, 0.5, 0.25]
     kept = [r["tokens_kept"] for r in data["ratios"]]
@@ -45,7 +42,7 @@ def test_profile_writes_three_reports_with_consistent_numbers(folder, tmp_path, 
 
 
 def test_profile_command_and_bad_configs(folder, tmp_path):
-    from tests.test_cli import _run
+    from tests.helpers import run_cli as _run
 
     result = _run("profile", str(folder), "--seconds", "4", "--ratios", "0.25", "--max-new-tokens", "2",
                   "-o", str(tmp_path))

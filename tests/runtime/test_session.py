@@ -13,7 +13,6 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("optimum.exporters.onnx")
 
 from omnisift_edge.errors import UsageError  # noqa: E402
-from omnisift_edge.export.stage import ExportConfig, export  # noqa: E402
 from omnisift_edge.model.synthetic import synthetic_clip  # noqa: E402
 from omnisift_edge.runtime.session import OmniSession, RuntimeConfig  # noqa: E402
 from omnisift_edge.runtime.stream import ContextFullError  # noqa: E402
@@ -22,10 +21,8 @@ RES = (112, 84)
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    out = tmp_path_factory.mktemp("rt") / "art"
-    export(ExportConfig(out=out, ratios=(0.25, 1.0), resolution=RES))
-    return out
+def folder(small_export):
+    return small_export(ratios=(0.25, 1.0), resolution=RES)
 
 
 def _feed(session, clip, step_frames: int):
@@ -66,7 +63,7 @@ def test_ratio_choice_and_stage_timings(folder):
 
 
 def test_append_file_decodes_and_resizes(folder, tmp_path):
-    from tests.model.test_media import _write
+    from tests.helpers import write_clip as _write
 
     video = _write(tmp_path / "clip.mp4", seconds=3.0, w=96, h=64)
     session = OmniSession(RuntimeConfig(folder))
@@ -114,8 +111,8 @@ def test_bad_media_and_folders(folder, tmp_path):
 
 
 def test_run_command_streams_an_answer(folder, tmp_path):
-    from tests.model.test_media import _write
-    from tests.test_cli import _run
+    from tests.helpers import write_clip as _write
+    from tests.helpers import run_cli as _run
 
     video = _write(tmp_path / "clip.mp4", seconds=2.0, w=96, h=64)
     result = _run("run", str(folder), "--video", str(video), "--question", "What is it?",

@@ -14,10 +14,9 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("optimum.exporters.onnx")
 
-from omnisift_edge.engines.build import TENSORRT_MISSING  # noqa: E402
+from omnisift_edge.runtime.trt_env import TENSORRT_MISSING  # noqa: E402
 from omnisift_edge.errors import UsageError  # noqa: E402
-from omnisift_edge.export.manifest import write_manifest  # noqa: E402
-from omnisift_edge.export.stage import ExportConfig, export  # noqa: E402
+from omnisift_edge.artifact.manifest import write_manifest  # noqa: E402
 from omnisift_edge.model.synthetic import synthetic_clip  # noqa: E402
 from omnisift_edge.runtime.session import BACKENDS, OmniSession, RuntimeConfig  # noqa: E402
 from omnisift_edge.runtime.trt_pipeline import choose_profile  # noqa: E402
@@ -26,10 +25,8 @@ RES = (112, 84)
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    out = tmp_path_factory.mktemp("trt") / "art"
-    export(ExportConfig(out=out, ratios=(0.25,), resolution=RES))
-    return out
+def folder(small_export):
+    return small_export(ratios=(0.25,), resolution=RES)
 
 
 def _fake_build(src, dst, targets=("h100",), write_files=True):
@@ -121,7 +118,7 @@ class _OrtEngineRunner:
     log: list = []
 
     def __init__(self, engine, name=None, optimization_profile=None):
-        from omnisift_edge.export.onnx_io import ort_session
+        from omnisift_edge.artifact.onnx_runtime import ort_session
 
         self.session, self.name, self.profile = ort_session(engine), name, optimization_profile
 
@@ -150,12 +147,12 @@ def test_stream_through_stand_in_engines_matches_onnxruntime(folder, tmp_path, m
 
     import polygraphy.backend.trt as polygraphy_trt
 
-    import omnisift_edge.engines.build as build
-    from omnisift_edge.engines.presets import DeviceInfo
+    import omnisift_edge.runtime.trt_env as trt_env
+    from omnisift_edge.runtime.trt_env import DeviceInfo
 
     built = _fake_build(folder, tmp_path / "built")
-    monkeypatch.setattr(build, "require_tensorrt", lambda: types.SimpleNamespace(__version__="10.3.0"))
-    monkeypatch.setattr(build, "require_device", lambda: DeviceInfo("NVIDIA H100", (9, 0), 80.0))
+    monkeypatch.setattr(trt_env, "require_tensorrt", lambda: types.SimpleNamespace(__version__="10.3.0"))
+    monkeypatch.setattr(trt_env, "require_device", lambda: DeviceInfo("NVIDIA H100", (9, 0), 80.0))
     monkeypatch.setattr(polygraphy_trt, "EngineFromBytes", lambda data: lambda: str(built / data().decode()))
     monkeypatch.setattr(polygraphy_trt, "TrtRunner", _OrtEngineRunner)
     _OrtEngineRunner.log = []
@@ -170,7 +167,7 @@ def test_stream_through_stand_in_engines_matches_onnxruntime(folder, tmp_path, m
     session.stream.close()
     assert sum(e[1] == "deactivate" for e in _OrtEngineRunner.log) == 4
 
-    monkeypatch.setattr(build, "require_device", lambda: DeviceInfo("NVIDIA A100", (8, 0), 80.0))
+    monkeypatch.setattr(trt_env, "require_device", lambda: DeviceInfo("NVIDIA A100", (8, 0), 80.0))
     with pytest.raises(UsageError, match="were built with TensorRT 10.3.0 on NVIDIA H100") as exc:
         OmniSession(RuntimeConfig(built, backend="tensorrt"))
     _one_line(exc)

@@ -7,7 +7,7 @@ tokens, and the LLM mostly hears nothing. Examples are preprocessed by the packa
 prompt, labels, pixel patches) and encoded once by `tasks.ContentEncoder` (a stand-in for the
 tiny default's random towers, which pass too little of the content: docs/train.md); every step is
 `Trainer.step`, the function `train()` runs, in the order `train()` uses. docs/train.md records
-the numbers and how they vary with the selector's seed (`python -m tests.train.sweep_learning`).
+the numbers and how they vary with the selector's seed (`python -m benchmarks.train_learning_sweep`).
 """
 
 from __future__ import annotations

@@ -54,20 +54,20 @@ def test_resume_refuses_edited_data_and_changed_usable_lines(clips, tmp_path):
     data = _data(tmp_path, clips)
     out = tmp_path / "out"
     with pytest.raises(Crash):
-        train(_cfg(data, out), on_step=_crash_after(1), progress=False)
+        train(_cfg(data, out), on_step=_crash_after(1), bar=False)
     original = data.read_text()
     data.write_text(original.replace('"A"', '"B"'))                  # same path, other content
     with pytest.raises(UsageError, match="data_sha256"):
-        train(_cfg(data, out, resume=True), progress=False)
+        train(_cfg(data, out, resume=True), bar=False)
     data.write_text(original)
     (tmp_path / "c1.mp4").write_bytes(b"broken")                       # a line that no longer decodes
     with pytest.raises(UsageError, match=r"usable lines .*no longer usable: \[2\]"):
-        train(_cfg(data, out, resume=True), progress=False)
+        train(_cfg(data, out, resume=True), bar=False)
     shutil.copyfile(clips / "c1.mp4", tmp_path / "c1.mp4")
     for setting in (dict(max_grad_norm=0.5), dict(selector_heads=4), dict(lora_dropout=0.1)):
         with pytest.raises(UsageError, match="differ from the checkpoint's"):
-            train(_cfg(data, out, resume=True, **setting), progress=False)
-    done = train(_cfg(data, out, resume=True, workers=2, save_every=2, keep_checkpoints=3), progress=False)
+            train(_cfg(data, out, resume=True, **setting), bar=False)
+    done = train(_cfg(data, out, resume=True, workers=2, save_every=2, keep_checkpoints=3), bar=False)
     assert done.resumed_from == 1 and done.steps == 3                # cadence and threads may change
 
 
@@ -75,14 +75,14 @@ def test_resume_after_a_kill_mid_save_and_mid_log_line(clips, tmp_path):
     data = _data(tmp_path, clips)
     out = tmp_path / "out"
     with pytest.raises(Crash):
-        train(_cfg(data, out, keep_checkpoints=2), on_step=_crash_after(2), progress=False)
+        train(_cfg(data, out, keep_checkpoints=2), on_step=_crash_after(2), bar=False)
     # what a SIGKILL can leave: step 2's folder renamed in before latest.json named it, a stray newer
     # folder, a log line cut short
     (out / "latest.json").write_text(json.dumps({"step": 1, "folder": "step-000001"}))
     shutil.copytree(out / "step-000002", out / "step-000007")
     with open(out / "log.jsonl", "a") as log:
         log.write('{"step": 3, "lo')
-    done = train(_cfg(data, out, resume=True, keep_checkpoints=2), progress=False)
+    done = train(_cfg(data, out, resume=True, keep_checkpoints=2), bar=False)
     assert done.resumed_from == 1 and done.steps == 3
     assert [json.loads(ln)["step"] for ln in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(("step-", "."))) == ["step-000002",
@@ -100,10 +100,10 @@ def test_corrupt_resume_files_are_one_line_errors(clips, tmp_path, damage, messa
     data = _data(tmp_path, clips)
     out = tmp_path / "out"
     with pytest.raises(Crash):
-        train(_cfg(data, out), on_step=_crash_after(1), progress=False)
+        train(_cfg(data, out), on_step=_crash_after(1), bar=False)
     damage(out)
     with pytest.raises(UsageError, match=message):
-        train(_cfg(data, out, resume=True), progress=False)
+        train(_cfg(data, out, resume=True), bar=False)
 
 
 def test_lines_that_used_to_escape_are_bad_lines(clips, tmp_path):
@@ -111,7 +111,7 @@ def test_lines_that_used_to_escape_are_bad_lines(clips, tmp_path):
     with open(data, "a") as handle:
         handle.write(json.dumps({"video": "~nosuchuser_omnisift/x.mp4", "question": "Q?", "answer": "A"}) + "\n")
         handle.write("[" * 100000 + "\n")
-    done = train(_cfg(data, tmp_path / "out", max_steps=1), progress=False, echo=lambda _: None)
+    done = train(_cfg(data, tmp_path / "out", max_steps=1), bar=False, progress=lambda _: None)
     reasons = {b.line: b.reason for b in done.bad_lines}
     assert set(reasons) == {2, 3} and "nosuchuser" in reasons[2] and "nested too deeply" in reasons[3]
 
@@ -130,13 +130,13 @@ def test_an_output_folder_that_cannot_be_made(clips, tmp_path):
     data = _data(tmp_path, clips)
     (tmp_path / "file").write_text("x")
     with pytest.raises(UsageError, match="cannot create the output folder"):
-        train(_cfg(data, tmp_path / "file" / "sub"), progress=False)
+        train(_cfg(data, tmp_path / "file" / "sub"), bar=False)
 
 
 def test_no_audio_names_the_jsonl_key(clips, tmp_path):
     data = _data(tmp_path, clips, names=("c0", "silent"))
     frames, pcm, _, _ = event_clip(np.random.default_rng(0))
     write_mp4(tmp_path / "silent.mp4", frames, pcm, audio=False)
-    done = train(_cfg(data, tmp_path / "out", max_steps=1), progress=False, echo=lambda _: None)
+    done = train(_cfg(data, tmp_path / "out", max_steps=1), bar=False, progress=lambda _: None)
     assert [b.line for b in done.bad_lines] == [2]
     assert 'line\'s "audio"' in done.bad_lines[0].reason and "--audio" not in done.bad_lines[0].reason

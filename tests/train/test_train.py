@@ -67,7 +67,7 @@ def _crash_at(step):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_stop_reports_every_bad_line_by_number_and_trains_nothing(dataset, tmp_path, workers):
     with pytest.raises(UsageError) as err:
-        train(_cfg(dataset, tmp_path / "out", on_bad_line="stop", workers=workers), progress=False)
+        train(_cfg(dataset, tmp_path / "out", on_bad_line="stop", workers=workers), bar=False)
     message = str(err.value)
     assert message.startswith("5 bad line(s)") and "--on-bad-line skip" in message
     for line, reason in BAD.items():
@@ -77,14 +77,14 @@ def test_stop_reports_every_bad_line_by_number_and_trains_nothing(dataset, tmp_p
 
 def test_zero_good_lines_is_a_usage_error(dataset, tmp_path):
     with pytest.raises(UsageError, match=r"no usable lines .* \(3 bad\)"):
-        train(_cfg(dataset, tmp_path / "out", data=dataset / "bad.jsonl"), progress=False)
+        train(_cfg(dataset, tmp_path / "out", data=dataset / "bad.jsonl"), bar=False)
 
 
 def test_train_checkpoints_and_resume_reproduce_the_uninterrupted_run(dataset, tmp_path):
     from omnisift_edge.compress.selector import load_selector_state
 
     messages = []
-    full = train(_cfg(dataset, tmp_path / "a"), echo=messages.append, progress=False)
+    full = train(_cfg(dataset, tmp_path / "a"), progress=messages.append, bar=False)
     assert full.steps == 4 and full.good_lines == 5 and full.resumed_from is None
     assert {b.line: b.reason for b in full.bad_lines}.keys() == BAD.keys()
     assert messages[0].startswith("skipping 5 bad line(s)") and "line 3: malformed JSON" in messages[0]
@@ -106,18 +106,18 @@ def test_train_checkpoints_and_resume_reproduce_the_uninterrupted_run(dataset, t
     # run b: decoded in the main thread, then resumed with 3 decoding threads; ends as run a (2 threads)
     out = tmp_path / "b"
     with pytest.raises(Crash):
-        train(_cfg(dataset, out, workers=0), on_step=_crash_at(3), progress=False)
+        train(_cfg(dataset, out, workers=0), on_step=_crash_at(3), bar=False)
     assert json.loads((out / "latest.json").read_text()) == {"step": 3, "folder": "step-000003"}
     with pytest.raises(UsageError, match="--resume"):
-        train(_cfg(dataset, out), progress=False)                                     # not without --resume
+        train(_cfg(dataset, out), bar=False)                                     # not without --resume
     with pytest.raises(UsageError, match=r"differ .* in lr"):
-        train(_cfg(dataset, out, lr=2e-2, resume=True), progress=False)
-    resumed = train(_cfg(dataset, out, resume=True, workers=3), progress=False)
+        train(_cfg(dataset, out, lr=2e-2, resume=True), bar=False)
+    resumed = train(_cfg(dataset, out, resume=True, workers=3), bar=False)
     assert resumed.resumed_from == 3 and resumed.steps == 4
     assert [json.loads(ln)["step"] for ln in resumed.log.read_text().splitlines()] == [1, 2, 3, 4]
     a, b = _tensors(full.compressor), _tensors(resumed.compressor)
     assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)                   # bit for bit
-    again = train(_cfg(dataset, out, resume=True), progress=False)                     # complete: nothing to do
+    again = train(_cfg(dataset, out, resume=True), bar=False)                     # complete: nothing to do
     assert again.steps == 4 and again.first_loss is None
 
 
@@ -138,12 +138,12 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint(dataset, tmp_path, 
     monkeypatch.setattr(safetensors.torch, "save_file", flaky)
     out = tmp_path / "out"
     with pytest.raises(UsageError, match=r"step 2 checkpoint .* failed \(disk full\); the newest complete checkpoint"):
-        train(_cfg(dataset, out, llm="full", max_steps=2), progress=False)
+        train(_cfg(dataset, out, llm="full", max_steps=2), bar=False)
     assert json.loads((out / "latest.json").read_text())["step"] == 1
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(("step-", "."))) == ["step-000001"]
     (out / ".step-000002.partial-killed").mkdir()          # what a SIGKILL mid-save would leave
     monkeypatch.setattr(safetensors.torch, "save_file", real)
-    done = train(_cfg(dataset, out, llm="full", max_steps=2, resume=True), progress=False)
+    done = train(_cfg(dataset, out, llm="full", max_steps=2, resume=True), bar=False)
     assert done.resumed_from == 1 and done.steps == 2
     assert not list(out.glob(".*"))                         # resume cleared the half-written folder
 
@@ -156,8 +156,8 @@ def test_llm_modes_save_their_weights_and_resume(dataset, tmp_path, llm):
 
     out = tmp_path / "out"
     with pytest.raises(Crash):
-        train(_cfg(dataset, out, llm=llm, max_steps=2, lora_rank=4), on_step=_crash_at(1), progress=False)
-    done = train(_cfg(dataset, out, llm=llm, max_steps=2, lora_rank=4, resume=True), progress=False)
+        train(_cfg(dataset, out, llm=llm, max_steps=2, lora_rank=4), on_step=_crash_at(1), bar=False)
+    done = train(_cfg(dataset, out, llm=llm, max_steps=2, lora_rank=4, resume=True), bar=False)
     assert done.resumed_from == 1 and done.steps == 2
     weights = _tensors(done.llm_weights if llm == "full" else done.llm_weights / "adapter_model.safetensors")
     if llm == "full":
@@ -198,10 +198,10 @@ def test_a_file_that_breaks_after_the_check(tmp_path, mode, workers):
     messages = []
     if mode == "stop":
         with pytest.raises(UsageError, match="line 2 failed during training"):
-            train(cfg, on_step=break_clip, echo=messages.append, progress=False)
+            train(cfg, on_step=break_clip, progress=messages.append, bar=False)
         assert json.loads((tmp_path / "out" / "latest.json").read_text())["step"] + 1 in allowed
         return
-    done = train(cfg, on_step=break_clip, echo=messages.append, progress=False)
+    done = train(cfg, on_step=break_clip, progress=messages.append, bar=False)
     assert done.steps == 3 and [b.line for b in done.bad_lines] == [2]
     reason = done.bad_lines[0].reason[len("during training: "):]
     failing = int(messages[0].split(" in step ")[1].split(":")[0])

@@ -39,7 +39,7 @@ struct LayoutSpec {
   int raw_frames_per_chunk() const; // 4 frames at 2 fps
 };
 
-// Fixed axis sizes (manifest `dims`, Python's export.tensors.Dims).
+// Fixed axis sizes (manifest `dims`, Python's artifact.tensors.Dims).
 struct Dims {
   int hidden = 0, patch_dim = 0, grid_h = 0, grid_w = 0, spatial_merge = 0, grids_per_chunk = 0;
   int n_mels = 0, window_frames = 0, window_audio_tokens = 0;

@@ -1,7 +1,9 @@
-"""`selftest()`: export the embedded default small, record ONNX Runtime references, build, verify.
+"""`selftest(SelfTestConfig) -> SelfTestResult`: export the embedded default small, record ONNX
+Runtime references, build engines, verify them.
 
 One command that says whether this machine can build and run correct engines. Where TensorRT, a
 GPU or the export stack (torch, ONNX Runtime, Optimum) is missing it runs nothing and says why.
+It composes three stages (export, engines' build and verify), so it sits above them, beside the CLI.
 """
 
 from __future__ import annotations
@@ -18,6 +20,17 @@ from omnisift_edge.errors import UsageError
 RESOLUTION = (112, 84)          # 8 x 6 patches per frame: a few seconds per engine
 RATIOS = (1.0, 0.25)
 MAX_CONTEXT = 1024
+
+
+@dataclass(frozen=True)
+class SelfTestConfig:
+    workdir: Path | None = None      # where the temporary export goes (default: the system's temp folder)
+    precision: str = "fp16"
+    keep: bool = False               # keep the export and engines (SelfTestResult.folder)
+
+    def __post_init__(self):
+        if self.precision not in ("fp16", "bf16", "fp32"):
+            raise UsageError(f"--precision must be fp16, bf16 or fp32 (got {self.precision!r})")
 
 
 @dataclass
@@ -45,8 +58,7 @@ def missing_requirements() -> list[str]:
     """What this machine lacks for the self-test (empty when it can run)."""
     import importlib
 
-    from omnisift_edge.engines.build import require_tensorrt
-    from omnisift_edge.engines.presets import detect_device
+    from omnisift_edge.runtime.trt_env import detect_device, require_tensorrt
 
     missing = []
     try:
@@ -64,7 +76,7 @@ def missing_requirements() -> list[str]:
     return missing
 
 
-def selftest(workdir: Path | None = None, *, precision: str = "fp16", keep: bool = False,
+def selftest(cfg: SelfTestConfig = SelfTestConfig(),
              progress: Callable[[str], None] = print) -> SelfTestResult:
     """Export (112x84, ratios 1 and 0.25) -> record_reference -> build_engines(auto) -> verify_engines."""
     missing = missing_requirements()
@@ -74,9 +86,11 @@ def selftest(workdir: Path | None = None, *, precision: str = "fp16", keep: bool
         return result
     from omnisift_edge.engines.build import build_engines
     from omnisift_edge.engines.plan import BuildConfig
-    from omnisift_edge.engines.verify import VerifyConfig, record_reference, verify_engines
+    from omnisift_edge.engines.verify import VerifyConfig, verify_engines
+    from omnisift_edge.export.reference import record_reference
     from omnisift_edge.export.stage import ExportConfig, export
 
+    workdir, precision, keep = cfg.workdir, cfg.precision, cfg.keep
     started = time.perf_counter()
     root = Path(tempfile.mkdtemp(prefix="omnisift-selftest-", dir=workdir))
     folder = root / "export"

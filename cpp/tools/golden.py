@@ -6,10 +6,10 @@ C++ library reimplements; the C++ tests (ctest, cpp/tests/) read them and compar
 - tokenizer_*/, tokenizer_cases.json: `model.tokenizer.load_tokenizer` (transformers) -> `Tokenizer`;
 - prompt_cases.json: `model.prompt.build_prompt`, `followup_ids` -> `ChatPrompt`;
 - preprocess.json: `model.preprocess.chunk_patches`, `StreamingLogMel` -> the same names in C++;
-- export_mini/: a manifest from `export.manifest.write_manifest` and `export.build`'s entry builders,
+- export_mini/: a manifest from `artifact.manifest.write_manifest` and `export.build`'s entry builders,
   with a `builds` record from `engines.profiles` -> `read_manifest`, `DecoderProfiles`;
-- schedule.json: `runtime.ort_pipeline.OrtStream` and `runtime.session.OmniSession` over stand-in
-  sessions -> `Session` over `StubBackend` (the same stand-in rule);
+- schedule.json: the runtime's `ChunkStream` and `OmniSession` over `StubStream`, a backend with
+  C++'s `StubBackend` rule -> `Session` over `StubBackend`;
 - embeddings_f32/f16.safetensors: `safetensors.numpy.save_file` -> `TextEmbeddings`.
 
 `tokenizer_bpe` is a byte-level BPE WITH merges trained here with the `tokenizers` library
@@ -17,8 +17,9 @@ C++ library reimplements; the C++ tests (ctest, cpp/tests/) read them and compar
 `tokenizer_bpe_gpt2` has the same merges behind ByteLevel's own (GPT-2) regex; the tiny
 default's tokenizer has no merges. Everything is deterministic: `tests/export/test_golden.py`
 checks that the committed `cpp/golden/` equals a fresh write. Regenerate with
-`python -m omnisift_edge.export.golden cpp/golden` after a deliberate behaviour change.
-Needs the `model` extra (transformers, tokenizers, safetensors); no torch.
+`python cpp/tools/golden.py cpp/golden` after a deliberate behaviour change. A tool of the C++
+library's tests, not part of the shipped package; needs the `model` extra (transformers,
+tokenizers, safetensors) and omnisift_edge installed; no torch.
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 
 from omnisift_edge import __version__
 from omnisift_edge.errors import UsageError, require
-from omnisift_edge.model.spec import OmniSpec
+from omnisift_edge.model.spec import OmniSpec, TokenIds
+from omnisift_edge.runtime.session import OmniSession, RuntimeConfig
+from omnisift_edge.runtime.stream import ChunkStream
 
 SPEC = OmniSpec()
 MINI_RESOLUTION = (112, 84)        # H, W of the mini export: grid 8x6 patches, 12 tokens per frame
@@ -282,9 +284,9 @@ def mini_manifest(folder: Path) -> dict:
     from dataclasses import asdict
 
     from omnisift_edge.export.build import ratio_plan
-    from omnisift_edge.export.manifest import TIE_RULE, graph_entry, write_manifest
+    from omnisift_edge.artifact.manifest import TIE_RULE, graph_entry, write_manifest
     from omnisift_edge.export.stage import ExportConfig
-    from omnisift_edge.export.tensors import AUDIO_ENCODER, COMPRESSOR, VISION_ENCODER, Dims, decoder_graph
+    from omnisift_edge.artifact.tensors import AUDIO_ENCODER, COMPRESSOR, VISION_ENCODER, Dims, decoder_graph
     from omnisift_edge.model.tokenizer import write_tiny_tokenizer
 
     folder.mkdir(parents=True)
@@ -318,54 +320,64 @@ def mini_manifest(folder: Path) -> dict:
     return json.loads((folder / "manifest.json").read_text())
 
 
-class _FakeSession:
-    """Stands in for an ORT session with StubBackend's rule (cpp/include/omnisift/stub_backend.h)."""
+class StubStream(ChunkStream):
+    """A backend with C++'s StubBackend rule (cpp/include/omnisift/stub_backend.h): zero embeddings,
+    a first-K "compressor", scripted logits; it logs what the shared stream code asks of it."""
 
-    def __init__(self, kind: str, dims: dict, kept: int, log: dict, script: list):
-        self.kind, self.dims, self.kept, self.log, self.script = kind, dims, kept, log, script
+    def __init__(self, manifest: dict, ratio: float, prefix_ids, log: dict, script: list):
+        d = self.d = manifest["dims"]
+        self.kept = next(p["kept_per_chunk"]["total"] for p in manifest["ratios"] if p["ratio"] == ratio)
+        self.log, self.script, self.length = log, script, 0
+        layout = manifest["layout"]
+        spec = OmniSpec(**{**layout, "tokens": TokenIds(**layout["tokens"])})
+        super().__init__(spec, prefix_ids, (d["grid_h"], d["grid_w"]), max_context=manifest["max_context"])
 
-    def run(self, names, feeds):
-        d, log = self.dims, self.log
-        if self.kind == "vision_encoder":
-            x = np.ascontiguousarray(feeds["pixel_values"], "<f4")
-            log["chunks"].append({"pixel_sha256": hashlib.sha256(x.tobytes()).hexdigest()})
-            return [np.zeros((d["grids_per_chunk"] * d["grid_h"] * d["grid_w"] // 4, d["hidden"]), np.float32)]
-        if self.kind == "audio_encoder":
-            mel = feeds["input_features"].astype(np.float64)
-            log["chunks"][-1].update(mel_sum=float(mel.sum()), mel_first_frame=mel[:, 0].tolist(),
-                                     mel_last_frame=mel[:, -1].tolist())
-            return [np.zeros((d["window_audio_tokens"], d["hidden"]), np.float32)]
-        if self.kind == "compressor":
-            pos = feeds["chunk_position_ids"][:, :self.kept]
-            return [np.zeros((1, self.kept, d["hidden"]), np.float32), pos[:, None, :], np.arange(self.kept)[None]]
-        calls = log["calls"]
-        n, past = feeds["inputs_embeds"].shape[1], feeds["past_key_values.0.key"].shape[2]
-        calls.append({"n": n, "past_length": past, "attention_mask_length": feeds["attention_mask"].shape[1],
-                      "positions": feeds["position_ids"].reshape(3, n).tolist()})
+    def _embed(self, ids):
+        return np.zeros((1, len(ids), self.d["hidden"]), np.float32)
+
+    def _check_chunk(self, pixel_values, n_grids, mel):
+        super()._check_chunk(pixel_values, n_grids, mel)
+        if n_grids != self.d["grids_per_chunk"] or mel.shape[1] != self.d["window_frames"]:
+            raise UsageError("the stub backend takes whole chunks, as the exported graphs do")
+
+    def _encode_video(self, pixel_values, n_grids):
+        x = np.ascontiguousarray(pixel_values, "<f4")
+        self.log["chunks"].append({"pixel_sha256": hashlib.sha256(x.tobytes()).hexdigest()})
+        return np.zeros((n_grids * self.tokens_per_frame, self.d["hidden"]), np.float32)
+
+    def _encode_audio(self, mel):
+        mel = mel.astype(np.float32).astype(np.float64)
+        self.log["chunks"][-1].update(mel_sum=float(mel.sum()), mel_first_frame=mel[:, 0].tolist(),
+                                      mel_last_frame=mel[:, -1].tolist())
+        return np.zeros((self.d["window_audio_tokens"], self.d["hidden"]), np.float32)
+
+    def _compress(self, video, audio, n_grids, chunk_positions):
+        return np.zeros((1, self.kept, self.d["hidden"]), np.float32), np.arange(self.kept)
+
+    def _step(self, embeds, positions):
+        n, log = embeds.shape[1], self.log
+        log["calls"].append({"n": n, "past_length": self.length, "attention_mask_length": self.length + n,
+                             "positions": np.asarray(positions).reshape(3, n).tolist()})
         log["since_prefill"] = 0 if n > 1 else log["since_prefill"]
-        logits = np.zeros((1, 1, d["vocab"]), np.float32)
-        logits[0, 0, self.script[log["since_prefill"] % len(self.script)]] = 1
+        logits = np.zeros(self.d["vocab"], np.float32)
+        logits[self.script[log["since_prefill"] % len(self.script)]] = 1
         log["since_prefill"] += 1
-        grow = np.zeros((1, d["kv_heads"], n, d["head_dim"]), np.float32)
-        return [logits] + [np.concatenate([feeds[k], grow], axis=2) for k in feeds if k.startswith("past_key_values.")]
+        self.length += n
+        return logits
+
+    def kv_length(self) -> int:
+        return self.length
 
 
-def _stand_in_backend(manifest: dict, ratio: float, log: dict, script: list):
-    """Patches ORT sessions and the embedding loader for OrtStream (restored on exit)."""
-    from contextlib import ExitStack
+class StubSession(OmniSession):
+    """The real session (media buffering, log-mel, padding, prompts) over a `StubStream`."""
 
-    from omnisift_edge.export import onnx_io
-    from omnisift_edge.runtime import ort_pipeline
+    def __init__(self, cfg: RuntimeConfig, log: dict, script: list):
+        self._log, self._script = log, script
+        super().__init__(cfg)
 
-    d, stack = manifest["dims"], ExitStack()
-    kept = next(p["kept_per_chunk"]["total"] for p in manifest["ratios"] if p["ratio"] == ratio)
-    kinds = {g["file"]: ("compressor" if key.startswith("compressor") else key) for key, g in manifest["graphs"].items()}
-    table = np.zeros((d["vocab"], d["hidden"]), np.float32)
-    loader = type("m", (), {"load_file": staticmethod(lambda _: {"embed_tokens": table})})
-    fake = lambda path, **_: _FakeSession(kinds[Path(path).name], d, kept, log, script)  # noqa: E731
-    stack.enter_context(mock.patch.object(onnx_io, "ort_session", fake))
-    stack.enter_context(mock.patch.object(ort_pipeline, "require", lambda _: loader))
-    return stack
+    def _open_backend(self, prefix_ids):
+        return StubStream(self.manifest, self.ratio, prefix_ids, self._log, self._script)
 
 
 SCHEDULE_QUESTIONS = ("What is happening in this video?", "And then?")
@@ -378,8 +390,6 @@ def schedule_cases(folder: Path, manifest: dict) -> list[dict]:
     OrtStream fed whole chunks, and of an OmniSession fed frames + PCM with a partial last chunk."""
     from omnisift_edge.model.prompt import build_prompt, followup_ids
     from omnisift_edge.model.tokenizer import load_tokenizer
-    from omnisift_edge.runtime import ort_pipeline
-    from omnisift_edge.runtime.session import OmniSession, RuntimeConfig
 
     mini = folder / "export_mini"
     tok = load_tokenizer(mini / "tokenizer")
@@ -389,27 +399,25 @@ def schedule_cases(folder: Path, manifest: dict) -> list[dict]:
     out = []
     # whole chunks straight into the stream (push_chunk in C++)
     script, log = [111, 107, 33, 151645, 104], {"calls": [], "chunks": [], "since_prefill": 0}
-    with _stand_in_backend(manifest, 0.25, log, script):
-        stream = ort_pipeline.OrtStream(mini, manifest, 0.25, pieces.prefix_ids)
-        for _ in range(3):
-            stream.push(np.zeros((d["grids_per_chunk"] * d["grid_h"] * d["grid_w"], d["patch_dim"]), np.float32),
-                        d["grids_per_chunk"], np.zeros((d["n_mels"], d["window_frames"]), np.float32))
-        answers = [list(stream.ask(list(pieces.suffix_ids), max_new_tokens=8, stop_ids=stops)),
-                   list(stream.ask(follow, max_new_tokens=8, stop_ids=stops))]
+    stream = StubStream(manifest, 0.25, pieces.prefix_ids, log, script)
+    for _ in range(3):
+        stream.push(np.zeros((d["grids_per_chunk"] * d["grid_h"] * d["grid_w"], d["patch_dim"]), np.float32),
+                    d["grids_per_chunk"], np.zeros((d["n_mels"], d["window_frames"]), np.float32))
+    answers = [list(stream.ask(list(pieces.suffix_ids), max_new_tokens=8, stop_ids=stops)),
+               list(stream.ask(follow, max_new_tokens=8, stop_ids=stops))]
     out.append({"name": "chunks", "ratio": 0.25, "chunks": 3, "script": script, "max_new_tokens": 8,
                 "prefix_ids": list(pieces.prefix_ids), "question_ids": [list(pieces.suffix_ids), follow],
                 "answers": answers, "calls": log["calls"]})
     # frames + PCM through the session API (push_frame/push_audio/ask in C++)
     script, log = [104, 105, 0xE6, 0x97, 0xA5], {"calls": [], "chunks": [], "since_prefill": 0}
     frames, pcm = golden_frames(MEDIA_FRAMES, *MINI_RESOLUTION), golden_pcm(MEDIA_SAMPLES)
-    with _stand_in_backend(manifest, 1.0, log, script):
-        session = OmniSession(RuntimeConfig(mini, ratio=1.0))
-        for f0, f1, s0, s1 in MEDIA_SPLITS:
-            session.append_chunk(frames[f0:f1], pcm[s0:s1])
-        texts, answers = [], []
-        for q in SCHEDULE_QUESTIONS:
-            texts.append("".join(session.ask(q, max_new_tokens=4)))
-            answers.append(session.last_answer_ids)
+    session = StubSession(RuntimeConfig(mini, ratio=1.0), log, script)
+    for f0, f1, s0, s1 in MEDIA_SPLITS:
+        session.append_chunk(frames[f0:f1], pcm[s0:s1])
+    texts, answers = [], []
+    for q in SCHEDULE_QUESTIONS:
+        texts.append("".join(session.ask(q, max_new_tokens=4)))
+        answers.append(session.last_answer_ids)
     out.append({"name": "media", "ratio": 1.0, "script": script, "max_new_tokens": 4, "frames": MEDIA_FRAMES,
                 "samples": MEDIA_SAMPLES, "splits": [list(x) for x in MEDIA_SPLITS], "questions": list(SCHEDULE_QUESTIONS),
                 "answers": answers, "answer_texts": texts, "chunk_inputs": log["chunks"], "calls": log["calls"]})
@@ -467,5 +475,5 @@ def write_golden(folder: Path) -> Path:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m omnisift_edge.export.golden FOLDER   (the repo's is cpp/golden)")
+        sys.exit("usage: python cpp/tools/golden.py FOLDER   (the repo's is cpp/golden)")
     print(f"wrote {write_golden(Path(sys.argv[1]))}")

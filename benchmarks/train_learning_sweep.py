@@ -1,4 +1,4 @@
-"""The learning test over selector seeds and LLM modes: `python -m tests.train.sweep_learning` (minutes).
+"""The learning test over selector seeds and LLM modes: `python -m benchmarks.train_learning_sweep` from the repo root (minutes).
 
 Prints one row per run: held-out loss and the kept fraction of event audio tokens before -> after.
 docs/train.md quotes its output.
@@ -10,7 +10,7 @@ import sys
 
 from omnisift_edge.model.load import ModelSource, load_model
 
-from .tasks import event_dataset, learning_run
+from tests.train.tasks import event_dataset, learning_run
 
 
 def main(seeds=range(8)) -> None:

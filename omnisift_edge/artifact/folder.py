@@ -1,0 +1,91 @@
+"""`ExportFolder`: an export folder opened for running, as the C++ `omnisift::ExportFolder` opens it.
+
+Every backend (ONNX Runtime graphs, TensorRT engines, the C++ library) reads the same things from
+an export: the manifest (schema, checksums, the omnisift-edge version that wrote it), the graph of
+each role with its tensor names in declared order, the text embedding table, the tokenizer folder,
+and, for engines, one build report. Reading them here, once, keeps the backends from reaching into
+the export stage or into each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from omnisift_edge.artifact.manifest import GraphInfo, Manifest, RatioPlan, load_manifest
+from omnisift_edge.errors import UsageError, require
+
+ROLES = ("vision_encoder", "audio_encoder", "compressor", "decoder")
+
+
+@dataclass(frozen=True)
+class ExportFolder:
+    path: Path
+    manifest: Manifest
+
+    @classmethod
+    def open(cls, path: Path, *, verify: bool = True, check_version: bool = True) -> "ExportFolder":
+        """Read and check `path/manifest.json` (checksums with `verify`, the writer's version with `check_version`)."""
+        path = Path(path)
+        manifest = load_manifest(path, verify=verify)
+        if check_version:
+            check_writer_version(manifest.raw)
+        return cls(path, manifest)
+
+    @property
+    def raw(self) -> dict:
+        return self.manifest.raw
+
+    @property
+    def float_type(self) -> type:
+        return np.float16 if self.manifest.dtype == "fp16" else np.float32
+
+    def graphs_for(self, ratio: float | None) -> dict[str, GraphInfo]:
+        """role -> graph: the encoders, the decoder and the compressor of `ratio`."""
+        m = self.manifest
+        keys = {"vision_encoder": "vision_encoder", "audio_encoder": "audio_encoder", "decoder": "decoder",
+                "compressor": m.ratio_plan(ratio).graph}
+        return {role: m.graph(key) for role, key in keys.items()}
+
+    def ratio_plan(self, ratio: float | None) -> RatioPlan:
+        return self.manifest.ratio_plan(ratio)
+
+    def file(self, relative: str) -> Path:
+        return self.path / relative
+
+    def embed_table(self) -> np.ndarray:
+        """The text embedding table [V, D] in the export's float type."""
+        m = self.manifest
+        table = require("safetensors.numpy").load_file(str(self.path / m.embeddings_file))[m.embeddings_tensor]
+        return table.astype(self.float_type, copy=False)
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.path / self.manifest.tokenizer_folder
+
+    def build(self, target: str | None) -> tuple[str, dict]:
+        """(target, build report) of the engines to run: `target`, or the only build there is."""
+        builds = self.manifest.builds
+        if not builds:
+            raise UsageError(f"no engines built for this export; run omnisift-edge build {self.path} --target ... "
+                             "(docs/engines.md)")
+        if target is None:
+            if len(builds) > 1:
+                raise UsageError(f"{self.path} has engines for {', '.join(builds)}; pick one with --target")
+            target = next(iter(builds))
+        if target not in builds:
+            raise UsageError(f"{self.path} has no engines for {target} (it has {', '.join(builds)}); "
+                             f"build them: omnisift-edge build {self.path} --target {target}")
+        return target, builds[target]
+
+
+def check_writer_version(manifest: dict) -> None:
+    """Exports are read by the omnisift-edge minor version that wrote them."""
+    from omnisift_edge import __version__
+
+    wrote = str(manifest.get("tools", {}).get("omnisift_edge", ""))
+    if wrote.split(".")[:2] != __version__.split(".")[:2]:
+        raise UsageError(f"this export was written by omnisift-edge {wrote or 'unknown'}, this is {__version__}; "
+                         "export again with this version")

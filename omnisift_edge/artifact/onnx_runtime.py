@@ -1,0 +1,25 @@
+"""ONNX Runtime sessions over an export's graphs, with their execution providers named explicitly.
+
+Lives in the artifact layer because every stage opens the export's graphs the same way: export
+validates them, engines records the reference outputs TensorRT is checked against, and the runtime
+streams through them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omnisift_edge.errors import UsageError, require
+
+
+def ort_session(path: Path, providers=("CPUExecutionProvider",)):
+    """An ONNX Runtime session with its providers named explicitly (the CPU one by default)."""
+    ort = require("onnxruntime", extra="export")
+    missing = [p for p in providers if p not in ort.get_available_providers()]
+    if missing:
+        raise UsageError(f"ONNX Runtime here has no {', '.join(missing)} (it has "
+                         f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu for CUDA, "
+                         "or use --device cpu")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=list(providers))

@@ -1,0 +1,110 @@
+"""The package's layers (docs/architecture.md): imports point one way, modules stay small.
+
+Every `import omnisift_edge...` in the package, at module level or inside a function, is read from
+the source with `ast` and checked against the layer table below: a unit may import only units of
+lower layers (and itself). Strict layering also rules out import cycles between units.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "omnisift_edge"
+
+# lowest first; units of one layer never import each other
+LAYERS = (
+    ("errors", "atomic"),
+    ("omnisift_edge",),                             # the package root: __version__, UsageError
+    ("artifact",),                                  # the export folder contract
+    ("compress",),
+    ("model", "compat"),                            # model loads the selector from compress
+    ("runtime",),
+    ("export", "engines", "profiling", "train", "serving"),   # stages
+    ("selftest", "doctor"),                         # compositions of stages
+    ("cli",),
+)
+RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
+BACKENDS = ("ort_pipeline", "trt_pipeline", "torch_pipeline")
+MAX_LINES = 500
+
+
+def _modules() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def _name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _unit(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """(line, imported omnisift_edge module) for every import statement in `path`."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "omnisift_edge"]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = _name(path).split(".")[: -node.level + (1 if path.name == "__init__.py" else 0) or None]
+                module = ".".join([*base, *(node.module or "").split(".")]).strip(".")
+            else:
+                module = node.module or ""
+            if module.split(".")[0] != "omnisift_edge":
+                continue
+            if module == "omnisift_edge":      # `from omnisift_edge import runtime` names a unit
+                found += [(node.lineno, f"omnisift_edge.{a.name}") if f"{a.name}" in RANK else (node.lineno, module)
+                          for a in node.names]
+            else:
+                found.append((node.lineno, module))
+    return found
+
+
+def test_every_unit_has_a_layer():
+    units = {_unit(_name(p)) for p in _modules()}
+    assert not units - RANK.keys(), f"add these to LAYERS in tests/test_architecture.py: {units - RANK.keys()}"
+
+
+def test_imports_point_down_the_layers():
+    wrong = []
+    for path in _modules():
+        here = _unit(_name(path))
+        for line, module in _imports(path):
+            there = _unit(module)
+            if there != here and RANK[there] >= RANK[here]:
+                wrong.append(f"{path.relative_to(PACKAGE.parent)}:{line} ({here}, layer {RANK[here]}) imports "
+                             f"{module} ({there}, layer {RANK[there]})")
+    assert not wrong, "imports against the layers (docs/architecture.md):\n" + "\n".join(wrong)
+
+
+def test_runtime_backends_never_import_each_other():
+    wrong = []
+    for name in BACKENDS:
+        path = PACKAGE / "runtime" / f"{name}.py"
+        for line, module in _imports(path):
+            if module.rsplit(".", 1)[-1] in BACKENDS and not module.endswith(name):
+                wrong.append(f"runtime/{name}.py:{line} imports {module}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_layer_check_catches_a_planted_violation(tmp_path):
+    """The checker itself: a function-level import of the export stage in a runtime module is found."""
+    fake = tmp_path / "bad.py"
+    fake.write_text("def f():\n    from omnisift_edge.export.stage import export\n")
+    imports = _imports(fake)
+    assert imports == [(2, "omnisift_edge.export.stage")]
+    assert RANK[_unit(imports[0][1])] > RANK["runtime"]
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE.parent)))
+def test_modules_stay_small(path):
+    lines = len(path.read_text().splitlines())
+    assert lines <= MAX_LINES, f"{path.name} has {lines} lines; split it (aim under {MAX_LINES})"
