@@ -67,18 +67,22 @@ class ExportFolder:
 
     def build(self, target: str | None) -> tuple[str, dict]:
         """(target, build report) of the engines to run: `target`, or the only build there is."""
-        builds = self.manifest.builds
-        if not builds:
-            raise UsageError(f"no engines built for this export; run omnisift-edge build {self.path} --target ... "
-                             "(docs/engines.md)")
-        if target is None:
-            if len(builds) > 1:
-                raise UsageError(f"{self.path} has engines for {', '.join(builds)}; pick one with --target")
-            target = next(iter(builds))
-        if target not in builds:
-            raise UsageError(f"{self.path} has no engines for {target} (it has {', '.join(builds)}); "
-                             f"build them: omnisift-edge build {self.path} --target {target}")
-        return target, builds[target]
+        return choose_build(self.manifest.builds, target, self.path)
+
+
+def choose_build(builds: dict, target: str | None, folder: Path) -> tuple[str, dict]:
+    """(target, build report) from a manifest's `builds`: `target`, or the only one; a one-line error if not."""
+    if not builds:
+        raise UsageError(f"no engines built for this export; run omnisift-edge build {folder} --target ... "
+                         "(docs/engines.md)")
+    if target is None:
+        if len(builds) > 1:
+            raise UsageError(f"{folder} has engines for {', '.join(builds)}; pick one with --target")
+        target = next(iter(builds))
+    if target not in builds:
+        raise UsageError(f"{folder} has no engines for {target} (it has {', '.join(builds)}); "
+                         f"build them: omnisift-edge build {folder} --target {target}")
+    return target, builds[target]
 
 
 def check_writer_version(manifest: dict) -> None:

@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 
+from omnisift_edge.artifact.folder import choose_build
 from omnisift_edge.artifact.manifest import REFERENCE_DIR
 from omnisift_edge.artifact.reference import Case, load_reference
 from omnisift_edge.errors import UsageError, require
@@ -205,15 +206,7 @@ def verify_engines(cfg: VerifyConfig, progress: Callable[[str], None] = lambda _
     if "reference" not in manifest:
         raise UsageError(f"{cfg.folder} has no ONNX Runtime reference outputs; on the export machine run "
                          "omnisift-edge verify DIR --record, then copy the folder here")
-    if not builds:
-        raise UsageError(f"{cfg.folder} has no engines; build them first: omnisift-edge build DIR --target auto")
-    if cfg.target is None and len(builds) > 1:
-        raise UsageError(f"{cfg.folder} has engines for {', '.join(builds)}; pass --target to pick one")
-    target = cfg.target or next(iter(builds))
-    if target not in builds:
-        raise UsageError(f"{cfg.folder} has no engines for {target} (it has {', '.join(builds)}); "
-                         f"build them: omnisift-edge build DIR --target {target}")
-    build = builds[target]
+    target, build = choose_build(builds, cfg.target, cfg.folder)
     try:
         trt = require_tensorrt()
     except UsageError:

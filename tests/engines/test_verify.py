@@ -117,7 +117,7 @@ def test_record_refuses_a_tampered_export(export_copy):
 def test_verify_without_reference_or_engines(export_copy, recorded_export):
     with pytest.raises(UsageError, match="no ONNX Runtime reference outputs.*--record"):
         verify_engines(VerifyConfig(export_copy))
-    with pytest.raises(UsageError, match="has no engines; build them first"):
+    with pytest.raises(UsageError, match="no engines built for this export; run omnisift-edge build"):
         verify_engines(VerifyConfig(recorded_export))
 
 
