@@ -287,28 +287,37 @@ def profile(folder, backend, target, ratios, seconds, device, max_new_tokens, ou
     click.echo(f"wrote {report.files['json']}, {report.files['markdown']}, {report.files['plot']}", err=True)
 
 
-TARGETS = ["auto", "orin-nano", "orin-nx", "orin-agx", "a100", "l4", "h100"]
+TARGETS = ["auto", "orin-nano", "orin-nx", "orin-agx", "a100", "l4", "h100", "rtx"]
 
 
 @main.command()
 @click.argument("folder", type=click.Path(path_type=Path))
-@click.option("--target", type=click.Choice(TARGETS), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["fp16", "bf16", "fp32"]), default="fp16", show_default=True)
+@click.option("--target", type=click.Choice(TARGETS), default="auto", show_default=True,
+              help="A GPU preset (full TensorRT, built on that GPU), auto (this GPU), or rtx (TensorRT-RTX: "
+              "built ahead of time on any machine for RTX GPUs).")
+@click.option("--precision", type=click.Choice(["fp16", "bf16", "fp32"]), default=None,
+              help="Engine precision. Default: fp16; for --target rtx the export's dtype (strongly typed only).")
+@click.option("--compute-capability", "compute_capabilities", default=None,
+              help="--target rtx: the GPUs to compile for, e.g. 8.6,8.9,12.0 (the default).")
 @click.option("--max-context", type=int, default=None, help="Longest KV cache for the decoder profiles (<= the export's).")
 @click.option("--workspace", "workspace_gb", type=float, default=None, help="Builder workspace in GB (default: the preset's).")
 @click.option("--plan", "plan_only", is_flag=True, help="Print and write the profiles, flags and trtexec/polygraphy "
               "command lines without building (works without TensorRT).")
 @_user_errors
-def build(folder, target, precision, max_context, workspace_gb, plan_only):
-    """Build TensorRT engines (one per graph) for a target; --plan works anywhere."""
+def build(folder, target, precision, max_context, workspace_gb, compute_capabilities, plan_only):
+    """Build TensorRT engines (one per graph) for a target; --plan works anywhere, --target rtx builds anywhere."""
     from omnisift_edge.engines import BuildConfig, build_engines
 
     result = build_engines(BuildConfig(folder, target=target, precision=precision, max_context=max_context,
-                                       workspace_gb=workspace_gb, plan_only=plan_only))
+                                       workspace_gb=workspace_gb, plan_only=plan_only,
+                                       compute_capabilities=compute_capabilities),
+                           progress=lambda step: click.echo(f"- {step}", err=True))
     if plan_only:
         click.echo(result.summary())
     else:
-        click.echo(f"built {len(result.engines)} engines for {result.target.name} in {result.seconds:.0f}s: "
+        r = result.report
+        click.echo(f"built {len(result.engines)} engines for {result.target.name} ({r['flavour']} {r['tensorrt']}, "
+                   f"compute capability {r['compute_capability']}) in {result.seconds:.0f}s: "
                    + ", ".join(str(p) for p in result.engines.values()))
 
 

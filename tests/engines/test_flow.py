@@ -37,6 +37,7 @@ def stand_ins(monkeypatch):
     monkeypatch.setattr(build_mod, "require_tensorrt", lambda: FAKE_TRT)
     monkeypatch.setattr(build_mod, "require_device", lambda: AGX)
     monkeypatch.setattr(build_mod, "_build_one", fake_build_one)
+    monkeypatch.setattr(build_mod.flavours, "engine_validity", lambda trt, data: {"checked": False})
     return built
 
 
