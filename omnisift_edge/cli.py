@@ -337,12 +337,14 @@ def verify(folder, target, record):
 
 
 @main.command()
+@click.option("--target", type=click.Choice(["auto", "rtx"]), default="auto", show_default=True,
+              help="auto: full TensorRT on this GPU; rtx: TensorRT-RTX (needs an RTX-class GPU to run the engines).")
 @_user_errors
-def selftest():
+def selftest(target):
     """Export the embedded default, build engines and verify them, where TensorRT and a GPU exist."""
     from omnisift_edge.engines import selftest as run_selftest
 
-    result = run_selftest()
+    result = run_selftest(target=target)
     click.echo(result.summary())
     if result.ran and not result.ok:
         sys.exit(1)

@@ -48,6 +48,19 @@ def _check_installed_compute_capabilities(trt, flavour, wanted) -> None:
                          "or drop it from --compute-capability")
 
 
+def require_device_for(build: dict) -> DeviceInfo:
+    """The GPU that runs a build's engines (`manifest["builds"][target]`), or one line saying what is missing."""
+    flavour = flavours.get_flavour(build.get("flavour", flavours.TENSORRT.name))
+    if not flavour.builds_without_gpu:
+        return require_device()
+    device = detect_device()
+    if device is None:
+        raise UsageError(f"no CUDA GPU found: the {build.get('target')} engines ({flavour.title}) were built ahead of "
+                         f"time and run on an RTX-class GPU of compute capability {build.get('compute_capability')}; "
+                         "run this on such a machine (building needed no GPU, running does)")
+    return device
+
+
 def require_device() -> DeviceInfo:
     device = detect_device()
     if device is None:
@@ -115,7 +128,7 @@ def build_engines(cfg: BuildConfig, progress: Callable[[str], None] = lambda _: 
     started = time.perf_counter()
     manifest = read_manifest(cfg.folder, verify=False)   # schema / corrupt JSON first: no machine fixes those
     flavour = flavours.get_flavour(target_flavour(cfg.target))
-    trt = require_tensorrt() if flavour is flavours.TENSORRT else require_tensorrt(flavour.name)
+    trt = require_tensorrt(flavour.name)
     require("polygraphy", extra="rtx" if flavour.builds_without_gpu else "engines")
     from polygraphy.backend import trt as polygraphy_trt
     from polygraphy.exception import PolygraphyException

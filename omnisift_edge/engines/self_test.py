@@ -41,16 +41,17 @@ class SelfTestResult:
         return "\n".join(lines)
 
 
-def missing_requirements() -> list[str]:
-    """What this machine lacks for the self-test (empty when it can run)."""
+def missing_requirements(target: str = "auto") -> list[str]:
+    """What this machine lacks for the self-test of `target`'s flavour (empty when it can run)."""
     import importlib
 
     from omnisift_edge.engines.build import require_tensorrt
+    from omnisift_edge.engines.plan import target_flavour
     from omnisift_edge.engines.presets import detect_device
 
     missing = []
     try:
-        require_tensorrt()
+        require_tensorrt(target_flavour(target))
     except UsageError as exc:
         missing.append(str(exc))
     for module, extra in (("polygraphy", "engines"), ("torch", "model"), ("onnxruntime", "export"),
@@ -60,14 +61,19 @@ def missing_requirements() -> list[str]:
         except Exception:
             missing.append(f"{module} is not installed (pip install 'omnisift-edge[{extra}]')")
     if detect_device() is None:
-        missing.append("no CUDA GPU found")
+        missing.append("no CUDA GPU found" + (" (TensorRT-RTX builds without one; running the engines needs an RTX-class "
+                                              "GPU: try omnisift-edge build DIR --target rtx)"
+                                              if target_flavour(target) == "tensorrt_rtx" else ""))
     return missing
 
 
-def selftest(workdir: Path | None = None, *, precision: str = "fp16", keep: bool = False,
-             progress: Callable[[str], None] = print) -> SelfTestResult:
-    """Export (112x84, ratios 1 and 0.25) -> record_reference -> build_engines(auto) -> verify_engines."""
-    missing = missing_requirements()
+def selftest(workdir: Path | None = None, *, precision: str | None = None, keep: bool = False,
+             progress: Callable[[str], None] = print, target: str = "auto") -> SelfTestResult:
+    """Export (112x84, ratios 1 and 0.25) -> record_reference -> build_engines(target) -> verify_engines.
+
+    `target` auto builds with full TensorRT on this GPU (fp16 by default); rtx with TensorRT-RTX
+    (strongly typed: the fp32 export at fp32)."""
+    missing = missing_requirements(target)
     if missing:
         result = SelfTestResult(False, False, "; ".join(missing))
         progress(result.summary())
@@ -87,11 +93,13 @@ def selftest(workdir: Path | None = None, *, precision: str = "fp16", keep: bool
         result.steps["export"] = "ok"
         record_reference(folder, progress)
         result.steps["reference"] = "recorded in ONNX Runtime (CPU)"
-        artifact = build_engines(BuildConfig(folder, target="auto", precision=precision,
+        if precision is None and target == "auto":
+            precision = "fp16"
+        artifact = build_engines(BuildConfig(folder, target=target, precision=precision,
                                              timing_cache=root / "timing.cache"), progress)
         result.steps["build"] = (f"{len(artifact.engines)} engines for {artifact.target.name} "
                                  f"(TensorRT {artifact.report['tensorrt']}, {artifact.report['device']})")
-        report = verify_engines(VerifyConfig(folder), progress)
+        report = verify_engines(VerifyConfig(folder, target=artifact.target.name), progress)
         result.report, result.ok = report, report.ok
         if not report.ok:
             result.reason = "engines disagree with ONNX Runtime: " + ", ".join(

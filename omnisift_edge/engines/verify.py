@@ -213,7 +213,18 @@ class VerifyReport:
 
 
 def check_compatible(build: dict, tensorrt: str, device, folder: Path) -> None:
-    """Engines run only on the TensorRT version and GPU model they were built with: one line if not."""
+    """Engines run only on the TensorRT version and GPU model they were built with: one line if not.
+
+    A TensorRT-RTX build lists the compute capabilities it was compiled for ("8.6,8.9,12.0")."""
+    if build.get("flavour") == "tensorrt_rtx":
+        ccs = str(build.get("compute_capability", "")).split(",")
+        if build.get("tensorrt") != tensorrt or device.cc not in ccs:
+            raise UsageError(f"the {build.get('target')} engines in {folder} were built with TensorRT-RTX "
+                             f"{build.get('tensorrt')} for compute capability {', '.join(ccs)}; this machine has "
+                             f"TensorRT-RTX {tensorrt} on {device.name} ({device.cc}): rebuild them with omnisift-edge "
+                             f"build {folder} --target {build.get('target')} --compute-capability {device.cc} "
+                             "(TensorRT-RTX runs on RTX-class GPUs, not Hopper or Jetson)")
+        return
     if build.get("tensorrt") != tensorrt or build.get("compute_capability") != device.cc:
         raise UsageError(f"the {build.get('target')} engines in {folder} were built with TensorRT {build.get('tensorrt')} "
                          f"on {build.get('device')} (compute capability {build.get('compute_capability')}); this machine "
@@ -311,7 +322,8 @@ def _polygraphy_compare(cases: list[Case], got: list[dict], checks: list[OutputC
 
 def verify_engines(cfg: VerifyConfig, progress: Callable[[str], None] = lambda _: None) -> VerifyReport:
     """Compare the engines of one build in the manifest with the recorded ONNX Runtime outputs."""
-    from omnisift_edge.engines.build import TENSORRT_MISSING, require_device, require_tensorrt
+    from omnisift_edge.engines.build import require_device_for, require_tensorrt
+    from omnisift_edge.engines.flavour import get_flavour
     from omnisift_edge.export.manifest import read_manifest
 
     report = VerifyReport(cfg.folder)
@@ -335,15 +347,16 @@ def verify_engines(cfg: VerifyConfig, progress: Callable[[str], None] = lambda _
         raise UsageError(f"{cfg.folder} has no engines for {target} (it has {', '.join(builds)}); "
                          f"build them: omnisift-edge build DIR --target {target}")
     build = builds[target]
+    flavour = get_flavour(build.get("flavour", "tensorrt"))
     try:
-        trt = require_tensorrt()
+        trt = require_tensorrt(flavour.name)
     except UsageError:
         if cfg.record:   # the export machine: recording was the job
-            report.notes.append(f"{TENSORRT_MISSING}; the reference is recorded: verify on the engine machine")
+            report.notes.append(f"{flavour.missing}; the reference is recorded: verify on the engine machine")
             return report
         raise
     require("polygraphy", extra="engines")
-    device = require_device()
+    device = require_device_for(build)
     check_compatible(build, str(trt.__version__), device, cfg.folder)
     if device.name != build.get("device"):
         report.notes.append(f"built on {build.get('device')}, running on {device.name} (same compute capability)")

@@ -80,7 +80,7 @@ class TrtStream(ChunkStream):
 
     def __init__(self, folder: Path, manifest: dict, ratio: float, prefix_ids: Sequence[int], *,
                  target: str | None = None, max_context: int | None = None):
-        from omnisift_edge.engines.build import require_device, require_tensorrt
+        from omnisift_edge.engines.build import require_device_for, require_tensorrt
         from omnisift_edge.engines.verify import check_compatible
 
         self.folder, self.manifest = Path(folder), manifest
@@ -99,9 +99,9 @@ class TrtStream(ChunkStream):
         if missing:
             raise UsageError(f"engine file(s) missing: {', '.join(missing)}; copy the whole folder or rebuild: "
                              f"omnisift-edge build {self.folder} --target {self.target}")
-        trt = require_tensorrt()
+        trt = require_tensorrt(self.build.get("flavour", "tensorrt"))   # the build's flavour: tensorrt | tensorrt_rtx
         require("polygraphy", extra="engines")
-        device = require_device()
+        device = require_device_for(self.build)
         check_compatible(self.build, str(trt.__version__), device, self.folder)
         from polygraphy.backend.common import BytesFromPath
         from polygraphy.backend.trt import EngineFromBytes, TrtRunner

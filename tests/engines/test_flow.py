@@ -34,7 +34,7 @@ def stand_ins(monkeypatch):
         built.append(ep)
         return f"engine {ep.graph} {ep.mode.precision}".encode()
 
-    monkeypatch.setattr(build_mod, "require_tensorrt", lambda: FAKE_TRT)
+    monkeypatch.setattr(build_mod, "require_tensorrt", lambda *_: FAKE_TRT)
     monkeypatch.setattr(build_mod, "require_device", lambda: AGX)
     monkeypatch.setattr(build_mod, "_build_one", fake_build_one)
     monkeypatch.setattr(build_mod.flavours, "engine_validity", lambda trt, data: {"checked": False})
