@@ -62,7 +62,11 @@ def built16(fp16_export, tmp_path_factory):
 def test_every_graph_builds_a_real_engine_with_the_report(which, dtype, ratios, request):
     import tensorrt_rtx
 
+    from omnisift_edge.export.lint import format_findings, has_errors, lint_folder
+
     folder, artifact, _ = request.getfixturevalue(which)
+    findings = lint_folder(folder)                                          # what the lint passes, the parser built
+    assert not has_errors(findings), format_findings(findings)
     manifest = read_manifest(folder, verify=True)                          # engines and plan checksummed too
     report = manifest["builds"]["rtx"]
     assert manifest["dtype"] == dtype and report["precision"] == dtype     # strongly typed: the export's dtype
