@@ -126,6 +126,15 @@ def test_the_builder_config_has_both_profiles_the_compute_capabilities_and_no_tf
                             memory_pool_limits={trt.MemoryPoolType.WORKSPACE: plan.workspace_mib << 20},
                             load_timing_cache=None)(builder, network)
     assert network.get_flag(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    manifest = read_manifest(recorded_export, verify=False)
+    kinds = {"float32": trt.float32, "float16": trt.float16, "int64": trt.int64}
+    for graph in ("decoder", "compressor_r0.25"):                           # int64 I/O stays int64 (no int32 cast)
+        entry = manifest["graphs"][graph]
+        net = network if graph == "decoder" else polygraphy_trt.NetworkFromOnnxPath(
+            str(recorded_export / entry["file"]), strongly_typed=True)()[1]
+        got = {**{net.get_input(i).name: net.get_input(i).dtype for i in range(net.num_inputs)},
+               **{net.get_output(i).name: net.get_output(i).dtype for i in range(net.num_outputs)}}
+        assert got == {t["name"]: kinds[t["dtype"]] for t in entry["inputs"] + entry["outputs"]}
     assert config.num_optimization_profiles == 2 and not config.get_flag(trt.BuilderFlag.TF32)
     assert [config.get_compute_capability(i) for i in range(config.num_compute_capabilities)] == [
         trt.ComputeCapability.SM89, trt.ComputeCapability.SM120]
