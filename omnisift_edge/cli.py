@@ -265,7 +265,7 @@ def run(folder, video, audio, questions, backend, target, ratio, device, max_new
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--backend", type=click.Choice(["onnxruntime", "torch", "tensorrt"]), default="onnxruntime",
               show_default=True)
-@click.option("--engine", "target", default=None, help="tensorrt: the target whose engines to profile (e.g. orin-agx); "
+@click.option("--engine", "target", default=None, help="tensorrt: the target whose engines to profile (e.g. orin-agx, rtx); "
               "implies --backend tensorrt.")
 @click.option("--ratios", default=None, help="Comma-separated ratios to profile (default: every ratio the export has).")
 @click.option("--seconds", type=float, default=30.0, show_default=True, help="Length of the generated clip.")

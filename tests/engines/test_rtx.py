@@ -266,3 +266,16 @@ def test_running_the_engines_without_a_gpu_is_one_line(built32):
         message = str(info.value)
         assert "\n" not in message and message.startswith("no CUDA GPU found: the rtx engines (TensorRT-RTX)")
         assert "compute capability 8.6,8.9,12.0" in message
+
+
+def test_selftest_for_rtx_says_what_is_missing_without_a_gpu():
+    from omnisift_edge.engines.presets import detect_device
+    from omnisift_edge.engines.self_test import selftest
+
+    if detect_device() is not None:
+        pytest.skip("a CUDA GPU is present: this checks the message where there is none")
+    lines = []
+    result = selftest(target="rtx", progress=lines.append)
+    assert not result.ran and lines == [result.summary()]
+    assert result.reason == ("no CUDA GPU found (TensorRT-RTX builds without one; running the engines needs an "
+                             "RTX-class GPU: try omnisift-edge build DIR --target rtx)")
