@@ -90,7 +90,9 @@ def _create_config(trt, polygraphy_trt, plan: BuildPlan, **kwargs):
     if plan.target.compute_capabilities:
         from polygraphy.backend.tensorrt_rtx import CreateConfigRTX
 
-        assert not (kwargs.pop("fp16") or kwargs.pop("bf16")), "TensorRT-RTX plans are strongly typed"
+        flags = [flag for flag in ("fp16", "bf16") if kwargs.pop(flag)]
+        if flags:   # a bug, not the user's: precision_mode refuses these for strongly typed flavours
+            raise ValueError(f"TensorRT-RTX has no {'/'.join(flags)} builder flag; its plans are strongly typed")
         tf32 = kwargs.pop("tf32")
         config = CreateConfigRTX(compute_capabilities=list(plan.target.compute_capabilities), **kwargs)
         if not tf32:
@@ -111,8 +113,8 @@ def _build_one(trt, polygraphy_trt, ep: EnginePlan, plan: BuildPlan) -> bytes:
                 p.add(name, min=r.min, opt=r.opt, max=r.max)
             profiles.append(p)
     config = _create_config(
-        trt, polygraphy_trt, plan, fp16="FP16" in ep.mode.flags, bf16="BF16" in ep.mode.flags, tf32=False, profiles=profiles,
-        memory_pool_limits={trt.MemoryPoolType.WORKSPACE: plan.workspace_mib << 20},
+        trt, polygraphy_trt, plan, fp16="FP16" in ep.mode.flags, bf16="BF16" in ep.mode.flags, tf32=False,
+        profiles=profiles, memory_pool_limits={trt.MemoryPoolType.WORKSPACE: plan.workspace_mib << 20},
         load_timing_cache=plan.timing_cache and str(plan.timing_cache))
     loader = polygraphy_trt.EngineBytesFromNetwork(network, config=config,
                                                    save_timing_cache=plan.timing_cache and str(plan.timing_cache))
@@ -142,10 +144,11 @@ def build_engines(cfg: BuildConfig, progress: Callable[[str], None] = lambda _: 
         device = require_device()
         target = resolve_target(cfg.target, device)
         check_device(target, device)
-    progress("verifying the export's checksums")
-    verify_sources(cfg.folder, manifest)
+    # the plan first: a precision or workspace the build cannot honour is one line before hashing the export
     plan = plan_build(cfg, manifest=manifest, target=target, tensorrt=str(trt.__version__), write=False)
     target = plan.target   # with the compute capabilities of cfg
+    progress("verifying the export's checksums")
+    verify_sources(cfg.folder, manifest)
     if plan.timing_cache is not None:
         plan.timing_cache.parent.mkdir(parents=True, exist_ok=True)
     if flavour.builds_without_gpu and device is None:
