@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from contextlib import nullcontext
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -153,8 +154,7 @@ def build_engines(cfg: BuildConfig, progress: Callable[[str], None] = lambda _: 
         plan.timing_cache.parent.mkdir(parents=True, exist_ok=True)
     if flavour.builds_without_gpu and device is None:
         progress(f"no GPU here: {flavour.title} builds ahead of time for compute capability "
-                 f"{', '.join(map(flavours.format_cc, target.compute_capabilities))}; the CUDA errors it logs "
-                 "(driver insufficient) are about this machine, not the engines")
+                 f"{', '.join(map(flavours.format_cc, target.compute_capabilities))} (its CUDA-driver errors are muted)")
 
     # everything goes to a hidden staging folder, swapped in when complete: a failed or interrupted
     # rebuild leaves the previous engines (and the manifest that describes them) as they were
@@ -166,7 +166,8 @@ def build_engines(cfg: BuildConfig, progress: Callable[[str], None] = lambda _: 
             progress(f"building {ep.graph} ({ep.mode.precision})")
             t0 = time.perf_counter()
             try:
-                with G_LOGGER.verbosity(G_LOGGER.WARNING):   # TensorRT's warnings (int64 bindings...) and errors only
+                quiet = flavours.quiet_no_gpu_errors() if flavour.builds_without_gpu and device is None else nullcontext()
+                with G_LOGGER.verbosity(G_LOGGER.WARNING), quiet:   # TensorRT's warnings (int64 bindings...), errors
                     data = _build_one(trt, polygraphy_trt, ep, plan)
             except PolygraphyException as exc:   # raised after TensorRT logged the cause
                 raise UsageError(f"TensorRT could not build {ep.graph} from {ep.onnx.name} ({exc}); the TensorRT log "

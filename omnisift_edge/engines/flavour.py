@@ -19,6 +19,7 @@ variable (for Polygraphy's own subprocesses too), sets the config attribute, and
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -189,3 +190,30 @@ def engine_validity(module, data: bytes) -> dict:
     named = [n for n, member in flags.__members__.items() if int(diagnostics) & int(member)]
     return {"checked": True, "validity": validity.name, "diagnostics": named,
             "header_ok": not {"MALFORMED_ENGINE", "VERSION_MISMATCH"} & set(named)}
+
+
+# what TensorRT-RTX logs, as errors, when it builds on a machine with no usable CUDA driver
+NO_GPU_NOISE = ("CUDA driver version is insufficient", "Error reading CUDA GPU properties")
+
+
+@contextlib.contextmanager
+def quiet_no_gpu_errors():
+    """Drop the CUDA-driver errors TensorRT-RTX logs while building without a GPU; every other message stays.
+
+    Polygraphy's TensorRT logger looks `G_LOGGER.error` up on each message, so a filtering wrapper
+    on the instance, removed afterwards, sees exactly the builder's messages. Use only where no
+    GPU was found: with a GPU the same words mean a real driver problem.
+    """
+    from polygraphy.logger import G_LOGGER
+
+    original = G_LOGGER.error
+
+    def error(message, *args, **kwargs):
+        if not any(noise in str(message) for noise in NO_GPU_NOISE):
+            original(message, *args, **kwargs)
+
+    G_LOGGER.error = error
+    try:
+        yield
+    finally:
+        del G_LOGGER.error   # the instance attribute; the class's method is back

@@ -128,3 +128,18 @@ def test_loading_points_polygraphy_at_the_flavour(monkeypatch):
         assert loader.trt is before
     finally:
         flavours.configure_polygraphy(original)                      # leave Polygraphy as the session had it
+
+
+def test_no_gpu_noise_is_muted_and_nothing_else(capsys):
+    pytest.importorskip("polygraphy")
+    from polygraphy.logger import G_LOGGER
+
+    method = G_LOGGER.error
+    with flavours.quiet_no_gpu_errors():
+        G_LOGGER.error("Error Code 1: Cuda Runtime (cudaError 35: CUDA driver version is insufficient for CUDA runtime)")
+        G_LOGGER.error("Error Code 4: parser could not import node /v_proj")
+    G_LOGGER.error("after: CUDA driver version is insufficient")
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "parser could not import node" in text and "after: CUDA driver" in text
+    assert "cudaError 35" not in text and G_LOGGER.error == method
