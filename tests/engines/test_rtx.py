@@ -251,7 +251,7 @@ def test_switching_flavours_repoints_polygraphy(built32):
     assert polygraphy.config.USE_TENSORRT_RTX and loader.trt.__version__ == tensorrt_rtx.__version__
 
 
-def test_running_the_engines_without_a_gpu_is_one_line(built32):
+def test_running_the_engines_without_a_gpu_is_one_line(built32, tmp_path):
     from omnisift_edge.engines.presets import detect_device
     from omnisift_edge.engines.verify import VerifyConfig, verify_engines
     from omnisift_edge.runtime.session import OmniSession, RuntimeConfig
@@ -266,6 +266,11 @@ def test_running_the_engines_without_a_gpu_is_one_line(built32):
         message = str(info.value)
         assert "\n" not in message and message.startswith("no CUDA GPU found: the rtx engines (TensorRT-RTX)")
         assert "compute capability 8.6,8.9,12.0" in message
+    copy = tmp_path / "export"
+    shutil.copytree(folder, copy)
+    report = verify_engines(VerifyConfig(copy, record=True))            # the export machine: record, then say why not
+    assert report.reference == copy / "reference" and not report.graphs and not report.ok
+    assert report.notes == [f"{message}; the reference is recorded"]
 
 
 def test_selftest_for_rtx_says_what_is_missing_without_a_gpu():
