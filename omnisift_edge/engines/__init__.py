@@ -15,6 +15,10 @@ functions that need them (the names below load their module on first use). docs/
     assert report.ok, report.summary()
 
     selftest()                                                            # all of it on the embedded default
+
+    build_engines(BuildConfig("artifacts/", target="rtx"))               # TensorRT-RTX: any machine, no GPU needed
+
+Two flavours (flavour.py): full TensorRT for the GPU presets and `auto`, TensorRT-RTX for `rtx`.
 """
 
 from __future__ import annotations
