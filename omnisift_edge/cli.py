@@ -287,7 +287,7 @@ def run(folder, video, audio, questions, backend, target, ratio, device, max_new
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--backend", type=click.Choice(["onnxruntime", "torch", "tensorrt"]), default="onnxruntime",
               show_default=True)
-@click.option("--engine", "target", default=None, help="tensorrt: the target whose engines to profile (e.g. orin-agx); "
+@click.option("--engine", "target", default=None, help="tensorrt: the target whose engines to profile (e.g. orin-agx, rtx); "
               "implies --backend tensorrt.")
 @click.option("--ratios", default=None, help="Comma-separated ratios to profile (default: every ratio the export has).")
 @click.option("--seconds", type=float, default=30.0, show_default=True, help="Length of the generated clip.")
@@ -311,23 +311,31 @@ def profile(folder, backend, target, ratios, seconds, device, max_new_tokens, ou
 
 @main.command()
 @click.argument("folder", type=click.Path(path_type=Path))
-@click.option("--target", type=click.Choice(_targets()), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(_precisions()), default="fp16", show_default=True)
+@click.option("--target", type=click.Choice(_targets()), default="auto", show_default=True,
+              help="A GPU preset (full TensorRT, built on that GPU), auto (this GPU), or rtx (TensorRT-RTX: "
+              "built ahead of time on any machine for RTX GPUs).")
+@click.option("--precision", type=click.Choice(_precisions()), default=None,
+              help="Engine precision. Default: fp16; for --target rtx the export's dtype (strongly typed only).")
+@click.option("--compute-capability", "compute_capabilities", default=None,
+              help="--target rtx: the GPUs to compile for, e.g. 8.6,8.9,12.0 (the default).")
 @click.option("--max-context", type=int, default=None, help="Longest KV cache for the decoder profiles (<= the export's).")
 @click.option("--workspace", "workspace_gb", type=float, default=None, help="Builder workspace in GB (default: the preset's).")
 @click.option("--plan", "plan_only", is_flag=True, help="Print and write the profiles, flags and trtexec/polygraphy "
               "command lines without building (works without TensorRT).")
 @_user_errors
-def build(folder, target, precision, max_context, workspace_gb, plan_only):
-    """Build TensorRT engines (one per graph) for a target; --plan works anywhere."""
+def build(folder, target, precision, max_context, workspace_gb, compute_capabilities, plan_only):
+    """Build TensorRT engines (one per graph) for a target; --plan works anywhere, --target rtx builds anywhere."""
     from omnisift_edge.engines import BuildConfig, build_engines, plan_build
 
-    cfg = BuildConfig(folder, target=target, precision=precision, max_context=max_context, workspace_gb=workspace_gb)
+    cfg = BuildConfig(folder, target=target, precision=precision, max_context=max_context, workspace_gb=workspace_gb,
+                      compute_capabilities=compute_capabilities)
     if plan_only:
         click.echo(plan_build(cfg).summary())
         return
-    result = build_engines(cfg)
-    click.echo(f"built {len(result.engines)} engines for {result.target.name} in {result.seconds:.0f}s: "
+    result = build_engines(cfg, progress=lambda step: click.echo(f"- {step}", err=True))
+    r = result.report
+    click.echo(f"built {len(result.engines)} engines for {result.target.name} ({r['flavour']} {r['tensorrt']}, "
+               f"compute capability {r['compute_capability']}) in {result.seconds:.0f}s: "
                + ", ".join(str(p) for p in result.engines.values()))
 
 
@@ -351,12 +359,14 @@ def verify(folder, target, record):
 
 
 @main.command()
+@click.option("--target", type=click.Choice(["auto", "rtx"]), default="auto", show_default=True,
+              help="auto: full TensorRT on this GPU; rtx: TensorRT-RTX (needs an RTX-class GPU to run the engines).")
 @_user_errors
-def selftest():
+def selftest(target):
     """Export the embedded default, build engines and verify them, where TensorRT and a GPU exist."""
     from omnisift_edge.selftest import SelfTestConfig, selftest as run_selftest
 
-    result = run_selftest(SelfTestConfig())
+    result = run_selftest(SelfTestConfig(target=target))
     click.echo(result.summary())
     if result.ran and not result.ok:
         sys.exit(1)

@@ -27,6 +27,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "lint": ("onnx",),
     "run / profile": ("onnxruntime", "tokenizers", "transformers"),
     "build / verify": ("tensorrt", "polygraphy"),
+    "build --target rtx": ("tensorrt_rtx", "polygraphy"),
     "tiny-model": ("torch", "transformers", "safetensors"),
     "train": ("torch", "transformers", "safetensors", "av", "PIL"),
     "train --llm lora": ("torch", "transformers", "av", "peft"),
@@ -65,11 +66,29 @@ def _ort_providers() -> Probe:
 def probe_all() -> list[Probe]:
     probes = [Probe("python", True, f"{platform.python_version()} ({platform.machine()}, {sys.platform})")]
     for name in ("numpy", "click", "torch", "transformers", "tokenizers", "safetensors", "av", "PIL",
-                 "onnx", "onnxruntime", "optimum", "polygraphy", "tensorrt", "peft"):
+                 "onnx", "onnxruntime", "optimum", "polygraphy", "tensorrt", "tensorrt_rtx", "peft"):
         probes.append(_version(name))
     probes.append(_torch_cuda())
     probes.append(_ort_providers())
     return probes
+
+
+def targets() -> list[str]:
+    """One line per build target: its flavour and the version installed (package metadata, nothing imported)."""
+    from omnisift_edge.runtime.trt_flavour import get_flavour, installed_version
+    from omnisift_edge.engines.presets import PRESETS
+
+    lines = []
+    for flavour in dict.fromkeys(t.flavour for t in PRESETS.values()):
+        version = installed_version(flavour)
+        names = ", ".join(n for n, t in PRESETS.items() if t.flavour == flavour) + (", auto" if flavour == "tensorrt" else "")
+        fl = get_flavour(flavour)
+        where = (f"; builds without a GPU, engines run on compute capability "
+                 f"{', '.join(f'{a}.{b}' for a, b in fl.default_compute_capabilities)} by default"
+                 if fl.builds_without_gpu else "; builds on the target GPU")
+        lines.append(f"  {'ok ' if version else '-- '}{names}: {flavour} "
+                     f"{version or '(not installed: ' + fl.missing.split(': ', 1)[-1] + ')'}{where}")
+    return lines
 
 
 def report() -> str:
@@ -78,11 +97,13 @@ def report() -> str:
     width = max(len(p.name) for p in probes)
     lines = ["what this machine has:"]
     lines += [f"  {'ok ' if p.found else '-- '}{p.name:<{width}}  {p.detail}" for p in probes]
+    lines.append("build targets (flavour, version):")
+    lines += targets()
     lines.append("what each command needs:")
     for command, needs in NEEDS.items():
         missing = [n for n in needs if n not in found]
         extra = {"export": "export", "lint": "export", "run / profile": "profile",
-                 "build / verify": "engines",
+                 "build / verify": "engines", "build --target rtx": "rtx",
                  "train --llm lora": "train"}.get(command, "model")
         status = "ready" if not missing else "missing " + ", ".join(missing) + \
             f" (pip install 'omnisift-edge[{extra}]')"

@@ -25,12 +25,15 @@ MAX_CONTEXT = 1024
 @dataclass(frozen=True)
 class SelfTestConfig:
     workdir: Path | None = None      # where the temporary export goes (default: the system's temp folder)
-    precision: str = "fp16"
+    precision: str | None = None     # None: fp16 for auto, the export's dtype for rtx
     keep: bool = False               # keep the export and engines (SelfTestResult.folder)
+    target: str = "auto"             # auto (full TensorRT on this GPU) | rtx (TensorRT-RTX)
 
     def __post_init__(self):
-        if self.precision not in ("fp16", "bf16", "fp32"):
+        if self.precision not in (None, "fp16", "bf16", "fp32"):
             raise UsageError(f"--precision must be fp16, bf16 or fp32 (got {self.precision!r})")
+        if self.target not in ("auto", "rtx"):
+            raise UsageError(f"selftest --target must be auto or rtx (got {self.target!r})")
 
 
 @dataclass
@@ -54,15 +57,16 @@ class SelfTestResult:
         return "\n".join(lines)
 
 
-def missing_requirements() -> list[str]:
-    """What this machine lacks for the self-test (empty when it can run)."""
+def missing_requirements(target: str = "auto") -> list[str]:
+    """What this machine lacks for the self-test of `target`'s flavour (empty when it can run)."""
     import importlib
 
+    from omnisift_edge.engines.plan import target_flavour
     from omnisift_edge.runtime.trt_env import detect_device, require_tensorrt
 
     missing = []
     try:
-        require_tensorrt()
+        require_tensorrt(target_flavour(target))
     except UsageError as exc:
         missing.append(str(exc))
     for module, extra in (("polygraphy", "engines"), ("torch", "model"), ("onnxruntime", "export"),
@@ -72,14 +76,20 @@ def missing_requirements() -> list[str]:
         except Exception:
             missing.append(f"{module} is not installed (pip install 'omnisift-edge[{extra}]')")
     if detect_device() is None:
-        missing.append("no CUDA GPU found")
+        missing.append("no CUDA GPU found" + (" (TensorRT-RTX builds without one; running the engines needs an RTX-class "
+                                              "GPU: try omnisift-edge build DIR --target rtx)"
+                                              if target_flavour(target) == "tensorrt_rtx" else ""))
     return missing
 
 
 def selftest(cfg: SelfTestConfig = SelfTestConfig(),
              progress: Callable[[str], None] = print) -> SelfTestResult:
-    """Export (112x84, ratios 1 and 0.25) -> record_reference -> build_engines(auto) -> verify_engines."""
-    missing = missing_requirements()
+    """Export (112x84, ratios 1 and 0.25) -> record_reference -> build_engines(target) -> verify_engines.
+
+    Target auto builds with full TensorRT on this GPU (fp16 by default); rtx with TensorRT-RTX
+    (strongly typed: the fp32 export at fp32)."""
+    target = cfg.target
+    missing = missing_requirements(target)
     if missing:
         result = SelfTestResult(False, False, "; ".join(missing))
         progress(result.summary())
@@ -101,11 +111,13 @@ def selftest(cfg: SelfTestConfig = SelfTestConfig(),
         result.steps["export"] = "ok"
         record_reference(folder, progress)
         result.steps["reference"] = "recorded in ONNX Runtime (CPU)"
-        artifact = build_engines(BuildConfig(folder, target="auto", precision=precision,
+        if precision is None and target == "auto":
+            precision = "fp16"
+        artifact = build_engines(BuildConfig(folder, target=target, precision=precision,
                                              timing_cache=root / "timing.cache"), progress)
         result.steps["build"] = (f"{len(artifact.engines)} engines for {artifact.target.name} "
                                  f"(TensorRT {artifact.report['tensorrt']}, {artifact.report['device']})")
-        report = verify_engines(VerifyConfig(folder), progress)
+        report = verify_engines(VerifyConfig(folder, target=artifact.target.name), progress)
         result.report, result.ok = report, report.ok
         if not report.ok:
             result.reason = "engines disagree with ONNX Runtime: " + ", ".join(

@@ -60,9 +60,17 @@ def _tensorrt_available() -> bool:
     return _cuda_available()
 
 
+def _tensorrt_rtx_available() -> bool:
+    try:
+        import tensorrt_rtx  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
 def pytest_collection_modifyitems(config, items):
-    """Skip `gpu` / `trt` tests with the reason where CUDA or TensorRT is missing."""
-    cuda, trt = _cuda_available(), None
+    """Skip `gpu` / `trt` / `rtx` tests with the reason where CUDA, TensorRT or TensorRT-RTX is missing."""
+    cuda, trt, rtx = _cuda_available(), None, None
     for item in items:
         if "gpu" in item.keywords and not cuda:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU: torch.cuda.is_available() is False"))
@@ -70,3 +78,8 @@ def pytest_collection_modifyitems(config, items):
             trt = _tensorrt_available() if trt is None else trt
             if not trt:
                 item.add_marker(pytest.mark.skip(reason="needs TensorRT and a CUDA GPU (import tensorrt failed)"))
+        if "rtx" in item.keywords:
+            rtx = _tensorrt_rtx_available() if rtx is None else rtx
+            if not rtx:
+                item.add_marker(pytest.mark.skip(reason="needs TensorRT-RTX: import tensorrt_rtx failed "
+                                                        "(pip install 'omnisift-edge[rtx]')"))

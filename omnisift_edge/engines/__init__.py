@@ -13,6 +13,10 @@ below load their module on first use). docs/engines.md.
     art = build_engines(BuildConfig("artifacts/", target="auto", precision="fp16"))   # on the GPU itself
     report = verify_engines(VerifyConfig("artifacts/"))                   # engines vs recorded ORT outputs
     assert report.ok, report.summary()
+
+    build_engines(BuildConfig("artifacts/", target="rtx"))               # TensorRT-RTX: any machine, no GPU needed
+
+Two flavours (runtime/trt_flavour.py): full TensorRT for the GPU presets and `auto`, TensorRT-RTX for `rtx`.
 """
 
 from __future__ import annotations

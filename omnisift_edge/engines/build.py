@@ -6,23 +6,41 @@ cache shared by every build for the same GPU and TensorRT version. Each engine i
 atomically (temporary file + os.replace) into a hidden staging folder that replaces
 DIR/engines/<target>/ once every engine is built; then a build report is added to the manifest
 under `builds.<target>` and manifest.json is rewritten (checksums of the engines included).
+
+Both flavours (flavour.py) go through these loaders: full TensorRT builds on the target GPU;
+TensorRT-RTX (`--target rtx`) builds ahead of time on any machine, GPU or not, for the target's
+compute capabilities (Polygraphy's CreateConfigRTX). Each engine's header is checked with the
+runtime's engine-validity call where the flavour has it (what can be checked without a GPU).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from contextlib import nullcontext
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from omnisift_edge.engines.plan import BuildConfig, BuildPlan, EnginePlan, plan_build
+from omnisift_edge.engines.plan import BuildConfig, BuildPlan, EnginePlan, plan_build, target_flavour
 from omnisift_edge.engines.presets import Target, check_device, resolve_target
 from omnisift_edge.engines.store import PLAN_FILE, atomic_write, engine_dir, publish, staging_dir, verify_sources
 from omnisift_edge.errors import UsageError, require
+from omnisift_edge.runtime import trt_flavour as flavours
 from omnisift_edge.runtime.trt_env import DeviceInfo, detect_device, require_device, require_tensorrt
+
+
+def _check_installed_compute_capabilities(trt, flavour, wanted) -> None:
+    """The installed TensorRT-RTX must know every compute capability asked for (newer ones come with newer releases)."""
+    known = flavours.installed_compute_capabilities(trt)
+    missing = [c for c in wanted if c not in known]
+    if missing:
+        raise UsageError(f"{flavour.title} {trt.__version__} cannot compile for compute capability "
+                         f"{', '.join(map(flavours.format_cc, missing))}; upgrade it (pip install -U tensorrt-rtx-cu12) "
+                         "or drop it from --compute-capability")
+
 
 @dataclass
 class BuildArtifact:
@@ -35,6 +53,28 @@ class BuildArtifact:
     manifest: dict = field(default_factory=dict, repr=False)
 
 
+def _create_config(trt, polygraphy_trt, plan: BuildPlan, **kwargs):
+    """Polygraphy's CreateConfig; for TensorRT-RTX, CreateConfigRTX with the compute capabilities.
+
+    TensorRT-RTX has no precision flags (the plan never sets them there) and turns TF32 on by
+    default; its config loader has no tf32 switch, so the flag is cleared afterwards: an fp32
+    engine computes in fp32, as on full TensorRT.
+    """
+    if plan.target.compute_capabilities:
+        from polygraphy.backend.tensorrt_rtx import CreateConfigRTX
+
+        flags = [flag for flag in ("fp16", "bf16") if kwargs.pop(flag)]
+        if flags:   # a bug, not the user's: precision_mode refuses these for strongly typed flavours
+            raise ValueError(f"TensorRT-RTX has no {'/'.join(flags)} builder flag; its plans are strongly typed")
+        tf32 = kwargs.pop("tf32")
+        config = CreateConfigRTX(compute_capabilities=list(plan.target.compute_capabilities), **kwargs)
+        if not tf32:
+            config = polygraphy_trt.PostprocessConfig(
+                config, lambda builder, network, cfg: cfg.clear_flag(trt.BuilderFlag.TF32))
+        return config
+    return polygraphy_trt.CreateConfig(**kwargs)
+
+
 def _build_one(trt, polygraphy_trt, ep: EnginePlan, plan: BuildPlan) -> bytes:
     network = polygraphy_trt.NetworkFromOnnxPath(str(ep.onnx), strongly_typed=ep.mode.strongly_typed)
     profiles = None
@@ -45,11 +85,12 @@ def _build_one(trt, polygraphy_trt, ep: EnginePlan, plan: BuildPlan) -> bytes:
             for name, r in profile.dynamic_inputs.items():
                 p.add(name, min=r.min, opt=r.opt, max=r.max)
             profiles.append(p)
-    config = polygraphy_trt.CreateConfig(
-        fp16="FP16" in ep.mode.flags, bf16="BF16" in ep.mode.flags, tf32=False, profiles=profiles,
-        memory_pool_limits={trt.MemoryPoolType.WORKSPACE: plan.workspace_mib << 20},
-        load_timing_cache=str(plan.timing_cache))
-    loader = polygraphy_trt.EngineBytesFromNetwork(network, config=config, save_timing_cache=str(plan.timing_cache))
+    config = _create_config(
+        trt, polygraphy_trt, plan, fp16="FP16" in ep.mode.flags, bf16="BF16" in ep.mode.flags, tf32=False,
+        profiles=profiles, memory_pool_limits={trt.MemoryPoolType.WORKSPACE: plan.workspace_mib << 20},
+        load_timing_cache=plan.timing_cache and str(plan.timing_cache))
+    loader = polygraphy_trt.EngineBytesFromNetwork(network, config=config,
+                                                   save_timing_cache=plan.timing_cache and str(plan.timing_cache))
     return bytes(memoryview(loader()))   # IHostMemory (TensorRT 10) or bytes
 
 
@@ -59,19 +100,31 @@ def build_engines(cfg: BuildConfig, progress: Callable[[str], None] = lambda _: 
 
     started = time.perf_counter()
     manifest = read_manifest(cfg.folder, verify=False)   # schema / corrupt JSON first: no machine fixes those
-    trt = require_tensorrt()
-    require("polygraphy", extra="engines")
+    flavour = flavours.get_flavour(target_flavour(cfg.target))
+    trt = require_tensorrt(flavour.name)
+    require("polygraphy", extra="rtx" if flavour.builds_without_gpu else "engines")
     from polygraphy.backend import trt as polygraphy_trt
     from polygraphy.exception import PolygraphyException
+    from polygraphy.logger import G_LOGGER
 
-    device = require_device()
-    target = resolve_target(cfg.target, device)
-    check_device(target, device)
-    target.check_precision(cfg.precision)
+    if flavour.builds_without_gpu:   # ahead of time: a GPU is only described in the report when there is one
+        device = detect_device()
+        target = resolve_target(cfg.target)
+        _check_installed_compute_capabilities(trt, flavour, cfg.compute_capabilities or target.compute_capabilities)
+    else:
+        device = require_device()
+        target = resolve_target(cfg.target, device)
+        check_device(target, device)
+    # the plan first: a precision or workspace the build cannot honour is one line before hashing the export
+    plan = plan_build(cfg, manifest=manifest, target=target, tensorrt=str(trt.__version__), write=False)
+    target = plan.target   # with the compute capabilities of cfg
     progress("verifying the export's checksums")
     verify_sources(cfg.folder, manifest)
-    plan = plan_build(cfg, manifest=manifest, target=target, tensorrt=str(trt.__version__), write=False)
-    plan.timing_cache.parent.mkdir(parents=True, exist_ok=True)
+    if plan.timing_cache is not None:
+        plan.timing_cache.parent.mkdir(parents=True, exist_ok=True)
+    if flavour.builds_without_gpu and device is None:
+        progress(f"no GPU here: {flavour.title} builds ahead of time for compute capability "
+                 f"{', '.join(map(flavours.format_cc, target.compute_capabilities))} (its CUDA-driver errors are muted)")
 
     # everything goes to a hidden staging folder, swapped in when complete: a failed or interrupted
     # rebuild leaves the previous engines (and the manifest that describes them) as they were
@@ -83,17 +136,23 @@ def build_engines(cfg: BuildConfig, progress: Callable[[str], None] = lambda _: 
             progress(f"building {ep.graph} ({ep.mode.precision})")
             t0 = time.perf_counter()
             try:
-                data = _build_one(trt, polygraphy_trt, ep, plan)
+                quiet = flavours.quiet_no_gpu_errors() if flavour.builds_without_gpu and device is None else nullcontext()
+                with G_LOGGER.verbosity(G_LOGGER.WARNING), quiet:   # TensorRT's warnings (int64 bindings...), errors
+                    data = _build_one(trt, polygraphy_trt, ep, plan)
             except PolygraphyException as exc:   # raised after TensorRT logged the cause
                 raise UsageError(f"TensorRT could not build {ep.graph} from {ep.onnx.name} ({exc}); the TensorRT log "
                                  "above names the layer; `omnisift-edge lint` checks the graphs for TensorRT 10.3") from None
             seconds = time.perf_counter() - t0
+            validity = flavours.engine_validity(trt, data)
+            if validity.get("checked") and not validity["header_ok"]:
+                raise UsageError(f"{flavour.title} built {ep.graph} but its runtime reports the engine as "
+                                 f"{', '.join(validity['diagnostics'])}; please report this with the command line")
             atomic_write(staging / ep.engine.name, data)
             engines[ep.graph] = ep.engine
             report_engines[ep.graph] = {
                 "file": str(ep.engine.relative_to(cfg.folder)), "bytes": len(data), "build_seconds": round(seconds, 2),
                 "onnx": ep.onnx.name, "precision": ep.mode.precision, "strongly_typed": ep.mode.strongly_typed,
-                "flags": list(ep.mode.flags), "profiles": [p.to_dict() for p in ep.profiles]}
+                "flags": list(ep.mode.flags), "profiles": [p.to_dict() for p in ep.profiles], "validity": validity}
         atomic_write(staging / PLAN_FILE, plan.json_bytes())
         publish(staging, final)
     except BaseException:
@@ -101,11 +160,17 @@ def build_engines(cfg: BuildConfig, progress: Callable[[str], None] = lambda _: 
         raise
     plan = dataclasses.replace(plan, path=final / PLAN_FILE)
 
+    if flavour.builds_without_gpu:   # built for a list of GPUs; the build machine's GPU (if any) is only noted
+        where = {"device": "", "build_device": device.name if device else "none (ahead-of-time build on the CPU)",
+                 "compute_capability": ",".join(map(flavours.format_cc, target.compute_capabilities)),
+                 "device_memory_gb": None, "board": ""}
+    else:
+        where = {"device": device.name, "compute_capability": device.cc,
+                 "device_memory_gb": round(device.memory_gb, 1), "board": device.board}
     report = {
-        "target": target.name, "tensorrt": str(trt.__version__), "device": device.name,
-        "compute_capability": device.cc, "device_memory_gb": round(device.memory_gb, 1), "board": device.board,
-        "precision": cfg.precision, "max_context": plan.max_context, "max_prefill_tokens": plan.max_sequence,
-        "main_ratio": plan.main_ratio, "workspace_gb": plan.workspace_gb, "timing_cache": str(plan.timing_cache),
+        "target": target.name, "flavour": flavour.name, "tensorrt": str(trt.__version__), **where,
+        "precision": plan.precision, "max_context": plan.max_context, "max_prefill_tokens": plan.max_sequence,
+        "main_ratio": plan.main_ratio, "workspace_gb": plan.workspace_gb, "timing_cache": plan.timing_cache and str(plan.timing_cache),
         "warnings": list(plan.warnings), "engines": report_engines,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }

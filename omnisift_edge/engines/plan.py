@@ -15,6 +15,9 @@ Precision modes (TensorRT >= 10):
   no such flag: export with --dtype fp16 instead.
 - compressor graphs are always built at the graph's own precision, strongly typed: the kept set
   must equal ONNX Runtime's, and lower-precision scores would reorder near ties. They are tiny.
+- TensorRT-RTX (flavour `tensorrt_rtx`) has strongly typed networks only: the engines compute in
+  the export's dtype (the default precision there), and another precision is a UsageError that
+  says which export to make.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omnisift_edge.engines.presets import PRECISIONS, TARGETS, Target, get_target, resolve_target
+from omnisift_edge.runtime import trt_flavour as flavours
+from omnisift_edge.engines.presets import PRECISIONS, PRESETS, TARGETS, Target, get_target, resolve_target
 from omnisift_edge.engines.profiles import DEFAULT_MAX_PROMPT, Profile, decoder_limits, graph_profiles
 from omnisift_edge.engines.store import PLAN_FILE, engine_dir, engine_path, write_side_file
 from omnisift_edge.errors import UsageError
@@ -36,12 +40,13 @@ from omnisift_edge.errors import UsageError
 class BuildConfig:
     folder: Path
     target: str = "auto"                 # a preset name (presets.PRESETS) or auto
-    precision: str = "fp16"              # fp16 | bf16 | fp32
+    precision: str | None = None         # fp16 | bf16 | fp32; default fp16, on TensorRT-RTX the export's dtype
     max_context: int | None = None       # longest KV cache; default the manifest's
     workspace_gb: float | None = None    # builder workspace; default the target's
     ratio: float | None = None           # ratio whose K the prefill profile is tuned for; default the smallest
     max_prompt: int = DEFAULT_MAX_PROMPT # longest text prefill the decoder profile covers
     timing_cache: Path | None = None     # default ~/.cache/omnisift-edge/tensorrt/<target>-trt<version>.timing
+    compute_capabilities: tuple | str | None = None   # TensorRT-RTX: "8.6,8.9,12.0" or ((8, 6), ...); default the target's
 
     def __post_init__(self):
         object.__setattr__(self, "folder", Path(self.folder))
@@ -51,10 +56,13 @@ class BuildConfig:
             raise UsageError(f"{self.folder} is not a folder; pass an export folder (omnisift-edge export -o DIR)")
         if self.target not in TARGETS:
             raise UsageError(f"unknown --target {self.target!r}; choose one of {', '.join(TARGETS)}")
-        if self.precision not in PRECISIONS:
+        if self.precision is not None and self.precision not in PRECISIONS:
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
-        if self.target != "auto":
+        if self.target != "auto" and self.precision is not None:
             get_target(self.target).check_precision(self.precision)
+        if self.compute_capabilities is not None:
+            object.__setattr__(self, "compute_capabilities", flavours.parse_compute_capabilities(
+                self.compute_capabilities, flavours.get_flavour(target_flavour(self.target))))
         if self.max_context is not None and (isinstance(self.max_context, bool) or not isinstance(self.max_context, int)
                                              or self.max_context < 2):
             raise UsageError(f"--max-context must be a whole number of tokens >= 2 (got {self.max_context!r})")
@@ -72,8 +80,20 @@ class PrecisionMode:
     why: str
 
 
-def precision_mode(graph: str, graph_dtype: str, precision: str, tensorrt_major: int) -> PrecisionMode:
-    """How to build one graph at `precision` on TensorRT `tensorrt_major` (see the module docstring)."""
+def target_flavour(target: str) -> str:
+    """The flavour a --target name builds with, without a GPU (`auto` detects a GPU for full TensorRT)."""
+    return PRESETS[target].flavour if target in PRESETS else flavours.TENSORRT.name
+
+
+def default_precision(flavour: str, graph_dtype: str) -> str:
+    """fp16 for full TensorRT (as before); the export's own dtype for a strongly typed flavour."""
+    return graph_dtype if flavours.get_flavour(flavour).strongly_typed_only else "fp16"
+
+
+def precision_mode(graph: str, graph_dtype: str, precision: str, tensorrt_major: int,
+                   strongly_typed_only: bool = False) -> PrecisionMode:
+    """How to build one graph at `precision` on TensorRT `tensorrt_major` (see the module docstring);
+    `strongly_typed_only` for TensorRT-RTX, which has no precision flags."""
     if graph.startswith("compressor"):
         return PrecisionMode(graph_dtype, True, (), "compressor: built at the graph's own precision, strongly typed, so "
                                                     "the kept set equals ONNX Runtime's (reduced-precision scores reorder near ties)")
@@ -85,6 +105,10 @@ def precision_mode(graph: str, graph_dtype: str, precision: str, tensorrt_major:
                                                "validated; no FP16 flag (TensorRT 11 builds it the same way)")
     if precision == "fp32":
         return PrecisionMode("fp32", True, (), "fp32 ONNX graph at fp32: strongly typed, fp32 everywhere (TF32 off)")
+    if strongly_typed_only:
+        raise UsageError(f"TensorRT-RTX builds strongly typed networks only (no {precision.upper()} flag), so {precision} "
+                         f"engines need {precision} graphs: export with --dtype fp16 and build with --precision fp16, "
+                         "or build this fp32 export with --precision fp32")
     if tensorrt_major >= 11:
         raise UsageError(f"TensorRT {tensorrt_major} removed the FP16/BF16 builder flags, so an fp32 graph cannot be "
                          f"built at {precision}; export with --dtype fp16 and build with --precision fp16")
@@ -120,11 +144,16 @@ class EnginePlan:
                                                      for name, r in profile.dynamic_inputs.items()))
         return cmd + ["--skipInference"]
 
-    def polygraphy(self, workspace_mib: int, timing_cache: Path) -> list[str]:
+    def polygraphy(self, workspace_mib: int, timing_cache: Path | None, compute_capabilities: tuple = ()) -> list[str]:
+        """The `polygraphy convert` line; with `compute_capabilities` (TensorRT-RTX) under POLYGRAPHY_USE_TENSORRT_RTX=1."""
         cmd = ["polygraphy", "convert", str(self.onnx), "--convert-to", "trt", "-o", str(self.engine)]
+        if compute_capabilities:
+            cmd = ["env", f"{flavours.POLYGRAPHY_RTX_ENV}=1", *cmd,
+                   "--compute-capabilities", *(f"{a}.{b}" for a, b in compute_capabilities)]
         cmd += ["--strongly-typed"] if self.mode.strongly_typed else [f"--{f.lower()}" for f in self.mode.flags]
-        cmd += ["--pool-limit", f"workspace:{workspace_mib}M", "--load-timing-cache", str(timing_cache),
-                "--save-timing-cache", str(timing_cache)]
+        cmd += ["--pool-limit", f"workspace:{workspace_mib}M"]
+        if timing_cache is not None:
+            cmd += ["--load-timing-cache", str(timing_cache), "--save-timing-cache", str(timing_cache)]
         if self.dynamic:   # each --trt-*-shapes group is one profile, in order
             for profile in self.profiles:
                 for flag, attr in (("--trt-min-shapes", "min"), ("--trt-opt-shapes", "opt"), ("--trt-max-shapes", "max")):
@@ -138,15 +167,20 @@ class BuildPlan:
     folder: Path
     target: Target
     precision: str
-    tensorrt: str                  # the TensorRT version the plan assumes (the installed one when known)
+    tensorrt: str                  # the flavour's version the plan assumes (the installed one when known)
     max_context: int
     max_sequence: int
     main_ratio: float
     workspace_gb: float
-    timing_cache: Path
+    timing_cache: Path | None      # None for TensorRT-RTX: it has no timing cache (see plan_build)
     engines: tuple[EnginePlan, ...]
     warnings: tuple[str, ...] = ()
     path: Path | None = field(default=None, compare=False)
+    installed: bool = False        # `tensorrt` is the installed version (else assumed from the target)
+
+    @property
+    def flavour(self) -> str:
+        return self.target.flavour
 
     @property
     def workspace_mib(self) -> int:
@@ -167,22 +201,35 @@ class BuildPlan:
         t = self.target
         return {
             "folder": str(self.folder), "target": {"name": t.name, "description": t.description, "sm": t.sm,
-                                                   "memory_gb": t.memory_gb, "bf16": t.bf16, "tensorrt": list(t.tensorrt)},
-            "precision": self.precision, "tensorrt_assumed": self.tensorrt, "max_context": self.max_context,
+                                                   "memory_gb": t.memory_gb, "bf16": t.bf16, "tensorrt": list(t.tensorrt),
+                                                   "flavour": t.flavour,
+                                                   "compute_capabilities": [f"{a}.{b}" for a, b in t.runs_on]},
+            "precision": self.precision, "flavour": self.flavour, "tensorrt_assumed": self.tensorrt,
+            "max_context": self.max_context,
             "max_prefill_tokens": self.max_sequence, "main_ratio": self.main_ratio, "workspace_gb": self.workspace_gb,
-            "timing_cache": str(self.timing_cache), "warnings": list(self.warnings),
+            "timing_cache": self.timing_cache and str(self.timing_cache), "warnings": list(self.warnings),
             "engines": [{"graph": e.graph, "onnx": str(e.onnx), "engine": str(e.engine), "graph_dtype": e.graph_dtype,
                          "precision": e.mode.precision, "strongly_typed": e.mode.strongly_typed,
                          "flags": list(e.mode.flags), "why": e.mode.why, "weight_bytes": e.weight_bytes,
                          "profiles": [p.to_dict() for p in e.profiles],
-                         "trtexec": e.trtexec(self.workspace_mib, self.timing_cache),
-                         "polygraphy": e.polygraphy(self.workspace_mib, self.timing_cache)} for e in self.engines],
+                         "trtexec": self.trtexec(e),
+                         "polygraphy": self.polygraphy(e)} for e in self.engines],
         }
+
+    def trtexec(self, e: EnginePlan) -> list[str]:
+        """The trtexec line; none for TensorRT-RTX (its SDK's `tensorrt_rtx` tool is not in the wheel; use the polygraphy line)."""
+        return [] if self.target.compute_capabilities else e.trtexec(self.workspace_mib, self.timing_cache)
+
+    def polygraphy(self, e: EnginePlan) -> list[str]:
+        return e.polygraphy(self.workspace_mib, self.timing_cache, self.target.compute_capabilities)
 
     def summary(self) -> str:
         t = self.target
-        lines = [f"build plan for {t.name} ({t.description}, {t.sm}), {self.precision}, TensorRT {self.tensorrt}",
-                 f"  workspace {self.workspace_gb:g} GB, timing cache {self.timing_cache}",
+        title = flavours.get_flavour(t.flavour).title
+        lines = [f"build plan for {t.name} ({t.description}, {t.sm}), {self.precision}",
+                 f"  flavour {t.flavour}: {title} {self.tensorrt} ({'installed' if self.installed else 'assumed, not installed'})"
+                 + (", built ahead of time (no GPU needed)" if flavours.get_flavour(t.flavour).builds_without_gpu else ""),
+                 f"  workspace {self.workspace_gb:g} GB, timing cache {self.timing_cache or NO_TIMING_CACHE}",
                  f"  decoder: max context {self.max_context}, prefill up to {self.max_sequence} tokens "
                  f"(tuned for K of ratio {self.main_ratio:g})"]
         for e in self.engines:
@@ -191,12 +238,17 @@ class BuildPlan:
             for p in e.profiles:
                 if p.dynamic_inputs:
                     lines.append(f"    profile {p.name}: " + ", ".join(f"{a} {lo}/{opt}/{hi}" for a, (lo, opt, hi) in p.axes))
-            lines.append("    " + shlex.join(e.trtexec(self.workspace_mib, self.timing_cache)))
-            lines.append("    " + shlex.join(e.polygraphy(self.workspace_mib, self.timing_cache)))
+            if self.trtexec(e):
+                lines.append("    " + shlex.join(self.trtexec(e)))
+            lines.append("    " + shlex.join(self.polygraphy(e)))
         lines += [f"  warning: {w}" for w in self.warnings]
         if self.path is not None:
             lines.append(f"  written to {self.path}")
         return "\n".join(lines)
+
+
+NO_TIMING_CACHE = ("none: TensorRT-RTX writes an empty timing cache and will not read it back (checked 1.7); "
+                   "it compiles kernels at run time, into its runtime cache, on the GPU")
 
 
 def default_timing_cache(target: str, tensorrt: str) -> Path:
@@ -205,16 +257,9 @@ def default_timing_cache(target: str, tensorrt: str) -> Path:
     return root / f"{target}-trt{tensorrt}.timing"
 
 
-def installed_tensorrt() -> str | None:
-    """The installed TensorRT version from package metadata, without importing it."""
-    from importlib import metadata
-
-    for dist in ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt_cu12", "tensorrt-cu11"):
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
+def installed_tensorrt(flavour: str = "tensorrt") -> str | None:
+    """The installed version of `flavour` from package metadata, without importing it."""
+    return flavours.installed_version(flavour)
 
 
 def _major(version: str) -> int:
@@ -235,20 +280,26 @@ def plan_build(cfg: BuildConfig, *, manifest: dict | None = None, target: Target
 
     manifest = manifest if manifest is not None else read_manifest(cfg.folder, verify=False)
     target = target or resolve_target(cfg.target)
-    target.check_precision(cfg.precision)
-    tensorrt = tensorrt or installed_tensorrt() or target.tensorrt[0].rstrip(".")
+    if cfg.compute_capabilities is not None:
+        target = dataclasses.replace(target, compute_capabilities=cfg.compute_capabilities,
+                                     compute_capability=cfg.compute_capabilities[0])
+    flavour = flavours.get_flavour(target.flavour)
+    graph_dtype = manifest.get("dtype", "fp32")
+    precision = cfg.precision or default_precision(flavour.name, graph_dtype)
+    target.check_precision(precision)
+    installed = tensorrt is not None or installed_tensorrt(flavour.name) is not None
+    tensorrt = tensorrt or installed_tensorrt(flavour.name) or target.tensorrt[0].rstrip(".")
     workspace = float(cfg.workspace_gb) if cfg.workspace_gb is not None else target.workspace_gb
     if workspace > target.memory_gb:
         raise UsageError(f"--workspace {workspace:g} GB is more than {target.name}'s {target.memory_gb:g} GB; "
                          f"try {target.workspace_gb:g}")
     limits = decoder_limits(manifest, max_context=cfg.max_context, ratio=cfg.ratio, max_prompt=cfg.max_prompt)
-    graph_dtype = manifest.get("dtype", "fp32")
     engines = []
     for graph, entry in manifest["graphs"].items():
         onnx = cfg.folder / entry["file"]
         data = onnx.with_name(onnx.name + ".data")
         size = sum(p.stat().st_size for p in (onnx, data) if p.is_file())
-        mode = precision_mode(graph, graph_dtype, cfg.precision, _major(tensorrt))
+        mode = precision_mode(graph, graph_dtype, precision, _major(tensorrt), flavour.strongly_typed_only)
         engines.append(EnginePlan(graph, onnx, engine_path(cfg.folder, target.name, graph), graph_dtype, mode,
                                   graph_profiles(manifest, graph, limits),
                                   size // 2 if graph_dtype == "fp32" and mode.precision != "fp32" else size))
@@ -259,11 +310,16 @@ def plan_build(cfg: BuildConfig, *, manifest: dict | None = None, target: Target
                         f"{target.memory_gb:g} GB{' (shared with the CPU)' if target.jetson else ''}; "
                         "the build or the runtime may run out of memory")
     if not target.expects_tensorrt(tensorrt):
-        warnings.append(f"{target.name} expects TensorRT {' or '.join(p.rstrip('.') for p in target.tensorrt)}, "
+        warnings.append(f"{target.name} expects {flavour.title} {' or '.join(p.rstrip('.') for p in target.tensorrt)}, "
                         f"this plan assumes {tensorrt}")
-    plan = BuildPlan(cfg.folder, target, cfg.precision, tensorrt, limits.max_context, limits.max_sequence,
-                     limits.main_ratio, workspace, cfg.timing_cache or default_timing_cache(target.name, tensorrt),
-                     tuple(engines), tuple(warnings))
+    timing_cache = cfg.timing_cache or default_timing_cache(target.name, tensorrt)
+    if flavour.builds_without_gpu:
+        timing_cache = None
+        if cfg.timing_cache is not None:
+            warnings.append(f"timing_cache {cfg.timing_cache} ignored: {NO_TIMING_CACHE}")
+    plan = BuildPlan(cfg.folder, target, precision, tensorrt, limits.max_context, limits.max_sequence,
+                     limits.main_ratio, workspace, timing_cache,
+                     tuple(engines), tuple(warnings), installed=installed)
     if write:
         path = write_side_file(cfg.folder, plan.relative_path, plan.json_bytes(), manifest)
         plan = dataclasses.replace(plan, path=path)

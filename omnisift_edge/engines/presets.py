@@ -4,6 +4,10 @@ A TensorRT engine runs only on the GPU model (compute capability) and TensorRT v
 built with, so a preset names what the build machine must be, not a cross-compile target. The
 numbers are nominal (the largest common configuration); `auto` measures the real device.
 Detection uses the CUDA runtime through Polygraphy's ctypes wrapper (no torch, no cuda-python).
+
+Each target names its flavour (flavour.py): the Jetson and datacenter presets are full TensorRT;
+`rtx` is TensorRT-RTX, built ahead of time on any machine for a list of compute capabilities
+(default 8.6, 8.9, 12.0: RTX 30/40/50 series and RTX PRO cards).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
+from omnisift_edge.runtime.trt_flavour import CC, TENSORRT_RTX, format_cc, get_flavour
 from omnisift_edge.errors import UsageError
 from omnisift_edge.runtime.trt_env import DeviceInfo, detect_device
 
@@ -27,10 +32,17 @@ class Target:
     workspace_gb: float           # default builder workspace (IBuilderConfig memory pool limit)
     tensorrt: tuple[str, ...]     # TensorRT version prefixes expected here ("10.3" = JetPack 6)
     jetson: bool = False
+    flavour: str = "tensorrt"     # flavour.FLAVOURS: tensorrt | tensorrt_rtx
+    compute_capabilities: tuple[CC, ...] = ()   # tensorrt_rtx: what the engines are compiled for
 
     @property
     def sm(self) -> str:
-        return f"sm_{self.compute_capability[0]}{self.compute_capability[1]}"
+        return ",".join(f"sm_{a}{b}" for a, b in self.runs_on)
+
+    @property
+    def runs_on(self) -> tuple[CC, ...]:
+        """The compute capabilities this target's engines run on."""
+        return self.compute_capabilities or (self.compute_capability,)
 
     def expects_tensorrt(self, version: str) -> bool:
         return any(version == p or version.startswith(p if p.endswith(".") else p + ".") for p in self.tensorrt)
@@ -54,6 +66,10 @@ PRESETS: dict[str, Target] = {t.name: t for t in (
     Target("l4", "NVIDIA L4 24 GB", compute_capability=(8, 9), memory_gb=24, workspace_gb=4, **_DATACENTER),
     Target("h100", "NVIDIA H100 80 GB (also H200, same sm_90)", compute_capability=(9, 0), memory_gb=80,
            workspace_gb=8, **_DATACENTER),
+    # nominal memory: the smallest common RTX card; the build needs no GPU (ahead of time, on the CPU)
+    Target("rtx", "RTX GPUs through TensorRT-RTX (RTX 30/40/50, RTX PRO; built ahead of time, any machine)",
+           compute_capability=TENSORRT_RTX.default_compute_capabilities[0], memory_gb=8, bf16=True, workspace_gb=2,
+           tensorrt=("1.",), flavour=TENSORRT_RTX.name, compute_capabilities=TENSORRT_RTX.default_compute_capabilities),
 )}
 TARGETS = (*PRESETS, "auto")
 
@@ -101,6 +117,13 @@ def _same_family(preset: str, device_name: str) -> bool:
 
 def check_device(target: Target, device: DeviceInfo) -> None:
     """Refuse building or running `target`'s engines on a GPU of another compute capability."""
+    if target.compute_capabilities:   # TensorRT-RTX: compiled for a list, built anywhere
+        if device.compute_capability not in target.compute_capabilities:
+            raise UsageError(f"the {target.name} engines are compiled for compute capability "
+                             f"{', '.join(map(format_cc, target.compute_capabilities))} but this GPU ({device.name}) is "
+                             f"{device.cc}; rebuild with --compute-capability {device.cc} (TensorRT-RTX compiles for "
+                             f"{', '.join(map(format_cc, get_flavour(target.flavour).compute_capabilities))})")
+        return
     if device.compute_capability != target.compute_capability:
         want = f"{target.compute_capability[0]}.{target.compute_capability[1]}"
         raise UsageError(f"--target {target.name} is compute capability {want} but this GPU ({device.name}) is "
@@ -111,5 +134,6 @@ def check_device(target: Target, device: DeviceInfo) -> None:
 def describe() -> str:
     """One line per preset, for --help texts and docs."""
     return "\n".join(f"{t.name:10} {t.sm}  {t.memory_gb:g} GB  bf16 {'yes' if t.bf16 else 'no '}  "
-                     f"workspace {t.workspace_gb:g} GB  TensorRT {'/'.join(p.rstrip('.') + ('.x' if p.endswith('.') else '') for p in t.tensorrt)}"
+                     f"workspace {t.workspace_gb:g} GB  {get_flavour(t.flavour).title} "
+                     f"{'/'.join(p.rstrip('.') + ('.x' if p.endswith('.') else '') for p in t.tensorrt)}"
                      f"  {t.description}" for t in PRESETS.values())

@@ -21,7 +21,8 @@ from omnisift_edge.artifact.folder import choose_build
 from omnisift_edge.artifact.manifest import REFERENCE_DIR
 from omnisift_edge.artifact.reference import Case, load_reference
 from omnisift_edge.errors import UsageError, require
-from omnisift_edge.runtime.trt_env import TENSORRT_MISSING, check_compatible, require_device, require_tensorrt
+from omnisift_edge.runtime.trt_env import check_compatible, require_device_for, require_tensorrt
+from omnisift_edge.runtime.trt_flavour import get_flavour
 
 # (atol as a fraction of max |reference| of that output, rtol) per engine precision; integer
 # outputs (kept_index, kept_position_ids) must be identical; compressor kept_embeds are a gather of
@@ -207,17 +208,24 @@ def verify_engines(cfg: VerifyConfig, progress: Callable[[str], None] = lambda _
         raise UsageError(f"{cfg.folder} has no ONNX Runtime reference outputs; on the export machine run "
                          "omnisift-edge verify DIR --record, then copy the folder here")
     target, build = choose_build(builds, cfg.target, cfg.folder)
+    flavour = get_flavour(build.get("flavour", "tensorrt"))
     try:
-        trt = require_tensorrt()
+        trt = require_tensorrt(flavour.name)
     except UsageError:
         if cfg.record:   # the export machine: recording was the job
-            report.notes.append(f"{TENSORRT_MISSING}; the reference is recorded: verify on the engine machine")
+            report.notes.append(f"{flavour.missing}; the reference is recorded: verify on the engine machine")
             return report
         raise
     require("polygraphy", extra="engines")
-    device = require_device()
+    try:
+        device = require_device_for(build)
+    except UsageError as exc:
+        if cfg.record:   # e.g. rtx engines built here without a GPU: the reference is what this machine can do
+            report.notes.append(f"{exc}; the reference is recorded")
+            return report
+        raise
     check_compatible(build, str(trt.__version__), device, cfg.folder)
-    if device.name != build.get("device"):
+    if device.name != build.get("device") and build.get("device"):
         report.notes.append(f"built on {build.get('device')}, running on {device.name} (same compute capability)")
     manifest = read_manifest(cfg.folder, verify=True)   # engines and reference files intact
     report.target, report.tensorrt, report.device = target, str(trt.__version__), device.name

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from omnisift_edge.errors import UsageError
+from omnisift_edge.runtime.trt_flavour import TENSORRT, get_flavour, load
 
 
 @dataclass(frozen=True)
@@ -82,23 +83,13 @@ def _jetson_board() -> str:
         return ""
 
 
-TENSORRT_MISSING = ("TensorRT is not installed: on Jetson install JetPack's python3-libnvinfer "
-                    "(sudo apt install python3-libnvinfer), elsewhere pip install tensorrt (NVIDIA's wheels)")
+TENSORRT_MISSING = TENSORRT.missing
 
 
-def require_tensorrt():
-    """`import tensorrt` (>= 10), or the UsageError that says how to install it."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise UsageError(TENSORRT_MISSING) from None
-    except Exception as exc:   # a wheel that imports but cannot load its libraries (the PyPI stubs)
-        raise UsageError(f"{TENSORRT_MISSING} (import tensorrt failed: {exc})") from None
-    major = int(str(trt.__version__).split(".")[0])
-    if major < 10:
-        raise UsageError(f"TensorRT {trt.__version__} is too old: omnisift-edge needs TensorRT 10 or newer "
-                         "(JetPack 6 ships 10.3)")
-    return trt
+def require_tensorrt(flavour: str = "tensorrt"):
+    """The flavour's module (`tensorrt` >= 10, `tensorrt_rtx` >= 1) with Polygraphy pointed at it, or the
+    UsageError that says how to install it."""
+    return load(flavour)
 
 
 def require_device() -> DeviceInfo:
@@ -109,8 +100,32 @@ def require_device() -> DeviceInfo:
     return device
 
 
+def require_device_for(build: dict) -> DeviceInfo:
+    """The GPU that runs a build's engines (`manifest["builds"][target]`), or one line saying what is missing."""
+    flavour = get_flavour(build.get("flavour", TENSORRT.name))
+    if not flavour.builds_without_gpu:
+        return require_device()
+    device = detect_device()
+    if device is None:
+        raise UsageError(f"no CUDA GPU found: the {build.get('target')} engines ({flavour.title}) were built ahead of "
+                         f"time and run on an RTX-class GPU of compute capability {build.get('compute_capability')}; "
+                         "run this on such a machine (building needed no GPU, running does)")
+    return device
+
+
 def check_compatible(build: dict, tensorrt: str, device, folder: Path) -> None:
-    """Engines run only on the TensorRT version and GPU model they were built with: one line if not."""
+    """Engines run only on the TensorRT version and GPU model they were built with: one line if not.
+
+    A TensorRT-RTX build lists the compute capabilities it was compiled for ("8.6,8.9,12.0")."""
+    if build.get("flavour") == "tensorrt_rtx":
+        ccs = str(build.get("compute_capability", "")).split(",")
+        if build.get("tensorrt") != tensorrt or device.cc not in ccs:
+            raise UsageError(f"the {build.get('target')} engines in {folder} were built with TensorRT-RTX "
+                             f"{build.get('tensorrt')} for compute capability {', '.join(ccs)}; this machine has "
+                             f"TensorRT-RTX {tensorrt} on {device.name} ({device.cc}): rebuild them with omnisift-edge "
+                             f"build {folder} --target {build.get('target')} --compute-capability {device.cc} "
+                             "(TensorRT-RTX runs on RTX-class GPUs, not Hopper or Jetson)")
+        return
     if build.get("tensorrt") != tensorrt or build.get("compute_capability") != device.cc:
         raise UsageError(f"the {build.get('target')} engines in {folder} were built with TensorRT {build.get('tensorrt')} "
                          f"on {build.get('device')} (compute capability {build.get('compute_capability')}); this machine "

@@ -63,7 +63,7 @@ class TrtStream(ExportedStream):
 
     def __init__(self, export: ExportFolder, ratio: float | None, prefix_ids: Sequence[int], *,
                  target: str | None = None, max_context: int | None = None):
-        from omnisift_edge.runtime.trt_env import check_compatible, require_device, require_tensorrt
+        from omnisift_edge.runtime.trt_env import check_compatible, require_device_for, require_tensorrt
 
         self.folder = export.path
         self.target, self.build = export.build(target)
@@ -79,9 +79,9 @@ class TrtStream(ExportedStream):
         if missing:
             raise UsageError(f"engine file(s) missing: {', '.join(missing)}; copy the whole folder or rebuild: "
                              f"omnisift-edge build {self.folder} --target {self.target}")
-        trt = require_tensorrt()
+        trt = require_tensorrt(self.build.get("flavour", "tensorrt"))   # the build's flavour: tensorrt | tensorrt_rtx
         require("polygraphy", extra="engines")
-        device = require_device()
+        device = require_device_for(self.build)
         check_compatible(self.build, str(trt.__version__), device, self.folder)
         from polygraphy.backend.common import BytesFromPath
         from polygraphy.backend.trt import EngineFromBytes, TrtRunner

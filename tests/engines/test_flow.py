@@ -14,6 +14,7 @@ import pytest
 
 from omnisift_edge.engines import build as build_mod
 from omnisift_edge.engines import verify as verify_mod
+from omnisift_edge.runtime import trt_env
 from omnisift_edge.engines.plan import BuildConfig, plan_build
 from omnisift_edge.runtime.trt_env import DeviceInfo
 from omnisift_edge.errors import UsageError
@@ -35,9 +36,11 @@ def stand_ins(monkeypatch):
         return f"engine {ep.graph} {ep.mode.precision}".encode()
 
     for module in (build_mod, verify_mod):
-        monkeypatch.setattr(module, "require_tensorrt", lambda: FAKE_TRT)
-        monkeypatch.setattr(module, "require_device", lambda: AGX)
+        monkeypatch.setattr(module, "require_tensorrt", lambda *_: FAKE_TRT)
+    monkeypatch.setattr(build_mod, "require_device", lambda: AGX)
+    monkeypatch.setattr(trt_env, "require_device", lambda: AGX)
     monkeypatch.setattr(build_mod, "_build_one", fake_build_one)
+    monkeypatch.setattr(build_mod.flavours, "engine_validity", lambda trt, data: {"checked": False})
     return built
 
 
@@ -134,7 +137,7 @@ def test_verify_flow_with_onnx_runtime_standing_in_for_the_engines(recorded_expo
     assert not report.ok and not report.graphs["decoder"].ok and report.graphs["vision_encoder"].ok
     assert "FAIL decoder" in report.summary()
 
-    monkeypatch.setattr(verify_mod, "require_device", lambda: DeviceInfo("NVIDIA H100", (9, 0), 79.1))
+    monkeypatch.setattr(trt_env, "require_device", lambda: DeviceInfo("NVIDIA H100", (9, 0), 79.1))
     with pytest.raises(UsageError, match=r"built with TensorRT 10.3.0.30 on Orin .*this machine has TensorRT 10.3.0.30 "
                                          r"on NVIDIA H100 \(9.0\): rebuild them here"):
         verify_mod.verify_engines(verify_mod.VerifyConfig(folder))

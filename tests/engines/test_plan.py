@@ -166,11 +166,13 @@ def test_plan_without_tensorrt_importable(engine_export, no_tensorrt):
 
 
 def test_plan_in_a_fresh_process_imports_no_tensorrt_polygraphy_or_torch(engine_export):
-    code = ("import sys; from omnisift_edge.engines import BuildConfig, plan_build; "
-            f"p = plan_build(BuildConfig({str(engine_export)!r}, target='orin-nano'), write=False); "
-            "print(sorted(m for m in ('tensorrt', 'polygraphy', 'torch', 'onnx', 'onnxruntime') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    for target in ("orin-nano", "rtx"):
+        code = ("import sys; from omnisift_edge.engines import BuildConfig, plan_build; "
+                f"p = plan_build(BuildConfig({str(engine_export)!r}, target={target!r}), write=False); "
+                "print(sorted(m for m in ('tensorrt', 'tensorrt_rtx', 'polygraphy', 'torch', 'onnx', 'onnxruntime') "
+                "if m in sys.modules))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == "[]", target
 
 
 def test_replanning_after_a_build_keeps_the_checksums_true(export_copy):

@@ -25,7 +25,7 @@ def test_preset_values(name, cc, memory, bf16, workspace, trt):
 
 
 def test_every_preset_and_auto_are_targets():
-    assert set(presets.TARGETS) == {"orin-nano", "orin-nx", "orin-agx", "a100", "l4", "h100", "auto"}
+    assert set(presets.TARGETS) == {"orin-nano", "orin-nx", "orin-agx", "a100", "l4", "h100", "rtx", "auto"}
     assert len(presets.describe().splitlines()) == len(PRESETS)
 
 

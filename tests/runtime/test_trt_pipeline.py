@@ -151,7 +151,7 @@ def test_stream_through_stand_in_engines_matches_onnxruntime(folder, tmp_path, m
     from omnisift_edge.runtime.trt_env import DeviceInfo
 
     built = _fake_build(folder, tmp_path / "built")
-    monkeypatch.setattr(trt_env, "require_tensorrt", lambda: types.SimpleNamespace(__version__="10.3.0"))
+    monkeypatch.setattr(trt_env, "require_tensorrt", lambda *_: types.SimpleNamespace(__version__="10.3.0"))
     monkeypatch.setattr(trt_env, "require_device", lambda: DeviceInfo("NVIDIA H100", (9, 0), 80.0))
     monkeypatch.setattr(polygraphy_trt, "EngineFromBytes", lambda data: lambda: str(built / data().decode()))
     monkeypatch.setattr(polygraphy_trt, "TrtRunner", _OrtEngineRunner)
