@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-COMMANDS = [[], ["doctor"], ["demo"], ["tiny-model"], ["export"], ["lint"], ["run"], ["profile"], ["build"], ["verify"], ["selftest"], ["train"]]
+COMMANDS = [[], ["doctor"], ["demo"], ["tiny-model"], ["export"], ["lint"], ["run"], ["profile"], ["build"], ["verify"], ["selftest"], ["train"], ["triton"]]
 
 
 def _run(*args: str, block_heavy: bool = False) -> subprocess.CompletedProcess:

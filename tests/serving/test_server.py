@@ -22,20 +22,17 @@ from omnisift_edge.model.synthetic import synthetic_clip  # noqa: E402
 from omnisift_edge.runtime.session import OmniSession, RuntimeConfig  # noqa: E402
 from omnisift_edge.serving.client import CameraClient, RequestError  # noqa: E402
 
-RES = (56, 56)
-# seconds: the repository's idle timeout. Triton counts a request's time in the model as idle time, and
-# four cameras opening sessions at once take ~6 s on a loaded 2-core machine: shorter would drop them.
+from tests.serving.conftest import RES  # noqa: E402
+# seconds: the repository's idle timeout, as short as this test allows. Triton counts a request's time
+# in the model as idle time, and four cameras opening sessions at once (~1.5 s each, one after another
+# in the model instance) take ~6 s on a loaded 2-core machine: shorter would drop the last of them.
 IDLE = 8.0
 QUESTION = "What happens in the video?"
 
 
 @pytest.fixture(scope="module")
-def export_folder(tmp_path_factory):
-    from omnisift_edge.export.stage import ExportConfig, export
-
-    out = tmp_path_factory.mktemp("serve") / "export"
-    export(ExportConfig(out=out, ratios=(0.25,), resolution=RES))
-    return out
+def export_folder(serving_export):
+    return serving_export
 
 
 @pytest.fixture(scope="module")
