@@ -16,6 +16,7 @@ from omnisift_edge.errors import require
 from omnisift_edge.serving.protocol import INPUTS, MODEL_NAME
 
 _INPUT = {t.name: t for t in INPUTS}
+AFFINITY_HEADER = "x-omnisift-sequence"
 
 
 class RequestError(Exception):
@@ -42,7 +43,9 @@ class CameraClient:
         self.timeout = timeout
         self._client = grpc.InferenceServerClient(url)
         self._replies: queue.Queue = queue.Queue()
-        self._client.start_stream(callback=lambda result, error: self._replies.put((result, error)))
+        # the sequence id also travels as gRPC metadata, for load balancers that route by header (docs/serving.md)
+        self._client.start_stream(callback=lambda result, error: self._replies.put((result, error)),
+                                  headers={AFFINITY_HEADER: str(sequence_id)})
         self._started = False
         self._count = 0
 
