@@ -52,3 +52,14 @@ def test_bad_options_are_one_line_errors(serving_export, tmp_path, kwargs, messa
 def test_not_an_export_folder(tmp_path):
     with pytest.raises(UsageError, match="not an export folder"):
         triton(TritonConfig(export=tmp_path, out=tmp_path / "repo"))
+
+
+def test_cli_writes_the_repository_and_refuses_in_one_line(serving_export, tmp_path):
+    from click.testing import CliRunner
+
+    from omnisift_edge.cli import main
+
+    ok = CliRunner().invoke(main, ["triton", str(serving_export), "-o", str(tmp_path / "repo"), "--max-streams", "3"])
+    assert ok.exit_code == 0 and "wrote model 'omnisift' (56x56 frames, ratio 0.25)" in ok.output
+    bad = CliRunner().invoke(main, ["triton", str(tmp_path), "-o", str(tmp_path / "other")])
+    assert bad.exit_code == 1 and "not an export folder" in bad.output and "Traceback" not in bad.output
