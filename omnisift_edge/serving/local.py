@@ -91,7 +91,7 @@ class LocalServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -139,7 +139,7 @@ def start_local_server(repository: Path, *, ready_timeout: float = 120.0, log_pa
            f"--backend-directory={_backend_folder(server, scratch)}",
            "--http-address=127.0.0.1", f"--http-port={http_port}",
            "--grpc-address=127.0.0.1", f"--grpc-port={grpc_port}",
-           "--allow-metrics=false", "--exit-timeout-secs=5",
+           "--allow-metrics=false", "--exit-timeout-secs=2",
            "--pinned-memory-pool-byte-size=0", "--cuda-memory-pool-byte-size=0:0"]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)

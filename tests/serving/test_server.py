@@ -156,8 +156,12 @@ def test_bad_requests_get_an_error_and_the_server_keeps_serving(server, export_f
             camera.send([_raw("FRAMES", frames.astype(np.float32), "FP32"), _raw("PCM", pcm, "FP32")])
         with pytest.raises(RequestError, match="both FRAMES .* and PCM"):        # half a chunk
             camera.send([_raw("FRAMES", frames, "UINT8")])
-        with pytest.raises(RequestError, match="START"):                         # an unknown sequence
-            CameraClient(server.grpc_url, 399).request(start=False, FRAMES=frames, PCM=pcm)
+        stranger = CameraClient(server.grpc_url, 399)
+        try:
+            with pytest.raises(RequestError, match="START"):                     # an unknown sequence
+                stranger.request(start=False, FRAMES=frames, PCM=pcm)
+        finally:
+            stranger.close()
         assert camera.chunk(frames, pcm).open_streams >= 1                       # this stream still works
         answer = camera.ask(QUESTION, max_new_tokens=3)
         camera.end()
