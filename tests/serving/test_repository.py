@@ -63,3 +63,10 @@ def test_cli_writes_the_repository_and_refuses_in_one_line(serving_export, tmp_p
     assert ok.exit_code == 0 and "wrote model 'omnisift' (56x56 frames, ratio 0.25)" in ok.output
     bad = CliRunner().invoke(main, ["triton", str(tmp_path), "-o", str(tmp_path / "other")])
     assert bad.exit_code == 1 and "not an export folder" in bad.output and "Traceback" not in bad.output
+
+
+def test_tensorrt_backend_is_a_parameter_of_the_same_model(serving_export, tmp_path):
+    onnx = triton(TritonConfig(export=serving_export, out=tmp_path / "ort")).config_path.read_text()
+    trt = triton(TritonConfig(export=serving_export, out=tmp_path / "trt", backend="tensorrt")).config_path.read_text()
+    assert 'key: "backend" value { string_value: "onnxruntime" }' in onnx
+    assert trt == onnx.replace('string_value: "onnxruntime"', 'string_value: "tensorrt"')
