@@ -36,7 +36,7 @@ def export_folder(serving_export):
 
 
 @pytest.fixture(scope="module")
-def server(export_folder, tmp_path_factory):
+def server(request, tmp_path_factory):
     from omnisift_edge.serving.local import find_bundled_server, start_local_server
     from omnisift_edge.serving.repository import TritonConfig, triton
 
@@ -44,6 +44,7 @@ def server(export_folder, tmp_path_factory):
         find_bundled_server()
     except UsageError as exc:
         pytest.skip(str(exc))
+    export_folder = request.getfixturevalue("export_folder")      # only once the server exists
     repo = triton(TritonConfig(export=export_folder, out=tmp_path_factory.mktemp("repo") / "models",
                                max_streams=8, idle_timeout=IDLE))
     running = start_local_server(repo.folder, ready_timeout=120)
