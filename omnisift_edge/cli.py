@@ -372,6 +372,31 @@ def selftest(target):
         sys.exit(1)
 
 
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True,
+              help="Model repository folder to write.")
+@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True,
+              help="The runtime inside the Triton model.")
+@click.option("--ratio", type=float, default=None, help="One of the export's ratios. Default: the first it lists.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda (onnxruntime's CUDA provider).")
+@click.option("--max-streams", type=int, default=8, show_default=True, help="Camera sequences served at once.")
+@click.option("--idle-timeout", type=float, default=60.0, show_default=True,
+              help="Seconds without a request after which a camera's state is freed.")
+@click.option("--instances", type=int, default=1, show_default=True, help="Model instances (processes).")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
+@_user_errors
+def triton(folder, out, backend, ratio, device, max_streams, idle_timeout, instances, overwrite):
+    """Write a Triton model repository that serves camera streams from an export folder (docs/serving.md)."""
+    from omnisift_edge.serving.repository import TritonConfig, triton as write_repository
+
+    repo = write_repository(TritonConfig(export=folder, out=out, backend=backend, ratio=ratio, device=device,
+                                         max_streams=max_streams, idle_timeout=idle_timeout, instances=instances,
+                                         overwrite=overwrite))
+    click.echo(f"wrote model '{repo.model}' ({repo.resolution[0]}x{repo.resolution[1]} frames, ratio {repo.ratio:g}) "
+               f"to {repo.folder}")
+
+
 @main.command("tiny-model")
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--kind", type=click.Choice(["full", "thinker", "omnisift"]), default="omnisift", show_default=True,

@@ -9,7 +9,7 @@ import pytest
 
 from tests.helpers import run_cli as _run
 
-COMMANDS = [[], ["doctor"], ["demo"], ["tiny-model"], ["export"], ["lint"], ["run"], ["profile"], ["build"], ["verify"], ["selftest"], ["train"]]
+COMMANDS = [[], ["doctor"], ["demo"], ["tiny-model"], ["export"], ["lint"], ["run"], ["profile"], ["build"], ["verify"], ["selftest"], ["train"], ["triton"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "main")

@@ -1,0 +1,74 @@
+"""The stream table behind the Triton model, driven directly with real sessions (no server)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from omnisift_edge.errors import UsageError
+from omnisift_edge.model.synthetic import synthetic_clip
+from omnisift_edge.runtime.session import OmniSession, RuntimeConfig
+from omnisift_edge.serving.model import StreamTable, _outputs
+from omnisift_edge.serving.protocol import OUTPUTS
+from tests.serving.conftest import RES
+
+
+class Clock:
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_streams_are_separate_and_match_a_session(serving_export):
+    clock = Clock()
+    table = StreamTable(lambda: OmniSession(RuntimeConfig(serving_export)), idle_seconds=10, clock=clock)
+    clips = {1: synthetic_clip(4.0, *RES, seed=1), 2: synthetic_clip(4.0, *RES, seed=2)}
+    served = {}
+    for sid, clip in clips.items():
+        replies = list(table.handle(sid, start=True, frames=clip.frames, pcm=clip.pcm))
+        replies += list(table.handle(sid, question="What happens?", max_new_tokens=4))
+        assert [r.final for r in replies][-1] and sum(r.final for r in replies) == 2
+        served[sid] = ([k for r in replies for k in r.kept], replies[-1].token_ids,
+                       "".join(r.text for r in replies))
+    assert len(table) == 2
+    for sid, clip in clips.items():
+        session = OmniSession(RuntimeConfig(serving_export))
+        session.append_chunk(clip.frames, clip.pcm)
+        text = "".join(session.ask("What happens?", max_new_tokens=4))
+        assert served[sid] == ([(r.kept_video, r.kept_audio) for r in session.reports], session.last_answer_ids, text)
+    list(table.handle(1, end=True))
+    assert len(table) == 1
+
+
+def test_errors_idle_eviction_and_busy_streams(serving_export):
+    clock = Clock()
+    table = StreamTable(lambda: OmniSession(RuntimeConfig(serving_export)), idle_seconds=5, clock=clock)
+    clip = synthetic_clip(2.0, *RES, seed=3)
+    with pytest.raises(UsageError, match="not open here"):
+        list(table.handle(7, frames=clip.frames, pcm=clip.pcm))
+    with pytest.raises(UsageError, match="no media yet"):
+        list(table.handle(7, start=True, question="Hi?"))
+    with pytest.raises(UsageError, match="both FRAMES"):
+        list(table.handle(7, frames=clip.frames))
+    with pytest.raises(UsageError, match="this export takes 56x56"):           # the session's own check
+        list(table.handle(7, frames=np.zeros((4, 28, 28, 3), np.uint8), pcm=clip.pcm))
+    clock.now = 4.0
+    replies = table.handle(8, start=True, frames=clip.frames, pcm=clip.pcm)
+    clock.now = 5.5                            # 7 is past the timeout: any request evicts it
+    next(replies)
+    assert len(table) == 1
+    clock.now = 100.0                          # 8 is busy (its request is running): kept
+    assert table.evict_idle() == []
+    list(replies)
+    clock.now = 106.0
+    assert table.evict_idle() == [8] and len(table) == 0
+
+
+def test_outputs_fill_every_declared_tensor():
+    from omnisift_edge.serving.model import Reply
+
+    out = _outputs(Reply(text="é", token_ids=[5, 6], kept=[(2, 13), (3, 12)], open_streams=2))
+    assert list(out) == [t.name for t in OUTPUTS]
+    assert out["TEXT"].tobytes().decode() == "é" and out["KEPT_AUDIO"].tolist() == [13, 12]
+    assert all(v.flags.writeable and v.dtype == np.dtype(t.dtype) for t, v in zip(OUTPUTS, out.values()))
