@@ -25,7 +25,7 @@ pytestmark = pytest.mark.rtx
 
 # planted graph -> why the lint keeps its error although TensorRT-RTX 1.7 parses and builds it
 RTX_ACCEPTS = {
-    "topk_dynamic_k": "policy: the parser takes a runtime K (since 8.6), DESIGN.md needs K fixed per engine",
+    "topk_dynamic_k": "policy: the parser takes a runtime K (since 8.6), the per-chunk engines need K fixed",
     "float64_io": "the parser silently turns float64 inputs/outputs into float32 bindings",
     "cast_float64": "the parser silently casts to float32 instead",
     "opset21": "version: TensorRT-RTX's parser is newer; the 10.3 parser's table ends at opset 20",
