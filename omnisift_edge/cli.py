@@ -241,13 +241,19 @@ def lint(folder):
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=64, show_default=True)
 @click.option("--max-context", type=int, default=None, help="KV cache limit (default: the export's).")
+@click.option("--context-policy", default="error", show_default=True,
+              help="error (refuse when the context is full) or sliding (evict the oldest chunks; docs/runtime.md).")
+@click.option("--window-seconds", type=float, default=None,
+              help="sliding: seconds of media kept (default: what --max-context holds).")
 @_user_errors
-def run(folder, video, audio, questions, backend, target, ratio, device, max_new_tokens, max_context):
+def run(folder, video, audio, questions, backend, target, ratio, device, max_new_tokens, max_context,
+        context_policy, window_seconds):
     """Stream a video through an export folder chunk by chunk, then answer questions (streamed)."""
     from omnisift_edge.runtime.session import RuntimeConfig, open_session
 
     session = open_session(RuntimeConfig(folder=folder, backend=backend, ratio=ratio, device=device,
-                                         max_context=max_context, target=target))
+                                         max_context=max_context, target=target, context_policy=context_policy,
+                                         window_seconds=window_seconds))
     reports = session.append_file(video, audio_path=audio)
     kept = sum(r.kept_video + r.kept_audio for r in reports)
     total = sum(r.video_tokens + r.audio_tokens for r in reports)

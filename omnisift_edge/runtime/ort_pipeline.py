@@ -13,6 +13,7 @@ import numpy as np
 
 from omnisift_edge.errors import UsageError, require
 from omnisift_edge.model.spec import OmniSpec, TokenIds
+from omnisift_edge.runtime.context import DEFAULT_POSITION_LIMIT, ContextPolicy, drop_tokens, inv_freq, rotate_keys
 from omnisift_edge.runtime.stream import ChunkStream
 
 
@@ -43,6 +44,20 @@ def load_export_tables(stream, folder: Path, manifest: dict, decoder: dict) -> N
     stream.present_names = [t["name"] for t in decoder["outputs"] if t["name"].startswith("present.")]
     stream.past = {name: np.zeros((1, dims["kv_heads"], 0, dims["head_dim"]), stream.float_type)
                    for name in stream.past_names}
+    rope = manifest.get("rope") or {}
+    stream.rope_freqs = inv_freq(rope.get("rope_theta") or 1e6, dims["head_dim"])                  # [hd/2]
+    stream.position_limit = int(rope.get("max_position_embeddings") or DEFAULT_POSITION_LIMIT)
+
+
+def drop_past(stream, start: int, stop: int) -> None:
+    """`_drop_kv` on a numpy past (ONNX Runtime, TensorRT): tokens [start, stop) leave every layer."""
+    stream.past = {name: drop_tokens(cache, start, stop) for name, cache in stream.past.items()}
+
+
+def rotate_past(stream, delta: int) -> None:
+    """`_rotate_kv` on a numpy past: every cached key re-based by -delta positions (values unchanged)."""
+    stream.past = {name: rotate_keys(cache, delta, stream.rope_freqs) if name.endswith(".key") else cache
+                   for name, cache in stream.past.items()}
 
 
 def check_whole_chunk(dims: dict, n_grids: int, mel, what: str) -> None:
@@ -57,7 +72,8 @@ class OrtStream(ChunkStream):
     """Push whole 2-second chunks (pixel patches, log-mel window), then ask questions."""
 
     def __init__(self, folder: Path, manifest: dict, ratio: float, prefix_ids: Sequence[int], *,
-                 providers: Sequence[str] = ("CPUExecutionProvider",), max_context: int | None = None):
+                 providers: Sequence[str] = ("CPUExecutionProvider",), max_context: int | None = None,
+                 context: ContextPolicy | None = None):
         from omnisift_edge.export.onnx_io import ort_session
 
         self.folder, self.manifest = Path(folder), manifest
@@ -69,7 +85,14 @@ class OrtStream(ChunkStream):
         load_export_tables(self, self.folder, manifest, self.graphs["decoder"])
         dims = self.dims
         super().__init__(spec_from_manifest(manifest), prefix_ids, (dims["grid_h"], dims["grid_w"]),
-                         max_context=max_context or manifest["max_context"])
+                         max_context=max_context or manifest["max_context"], context=context,
+                         position_limit=self.position_limit)
+
+    def _drop_kv(self, start, stop):
+        drop_past(self, start, stop)
+
+    def _rotate_kv(self, delta):
+        rotate_past(self, delta)
 
     def _embed(self, ids):
         return self.embed_table[np.asarray(ids, dtype=np.int64)][None].astype(self.float_type)   # [1, n, D]

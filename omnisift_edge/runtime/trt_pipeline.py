@@ -20,8 +20,8 @@ from typing import Sequence
 import numpy as np
 
 from omnisift_edge.errors import UsageError, require
-from omnisift_edge.runtime.ort_pipeline import (check_whole_chunk, compressor_graph_name, load_export_tables,
-                                                spec_from_manifest)
+from omnisift_edge.runtime.ort_pipeline import (check_whole_chunk, compressor_graph_name, drop_past,
+                                                load_export_tables, rotate_past, spec_from_manifest)
 from omnisift_edge.runtime.stream import ChunkStream, ContextFullError
 
 
@@ -79,7 +79,7 @@ class TrtStream(ChunkStream):
     """Push whole 2-second chunks (pixel patches, log-mel window), then ask questions."""
 
     def __init__(self, folder: Path, manifest: dict, ratio: float, prefix_ids: Sequence[int], *,
-                 target: str | None = None, max_context: int | None = None):
+                 target: str | None = None, max_context: int | None = None, context=None):
         from omnisift_edge.engines.build import require_device, require_tensorrt
         from omnisift_edge.engines.verify import check_compatible
 
@@ -127,7 +127,8 @@ class TrtStream(ChunkStream):
         dims = self.dims
         limit = int(self.build.get("max_context") or manifest["max_context"])   # the engines' profiles end there
         super().__init__(spec_from_manifest(manifest), prefix_ids, (dims["grid_h"], dims["grid_w"]),
-                         max_context=min(max_context or limit, limit))
+                         max_context=min(max_context or limit, limit), context=context,
+                         position_limit=self.position_limit)
 
     def close(self) -> None:
         """Release the engines' execution contexts and device buffers."""
@@ -140,6 +141,12 @@ class TrtStream(ChunkStream):
 
     def __del__(self):
         self.close()
+
+    def _drop_kv(self, start, stop):
+        drop_past(self, start, stop)
+
+    def _rotate_kv(self, delta):
+        rotate_past(self, delta)
 
     @staticmethod
     def _run(runner, feeds: dict) -> dict:
