@@ -279,15 +279,20 @@ def run(folder, video, audio, questions, backend, target, ratio, device, max_new
 @click.option("--max-new-tokens", type=click.IntRange(2, 4096), default=16, show_default=True)
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), default=None,
               help="Folder for profile.json/.md/.png (default: FOLDER/profile).")
+@click.option("--context-policy", default="error", show_default=True,
+              help="error (the clip must fit the context) or sliding (evict the oldest chunks; docs/runtime.md).")
+@click.option("--window-seconds", type=float, default=None,
+              help="sliding: seconds of media kept (default: what the export's max context holds).")
 @_user_errors
-def profile(folder, backend, target, ratios, seconds, device, max_new_tokens, out):
+def profile(folder, backend, target, ratios, seconds, device, max_new_tokens, out, context_policy, window_seconds):
     """Measure per-stage latency, TTFT, decode speed and memory at each ratio, side by side."""
     from omnisift_edge.profiling.profile import ProfileConfig, markdown, profile as run_profile
 
     if target is not None:
         backend = "tensorrt"
     cfg = ProfileConfig(folder=folder, backend=backend, ratios=_parse_ratios(None, ratios) if ratios else None,
-                        seconds=seconds, device=device, max_new_tokens=max_new_tokens, out=out, target=target)
+                        seconds=seconds, device=device, max_new_tokens=max_new_tokens, out=out, target=target,
+                        context_policy=context_policy, window_seconds=window_seconds)
     report = run_profile(cfg)
     click.echo(markdown(report))
     click.echo(f"wrote {report.files['json']}, {report.files['markdown']}, {report.files['plot']}", err=True)

@@ -18,6 +18,7 @@ Rules (also in docs/runtime.md):
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +29,11 @@ import numpy as np
 from omnisift_edge import __version__
 from omnisift_edge.errors import UsageError
 from omnisift_edge.model.tokenizer import DEFAULT_SYSTEM_PROMPT
-from omnisift_edge.runtime.stream import ChunkReport
+from omnisift_edge.runtime.stream import STAGES, ChunkReport
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
+# a session's chunk reports also time the host preprocessing (pixel patches, log-mel) the chunk needed
+SESSION_STAGES = ("preprocess", *STAGES)
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,7 @@ class OmniSession:
         self._turn_start = 0                # reports before this turn's first chunk
         self._questions = 0
         self._closed = False
+        self._preprocess = 0.0              # host preprocessing seconds not yet booked to a chunk
 
     def _open_backend(self, prefix_ids: Sequence[int]):
         max_context = self.cfg.max_context or self.manifest["max_context"]
@@ -162,7 +166,10 @@ class OmniSession:
             self._finished = False
         self._frames.extend(frames)
         self._samples += len(pcm)
-        return self._drain(self._mel.push(pcm))
+        start = time.perf_counter()
+        windows = self._mel.push(pcm)
+        self._preprocess += time.perf_counter() - start
+        return self._drain(windows)
 
     def append_file(self, path: Path, *, audio_path: Path | None = None) -> list[ChunkReport]:
         """Decode a file (video + its audio track, or a separate audio file) and append it whole."""
@@ -192,9 +199,11 @@ class OmniSession:
         chunks = len(self.stream.reports) - self._turn_start + len(self._frames) // per_chunk
         want = chunks * self.spec.samples_per_chunk
         windows = []
+        start = time.perf_counter()
         if want > self._samples:
             windows += self._mel.push(np.zeros(want - self._samples, np.float32))
         windows += self._mel.finish()
+        self._preprocess += time.perf_counter() - start
         return self._drain(windows)
 
     def _drain(self, windows) -> list[ChunkReport]:
@@ -204,13 +213,18 @@ class OmniSession:
         per_chunk = self.spec.raw_frames_per_chunk
         self._windows.extend(windows)
         while self._windows and len(self._frames) >= per_chunk:
+            start = time.perf_counter()
             frames = np.stack([self._frames.popleft() for _ in range(per_chunk)])
             pixels, grid_thw = video_patches(frames, self.spec, size=self.resolution)
+            self._preprocess += time.perf_counter() - start
             if self.stream.closed:          # the first chunk after an answer opens a new user turn
                 from omnisift_edge.model.prompt import turn_pieces
 
                 self.stream.open_turn(turn_pieces(self.tokenizer, "", self.spec).prefix_ids)
-            reports.append(self.stream.push(pixels, int(grid_thw[0]), self._windows.popleft().features))
+            report = self.stream.push(pixels, int(grid_thw[0]), self._windows.popleft().features)
+            report.seconds["preprocess"] = self._preprocess       # the log-mel and patches this chunk waited for
+            self._preprocess = 0.0
+            reports.append(report)
         if self._finished:
             self._windows.clear()   # audio beyond the video is dropped (docs/streaming.md)
         return reports

@@ -60,7 +60,7 @@ def test_ratio_choice_and_stage_timings(folder):
     assert sum(r.kept_video + r.kept_audio for r in full.reports) == sum(r.video_tokens + r.audio_tokens
                                                                           for r in full.reports)
     assert sum(r.kept_video for r in quarter.reports) < sum(r.kept_video for r in full.reports)
-    assert set(quarter.reports[0].seconds) == {"vision", "audio", "compressor", "prefill"}
+    assert set(quarter.reports[0].seconds) == {"preprocess", "vision", "audio", "compressor", "prefill"}
     with pytest.raises(UsageError, match="has no compressor for ratio 0.5"):
         OmniSession(RuntimeConfig(folder, ratio=0.5))
 
