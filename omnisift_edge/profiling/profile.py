@@ -181,8 +181,8 @@ def markdown(report: ProfileReport) -> str:
     lines = [f"Profile of {report.config['folder']} ({m['backend']} on {m.get('gpu', m['processor'])}, "
              f"{m['cpus']} CPUs, {m['date']}), {report.config['seconds']:g} s clip, median (p90) ms per chunk",
              "",
-             "| ratio | kept | vision | audio | compressor | prefill | chunk | RTF | TTFT ms | decode tok/s | KV MB | host MB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| ratio | kept | " + " | ".join(STAGES) + " | chunk | RTF | TTFT ms | decode tok/s | KV MB | host MB |",
+             "|---" * (len(STAGES) + 8) + "|"]
     for r in report.ratios:
         cells = [f"{r['stage_ms'][s]['median']:.1f} ({r['stage_ms'][s]['p90']:.1f})" for s in STAGES]
         lines.append(f"| {r['ratio']:g} | {r['tokens_kept']}/{r['tokens_total']} | " + " | ".join(cells) +
