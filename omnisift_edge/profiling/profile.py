@@ -257,8 +257,9 @@ def context_check(cfg: ProfileConfig, manifest: dict, ratios) -> list[str]:
             continue
         if need > limit or last_position >= positions:
             fit = max(0, min((limit - text) // per_chunk, (positions - 1 - text) // spec.time_ids_per_chunk))
-            raise UsageError(f"a {cfg.seconds:g} s clip at ratio {ratio:g} needs {need} tokens of context and positions "
-                             f"up to {last_position}; this export holds {limit} tokens and {positions} positions: use "
+            raise UsageError(f"a {cfg.seconds:g} s clip at ratio {ratio:g} needs {need} tokens of context and "
+                             f"positions up to {last_position}; this export holds {limit} tokens and {positions} "
+                             "positions: use "
                              f"--seconds {fit * spec.seconds_per_chunk:g} or less, or --context-policy sliding")
         lines.append(f"ratio {ratio:g}: {cfg.seconds:g} s needs {need} of {limit} tokens of context: fits")
     return lines

@@ -3,8 +3,9 @@
 A backend (PyTorch modules, ONNX Runtime graphs, TensorRT engines) supplies its hooks: embed
 text ids, append embeddings to its KV cache and return the last logits, encode one chunk, compress
 it, report its KV length, and (for the sliding context policy, runtime/context.py) drop cached
-tokens and re-base the cached keys' positions by a RoPE rotation. `ChunkStream` does the rest the same way for all of them, so they
-keep the same tokens at the same positions and answer with the same greedy loop.
+tokens and re-base the cached keys' positions by a RoPE rotation. `ChunkStream` does the rest the
+same way for all of them, so they keep the same tokens at the same positions and answer with the
+same greedy loop. After an answer, `open_turn` continues the stream in a new user turn.
 """
 
 from __future__ import annotations
