@@ -46,7 +46,7 @@ def timed_run(data: Path, out: Path, args, workers: int) -> tuple[float, float, 
                       lr=1e-3, save_every=0, workers=workers)
     started = time.perf_counter()
     marks = []
-    artifact = train(cfg, echo=lambda _: None, progress=False, on_step=lambda _: marks.append(time.perf_counter()))
+    artifact = train(cfg, progress=lambda _: None, bar=False, on_step=lambda _: marks.append(time.perf_counter()))
     steps = np.diff(marks)                                  # step k's end to step k+1's end: decode + train
     return float(statistics.median(steps)), marks[0] - started, _tensors(artifact.compressor)
 

@@ -263,13 +263,19 @@ def lint(folder):
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=64, show_default=True)
 @click.option("--max-context", type=int, default=None, help="KV cache limit (default: the export's).")
+@click.option("--context-policy", default="error", show_default=True,
+              help="error (refuse when the context is full) or sliding (evict the oldest chunks; docs/runtime.md).")
+@click.option("--window-seconds", type=float, default=None,
+              help="sliding: seconds of media kept (default: what --max-context holds).")
 @_user_errors
-def run(folder, video, audio, questions, backend, target, ratio, device, max_new_tokens, max_context):
+def run(folder, video, audio, questions, backend, target, ratio, device, max_new_tokens, max_context,
+        context_policy, window_seconds):
     """Stream a video through an export folder chunk by chunk, then answer questions (streamed)."""
     from omnisift_edge.runtime.session import RuntimeConfig, open_session
 
     session = open_session(RuntimeConfig(folder=folder, backend=backend, ratio=ratio, device=device,
-                                         max_context=max_context, target=target))
+                                         max_context=max_context, target=target, context_policy=context_policy,
+                                         window_seconds=window_seconds))
     reports = session.append_file(video, audio_path=audio)
     kept = sum(r.kept_video + r.kept_audio for r in reports)
     total = sum(r.video_tokens + r.audio_tokens for r in reports)
@@ -295,15 +301,20 @@ def run(folder, video, audio, questions, backend, target, ratio, device, max_new
 @click.option("--max-new-tokens", type=click.IntRange(2, 4096), default=16, show_default=True)
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), default=None,
               help="Folder for profile.json/.md/.png (default: FOLDER/profile).")
+@click.option("--context-policy", default="error", show_default=True,
+              help="error (the clip must fit the context) or sliding (evict the oldest chunks; docs/runtime.md).")
+@click.option("--window-seconds", type=float, default=None,
+              help="sliding: seconds of media kept (default: what the export's max context holds).")
 @_user_errors
-def profile(folder, backend, target, ratios, seconds, device, max_new_tokens, out):
+def profile(folder, backend, target, ratios, seconds, device, max_new_tokens, out, context_policy, window_seconds):
     """Measure per-stage latency, TTFT, decode speed and memory at each ratio, side by side."""
     from omnisift_edge.profiling.profile import ProfileConfig, markdown, profile as run_profile
 
     if target is not None:
         backend = "tensorrt"
     cfg = ProfileConfig(folder=folder, backend=backend, ratios=_parse_ratios(None, ratios) if ratios else None,
-                        seconds=seconds, device=device, max_new_tokens=max_new_tokens, out=out, target=target)
+                        seconds=seconds, device=device, max_new_tokens=max_new_tokens, out=out, target=target,
+                        context_policy=context_policy, window_seconds=window_seconds)
     report = run_profile(cfg)
     click.echo(markdown(report))
     click.echo(f"wrote {report.files['json']}, {report.files['markdown']}, {report.files['plot']}", err=True)

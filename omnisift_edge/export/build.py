@@ -174,7 +174,8 @@ def _rope_settings(model) -> dict:
     scaling = getattr(text, "rope_scaling", None) or {}
     return {"rope_theta": getattr(text, "rope_theta", None), "mrope_section": scaling.get("mrope_section"),
             "position_id_per_seconds": model.spec.position_id_per_seconds,
-            "seconds_per_chunk": model.spec.seconds_per_chunk, "rows": ["time", "height", "width"]}
+            "seconds_per_chunk": model.spec.seconds_per_chunk, "rows": ["time", "height", "width"],
+            "max_position_embeddings": getattr(text, "max_position_embeddings", None)}
 
 
 def _selector_record(model) -> dict | None:

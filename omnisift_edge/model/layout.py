@@ -224,6 +224,9 @@ class StreamingLayout:
     `close(suffix_ids)`, then `text(ids)` for everything appended later (answers, follow-ups).
     Chunks must look like a clip's: full (2 grid steps, 50 audio tokens) until the video or the
     audio ends; after a short video part only audio-only chunks, after short audio only video-only.
+    `open_turn(text_ids)` after an answer starts a new user turn with its own video: the chunks
+    that follow are laid out as transformers lays out a conversation's next video (its time ids
+    start again from the turn's bos position + 1; `ChunkLayout.index` counts within the turn).
     """
 
     def __init__(self, spec: OmniSpec, prefix_ids, *, grid_hw: Sequence[int]):
@@ -239,7 +242,8 @@ class StreamingLayout:
         self._length = p + 2
         self._max = p
         self._last_segment_max = p
-        self._chunks: list[ChunkLayout] = []
+        self._chunks: list[ChunkLayout] = []     # this turn's
+        self._done: list[ChunkLayout] = []       # earlier turns'
         self._closed = False
 
     @property
@@ -248,7 +252,13 @@ class StreamingLayout:
 
     @property
     def chunks(self) -> tuple[ChunkLayout, ...]:
-        return tuple(self._chunks)
+        """Every chunk so far, all turns."""
+        return tuple(self._done + self._chunks)
+
+    @property
+    def closed(self) -> bool:
+        """True between `close` and the next `open_turn`: chunks are refused."""
+        return self._closed
 
     @property
     def length(self) -> int:
@@ -276,7 +286,7 @@ class StreamingLayout:
     def chunk(self, n_grids: int, n_audio: int) -> ChunkLayout:
         """The next chunk: `n_grids` (0-2) grid steps and `n_audio` (0-50) audio tokens."""
         if self._closed:
-            raise UsageError("chunk() after close(); start a new StreamingLayout for a new clip")
+            raise UsageError("chunk() after close(); open a new user turn with open_turn(text_ids) first")
         gpc, apc = self._gpc, self._apc
         if not (0 <= n_grids <= gpc and 0 <= n_audio <= apc) or n_grids + n_audio == 0:
             raise UsageError(f"a chunk holds 0-{gpc} grid steps and 0-{apc} audio tokens, not both zero "
@@ -324,6 +334,30 @@ class StreamingLayout:
         self._closed = True
         self._length += ids.size
         self._max = max(self._max, int(pos.max()))
+        return _readonly(ids), _readonly(pos)
+
+    def open_turn(self, text_ids) -> tuple[np.ndarray, np.ndarray]:
+        """`(ids (n+2,), positions (3, n+2))`: text that ends the answer and opens a user turn
+        (`<|im_end|>\\n<|im_start|>user\\n`, see prompt.turn_pieces), then `<|vision_bos|><|audio_bos|>`.
+
+        The text continues from max position + 1 like `text`; both bos tokens take the next
+        position and the turn's chunks start one after it, as `get_rope_index` does for a
+        conversation's second video.
+        """
+        if not self._closed:
+            raise UsageError("open_turn() while the media span is open; close it with a question first")
+        text = _check_text(self.spec, text_ids, "turn text ids")
+        tok = self.spec.tokens
+        bos = self._max + 1 + text.size
+        ids = np.concatenate([text, [tok.vision_bos, tok.audio_bos]]).astype(np.int64)          # (n+2,)
+        pos = np.concatenate([text_positions(self._max + 1, text.size), np.full((3, 2), bos, np.int64)], axis=1)
+        self._done += self._chunks
+        self._chunks = []
+        self._st = bos + 1
+        self._length += ids.size
+        self._max = bos
+        self._last_segment_max = bos
+        self._closed = False
         return _readonly(ids), _readonly(pos)
 
     def text(self, ids) -> np.ndarray:

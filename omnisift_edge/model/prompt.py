@@ -93,3 +93,28 @@ def followup_ids(tokenizer, question: str, spec: OmniSpec = OmniSpec()) -> tuple
         raise UsageError(f"the chat template does not end an assistant turn with {im_end}; "
                          "use Qwen2.5-Omni's chat template (omnisift_edge.model.tokenizer.CHAT_TEMPLATE)")
     return _encode(tokenizer, tail)
+
+
+def turn_pieces(tokenizer, question: str = "", spec: OmniSpec = OmniSpec()) -> PromptPieces:
+    """Ids around the video of a new user turn that follows an answer (video while the stream goes on):
+    prefix `<|im_end|>\\n<|im_start|>user\\n`, suffix `{question}<|im_end|>\\n<|im_start|>assistant\\n`.
+
+    The prefix does not depend on the question, so a stream writes it when the turn's first chunk
+    arrives and the suffix when the question does. Derived from the chat template like
+    `followup_ids` (append after the answer's ids, without the sampled `<|im_end|>`).
+    """
+    msgs = messages("", system=None, answers_and_followups=(_ANSWER_MARK,))
+    msgs.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]})
+    text = _render(tokenizer, msgs, True)
+    tail = text[text.index(_ANSWER_MARK) + len(_ANSWER_MARK):]
+    part = video_part(tokenizer, spec)
+    if tail.count(part) != 1:
+        raise UsageError(f"the rendered turn has {tail.count(part)} video parts, expected 1; remove {part!r} "
+                         "from the question")
+    before, after = tail.split(part)
+    pieces = PromptPieces(prefix_ids=_encode(tokenizer, before), suffix_ids=_encode(tokenizer, after))
+    t = spec.tokens
+    if {t.audio, t.audio_bos, t.audio_eos, t.vision_bos, t.vision_eos, t.image, t.video} & set(pieces.suffix_ids):
+        raise UsageError("the question contains media tokens such as <|AUDIO|>; remove them "
+                         "(the layout places media tokens itself)")
+    return pieces

@@ -1,11 +1,15 @@
 """The profiling stage: `profile(ProfileConfig) -> ProfileReport`, one run over several ratios.
 
 For each ratio a generated clip streams through an `OmniSession` (same backend, same machine, one
-process: ratios are compared side by side), measuring per chunk the vision, audio, compressor and
-prefill latency (median and p90 after warm-up), the real-time factor (chunk time / 2 s), time to
-first token after the question, decode tokens/s, tokens kept, KV-cache bytes, peak host memory
-and (torch on CUDA) peak GPU memory, plus the graphs' sizes. Writes JSON (for machines), a
-Markdown table (for people) and a PNG plot of latency by stage against ratio.
+process: ratios are compared side by side), measuring per chunk the host preprocessing (pixel
+patches, log-mel), vision, audio, compressor and prefill latency (median and p90 after warm-up;
+they add up to the chunk time, the rest is reported as `unaccounted_ms`), the real-time factor
+(chunk time / 2 s), every chunk's time across the stream (the growth curve), time to first token
+after the question, decode tokens/s, tokens kept, KV-cache bytes, peak host memory and (torch on
+CUDA) peak GPU memory, plus the graphs' sizes. Before measuring, `context_check` says in one line
+per ratio whether the clip fits the context (or the sliding policy), and refuses one that does not.
+Writes JSON (for machines), a Markdown table (for people) and a PNG plot: latency by stage against
+ratio, and chunk time across the stream against the 2-second real-time budget.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import os
 import platform
 import resource
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +28,8 @@ import numpy as np
 
 from omnisift_edge.atomic import atomic_path
 from omnisift_edge.errors import UsageError, require
-from omnisift_edge.runtime.stream import STAGES
+from omnisift_edge.runtime.context import ContextPolicy
+from omnisift_edge.runtime.session import SESSION_STAGES as STAGES
 
 
 @dataclass(frozen=True)
@@ -38,9 +44,12 @@ class ProfileConfig:
     max_new_tokens: int = 16
     out: Path | None = None                      # None: FOLDER/profile
     target: str | None = None                    # tensorrt: which built engines
+    context_policy: str = "error"                # error | sliding (runtime/context.py)
+    window_seconds: float | None = None          # sliding: seconds of media kept
 
     def __post_init__(self):
         object.__setattr__(self, "folder", Path(self.folder))
+        ContextPolicy(self.context_policy, self.window_seconds)       # validates both
         if not 2.0 * (self.warmup_chunks + 1) <= self.seconds <= 3600:
             raise UsageError(f"--seconds must cover the warm-up plus one measured chunk "
                              f"({2.0 * (self.warmup_chunks + 1):g} s) and at most 3600 (got {self.seconds:g})")
@@ -65,6 +74,9 @@ class RatioProfile:
     kv_bytes: int
     peak_host_mb: float
     peak_gpu_mb: float | None
+    chunk_curve_ms: list = field(default_factory=list)   # every chunk's time, warm-up included (growth curve)
+    unaccounted_ms: float = 0.0    # median chunk time not in any stage (bookkeeping, copies between stages)
+    evicted_chunks: int = 0        # sliding policy: chunks evicted from the KV cache
 
 
 @dataclass
@@ -108,7 +120,8 @@ def _profile_ratio(cfg: ProfileConfig, ratio: float, bar) -> RatioProfile:
     from omnisift_edge.runtime.session import OmniSession, RuntimeConfig
 
     session = OmniSession(RuntimeConfig(cfg.folder, backend=cfg.backend, ratio=ratio, device=cfg.device,
-                                        target=cfg.target))
+                                        target=cfg.target, context_policy=cfg.context_policy,
+                                        window_seconds=cfg.window_seconds))
     gpu = None
     if cfg.backend == "torch" and cfg.device.startswith("cuda"):
         import torch
@@ -118,14 +131,25 @@ def _profile_ratio(cfg: ProfileConfig, ratio: float, bar) -> RatioProfile:
                           sample_rate=session.spec.sample_rate, seed=0)
     per_chunk, samples = session.spec.raw_frames_per_chunk, session.spec.samples_per_chunk
     peak = _rss_mb()
-    chunk_seconds = []
-    for j in range(-(-len(clip.frames) // per_chunk)):
+    chunk_seconds, pending = [], 0.0
+
+    def timed(call) -> None:
+        # a chunk is pushed once its audio window is complete (40 samples into the next chunk's), so a
+        # call's time goes to the chunks it pushed, with the time of calls that pushed none
+        nonlocal pending
         start = time.perf_counter()
-        session.append_chunk(clip.frames[j * per_chunk:(j + 1) * per_chunk], clip.pcm[j * samples:(j + 1) * samples])
-        chunk_seconds.append(time.perf_counter() - start)
+        reports = call()
+        pending += time.perf_counter() - start
+        if reports:
+            chunk_seconds.extend([pending / len(reports)] * len(reports))
+            pending = 0.0
+
+    for j in range(-(-len(clip.frames) // per_chunk)):
+        timed(lambda: session.append_chunk(clip.frames[j * per_chunk:(j + 1) * per_chunk],
+                                           clip.pcm[j * samples:(j + 1) * samples]))
         peak = max(peak, _rss_mb())
         bar.update(1)
-    session.finish()
+    timed(session.finish)
     measured = session.reports[cfg.warmup_chunks:]
     start = time.perf_counter()
     stamps = []
@@ -141,6 +165,7 @@ def _profile_ratio(cfg: ProfileConfig, ratio: float, bar) -> RatioProfile:
     kv_bytes = session.stream.kv_length() * dims["num_layers"] * 2 * dims["kv_heads"] * dims["head_dim"] * width
     decode = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 and stamps[-1] > stamps[0] else 0.0
     chunk_stats = _stats(chunk_seconds[cfg.warmup_chunks:])
+    rest = [c - sum(r.seconds.values()) for c, r in zip(chunk_seconds[cfg.warmup_chunks:], measured)]
     return RatioProfile(
         ratio=ratio, achieved=session.plan["achieved"], chunks=len(session.reports),
         stage_ms={stage: _stats([r.seconds[stage] for r in measured]) for stage in STAGES},
@@ -148,7 +173,8 @@ def _profile_ratio(cfg: ProfileConfig, ratio: float, bar) -> RatioProfile:
         ttft_ms=(stamps[0] - start) * 1e3, decode_tokens_per_s=decode,
         tokens_kept=sum(r.kept_video + r.kept_audio for r in session.reports),
         tokens_total=sum(r.video_tokens + r.audio_tokens for r in session.reports),
-        kv_bytes=kv_bytes, peak_host_mb=peak, peak_gpu_mb=gpu)
+        kv_bytes=kv_bytes, peak_host_mb=peak, peak_gpu_mb=gpu, chunk_curve_ms=[c * 1e3 for c in chunk_seconds],
+        unaccounted_ms=statistics.median(rest) * 1e3, evicted_chunks=session.stream.window.evicted_chunks)
 
 
 def markdown(report: ProfileReport) -> str:
@@ -156,8 +182,8 @@ def markdown(report: ProfileReport) -> str:
     lines = [f"Profile of {report.config['folder']} ({m['backend']} on {m.get('gpu', m['processor'])}, "
              f"{m['cpus']} CPUs, {m['date']}), {report.config['seconds']:g} s clip, median (p90) ms per chunk",
              "",
-             "| ratio | kept | vision | audio | compressor | prefill | chunk | RTF | TTFT ms | decode tok/s | KV MB | host MB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| ratio | kept | " + " | ".join(STAGES) + " | chunk | RTF | TTFT ms | decode tok/s | KV MB | host MB |",
+             "|---" * (len(STAGES) + 8) + "|"]
     for r in report.ratios:
         cells = [f"{r['stage_ms'][s]['median']:.1f} ({r['stage_ms'][s]['p90']:.1f})" for s in STAGES]
         lines.append(f"| {r['ratio']:g} | {r['tokens_kept']}/{r['tokens_total']} | " + " | ".join(cells) +
@@ -174,7 +200,7 @@ def _plot(report: ProfileReport, path: Path) -> None:
 
     ratios = [r["ratio"] for r in report.ratios]
     x = np.arange(len(ratios))
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, (ax, curve) = plt.subplots(1, 2, figsize=(13, 4))
     bottom = np.zeros(len(ratios))
     for stage in STAGES:
         values = np.array([r["stage_ms"][stage]["median"] for r in report.ratios])
@@ -185,6 +211,15 @@ def _plot(report: ProfileReport, path: Path) -> None:
     ax.set_ylabel("median ms per 2-second chunk")
     ax.set_title(f"latency by stage ({report.machine['backend']}, {report.machine.get('gpu', 'CPU')})")
     ax.legend()
+    budget_ms = 2000.0
+    for r in report.ratios:
+        ms = r["chunk_curve_ms"]
+        curve.plot(np.arange(1, len(ms) + 1) * 2.0, ms, marker=".", label=f"ratio {r['ratio']:g}")
+    curve.axhline(budget_ms, color="red", linestyle="--", label="real-time budget (2 s per chunk)")
+    curve.set_xlabel("seconds of stream")
+    curve.set_ylabel("ms per 2-second chunk")
+    curve.set_title("chunk time across the stream")
+    curve.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
@@ -195,6 +230,40 @@ def _write(path: Path, write) -> None:
         write(tmp)
 
 
+def context_check(cfg: ProfileConfig, manifest: dict, ratios) -> list[str]:
+    """One line per ratio: does the clip (prompt, chunks, question, answer) fit the context, or the
+    sliding policy? A UsageError naming the fix when it does not (instead of failing minutes later)."""
+    from omnisift_edge.model.prompt import build_prompt
+    from omnisift_edge.model.tokenizer import load_tokenizer
+    from omnisift_edge.artifact.manifest import Manifest
+    from omnisift_edge.runtime.exported import spec_from_layout
+
+    spec = spec_from_layout(manifest["layout"])
+    tokenizer = load_tokenizer(cfg.folder / manifest["tokenizer"]["folder"])
+    pieces = build_prompt(tokenizer, cfg.question, spec=spec)
+    chunks = -(-int(round(cfg.seconds * spec.fps)) // spec.raw_frames_per_chunk)
+    limit = int(manifest["max_context"])
+    positions = int((manifest.get("rope") or {}).get("max_position_embeddings") or 32768)
+    text = len(pieces.prefix_ids) + 4 + len(pieces.suffix_ids) + cfg.max_new_tokens
+    last_position = text + chunks * spec.time_ids_per_chunk
+    lines = []
+    for ratio in ratios:
+        per_chunk = Manifest.from_dict(manifest).ratio_plan(ratio).kept_total
+        need = text + chunks * per_chunk
+        if cfg.context_policy == "sliding":
+            lines.append(f"ratio {ratio:g}: {cfg.seconds:g} s needs {need} tokens; sliding window in max_context "
+                         f"{limit} ({per_chunk} per chunk), re-based before position {positions}")
+            continue
+        if need > limit or last_position >= positions:
+            fit = max(0, min((limit - text) // per_chunk, (positions - 1 - text) // spec.time_ids_per_chunk))
+            raise UsageError(f"a {cfg.seconds:g} s clip at ratio {ratio:g} needs {need} tokens of context and "
+                             f"positions up to {last_position}; this export holds {limit} tokens and {positions} "
+                             "positions: use "
+                             f"--seconds {fit * spec.seconds_per_chunk:g} or less, or --context-policy sliding")
+        lines.append(f"ratio {ratio:g}: {cfg.seconds:g} s needs {need} of {limit} tokens of context: fits")
+    return lines
+
+
 def profile(cfg: ProfileConfig, *, bar: bool = True) -> ProfileReport:
     """Stream a generated clip through the export at each ratio and measure every stage (docs/runtime.md)."""
     from omnisift_edge.artifact.manifest import read_manifest
@@ -202,12 +271,16 @@ def profile(cfg: ProfileConfig, *, bar: bool = True) -> ProfileReport:
     tqdm = require("tqdm").tqdm
     manifest = read_manifest(cfg.folder)
     ratios = cfg.ratios or tuple(e["ratio"] for e in manifest["ratios"])
+    fits = context_check(cfg, manifest, ratios)
     chunks = -(-int(round(cfg.seconds * 2)) // 4)
     report = ProfileReport(machine=_machine(cfg.backend, cfg.device),
                            config={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
                            graph_bytes={g["file"]: manifest["files"][g["file"]]["bytes"]
                                         for g in manifest["graphs"].values()})
+    report.config["context_check"] = fits
     with tqdm(total=chunks * len(ratios), desc="profiling", unit="chunk", disable=not bar) as chunk_bar:
+        for line in fits if bar else ():
+            chunk_bar.write(line, file=sys.stderr)
         for ratio in ratios:
             chunk_bar.set_postfix(ratio=f"{ratio:g}")
             report.ratios.append(asdict(_profile_ratio(cfg, ratio, chunk_bar)))

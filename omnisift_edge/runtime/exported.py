@@ -15,6 +15,7 @@ import numpy as np
 
 from omnisift_edge.artifact.folder import ExportFolder
 from omnisift_edge.errors import UsageError
+from omnisift_edge.runtime.context import DEFAULT_POSITION_LIMIT, ContextPolicy, drop_tokens, inv_freq, rotate_keys
 from omnisift_edge.runtime.stream import ChunkStream
 
 
@@ -29,7 +30,7 @@ class ExportedStream(ChunkStream):
     """A ChunkStream over an export folder's graphs (or their engines); subclasses run them."""
 
     def __init__(self, export: ExportFolder, ratio: float | None, prefix_ids: Sequence[int], *, what: str,
-                 max_context: int | None = None):
+                 max_context: int | None = None, context: ContextPolicy | None = None):
         self.export = export
         self.what = what                                   # "the exported graphs" | "the engines" (for messages)
         self.graphs = export.graphs_for(ratio)             # role -> artifact.manifest.GraphInfo
@@ -43,8 +44,21 @@ class ExportedStream(ChunkStream):
         self.present_names = decoder.output_names[1:]      # present.{i}.key/value, same order as the past
         self.past = {name: np.zeros((1, self.dims.kv_heads, 0, self.dims.head_dim), self.float_type)
                      for name in self.past_names}          # [1, kv, 0, hd]
+        rope = export.manifest.rope
+        self.rope_freqs = inv_freq(rope.get("rope_theta") or 1e6, self.dims.head_dim)                 # [hd/2]
+        self.position_limit = int(rope.get("max_position_embeddings") or DEFAULT_POSITION_LIMIT)
         super().__init__(spec_from_layout(export.manifest.layout), prefix_ids, (self.dims.grid_h, self.dims.grid_w),
-                         max_context=max_context or export.manifest.max_context)
+                         max_context=max_context or export.manifest.max_context, context=context,
+                         position_limit=self.position_limit)
+
+    def _drop_kv(self, start: int, stop: int) -> None:
+        """Cached tokens [start, stop) leave every layer of the numpy past."""
+        self.past = {name: drop_tokens(cache, start, stop) for name, cache in self.past.items()}
+
+    def _rotate_kv(self, delta: int) -> None:
+        """Every cached key re-based by -delta positions (values unchanged)."""
+        self.past = {name: rotate_keys(cache, delta, self.rope_freqs) if name.endswith(".key") else cache
+                     for name, cache in self.past.items()}
 
     def _embed(self, ids):
         return self.embed_table[np.asarray(ids, dtype=np.int64)][None]                  # [1, n, D]

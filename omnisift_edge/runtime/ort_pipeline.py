@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from omnisift_edge.artifact.folder import ExportFolder
+from omnisift_edge.runtime.context import ContextPolicy
 from omnisift_edge.runtime.exported import ExportedStream
 
 
@@ -20,13 +21,14 @@ class OrtStream(ExportedStream):
 
     def __init__(self, export: ExportFolder, ratio: float | None, prefix_ids: Sequence[int], *,
                  providers: Sequence[str] = ("CPUExecutionProvider",), max_context: int | None = None,
-                 open_graph=None):
+                 context: ContextPolicy | None = None, open_graph=None):
         from omnisift_edge.artifact.onnx_runtime import ort_session
 
         open_graph = open_graph or ort_session
         graphs = export.graphs_for(ratio)
         self.sessions = {role: open_graph(export.file(g.file), providers=providers) for role, g in graphs.items()}
-        super().__init__(export, ratio, prefix_ids, what="the exported graphs", max_context=max_context)
+        super().__init__(export, ratio, prefix_ids, what="the exported graphs", max_context=max_context,
+                         context=context)
 
     def _step(self, embeds, positions):
         n = embeds.shape[1]

@@ -10,12 +10,15 @@ Rules (also in docs/runtime.md):
 - frames must have the export's resolution; PCM is mono float at 16 kHz;
 - a trailing partial chunk is padded to 2 seconds (last frame repeated, audio zero-padded) when the
   stream ends or a question arrives, so every backend sees whole chunks;
-- context policy: when the KV cache would exceed max_context, `ContextFullError` (a UsageError)
-  is raised and nothing is appended: never a silently truncated context.
+- context policy `error` (default): when the KV cache would exceed max_context, `ContextFullError`
+  (a UsageError) is raised and nothing is appended: never a silently truncated context; `sliding`
+  evicts the oldest chunks instead (runtime/context.py, docs/runtime.md);
+- media appended after an answer continues the stream in a new user turn (its own video span).
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +28,11 @@ import numpy as np
 
 from omnisift_edge.errors import UsageError
 from omnisift_edge.model.tokenizer import DEFAULT_SYSTEM_PROMPT
-from omnisift_edge.runtime.stream import ChunkReport
+from omnisift_edge.runtime.stream import STAGES, ChunkReport
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
+# a session's chunk reports also time the host preprocessing (pixel patches, log-mel) the chunk needed
+SESSION_STAGES = ("preprocess", *STAGES)
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,9 @@ class RuntimeConfig:
     max_context: int | None = None        # None: the export's
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     target: str | None = None             # tensorrt: which build's engines; None: the only one built
+    context_policy: str = "error"         # error | sliding (runtime/context.py)
+    window_seconds: float | None = None   # sliding: seconds of media kept; None: what max_context holds
+    position_limit: int | None = None     # None: the model's max_position_embeddings (re-base before it)
 
     def __post_init__(self):
         object.__setattr__(self, "folder", Path(self.folder))
@@ -48,6 +56,13 @@ class RuntimeConfig:
             raise UsageError(f"--device must be cpu or cuda (got {self.device!r})")
         if self.max_context is not None and self.max_context < 256:
             raise UsageError(f"--max-context must be at least 256 tokens (got {self.max_context})")
+        self.context                      # validates the policy
+
+    @property
+    def context(self):
+        from omnisift_edge.runtime.context import ContextPolicy
+
+        return ContextPolicy(self.context_policy, self.window_seconds, self.position_limit)
 
 
 class OmniSession:
@@ -71,13 +86,19 @@ class OmniSession:
         self.tokenizer = load_tokenizer(self.export.tokenizer_path)
         self.stop_ids = list(self.export.manifest.stop_token_ids)
         prefix = build_prompt(self.tokenizer, "", system=cfg.system_prompt, spec=self.spec).prefix_ids
+        check_window(cfg.context, spec=self.spec, prompt_tokens=len(prefix) + 2,
+                     chunk_tokens=self.plan["kept_per_chunk"]["total"],
+                     max_context=cfg.max_context or manifest["max_context"])
         self.stream = self._open_backend(prefix)
         self._mel = StreamingLogMel(self.spec)
         self._frames: deque = deque()       # frames waiting for their audio window (4 per chunk)
         self._windows: deque = deque()      # audio windows waiting for their frames
         self._samples = 0
-        self._finished = False
+        self._finished = False              # a question ended this turn's media; more media opens a new turn
+        self._turn_start = 0                # reports before this turn's first chunk
         self._questions = 0
+        self._closed = False
+        self._preprocess = 0.0              # host preprocessing seconds not yet booked to a chunk
 
     def _open_backend(self, prefix_ids: Sequence[int]):
         max_context = self.cfg.max_context or self.manifest["max_context"]
@@ -86,11 +107,13 @@ class OmniSession:
 
             providers = ("CUDAExecutionProvider", "CPUExecutionProvider") if self.cfg.device.startswith("cuda") \
                 else ("CPUExecutionProvider",)
-            return OrtStream(self.export, self.ratio, prefix_ids, providers=providers, max_context=max_context)
+            return OrtStream(self.export, self.ratio, prefix_ids, providers=providers, max_context=max_context,
+                             context=self.cfg.context)
         if self.cfg.backend == "tensorrt":
             from omnisift_edge.runtime.trt_pipeline import TrtStream
 
-            return TrtStream(self.export, self.ratio, prefix_ids, target=self.cfg.target, max_context=max_context)
+            return TrtStream(self.export, self.ratio, prefix_ids, target=self.cfg.target, max_context=max_context,
+                             context=self.cfg.context)
         from omnisift_edge.model.load import ModelSource, load_model
         from omnisift_edge.runtime.torch_pipeline import CompressionConfig, TorchStream
 
@@ -102,7 +125,8 @@ class OmniSession:
             raise UsageError("the model folder changed since the export (config hash differs); export again")
         grid_hw = (self.manifest["dims"]["grid_h"], self.manifest["dims"]["grid_w"])
         compression = CompressionConfig(self.plan["rho_video"], self.plan["rho_audio"])
-        return TorchStream(model, prefix_ids, grid_hw=grid_hw, compression=compression, max_context=max_context)
+        return TorchStream(model, prefix_ids, grid_hw=grid_hw, compression=compression, max_context=max_context,
+                           context=self.cfg.context)
 
     # -- media in --------------------------------------------------------------------------------
     @property
@@ -110,9 +134,10 @@ class OmniSession:
         return self.stream.reports
 
     def append_chunk(self, frames: np.ndarray, pcm: np.ndarray) -> list[ChunkReport]:
-        """Frames [T, H, W, 3] uint8 at 2 fps and the PCM [N] (16 kHz mono) they span; any split."""
-        if self._finished:
-            raise UsageError("the media stream ended when the first question was asked; open a new session")
+        """Frames [T, H, W, 3] uint8 at 2 fps and the PCM [N] (16 kHz mono) they span; any split.
+
+        After an answer, media continues the stream in a new user turn (docs/runtime.md)."""
+        self._check_open()
         frames = np.asarray(frames)
         if frames.ndim == 3:
             frames = frames[None]
@@ -122,9 +147,22 @@ class OmniSession:
             h, w = self.resolution
             raise UsageError(f"frames are {frames.shape[1]}x{frames.shape[2]} but this export takes {h}x{w}; "
                              f"resize them (omnisift_edge.model.preprocess.resize_frames) or export at that size")
+        if self._finished and not self.stream.closed:
+            raise UsageError("the media ended (finish() or append_file) and no question followed; ask one first "
+                             "(more media then opens a new user turn), or open a new session")
+        if self._finished:                  # a question ended the last turn's media: this opens the next
+            from omnisift_edge.model.preprocess import StreamingLogMel
+
+            self._mel = StreamingLogMel(self.spec)
+            self._samples = 0
+            self._turn_start = len(self.stream.reports)
+            self._finished = False
         self._frames.extend(frames)
         self._samples += len(pcm)
-        return self._drain(self._mel.push(pcm))
+        start = time.perf_counter()
+        windows = self._mel.push(pcm)
+        self._preprocess += time.perf_counter() - start
+        return self._drain(windows)
 
     def append_file(self, path: Path, *, audio_path: Path | None = None) -> list[ChunkReport]:
         """Decode a file (video + its audio track, or a separate audio file) and append it whole."""
@@ -150,12 +188,14 @@ class OmniSession:
         per_chunk = self.spec.raw_frames_per_chunk
         if self._frames and len(self._frames) % per_chunk:
             self._frames.extend([self._frames[-1]] * (per_chunk - len(self._frames) % per_chunk))
-        chunks = len(self.stream.reports) + len(self._frames) // per_chunk
+        chunks = len(self.stream.reports) - self._turn_start + len(self._frames) // per_chunk
         want = chunks * self.spec.samples_per_chunk
         windows = []
+        start = time.perf_counter()
         if want > self._samples:
             windows += self._mel.push(np.zeros(want - self._samples, np.float32))
         windows += self._mel.finish()
+        self._preprocess += time.perf_counter() - start
         return self._drain(windows)
 
     def _drain(self, windows) -> list[ChunkReport]:
@@ -165,24 +205,36 @@ class OmniSession:
         per_chunk = self.spec.raw_frames_per_chunk
         self._windows.extend(windows)
         while self._windows and len(self._frames) >= per_chunk:
+            start = time.perf_counter()
             frames = np.stack([self._frames.popleft() for _ in range(per_chunk)])
             pixels, grid_thw = video_patches(frames, self.spec, size=self.resolution)
-            reports.append(self.stream.push(pixels, int(grid_thw[0]), self._windows.popleft().features))
+            self._preprocess += time.perf_counter() - start
+            if self.stream.closed:          # the first chunk after an answer opens a new user turn
+                from omnisift_edge.model.prompt import turn_pieces
+
+                self.stream.open_turn(turn_pieces(self.tokenizer, "", self.spec).prefix_ids)
+            report = self.stream.push(pixels, int(grid_thw[0]), self._windows.popleft().features)
+            report.seconds["preprocess"] = self._preprocess       # the log-mel and patches this chunk waited for
+            self._preprocess = 0.0
+            reports.append(report)
         if self._finished:
             self._windows.clear()   # audio beyond the video is dropped (docs/streaming.md)
         return reports
 
     # -- questions out ---------------------------------------------------------------------------
     def ask_ids(self, question: str, *, max_new_tokens: int = 64) -> Iterator[int]:
-        """Greedy answer token ids for `question` (the first question ends the media stream)."""
-        from omnisift_edge.model.prompt import build_prompt, followup_ids
+        """Greedy answer token ids for `question` (it ends this turn's media; more media opens a new turn)."""
+        from omnisift_edge.model.prompt import build_prompt, followup_ids, turn_pieces
 
-        if not self._finished:
-            self.finish()
+        self._check_open()
         if not question.strip():
             raise UsageError("the question is empty; ask something about the video")
+        if not self._finished:
+            self.finish()
         if self._questions == 0:
             ids = build_prompt(self.tokenizer, question, system=self.cfg.system_prompt, spec=self.spec).suffix_ids
+        elif not self.stream.closed:        # this turn has new media: the question closes its video span
+            ids = turn_pieces(self.tokenizer, question, self.spec).suffix_ids
         else:
             ids = followup_ids(self.tokenizer, question, self.spec)
         self._questions += 1
@@ -199,6 +251,33 @@ class OmniSession:
                 yield text[len(shown):]
                 shown = text
         self.last_answer_ids = tokens
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise UsageError("this session was closed; open a new one (open_session) to stream again")
+
+    def close(self) -> None:
+        """End the session: release the backend; later appends and questions are refused."""
+        self._closed = True
+        close = getattr(self.stream, "close", None)
+        if close is not None:
+            close()
+
+
+def check_window(policy, *, spec, prompt_tokens: int, chunk_tokens: int, max_context: int) -> None:
+    """Refuse at open a sliding window that cannot hold its chunks beside the prompt, or spans more
+    positions than the model was trained on: one line with the longest window that fits."""
+    if policy.policy != "sliding":
+        return
+    fit = (max_context - prompt_tokens) // chunk_tokens       # whole chunks max_context holds beside the prompt
+    if fit < 1:
+        raise UsageError(f"max_context {max_context} cannot hold the prompt ({prompt_tokens} tokens) and one chunk "
+                         f"({chunk_tokens}); raise --max-context or lower --ratio")
+    chunks = policy.window_chunks(spec.seconds_per_chunk)
+    if chunks is not None and chunks > fit:
+        raise UsageError(f"--window-seconds {policy.window_seconds:g} needs {chunks} chunks of {chunk_tokens} tokens "
+                         f"beside the {prompt_tokens}-token prompt, more than max_context {max_context} holds; use "
+                         f"--window-seconds {fit * spec.seconds_per_chunk:g} or less, or raise --max-context")
 
 
 def open_session(cfg: RuntimeConfig) -> OmniSession:

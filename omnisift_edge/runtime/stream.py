@@ -1,9 +1,11 @@
 """What every backend's stream shares: the layout, the KV bookkeeping, timing and greedy decode.
 
-A backend (PyTorch modules, ONNX Runtime graphs, TensorRT engines) supplies five hooks: embed
+A backend (PyTorch modules, ONNX Runtime graphs, TensorRT engines) supplies its hooks: embed
 text ids, append embeddings to its KV cache and return the last logits, encode one chunk, compress
-it, and report its KV length. `ChunkStream` does the rest the same way for all of them, so they
-keep the same tokens at the same positions and answer with the same greedy loop.
+it, report its KV length, and (for the sliding context policy, runtime/context.py) drop cached
+tokens and re-base the cached keys' positions by a RoPE rotation. `ChunkStream` does the rest the
+same way for all of them, so they keep the same tokens at the same positions and answer with the
+same greedy loop. After an answer, `open_turn` continues the stream in a new user turn.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 
 from omnisift_edge.errors import UsageError
 from omnisift_edge.model.spec import OmniSpec
+from omnisift_edge.runtime.context import DEFAULT_POSITION_LIMIT, ContextFullError, ContextPolicy, KVWindow
 
 STAGES = ("vision", "audio", "compressor", "prefill")
 
@@ -31,15 +34,15 @@ class ChunkReport:
     seconds: dict = field(default_factory=dict)   # stage -> wall seconds (vision, audio, compressor, prefill)
 
 
-class ContextFullError(UsageError):
-    """The KV cache would exceed max_context: the stated policy is to refuse, never to corrupt."""
+__all__ = ["STAGES", "ChunkReport", "ChunkStream", "ContextFullError"]
 
 
 class ChunkStream(ABC):
     """Push chunks (pixel patches of 1-2 grid steps, a log-mel window), then ask questions."""
 
     def __init__(self, spec: OmniSpec, prefix_ids: Sequence[int], grid_hw: tuple[int, int], *,
-                 max_context: int | None = None):
+                 max_context: int | None = None, context: ContextPolicy | None = None,
+                 position_limit: int = DEFAULT_POSITION_LIMIT):
         from omnisift_edge.model.layout import StreamingLayout
 
         self.spec = spec
@@ -52,8 +55,10 @@ class ChunkStream(ABC):
         self.closed = False
         self.question_logits: Any = None
         self.full = False               # set once the context overflowed: the stream refuses more input
+        self.window = KVWindow(context or ContextPolicy(), max_context=max_context,
+                               seconds_per_chunk=spec.seconds_per_chunk, position_limit=position_limit)
         ids, pos = self.layout.prefix()
-        self._append(self._embed(ids), pos)
+        self._append(self._embed(ids), pos, "pinned")
 
     # -- backend hooks ---------------------------------------------------------------------------
     @abstractmethod
@@ -80,6 +85,15 @@ class ChunkStream(ABC):
     def kv_length(self) -> int:
         """Tokens in the KV cache."""
 
+    def _drop_kv(self, start: int, stop: int) -> None:
+        """Remove cached tokens [start, stop) on every layer; later ones move down (sliding policy)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot evict cached tokens (context policy sliding)")
+
+    def _rotate_kv(self, delta: int) -> None:
+        """Re-base every cached key's position by -delta: rotate it by -delta * inv_freq on every
+        frequency (exact for RoPE, since all three TMRoPE rows shift by the same delta)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot re-base cached positions (context policy sliding)")
+
     def _sync(self) -> None:
         """Wait for queued device work (for honest stage timings)."""
 
@@ -88,20 +102,39 @@ class ChunkStream(ABC):
         return int(np.asarray(logits).reshape(-1).argmax())
 
     # -- shared ----------------------------------------------------------------------------------
-    def _append(self, embeds: Any, positions: np.ndarray) -> Any:
+    def _append(self, embeds: Any, positions: np.ndarray, kind: str = "text") -> Any:
+        """Append `embeds` at absolute layout `positions` [3, n]: evict and re-base first as the
+        context policy says (runtime/context.py); the backend sees positions minus the base."""
         n = int(np.asarray(positions).shape[-1])
+        positions = np.asarray(positions, dtype=np.int64).reshape(3, n)
         if self.full:
             raise ContextFullError("the context filled up earlier; start a new stream")
-        if self.max_context is not None and self.kv_length() + n > self.max_context:
+        if not self.window.sliding and self.max_context is not None and self.kv_length() + n > self.max_context:
             self.full = True            # the layout may have advanced already: no further use is safe
             raise ContextFullError(
                 f"the context is full: {self.kv_length()} cached + {n} new tokens > max_context "
-                f"{self.max_context}; start a new stream, export with a larger --max-context, or a lower --ratio")
-        return self._step(embeds, np.asarray(positions, dtype=np.int64).reshape(3, n))
+                f"{self.max_context}; start a new stream, use --context-policy sliding, export with a larger "
+                "--max-context, or a lower --ratio")
+        try:
+            for start, stop in self.window.make_room(n, kind):
+                self._drop_kv(start, stop)
+            delta = self.window.rebase_delta(int(positions.max()))
+        except UsageError:
+            self.full = True            # the layout advanced already: no further use is safe
+            raise
+        if delta:
+            self._rotate_kv(delta)
+            self.window.rebased(delta)
+        logits = self._step(embeds, positions - self.window.base)
+        self.window.record(kind, n, positions)
+        return logits
 
     def _check_chunk(self, pixel_values: np.ndarray, n_grids: int, mel: np.ndarray) -> None:
+        if self.full:
+            raise ContextFullError("the context filled up earlier; start a new stream, or use --context-policy sliding")
         if self.closed:
-            raise UsageError("the video span is closed once a question was asked; start a new stream")
+            raise UsageError("a question closed the video span; continue the stream in a new user turn with "
+                             "open_turn(turn_pieces(...).prefix_ids) first (OmniSession.append_chunk does)")
         spec, (h, w) = self.spec, self.grid_hw
         patch_dim = 3 * spec.temporal_patch_size * spec.patch_size ** 2
         if n_grids not in (1, 2):
@@ -136,7 +169,7 @@ class ChunkStream(ABC):
         kept, kept_index = self._compress(video, audio, n_grids, np.asarray(chunk.position_ids))
         lap("compressor")
         positions = np.asarray(chunk.position_ids)[:, kept_index]                  # [3, K]
-        self._append(kept, positions)
+        self._append(kept, positions, "chunk")
         lap("prefill")
         n_video = n_grids * self.tokens_per_frame
         kept_video = int((kept_index < n_video).sum())
@@ -151,13 +184,17 @@ class ChunkStream(ABC):
         """Append a question (closing the video span first) and yield greedy answer tokens."""
         if max_new_tokens < 1:
             raise UsageError(f"max new tokens must be at least 1 (got {max_new_tokens})")
+        if self.full:
+            raise ContextFullError("the context filled up earlier; start a new stream")
         if not self.closed:
             if not self.reports:
                 raise UsageError("no chunk was pushed; OmniSIFT needs video with audio before a question")
+            self.window.check_fits(len(question_ids) + 2, "question")    # refused before anything changes
             ids, pos = self.layout.close(list(question_ids))
             self.closed = True
         else:
             ids = list(question_ids)
+            self.window.check_fits(len(ids), "question")
             pos = self.layout.text(ids)
         logits = self._append(self._embed(ids), pos)
         self.question_logits = logits
@@ -175,3 +212,16 @@ class ChunkStream(ABC):
         finally:
             # positions continue after the tokens actually in the cache (also when the caller stops early)
             self.layout.text(fed)
+
+    def open_turn(self, turn_ids: Sequence[int]) -> None:
+        """After an answer, continue the stream in a new user turn: append `turn_ids` (the text that
+        ends the answer and opens the turn, `model.prompt.turn_pieces(...).prefix_ids`) and the
+        turn's `<|vision_bos|><|audio_bos|>`; then push chunks, then `ask` with the turn's suffix."""
+        if self.full:
+            raise ContextFullError("the context filled up earlier; start a new stream, or use --context-policy sliding")
+        if not self.closed:
+            raise UsageError("the video span is still open; push chunks directly, or ask a question first")
+        self.window.check_fits(len(turn_ids) + 2, "turn text")
+        ids, pos = self.layout.open_turn(list(turn_ids))
+        self._append(self._embed(ids), pos)
+        self.closed = False

@@ -236,7 +236,7 @@ class TorchStream(ChunkStream):
     """
 
     def __init__(self, model: OmniModel, prefix_ids: Sequence[int], *, grid_hw: tuple[int, int],
-                 compression: CompressionConfig | None, max_context: int | None = None):
+                 compression: CompressionConfig | None, max_context: int | None = None, context=None):
         from transformers import DynamicCache
 
         if compression is not None and not compression.is_identity:
@@ -251,7 +251,8 @@ class TorchStream(ChunkStream):
             self._chunk_compressor = ChunkCompressor(model.selector, self.compression.rho_video,
                                                      self.compression.rho_audio).eval()
         with torch.inference_mode():
-            super().__init__(model.spec, prefix_ids, grid_hw, max_context=max_context)
+            super().__init__(model.spec, prefix_ids, grid_hw, max_context=max_context, context=context,
+                             position_limit=model.thinker.config.text_config.max_position_embeddings)
 
     def _embed(self, ids):
         return _embed_text(self.model, ids)
@@ -279,6 +280,20 @@ class TorchStream(ChunkStream):
 
     def kv_length(self) -> int:
         return self.cache.get_seq_length()
+
+    def _drop_kv(self, start, stop):
+        for layer in self.cache.layers:                                                  # keys [1, kv, L, hd]
+            layer.keys = torch.cat([layer.keys[:, :, :start], layer.keys[:, :, stop:]], dim=2)
+            layer.values = torch.cat([layer.values[:, :, :start], layer.values[:, :, stop:]], dim=2)
+
+    def _rotate_kv(self, delta):
+        freqs = self.model.thinker.model.rotary_emb.inv_freq.double()                    # [hd/2], the model's own
+        angle = -float(delta) * freqs
+        cos, sin = angle.cos(), angle.sin()
+        for layer in self.cache.layers:
+            k = layer.keys.double()
+            k1, k2 = k.chunk(2, dim=-1)                                                  # rotate-half layout
+            layer.keys = torch.cat([k1 * cos - k2 * sin, k2 * cos + k1 * sin], dim=-1).to(layer.keys.dtype)
 
     def _sync(self) -> None:
         if self.model.device.type == "cuda":

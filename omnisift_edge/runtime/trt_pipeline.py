@@ -62,7 +62,7 @@ class TrtStream(ExportedStream):
     """Push whole 2-second chunks (pixel patches, log-mel window), then ask questions."""
 
     def __init__(self, export: ExportFolder, ratio: float | None, prefix_ids: Sequence[int], *,
-                 target: str | None = None, max_context: int | None = None):
+                 target: str | None = None, max_context: int | None = None, context=None):
         from omnisift_edge.runtime.trt_env import check_compatible, require_device_for, require_tensorrt
 
         self.folder = export.path
@@ -103,7 +103,8 @@ class TrtStream(ExportedStream):
             raise
 
         limit = int(self.build.get("max_context") or export.manifest.max_context)   # the engines' profiles end there
-        super().__init__(export, ratio, prefix_ids, what="the engines", max_context=min(max_context or limit, limit))
+        super().__init__(export, ratio, prefix_ids, what="the engines", max_context=min(max_context or limit, limit),
+                         context=context)
 
     def close(self) -> None:
         """Release the engines' execution contexts and device buffers."""

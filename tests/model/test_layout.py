@@ -279,3 +279,90 @@ def test_arrays_are_read_only():
     with pytest.raises(ValueError):
         lay.position_ids[0, 0] = 5
     assert lay.input_ids.dtype == lay.position_ids.dtype == lay.chunks[0].position_ids.dtype == np.int64
+
+
+def hf_conversation(reference, tokenizer, text, videos):
+    """(ids (L,), positions (3, L)) of a rendered conversation with several videos, as transformers makes them.
+
+    `videos`: [(n_grids, grid_hw, n_samples)] in the order the turns show them."""
+    proc, thinker = reference
+    mels, thws = [], []
+    for n_grids, grid_hw, n_samples in videos:
+        feats = proc.feature_extractor(np.zeros(n_samples, np.float32), sampling_rate=16000,
+                                       padding="max_length", return_attention_mask=True)
+        mels.append(int(feats["attention_mask"].sum()))
+        thws.append(np.array([n_grids, *grid_hw]))
+    audio_lengths = [((m - 1) // 2 + 1 - 2) // 2 + 1 for m in mels]
+    spg = proc.video_processor.temporal_patch_size / FPS
+    [expanded] = proc.replace_multimodal_special_tokens(
+        [text], iter(audio_lengths), iter([]), iter(thws), video_second_per_grid=iter([spg] * len(videos)),
+        use_audio_in_video=True, position_id_per_seconds=SPEC.position_id_per_seconds,
+        seconds_per_chunk=SPEC.seconds_per_chunk)
+    ids = torch.tensor([tokenizer(expanded)["input_ids"]])                 # (1, L)
+    pos, _ = thinker.get_rope_index(ids, None, torch.from_numpy(np.stack(thws)), torch.ones_like(ids),
+                                    use_audio_in_video=True, audio_seqlens=torch.tensor(mels),
+                                    second_per_grids=torch.tensor([spg] * len(videos)))
+    return ids[0].numpy(), pos[:, 0].numpy()
+
+
+# turns: (grid steps, audio seconds) per video; frames (h, w)
+TURN_CASES = [
+    ([(4, 4.0), (2, 2.0)], (56, 56)),
+    ([(2, 2.0), (6, 6.0), (4, 4.0)], (112, 84)),
+    ([(5, 5.3), (3, 2.5)], (56, 56)),           # a padded last chunk in the first turn, short audio in the second
+    ([(6, 6.0), (1, 0.5)], (448, 448)),
+]
+
+
+@pytest.mark.parametrize("turns, pixels", TURN_CASES)
+def test_new_turns_match_transformers_conversation(tokenizer, reference, turns, pixels):
+    """Video while the stream goes on: question, answer, more chunks in a new user turn, question..."""
+    from omnisift_edge.model.prompt import messages, turn_pieces
+
+    grid_hw = grid_hw_for_pixels(SPEC, *pixels)
+    questions = [f"Question {i}: what now?" for i in range(len(turns))]
+    answers = [f"Answer {i} is here." for i in range(len(turns) - 1)]
+    msgs = messages(questions[0], system=DEFAULT_SYSTEM_PROMPT)
+    for answer, question in zip(answers, questions[1:]):
+        msgs.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+        msgs.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]})
+    text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    videos = [(g, grid_hw, int(round(sec * SPEC.sample_rate))) for g, sec in turns]
+    ids, pos = hf_conversation(reference, tokenizer, text, videos)
+
+    first = build_prompt(tokenizer, questions[0])
+    s = StreamingLayout(SPEC, first.prefix_ids, grid_hw=grid_hw)
+    pieces = [s.prefix()]
+    for i, (n_grids, _, n_samples) in enumerate(videos):
+        if i:
+            answer_ids = tokenizer(answers[i - 1], add_special_tokens=False)["input_ids"]
+            pieces.append((np.asarray(answer_ids), s.text(answer_ids)))
+            turn = turn_pieces(tokenizer, questions[i])
+            pieces.append(s.open_turn(turn.prefix_ids))
+        for g, a in chunk_counts(SPEC, n_grids, SPEC.audio_tokens_for_samples(n_samples)):
+            c = s.chunk(g, a)
+            pieces.append((c.input_ids, c.position_ids))
+        pieces.append(s.close(first.suffix_ids if i == 0 else turn.suffix_ids))
+    np.testing.assert_array_equal(np.concatenate([p[0] for p in pieces]), ids)
+    np.testing.assert_array_equal(np.concatenate([p[1] for p in pieces], axis=1), pos)
+    assert s.length == ids.size and s.next_position == pos.max() + 1
+    assert len(s.chunks) == sum(len(chunk_counts(SPEC, g, SPEC.audio_tokens_for_samples(n))) for g, _, n in videos)
+
+
+def test_turn_errors():
+    s = StreamingLayout(SPEC, [1], grid_hw=(4, 4))
+    with pytest.raises(UsageError, match="media span is open"):
+        s.open_turn([5])
+    s.chunk(2, 50)
+    s.close([3])
+    with pytest.raises(UsageError, match="open_turn"):
+        s.chunk(2, 50)
+    with pytest.raises(UsageError, match="media token ids"):
+        s.open_turn([SPEC.tokens.video])
+    ids, pos = s.open_turn([7, 8])
+    assert ids.tolist()[-2:] == [SPEC.tokens.vision_bos, SPEC.tokens.audio_bos]
+    assert pos[:, -1].tolist() == pos[:, -2].tolist() == [pos[0, 1] + 1] * 3
+    with pytest.raises(UsageError, match="both video and audio"):
+        s.chunk(0, 50)                               # a turn's first chunk needs both, like a clip's
+    c = s.chunk(2, 50)
+    assert c.index == 0 and c.time_start == pos[0, -1] + 1

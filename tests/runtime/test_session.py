@@ -57,7 +57,7 @@ def test_ratio_choice_and_stage_timings(folder):
     assert sum(r.kept_video + r.kept_audio for r in full.reports) == sum(r.video_tokens + r.audio_tokens
                                                                           for r in full.reports)
     assert sum(r.kept_video for r in quarter.reports) < sum(r.kept_video for r in full.reports)
-    assert set(quarter.reports[0].seconds) == {"vision", "audio", "compressor", "prefill"}
+    assert set(quarter.reports[0].seconds) == {"preprocess", "vision", "audio", "compressor", "prefill"}
     with pytest.raises(UsageError, match="has no compressor for ratio 0.5"):
         OmniSession(RuntimeConfig(folder, ratio=0.5))
 
@@ -121,3 +121,89 @@ def test_run_command_streams_an_answer(folder, tmp_path):
     assert result.stderr.count("answer ids: [") == 2 and "1 chunks, kept" in result.stderr
     bad = _run("run", str(folder), "--video", str(tmp_path / "none.mp4"), "--question", "Q")
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
+
+
+def _chunks(session, clip, start_chunk: int, n: int):
+    per_frame = int(session.spec.sample_rate / session.spec.fps)
+    for j in range(start_chunk * 4, (start_chunk + n) * 4, 4):
+        session.append_chunk(clip.frames[j:j + 4], clip.pcm[j * per_frame:(j + 4) * per_frame])
+
+
+def test_questions_while_the_video_goes_on(folder):
+    """Ask, stream on (a new user turn), ask again: both backends agree; the turn's layout is transformers'
+    (tests/model/test_layout.py checks StreamingLayout.open_turn against get_rope_index)."""
+    from omnisift_edge.model.prompt import turn_pieces
+
+    clip = synthetic_clip(12.0, *RES, seed=6)
+    got = {}
+    for backend in ("onnxruntime", "torch"):
+        session = OmniSession(RuntimeConfig(folder, backend=backend))
+        _chunks(session, clip, 0, 2)
+        first = list(session.ask_ids("What happens?", max_new_tokens=3))
+        length = session.stream.layout.length                                          # prompt, chunks, answer fed
+        _chunks(session, clip, 2, 3)
+        second = list(session.ask_ids("And now?", max_new_tokens=3))
+        follow = list(session.ask_ids("Anything else?", max_new_tokens=2))
+        layout = session.stream.layout
+        got[backend] = (first, second, follow, [p.tolist() for p in session.stream.kept_positions])
+        turn = turn_pieces(session.tokenizer, "And now?")
+        assert len(layout.chunks) == 5 and [c.index for c in layout.chunks] == [0, 1, 0, 1, 2]
+        assert layout.chunks[2].start == length + len(turn.prefix_ids) + 2             # turn text, bos pair
+        assert session.stream.kv_length() < layout.length                              # compressed, ratio 0.25
+    assert got["onnxruntime"] == got["torch"]
+
+
+def test_onnxruntime_rebased_stream_gives_the_same_logits(folder):
+    clip = synthetic_clip(16.0, *RES, seed=7)
+    logits, tokens, bases = [], [], []
+    for limit in (32768, 300):
+        session = OmniSession(RuntimeConfig(folder, context_policy="sliding", window_seconds=4, position_limit=limit,
+                                            system_prompt="Be brief."))
+        _chunks(session, clip, 0, 8)
+        tokens.append(list(session.ask_ids("What now?", max_new_tokens=4)))
+        logits.append(session.stream.question_logits)
+        bases.append(session.stream.window.base)
+        assert session.stream.window.evicted_chunks == 6 and session.stream.window.chunks == 2
+    assert bases[0] == 0 and bases[1] > 0
+    assert session.manifest["rope"]["max_position_embeddings"] == 32768      # the default limit, from the export
+    assert OmniSession(RuntimeConfig(folder)).stream.window.position_limit == 32768
+    np.testing.assert_allclose(logits[1], logits[0], atol=2e-4, rtol=1e-4)
+    assert tokens[0] == tokens[1]
+
+
+def test_context_policy_bad_input(folder):
+    with pytest.raises(UsageError, match="at least one 2-second chunk"):
+        RuntimeConfig(folder, context_policy="sliding", window_seconds=1)
+    with pytest.raises(UsageError, match="must be one of error, sliding"):
+        RuntimeConfig(folder, context_policy="fifo")
+    with pytest.raises(UsageError, match="use --window-seconds .* or less"):
+        OmniSession(RuntimeConfig(folder, context_policy="sliding", window_seconds=60, max_context=256))
+    clip = synthetic_clip(8.0, *RES, seed=8)
+    session = OmniSession(RuntimeConfig(folder, context_policy="sliding", max_context=256, system_prompt="S"))
+    _chunks(session, clip, 0, 4)
+    assert session.stream.kv_length() <= 256
+    with pytest.raises(UsageError, match="longer than the window"):
+        list(session.ask_ids("why " * 300, max_new_tokens=2))
+    assert len(list(session.ask_ids("Why?", max_new_tokens=2))) >= 1        # the stream stays usable
+    ended = OmniSession(RuntimeConfig(folder))
+    _chunks(ended, clip, 0, 1)
+    ended.finish()
+    with pytest.raises(UsageError, match="no question followed; ask one first"):
+        _chunks(ended, clip, 1, 1)
+    ended.close()
+    with pytest.raises(UsageError, match="session was closed; open a new one"):
+        _chunks(ended, clip, 1, 1)
+
+
+def test_run_command_context_options(folder, tmp_path):
+    from tests.model.test_media import _write
+    from tests.test_cli import _run
+
+    video = _write(tmp_path / "clip.mp4", seconds=4.0, w=96, h=64)
+    ok = _run("run", str(folder), "--video", str(video), "--question", "What?", "--max-new-tokens", "2",
+              "--context-policy", "sliding", "--window-seconds", "2")
+    assert ok.returncode == 0, ok.stderr
+    for flags, message in [(["--context-policy", "fifo"], "must be one of error, sliding"),
+                           (["--context-policy", "sliding", "--window-seconds", "1"], "at least one 2-second chunk")]:
+        bad = _run("run", str(folder), "--video", str(video), "--question", "Q", *flags)
+        assert bad.returncode == 1 and message in bad.stderr and "Traceback" not in bad.stderr

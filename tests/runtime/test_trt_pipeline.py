@@ -198,3 +198,34 @@ def test_tensorrt_session_matches_onnxruntime(folder, tmp_path):
     assert all(r.seconds["prefill"] > 0 for r in session.reports)
     session.stream.close()
     assert np.isfinite(np.asarray(session.stream.question_logits)).all()
+
+
+def test_stand_in_engines_slide_and_rebase_like_onnxruntime(folder, tmp_path, monkeypatch):
+    """TrtStream's _drop_kv/_rotate_kv on its numpy past: a sliding, re-based stream through the stand-in
+    engines gives the logits and tokens of the onnxruntime backend under the same policy."""
+    import types
+
+    import polygraphy.backend.trt as polygraphy_trt
+
+    import omnisift_edge.engines.build as build
+    from omnisift_edge.engines.presets import DeviceInfo
+
+    built = _fake_build(folder, tmp_path / "built")
+    monkeypatch.setattr(build, "require_tensorrt", lambda: types.SimpleNamespace(__version__="10.3.0"))
+    monkeypatch.setattr(build, "require_device", lambda: DeviceInfo("NVIDIA H100", (9, 0), 80.0))
+    monkeypatch.setattr(polygraphy_trt, "EngineFromBytes", lambda data: lambda: str(built / data().decode()))
+    monkeypatch.setattr(polygraphy_trt, "TrtRunner", _OrtEngineRunner)
+    clip = synthetic_clip(12.0, *RES, seed=5)
+    got = {}
+    for backend in ("onnxruntime", "tensorrt"):
+        session = OmniSession(RuntimeConfig(built, backend=backend, context_policy="sliding", window_seconds=4,
+                                            position_limit=260, system_prompt="Be brief."))
+        per_frame = int(session.spec.sample_rate / session.spec.fps)
+        for j in range(0, len(clip.frames), 4):
+            session.append_chunk(clip.frames[j:j + 4], clip.pcm[j * per_frame:(j + 4) * per_frame])
+        tokens = list(session.ask_ids("What now?", max_new_tokens=3))
+        window = session.stream.window
+        assert window.evicted_chunks == 4 and window.base > 0
+        got[backend] = (tokens, session.stream.question_logits, session.stream.kv_length())
+    assert got["tensorrt"][0] == got["onnxruntime"][0] and got["tensorrt"][2] == got["onnxruntime"][2]
+    np.testing.assert_allclose(got["tensorrt"][1], got["onnxruntime"][1], atol=1e-4)
