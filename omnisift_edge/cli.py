@@ -115,13 +115,18 @@ def _parse_ratios(ratio: float | None, ratios: str | None) -> tuple[float, ...]:
 @click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
 @click.option("--max-context", type=int, default=8192, show_default=True, help="Longest KV cache to plan for.")
 @click.option("--opset", type=int, default=17, show_default=True)
+@click.option("--weights", type=click.Choice(["fp32", "fp16", "int8", "int4"]), default=None,
+              help="Decoder linear layers: int8 (per channel) / int4 (block-wise) weight-only Q/DQ, round-to-nearest. "
+                   "Default: as --dtype.")
+@click.option("--block-size", type=int, default=32, show_default=True, help="int4: weight rows sharing one scale.")
+@click.option("--quantize-lm-head", is_flag=True, help="int8/int4: quantize the LM head too (default: kept in float).")
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True, help="Export folder to create.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder (only once the new export passed).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the embedded default model.")
 @_user_errors
 def export(model_dir, compressor, compressor_heads, ratio, ratios, video_drop, audio_drop, resolution, dtype,
-           max_context, opset, out, overwrite, seed):
+           max_context, opset, weights, block_size, quantize_lm_head, out, overwrite, seed):
     """Export ONNX graphs + manifest.json for the per-chunk streaming pipeline, validated and linted."""
     from omnisift_edge.export.stage import ExportConfig, export as run_export
     from omnisift_edge.model.load import ModelSource
@@ -131,7 +136,8 @@ def export(model_dir, compressor, compressor_heads, ratio, ratios, video_drop, a
                                                    selector_heads=compressor_heads),
                        ratios=_parse_ratios(ratio, ratios), resolution=parse_resolution(resolution), dtype=dtype,
                        max_context=max_context, video_drop=video_drop, audio_drop=audio_drop,
-                       overwrite=overwrite, opset=opset)
+                       overwrite=overwrite, opset=opset, weights=weights, block_size=block_size,
+                       quantize_lm_head=quantize_lm_head)
     artifact = run_export(cfg, progress=lambda step: click.echo(f"- {step}", err=True))
     for entry in artifact.manifest["ratios"]:
         kept = entry["kept_per_chunk"]
