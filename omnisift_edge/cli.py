@@ -318,6 +318,32 @@ def build(folder, target, precision, max_context, workspace_gb, plan_only):
                    + ", ".join(str(p) for p in result.engines.values()))
 
 
+@main.command("plan")
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--weights", type=click.Choice(["fp32", "fp16", "int8", "int4"]), default=None,
+              help="Decoder linear layers (default: as --dtype).")
+@click.option("--dtype", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,
+              help="Everything else (towers, compressor, KV cache, activations).")
+@click.option("--block-size", type=int, default=32, show_default=True, help="int4: weight rows sharing one scale.")
+@click.option("--quantize-lm-head", is_flag=True, help="int8/int4: the LM head quantized too.")
+@click.option("--max-context", type=int, default=8192, show_default=True, help="Longest KV cache.")
+@click.option("--window", type=int, default=None, help="Sliding window: the cache holds this many tokens.")
+@click.option("--resolution", default="448x448", show_default=True, help="Frame HxW, multiples of 28.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the plan as JSON.")
+@_user_errors
+def plan(config, weights, dtype, block_size, quantize_lm_head, max_context, window, resolution, json_out):
+    """Device memory per part for a Qwen2.5-Omni config.json (no weights needed), and which targets it fits."""
+    from omnisift_edge.engines.memory import plan_config, write_plan_json
+    from omnisift_edge.runtime.demo import parse_resolution
+
+    result = plan_config(config, dtype=dtype, weights=weights, block_size=block_size,
+                         lm_head_quantized=quantize_lm_head, max_context=max_context, window=window,
+                         resolution=parse_resolution(resolution))
+    click.echo(result.summary())
+    if json_out is not None:
+        write_plan_json(result, json_out)
+
+
 @main.command()
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--target", type=click.Choice(TARGETS[1:]), default=None, help="Engines of this target (default: the built one).")

@@ -148,6 +148,7 @@ class BuildPlan:
     engines: tuple[EnginePlan, ...]
     warnings: tuple[str, ...] = ()
     path: Path | None = field(default=None, compare=False)
+    memory: object = field(default=None, compare=False)   # engines.memory.MemoryPlan (None: export predates it)
 
     @property
     def workspace_mib(self) -> int:
@@ -172,6 +173,7 @@ class BuildPlan:
             "precision": self.precision, "tensorrt_assumed": self.tensorrt, "max_context": self.max_context,
             "max_prefill_tokens": self.max_sequence, "main_ratio": self.main_ratio, "workspace_gb": self.workspace_gb,
             "timing_cache": str(self.timing_cache), "warnings": list(self.warnings),
+            "memory": self.memory.to_dict() if self.memory is not None else None,
             "engines": [{"graph": e.graph, "onnx": str(e.onnx), "engine": str(e.engine), "graph_dtype": e.graph_dtype,
                          "precision": e.mode.precision, "strongly_typed": e.mode.strongly_typed,
                          "flags": list(e.mode.flags), "why": e.mode.why, "weight_bytes": e.weight_bytes,
@@ -194,6 +196,8 @@ class BuildPlan:
                     lines.append(f"    profile {p.name}: " + ", ".join(f"{a} {lo}/{opt}/{hi}" for a, (lo, opt, hi) in p.axes))
             lines.append("    " + shlex.join(e.trtexec(self.workspace_mib, self.timing_cache)))
             lines.append("    " + shlex.join(e.polygraphy(self.workspace_mib, self.timing_cache)))
+        if self.memory is not None:
+            lines += ["  " + line for line in self.memory.summary().splitlines()]
         lines += [f"  warning: {w}" for w in self.warnings]
         if self.path is not None:
             lines.append(f"  written to {self.path}")
@@ -262,10 +266,42 @@ def plan_build(cfg: BuildConfig, *, manifest: dict | None = None, target: Target
     if not target.expects_tensorrt(tensorrt):
         warnings.append(f"{target.name} expects TensorRT {' or '.join(p.rstrip('.') for p in target.tensorrt)}, "
                         f"this plan assumes {tensorrt}")
+    form_problem = weights_form_problem(manifest, tensorrt)
+    if form_problem and not cfg.plan_only:
+        raise UsageError(form_problem)
+    warnings += [form_problem] if form_problem else []
+    from omnisift_edge.engines.memory import plan_export
+
+    memory = plan_export(cfg.folder, manifest, precision=cfg.precision, max_context=limits.max_context,
+                         prefill=limits.max_sequence)
     plan = BuildPlan(cfg.folder, target, cfg.precision, tensorrt, limits.max_context, limits.max_sequence,
                      limits.main_ratio, workspace, cfg.timing_cache or default_timing_cache(target.name, tensorrt),
-                     tuple(engines), tuple(warnings))
+                     tuple(engines), tuple(warnings), memory=memory)
     if write:
         path = write_side_file(cfg.folder, plan.relative_path, plan.json_bytes(), manifest)
         plan = dataclasses.replace(plan, path=path)
     return plan
+
+
+# the first TensorRT whose ONNX parser takes opset 21 (weight-only Q/DQ decoders); export/trt_ops.py has the why
+QDQ_TENSORRT_MIN = (10, 6)
+
+
+def weights_form_problem(manifest: dict, tensorrt: str) -> str | None:
+    """Why TensorRT `tensorrt` cannot build this export's decoder weights, or None.
+
+    A weight-only int8/int4 decoder (opset 21 Q/DQ) needs a TensorRT whose parser takes opset 21.
+    """
+    weights = manifest.get("weights") or {}
+    if weights.get("form") != "qdq":
+        return None
+    try:
+        version = tuple(int(p) for p in tensorrt.split(".")[:2])
+    except ValueError:
+        return None
+    if version >= QDQ_TENSORRT_MIN:
+        return None
+    need = ".".join(map(str, QDQ_TENSORRT_MIN))
+    return (f"the decoder has {weights.get('mode')} weight-only Q/DQ (opset 21), which TensorRT {tensorrt} "
+            f"cannot parse (needs >= {need} or TensorRT-RTX); build on a newer TensorRT, or export "
+            "--weights fp16 for this target")

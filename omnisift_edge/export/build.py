@@ -156,6 +156,7 @@ def build_folder(cfg: ExportConfig, folder: Path, progress: Callable[[str], None
                             "dtype": "float16" if dtype == "fp16" else "float32"},
         "tokenizer": {"folder": TOKENIZER_DIR, "files": tokenizer_files},
         "weights": weights.record(dtype),
+        "thinker_shape": _thinker_shape(model),
         "stop_token_ids": [model.spec.tokens.im_end, model.spec.tokens.endoftext],
         "tools": tool_versions(),
         "export_config": config_summary(cfg),
@@ -210,6 +211,13 @@ class _DequantizedWeights:
         from omnisift_edge.export.quantize import backend_graphs
 
         return {**self.report.record(), "graphs": backend_graphs("decoder.onnx")}
+
+
+def _thinker_shape(model) -> dict:
+    """The thinker's sizes (model/shape.py), so `build --plan` can plan memory from the folder alone."""
+    from omnisift_edge.model.shape import ThinkerShape
+
+    return ThinkerShape.from_config(model.thinker.config.to_dict()).record()
 
 
 def _rope_settings(model) -> dict:

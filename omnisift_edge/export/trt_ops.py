@@ -70,7 +70,6 @@ WEIGHT_FORMS = {
     "qdq": {"opset": 21, "onnxruntime": True, "tensorrt_min": "10.6", "tensorrt_rtx": True},
     "matmulnbits": {"opset": None, "onnxruntime": True, "tensorrt_min": None, "tensorrt_rtx": False},
 }
-QDQ_TENSORRT_MIN = (10, 6)
 
 # data-dependent output shapes: forbidden in our static per-chunk engines (DESIGN.md)
 DATA_DEPENDENT_OPS = frozenset({"NonZero", "Unique", "NonMaxSuppression", "Compress"})
