@@ -20,21 +20,22 @@ from omnisift_edge.errors import UsageError
 
 _SCRIPT = r"""
 import json, sys
-import numpy as np, onnxruntime as ort, psutil
+import numpy as np, onnxruntime as ort
 path, S, P = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-proc = psutil.Process()
-def hwm():   # VmHWM: peak RSS since the last reset
-    line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+def status(key):   # VmHWM: peak RSS since the last reset; VmRSS: now
+    line = next(l for l in open("/proc/self/status") if l.startswith(key + ":"))
     return int(line.split()[1]) * 1024
+def hwm():
+    return status("VmHWM")
 with open("/proc/self/clear_refs", "w") as f:   # "5" resets VmHWM to the current RSS (Linux >= 4.0)
     f.write("5")
-base = proc.memory_info().rss
+base = status("VmRSS")
 assert hwm() <= base + (8 << 20), "could not reset the peak RSS (VmHWM)"
 so = ort.SessionOptions(); so.enable_cpu_mem_arena = False; so.log_severity_level = 3
 so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
 s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 load_peak = hwm() - base
-resident = proc.memory_info().rss - base
+resident = status("VmRSS") - base
 ins = {i.name: i for i in s.get_inputs()}
 D = ins["inputs_embeds"].shape[2]
 key = next(i for n, i in ins.items() if n.startswith("past_key_values"))
