@@ -129,8 +129,7 @@ def quantize_model(model, cfg: QuantConfig, *, logits: str = "logits") -> QuantR
         require("ml_dtypes", extra="export")
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None or opset < QDQ_OPSET:
-        converted = version_converter.convert_version(model, QDQ_OPSET)   # e.g. ReduceMean's axes move to an input
-        model.CopyFrom(converted)
+        _convert_without_weights(model, version_converter)   # e.g. ReduceMean's axes move to an input
     model.ir_version = max(model.ir_version, INT4_IR_VERSION)
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
@@ -171,6 +170,30 @@ def quantize_model(model, cfg: QuantConfig, *, logits: str = "logits") -> QuantR
     for i, dq in enumerate(new_nodes):   # DQ nodes read only initializers: put them first (topological order)
         graph.node.insert(i, dq)
     return QuantReport(cfg, tuple(layers), before, after, tuple(kept))
+
+
+def _convert_without_weights(model, version_converter) -> None:
+    """Move `model` to opset QDQ_OPSET in place. The converter serializes the model (a 2 GB protobuf
+    limit), so the initializers' bytes are set aside while it runs and put back by name after."""
+    from onnx import TensorProto
+
+    stash = {}
+    for t in model.graph.initializer:
+        if t.HasField("raw_data") and len(t.raw_data) > 1024:
+            stash[t.name] = t.raw_data
+            t.ClearField("raw_data")
+            t.data_location = TensorProto.EXTERNAL
+            entry = t.external_data.add()
+            entry.key, entry.value = "location", "set-aside"
+    converted = version_converter.convert_version(model, QDQ_OPSET)
+    for t in converted.graph.initializer:
+        if t.name in stash:
+            del t.external_data[:]
+            t.data_location = TensorProto.DEFAULT
+            t.raw_data = stash.pop(t.name)
+    if stash:
+        raise RuntimeError(f"the opset converter dropped initializers: {sorted(stash)[:3]}")
+    model.CopyFrom(converted)
 
 
 def _lm_head_matmul(graph, logits: str) -> str | None:
