@@ -149,6 +149,7 @@ def main() -> None:
     parser.add_argument("--past", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--no-rtx", action="store_true")
+    parser.add_argument("--memory-only", action="store_true", help="Sizes and peak memory only.")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -180,6 +181,10 @@ def main() -> None:
                                              sequence=64, past=args.past)
             row.update(ort_peak_mb=round(peak.peak / 2**20, 1), plan_predicted_mb=round(predicted / 2**20, 1),
                        predicted_over_measured=round(predicted / peak.peak, 3))
+            report["graphs"][name] = row
+            if args.memory_only:
+                print(name, json.dumps(row), flush=True)
+                continue
             row["decode_tok_s"] = round(decode_rate(session(path), graph, shape, float_np, args.past, args.steps), 2)
             if name.startswith("int"):
                 row["decode_tok_s_accuracy_level_4"] = round(
@@ -188,9 +193,12 @@ def main() -> None:
                     row["tensorrt_rtx"] = rtx_build(path)
             report["graphs"][name] = row
             print(name, json.dumps(row), flush=True)
+        if args.memory_only:
+            paths = {}
         sessions = {name: (session(p), np.float16 if "fp16" in name else np.float32) for name, p in paths.items()}
-        sessions["int4 (level 4)"] = (session(paths["int4"], "4"), np.float32)
-        report["agreement_vs_fp32"] = agreement(sessions, graph, table, shape, args.clips, args.tokens)
+        if paths:
+            sessions["int4 (level 4)"] = (session(paths["int4"], "4"), np.float32)
+        report["agreement_vs_fp32"] = {} if not sessions else agreement(sessions, graph, table, shape, args.clips, args.tokens)
         print(json.dumps(report["agreement_vs_fp32"], indent=1))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -335,7 +335,12 @@ def ort_cpu_decoder_peak(shape: ThinkerShape, weights: int, *, dtype: str, seque
     ORT_MASK_BYTES per [S, T] element of masks live on ORT's CPU provider: calibrated on the
     embedded default at S=512, P=4096 (docs/quantization.md), checked on other shapes and models;
     plus ORT_SESSION_BYTES, the session's resident size beyond its weights (measured on the default).
+    An fp16 graph runs in fp32 on the CPU provider (Casts inserted, fp32 copies of the weights
+    folded): it is predicted as an fp32 graph of twice the weight bytes (measured: fp16 and fp32
+    graphs of one model peak within 3% of each other, docs/benchmarks.md).
     """
+    if dtype == "fp16":   # the CPU provider has few fp16 kernels: it inserts Casts and folds fp32 copies of the weights
+        weights, dtype = 2 * weights, "fp32"
     cfg = MemoryConfig(shape, dtype=dtype, max_context=min(shape.text.max_position, max(past + sequence, 1)),
                        prefill=sequence)
     per_token = kv_per_token(cfg) // 2                                                # one buffer
