@@ -94,6 +94,10 @@ def build_folder(cfg: ExportConfig, folder: Path, progress: Callable[[str], None
     if model.selector is None and any(p["rho_audio"] > 0 for p in plan):
         raise UsageError("this model has no OmniSIFT compressor; pass --compressor FILE (the OmniSIFT checkpoint's, "
                          "or one trained with omnisift-edge train), or export --ratio 1")
+    if cfg.quantized:   # a block size that does not divide the widths fails here, before any export
+        from omnisift_edge.export.quantize import check_widths
+
+        check_widths(model.thinker.config.to_dict(), cfg.quant_config())
     checks: dict = {}
     graphs: dict = {}
     thinker, opset, dtype = model.thinker, cfg.opset, cfg.dtype

@@ -116,6 +116,20 @@ def dequantize_weight(q: np.ndarray, scale: np.ndarray, bits: int, block_size: i
     return (q.astype(scale.dtype) * full).astype(np.float32)
 
 
+def check_widths(thinker_config: dict, cfg: QuantConfig) -> None:
+    """Before exporting anything: int4's block size must divide every linear layer's K (one line if not)."""
+    from omnisift_edge.model.shape import ThinkerShape, decoder_linear_shapes
+
+    if cfg.bits != 4:
+        return
+    text = ThinkerShape.from_config(thinker_config).text
+    widths = sorted({k for k, _ in decoder_linear_shapes(text)} | ({text.hidden} if cfg.lm_head else set()))
+    bad = [k for k in widths if k % cfg.block_size]
+    if bad:
+        raise UsageError(f"int4 block size {cfg.block_size} does not divide the layer width {bad[0]}; "
+                         f"pass a --block-size that divides {', '.join(map(str, widths))} (e.g. {_divisor_hint(bad[0])})")
+
+
 def _divisor_hint(k: int) -> int:
     return next((b for b in (128, 64, 32, 16) if k % b == 0), 16)
 

@@ -191,10 +191,13 @@ def test_export_int4_runs_end_to_end_in_onnx_runtime(tmp_path):
     assert e2e["ok"] and e2e["kept_equal"] and len(e2e["ort_tokens"]) > 0
 
 
-def test_cli_block_size_not_dividing_is_one_line(tmp_path):
+@pytest.mark.parametrize("block,match", [("48", "power of two"), ("128", "does not divide the layer width 64")])
+def test_cli_bad_block_size_is_one_line_before_any_export(tmp_path, block, match):
     from click.testing import CliRunner
 
     from omnisift_edge.cli import main
 
-    result = CliRunner().invoke(main, ["export", "--weights", "int4", "--block-size", "48", "-o", str(tmp_path / "x")])
-    assert result.exit_code == 1 and "power of two" in result.output and "Traceback" not in result.output
+    out = tmp_path / "x"
+    result = CliRunner().invoke(main, ["export", "--weights", "int4", "--block-size", block, "-o", str(out)])
+    assert result.exit_code == 1 and match in result.output and "Traceback" not in result.output
+    assert not out.exists() and not list(tmp_path.glob(".x.partial-*"))
