@@ -175,11 +175,15 @@ def test_tensorrt_rtx_builds_the_int4_decoder(int4):
     assert rtx_build(int4[0], trt) > 0
 
 
-def test_export_int4_runs_end_to_end_in_onnx_runtime(tmp_path):
+@pytest.mark.parametrize("dtype,resolution", [("fp32", (112, 84)),
+                                              pytest.param("fp16", (112, 112), marks=pytest.mark.slow)])
+def test_export_int4_runs_end_to_end_in_onnx_runtime(tmp_path, dtype, resolution):
     from omnisift_edge.export.manifest import read_manifest
     from omnisift_edge.export.stage import export
+    from omnisift_edge.model.load import ModelSource
 
-    artifact = export(ExportConfig(out=tmp_path / "int4", resolution=(112, 84), weights="int4"))
+    artifact = export(ExportConfig(out=tmp_path / "int4", source=ModelSource(dtype=dtype), resolution=resolution,
+                                   dtype=dtype, weights="int4"))
     manifest = read_manifest(artifact.folder)
     weights = manifest["weights"]
     assert (weights["mode"], weights["bits"], weights["form"], weights["method"], weights["block_size"]) == \
