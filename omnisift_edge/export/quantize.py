@@ -37,6 +37,7 @@ INT4_IR_VERSION = 10                  # int4 tensors need IR version 10
 FORM = "qdq"                          # the portable weight-only Q/DQ form (one graph for ORT and TensorRT)
 METHOD = "rtn"                        # round-to-nearest; see docs/quantization.md for why not AWQ
 DEFAULT_BLOCK = 32
+EMBED_LIMIT = 2**31 - 2**26           # graphs this big or bigger keep their weights in <name>.onnx.data
 
 
 @dataclass(frozen=True)
@@ -248,7 +249,7 @@ def quantize_decoder(src: Path, dst: Path, cfg: QuantConfig, *, metadata: dict[s
             **({"block_size": str(cfg.block_size)} if cfg.bits == 4 else {}), **(metadata or {})}
     _set_metadata(model, meta)
     data = dst.with_name(dst.name + DATA_SUFFIX)
-    if model.ByteSize() < 2**31 - 2**26:
+    if model.ByteSize() < EMBED_LIMIT:
         with atomic_path(dst) as tmp:
             onnx.save_model(model, str(tmp))
         data.unlink(missing_ok=True)   # the float graph's external data, if any, is no longer named

@@ -205,3 +205,23 @@ def test_cli_bad_block_size_is_one_line_before_any_export(tmp_path, block, match
     result = CliRunner().invoke(main, ["export", "--weights", "int4", "--block-size", block, "-o", str(out)])
     assert result.exit_code == 1 and match in result.output and "Traceback" not in result.output
     assert not out.exists() and not list(tmp_path.glob(".x.partial-*"))
+
+
+def test_big_graphs_keep_their_weights_in_external_data(float_graph, int4, tmp_path, monkeypatch):
+    """Above the protobuf limit the quantized graph goes to decoder.onnx + decoder.onnx.data (forced here)."""
+    from omnisift_edge.export import quantize
+    from omnisift_edge.export.onnx_io import ort_session
+
+    monkeypatch.setattr(quantize, "EMBED_LIMIT", 0)
+    path = tmp_path / "decoder.onnx"
+    quantize_decoder(float_graph, path, QuantConfig("int4"))
+    assert (tmp_path / "decoder.onnx.data").stat().st_size > path.stat().st_size
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["decoder.onnx", "decoder.onnx.data"]   # nothing staged left
+    rng = np.random.default_rng(0)
+    sessions = [ort_session(p) for p in (path, int4[0])]
+    feeds = {i.name: (rng.standard_normal([d if isinstance(d, int) else (0 if "past" in i.name else 1)
+                                           for d in i.shape]).astype(np.float32) if i.type == "tensor(float)"
+                      else np.ones([d if isinstance(d, int) else 1 for d in i.shape], np.int64))
+             for i in sessions[0].get_inputs()}
+    a, b = (s.run(None, feeds) for s in sessions)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
