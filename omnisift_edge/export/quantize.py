@@ -22,7 +22,7 @@ dequantized weights W' are returned per layer, so the check can run PyTorch with
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +72,6 @@ class QuantizedLayer:
     node: str                  # the MatMul node name, e.g. /model/layers.0/mlp/up_proj/MatMul
     weight: str                # its weight initializer's name in the float graph
     shape: tuple[int, int]     # W [K, N]
-    dequantized: np.ndarray = field(repr=False, compare=False)   # W' [K, N], float32: what the graph computes with
 
 
 @dataclass(frozen=True)
@@ -178,7 +177,7 @@ def quantize_model(model, cfg: QuantConfig, *, logits: str = "logits") -> QuantR
         node.input[1] = f"{base}_dq"
         before += w.nbytes
         after += q.size * cfg.bits // 8 + scale.nbytes
-        layers.append(QuantizedLayer(node.name, base, tuple(w.shape), dequantize_weight(q, scale, cfg.bits, cfg.block_size)))
+        layers.append(QuantizedLayer(node.name, base, tuple(w.shape)))
     if not layers:
         raise UsageError("the decoder graph has no MatMul with a 2-D float weight to quantize; "
                          "is this an exported decoder.onnx?")
@@ -275,9 +274,12 @@ def dequantized_weights(thinker, report: QuantReport):
     """Swap the thinker's quantized Linear weights for W'^T while inside; restored on exit.
 
     Maps a MatMul node name (/model/layers.0/mlp/up_proj/MatMul) to its module (model.layers.0.mlp.up_proj)
-    and checks the float graph's weight was that module's weight, so a renamed graph fails loudly.
+    and recomputes W' from that module's weight with the same RTN (deterministic; one layer at a
+    time, so a 7B needs no second copy): if the graph's weight was not that module's, the
+    ORT-vs-PyTorch check that follows fails.
     """
     torch = require("torch")
+    _NUMPY.update({torch.float32: np.float32, torch.float16: np.float16})
     saved = []
     try:
         with torch.no_grad():
@@ -287,7 +289,10 @@ def dequantized_weights(thinker, report: QuantReport):
                 if tuple(weight.shape[::-1]) != layer.shape:
                     raise RuntimeError(f"{layer.node}: graph weight {layer.shape} is not {_module_path(layer.node)}'s "
                                        f"{tuple(weight.shape)} transposed")
-                new = torch.from_numpy(layer.dequantized.T.copy()).to(weight.device, weight.dtype)   # [N, K]
+                w = weight.detach().float().cpu().numpy().T.astype(_NUMPY[weight.dtype])           # [K, N]
+                q, scale = quantize_weight(w, report.config.bits, report.config.block_size)
+                back = dequantize_weight(q, scale, report.config.bits, report.config.block_size)  # [K, N]
+                new = torch.from_numpy(np.ascontiguousarray(back.T)).to(weight.device, weight.dtype)  # [N, K]
                 saved.append((weight, weight.detach().clone()))
                 weight.copy_(new)
         yield thinker
@@ -295,6 +300,9 @@ def dequantized_weights(thinker, report: QuantReport):
         with torch.no_grad():
             for weight, old in saved:
                 weight.copy_(old)
+
+
+_NUMPY: dict = {}   # torch dtype -> the numpy dtype the graph held that weight in (filled lazily: no torch import)
 
 
 def _module_path(node: str) -> str:
