@@ -145,11 +145,16 @@ def _parse_ratios(ratio: float | None, ratios: str | None) -> tuple[float, ...]:
 @click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
 @click.option("--max-context", type=int, default=8192, show_default=True, help="Longest KV cache to plan for.")
 @click.option("--opset", type=int, default=17, show_default=True)
+@click.option("--weights", type=click.Choice(["fp32", "fp16", "int8", "int4"]), default=None,
+              help="Decoder linear layers: int8 (per channel) / int4 (block-wise) weight-only Q/DQ, round-to-nearest. "
+                   "Default: as --dtype.")
+@click.option("--block-size", type=int, default=32, show_default=True, help="int4: weight rows sharing one scale.")
+@click.option("--quantize-lm-head", is_flag=True, help="int8/int4: quantize the LM head too (default: kept in float).")
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True, help="Export folder to create.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder (only once the new export passed).")
 @_user_errors
 def export(model_dir, compressor, compressor_heads, model_seed, ratio, ratios, video_drop, audio_drop, resolution,
-           dtype, max_context, opset, out, overwrite):
+           dtype, max_context, opset, weights, block_size, quantize_lm_head, out, overwrite):
     """Export ONNX graphs + manifest.json for the per-chunk streaming pipeline, validated and linted."""
     from omnisift_edge.export.stage import ExportConfig, export as run_export
     from omnisift_edge.model.load import ModelSource
@@ -159,7 +164,8 @@ def export(model_dir, compressor, compressor_heads, model_seed, ratio, ratios, v
                                                    selector_heads=compressor_heads),
                        ratios=_parse_ratios(ratio, ratios), resolution=parse_resolution(resolution), dtype=dtype,
                        max_context=max_context, video_drop=video_drop, audio_drop=audio_drop,
-                       overwrite=overwrite, opset=opset)
+                       overwrite=overwrite, opset=opset, weights=weights, block_size=block_size,
+                       quantize_lm_head=quantize_lm_head)
     artifact = run_export(cfg, progress=lambda step: click.echo(f"- {step}", err=True))
     for entry in artifact.manifest["ratios"]:
         kept = entry["kept_per_chunk"]
@@ -348,6 +354,32 @@ def build(folder, target, precision, max_context, workspace_gb, compute_capabili
     click.echo(f"built {len(result.engines)} engines for {result.target.name} ({r['flavour']} {r['tensorrt']}, "
                f"compute capability {r['compute_capability']}) in {result.seconds:.0f}s: "
                + ", ".join(str(p) for p in result.engines.values()))
+
+
+@main.command("plan")
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--weights", type=click.Choice(["fp32", "fp16", "int8", "int4"]), default=None,
+              help="Decoder linear layers (default: as --dtype).")
+@click.option("--dtype", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,
+              help="Everything else (towers, compressor, KV cache, activations).")
+@click.option("--block-size", type=int, default=32, show_default=True, help="int4: weight rows sharing one scale.")
+@click.option("--quantize-lm-head", is_flag=True, help="int8/int4: the LM head quantized too.")
+@click.option("--max-context", type=int, default=8192, show_default=True, help="Longest KV cache.")
+@click.option("--window", type=int, default=None, help="Sliding window: the cache holds this many tokens.")
+@click.option("--resolution", default="448x448", show_default=True, help="Frame HxW, multiples of 28.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the plan as JSON.")
+@_user_errors
+def plan(config, weights, dtype, block_size, quantize_lm_head, max_context, window, resolution, json_out):
+    """Device memory per part for a Qwen2.5-Omni config.json (no weights needed), and which targets it fits."""
+    from omnisift_edge.engines.memory import plan_config, write_plan_json
+    from omnisift_edge.runtime.demo import parse_resolution
+
+    result = plan_config(config, dtype=dtype, weights=weights, block_size=block_size,
+                         lm_head_quantized=quantize_lm_head, max_context=max_context, window=window,
+                         resolution=parse_resolution(resolution))
+    click.echo(result.summary())
+    if json_out is not None:
+        write_plan_json(result, json_out)
 
 
 @main.command()

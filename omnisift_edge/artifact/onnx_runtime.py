@@ -11,6 +11,11 @@ from pathlib import Path
 
 from omnisift_edge.errors import UsageError, require
 
+# ONNX Runtime fuses a weight-only int4/int8 DequantizeLinear + MatMul into MatMulNBits; at its default
+# accuracy level (4) that kernel quantizes the activations to int8 as well. Level 0 keeps them float,
+# so the graph computes what it says (x @ W'), as TensorRT and the export's PyTorch check do
+# (docs/quantization.md has the speed and drift of both).
+QDQ_MATMULNBITS_ACCURACY_LEVEL = "0"
 
 def ort_session(path: Path, providers=("CPUExecutionProvider",)):
     """An ONNX Runtime session with its providers named explicitly (the CPU one by default)."""
@@ -22,4 +27,5 @@ def ort_session(path: Path, providers=("CPUExecutionProvider",)):
                          "or use --device cpu")
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", QDQ_MATMULNBITS_ACCURACY_LEVEL)
     return ort.InferenceSession(str(path), options, providers=list(providers))

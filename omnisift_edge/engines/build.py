@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from omnisift_edge.engines.plan import BuildConfig, BuildPlan, EnginePlan, plan_build, target_flavour
+from omnisift_edge.engines.plan import (BuildConfig, BuildPlan, EnginePlan, plan_build, target_flavour,
+                                        weights_form_problem)
 from omnisift_edge.engines.presets import Target, check_device, resolve_target
 from omnisift_edge.engines.store import PLAN_FILE, atomic_write, engine_dir, publish, staging_dir, verify_sources
 from omnisift_edge.errors import UsageError, require
@@ -117,6 +118,9 @@ def build_engines(cfg: BuildConfig, progress: Callable[[str], None] = lambda _: 
         check_device(target, device)
     # the plan first: a precision or workspace the build cannot honour is one line before hashing the export
     plan = plan_build(cfg, manifest=manifest, target=target, tensorrt=str(trt.__version__), write=False)
+    problem = weights_form_problem(manifest, str(trt.__version__), flavour.name)
+    if problem:
+        raise UsageError(problem)
     target = plan.target   # with the compute capabilities of cfg
     progress("verifying the export's checksums")
     verify_sources(cfg.folder, manifest)

@@ -181,6 +181,7 @@ class BuildPlan:
     @property
     def flavour(self) -> str:
         return self.target.flavour
+    memory: object = field(default=None, compare=False)   # engines.memory.MemoryPlan (None: export predates it)
 
     @property
     def workspace_mib(self) -> int:
@@ -208,6 +209,7 @@ class BuildPlan:
             "max_context": self.max_context,
             "max_prefill_tokens": self.max_sequence, "main_ratio": self.main_ratio, "workspace_gb": self.workspace_gb,
             "timing_cache": self.timing_cache and str(self.timing_cache), "warnings": list(self.warnings),
+            "memory": self.memory.to_dict() if self.memory is not None else None,
             "engines": [{"graph": e.graph, "onnx": str(e.onnx), "engine": str(e.engine), "graph_dtype": e.graph_dtype,
                          "precision": e.mode.precision, "strongly_typed": e.mode.strongly_typed,
                          "flags": list(e.mode.flags), "why": e.mode.why, "weight_bytes": e.weight_bytes,
@@ -241,6 +243,8 @@ class BuildPlan:
             if self.trtexec(e):
                 lines.append("    " + shlex.join(self.trtexec(e)))
             lines.append("    " + shlex.join(self.polygraphy(e)))
+        if self.memory is not None:
+            lines += ["  " + line for line in self.memory.summary().splitlines()]
         lines += [f"  warning: {w}" for w in self.warnings]
         if self.path is not None:
             lines.append(f"  written to {self.path}")
@@ -317,10 +321,41 @@ def plan_build(cfg: BuildConfig, *, manifest: dict | None = None, target: Target
         timing_cache = None
         if cfg.timing_cache is not None:
             warnings.append(f"timing_cache {cfg.timing_cache} ignored: {NO_TIMING_CACHE}")
+    form_problem = weights_form_problem(manifest, tensorrt, flavour.name)   # build_engines refuses it; the plan warns
+    warnings += [form_problem] if form_problem else []
+    from omnisift_edge.engines.memory import plan_export
+
+    memory = plan_export(cfg.folder, manifest, precision=precision, max_context=limits.max_context,
+                         prefill=limits.max_sequence)
     plan = BuildPlan(cfg.folder, target, precision, tensorrt, limits.max_context, limits.max_sequence,
                      limits.main_ratio, workspace, timing_cache,
-                     tuple(engines), tuple(warnings), installed=installed)
+                     tuple(engines), tuple(warnings), installed=installed, memory=memory)
     if write:
         path = write_side_file(cfg.folder, plan.relative_path, plan.json_bytes(), manifest)
         plan = dataclasses.replace(plan, path=path)
     return plan
+
+
+# the first TensorRT whose ONNX parser takes opset 21 (weight-only Q/DQ decoders); export/trt_ops.py has the why
+QDQ_TENSORRT_MIN = (10, 6)
+
+
+def weights_form_problem(manifest: dict, tensorrt: str, flavour: str = "tensorrt") -> str | None:
+    """Why TensorRT `tensorrt` cannot build this export's decoder weights, or None.
+
+    A weight-only int8/int4 decoder (opset 21 Q/DQ) needs a TensorRT whose parser takes opset 21
+    (TensorRT-RTX 1.7 builds it: checked on the CPU, docs/quantization.md).
+    """
+    weights = manifest.get("weights") or {}
+    if weights.get("form") != "qdq" or flavour == "tensorrt_rtx":
+        return None
+    try:
+        version = tuple(int(p) for p in tensorrt.split(".")[:2])
+    except ValueError:
+        return None
+    if version >= QDQ_TENSORRT_MIN:
+        return None
+    need = ".".join(map(str, QDQ_TENSORRT_MIN))
+    return (f"the decoder has {weights.get('mode')} weight-only Q/DQ (opset 21), which TensorRT {tensorrt} "
+            f"cannot parse (needs >= {need} or TensorRT-RTX); build on a newer TensorRT, or export "
+            "--weights fp16 for this target")

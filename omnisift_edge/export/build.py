@@ -94,6 +94,10 @@ def build_folder(cfg: ExportConfig, folder: Path, progress: Callable[[str], None
     if model.selector is None and any(p["rho_audio"] > 0 for p in plan):
         raise UsageError("this model has no OmniSIFT compressor; pass --compressor FILE (the OmniSIFT checkpoint's, "
                          "or one trained with omnisift-edge train), or export --ratio 1")
+    if cfg.quantized:   # a block size that does not divide the widths fails here, before any export
+        from omnisift_edge.export.quantize import check_widths
+
+        check_widths(model.thinker.config.to_dict(), cfg.quant_config())
     checks: dict = {}
     graphs: dict = {}
     thinker, opset, dtype = model.thinker, cfg.opset, cfg.dtype
@@ -122,8 +126,16 @@ def build_folder(cfg: ExportConfig, folder: Path, progress: Callable[[str], None
     progress("decoder")
     decoder_path = export_decoder(thinker, dims, folder / "decoder.onnx", dtype=dtype, opset=opset,
                                   max_context=cfg.max_context)
-    _check("decoder", validate_decoder(decoder_path, thinker, dtype=dtype), checks)
-    graphs["decoder"] = graph_entry(decoder_graph(dims.num_layers), dims, "decoder.onnx", opset, dtype,
+    weights = _DequantizedWeights(thinker, None)
+    if cfg.quantized:   # weight-only int8/int4: checked against PyTorch running the same dequantized weights
+        from omnisift_edge.export.quantize import quantize_decoder
+
+        progress(f"decoder weights to {cfg.weights} (weight-only Q/DQ, round-to-nearest)")
+        weights = _DequantizedWeights(thinker, quantize_decoder(decoder_path, decoder_path, cfg.quant_config()))
+    with weights:
+        _check("decoder", validate_decoder(decoder_path, thinker, dtype=dtype), checks)
+    graphs["decoder"] = graph_entry(decoder_graph(dims.num_layers), dims, "decoder.onnx",
+                                    weights.opset(opset), dtype,
                                     external_data=(folder / "decoder.onnx.data").exists())
 
     progress("text embeddings and tokenizer")
@@ -147,6 +159,8 @@ def build_folder(cfg: ExportConfig, folder: Path, progress: Callable[[str], None
         "text_embeddings": {"file": EMBED_FILE, "tensor": EMBED_TENSOR, "shape": list(table.shape),
                             "dtype": "float16" if dtype == "fp16" else "float32"},
         "tokenizer": {"folder": TOKENIZER_DIR, "files": tokenizer_files},
+        "weights": weights.record(dtype),
+        "thinker_shape": _thinker_shape(model),
         "stop_token_ids": [model.spec.tokens.im_end, model.spec.tokens.endoftext],
         "tools": tool_versions(),
         "export_config": config_summary(cfg),
@@ -156,8 +170,9 @@ def build_folder(cfg: ExportConfig, folder: Path, progress: Callable[[str], None
     progress("end-to-end check: greedy answers through the graphs vs the PyTorch stream")
     from omnisift_edge.export.e2e import end_to_end_check
 
-    for entry in plan:
-        _check(f"end_to_end_{entry['graph']}", end_to_end_check(model, folder, manifest, entry), checks)
+    with weights:   # quantized: the PyTorch stream runs the graph's dequantized weights
+        for entry in plan:
+            _check(f"end_to_end_{entry['graph']}", end_to_end_check(model, folder, manifest, entry), checks)
 
     progress("TensorRT lint")
     findings = lint_folder(folder)
@@ -167,6 +182,46 @@ def build_folder(cfg: ExportConfig, folder: Path, progress: Callable[[str], None
     manifest.update(validation=checks, lint=lint)
     write_manifest(folder, manifest)
     return ExportArtifact(folder=folder, manifest=manifest, checks=checks, lint=lint)
+
+
+class _DequantizedWeights:
+    """Context for the checks: a quantized export's PyTorch reference runs the dequantized weights."""
+
+    def __init__(self, thinker, report):
+        self.thinker, self.report, self._context = thinker, report, None
+
+    def __enter__(self):
+        if self.report is not None:
+            from omnisift_edge.export.quantize import dequantized_weights
+
+            self._context = dequantized_weights(self.thinker, self.report)
+            self._context.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        context, self._context = self._context, None
+        return context.__exit__(*exc) if context is not None else False
+
+    def opset(self, opset: int) -> int:
+        from omnisift_edge.export.quantize import QDQ_OPSET
+
+        return QDQ_OPSET if self.report is not None else opset
+
+    def record(self, dtype: str) -> dict:
+        """The manifest's `weights`: mode, form, bits, block size, method and the graph file per backend."""
+        if self.report is None:
+            return {"mode": dtype, "form": "float", "bits": 16 if dtype == "fp16" else 32,
+                    "graphs": {"onnxruntime": "decoder.onnx", "tensorrt": "decoder.onnx"}}
+        from omnisift_edge.export.quantize import backend_graphs
+
+        return {**self.report.record(), "graphs": backend_graphs("decoder.onnx")}
+
+
+def _thinker_shape(model) -> dict:
+    """The thinker's sizes (model/shape.py), so `build --plan` can plan memory from the folder alone."""
+    from omnisift_edge.model.shape import ThinkerShape
+
+    return ThinkerShape.from_config(model.thinker.config.to_dict()).record()
 
 
 def _rope_settings(model) -> dict:

@@ -27,6 +27,9 @@ class ExportConfig:
     audio_drop: float | None = None
     overwrite: bool = False
     opset: int = 17
+    weights: str | None = None                      # decoder linear layers: fp32 | fp16 | int8 | int4 (None: dtype)
+    block_size: int = 32                            # int4: rows of a weight sharing one scale
+    quantize_lm_head: bool = False                  # int8/int4: the LM head too
 
     def __post_init__(self):
         object.__setattr__(self, "out", Path(self.out))
@@ -48,8 +51,27 @@ class ExportConfig:
                     raise UsageError(f"{name} must be in [0, 1) (got {value})")
             if self.ratios != DEFAULT_RATIOS:
                 raise UsageError("give either --ratio/--ratios or --video-drop/--audio-drop, not both")
+        if self.weights is None:
+            object.__setattr__(self, "weights", self.dtype)
+        if self.weights in ("fp32", "fp16") and self.weights != self.dtype:
+            raise UsageError(f"--weights {self.weights} needs --dtype {self.weights} (float weights are the graph's "
+                             f"dtype); or --weights int8/int4")
+        if self.quantized:
+            self.quant_config()   # validates the block size
+        elif self.weights not in ("fp32", "fp16"):
+            raise UsageError(f"--weights must be fp32, fp16, int8 or int4 (got {self.weights!r})")
         if self.max_context < 1024:
             raise UsageError(f"--max-context must be at least 1024 tokens (got {self.max_context})")
+
+    @property
+    def quantized(self) -> bool:
+        return self.weights in ("int8", "int4")
+
+    def quant_config(self):
+        """The decoder's `quantize.QuantConfig` (int8/int4 exports only)."""
+        from omnisift_edge.export.quantize import QuantConfig
+
+        return QuantConfig(self.weights, block_size=self.block_size, lm_head=self.quantize_lm_head)
 
 
 @dataclass

@@ -167,6 +167,11 @@ class _Linter:
         lo, hi = trt_ops.OPSET_MIN, trt_ops.OPSET_MAX
         if self.opset is None:
             self.add("error", "", "", f"no default-domain opset import; re-export with opset_version={hi}")
+        elif self.opset == trt_ops.WEIGHT_FORMS["qdq"]["opset"] and self._weights_form() == "qdq":
+            self.add("warning", "", "", f"weight-only {self._meta('weights')} Q/DQ needs opset {self.opset}, outside "
+                     f"{lo}..{hi} of the TensorRT {trt_ops.TRT_VERSION} parser (JetPack 6): it builds with "
+                     f"TensorRT >= {trt_ops.WEIGHT_FORMS['qdq']['tensorrt_min']} or TensorRT-RTX, and runs in "
+                     "ONNX Runtime; for TensorRT 10.3 export --weights fp16")
         elif not lo <= self.opset <= hi:
             self.add("error", "", "", f"opset {self.opset} is outside {lo}..{hi}, what the TensorRT "
                      f"{trt_ops.TRT_VERSION} parser handles; re-export with opset_version={hi} (or convert "
@@ -175,6 +180,13 @@ class _Linter:
             self.add("warning", "", "", f"IR version {self.model.ir_version} is newer than the ONNX the "
                      f"parser was built against (IR <= {trt_ops.IR_VERSION_MAX}): onnx-tensorrt warns and "
                      f"ignores fields it does not know; export with opset {hi} from torch <= 2.13")
+
+    def _meta(self, key: str) -> str | None:
+        return next((p.value for p in self.model.metadata_props if p.key == f"omnisift_edge.{key}"), None)
+
+    def _weights_form(self) -> str | None:
+        """`qdq` for a decoder written by export --weights int8|int4 (its metadata says so)."""
+        return self._meta("weights_form")
 
     def _collect(self, graph) -> None:
         """Constants, dtypes and tensor-dtype findings for a graph and its subgraphs."""
@@ -314,6 +326,10 @@ class _Linter:
             self.add("warning", label, op, f"{domain}::{op} is not an ONNX op; the parser maps it to the "
                      f"TensorRT plugin {op!r}: load libnvinfer_plugin (initLibNvInferPlugins) when "
                      "building and running")
+        elif op == "MatMulNBits":
+            self.add("error", label, op, f"{domain}::{op} runs only in ONNX Runtime (TensorRT has no importer "
+                     "and the plugin is not shipped); TensorRT takes the weight-only Q/DQ form that "
+                     "export --weights int4|int8 writes (ONNX Runtime fuses it into MatMulNBits itself)")
         elif node.domain not in DEFAULT_DOMAINS:
             self.add("error", label, op, f"{domain}::{op} is from a non-ONNX domain that TensorRT "
                      f"{trt_ops.TRT_VERSION} cannot import (only its own plugins are accepted); export "

@@ -61,6 +61,16 @@ ADDED_LATER = {"BlackmanWindow": "10.4", "HammingWindow": "10.4", "HannWindow": 
                "STFT": "10.5", "Attention": "10.x after 10.6", "RMSNormalization": "10.15",
                "RotaryEmbedding": "10.15", "TensorScatter": "10.15"}
 
+# weight-only forms of the decoder's linear layers (export --weights int8|int4) and what builds them;
+# measured/probed 2026-12-02, docs/quantization.md. The Q/DQ form needs opset 21 (int4 tensors,
+# DequantizeLinear block_size): outside 10.3's opset range; TensorRT's parser takes opset 21 from
+# 10.6 (see OPSET_MAX above) and TensorRT-RTX 1.7 builds it. MatMulNBits parses in neither TensorRT
+# (plugin not shipped); ONNX Runtime's CPU provider fuses the Q/DQ form into MatMulNBits itself.
+WEIGHT_FORMS = {
+    "qdq": {"opset": 21, "onnxruntime": True, "tensorrt_min": "10.6", "tensorrt_rtx": True},
+    "matmulnbits": {"opset": None, "onnxruntime": True, "tensorrt_min": None, "tensorrt_rtx": False},
+}
+
 # data-dependent output shapes: forbidden in our static per-chunk engines (docs/architecture.md)
 DATA_DEPENDENT_OPS = frozenset({"NonZero", "Unique", "NonMaxSuppression", "Compress"})
 CONTROL_FLOW_OPS = frozenset({"Loop", "If", "Scan"})

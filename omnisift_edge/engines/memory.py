@@ -1,0 +1,350 @@
+"""Device memory plan: what each part of the pipeline needs on a target, before anything is built.
+
+`plan_memory(MemoryConfig) -> MemoryPlan` from a `ThinkerShape` (a bare config.json, or the sizes an
+export recorded) and the run settings. Parts, in bytes:
+
+- weights per graph: vision/audio encoders and compressor at the float dtype; the decoder's linear
+  layers at `weights` (int4: K*N/2 + one scale per block; int8: K*N + one scale per output
+  channel), its LM head in float unless quantized, biases and norms in float. When planned from an
+  export folder, the real ONNX initializers are counted instead (`graph_weight_bytes`).
+- text embeddings: the runtime's host table (embed_tokens.safetensors); counted on Jetson only,
+  where host and GPU share one memory.
+- KV cache at the max context (or at the sliding window): 2 (K, V) x layers x kv_heads x head_dim
+  per token, twice over: the decoder graph takes the cache as `past` and returns it as `present`,
+  so both buffers are live during a call.
+- activations at the profiles' largest shapes: the decoder's prefill of `prefill` tokens on a full
+  cache (attention scores and probabilities [heads, S, T] in the graph's dtype, repeated K/V, MLP,
+  last-position logits), the vision encoder on one chunk (full-attention layers: scores over a
+  frame), the audio encoder on one window. Engines run one after another, so the largest counts.
+- workspace: the target's builder workspace (the preset's default), and a fixed runtime reserve
+  (CUDA context + TensorRT runtime; on Jetson also the OS) -- both stated, both assumptions.
+
+The decoder's activations and the KV cache grow with the context, so the largest max context that
+fits is solved from the rest. Checked against ONNX Runtime CPU peak memory (tests, benchmarks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omnisift_edge.errors import UsageError
+from omnisift_edge.model.shape import ThinkerShape, decoder_linear_shapes, param_counts
+
+GB = 2**30
+FLOAT_BYTES = {"fp32": 4, "fp16": 2}
+RESERVE_GB = {"jetson": 1.5, "datacenter": 1.0}   # OS + CUDA context + TensorRT runtime (assumption, docs/quantization.md)
+SELECTOR_PARAMS_PER_D = 2 * 512                    # the selector's two projections D -> 512 dominate its size
+FIT_TARGETS = ("orin-nano", "orin-nx", "orin-agx-32", "orin-agx", "l4", "a100", "h100")
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    shape: ThinkerShape
+    dtype: str = "fp16"                 # float graphs / engines: fp16 | fp32
+    weights: str | None = None          # decoder linear layers: fp32 | fp16 | int8 | int4 (None: dtype)
+    block_size: int = 32
+    lm_head_quantized: bool = False
+    max_context: int = 8192
+    window: int | None = None           # sliding window: the cache holds this many tokens
+    resolution: tuple[int, int] = (448, 448)
+    kept_per_chunk: int | None = None   # K of the compressor; None: every token of a chunk (ratio 1)
+    prefill: int = 512                  # longest prefill call (prompt or one chunk's K)
+
+    def __post_init__(self):
+        if self.dtype not in FLOAT_BYTES:
+            raise UsageError(f"--dtype must be fp16 or fp32 (got {self.dtype!r})")
+        if self.weights is None:
+            object.__setattr__(self, "weights", self.dtype)
+        if self.weights not in ("fp32", "fp16", "int8", "int4"):
+            raise UsageError(f"--weights must be fp32, fp16, int8 or int4 (got {self.weights!r})")
+        if self.weights == "int4":
+            bad = sorted({k for k, _ in decoder_linear_shapes(self.shape.text) if k % self.block_size})
+            if bad:
+                raise UsageError(f"int4 block size {self.block_size} does not divide the layer width "
+                                 f"{', '.join(map(str, bad))}; pass a --block-size that divides it (e.g. 32)")
+        if not 1 <= self.max_context <= self.shape.text.max_position:
+            raise UsageError(f"--max-context must be in 1..{self.shape.text.max_position} (the model's "
+                             f"max_position_embeddings); got {self.max_context}")
+        if self.window is not None and not 1 <= self.window <= self.max_context:
+            raise UsageError(f"--window must be in 1..--max-context ({self.max_context}); got {self.window}")
+        h, w = self.resolution
+        if h % 28 or w % 28 or h <= 0 or w <= 0:
+            raise UsageError(f"--resolution must be multiples of 28 (got {h}x{w}); try 448x448")
+
+
+@dataclass(frozen=True)
+class Fit:
+    target: str
+    memory_gb: float
+    usable_gb: float                   # memory minus the reserve
+    need_gb: float
+    fits: bool
+    max_context: int                   # largest context that fits (0: not even an empty cache)
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    config: MemoryConfig
+    weights: dict[str, int]            # graph -> bytes
+    host_tables: int                   # text embeddings (device memory on Jetson only)
+    kv_cache: int                      # past + present buffers at the planned cache length
+    kv_per_token: int                  # bytes per cached token, both buffers
+    activations: dict[str, int]        # graph -> bytes at its largest profile shape
+    cache_tokens: int                  # max_context, or the window
+    fits: tuple[Fit, ...] = field(default=())
+
+    @property
+    def weights_total(self) -> int:
+        return sum(self.weights.values())
+
+    def device_bytes(self, jetson: bool, workspace_gb: float) -> int:
+        return (self.weights_total + (self.host_tables if jetson else 0) + self.kv_cache
+                + max(self.activations.values()) + int(workspace_gb * GB))
+
+    def to_dict(self) -> dict:
+        c = self.config
+        return {"dtype": c.dtype, "weights_mode": c.weights, "block_size": c.block_size if c.weights == "int4" else None,
+                "max_context": c.max_context, "window": c.window, "cache_tokens": self.cache_tokens,
+                "resolution": list(c.resolution), "prefill_tokens": c.prefill,
+                "weights_bytes": self.weights, "text_embeddings_bytes": self.host_tables,
+                "kv_cache_bytes": self.kv_cache, "kv_bytes_per_token": self.kv_per_token,
+                "activations_bytes": self.activations,
+                "fits": [f.__dict__ for f in self.fits], "reserve_gb": RESERVE_GB}
+
+    def summary(self) -> str:
+        c = self.config
+        lines = [f"memory plan: {c.weights} decoder weights" + (f" (block {c.block_size})" if c.weights == "int4" else "")
+                 + f", {c.dtype} elsewhere, cache {self.cache_tokens} tokens"
+                 + (f" (sliding window of max context {c.max_context})" if c.window else "")]
+        for graph, size in self.weights.items():
+            lines.append(f"  weights {graph:<18} {size / GB:8.2f} GB")
+        lines.append(f"  text embeddings (host)     {self.host_tables / GB:8.2f} GB  (device memory on Jetson)")
+        lines.append(f"  KV cache (past + present)  {self.kv_cache / GB:8.2f} GB  ({self.kv_per_token / 1024:.0f} KiB/token)")
+        for graph, size in self.activations.items():
+            lines.append(f"  activations {graph:<14} {size / GB:8.2f} GB")
+        lines.append(f"  {'target':<12} {'memory':>7} {'usable':>7} {'needs':>7}  fits  largest max context")
+        for f in self.fits:
+            lines.append(f"  {f.target:<12} {f.memory_gb:6.0f}G {f.usable_gb:6.1f}G {f.need_gb:6.1f}G  "
+                         f"{'yes ' if f.fits else 'NO  '}  {f.max_context if f.max_context else 'none'}")
+        lines.append(f"  (needs = weights + KV + largest activations + the target's workspace; usable = memory minus "
+                     f"{RESERVE_GB['jetson']:g} GB on Jetson, {RESERVE_GB['datacenter']:g} GB elsewhere)")
+        return "\n".join(lines)
+
+
+def weight_bytes(cfg: MemoryConfig) -> tuple[dict[str, int], int]:
+    """Analytic weights per graph, and the host embedding table."""
+    shape, fb = cfg.shape, FLOAT_BYTES[cfg.dtype]
+    counts = param_counts(shape)
+    t = shape.text
+    per_layer = decoder_linear_shapes(t)
+    if cfg.weights == "int4":
+        linear = t.layers * sum(k * n // 2 + (k // cfg.block_size) * n * fb for k, n in per_layer)
+    elif cfg.weights == "int8":
+        linear = t.layers * sum(k * n + n * fb for k, n in per_layer)
+    else:
+        linear = counts["decoder_linear"] * FLOAT_BYTES[cfg.weights]
+    head = counts["lm_head"] or counts["embed_tokens"]   # tied: the graph still holds the head's copy
+    if cfg.lm_head_quantized and cfg.weights in ("int8", "int4"):
+        k, n = t.hidden, t.vocab
+        head_bytes = k * n // 2 + (k // cfg.block_size) * n * fb if cfg.weights == "int4" else k * n + n * fb
+    else:
+        head_bytes = head * fb
+    selector = SELECTOR_PARAMS_PER_D * t.hidden
+    weights = {"vision_encoder": counts["vision_encoder"] * fb, "audio_encoder": counts["audio_encoder"] * fb,
+               "compressor": selector * fb, "decoder": linear + head_bytes + counts["decoder_other"] * fb}
+    return weights, counts["embed_tokens"] * fb
+
+
+def activation_bytes(cfg: MemoryConfig, cache_tokens: int, *, attention_copies: int = 2,
+                     mask_bytes: int = 0) -> dict[str, int]:
+    """Largest live activations per graph at its profile's largest shape (see the module docstring).
+
+    attention_copies: live [heads, S, T] tensors of the decoder's attention (2 for TensorRT: scores
+    and probabilities, unfused worst case); mask_bytes: bytes per [S, T] element of the masks.
+    """
+    s, b = cfg.shape, FLOAT_BYTES[cfg.dtype]
+    t, v, a = s.text, s.vision, s.audio
+    seq = min(cfg.prefill, cache_tokens)
+    total = cache_tokens                                                             # T = past + S at the largest call
+    decoder = (attention_copies * t.heads * seq * total * b + mask_bytes * seq * total   # scores, probs [H, S, T]
+               + 2 * t.heads * total * t.head_dim * b                                # K, V repeated to every head
+               + 3 * seq * t.intermediate * b + 4 * seq * t.hidden * b               # MLP; hidden, q, residual
+               + t.vocab * b)                                                        # logits [1, 1, V]
+    h, w = cfg.resolution
+    frame = (h // v.patch) * (w // v.patch)                                          # patches per frame (grid)
+    chunk_patches = 2 * frame                                                        # 2 temporal grids (4 frames) per chunk
+    vision = (2 * v.heads * chunk_patches * frame * b                                # full-attention layers: per frame
+              + 3 * chunk_patches * v.intermediate * b + 4 * chunk_patches * v.hidden * b
+              + chunk_patches * v.in_channels * v.temporal_patch * v.patch ** 2 * b)
+    frames = 100                                                                     # 200 mel frames -> 100 after the stride-2 conv
+    audio = 2 * a.heads * frames * frames * b + 3 * frames * a.ffn * b + 4 * frames * a.d_model * b \
+        + a.n_mels * 200 * b
+    tokens = chunk_patches // s.vision.merge ** 2 + 50
+    compressor = 8 * tokens * t.hidden * b
+    return {"vision_encoder": vision, "audio_encoder": audio, "compressor": compressor, "decoder": decoder}
+
+
+def kv_per_token(cfg: MemoryConfig) -> int:
+    t = cfg.shape.text
+    return 2 * (2 * t.layers * t.kv_heads * t.head_dim * FLOAT_BYTES[cfg.dtype])   # (K + V) x (past + present)
+
+
+def plan_memory(cfg: MemoryConfig, *, targets=FIT_TARGETS, weights: dict[str, int] | None = None) -> MemoryPlan:
+    """The plan; `weights` (graph -> bytes) replaces the analytic weights when the graphs exist."""
+    from omnisift_edge.engines.presets import get_target
+
+    analytic, host = weight_bytes(cfg)
+    weights = dict(weights) if weights is not None else analytic
+    cache = cfg.window or cfg.max_context
+    per_token = kv_per_token(cfg)
+    plan = MemoryPlan(cfg, weights, host, per_token * cache, per_token, activation_bytes(cfg, cache), cache)
+    fits = []
+    for name in targets:
+        target = _fit_target(name, get_target)
+        jetson = target.jetson
+        usable = target.memory_gb - RESERVE_GB["jetson" if jetson else "datacenter"]
+        need = plan.device_bytes(jetson, target.workspace_gb) / GB
+        fits.append(Fit(target.name, target.memory_gb, usable, round(need, 2), need <= usable,
+                        _largest_context(cfg, weights, host, jetson, target.workspace_gb, usable)))
+    return MemoryPlan(**{**plan.__dict__, "fits": tuple(fits)})
+
+
+def _fit_target(name: str, get_target):
+    """A preset, or the 32 GB AGX Orin (same GPU and software as the 64 GB preset)."""
+    if name == "orin-agx-32":
+        from dataclasses import replace
+
+        agx = get_target("orin-agx")
+        return replace(agx, name="orin-agx-32", description="Jetson AGX Orin 32 GB (JetPack 6)", memory_gb=32)
+    return get_target(name)
+
+
+def _largest_context(cfg: MemoryConfig, weights: dict[str, int], host: int, jetson: bool, workspace_gb: float,
+                     usable_gb: float) -> int:
+    """The largest max context (multiple of 256, at most max_position) whose plan fits `usable_gb`."""
+    from dataclasses import replace
+
+    def need(tokens: int) -> float:
+        c = replace(cfg, max_context=max(tokens, 1), window=None)
+        acts = activation_bytes(c, tokens)
+        total = sum(weights.values()) + (host if jetson else 0) + kv_per_token(c) * tokens + max(acts.values())
+        return (total + workspace_gb * GB) / GB
+
+    if cfg.window is not None:   # the cache stops growing at the window: any context fits once the window does
+        return cfg.shape.text.max_position if need(cfg.window) <= usable_gb else 0
+    lo, hi = 0, cfg.shape.text.max_position // 256
+    while lo < hi:   # need() grows with the context: bisect on multiples of 256
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if need(mid * 256) <= usable_gb else (lo, mid - 1)
+    return lo * 256
+
+
+def read_config(path) -> ThinkerShape:
+    """A bare config.json (a file, or a model folder holding one) -> ThinkerShape; one-line errors."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise UsageError(f"no such file: {path}; pass a Qwen2.5-Omni config.json (or the model folder)")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path} is not JSON ({exc}); pass a Qwen2.5-Omni config.json") from None
+    return ThinkerShape.from_config(config, source=str(path))
+
+
+def plan_config(path, **settings) -> MemoryPlan:
+    """`omnisift-edge plan CONFIG.json`: the memory plan of a model from its config alone (no weights)."""
+    return plan_memory(MemoryConfig(read_config(path), **settings))
+
+
+def write_plan_json(plan: MemoryPlan, path) -> None:
+    import json
+
+    from omnisift_edge.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
+
+
+ONNX_BYTES = {1: 4, 2: 1, 3: 1, 6: 4, 7: 8, 9: 1, 10: 2, 16: 2, 21: 0.5, 22: 0.5}   # TensorProto type -> bytes
+
+
+def graph_weight_bytes(path, float_bytes: int) -> int:
+    """Bytes of a graph's initializers as an engine holds them: float ones at `float_bytes` (the
+    engine's precision), int4 packed, others as stored. Reads the proto only, never external data."""
+    import math
+
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    total = 0.0
+    for t in model.graph.initializer:
+        n = math.prod(t.dims)
+        total += n * (float_bytes if t.data_type in (1, 10, 16) else ONNX_BYTES.get(t.data_type, 4))
+    return int(total)
+
+
+def plan_export(folder, manifest: dict, *, precision: str, max_context: int, prefill: int) -> MemoryPlan | None:
+    """The memory plan of an export folder at a build's precision and profiles (`build --plan`).
+
+    Weights are the graphs' file sizes at the engine's float precision (the int8/int4 bytes the
+    manifest records kept as they are); the rest follows the sizes the export recorded
+    (`thinker_shape`, written since issue 15; None for older exports).
+    """
+    from pathlib import Path
+
+    record = manifest.get("thinker_shape")
+    if record is None:
+        return None
+    shape = ThinkerShape.from_record(record)
+    dtype = "fp32" if precision == "fp32" else "fp16"     # what the engines hold weights, cache and activations in
+    quant = manifest.get("weights") or {}
+    cfg = MemoryConfig(shape, dtype=dtype, weights=quant.get("mode") if quant.get("bits") in (4, 8) else dtype,
+                       block_size=quant.get("block_size") or 32, lm_head_quantized=bool(quant.get("lm_head_quantized")),
+                       max_context=min(max_context, shape.text.max_position),
+                       resolution=tuple(manifest["resolution"]), prefill=prefill)
+    weights: dict[str, int] = {}
+    scale = FLOAT_BYTES[dtype] / FLOAT_BYTES[manifest.get("dtype", "fp32")]   # float weights: graph -> engine dtype
+    for graph, entry in manifest["graphs"].items():
+        part = graph if graph in ("vision_encoder", "audio_encoder", "decoder") else "compressor"
+        onnx_file = Path(folder) / entry["file"]
+        size = sum(p.stat().st_size for p in (onnx_file, onnx_file.with_name(onnx_file.name + ".data")) if p.is_file())
+        fixed = quant.get("quantized_weight_bytes", 0) if part == "decoder" else 0   # packed ints stay as they are
+        size = int((size - fixed) * scale + fixed)   # file sizes, not the protos: planning imports no onnx
+        weights[part] = max(weights.get(part, 0), size) if part == "compressor" else size   # one compressor runs
+    return plan_memory(cfg, weights=weights)
+
+
+ORT_ATTENTION_COPIES, ORT_MASK_BYTES = 4, 12   # calibration: see ort_cpu_decoder_peak
+ORT_SESSION_BYTES = 12 << 20                    # a session's own structures (graph, kernels): resident minus weights
+
+
+def ort_cpu_decoder_peak(shape: ThinkerShape, weights: int, *, dtype: str, sequence: int, past: int) -> int:
+    """What the plan predicts for ONNX Runtime CPU's peak host memory of loading a decoder graph
+    holding `weights` bytes and one call of `sequence` tokens on a cache of `past` (the check of the
+    plan: tests/engines/test_memory.py, benchmarks/quantize.py).
+
+    ONNX Runtime holds the parsed model and its initializer tensors together while it loads
+    (2 x weights); then the weights, the cache in (past) and out (past + sequence), the last
+    position's logits and the decoder's activations at that call. The exported attention (SDPA
+    decomposed into MatMul, Add, Softmax, ...) keeps ORT_ATTENTION_COPIES [heads, S, T] tensors and
+    ORT_MASK_BYTES per [S, T] element of masks live on ORT's CPU provider: calibrated on the
+    embedded default at S=512, P=4096 (docs/quantization.md), checked on other shapes and models;
+    plus ORT_SESSION_BYTES, the session's resident size beyond its weights (measured on the default).
+    An fp16 graph runs in fp32 on the CPU provider (Casts inserted, fp32 copies of the weights
+    folded): it is predicted as an fp32 graph of twice the weight bytes (measured: fp16 and fp32
+    graphs of one model peak within 3% of each other, docs/benchmarks.md).
+    """
+    if dtype == "fp16":   # the CPU provider has few fp16 kernels: it inserts Casts and folds fp32 copies of the weights
+        weights, dtype = 2 * weights, "fp32"
+    cfg = MemoryConfig(shape, dtype=dtype, max_context=min(shape.text.max_position, max(past + sequence, 1)),
+                       prefill=sequence)
+    per_token = kv_per_token(cfg) // 2                                                # one buffer
+    run = (weights + per_token * past + per_token * (past + sequence)
+           + activation_bytes(cfg, past + sequence, attention_copies=ORT_ATTENTION_COPIES,
+                              mask_bytes=ORT_MASK_BYTES)["decoder"])
+    return ORT_SESSION_BYTES + max(2 * weights, run)

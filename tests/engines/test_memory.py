@@ -1,0 +1,161 @@
+"""engines/memory.py: the memory plan per target, for a bare config and an export, checked against ORT."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from omnisift_edge.engines.memory import (
+    GB,
+    MemoryConfig,
+    graph_weight_bytes,
+    kv_per_token,
+    ort_cpu_decoder_peak,
+    plan_config,
+    plan_memory,
+    weight_bytes,
+)
+from omnisift_edge.errors import UsageError
+from omnisift_edge.model.shape import ThinkerShape
+
+CONFIGS = Path(__file__).parents[1] / "model" / "configs"
+SEVEN_B = CONFIGS / "qwen2_5_omni_7b.json"
+
+
+def _fit(plan, target):
+    return next(f for f in plan.fits if f.target == target)
+
+
+def test_7b_int4_fits_orin_nx_and_fp16_does_not():
+    int4 = plan_config(SEVEN_B, weights="int4", max_context=8192)
+    fp16 = plan_config(SEVEN_B, weights="fp16", max_context=8192)
+    assert _fit(int4, "orin-nx").fits and _fit(int4, "orin-nx").max_context >= 8192
+    assert not _fit(fp16, "orin-nx").fits and not _fit(fp16, "orin-nano").fits
+    assert _fit(fp16, "orin-agx-32").fits
+    # int4 stores the 6.5B linear weights in 0.5 + 2/32 bytes each instead of 2
+    saved = fp16.weights["decoder"] - int4.weights["decoder"]
+    assert saved == pytest.approx(6.53e9 * (2 - 0.5625), rel=0.01)
+    text = "\n".join(int4.summary().splitlines())
+    assert "orin-nx" in text and "KV cache" in text
+
+
+def test_largest_context_is_the_edge_of_fitting():
+    plan = plan_config(SEVEN_B, weights="int8", max_context=8192)
+    fit = _fit(plan, "orin-nx")
+    assert 0 < fit.max_context < 32768
+    over = plan_config(SEVEN_B, weights="int8", max_context=fit.max_context + 256)
+    at = plan_config(SEVEN_B, weights="int8", max_context=fit.max_context)
+    assert _fit(at, "orin-nx").fits and not _fit(over, "orin-nx").fits
+
+
+def test_sliding_window_caps_the_cache():
+    full = plan_config(SEVEN_B, weights="int4", max_context=32768)
+    window = plan_config(SEVEN_B, weights="int4", max_context=32768, window=4096)
+    assert window.cache_tokens == 4096 and window.kv_cache * 8 == full.kv_cache
+    assert _fit(window, "orin-nx").max_context == 32768
+
+
+@pytest.mark.parametrize("settings,match", [
+    (dict(weights="int4", block_size=48), "does not divide the layer width"),
+    (dict(weights="int2"), "--weights must be"),
+    (dict(max_context=40000), "max_position_embeddings"),
+    (dict(window=9000), "--window must be"),
+])
+def test_bad_settings_are_one_line(settings, match):
+    with pytest.raises(UsageError, match=match):
+        plan_config(SEVEN_B, **settings)
+
+
+def test_cli_plan_for_a_config_that_is_not_omni_exits_1(tmp_path):
+    from click.testing import CliRunner
+
+    from omnisift_edge.cli import main
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model_type": "llama", "hidden_size": 4096}))
+    result = CliRunner().invoke(main, ["plan", str(path)])
+    assert result.exit_code == 1 and "not Qwen2.5-Omni" in result.output and "Traceback" not in result.output
+    ok = CliRunner().invoke(main, ["plan", str(SEVEN_B), "--weights", "int4", "--json", str(tmp_path / "p.json")])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads((tmp_path / "p.json").read_text())["weights_mode"] == "int4"
+
+
+# ---- against real graphs: the embedded default --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_decoders(tiny_model, tmp_path_factory):
+    pytest.importorskip("optimum.exporters.onnx")
+    from omnisift_edge.export.decoder import decoder_dims, export_decoder
+    from omnisift_edge.export.quantize import QuantConfig, quantize_decoder
+    from omnisift_edge.artifact.tensors import Dims
+
+    base = Dims(hidden=64, patch_dim=1176, grid_h=8, grid_w=6, spatial_merge=2, grids_per_chunk=2, n_mels=128,
+                window_frames=200, window_audio_tokens=50)
+    folder = tmp_path_factory.mktemp("decoders")
+    fp32 = export_decoder(tiny_model.thinker, decoder_dims(tiny_model.thinker, base), folder / "decoder.onnx",
+                          check=False)
+    int4 = folder / "int4" / "decoder.onnx"
+    int4.parent.mkdir()
+    quantize_decoder(fp32, int4, QuantConfig("int4"))
+    return {"fp32": fp32, "int4": int4}
+
+
+@pytest.fixture(scope="module")
+def tiny_shape(tiny_model):
+    return ThinkerShape.from_config(tiny_model.thinker.config.to_dict())
+
+
+@pytest.mark.parametrize("weights", ["fp32", "int4"])
+def test_analytic_decoder_weights_equal_the_graph(tiny_decoders, tiny_shape, weights):
+    analytic, _ = weight_bytes(MemoryConfig(tiny_shape, dtype="fp32", weights=weights))
+    assert graph_weight_bytes(tiny_decoders[weights], 4) == pytest.approx(analytic["decoder"], rel=0.01)
+
+
+def test_kv_per_token_equals_the_graph_presents(tiny_decoders, tiny_shape):
+    import numpy as np
+
+    from omnisift_edge.artifact.onnx_runtime import ort_session
+    from omnisift_edge.artifact.tensors import decoder_graph
+
+    graph = decoder_graph(tiny_shape.text.layers)
+    session = ort_session(tiny_decoders["fp32"])
+    t = tiny_shape.text
+    n = 10
+    feeds = [np.zeros((1, n, t.hidden), np.float32), np.zeros((3, 1, n), np.int64), np.ones((1, n), np.int64),
+             *[np.zeros((1, t.kv_heads, 0, t.head_dim), np.float32)] * (2 * t.layers)]
+    presents = session.run(graph.output_names, dict(zip(graph.input_names, feeds)))[1:]
+    one_buffer = sum(p.nbytes for p in presents) // n
+    assert kv_per_token(MemoryConfig(tiny_shape, dtype="fp32")) == 2 * one_buffer   # past + present
+
+
+@pytest.mark.parametrize("weights,sequence,past", [("fp32", 21, 0), ("fp32", 1, 8191), ("int4", 21, 2048),
+                                                   ("fp32", 256, 2048)])
+def test_plan_predicts_onnx_runtime_peak_within_15_percent(tiny_decoders, tiny_shape, weights, sequence, past):
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux /proc (VmHWM reset through clear_refs)")
+    from omnisift_edge.profiling.ort_memory import measure_decoder_peak
+
+    path = tiny_decoders[weights]
+    measured = measure_decoder_peak(path, sequence, past)
+    # fp32 graphs only: an fp16 graph runs through Casts on the CPU provider (docs/quantization.md)
+    predicted = ort_cpu_decoder_peak(tiny_shape, graph_weight_bytes(path, 4), dtype="fp32", sequence=sequence, past=past)
+    assert predicted == pytest.approx(measured.peak, rel=0.15), (predicted / GB, measured)
+
+
+def test_build_plan_prints_the_memory_of_an_export(tmp_path):
+    pytest.importorskip("optimum.exporters.onnx")
+    from omnisift_edge.engines import BuildConfig
+    from omnisift_edge.engines.plan import plan_build
+    from omnisift_edge.export.stage import ExportConfig, export
+
+    folder = export(ExportConfig(out=tmp_path / "e", resolution=(112, 84), weights="int4")).folder
+    plan = plan_build(BuildConfig(folder, target="orin-nx", plan_only=True))
+    assert plan.memory is not None
+    assert plan.memory.weights["decoder"] == pytest.approx(graph_weight_bytes(folder / "decoder.onnx", 2), rel=0.02)
+    assert any("opset 21" in w for w in plan.warnings)         # TensorRT 10.3 cannot parse the Q/DQ decoder
+    assert "memory plan: int4" in plan.summary()
+    with pytest.raises(UsageError, match="cannot parse"):
+        plan_build(BuildConfig(folder, target="orin-nx"), write=False)
