@@ -24,7 +24,7 @@ import numpy as np
 
 from omnisift_edge.errors import UsageError, require
 from omnisift_edge.export import trt_ops
-from omnisift_edge.export.tensors import DYNAMIC_AXES
+from omnisift_edge.export.tensors import DYNAMIC_AXES, decoder_gqa_graph
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 _EXTERNAL = 1   # onnx.TensorProto.EXTERNAL
@@ -92,7 +92,8 @@ def lint_folder(folder: str | os.PathLike) -> dict[str, list[Finding]]:
     files = sorted(folder.glob("*.onnx"))
     if not files:
         raise UsageError(f"no *.onnx files in {folder}; run `omnisift-edge export -o {folder}` first")
-    return {p.stem: lint_model(p) for p in files}
+    ort_only = {decoder_gqa_graph(1).name}   # GroupQueryAttention: ONNX Runtime's form, never built by TensorRT
+    return {p.stem: lint_model(p) for p in files if p.stem not in ort_only}
 
 
 def _flatten(findings: Findings) -> list[Finding]:

@@ -35,9 +35,12 @@ def _causal_attention(query, keys, values, past: int, scale: float):
     if s > 1:   # row i sees cache rows [0, past + i]
         mask = torch.arange(total, device=query.device)[None, :] <= (past + torch.arange(s, device=query.device))[:, None]
     groups = query.shape[1] // keys.shape[1]
-    keys = keys.repeat_interleave(groups, dim=1)           # [B, H, total, hd]
-    values = values.repeat_interleave(groups, dim=1)
-    return torch.nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scale)
+    if torch.onnx.is_in_onnx_export():   # Optimum's patched SDPA drops enable_gqa: repeat the kv heads
+        keys, values = keys.repeat_interleave(groups, dim=1), values.repeat_interleave(groups, dim=1)
+        return torch.nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scale)
+    # enable_gqa: each kv head serves H / kv query heads without materializing repeated keys
+    return torch.nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scale,
+                                                            enable_gqa=groups > 1)
 
 
 def _gqa_eager(query, key, value, past_key, past_value, seqlens_k, total_length, num_heads, kv_heads, scale,

@@ -57,25 +57,46 @@ class OrtStream(ChunkStream):
     """Push whole 2-second chunks (pixel patches, log-mel window), then ask questions."""
 
     def __init__(self, folder: Path, manifest: dict, ratio: float, prefix_ids: Sequence[int], *,
-                 providers: Sequence[str] = ("CPUExecutionProvider",), max_context: int | None = None):
+                 providers: Sequence[str] = ("CPUExecutionProvider",), max_context: int | None = None,
+                 kv_form: str = "auto"):
+        """kv_form: "shared_buffer" (decoder_gqa: a cache allocated once, written in place), "past_present"
+        (decoder: the cache copied in and out on every call; exports before the in-place form), or "auto"
+        (shared_buffer when the manifest declares it)."""
         from omnisift_edge.export.onnx_io import ort_session
 
         self.folder, self.manifest = Path(folder), manifest
         graphs = manifest["graphs"]
-        self.graphs = {name: graphs[name] for name in ("vision_encoder", "audio_encoder", "decoder")}
+        inplace = manifest.get("kv_cache", {}).get("decoder_gqa")
+        if kv_form not in ("auto", "shared_buffer", "past_present"):
+            raise UsageError(f"kv_form must be auto, shared_buffer or past_present (got {kv_form!r})")
+        if kv_form == "shared_buffer" and inplace is None:
+            raise UsageError(f"{folder} has no in-place decoder (decoder_gqa); export again with this omnisift-edge")
+        use_inplace = inplace is not None and kv_form != "past_present"
+        self.graphs = {name: graphs[name] for name in ("vision_encoder", "audio_encoder")}
+        self.graphs["decoder"] = inplace["entry"] if use_inplace else graphs["decoder"]
         self.graphs["compressor"] = graphs[compressor_graph_name(manifest, ratio)]
         self.sessions = {name: ort_session(self.folder / g["file"], providers=providers)
                          for name, g in self.graphs.items()}
         load_export_tables(self, self.folder, manifest, self.graphs["decoder"])
         dims = self.dims
+        max_context = max_context or manifest["max_context"]
+        self.kv = None
+        if use_inplace:
+            from omnisift_edge.runtime.kv_buffers import OrtInPlaceCache
+
+            device = "cuda" if providers and providers[0] == "CUDAExecutionProvider" else "cpu"
+            self.kv = OrtInPlaceCache(self.sessions["decoder"], self.graphs["decoder"], max_context,
+                                      manifest["rope"], device=device)        # [1, kv, max_context, hd] per layer
         super().__init__(spec_from_manifest(manifest), prefix_ids, (dims["grid_h"], dims["grid_w"]),
-                         max_context=max_context or manifest["max_context"])
+                         max_context=max_context)
 
     def _embed(self, ids):
         return self.embed_table[np.asarray(ids, dtype=np.int64)][None].astype(self.float_type)   # [1, n, D]
 
-    def _step(self, embeds, positions):
+    def _step(self, embeds, positions, want_logits=True):
         n = embeds.shape[1]
+        if self.kv is not None:   # in place: only the new rows are written, no copy of the cache
+            return self.kv.step(embeds, positions.reshape(3, 1, n), want_logits)
         feeds = {"inputs_embeds": embeds, "position_ids": positions.reshape(3, 1, n),
                  "attention_mask": np.ones((1, self.kv_length() + n), dtype=np.int64), **self.past}
         outputs = self.sessions["decoder"].run(["logits", *self.present_names], feeds)
@@ -101,4 +122,27 @@ class OrtStream(ChunkStream):
         return kept, index[0]
 
     def kv_length(self) -> int:
+        if self.kv is not None:
+            return self.kv.length
         return next(iter(self.past.values())).shape[2]
+
+    def _drop_kv(self, start: int, stop: int) -> None:
+        """Remove cached tokens [start, stop); later ones move down (in place for the shared buffers)."""
+        if self.kv is not None:
+            self.kv.drop(start, stop)
+            return
+        if not 0 <= start <= stop <= self.kv_length():
+            raise UsageError(f"cannot drop cached tokens [{start}, {stop}) of {self.kv_length()}")
+        self.past = {name: np.delete(value, np.s_[start:stop], axis=2) for name, value in self.past.items()}
+
+    def _rotate_kv(self, delta: int) -> None:
+        """Re-base every cached key's position by -delta (RoPE rotation, rope settings from the manifest)."""
+        if self.kv is not None:
+            self.kv.rotate(delta)
+            return
+        from omnisift_edge.runtime.kv_buffers import inverse_frequencies, rotate_keys
+
+        inv_freq = inverse_frequencies(self.manifest["rope"]["rope_theta"], self.dims["head_dim"])
+        for name, value in self.past.items():
+            if name.endswith(".key"):
+                rotate_keys(value, delta, inv_freq)

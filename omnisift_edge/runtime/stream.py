@@ -53,7 +53,7 @@ class ChunkStream(ABC):
         self.question_logits: Any = None
         self.full = False               # set once the context overflowed: the stream refuses more input
         ids, pos = self.layout.prefix()
-        self._append(self._embed(ids), pos)
+        self._append(self._embed(ids), pos, want_logits=False)
 
     # -- backend hooks ---------------------------------------------------------------------------
     @abstractmethod
@@ -61,8 +61,9 @@ class ChunkStream(ABC):
         """Text embeddings [1, n, D] of `ids`."""
 
     @abstractmethod
-    def _step(self, embeds: Any, positions: np.ndarray) -> Any:
-        """Append `embeds` [1, n, D] at rope `positions` [3, n] to the KV cache; logits of the last."""
+    def _step(self, embeds: Any, positions: np.ndarray, want_logits: bool = True) -> Any:
+        """Append `embeds` [1, n, D] at rope `positions` [3, n] to the KV cache; logits of the last
+        (a backend may skip them and return None when `want_logits` is False: a chunk prefill)."""
 
     @abstractmethod
     def _encode_video(self, pixel_values: np.ndarray, n_grids: int) -> Any:
@@ -88,7 +89,7 @@ class ChunkStream(ABC):
         return int(np.asarray(logits).reshape(-1).argmax())
 
     # -- shared ----------------------------------------------------------------------------------
-    def _append(self, embeds: Any, positions: np.ndarray) -> Any:
+    def _append(self, embeds: Any, positions: np.ndarray, want_logits: bool = True) -> Any:
         n = int(np.asarray(positions).shape[-1])
         if self.full:
             raise ContextFullError("the context filled up earlier; start a new stream")
@@ -97,7 +98,7 @@ class ChunkStream(ABC):
             raise ContextFullError(
                 f"the context is full: {self.kv_length()} cached + {n} new tokens > max_context "
                 f"{self.max_context}; start a new stream, export with a larger --max-context, or a lower --ratio")
-        return self._step(embeds, np.asarray(positions, dtype=np.int64).reshape(3, n))
+        return self._step(embeds, np.asarray(positions, dtype=np.int64).reshape(3, n), want_logits=want_logits)
 
     def _check_chunk(self, pixel_values: np.ndarray, n_grids: int, mel: np.ndarray) -> None:
         if self.closed:
@@ -136,7 +137,7 @@ class ChunkStream(ABC):
         kept, kept_index = self._compress(video, audio, n_grids, np.asarray(chunk.position_ids))
         lap("compressor")
         positions = np.asarray(chunk.position_ids)[:, kept_index]                  # [3, K]
-        self._append(kept, positions)
+        self._append(kept, positions, want_logits=False)       # nobody reads a chunk's logits
         lap("prefill")
         n_video = n_grids * self.tokens_per_frame
         kept_video = int((kept_index < n_video).sum())

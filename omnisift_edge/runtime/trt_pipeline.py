@@ -149,7 +149,7 @@ class TrtStream(ChunkStream):
     def _embed(self, ids):
         return self.embed_table[np.asarray(ids, dtype=np.int64)][None].astype(self.float_type)   # [1, n, D]
 
-    def _step(self, embeds, positions):
+    def _step(self, embeds, positions, want_logits=True):
         n, start, logits = embeds.shape[1], 0, None
         runner = self.runners["decoder"]
         while start < n:
