@@ -7,9 +7,10 @@ shapes (one profile); the decoder engine has the build's profiles (0 prefill, 1 
 `builds.<target>.engines.decoder.profiles`, not assumed), and each call picks the one whose
 `sequence_length` / `past_sequence_length` ranges hold it.
 
-The KV cache is the decoder's presents fed back as the next call's past, as numpy arrays: every
-step copies the whole cache host -> device and back (a known cost, docs/runtime.md). TensorRT and
-Polygraphy are imported when a stream opens, never at module import.
+The KV cache stays on the device between calls (`runtime.trt_kv.DeviceKV`: one buffer per layer
+and kind, allocated once for max_context; the engine's presents are copied device-to-device back
+into it, no host round trip); only the logits come to the host. TensorRT and Polygraphy are
+imported when a stream opens, never at module import.
 """
 
 from __future__ import annotations
@@ -126,8 +127,13 @@ class TrtStream(ChunkStream):
         load_export_tables(self, self.folder, manifest, self.graphs["decoder"])
         dims = self.dims
         limit = int(self.build.get("max_context") or manifest["max_context"])   # the engines' profiles end there
+        max_context = min(max_context or limit, limit)
+        from omnisift_edge.runtime import trt_kv
+
+        self.kv = trt_kv.DeviceKV(self.past_names, self.present_names, dims["kv_heads"], dims["head_dim"],
+                                  max_context, self.float_type)                 # [1, kv, max_context, hd] per past
         super().__init__(spec_from_manifest(manifest), prefix_ids, (dims["grid_h"], dims["grid_w"]),
-                         max_context=min(max_context or limit, limit))
+                         max_context=max_context)
 
     def close(self) -> None:
         """Release the engines' execution contexts and device buffers."""
@@ -137,6 +143,9 @@ class TrtStream(ChunkStream):
             except Exception:
                 pass
         self.runners = {}
+        if getattr(self, "kv", None) is not None:
+            self.kv.close()
+            self.kv = None
 
     def __del__(self):
         self.close()
@@ -160,12 +169,14 @@ class TrtStream(ChunkStream):
             piece = np.ascontiguousarray(embeds[:, start:start + take])
             feeds = {"inputs_embeds": piece,
                      "position_ids": np.ascontiguousarray(positions[:, start:start + take]).reshape(3, 1, take),
-                     "attention_mask": np.ones((1, self.kv_length() + take), dtype=np.int64), **self.past}
-            out = self._run(runner, feeds)
-            self.past = {p: out[q] for p, q in zip(self.past_names, self.present_names)}
+                     "attention_mask": np.ones((1, self.kv_length() + take), dtype=np.int64), **self.kv.feeds()}
+            out = runner.infer(feeds, copy_outputs_to_host=False)      # device views, the runner's buffers
+            self.kv.take(out, take)                                     # presents -> our buffers, on the device
             logits = out["logits"]
             start += take
-        return logits[0, -1].astype(np.float32)                                           # [V]
+        if not want_logits:
+            return None
+        return self.kv.memory.to_host(logits)[0, -1].astype(np.float32)                  # [V]
 
     def _check_chunk(self, pixel_values, n_grids, mel):
         super()._check_chunk(pixel_values, n_grids, mel)
@@ -191,4 +202,14 @@ class TrtStream(ChunkStream):
         return out["kept_embeds"], out["kept_index"][0].astype(np.int64)
 
     def kv_length(self) -> int:
-        return next(iter(self.past.values())).shape[2]
+        return self.kv.length
+
+    def _drop_kv(self, start: int, stop: int) -> None:
+        """Remove cached tokens [start, stop); later ones move down (through the host: a rare operation)."""
+        self.kv.drop(start, stop)
+
+    def _rotate_kv(self, delta: int) -> None:
+        """Re-base every cached key's position by -delta (rope settings from the manifest)."""
+        from omnisift_edge.runtime.kv_buffers import inverse_frequencies
+
+        self.kv.rotate(delta, inverse_frequencies(self.manifest["rope"]["rope_theta"], self.dims["head_dim"]))
