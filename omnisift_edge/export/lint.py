@@ -85,7 +85,7 @@ def lint_model(path_or_proto: Any, *, graph_name: str | None = None) -> list[Fin
 
 
 def lint_folder(folder: str | os.PathLike) -> dict[str, list[Finding]]:
-    """Lint every `*.onnx` file in a folder (not recursive); keys are the files' stems."""
+    """Lint every `*.onnx` file in a folder (not recursive) but decoder_gqa (ONNX Runtime only); keys are stems."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UsageError(f"no such folder: {folder}; pass the export directory (omnisift-edge export -o DIR)")
