@@ -271,6 +271,7 @@ Manifest parse_manifest_fields(const json& j) {
   for (auto it = graphs.begin(); it != graphs.end(); ++it) m.graphs[it.key()] = parse_graph(it.key(), it.value());
   if (auto kv = j.find("kv_cache"); kv != j.end() && !kv->is_null()) {
     if (!kv->is_object()) throw FieldError("kv_cache is not an object");
+    if (!kv->contains("decoder")) throw FieldError("kv_cache does not declare the decoder (past_present) form");
     for (auto it = kv->begin(); it != kv->end(); ++it) {
       const std::string path = "kv_cache." + it.key();
       KvCacheForm f;

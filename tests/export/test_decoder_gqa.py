@@ -120,3 +120,12 @@ def test_drop_compacts_in_place(graph, thinker):
                for name in cache.past_names)
     with pytest.raises(Exception, match="cannot drop"):
         cache.drop(5, 11)
+
+
+def test_fp16_graph_on_the_cpu_kernel(thinker, tmp_path):
+    dims = decoder_dims(thinker, BASE)
+    path = export_decoder_gqa(thinker, dims, tmp_path / "decoder_gqa.onnx", dtype="fp16")
+    entry = graph_entry(decoder_gqa_graph(dims.num_layers), dims, path.name, 17, "fp16")
+    check = validate_decoder_gqa(path, thinker, entry, {"rope_theta": thinker.config.text_config.rope_theta})
+    assert check.dtype == "fp16" and check.ok, check
+    assert next(thinker.model.parameters()).dtype == torch.float32     # the caller's model was not cast
