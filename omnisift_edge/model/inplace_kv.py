@@ -29,18 +29,20 @@ ATTENTION_NAME = "omnisift_inplace_gqa"   # our entry in transformers' Attention
 
 
 def _causal_attention(query, keys, values, past: int, scale: float):
-    """query [B, H, S, hd] at rows past..past+S-1; keys/values [B, kv, past + S, hd] -> [B, H, S, hd]."""
-    s, total = query.shape[2], keys.shape[2]
+    """query [B, H, S, hd] at rows past..past+S-1; keys/values [B, kv, past + S, hd] -> [B, H, S, hd].
+
+    Grouped-query attention without repeating the keys: the H / kv query heads of one kv head are
+    folded into its query rows ([B, kv, groups * S, hd]), so SDPA reads each cached key once."""
+    b, h, s, hd = query.shape
+    kv, total = keys.shape[1], keys.shape[2]
+    groups = h // kv
+    q = query.reshape(b, kv, groups * s, hd)                                       # head = kv_head * groups + g
     mask = None
-    if s > 1:   # row i sees cache rows [0, past + i]
-        mask = torch.arange(total, device=query.device)[None, :] <= (past + torch.arange(s, device=query.device))[:, None]
-    groups = query.shape[1] // keys.shape[1]
-    if torch.onnx.is_in_onnx_export():   # Optimum's patched SDPA drops enable_gqa: repeat the kv heads
-        keys, values = keys.repeat_interleave(groups, dim=1), values.repeat_interleave(groups, dim=1)
-        return torch.nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scale)
-    # enable_gqa: each kv head serves H / kv query heads without materializing repeated keys
-    return torch.nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scale,
-                                                            enable_gqa=groups > 1)
+    if s > 1:   # row i sees cache rows [0, past + i], the same for every head of a group
+        rows = past + torch.arange(s, device=query.device)
+        mask = (torch.arange(total, device=query.device)[None, :] <= rows[:, None]).repeat(groups, 1)  # [g*S, T]
+    out = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale)
+    return out.reshape(b, h, s, hd)
 
 
 def _gqa_eager(query, key, value, past_key, past_value, seqlens_k, total_length, num_heads, kv_heads, scale,
