@@ -11,7 +11,8 @@ Issue 11's first goal: ONNX Runtime CPU decode tokens/s with ~7k cached tokens >
 - with `--torch`, the PyTorch backends too: transformers' DynamicCache vs our static cache.
 
 The cache is filled with random keys/values up to each length (attention costs the same whatever
-the values), then `--tokens` greedy-style decode steps are timed (median of `--repeats`). A chunk
+the values), then `--tokens` decode steps are timed: the median of `--repeats`, every case taken
+in turn within each repeat so that the load of a shared machine drifts into all of them. A chunk
 prefill (`--chunk` kept tokens) is timed with logits for its last row and without (the in-place
 graph's `logits_index`), at the short length.
 
@@ -52,14 +53,18 @@ def build_thinker(width: int, layers: int, heads: int, kv_heads: int, seed: int 
     return thinker.eval()
 
 
-def timed(fn, repeats: int) -> float:
-    fn()                                                     # warm-up
-    times = []
+def interleaved(cases: dict, repeats: int) -> dict:
+    """Median seconds of each case, the cases taken in turn within every repeat (a shared machine's
+    load drifts: timing one case after the other would put the drift into the ratios)."""
+    for fn in cases.values():
+        fn()                                                 # warm-up
+    times = {key: [] for key in cases}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for key, fn in cases.items():
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+    return {key: statistics.median(values) for key, values in times.items()}
 
 
 def main(argv=None) -> None:
@@ -96,7 +101,6 @@ def main(argv=None) -> None:
     options.log_severity_level = 3
     if args.threads:
         options.intra_op_num_threads = args.threads
-    results = {}
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         old_path = export_decoder(thinker, dims, Path(tmp) / "decoder.onnx", check=False)
@@ -109,42 +113,24 @@ def main(argv=None) -> None:
         token = (rng.standard_normal((1, 1, hidden)) * 0.5).astype(np.float32)           # [1, 1, D]
         chunk = (rng.standard_normal((1, args.chunk, hidden)) * 0.5).astype(np.float32)  # [1, K, D]
 
+        cases = {}                          # (name, length) -> a callable; timed interleaved below
         for length in args.lengths:
             cached = [(rng.standard_normal((1, kv, length, hd)) * 0.5).astype(np.float32)  # [1, kv, L, hd]
                       for _ in range(2 * layers)]
-
-            def past_present(n_tokens=args.tokens, embeds=token):
-                past = list(cached)
-                for i in range(n_tokens if embeds is token else 1):
-                    total = past[0].shape[2] + embeds.shape[1]
-                    pos = np.broadcast_to(np.arange(total - embeds.shape[1], total), (3, 1, embeds.shape[1]))
-                    out = old.run(graph.output_names, dict(zip(graph.input_names, [
-                        embeds, np.ascontiguousarray(pos, dtype=np.int64), np.ones((1, total), np.int64), *past])))
-                    past = out[1:]                   # the copied cache, fed back as numpy
-
             cache = OrtInPlaceCache(new, entry, capacity, {"rope_theta": text.rope_theta})
             for name, value in zip(cache.past_names, cached):
                 cache.arrays[name][:, :, :length] = value
-
-            def shared_buffer(n_tokens=args.tokens, embeds=token, want=True):
-                cache.length = length
-                for i in range(n_tokens if embeds is token else 1):
-                    n = embeds.shape[1]
-                    pos = np.broadcast_to(np.arange(cache.length, cache.length + n), (3, 1, n))
-                    cache.step(embeds, pos, want_logits=want)
-
-            results[("ort past_present", length)] = args.tokens / timed(past_present, args.repeats)
-            results[("ort shared_buffer", length)] = args.tokens / timed(shared_buffer, args.repeats)
+            cases[("ort past_present", length)] = _past_present(old, graph, cached, token, args.tokens)
+            cases[("ort shared_buffer", length)] = _shared_buffer(cache, length, token, args.tokens, True)
             if length == args.lengths[0]:
-                results[("prefill past_present (last-row logits)", length)] = timed(
-                    lambda: past_present(embeds=chunk), args.repeats)
-                results[("prefill shared_buffer, last-row logits", length)] = timed(
-                    lambda: shared_buffer(embeds=chunk, want=True), args.repeats)
-                results[("prefill shared_buffer, no logits", length)] = timed(
-                    lambda: shared_buffer(embeds=chunk, want=False), args.repeats)
+                cases[("prefill past_present (last-row logits)", length)] = _past_present(old, graph, cached, chunk, 1)
+                cases[("prefill shared_buffer, last-row logits", length)] = _shared_buffer(cache, length, chunk, 1, True)
+                cases[("prefill shared_buffer, no logits", length)] = _shared_buffer(cache, length, chunk, 1, False)
             if args.torch:
-                _torch_decode(thinker, cached, length, capacity, args, results)
-            del cached, cache
+                cases.update(_torch_cases(thinker, cached, length, capacity, args.tokens))
+        seconds = interleaved(cases, args.repeats)
+        results = {key: (value if key[0].startswith("prefill") else args.tokens / value)
+                   for key, value in seconds.items()}
 
     short, long = args.lengths
     print(f"\n{platform.node()} {platform.processor() or platform.machine()}, onnxruntime {ort.__version__}, "
@@ -162,7 +148,32 @@ def main(argv=None) -> None:
             print(f"- {name}: {value * 1000:.1f} ms")
 
 
-def _torch_decode(thinker, cached, length, capacity, args, results) -> None:
+def _past_present(session, graph, cached, embeds, calls: int):
+    """`calls` calls of the copied-cache decoder from `cached`, each feeding the presents back (numpy)."""
+    def run():
+        past = list(cached)
+        n = embeds.shape[1]
+        for _ in range(calls):
+            total = past[0].shape[2] + n
+            pos = np.ascontiguousarray(np.broadcast_to(np.arange(total - n, total), (3, 1, n)), dtype=np.int64)
+            out = session.run(graph.output_names, dict(zip(graph.input_names, [
+                embeds, pos, np.ones((1, total), np.int64), *past])))
+            past = out[1:]                   # the copied cache, fed back as numpy
+    return run
+
+
+def _shared_buffer(cache, length: int, embeds, calls: int, want_logits: bool):
+    """`calls` calls of the in-place decoder after `length` cached rows (the rows after them are rewritten)."""
+    def run():
+        cache.length = length
+        n = embeds.shape[1]
+        for _ in range(calls):
+            pos = np.broadcast_to(np.arange(cache.length, cache.length + n), (3, 1, n))
+            cache.step(embeds, pos, want_logits=want_logits)
+    return run
+
+
+def _torch_cases(thinker, cached, length, capacity, tokens) -> dict:
     from transformers import DynamicCache
 
     from omnisift_edge.runtime.torch_kv import TorchInPlaceCache
@@ -178,7 +189,7 @@ def _torch_decode(thinker, cached, length, capacity, args, results) -> None:
         cache = DynamicCache(config=thinker.config.text_config)
         for i in range(len(cached) // 2):
             cache.update(torch.from_numpy(cached[2 * i]), torch.from_numpy(cached[2 * i + 1]), i)
-        for t in range(args.tokens):
+        for t in range(tokens):
             pos = torch.full((3, 1, 1), length + t)
             out = thinker.model(inputs_embeds=embed, position_ids=pos, past_key_values=cache, use_cache=True)
             thinker.lm_head(out.last_hidden_state[:, -1])
@@ -186,11 +197,10 @@ def _torch_decode(thinker, cached, length, capacity, args, results) -> None:
     @torch.inference_mode()
     def in_place():
         static.length = length
-        for t in range(args.tokens):
+        for t in range(tokens):
             static.step(embed, np.full((3, 1), length + t), True)
 
-    results[("torch DynamicCache", length)] = args.tokens / timed(dynamic, args.repeats)
-    results[("torch static cache", length)] = args.tokens / timed(in_place, args.repeats)
+    return {("torch DynamicCache", length): dynamic, ("torch static cache", length): in_place}
 
 
 if __name__ == "__main__":
