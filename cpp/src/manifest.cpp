@@ -2,6 +2,7 @@
 
 #include <openssl/evp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -228,6 +229,12 @@ void check_consistency(const Manifest& m) {
     if (p.kept_total <= 0 || p.kept_total > d.chunk_tokens())
       throw FieldError("ratio plan of " + p.graph + " keeps an impossible number of tokens");
   }
+  if (!m.kv_cache.empty()) {   // the TensorRT backend runs graphs.decoder as past in, present out
+    auto it = m.kv_cache.find("decoder");
+    if (it == m.kv_cache.end() || it->second.graph != "decoder" || it->second.kind != "past_present" ||
+        std::find(it->second.runtimes.begin(), it->second.runtimes.end(), "tensorrt") == it->second.runtimes.end())
+      throw FieldError("kv_cache.decoder is not the past_present form for tensorrt that this library runs");
+  }
   if (m.embeddings_shape.size() != 2 || m.embeddings_shape[0] != d.vocab || m.embeddings_shape[1] != d.hidden)
     throw FieldError("text_embeddings.shape is not [dims.vocab, dims.hidden]");
 }
@@ -262,6 +269,19 @@ Manifest parse_manifest_fields(const json& j) {
   const json& graphs = detail::field(j, "graphs", "");
   if (!graphs.is_object()) throw FieldError("graphs is not an object");
   for (auto it = graphs.begin(); it != graphs.end(); ++it) m.graphs[it.key()] = parse_graph(it.key(), it.value());
+  if (auto kv = j.find("kv_cache"); kv != j.end() && !kv->is_null()) {
+    if (!kv->is_object()) throw FieldError("kv_cache is not an object");
+    if (!kv->contains("decoder")) throw FieldError("kv_cache does not declare the decoder (past_present) form");
+    for (auto it = kv->begin(); it != kv->end(); ++it) {
+      const std::string path = "kv_cache." + it.key();
+      KvCacheForm f;
+      f.graph = get_string(it.value(), "graph", path);
+      f.kind = get_string(it.value(), "kind", path);
+      for (const json& r : get_array(it.value(), "runtimes", path)) f.runtimes.push_back(r.get<std::string>());
+      for (const json& a : get_array(it.value(), "cache_axes", path)) f.cache_axes.push_back(a.get<std::string>());
+      m.kv_cache[it.key()] = f;
+    }
+  }
   const json& emb = detail::field(j, "text_embeddings", "");
   m.embeddings_file = get_string(emb, "file", "text_embeddings");
   m.embeddings_tensor = get_string(emb, "tensor", "text_embeddings");

@@ -61,6 +61,10 @@ TEST(reads_the_python_manifest) {
   CHECK((*dec)->inputs[0].is_dynamic(1));
   CHECK_EQ((*dec)->outputs[0].shape[2], 152064);
   CHECK_EQ(m->stop_token_ids.size(), 2u);
+  // the decoder form this library runs, declared in kv_cache
+  CHECK(m->kv_cache.count("decoder") == 1);
+  CHECK_EQ(m->kv_cache.at("decoder").kind, std::string("past_present"));
+  CHECK_EQ(m->kv_cache.at("decoder").cache_axes.size(), 4u);
   // the engines stage's build record
   CHECK_EQ(m->builds.size(), 1u);
   const EngineBuild& b = m->builds.begin()->second;
@@ -88,6 +92,9 @@ const char* const kManifestCases = R"([
   {"name": "file_outside", "patch": [{"op": "add", "path": "/files/..~1secret", "value": {"sha256": "00", "bytes": 1}}], "expect": "DATA_LOSS"},
   {"name": "wrong_checksum", "patch": [{"op": "replace", "path": "/files/decoder.graph/sha256", "value": "00"}], "expect": "DATA_LOSS"},
   {"name": "wrong_size", "patch": [{"op": "replace", "path": "/files/decoder.graph/bytes", "value": 1}], "expect": "DATA_LOSS"},
+  {"name": "decoder_in_place", "patch": [{"op": "replace", "path": "/kv_cache/decoder/kind", "value": "shared_buffer"}], "expect": "DATA_LOSS"},
+  {"name": "kv_cache_no_decoder", "patch": [{"op": "remove", "path": "/kv_cache/decoder"}], "expect": "DATA_LOSS"},
+  {"name": "kv_cache_absent", "patch": [{"op": "remove", "path": "/kv_cache"}], "expect": "OK"},
   {"name": "missing_file", "patch": [{"op": "add", "path": "/files/gone.graph", "value": {"sha256": "00", "bytes": 1}}], "expect": "NOT_FOUND"}
 ])";
 

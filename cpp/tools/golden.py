@@ -309,7 +309,7 @@ def mini_manifest(folder: Path) -> dict:
     manifest = {"model": {"name": "golden-mini", "source": "omnisift_edge.export.golden"}, "dtype": "fp32",
                 "resolution": list(MINI_RESOLUTION), "max_context": 1024, "dims": asdict(dims), "layout": asdict(SPEC),
                 "rope": {"rope_theta": 1e6, "mrope_section": [2, 3, 3], "rows": ["time", "height", "width"]},
-                "tie_rule": TIE_RULE, "ratios": plan, "graphs": graphs,
+                "tie_rule": TIE_RULE, "ratios": plan, "graphs": graphs, "kv_cache": _golden_kv_cache(dims),
                 "text_embeddings": {"file": "embed_tokens.safetensors", "tensor": "embed_tokens",
                                     "shape": [dims.vocab, dims.hidden], "dtype": "float32"},
                 "tokenizer": {"folder": "tokenizer", "files": sorted(p.name for p in (folder / "tokenizer").iterdir())},
@@ -318,6 +318,15 @@ def mini_manifest(folder: Path) -> dict:
     manifest["builds"] = add_golden_build(folder, manifest)
     write_manifest(folder, manifest)
     return json.loads((folder / "manifest.json").read_text())
+
+
+def _golden_kv_cache(dims) -> dict:
+    """The manifest's kv_cache with the form the C++ library runs (decoder, past/present) only: the
+    in-place decoder_gqa is ONNX Runtime's, and StubStream here replays the past/present calls."""
+    from omnisift_edge.export.decoder_gqa import kv_cache_record
+
+    record = kv_cache_record(dims, 1024, "decoder_gqa.graph")
+    return {"decoder": record["decoder"]}
 
 
 class StubStream(ChunkStream):
@@ -354,7 +363,7 @@ class StubStream(ChunkStream):
     def _compress(self, video, audio, n_grids, chunk_positions):
         return np.zeros((1, self.kept, self.d["hidden"]), np.float32), np.arange(self.kept)
 
-    def _step(self, embeds, positions):
+    def _step(self, embeds, positions, want_logits=True):
         n, log = embeds.shape[1], self.log
         log["calls"].append({"n": n, "past_length": self.length, "attention_mask_length": self.length + n,
                              "positions": np.asarray(positions).reshape(3, n).tolist()})

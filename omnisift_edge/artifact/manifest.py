@@ -165,6 +165,7 @@ class Manifest:
     stop_token_ids: tuple[int, ...]
     files: dict[str, dict]
     builds: dict[str, dict] = field(default_factory=dict)    # engines stage reports, by target
+    kv_cache: dict = field(default_factory=dict)              # decoder forms: decoder (past/present), decoder_gqa
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -184,7 +185,7 @@ class Manifest:
                        ratios=ratios, graphs=graphs, embeddings_file=raw["text_embeddings"]["file"],
                        embeddings_tensor=raw["text_embeddings"]["tensor"], tokenizer_folder=raw["tokenizer"]["folder"],
                        stop_token_ids=tuple(int(i) for i in raw["stop_token_ids"]), files=dict(raw.get("files", {})),
-                       builds=dict(raw.get("builds") or {}), raw=raw)
+                       builds=dict(raw.get("builds") or {}), kv_cache=dict(raw.get("kv_cache") or {}), raw=raw)
         except (KeyError, TypeError, ValueError) as exc:
             raise UsageError(f"{where} is not an omnisift-edge manifest this version can read "
                              f"({type(exc).__name__}: {exc}); export again") from None

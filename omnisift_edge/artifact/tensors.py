@@ -13,13 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # axes that stay dynamic in the graphs (named as Optimum names them)
-DYNAMIC_AXES = ("batch_size", "sequence_length", "past_sequence_length", "total_sequence_length")
+DYNAMIC_AXES = ("batch_size", "sequence_length", "past_sequence_length", "total_sequence_length",
+                "cache_length", "logits_length")   # the last two: decoder_gqa only (ONNX Runtime)
 
 
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
-    dtype: str               # "float" (the export dtype: float32 or float16), "int64" or "bool"
+    dtype: str               # "float" (the export dtype: float32 or float16), "int64", "int32" or "bool"
     axes: tuple[str, ...]    # symbolic axis names; sizes from Dims unless in DYNAMIC_AXES
 
     def shape(self, dims: "Dims") -> list[int | str]:
@@ -80,6 +81,7 @@ class Dims:
             "rope_rows": 3,
             "chunk_batch": 1,
             "last_token": 1,
+            "one": 1,
         }
         if axis in derived:
             return derived[axis]
@@ -138,4 +140,32 @@ def decoder_graph(num_layers: int) -> GraphSpec:
             *past,
         ),
         outputs=(_t("logits", "float", "batch_size", "last_token", "vocab"), *present),
+    )
+
+
+def decoder_gqa_graph(num_layers: int) -> GraphSpec:
+    """The ONNX Runtime form of the decoder: a KV cache allocated once and written in place.
+
+    Each layer's past and present are ONE buffer [B, kv, cache_length, hd] (bind the same OrtValue to
+    both): `com.microsoft::GroupQueryAttention` writes the S new rows at [seqlens_k + 1 - S, seqlens_k + 1)
+    and attends over the valid rows only. Logits only for the rows in `logits_index` (none on a chunk
+    prefill, the last for a question or a decode step). TensorRT cannot parse GQA: it builds `decoder`.
+    """
+    cache = []
+    for i in range(num_layers):
+        for kind in ("key", "value"):
+            cache.append((_t(f"past_key_values.{i}.{kind}", "float", "batch_size", "kv_heads", "cache_length",
+                             "head_dim"),
+                          _t(f"present.{i}.{kind}", "float", "batch_size", "kv_heads", "cache_length", "head_dim")))
+    return GraphSpec(
+        "decoder_gqa",
+        inputs=(
+            _t("inputs_embeds", "float", "batch_size", "sequence_length", "hidden"),
+            _t("position_ids", "int64", "rope_rows", "batch_size", "sequence_length"),
+            _t("seqlens_k", "int32", "batch_size"),
+            _t("total_sequence_length", "int32", "one"),
+            _t("logits_index", "int64", "logits_length"),
+            *(past for past, _ in cache),
+        ),
+        outputs=(_t("logits", "float", "batch_size", "logits_length", "vocab"), *(present for _, present in cache)),
     )

@@ -138,6 +138,9 @@ def build_folder(cfg: ExportConfig, folder: Path, progress: Callable[[str], None
                                     weights.opset(opset), dtype,
                                     external_data=(folder / "decoder.onnx.data").exists())
 
+    progress("decoder, in-place KV form for ONNX Runtime")
+    kv_cache = _export_inplace_decoder(model, dims, folder, cfg, checks, weights)
+
     progress("text embeddings and tokenizer")
     save_file = require("safetensors.numpy").save_file
     table = thinker.get_input_embeddings().weight.detach().float().numpy()
@@ -156,6 +159,7 @@ def build_folder(cfg: ExportConfig, folder: Path, progress: Callable[[str], None
         "tie_rule": TIE_RULE,
         "ratios": plan,
         "graphs": graphs,
+        "kv_cache": kv_cache,
         "text_embeddings": {"file": EMBED_FILE, "tensor": EMBED_TENSOR, "shape": list(table.shape),
                             "dtype": "float16" if dtype == "fp16" else "float32"},
         "tokenizer": {"folder": TOKENIZER_DIR, "files": tokenizer_files},
@@ -222,6 +226,30 @@ def _thinker_shape(model) -> dict:
     from omnisift_edge.model.shape import ThinkerShape
 
     return ThinkerShape.from_config(model.thinker.config.to_dict()).record()
+
+
+def _export_inplace_decoder(model, dims: Dims, folder: Path, cfg: ExportConfig, checks: dict,
+                            weights: _DequantizedWeights) -> dict:
+    """decoder_gqa.onnx (ONNX Runtime's in-place KV form), with the same weights as decoder.onnx (quantized
+    the same way for --weights int8/int4), validated; returns the manifest's `kv_cache`. Not in `graphs`:
+    those are what TensorRT builds, and it cannot parse GroupQueryAttention."""
+    from omnisift_edge.artifact.tensors import decoder_gqa_graph
+    from omnisift_edge.export.decoder_gqa import GRAPH, export_decoder_gqa, kv_cache_record, validate_decoder_gqa
+
+    file = f"{GRAPH}.onnx"
+    path = export_decoder_gqa(model.thinker, dims, folder / file, dtype=cfg.dtype, opset=cfg.opset,
+                              max_context=cfg.max_context)
+    if cfg.quantized:
+        from omnisift_edge.export.quantize import quantize_decoder
+
+        quantize_decoder(path, path, cfg.quant_config())
+    entry = graph_entry(decoder_gqa_graph(dims.num_layers), dims, file, weights.opset(cfg.opset), cfg.dtype,
+                        external_data=(folder / f"{file}.data").exists())
+    with weights:
+        _check(GRAPH, validate_decoder_gqa(path, model.thinker, entry, _rope_settings(model)), checks)
+    record = kv_cache_record(dims, cfg.max_context, file)
+    record[GRAPH]["entry"] = entry
+    return record
 
 
 def _rope_settings(model) -> dict:

@@ -24,7 +24,7 @@ import numpy as np
 
 from omnisift_edge.errors import UsageError, require
 from omnisift_edge.export import trt_ops
-from omnisift_edge.artifact.tensors import DYNAMIC_AXES
+from omnisift_edge.artifact.tensors import DYNAMIC_AXES, decoder_gqa_graph
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 _EXTERNAL = 1   # onnx.TensorProto.EXTERNAL
@@ -85,14 +85,15 @@ def lint_model(path_or_proto: Any, *, graph_name: str | None = None) -> list[Fin
 
 
 def lint_folder(folder: str | os.PathLike) -> dict[str, list[Finding]]:
-    """Lint every `*.onnx` file in a folder (not recursive); keys are the files' stems."""
+    """Lint every `*.onnx` file in a folder (not recursive) but decoder_gqa (ONNX Runtime only); keys are stems."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UsageError(f"no such folder: {folder}; pass the export directory (omnisift-edge export -o DIR)")
     files = sorted(folder.glob("*.onnx"))
     if not files:
         raise UsageError(f"no *.onnx files in {folder}; run `omnisift-edge export -o {folder}` first")
-    return {p.stem: lint_model(p) for p in files}
+    ort_only = {decoder_gqa_graph(1).name}   # GroupQueryAttention: ONNX Runtime's form, never built by TensorRT
+    return {p.stem: lint_model(p) for p in files if p.stem not in ort_only}
 
 
 def _flatten(findings: Findings) -> list[Finding]:

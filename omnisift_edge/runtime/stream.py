@@ -58,7 +58,7 @@ class ChunkStream(ABC):
         self.window = KVWindow(context or ContextPolicy(), max_context=max_context,
                                seconds_per_chunk=spec.seconds_per_chunk, position_limit=position_limit)
         ids, pos = self.layout.prefix()
-        self._append(self._embed(ids), pos, "pinned")
+        self._append(self._embed(ids), pos, "pinned", want_logits=False)
 
     # -- backend hooks ---------------------------------------------------------------------------
     @abstractmethod
@@ -66,8 +66,9 @@ class ChunkStream(ABC):
         """Text embeddings [1, n, D] of `ids`."""
 
     @abstractmethod
-    def _step(self, embeds: Any, positions: np.ndarray) -> Any:
-        """Append `embeds` [1, n, D] at rope `positions` [3, n] to the KV cache; logits of the last."""
+    def _step(self, embeds: Any, positions: np.ndarray, want_logits: bool = True) -> Any:
+        """Append `embeds` [1, n, D] at rope `positions` [3, n] to the KV cache; logits of the last
+        (a backend may skip them and return None when `want_logits` is False: a chunk prefill)."""
 
     @abstractmethod
     def _encode_video(self, pixel_values: np.ndarray, n_grids: int) -> Any:
@@ -102,9 +103,10 @@ class ChunkStream(ABC):
         return int(np.asarray(logits).reshape(-1).argmax())
 
     # -- shared ----------------------------------------------------------------------------------
-    def _append(self, embeds: Any, positions: np.ndarray, kind: str = "text") -> Any:
+    def _append(self, embeds: Any, positions: np.ndarray, kind: str = "text", want_logits: bool = True) -> Any:
         """Append `embeds` at absolute layout `positions` [3, n]: evict and re-base first as the
-        context policy says (runtime/context.py); the backend sees positions minus the base."""
+        context policy says (runtime/context.py); the backend sees positions minus the base, and
+        computes the last position's logits only when `want_logits` (nobody reads a chunk's)."""
         n = int(np.asarray(positions).shape[-1])
         positions = np.asarray(positions, dtype=np.int64).reshape(3, n)
         if self.full:
@@ -125,7 +127,7 @@ class ChunkStream(ABC):
         if delta:
             self._rotate_kv(delta)
             self.window.rebased(delta)
-        logits = self._step(embeds, positions - self.window.base)
+        logits = self._step(embeds, positions - self.window.base, want_logits=want_logits)
         self.window.record(kind, n, positions)
         return logits
 
@@ -169,7 +171,7 @@ class ChunkStream(ABC):
         kept, kept_index = self._compress(video, audio, n_grids, np.asarray(chunk.position_ids))
         lap("compressor")
         positions = np.asarray(chunk.position_ids)[:, kept_index]                  # [3, K]
-        self._append(kept, positions, "chunk")
+        self._append(kept, positions, "chunk", want_logits=False)      # nobody reads a chunk's logits
         lap("prefill")
         n_video = n_grids * self.tokens_per_frame
         kept_video = int((kept_index < n_video).sum())
@@ -223,5 +225,5 @@ class ChunkStream(ABC):
             raise UsageError("the video span is still open; push chunks directly, or ask a question first")
         self.window.check_fits(len(turn_ids) + 2, "turn text")
         ids, pos = self.layout.open_turn(list(turn_ids))
-        self._append(self._embed(ids), pos)
+        self._append(self._embed(ids), pos, want_logits=False)
         self.closed = False

@@ -231,19 +231,20 @@ def encode_audio_window(model: OmniModel, mel: np.ndarray) -> torch.Tensor:
 class TorchStream(ChunkStream):
     """Streaming OmniSIFT in PyTorch (the reference backend): push chunks, then ask questions.
 
-    The KV cache (a transformers DynamicCache) grows by the kept tokens of each chunk; answer
-    latency does not depend on how long the stream was.
+    The KV cache is static (`runtime.torch_kv`: buffers allocated once for max_context, written in
+    place, attention over the valid rows), the cost model of ONNX Runtime's in-place decoder; it
+    grows by the kept tokens of each chunk, and no chunk prefill computes logits.
     """
 
     def __init__(self, model: OmniModel, prefix_ids: Sequence[int], *, grid_hw: tuple[int, int],
                  compression: CompressionConfig | None, max_context: int | None = None, context=None):
-        from transformers import DynamicCache
+        from omnisift_edge.runtime.torch_kv import TorchInPlaceCache
 
         if compression is not None and not compression.is_identity:
             _require_selector(model, compression)
         self.model = model
         self.compression = None if compression is None or compression.is_identity else compression
-        self.cache = DynamicCache(config=model.thinker.config.text_config)
+        self.cache = TorchInPlaceCache(model.thinker, max_context)      # [1, kv, max_context, hd] per layer
         self._chunk_compressor = None
         if self.compression is not None:
             from omnisift_edge.compress.chunk import ChunkCompressor
@@ -257,8 +258,8 @@ class TorchStream(ChunkStream):
     def _embed(self, ids):
         return _embed_text(self.model, ids)
 
-    def _step(self, embeds, positions):
-        return _decoder_step(self.model, embeds, positions, self.cache)
+    def _step(self, embeds, positions, want_logits=True):
+        return self.cache.step(embeds, positions, want_logits)
 
     def _encode_video(self, pixel_values, n_grids):
         return encode_video_chunk(self.model, pixel_values, (n_grids, *self.grid_hw))   # [n_grids*n_p, D]
@@ -279,21 +280,15 @@ class TorchStream(ChunkStream):
         return kept, index[0].cpu().numpy()
 
     def kv_length(self) -> int:
-        return self.cache.get_seq_length()
+        return self.cache.length
 
-    def _drop_kv(self, start, stop):
-        for layer in self.cache.layers:                                                  # keys [1, kv, L, hd]
-            layer.keys = torch.cat([layer.keys[:, :, :start], layer.keys[:, :, stop:]], dim=2)
-            layer.values = torch.cat([layer.values[:, :, :start], layer.values[:, :, stop:]], dim=2)
+    def _drop_kv(self, start: int, stop: int) -> None:
+        """Remove cached tokens [start, stop); later ones move down within the same buffers."""
+        self.cache.drop(start, stop)
 
-    def _rotate_kv(self, delta):
-        freqs = self.model.thinker.model.rotary_emb.inv_freq.double()                    # [hd/2], the model's own
-        angle = -float(delta) * freqs
-        cos, sin = angle.cos(), angle.sin()
-        for layer in self.cache.layers:
-            k = layer.keys.double()
-            k1, k2 = k.chunk(2, dim=-1)                                                  # rotate-half layout
-            layer.keys = torch.cat([k1 * cos - k2 * sin, k2 * cos + k1 * sin], dim=-1).to(layer.keys.dtype)
+    def _rotate_kv(self, delta: int) -> None:
+        """Re-base every cached key's position by -delta (an exact RoPE rotation)."""
+        self.cache.rotate(delta)
 
     def _sync(self) -> None:
         if self.model.device.type == "cuda":

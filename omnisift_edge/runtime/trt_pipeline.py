@@ -7,9 +7,10 @@ shapes (one profile); the decoder engine has the build's profiles (0 prefill, 1 
 `builds.<target>.engines.decoder.profiles`, not assumed), and each call picks the one whose
 `sequence_length` / `past_sequence_length` ranges hold it.
 
-The KV cache is the decoder's presents fed back as the next call's past, as numpy arrays: every
-step copies the whole cache host -> device and back (a known cost, docs/runtime.md). TensorRT and
-Polygraphy are imported when a stream opens, never at module import.
+The KV cache stays on the device between calls (`runtime.trt_kv.DeviceKV`: one buffer per layer
+and kind, allocated once for max_context; the engine's presents are copied device-to-device back
+into it, no host round trip); only the logits come to the host. TensorRT and Polygraphy are
+imported when a stream opens, never at module import.
 """
 
 from __future__ import annotations
@@ -103,8 +104,14 @@ class TrtStream(ExportedStream):
             raise
 
         limit = int(self.build.get("max_context") or export.manifest.max_context)   # the engines' profiles end there
-        super().__init__(export, ratio, prefix_ids, what="the engines", max_context=min(max_context or limit, limit),
-                         context=context)
+        max_context = min(max_context or limit, limit)
+        from omnisift_edge.runtime import trt_kv
+
+        dims = export.manifest.dims
+        decoder = export.graphs_for(ratio)["decoder"]
+        self.kv = trt_kv.DeviceKV(decoder.input_names[3:], decoder.output_names[1:], dims.kv_heads, dims.head_dim,
+                                  max_context, export.float_type)     # [1, kv, max_context, hd] per past
+        super().__init__(export, ratio, prefix_ids, what="the engines", max_context=max_context, context=context)
 
     def close(self) -> None:
         """Release the engines' execution contexts and device buffers."""
@@ -114,6 +121,9 @@ class TrtStream(ExportedStream):
             except Exception:
                 pass
         self.runners = {}
+        if getattr(self, "kv", None) is not None:
+            self.kv.close()
+            self.kv = None
 
     def __del__(self):
         self.close()
@@ -123,7 +133,7 @@ class TrtStream(ExportedStream):
         # Polygraphy reuses its host output buffers between calls: copy what we keep
         return {name: np.array(value) for name, value in runner.infer(feeds).items()}
 
-    def _step(self, embeds, positions):
+    def _step(self, embeds, positions, want_logits=True):
         n, start, logits = embeds.shape[1], 0, None
         runner = self.runners["decoder"]
         while start < n:
@@ -135,12 +145,14 @@ class TrtStream(ExportedStream):
             embeds_name, positions_name, mask_name = self.decoder_inputs
             feeds = {embeds_name: piece,
                      positions_name: np.ascontiguousarray(positions[:, start:start + take]).reshape(3, 1, take),
-                     mask_name: np.ones((1, self.kv_length() + take), dtype=np.int64), **self.past}
-            out = self._run(runner, feeds)
-            self.past = {p: out[q] for p, q in zip(self.past_names, self.present_names)}
+                     mask_name: np.ones((1, self.kv_length() + take), dtype=np.int64), **self.kv.feeds()}
+            out = runner.infer(feeds, copy_outputs_to_host=False)      # device views, the runner's buffers
+            self.kv.take(out, take)                                     # presents -> our buffers, on the device
             logits = out[self.logits_name]
             start += take
-        return logits[0, -1].astype(np.float32)                                           # [V]
+        if not want_logits:
+            return None
+        return self.kv.memory.to_host(logits)[0, -1].astype(np.float32)                  # [V]
 
     def _encode_video(self, pixel_values, n_grids):
         g = self.graphs["vision_encoder"]
@@ -158,3 +170,14 @@ class TrtStream(ExportedStream):
         kept_name, _, index_name = self.graphs["compressor"].output_names
         out = self._run(self.runners["compressor"], self.compressor_feeds(video, audio, n_grids, chunk_positions))
         return out[kept_name], out[index_name][0].astype(np.int64)
+
+    def kv_length(self) -> int:
+        return self.kv.length
+
+    def _drop_kv(self, start: int, stop: int) -> None:
+        """Remove cached tokens [start, stop); later ones move down (through the host: a rare operation)."""
+        self.kv.drop(start, stop)
+
+    def _rotate_kv(self, delta: int) -> None:
+        """Re-base every cached key's position by -delta (rope settings from the manifest)."""
+        self.kv.rotate(delta, self.rope_freqs)

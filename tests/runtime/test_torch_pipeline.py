@@ -98,7 +98,7 @@ def test_streaming_equals_whole_clip(tiny_model, seconds, ratio):
     whole_tokens = list(greedy_decode(tiny_model, whole, max_new_tokens=6, stop_ids=stop))
     torch.testing.assert_close(stream.question_logits, whole.last_logits, rtol=1e-4, atol=1e-4)
     assert stream_tokens == whole_tokens
-    assert stream.cache.get_seq_length() == whole.cache.get_seq_length()
+    assert stream.kv_length() == whole.cache.get_seq_length()
 
 
 def test_stream_answers_follow_up_questions(tiny_model):
@@ -106,12 +106,12 @@ def test_stream_answers_follow_up_questions(tiny_model):
     pieces = build_prompt(tiny_model.tokenizer, "First?")
     stream = _stream(tiny_model, features, pieces.prefix_ids, CompressionConfig.for_ratio(0.35, 6))
     first = list(stream.ask(pieces.suffix_ids, max_new_tokens=3))
-    length = stream.cache.get_seq_length()
+    length = stream.kv_length()
     assert len(first) == 3
     follow = followup_ids(tiny_model.tokenizer, "And then?")
     second = list(stream.ask(follow, max_new_tokens=3))
     assert len(second) == 3
-    assert stream.cache.get_seq_length() == length + len(follow) + 3
+    assert stream.kv_length() == length + len(follow) + 3
 
 
 def test_stream_rejects_wrong_chunk_shapes_and_late_pushes(tiny_model):
@@ -165,6 +165,6 @@ def test_abandoned_answer_keeps_the_layout_in_step(tiny_model):
     answer.close()                          # stopped at the 2nd token: only the 1st was fed back
     finished = _stream(tiny_model, features, pieces.prefix_ids, compression)
     assert list(finished.ask(pieces.suffix_ids, max_new_tokens=1)) == first[:1]   # fed its one token
-    assert abandoned.cache.get_seq_length() == finished.cache.get_seq_length()
+    assert abandoned.kv_length() == finished.kv_length()
     assert abandoned.layout.length == finished.layout.length
     assert abandoned.layout.next_position == finished.layout.next_position

@@ -132,12 +132,40 @@ class _OrtEngineRunner:
         self.profile = index
         self.log.append((self.name, "profile", index))
 
-    def infer(self, feeds):
+    def infer(self, feeds, copy_outputs_to_host=True):
         names = [o.name for o in self.session.get_outputs()]
+        feeds = {k: np.ascontiguousarray(v) for k, v in feeds.items()}   # HostMemory views -> plain arrays
         if self.name == "trt-decoder":
             n, past = feeds["inputs_embeds"].shape[1], next(v for k, v in feeds.items() if k.startswith("past")).shape[2]
             self.log.append((self.name, "run", self.profile, n, past))
         return dict(zip(names, self.session.run(None, feeds)))
+
+
+class _HostMemory:
+    """Stands in for `trt_kv.CudaMemory` (no GPU here): byte buffers in host memory, the same layout."""
+
+    allocated: list = []
+
+    def allocate(self, nbytes):
+        buffer = np.zeros(nbytes, np.uint8)
+        self.allocated.append(nbytes)
+        return buffer
+
+    def view(self, buffer, shape, dtype):
+        n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        return buffer[:n].view(dtype).reshape(shape)
+
+    def copy_in(self, buffer, source, nbytes):
+        buffer[:nbytes] = np.ascontiguousarray(source).view(np.uint8).reshape(-1)[:nbytes]
+
+    def to_host(self, view):
+        return np.array(view)
+
+    def from_host(self, buffer, array):
+        buffer[:array.nbytes] = array.view(np.uint8).reshape(-1)
+
+    def free(self, buffer):
+        pass
 
 
 def test_stream_through_stand_in_engines_matches_onnxruntime(folder, tmp_path, monkeypatch):
@@ -155,6 +183,10 @@ def test_stream_through_stand_in_engines_matches_onnxruntime(folder, tmp_path, m
     monkeypatch.setattr(trt_env, "require_device", lambda: DeviceInfo("NVIDIA H100", (9, 0), 80.0))
     monkeypatch.setattr(polygraphy_trt, "EngineFromBytes", lambda data: lambda: str(built / data().decode()))
     monkeypatch.setattr(polygraphy_trt, "TrtRunner", _OrtEngineRunner)
+    from omnisift_edge.runtime import trt_kv
+
+    monkeypatch.setattr(trt_kv, "CudaMemory", _HostMemory)
+    _HostMemory.allocated = []
     _OrtEngineRunner.log = []
     clip = synthetic_clip(5.0, *RES, seed=4)
     reference = _answers(OmniSession(RuntimeConfig(built, backend="onnxruntime")), clip)
@@ -164,6 +196,9 @@ def test_stream_through_stand_in_engines_matches_onnxruntime(folder, tmp_path, m
     assert runs[0][0] == 0 and runs[0][2] == 0                       # prefix: prefill profile, empty past
     assert all(p == (0 if n > 1 else 1) for p, n, _ in runs[1:])     # chunks/questions prefill, answers decode
     assert {p for p, _, _ in runs} == {0, 1}
+    d = session.stream.dims              # one buffer per past tensor, allocated once for the whole context
+    assert _HostMemory.allocated == [session.stream.max_context * d["kv_heads"] * d["head_dim"] * 4] * \
+        (2 * d["num_layers"])
     session.stream.close()
     assert sum(e[1] == "deactivate" for e in _OrtEngineRunner.log) == 4
 

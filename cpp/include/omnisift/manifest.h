@@ -89,6 +89,16 @@ struct EngineBuild {
   std::map<std::string, EngineEntry> engines;            // graph key -> engine
 };
 
+// One decoder form of the manifest's `kv_cache` (export.decoder_gqa.kv_cache_record; absent in
+// exports made before the in-place form). "past_present": the past is an input, the grown cache an
+// output (the TensorRT form, the one TrtBackend runs); "shared_buffer": past and present are one
+// preallocated buffer written in place (ONNX Runtime's GroupQueryAttention; not built by TensorRT).
+struct KvCacheForm {
+  std::string graph, kind;
+  std::vector<std::string> runtimes;     // "tensorrt", "onnxruntime"
+  std::vector<std::string> cache_axes;   // the cache tensors' axes, e.g. [batch_size, kv_heads, past_sequence_length, head_dim]
+};
+
 struct FileEntry {
   std::string sha256;
   int64_t bytes = 0;
@@ -103,6 +113,7 @@ struct Manifest {
   LayoutSpec layout;
   std::vector<RatioPlan> ratios;
   std::map<std::string, GraphInfo> graphs;
+  std::map<std::string, KvCacheForm> kv_cache;          // form key -> form; empty for older exports
   std::string embeddings_file, embeddings_tensor, embeddings_dtype;
   std::vector<int64_t> embeddings_shape;
   std::string tokenizer_folder;

@@ -1,0 +1,112 @@
+"""The TensorRT stream's KV cache, kept on the device between calls (no host round trip).
+
+The `decoder` engine takes past [1, kv, P, hd] and returns present [1, kv, P + n, hd] (TensorRT
+10.3 and TensorRT-RTX 1.7 cannot run ONNX Runtime's GroupQueryAttention form). Before this, the
+Python stream fed numpy arrays, so every call copied the whole cache host -> device -> host.
+Now each layer's cache lives in one device buffer allocated once per stream for max_context rows,
+packed as [1, kv, P, hd]; the engine reads it in place (a Polygraphy `DeviceView` input is bound
+by pointer) and its presents, which Polygraphy's output allocator owns and reuses, are copied
+device-to-device back into it after the call. That copy, plus the engine's own concatenation of
+past and new rows, is the per-token cost of this fallback: O(cache) device bandwidth, no PCIe.
+An in-place form (TensorRT's IKVCacheUpdateLayer, TensorRT >= 10.15 / TensorRT-RTX) is not built yet.
+
+Memory operations go through `CudaMemory` (Polygraphy's own CUDA wrapper: no other binding).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from omnisift_edge.errors import UsageError
+
+
+class CudaMemory:
+    """Device allocation, views and copies through `polygraphy.cuda`."""
+
+    def __init__(self):
+        from polygraphy import cuda
+        from polygraphy.datatype import DataType
+
+        self.cuda, self.DataType = cuda, DataType
+
+    def allocate(self, nbytes: int):
+        return self.cuda.DeviceArray.raw((nbytes,))
+
+    def view(self, buffer, shape: tuple[int, ...], dtype):
+        return self.cuda.DeviceView(buffer.ptr, shape, self.DataType.from_dtype(np.dtype(dtype)))
+
+    def copy_in(self, buffer, source, nbytes: int) -> None:
+        """Device-to-device: `nbytes` of the engine's output view `source` into `buffer`."""
+        if nbytes:
+            self.cuda.wrapper().memcpy(dst=buffer.ptr, src=source.ptr, nbytes=nbytes,
+                                       kind=self.cuda.MemcpyKind.DeviceToDevice)
+
+    def to_host(self, view) -> np.ndarray:
+        return view.numpy()
+
+    def from_host(self, buffer, array: np.ndarray) -> None:
+        self.cuda.wrapper().memcpy(dst=buffer.ptr, src=array.ctypes.data, nbytes=array.nbytes,
+                                   kind=self.cuda.MemcpyKind.HostToDevice)
+
+    def free(self, buffer) -> None:
+        buffer.free()
+
+
+class DeviceKV:
+    """One device buffer per past tensor, [1, kv, capacity, hd] bytes, holding [1, kv, length, hd] packed."""
+
+    def __init__(self, past_names, present_names, kv_heads: int, head_dim: int, capacity: int, float_type,
+                 memory=None):
+        self.memory = memory or CudaMemory()
+        self.past_names, self.present_names = list(past_names), list(present_names)
+        self.kv_heads, self.head_dim, self.capacity = int(kv_heads), int(head_dim), int(capacity)
+        self.float_type = np.dtype(float_type)
+        self.row_bytes = self.kv_heads * self.head_dim * self.float_type.itemsize       # one token, all heads
+        self.buffers = {name: self.memory.allocate(self.capacity * self.row_bytes) for name in self.past_names}
+        self.length = 0
+
+    def feeds(self) -> dict:
+        """The past inputs: views [1, kv, length, hd] of the device buffers (no copy)."""
+        shape = (1, self.kv_heads, self.length, self.head_dim)
+        return {name: self.memory.view(self.buffers[name], shape, self.float_type) for name in self.past_names}
+
+    def take(self, outputs: dict, added: int) -> None:
+        """Copy the engine's presents [1, kv, length + added, hd] (device views) back into the buffers."""
+        total = self.length + added
+        if total > self.capacity:
+            raise UsageError(f"the KV cache holds {self.capacity} tokens ({self.length} cached + {added} new); "
+                             "start a new stream or rebuild the engines with a larger --max-context")
+        for past, present in zip(self.past_names, self.present_names):
+            self.memory.copy_in(self.buffers[past], outputs[present], total * self.row_bytes)
+        self.length = total
+
+    def _rewrite(self, names, change) -> None:
+        """Rare edits (drop, rotate) through the host: copy [1, kv, length, hd] out, change it, copy it back."""
+        shape = (1, self.kv_heads, self.length, self.head_dim)
+        for name in names:
+            array = np.ascontiguousarray(change(self.memory.to_host(self.memory.view(self.buffers[name], shape,
+                                                                                       self.float_type))))
+            self.memory.from_host(self.buffers[name], array)
+
+    def drop(self, start: int, stop: int) -> None:
+        """Remove cached tokens [start, stop); later ones move down (repacked within the same buffers)."""
+        if not 0 <= start <= stop <= self.length:
+            raise UsageError(f"cannot drop cached tokens [{start}, {stop}) of {self.length}")
+        self._rewrite(self.past_names, lambda a: np.delete(a, np.s_[start:stop], axis=2))
+        self.length -= stop - start
+
+    def rotate(self, delta: int, inv_freq: np.ndarray) -> None:
+        """Re-base every cached key's position by -delta (RoPE rotation; values carry no position)."""
+        from omnisift_edge.runtime.kv_buffers import rotate_keys
+
+        def turn(a):
+            a = a.copy()
+            rotate_keys(a, delta, inv_freq)
+            return a
+
+        self._rewrite([n for n in self.past_names if n.endswith(".key")], turn)
+
+    def close(self) -> None:
+        for buffer in self.buffers.values():
+            self.memory.free(buffer)
+        self.buffers = {}
