@@ -197,8 +197,7 @@ def test_stream_through_stand_in_engines_matches_onnxruntime(folder, tmp_path, m
     assert all(p == (0 if n > 1 else 1) for p, n, _ in runs[1:])     # chunks/questions prefill, answers decode
     assert {p for p, _, _ in runs} == {0, 1}
     d = session.stream.dims              # one buffer per past tensor, allocated once for the whole context
-    assert _HostMemory.allocated == [session.stream.max_context * d["kv_heads"] * d["head_dim"] * 4] * \
-        (2 * d["num_layers"])
+    assert _HostMemory.allocated == [session.stream.max_context * d.kv_heads * d.head_dim * 4] * (2 * d.num_layers)
     session.stream.close()
     assert sum(e[1] == "deactivate" for e in _OrtEngineRunner.log) == 4
 
@@ -236,20 +235,23 @@ def test_tensorrt_session_matches_onnxruntime(folder, tmp_path):
 
 
 def test_stand_in_engines_slide_and_rebase_like_onnxruntime(folder, tmp_path, monkeypatch):
-    """TrtStream's _drop_kv/_rotate_kv on its numpy past: a sliding, re-based stream through the stand-in
+    """TrtStream's _drop_kv/_rotate_kv on its device cache: a sliding, re-based stream through the stand-in
     engines gives the logits and tokens of the onnxruntime backend under the same policy."""
     import types
 
     import polygraphy.backend.trt as polygraphy_trt
 
-    import omnisift_edge.engines.build as build
+    import omnisift_edge.runtime.trt_env as trt_env
     from omnisift_edge.engines.presets import DeviceInfo
 
     built = _fake_build(folder, tmp_path / "built")
-    monkeypatch.setattr(build, "require_tensorrt", lambda: types.SimpleNamespace(__version__="10.3.0"))
-    monkeypatch.setattr(build, "require_device", lambda: DeviceInfo("NVIDIA H100", (9, 0), 80.0))
+    monkeypatch.setattr(trt_env, "require_tensorrt", lambda *_: types.SimpleNamespace(__version__="10.3.0"))
+    monkeypatch.setattr(trt_env, "require_device", lambda: DeviceInfo("NVIDIA H100", (9, 0), 80.0))
     monkeypatch.setattr(polygraphy_trt, "EngineFromBytes", lambda data: lambda: str(built / data().decode()))
     monkeypatch.setattr(polygraphy_trt, "TrtRunner", _OrtEngineRunner)
+    from omnisift_edge.runtime import trt_kv
+
+    monkeypatch.setattr(trt_kv, "CudaMemory", _HostMemory)     # the device cache's logic over host memory
     clip = synthetic_clip(12.0, *RES, seed=5)
     got = {}
     for backend in ("onnxruntime", "tensorrt"):
