@@ -149,3 +149,24 @@ def test_bad_input_is_a_usage_error(selector):
         ChunkCompressor(selector, 1.0, 0.3)
     with pytest.raises(UsageError, match="AudioSelector"):
         ChunkCompressor(torch.nn.Linear(2, 2), 0.5, 0.3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_keeps_the_fp32_kept_set(selector, dtype):
+    """Issue 13.1: scores are computed in fp32 inside the module, so an fp16/bf16 chunk keeps exactly
+    what fp32 keeps for the same (rounded) weights and inputs: no ties made by rounding the scores.
+    Near-identical audio tokens (a steady sound) score within fp16's rounding of each other."""
+    gen = torch.Generator().manual_seed(3)
+    video = torch.randn(4, 2, 12, 32, generator=gen).to(dtype)
+    audio = (torch.randn(4, 1, 32, generator=gen) + 0.01 * torch.randn(4, 50, 32, generator=gen)).to(dtype)
+    low = ChunkCompressor(selector.to(dtype), 0.5, 0.6).eval()
+    assert low.selector is not selector and low.selector.v_proj.weight.dtype == torch.float32
+    reference = ChunkCompressor(low.selector, 0.5, 0.6).eval()          # same rounded weights, fp32
+    with torch.no_grad():
+        kept, index = low(video, audio)
+        _, expected = reference(video.float(), audio.float())
+    selector.float()
+    assert kept.dtype == dtype
+    assert torch.equal(index, expected)
+    converted = ChunkCompressor(selector, 0.5, 0.6).to(dtype)           # .to() keeps the selector fp32
+    assert converted.selector.v_proj.weight.dtype == torch.float32
