@@ -17,7 +17,10 @@ from omnisift_edge.errors import UsageError
 
 
 def _user_errors(func=None, *, interrupted: str = "interrupted; nothing was written"):
-    """Turn UsageError into click's one-line error (exit 1); Ctrl-C into `interrupted` (exit 130)."""
+    """Turn UsageError into click's one-line error (exit 1); Ctrl-C into `interrupted` (exit 130).
+
+    A user-fixable OSError (full disk, permissions, a path through a file) is one line too.
+    """
 
     def decorate(func):
         @functools.wraps(func)
@@ -26,6 +29,13 @@ def _user_errors(func=None, *, interrupted: str = "interrupted; nothing was writ
                 return func(*args, **kwargs)
             except UsageError as exc:
                 raise click.ClickException(str(exc)) from None
+            except OSError as exc:
+                from omnisift_edge.paths import filesystem_error
+
+                error = filesystem_error(exc)
+                if error is None:
+                    raise
+                raise click.ClickException(str(error)) from None
             except KeyboardInterrupt:
                 click.echo(interrupted, err=True)
                 sys.exit(130)
@@ -90,15 +100,18 @@ def demo(model_dir, compressor, compressor_heads, video, audio, seconds, resolut
 
 
 def _parse_ratios(ratio: float | None, ratios: str | None) -> tuple[float, ...]:
-    values: list[float] = []
-    if ratios:
-        try:
-            values = [float(v) for v in ratios.split(",") if v.strip()]
-        except ValueError:
-            raise UsageError(f"--ratios must be numbers separated by commas, like 1,0.5,0.25 (got {ratios!r})") from None
-    if ratio is not None and ratio not in values:
-        values.insert(0, ratio)
-    return tuple(values) if values else (0.25,)
+    """--ratio or --ratios (never both, never an empty list); neither: the default 0.25."""
+    if ratio is not None and ratios is not None:
+        raise UsageError("give --ratio or --ratios, not both (put every ratio in --ratios, e.g. --ratios 1,0.25)")
+    if ratios is None:
+        return (0.25,) if ratio is None else (ratio,)
+    try:
+        values = [float(v) for v in ratios.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"--ratios must be numbers separated by commas, like 1,0.5,0.25 (got {ratios!r})") from None
+    if not values:
+        raise UsageError(f"--ratios needs at least one number, like 1,0.5,0.25 (got {ratios!r})")
+    return tuple(values)
 
 
 @main.command()
@@ -220,9 +233,9 @@ def train(data, out, model_dir, compressor, compressor_heads, ratio, video_drop,
 @_user_errors
 def lint(folder):
     """Check exported graphs against what the TensorRT 10.3 ONNX parser (JetPack 6) accepts."""
-    from omnisift_edge.export.lint import format_findings, has_errors, lint_folder
+    from omnisift_edge.export.lint import format_findings, has_errors, lint_export
 
-    findings = lint_folder(folder)
+    findings = lint_export(folder)
     click.echo(format_findings(findings))
     if has_errors(findings):
         sys.exit(1)
@@ -237,17 +250,20 @@ def lint(folder):
 @click.option("--backend", type=click.Choice(["onnxruntime", "torch", "tensorrt"]), default="onnxruntime",
               show_default=True)
 @click.option("--target", default=None, help="tensorrt: which built engines (default: the only one built).")
-@click.option("--ratio", type=float, default=None, help="One of the export's ratios. Default: the first it lists.")
+@click.option("--ratio", type=float, default=None,
+              help="One of the export's ratios (needed when it has several; printed either way).")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
+              help="torch: the model folder (default: the one recorded at export).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=64, show_default=True)
 @click.option("--max-context", type=int, default=None, help="KV cache limit (default: the export's).")
 @_user_errors
-def run(folder, video, audio, questions, backend, target, ratio, device, max_new_tokens, max_context):
+def run(folder, video, audio, questions, backend, target, ratio, model_dir, device, max_new_tokens, max_context):
     """Stream a video through an export folder chunk by chunk, then answer questions (streamed)."""
     from omnisift_edge.runtime.session import RuntimeConfig, open_session
 
     session = open_session(RuntimeConfig(folder=folder, backend=backend, ratio=ratio, device=device,
-                                         max_context=max_context, target=target))
+                                         max_context=max_context, target=target, model=model_dir))
     reports = session.append_file(video, audio_path=audio)
     kept = sum(r.kept_video + r.kept_audio for r in reports)
     total = sum(r.video_tokens + r.audio_tokens for r in reports)
@@ -255,9 +271,17 @@ def run(folder, video, audio, questions, backend, target, ratio, device, max_new
                f"at ratio {session.ratio:g} [{backend}]", err=True)
     for question in questions:
         click.echo(f"Q: {question}", err=True)
+        text = ""
         for piece in session.ask(question, max_new_tokens=max_new_tokens):
             click.echo(piece, nl=False)
-        click.echo("" if session.last_answer_ids else "(no answer)")
+            text += piece
+        if text:
+            click.echo("")
+        elif session.last_answer_ids:   # as demo says it: never a silent blank line
+            click.echo("(no text: the answer tokens decode to nothing; special tokens or outside the "
+                       "tokenizer's vocabulary, as a random-weight model answers)")
+        else:
+            click.echo("(no answer)")
         click.echo(f"answer ids: {session.last_answer_ids}", err=True)
 
 
@@ -273,15 +297,18 @@ def run(folder, video, audio, questions, backend, target, ratio, device, max_new
 @click.option("--max-new-tokens", type=click.IntRange(2, 4096), default=16, show_default=True)
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), default=None,
               help="Folder for profile.json/.md/.png (default: FOLDER/profile).")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
+              help="torch: the model folder (default: the one recorded at export).")
 @_user_errors
-def profile(folder, backend, target, ratios, seconds, device, max_new_tokens, out):
+def profile(folder, backend, target, ratios, seconds, device, max_new_tokens, out, model_dir):
     """Measure per-stage latency, TTFT, decode speed and memory at each ratio, side by side."""
     from omnisift_edge.profiling.profile import ProfileConfig, markdown, profile as run_profile
 
     if target is not None:
         backend = "tensorrt"
     cfg = ProfileConfig(folder=folder, backend=backend, ratios=_parse_ratios(None, ratios) if ratios else None,
-                        seconds=seconds, device=device, max_new_tokens=max_new_tokens, out=out, target=target)
+                        seconds=seconds, device=device, max_new_tokens=max_new_tokens, out=out, target=target,
+                        model=model_dir)
     report = run_profile(cfg)
     click.echo(markdown(report))
     click.echo(f"wrote {report.files['json']}, {report.files['markdown']}, {report.files['plot']}", err=True)
@@ -302,7 +329,9 @@ TARGETS = ["auto", "orin-nano", "orin-nx", "orin-agx", "a100", "l4", "h100"]
 def build(folder, target, precision, max_context, workspace_gb, plan_only):
     """Build TensorRT engines (one per graph) for a target; --plan works anywhere."""
     from omnisift_edge.engines import BuildConfig, build_engines
+    from omnisift_edge.paths import check_writable_folder
 
+    check_writable_folder(folder)
     result = build_engines(BuildConfig(folder, target=target, precision=precision, max_context=max_context,
                                        workspace_gb=workspace_gb, plan_only=plan_only))
     if plan_only:
@@ -320,10 +349,13 @@ def build(folder, target, precision, max_context, workspace_gb, plan_only):
 def verify(folder, target, record):
     """Compare TensorRT engines with ONNX Runtime outputs recorded at export (two-machine flow)."""
     from omnisift_edge.engines import VerifyConfig, verify_engines
+    from omnisift_edge.paths import check_writable_folder
 
+    if record:
+        check_writable_folder(folder)
     report = verify_engines(VerifyConfig(folder, target=target, record=record))
     click.echo(report.summary())
-    if not report.ok:
+    if not report.ok and not (record and not report.graphs):   # recording alone (no engines here) succeeded
         sys.exit(1)
 
 
@@ -333,9 +365,11 @@ def selftest():
     """Export the embedded default, build engines and verify them, where TensorRT and a GPU exist."""
     from omnisift_edge.engines import selftest as run_selftest
 
-    result = run_selftest()
+    result = run_selftest(progress=lambda text: click.echo(text, err=True))
+    if not result.ran:
+        raise UsageError(result.summary())          # could not run: one line, exit 1
     click.echo(result.summary())
-    if result.ran and not result.ok:
+    if not result.ok:
         sys.exit(1)
 
 
@@ -348,7 +382,9 @@ def selftest():
 def tiny_model(folder, kind, seed):
     """Write the embedded default model as a checkpoint folder (to see or test the folder formats)."""
     from omnisift_edge.model.tiny import write_tiny_checkpoint
+    from omnisift_edge.paths import check_output_dir
 
+    check_output_dir(folder, "FOLDER")
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise UsageError(f"{folder} exists and is not an empty folder; choose a new folder")
     write_tiny_checkpoint(folder, kind, seed)

@@ -69,9 +69,7 @@ def selftest(workdir: Path | None = None, *, precision: str = "fp16", keep: bool
     """Export (112x84, ratios 1 and 0.25) -> record_reference -> build_engines(auto) -> verify_engines."""
     missing = missing_requirements()
     if missing:
-        result = SelfTestResult(False, False, "; ".join(missing))
-        progress(result.summary())
-        return result
+        return SelfTestResult(False, False, "; ".join(missing))   # the caller prints summary() once
     from omnisift_edge.engines.build import build_engines
     from omnisift_edge.engines.plan import BuildConfig
     from omnisift_edge.engines.verify import VerifyConfig, record_reference, verify_engines
@@ -102,5 +100,4 @@ def selftest(workdir: Path | None = None, *, precision: str = "fp16", keep: bool
         result.seconds = time.perf_counter() - started
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
-    progress(result.summary())
     return result

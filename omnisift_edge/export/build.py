@@ -133,7 +133,8 @@ def build_folder(cfg: ExportConfig, folder: Path, progress: Callable[[str], None
     tokenizer_files = _copy_tokenizer(model, folder / TOKENIZER_DIR)
 
     manifest = {
-        "model": dict(model.identity, source="embedded default" if model.source.is_default else str(model.source.path)),
+        "model": dict(model.identity, source="embedded default" if model.source.is_default
+                      else str(model.source.path.resolve())),
         "selector": _selector_record(model),
         "dtype": dtype,
         "resolution": list(cfg.resolution),

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+from omnisift_edge.atomic import atomic_path
 from omnisift_edge.errors import UsageError
 from omnisift_edge.export.tensors import DYNAMIC_AXES, Dims, GraphSpec
 
@@ -62,10 +61,8 @@ def write_manifest(folder: Path, manifest: dict) -> Path:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST and not p.name.startswith("."))
     manifest = dict(manifest, schema_version=SCHEMA_VERSION, dynamic_axes=list(DYNAMIC_AXES),
                     files={str(p.relative_to(folder)): {"sha256": sha256(p), "bytes": p.stat().st_size} for p in files})
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", dir=folder)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(manifest, handle, indent=2, default=_jsonable)
-    os.replace(tmp, folder / MANIFEST)
+    with atomic_path(folder / MANIFEST) as tmp:    # synced, plain file modes, whole or not at all
+        tmp.write_text(json.dumps(manifest, indent=2, default=_jsonable))
     return folder / MANIFEST
 
 
@@ -77,8 +74,10 @@ def read_manifest(folder: Path, *, verify: bool = True) -> dict:
         raise UsageError(f"{folder} has no {MANIFEST}; it is not a complete export (run omnisift-edge export)")
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path} is corrupt ({exc}); export again") from None
+    if not isinstance(manifest, dict):
+        raise UsageError(f"{path} is corrupt (not a JSON object); export again")
     version = manifest.get("schema_version")
     if version != SCHEMA_VERSION:
         raise UsageError(f"{path} has schema version {version}, this omnisift-edge reads {SCHEMA_VERSION}; "

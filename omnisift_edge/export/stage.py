@@ -8,7 +8,6 @@ or failed export never leaves a folder that looks complete.
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -19,6 +18,7 @@ from omnisift_edge.errors import UsageError
 from omnisift_edge.model.load import ModelSource
 
 DEFAULT_RATIOS = (0.25,)
+OPSETS = (14, 20)   # Optimum's decoder export needs >= 14; TensorRT 10.3's parser and torch's exporter stop at 20
 
 
 class ExportValidationError(UsageError):
@@ -39,7 +39,9 @@ class ExportConfig:
     opset: int = 17
 
     def __post_init__(self):
-        object.__setattr__(self, "out", Path(self.out))
+        from omnisift_edge.paths import check_output_dir
+
+        object.__setattr__(self, "out", check_output_dir(self.out))   # a folder we may write, checked up front
         object.__setattr__(self, "ratios", tuple(float(r) for r in self.ratios))
         if not self.ratios or not all(0 < r <= 1 for r in self.ratios):
             raise UsageError(f"ratios must be in (0, 1]; got {', '.join(f'{r:g}' for r in self.ratios) or 'none'}")
@@ -60,6 +62,9 @@ class ExportConfig:
                 raise UsageError("give either --ratio/--ratios or --video-drop/--audio-drop, not both")
         if self.max_context < 1024:
             raise UsageError(f"--max-context must be at least 1024 tokens (got {self.max_context})")
+        if isinstance(self.opset, bool) or not isinstance(self.opset, int) or not OPSETS[0] <= self.opset <= OPSETS[1]:
+            raise UsageError(f"--opset must be {OPSETS[0]}..{OPSETS[1]} (got {self.opset}); the default 17 suits "
+                             "TensorRT 10.3 and ONNX Runtime")
 
 
 @dataclass
@@ -72,25 +77,17 @@ class ExportArtifact:
 
 
 def _prepare_output(cfg: ExportConfig) -> Path:
-    out = cfg.out
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out} exists and is not a folder; choose another -o")
-    if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
-        raise UsageError(f"{out} is not empty; pass --overwrite to replace it, or choose another -o")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    from omnisift_edge.export.replace import prepare_staging
+
+    return prepare_staging(cfg.out, cfg.overwrite)   # only a previous export or an empty folder is replaced
 
 
 def _publish(staging: Path, out: Path) -> None:
-    """Swap the finished folder in: the old one (if any) is removed only after the rename."""
+    """Swap the finished folder in: atomically; the old one (if any) is removed only after the swap."""
+    from omnisift_edge.export.replace import publish
+
     _share(staging)
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{int(time.time())}"
-        out.rename(old)
-    staging.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    publish(staging, out)
 
 
 def export(cfg: ExportConfig, progress: Callable[[str], None] = lambda _: None) -> ExportArtifact:
@@ -115,18 +112,15 @@ def export(cfg: ExportConfig, progress: Callable[[str], None] = lambda _: None) 
 
 
 def _share(folder: Path) -> None:
-    """Give the staged files the modes a plain write would (temp files are created private)."""
-    import os
+    """Give the staged files the modes a plain write would (temp files are created private), synced."""
+    from omnisift_edge.atomic import finish_tree
 
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for path in folder.rglob("*"):
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+    finish_tree(folder)
 
 
 def config_summary(cfg: ExportConfig) -> dict:
     summary = asdict(cfg)
     summary["out"] = str(cfg.out)
-    summary["source"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg.source).items()}
+    # resolved: `run/profile --backend torch` reload the model from any working folder (issue 13.12)
+    summary["source"] = {k: (str(v.resolve()) if isinstance(v, Path) else v) for k, v in asdict(cfg.source).items()}
     return summary

@@ -37,9 +37,14 @@ class ProfileConfig:
     max_new_tokens: int = 16
     out: Path | None = None                      # None: FOLDER/profile
     target: str | None = None                    # tensorrt: which built engines
+    model: Path | None = None                    # torch: the model folder (default: the manifest's record)
 
     def __post_init__(self):
         object.__setattr__(self, "folder", Path(self.folder))
+        if self.out is not None:
+            from omnisift_edge.paths import check_output_dir
+
+            object.__setattr__(self, "out", check_output_dir(self.out))
         if not 2.0 * (self.warmup_chunks + 1) <= self.seconds <= 3600:
             raise UsageError(f"--seconds must cover the warm-up plus one measured chunk "
                              f"({2.0 * (self.warmup_chunks + 1):g} s) and at most 3600 (got {self.seconds:g})")
@@ -107,7 +112,7 @@ def _profile_ratio(cfg: ProfileConfig, ratio: float, bar) -> RatioProfile:
     from omnisift_edge.runtime.session import OmniSession, RuntimeConfig
 
     session = OmniSession(RuntimeConfig(cfg.folder, backend=cfg.backend, ratio=ratio, device=cfg.device,
-                                        target=cfg.target))
+                                        target=cfg.target, model=cfg.model))
     gpu = None
     if cfg.backend == "torch" and cfg.device.startswith("cuda"):
         import torch
@@ -199,8 +204,12 @@ def _atomic_write(path: Path, write) -> None:
 def profile(cfg: ProfileConfig, *, progress: bool = True) -> ProfileReport:
     from omnisift_edge.export.manifest import read_manifest
 
+    from omnisift_edge.paths import check_output_dir
+
     tqdm = require("tqdm").tqdm
+    require("matplotlib", extra="profile")           # the plot is written last: fail before measuring
     manifest = read_manifest(cfg.folder)
+    check_output_dir(cfg.out or cfg.folder / "profile")
     ratios = cfg.ratios or tuple(e["ratio"] for e in manifest["ratios"])
     chunks = -(-int(round(cfg.seconds * 2)) // 4)
     report = ProfileReport(machine=_machine(cfg.backend, cfg.device),

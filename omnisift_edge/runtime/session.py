@@ -40,6 +40,7 @@ class RuntimeConfig:
     max_context: int | None = None        # None: the export's
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     target: str | None = None             # tensorrt: which build's engines; None: the only one built
+    model: Path | None = None             # torch: the model folder (default: the one the manifest records)
 
     def __post_init__(self):
         object.__setattr__(self, "folder", Path(self.folder))
@@ -73,7 +74,7 @@ class OmniSession:
         _check_versions(manifest)
         self.spec = spec_from_manifest(manifest)
         self.resolution = tuple(manifest["resolution"])
-        self.ratio = manifest["ratios"][0]["ratio"] if cfg.ratio is None else cfg.ratio
+        self.ratio = _pick_ratio(manifest, cfg.ratio)
         self.plan = next(e for e in manifest["ratios"] if e["graph"] == compressor_graph_name(manifest, self.ratio))
         self.tokenizer = load_tokenizer(cfg.folder / manifest["tokenizer"]["folder"])
         self.stop_ids = list(manifest["stop_token_ids"])
@@ -104,7 +105,7 @@ class OmniSession:
         from omnisift_edge.runtime.torch_pipeline import CompressionConfig, TorchStream
 
         source = self.manifest["export_config"]["source"]
-        model = load_model(ModelSource(path=source["path"], compressor=source["compressor"], seed=source["seed"],
+        model = load_model(ModelSource(path=self.cfg.model if self.cfg.model is not None else source["path"], compressor=source["compressor"], seed=source["seed"],
                                        dtype=self.manifest["dtype"], selector_heads=source["selector_heads"],
                                        device=self.cfg.device))
         if model.identity.get("config_sha256") != self.manifest["model"].get("config_sha256"):
@@ -187,6 +188,8 @@ class OmniSession:
         """Greedy answer token ids for `question` (the first question ends the media stream)."""
         from omnisift_edge.model.prompt import build_prompt, followup_ids
 
+        if not isinstance(question, str):
+            raise UsageError(f"the question must be a str; got {type(question).__name__}")
         if not self._finished:
             self.finish()
         if not question.strip():
@@ -209,6 +212,15 @@ class OmniSession:
                 yield text[len(shown):]
                 shown = text
         self.last_answer_ids = tokens
+
+
+def _pick_ratio(manifest: dict, ratio: float | None) -> float:
+    """The ratio to run: the one asked for, else the export's only one; several need a choice."""
+    have = [e["ratio"] for e in manifest["ratios"]]
+    if ratio is None and len(have) > 1:
+        raise UsageError(f"this export has ratios {', '.join(f'{r:g}' for r in have)}; pick one with --ratio "
+                         f"(e.g. --ratio {min(have):g})")
+    return have[0] if ratio is None else ratio
 
 
 def open_session(cfg: RuntimeConfig) -> OmniSession:

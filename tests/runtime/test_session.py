@@ -40,7 +40,7 @@ def test_onnxruntime_and_torch_backends_give_the_same_tokens(folder, seconds, st
     clip = synthetic_clip(seconds, *RES, seed=4)
     answers = {}
     for backend in ("onnxruntime", "torch"):
-        session = OmniSession(RuntimeConfig(folder, backend=backend))
+        session = OmniSession(RuntimeConfig(folder, backend=backend, ratio=0.25))
         _feed(session, clip, step)
         first = list(session.ask_ids("What happens?", max_new_tokens=6))
         second = list(session.ask_ids("And after that?", max_new_tokens=4))
@@ -69,7 +69,7 @@ def test_append_file_decodes_and_resizes(folder, tmp_path):
     from tests.model.test_media import _write
 
     video = _write(tmp_path / "clip.mp4", seconds=3.0, w=96, h=64)
-    session = OmniSession(RuntimeConfig(folder))
+    session = OmniSession(RuntimeConfig(folder, ratio=0.25))
     reports = session.append_file(video)
     assert len(reports) == 2                                                  # 6 frames: 4 + padded 2
     assert list(session.ask("What do you hear?", max_new_tokens=2)) is not None
@@ -91,7 +91,7 @@ def test_context_full_is_refused_without_corrupting(folder):
 
 
 def test_bad_media_and_folders(folder, tmp_path):
-    session = OmniSession(RuntimeConfig(folder))
+    session = OmniSession(RuntimeConfig(folder, ratio=0.25))
     with pytest.raises(UsageError, match="this export takes 112x84"):
         session.append_chunk(np.zeros((4, 56, 56, 3), np.uint8), np.zeros(32000, np.float32))
     with pytest.raises(UsageError, match="uint8"):
