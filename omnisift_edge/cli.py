@@ -84,15 +84,18 @@ def doctor() -> None:
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the embedded default model.")
+@click.option("--default-chat-template", is_flag=True,
+              help="A --model folder without a chat template: use Qwen2.5-Omni's built-in one (else refused).")
 @_user_errors
 def demo(model_dir, compressor, compressor_heads, video, audio, seconds, resolution, ratio, question,
-         max_new_tokens, dtype, device, seed):
+         max_new_tokens, dtype, device, seed, default_chat_template):
     """Stream a clip through OmniSIFT + the thinker in PyTorch, chunk by chunk, and answer a question."""
     from omnisift_edge.model.load import ModelSource
     from omnisift_edge.runtime.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(source=ModelSource(path=model_dir, compressor=compressor, seed=seed, dtype=dtype,
-                                         selector_heads=compressor_heads, device=device),
+                                         selector_heads=compressor_heads, device=device,
+                                         default_chat_template=default_chat_template),
                      video=video, audio=audio, seconds=seconds, resolution=resolution, ratio=ratio,
                      question=question, max_new_tokens=max_new_tokens)
     result = run_demo(cfg, echo=click.echo)
@@ -132,16 +135,19 @@ def _parse_ratios(ratio: float | None, ratios: str | None) -> tuple[float, ...]:
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder (only once the new export passed).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the embedded default model.")
+@click.option("--default-chat-template", is_flag=True,
+              help="A --model folder without a chat template: use Qwen2.5-Omni's built-in one (else refused).")
 @_user_errors
 def export(model_dir, compressor, compressor_heads, ratio, ratios, video_drop, audio_drop, resolution, dtype,
-           max_context, opset, out, overwrite, seed):
+           max_context, opset, out, overwrite, seed, default_chat_template):
     """Export ONNX graphs + manifest.json for the per-chunk streaming pipeline, validated and linted."""
     from omnisift_edge.export.stage import ExportConfig, export as run_export
     from omnisift_edge.model.load import ModelSource
     from omnisift_edge.runtime.demo import parse_resolution
 
     cfg = ExportConfig(out=out, source=ModelSource(path=model_dir, compressor=compressor, seed=seed, dtype=dtype,
-                                                   selector_heads=compressor_heads),
+                                                   selector_heads=compressor_heads,
+                                                   default_chat_template=default_chat_template),
                        ratios=_parse_ratios(ratio, ratios), resolution=parse_resolution(resolution), dtype=dtype,
                        max_context=max_context, video_drop=video_drop, audio_drop=audio_drop,
                        overwrite=overwrite, opset=opset)

@@ -22,7 +22,7 @@ from omnisift_edge.export.tensors import AUDIO_ENCODER, COMPRESSOR, VISION_ENCOD
 
 EMBED_FILE, EMBED_TENSOR, TOKENIZER_DIR = "embed_tokens.safetensors", "embed_tokens", "tokenizer"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.json", "vocab.json", "merges.txt",
-                   "special_tokens_map.json", "added_tokens.json")
+                   "special_tokens_map.json", "added_tokens.json", "chat_template.jinja")
 
 
 def model_dims(model, resolution: tuple[int, int]) -> Dims:
@@ -70,6 +70,8 @@ def _copy_tokenizer(model, target: Path) -> list[str]:
         for name in TOKENIZER_FILES:
             if (model.source.path / name).is_file():
                 shutil.copy2(model.source.path / name, target / name)
+    # the template the export was made with, in the file that wins at load time (issue 13.6)
+    (target / "chat_template.jinja").write_text(model.tokenizer.chat_template, encoding="utf-8")
     return sorted(p.name for p in target.iterdir())
 
 

@@ -91,7 +91,7 @@ def publish(staging: Path, out: Path) -> None:
             except BaseException:
                 old.rename(out)            # put the previous export back
                 raise
-    shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)   # inside: an interrupt cannot make "nothing was written" untrue
 
 
 def _exchange(a: Path, b: Path) -> bool:

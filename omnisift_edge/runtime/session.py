@@ -105,8 +105,10 @@ class OmniSession:
         from omnisift_edge.runtime.torch_pipeline import CompressionConfig, TorchStream
 
         source = self.manifest["export_config"]["source"]
-        model = load_model(ModelSource(path=self.cfg.model if self.cfg.model is not None else source["path"], compressor=source["compressor"], seed=source["seed"],
+        path = self.cfg.model if self.cfg.model is not None else source["path"]   # resolved at export
+        model = load_model(ModelSource(path=path, compressor=source["compressor"], seed=source["seed"],
                                        dtype=self.manifest["dtype"], selector_heads=source["selector_heads"],
+                                       default_chat_template=source.get("default_chat_template", False),
                                        device=self.cfg.device))
         if model.identity.get("config_sha256") != self.manifest["model"].get("config_sha256"):
             raise UsageError("the model folder changed since the export (config hash differs); export again")
