@@ -8,8 +8,9 @@ and `torch` (the reference: the model the export was made from, chunk compressor
 
 Rules (also in docs/runtime.md):
 - frames must have the export's resolution; PCM is mono float at 16 kHz;
-- a trailing partial chunk is padded to 2 seconds (last frame repeated, audio zero-padded) when the
-  stream ends or a question arrives, so every backend sees whole chunks;
+- a trailing partial chunk goes to the torch backend as it is (what transformers computes on the
+  unpadded clip); exported graphs and engines take whole chunks, so for them it is padded to 2
+  seconds (last frame repeated, audio zero-padded) when the stream ends or a question arrives;
 - context policy: when the KV cache would exceed max_context, `ContextFullError` (a UsageError)
   is raised and nothing is appended: never a silently truncated context.
 """
@@ -41,6 +42,7 @@ class RuntimeConfig:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     target: str | None = None             # tensorrt: which build's engines; None: the only one built
     model: Path | None = None             # torch: the model folder (default: the one the manifest records)
+    pad_tail: bool | None = None          # pad a short last chunk to 2 s; None: only where the backend needs it
 
     def __post_init__(self):
         object.__setattr__(self, "folder", Path(self.folder))
@@ -48,6 +50,8 @@ class RuntimeConfig:
             raise UsageError(f"--backend must be one of {', '.join(BACKENDS)} (got {self.backend!r})")
         if self.device != "cpu" and not self.device.startswith("cuda"):
             raise UsageError(f"--device must be cpu or cuda (got {self.device!r})")
+        if self.pad_tail is False and self.backend != "torch":
+            raise UsageError(f"the {self.backend} backend takes whole 2-second chunks only; leave pad_tail unset")
         if self.max_context is not None and self.max_context < 256:
             raise UsageError(f"--max-context must be at least 256 tokens (got {self.max_context})")
 
@@ -156,20 +160,36 @@ class OmniSession:
         return reports + self.finish()
 
     def finish(self) -> list[ChunkReport]:
-        """End the media: pad a trailing partial chunk to 2 s and process it."""
+        """End the media: process a trailing partial chunk.
+
+        The torch backend takes it as it is (1 grid step, a short audio window): the same as
+        transformers on the unpadded clip. Exported graphs and engines take whole chunks only, so
+        for them it is padded to 2 s (last frame repeated, silence); docs/streaming.md measures
+        what that padding moves.
+        """
         if self._finished:
             return []
         self._finished = True
         per_chunk = self.spec.raw_frames_per_chunk
-        if self._frames and len(self._frames) % per_chunk:
-            self._frames.extend([self._frames[-1]] * (per_chunk - len(self._frames) % per_chunk))
-        chunks = len(self.stream.reports) + len(self._frames) // per_chunk
-        want = chunks * self.spec.samples_per_chunk
+        frames = len(self.stream.reports) * per_chunk + len(self._frames)
+        if self._partial_tail:
+            want = int(round(frames / self.spec.fps * self.spec.sample_rate))   # audio to the video's length
+        else:
+            if self._frames and len(self._frames) % per_chunk:
+                self._frames.extend([self._frames[-1]] * (per_chunk - len(self._frames) % per_chunk))
+            want = -(-frames // per_chunk) * self.spec.samples_per_chunk
         windows = []
         if want > self._samples:
             windows += self._mel.push(np.zeros(want - self._samples, np.float32))
         windows += self._mel.finish()
         return self._drain(windows)
+
+    @property
+    def _partial_tail(self) -> bool:
+        """Whether the backend takes a short last chunk (PyTorch) or only whole ones (graphs, engines)."""
+        if self.cfg.pad_tail is not None:
+            return not self.cfg.pad_tail
+        return self.cfg.backend == "torch"
 
     def _drain(self, windows) -> list[ChunkReport]:
         from omnisift_edge.model.preprocess import video_patches
@@ -177,8 +197,8 @@ class OmniSession:
         reports = []
         per_chunk = self.spec.raw_frames_per_chunk
         self._windows.extend(windows)
-        while self._windows and len(self._frames) >= per_chunk:
-            frames = np.stack([self._frames.popleft() for _ in range(per_chunk)])
+        while self._windows and (len(self._frames) >= per_chunk or (self._finished and self._frames)):
+            frames = np.stack([self._frames.popleft() for _ in range(min(per_chunk, len(self._frames)))])
             pixels, grid_thw = video_patches(frames, self.spec, size=self.resolution)
             reports.append(self.stream.push(pixels, int(grid_thw[0]), self._windows.popleft().features))
         if self._finished:
