@@ -16,7 +16,7 @@ from omnisift_edge import __version__
 from omnisift_edge.errors import UsageError
 
 
-def _user_errors(func=None, *, interrupted: str = "interrupted; nothing was written"):
+def _user_errors(func=None, *, interrupted: str = "interrupted"):
     """Turn UsageError into click's one-line error (exit 1); Ctrl-C into `interrupted` (exit 130).
 
     A user-fixable OSError (full disk, permissions, a path through a file) is one line too.
@@ -137,7 +137,7 @@ def _parse_ratios(ratio: float | None, ratios: str | None) -> tuple[float, ...]:
               help="Seed of the embedded default model.")
 @click.option("--default-chat-template", is_flag=True,
               help="A --model folder without a chat template: use Qwen2.5-Omni's built-in one (else refused).")
-@_user_errors
+@_user_errors(interrupted="interrupted; nothing was written (the output folder is as it was)")
 def export(model_dir, compressor, compressor_heads, ratio, ratios, video_drop, audio_drop, resolution, dtype,
            max_context, opset, out, overwrite, seed, default_chat_template):
     """Export ONNX graphs + manifest.json for the per-chunk streaming pipeline, validated and linted."""
@@ -384,7 +384,7 @@ def selftest():
 @click.option("--kind", type=click.Choice(["full", "thinker", "omnisift"]), default="omnisift", show_default=True,
               help="Folder layout to write: a full Qwen2.5-Omni checkpoint, a thinker-only folder, or OmniSIFT's.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@_user_errors
+@_user_errors(interrupted="interrupted; nothing was written")
 def tiny_model(folder, kind, seed):
     """Write the embedded default model as a checkpoint folder (to see or test the folder formats)."""
     from omnisift_edge.model.tiny import write_tiny_checkpoint

@@ -351,3 +351,23 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_interrupted_overwrite_keeps_the_previous_export_and_says_so(exported, tmp_path, monkeypatch):
+    """Issue 13.2: "nothing was written" only when true; the previous export stays whole."""
+    import shutil
+
+    import omnisift_edge.export.decoder as decoder
+
+    out = tmp_path / "art"
+    shutil.copytree(exported, out)
+    before = (out / "manifest.json").read_bytes()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(decoder, "export_decoder", interrupted)
+    result = invoke("export", "-o", out, "--overwrite", "--resolution", RES)
+    assert result.exit_code == 130 and "nothing was written" in result.stderr
+    assert (out / "manifest.json").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]           # no staging left behind
