@@ -232,6 +232,15 @@ def test_api_bad_input_is_a_usage_error(index, tmp_path, afile, exported):
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
+def test_refused_pcm_leaves_the_session_unchanged(exported):
+    from omnisift_edge.runtime.session import OmniSession, RuntimeConfig
+
+    session = OmniSession(RuntimeConfig(exported, ratio=0.25))
+    with pytest.raises(UsageError, match="far outside"):
+        session.append_chunk(np.zeros((4, 112, 84, 3), np.uint8), np.full(32000, 300.0, np.float32))
+    assert len(session._frames) == 0 and session._samples == 0
+
+
 def test_int16_pcm_streams_like_the_float_it_encodes(exported):
     """Issue 13.3: int16 PCM was read as float (log-mel off by up to 2.3); now scaled, same result."""
     from omnisift_edge.model.synthetic import synthetic_clip

@@ -138,9 +138,10 @@ class OmniSession:
             h, w = self.resolution
             raise UsageError(f"frames are {frames.shape[1]}x{frames.shape[2]} but this export takes {h}x{w}; "
                              f"resize them (omnisift_edge.model.preprocess.resize_frames) or export at that size")
+        windows = self._mel.push(pcm)        # checks the PCM first: a refused chunk changes nothing
         self._frames.extend(frames)
         self._samples += len(pcm)
-        return self._drain(self._mel.push(pcm))
+        return self._drain(windows)
 
     def append_file(self, path: Path, *, audio_path: Path | None = None) -> list[ChunkReport]:
         """Decode a file (video + its audio track, or a separate audio file) and append it whole."""
