@@ -16,13 +16,12 @@ check it), in inference mode only: no straight-through estimator (train with `co
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 
 from omnisift_edge.compress.ratio import audio_keep_count, check_rho, drop_count, kept_per_chunk
 from omnisift_edge.compress.select import compact_indices, select_indices, share_identical_scores
+from omnisift_edge.compress.selector import fp32_selector
 from omnisift_edge.compress.stvp import keep_unchecked
 from omnisift_edge.errors import UsageError
 
@@ -39,7 +38,7 @@ class ChunkCompressor(nn.Module):
         elif getattr(getattr(selector, "cfg", None), "d_model", None) is None:
             raise UsageError(f"selector must be an AudioSelector; got {type(selector).__name__}")
         else:
-            self.selector = _fp32(selector)
+            self.selector = fp32_selector(selector)
         self.method = method   # "pairwise" (export: no TopK tie reliance) or "auto"/"sort" (eager speed)
 
     def kept_count(self, frames: int, tokens_per_frame: int, audio_tokens: int) -> int:
@@ -90,13 +89,6 @@ class ChunkCompressor(nn.Module):
         if width != D:
             raise UsageError(f"the selector is {width} wide but the embeddings are {D} wide; use the matching compressor")
         return B, F, P, D
-
-
-def _fp32(selector: nn.Module) -> nn.Module:
-    """The selector in float32: itself when it is already, else an fp32 copy (the model's stays as is)."""
-    if all(p.dtype == torch.float32 for p in selector.parameters()):
-        return selector
-    return copy.deepcopy(selector).float()
 
 
 def gather_positions(positions: torch.Tensor, kept_index: torch.Tensor) -> torch.Tensor:
