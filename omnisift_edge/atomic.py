@@ -54,3 +54,14 @@ def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def finish_tree(folder: str | os.PathLike) -> None:
+    """Make a folder staged under a temporary name ready to be renamed into place: every file's bytes
+    on disk, and the modes a plain write would give (mkdtemp/mkstemp create them owner-only)."""
+    folder = Path(folder)
+    mask = umask()
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_file():
+            fsync_file(path)
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)

@@ -16,8 +16,11 @@ from omnisift_edge import __version__
 from omnisift_edge.errors import UsageError
 
 
-def _user_errors(func=None, *, interrupted: str = "interrupted; nothing was written"):
-    """Turn UsageError into click's one-line error (exit 1); Ctrl-C into `interrupted` (exit 130)."""
+def _user_errors(func=None, *, interrupted: str = "interrupted"):
+    """Turn UsageError into click's one-line error (exit 1); Ctrl-C into `interrupted` (exit 130).
+
+    A user-fixable OSError (full disk, permissions, a path through a file) is one line too.
+    """
 
     def decorate(func):
         @functools.wraps(func)
@@ -26,6 +29,13 @@ def _user_errors(func=None, *, interrupted: str = "interrupted; nothing was writ
                 return func(*args, **kwargs)
             except UsageError as exc:
                 raise click.ClickException(str(exc)) from None
+            except OSError as exc:
+                from omnisift_edge.paths import filesystem_error
+
+                error = filesystem_error(exc)
+                if error is None:
+                    raise
+                raise click.ClickException(str(error)) from None
             except KeyboardInterrupt:
                 click.echo(interrupted, err=True)
                 sys.exit(130)
@@ -108,15 +118,18 @@ def doctor() -> None:
 @click.option("--max-new-tokens", type=int, default=16, show_default=True)
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--default-chat-template", is_flag=True,
+              help="A --model folder without a chat template: use Qwen2.5-Omni's built-in one (else refused).")
 @_user_errors
 def demo(model_dir, compressor, compressor_heads, model_seed, video, audio, seconds, resolution, ratio, question,
-         max_new_tokens, dtype, device):
+         max_new_tokens, dtype, device, default_chat_template):
     """Stream a clip through OmniSIFT + the thinker in PyTorch, chunk by chunk, and answer a question."""
     from omnisift_edge.model.load import ModelSource
     from omnisift_edge.runtime.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(source=ModelSource(path=model_dir, compressor=compressor, seed=model_seed, dtype=dtype,
-                                         selector_heads=compressor_heads, device=device),
+                                         selector_heads=compressor_heads, device=device,
+                                         default_chat_template=default_chat_template),
                      video=video, audio=audio, seconds=seconds, resolution=resolution, ratio=ratio,
                      question=question, max_new_tokens=max_new_tokens)
     result = run_demo(cfg, echo=click.echo)
@@ -124,15 +137,18 @@ def demo(model_dir, compressor, compressor_heads, model_seed, video, audio, seco
 
 
 def _parse_ratios(ratio: float | None, ratios: str | None) -> tuple[float, ...]:
-    values: list[float] = []
-    if ratios:
-        try:
-            values = [float(v) for v in ratios.split(",") if v.strip()]
-        except ValueError:
-            raise UsageError(f"--ratios must be numbers separated by commas, like 1,0.5,0.25 (got {ratios!r})") from None
-    if ratio is not None and ratio not in values:
-        values.insert(0, ratio)
-    return tuple(values) if values else (0.25,)
+    """--ratio or --ratios (never both, never an empty list); neither: the default 0.25."""
+    if ratio is not None and ratios is not None:
+        raise UsageError("give --ratio or --ratios, not both (put every ratio in --ratios, e.g. --ratios 1,0.25)")
+    if ratios is None:
+        return (0.25,) if ratio is None else (ratio,)
+    try:
+        values = [float(v) for v in ratios.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"--ratios must be numbers separated by commas, like 1,0.5,0.25 (got {ratios!r})") from None
+    if not values:
+        raise UsageError(f"--ratios needs at least one number, like 1,0.5,0.25 (got {ratios!r})")
+    return tuple(values)
 
 
 @main.command()
@@ -152,16 +168,19 @@ def _parse_ratios(ratio: float | None, ratios: str | None) -> tuple[float, ...]:
 @click.option("--quantize-lm-head", is_flag=True, help="int8/int4: quantize the LM head too (default: kept in float).")
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True, help="Export folder to create.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder (only once the new export passed).")
-@_user_errors
+@click.option("--default-chat-template", is_flag=True,
+              help="A --model folder without a chat template: use Qwen2.5-Omni's built-in one (else refused).")
+@_user_errors(interrupted="interrupted; nothing was written (the output folder is as it was)")
 def export(model_dir, compressor, compressor_heads, model_seed, ratio, ratios, video_drop, audio_drop, resolution,
-           dtype, max_context, opset, weights, block_size, quantize_lm_head, out, overwrite):
+           dtype, max_context, opset, weights, block_size, quantize_lm_head, out, overwrite, default_chat_template):
     """Export ONNX graphs + manifest.json for the per-chunk streaming pipeline, validated and linted."""
     from omnisift_edge.export.stage import ExportConfig, export as run_export
     from omnisift_edge.model.load import ModelSource
     from omnisift_edge.model.preprocess import parse_resolution
 
     cfg = ExportConfig(out=out, source=ModelSource(path=model_dir, compressor=compressor, seed=model_seed, dtype=dtype,
-                                                   selector_heads=compressor_heads),
+                                                   selector_heads=compressor_heads,
+                                                   default_chat_template=default_chat_template),
                        ratios=_parse_ratios(ratio, ratios), resolution=parse_resolution(resolution), dtype=dtype,
                        max_context=max_context, video_drop=video_drop, audio_drop=audio_drop,
                        overwrite=overwrite, opset=opset, weights=weights, block_size=block_size,
@@ -248,9 +267,9 @@ def train(data, out, model_dir, compressor, compressor_heads, model_seed, ratio,
 @_user_errors
 def lint(folder):
     """Check exported graphs against what the TensorRT 10.3 ONNX parser (JetPack 6) accepts."""
-    from omnisift_edge.export.lint import format_findings, has_errors, lint_folder
+    from omnisift_edge.export.lint import format_findings, has_errors, lint_export
 
-    findings = lint_folder(folder)
+    findings = lint_export(folder)
     click.echo(format_findings(findings))
     if has_errors(findings):
         sys.exit(1)
@@ -265,7 +284,10 @@ def lint(folder):
 @click.option("--backend", type=click.Choice(["onnxruntime", "torch", "tensorrt"]), default="onnxruntime",
               show_default=True)
 @click.option("--target", default=None, help="tensorrt: which built engines (default: the only one built).")
-@click.option("--ratio", type=float, default=None, help="One of the export's ratios. Default: the first it lists.")
+@click.option("--ratio", type=float, default=None,
+              help="One of the export's ratios (needed when it has several; printed either way).")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
+              help="torch: the model folder (default: the one recorded at export).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=64, show_default=True)
 @click.option("--max-context", type=int, default=None, help="KV cache limit (default: the export's).")
@@ -274,14 +296,14 @@ def lint(folder):
 @click.option("--window-seconds", type=float, default=None,
               help="sliding: seconds of media kept (default: what --max-context holds).")
 @_user_errors
-def run(folder, video, audio, questions, backend, target, ratio, device, max_new_tokens, max_context,
+def run(folder, video, audio, questions, backend, target, ratio, model_dir, device, max_new_tokens, max_context,
         context_policy, window_seconds):
     """Stream a video through an export folder chunk by chunk, then answer questions (streamed)."""
     from omnisift_edge.runtime.session import RuntimeConfig, open_session
 
     session = open_session(RuntimeConfig(folder=folder, backend=backend, ratio=ratio, device=device,
                                          max_context=max_context, target=target, context_policy=context_policy,
-                                         window_seconds=window_seconds))
+                                         window_seconds=window_seconds, model=model_dir))
     reports = session.append_file(video, audio_path=audio)
     kept = sum(r.kept_video + r.kept_audio for r in reports)
     total = sum(r.video_tokens + r.audio_tokens for r in reports)
@@ -289,9 +311,17 @@ def run(folder, video, audio, questions, backend, target, ratio, device, max_new
                f"at ratio {session.ratio:g} [{backend}]", err=True)
     for question in questions:
         click.echo(f"Q: {question}", err=True)
+        text = ""
         for piece in session.ask(question, max_new_tokens=max_new_tokens):
             click.echo(piece, nl=False)
-        click.echo("" if session.last_answer_ids else "(no answer)")
+            text += piece
+        if text:
+            click.echo("")
+        elif session.last_answer_ids:   # as demo says it: never a silent blank line
+            click.echo("(no text: the answer tokens decode to nothing; special tokens or outside the "
+                       "tokenizer's vocabulary, as a random-weight model answers)")
+        else:
+            click.echo("(no answer)")
         click.echo(f"answer ids: {session.last_answer_ids}", err=True)
 
 
@@ -311,8 +341,11 @@ def run(folder, video, audio, questions, backend, target, ratio, device, max_new
               help="error (the clip must fit the context) or sliding (evict the oldest chunks; docs/runtime.md).")
 @click.option("--window-seconds", type=float, default=None,
               help="sliding: seconds of media kept (default: what the export's max context holds).")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
+              help="torch: the model folder (default: the one recorded at export).")
 @_user_errors
-def profile(folder, backend, target, ratios, seconds, device, max_new_tokens, out, context_policy, window_seconds):
+def profile(folder, backend, target, ratios, seconds, device, max_new_tokens, out, context_policy, window_seconds,
+            model_dir):
     """Measure per-stage latency, TTFT, decode speed and memory at each ratio, side by side."""
     from omnisift_edge.profiling.profile import ProfileConfig, markdown, profile as run_profile
 
@@ -320,7 +353,7 @@ def profile(folder, backend, target, ratios, seconds, device, max_new_tokens, ou
         backend = "tensorrt"
     cfg = ProfileConfig(folder=folder, backend=backend, ratios=_parse_ratios(None, ratios) if ratios else None,
                         seconds=seconds, device=device, max_new_tokens=max_new_tokens, out=out, target=target,
-                        context_policy=context_policy, window_seconds=window_seconds)
+                        context_policy=context_policy, window_seconds=window_seconds, model=model_dir)
     report = run_profile(cfg)
     click.echo(markdown(report))
     click.echo(f"wrote {report.files['json']}, {report.files['markdown']}, {report.files['plot']}", err=True)
@@ -343,7 +376,9 @@ def profile(folder, backend, target, ratios, seconds, device, max_new_tokens, ou
 def build(folder, target, precision, max_context, workspace_gb, compute_capabilities, plan_only):
     """Build TensorRT engines (one per graph) for a target; --plan works anywhere, --target rtx builds anywhere."""
     from omnisift_edge.engines import BuildConfig, build_engines, plan_build
+    from omnisift_edge.paths import check_writable_folder
 
+    check_writable_folder(folder)
     cfg = BuildConfig(folder, target=target, precision=precision, max_context=max_context, workspace_gb=workspace_gb,
                       compute_capabilities=compute_capabilities)
     if plan_only:
@@ -390,14 +425,16 @@ def plan(config, weights, dtype, block_size, quantize_lm_head, max_context, wind
 def verify(folder, target, record):
     """Compare TensorRT engines with ONNX Runtime outputs recorded at export (two-machine flow)."""
     from omnisift_edge.engines import VerifyConfig, verify_engines
+    from omnisift_edge.paths import check_writable_folder
 
     if record:
+        check_writable_folder(folder)
         from omnisift_edge.export.reference import record_reference
 
         record_reference(folder)
     report = verify_engines(VerifyConfig(folder, target=target, record=record))
     click.echo(report.summary())
-    if not report.ok:
+    if not report.ok and not (record and not report.graphs):   # recording alone (no engines here) succeeded
         sys.exit(1)
 
 
@@ -409,9 +446,11 @@ def selftest(target):
     """Export the embedded default, build engines and verify them, where TensorRT and a GPU exist."""
     from omnisift_edge.selftest import SelfTestConfig, selftest as run_selftest
 
-    result = run_selftest(SelfTestConfig(target=target))
+    result = run_selftest(SelfTestConfig(target=target), progress=lambda text: click.echo(text, err=True))
+    if not result.ran:
+        raise UsageError(result.summary())          # could not run: one line, exit 1
     click.echo(result.summary())
-    if result.ran and not result.ok:
+    if not result.ok:
         sys.exit(1)
 
 
@@ -446,11 +485,13 @@ def triton(folder, out, backend, ratio, device, max_streams, idle_timeout, insta
               help="Folder layout to write: a full Qwen2.5-Omni checkpoint, a thinker-only folder, or OmniSIFT's.")
 @click.option("--model-seed", "seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the embedded default model.")
-@_user_errors
+@_user_errors(interrupted="interrupted; nothing was written")
 def tiny_model(folder, kind, seed):
     """Write the embedded default model as a checkpoint folder (to see or test the folder formats)."""
     from omnisift_edge.model.tiny import write_tiny_checkpoint
+    from omnisift_edge.paths import check_output_dir
 
+    check_output_dir(folder, "FOLDER")
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise UsageError(f"{folder} exists and is not an empty folder; choose a new folder")
     write_tiny_checkpoint(folder, kind, seed)

@@ -25,7 +25,9 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "demo --video FILE": ("torch", "transformers", "av", "PIL"),
     "export": ("torch", "transformers", "safetensors", "onnx", "onnxruntime", "optimum"),
     "lint": ("onnx",),
-    "run / profile": ("onnxruntime", "tokenizers", "transformers"),
+    "run": ("onnxruntime", "tokenizers", "transformers", "av", "PIL"),
+    "run --backend torch": ("torch", "transformers", "tokenizers", "safetensors", "av", "PIL"),
+    "profile": ("onnxruntime", "tokenizers", "transformers", "tqdm", "matplotlib"),
     "build / verify": ("tensorrt", "polygraphy"),
     "build --target rtx": ("tensorrt_rtx", "polygraphy"),
     "tiny-model": ("torch", "transformers", "safetensors"),
@@ -65,8 +67,8 @@ def _ort_providers() -> Probe:
 
 def probe_all() -> list[Probe]:
     probes = [Probe("python", True, f"{platform.python_version()} ({platform.machine()}, {sys.platform})")]
-    for name in ("numpy", "click", "torch", "transformers", "tokenizers", "safetensors", "av", "PIL",
-                 "onnx", "onnxruntime", "optimum", "polygraphy", "tensorrt", "tensorrt_rtx", "peft"):
+    for name in ("numpy", "click", "torch", "transformers", "tokenizers", "safetensors", "av", "PIL", "tqdm",
+                 "onnx", "onnxruntime", "optimum", "matplotlib", "polygraphy", "tensorrt", "tensorrt_rtx", "peft"):
         probes.append(_version(name))
     probes.append(_torch_cuda())
     probes.append(_ort_providers())
@@ -102,10 +104,10 @@ def report() -> str:
     lines.append("what each command needs:")
     for command, needs in NEEDS.items():
         missing = [n for n in needs if n not in found]
-        extra = {"export": "export", "lint": "export", "run / profile": "profile",
+        extra = {"export": "export", "lint": "export", "run": "export", "profile": "profile",
                  "build / verify": "engines", "build --target rtx": "rtx",
                  "train --llm lora": "train"}.get(command, "model")
         status = "ready" if not missing else "missing " + ", ".join(missing) + \
             f" (pip install 'omnisift-edge[{extra}]')"
-        lines.append(f"  omnisift-edge {command:<18} {status}")
+        lines.append(f"  omnisift-edge {command:<20} {status}")
     return "\n".join(lines)

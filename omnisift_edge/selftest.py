@@ -91,9 +91,7 @@ def selftest(cfg: SelfTestConfig = SelfTestConfig(),
     target = cfg.target
     missing = missing_requirements(target)
     if missing:
-        result = SelfTestResult(False, False, "; ".join(missing))
-        progress(result.summary())
-        return result
+        return SelfTestResult(False, False, "; ".join(missing))   # the caller prints summary() once
     from omnisift_edge.engines.build import build_engines
     from omnisift_edge.engines.plan import BuildConfig
     from omnisift_edge.engines.verify import VerifyConfig, verify_engines
@@ -128,5 +126,4 @@ def selftest(cfg: SelfTestConfig = SelfTestConfig(),
         result.seconds = time.perf_counter() - started
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
-    progress(result.summary())
     return result

@@ -16,7 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "omnisift_edge"
 
 # lowest first; units of one layer never import each other
 LAYERS = (
-    ("errors", "atomic"),
+    ("errors",),
+    ("atomic", "paths"),
     ("omnisift_edge",),                             # the package root: __version__, UsageError
     ("artifact",),                                  # the export folder contract
     ("compress",),

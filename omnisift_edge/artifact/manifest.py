@@ -80,8 +80,10 @@ def read_manifest(folder: Path, *, verify: bool = True) -> dict:
         raise UsageError(f"{folder} has no {MANIFEST}; it is not a complete export (run omnisift-edge export)")
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path} is corrupt ({exc}); export again") from None
+    if not isinstance(manifest, dict):
+        raise UsageError(f"{path} is corrupt (not a JSON object); export again")
     version = manifest.get("schema_version")
     if version != SCHEMA_VERSION:
         raise UsageError(f"{path} has schema version {version}, this omnisift-edge reads {SCHEMA_VERSION}; "

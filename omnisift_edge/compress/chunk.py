@@ -21,6 +21,7 @@ from torch import nn
 
 from omnisift_edge.compress.ratio import audio_keep_count, check_rho, drop_count, kept_per_chunk
 from omnisift_edge.compress.select import compact_indices, select_indices, share_identical_scores
+from omnisift_edge.compress.selector import fp32_selector
 from omnisift_edge.compress.stvp import keep_unchecked
 from omnisift_edge.errors import UsageError
 
@@ -30,11 +31,14 @@ class ChunkCompressor(nn.Module):
 
     def __init__(self, selector: nn.Module, rho_video: float, rho_audio: float, *, method: str = "pairwise"):
         super().__init__()
-        if getattr(getattr(selector, "cfg", None), "d_model", None) is None:
-            raise UsageError(f"selector must be an AudioSelector; got {type(selector).__name__}")
-        self.selector = selector
         self.rho_video = check_rho("rho_video", rho_video)
         self.rho_audio = check_rho("rho_audio", rho_audio)
+        if selector is None and self.rho_audio == 0:
+            self.selector = None   # keeps every audio token: ratio 1 needs no trained selector
+        elif getattr(getattr(selector, "cfg", None), "d_model", None) is None:
+            raise UsageError(f"selector must be an AudioSelector; got {type(selector).__name__}")
+        else:
+            self.selector = fp32_selector(selector)
         self.method = method   # "pairwise" (export: no TopK tie reliance) or "auto"/"sort" (eager speed)
 
     def kept_count(self, frames: int, tokens_per_frame: int, audio_tokens: int) -> int:
@@ -53,8 +57,9 @@ class ChunkCompressor(nn.Module):
         context = video.reshape(B, F * P, D).gather(1, v_index.unsqueeze(-1).expand(B, F * n_vk, D))   # [B, Nv, D]
         n_ka = audio_keep_count(La, self.rho_audio, F * n_vk)
         if n_ka < La:
-            dtype = next(self.selector.parameters()).dtype
-            scores = self.selector(context.to(dtype), audio.to(dtype))        # [B, La]
+            # fp32 whatever the embeddings' dtype: fp16/bf16 scores round to exact ties that a backend's
+            # rounding of its inputs breaks either way, so kept sets would differ between backends
+            scores = self.selector(context.float(), audio.float())            # [B, La] float32
             scores = share_identical_scores(scores, audio)                    # exact ties on any backend
             a_index = select_indices(scores, n_ka, method=self.method, check=False)   # [B, n_ka] ascending
             kept_audio = audio.gather(1, a_index.unsqueeze(-1).expand(B, n_ka, D))    # [B, n_ka, D]
@@ -65,6 +70,13 @@ class ChunkCompressor(nn.Module):
         kept_index = torch.cat((v_index, a_index + F * P), dim=1)             # [B, K]
         return kept, kept_index
 
+    def _apply(self, fn, recurse=True):
+        """`.to(fp16)` / `.half()` convert the module but the selector stays fp32 (see forward)."""
+        super()._apply(fn, recurse)
+        if self.selector is not None:
+            self.selector.float()
+        return self
+
     def _check(self, video: torch.Tensor, audio: torch.Tensor) -> tuple[int, int, int, int]:
         if video.dim() != 4 or video.shape[1] not in (1, 2) or video.shape[2] < 1:
             raise UsageError(f"video must be [B, F, n_p, D] with F = 1 or 2 and n_p >= 1; got {tuple(video.shape)}")
@@ -73,7 +85,7 @@ class ChunkCompressor(nn.Module):
             raise UsageError(f"audio must be [B, La, D] = [{B}, La, {D}] to match the video; got {tuple(audio.shape)}")
         if audio.dtype != video.dtype:
             raise UsageError(f"video and audio embeddings must share a dtype; got {video.dtype} and {audio.dtype}")
-        width = self.selector.cfg.d_model
+        width = D if self.selector is None else self.selector.cfg.d_model
         if width != D:
             raise UsageError(f"the selector is {width} wide but the embeddings are {D} wide; use the matching compressor")
         return B, F, P, D

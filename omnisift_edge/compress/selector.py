@@ -79,6 +79,19 @@ class AudioSelector(nn.Module):
         return torch.sigmoid(self.score_head(x).squeeze(-1))        # [B, Na]
 
 
+def fp32_selector(selector: nn.Module) -> nn.Module:
+    """The selector in float32: itself when it is already, else an fp32 copy (the caller's stays as is).
+
+    Selections score in fp32 at every model dtype: fp16/bf16 scores round to exact ties that each
+    backend's rounding of its inputs breaks its own way, so kept sets would differ (issue 13.1).
+    """
+    if all(p.dtype == torch.float32 for p in selector.parameters()):
+        return selector
+    import copy
+
+    return copy.deepcopy(selector).float()
+
+
 def load_selector_state(
     source: Mapping[str, torch.Tensor] | str | os.PathLike,
     cfg: SelectorConfig | None = None,

@@ -31,6 +31,7 @@ import torch
 
 from omnisift_edge.compress.ratio import audio_keep_count, check_rho, drop_count
 from omnisift_edge.compress.select import compact_indices, select_mask, share_identical_scores
+from omnisift_edge.compress.selector import fp32_selector
 from omnisift_edge.compress.stvp import cosine_from_dots, frame_scores, pair_gram, rowdot, spatial_scores
 from omnisift_edge.errors import UsageError
 
@@ -119,8 +120,9 @@ def _compress(embeds, input_ids, t: _Tables, selector, video_id, audio_id, train
     out = embeds
     if A > 0:
         context = flat.index_select(0, ctx_pos.reshape(-1)).view(C, t.max_ctx, D)   # [C, K, D]
-        dtype = next(selector.parameters()).dtype
-        scores = selector(context.to(dtype), audio.to(dtype), ctx_valid)     # [C, A]
+        scorer = selector if training else fp32_selector(selector)          # inference scores in fp32, as the chunk module
+        dtype = next(scorer.parameters()).dtype
+        scores = scorer(context.to(dtype), audio.to(dtype), ctx_valid)       # [C, A]
         with torch.no_grad():
             shared = share_identical_scores(scores, audio)                     # exact ties, as the chunk module
             decided = torch.where(t.do_audio.unsqueeze(-1), shared, torch.ones_like(scores))

@@ -22,7 +22,7 @@ from omnisift_edge.artifact.tensors import AUDIO_ENCODER, COMPRESSOR, VISION_ENC
 
 EMBED_FILE, EMBED_TENSOR, TOKENIZER_DIR = "embed_tokens.safetensors", "embed_tokens", "tokenizer"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.json", "vocab.json", "merges.txt",
-                   "special_tokens_map.json", "added_tokens.json")
+                   "special_tokens_map.json", "added_tokens.json", "chat_template.jinja")
 
 
 def model_dims(model, resolution: tuple[int, int]) -> Dims:
@@ -70,6 +70,8 @@ def _copy_tokenizer(model, target: Path) -> list[str]:
         for name in TOKENIZER_FILES:
             if (model.source.path / name).is_file():
                 shutil.copy2(model.source.path / name, target / name)
+    # the template the export was made with, in the file that wins at load time (issue 13.6)
+    (target / "chat_template.jinja").write_text(model.tokenizer.chat_template, encoding="utf-8")
     return sorted(p.name for p in target.iterdir())
 
 
@@ -148,7 +150,8 @@ def build_folder(cfg: ExportConfig, folder: Path, progress: Callable[[str], None
     tokenizer_files = _copy_tokenizer(model, folder / TOKENIZER_DIR)
 
     manifest = {
-        "model": dict(model.identity, source="embedded default" if model.source.is_default else str(model.source.path)),
+        "model": dict(model.identity, source="embedded default" if model.source.is_default
+                      else str(model.source.path.resolve())),
         "selector": _selector_record(model),
         "dtype": dtype,
         "resolution": list(cfg.resolution),

@@ -9,6 +9,7 @@ from omnisift_edge.errors import UsageError
 from omnisift_edge.model.load import ModelSource
 
 DEFAULT_RATIOS = (0.25,)
+OPSETS = (14, 20)   # Optimum's decoder export needs >= 14; TensorRT 10.3's parser and torch's exporter stop at 20
 
 
 class ExportValidationError(UsageError):
@@ -32,7 +33,9 @@ class ExportConfig:
     quantize_lm_head: bool = False                  # int8/int4: the LM head too
 
     def __post_init__(self):
-        object.__setattr__(self, "out", Path(self.out))
+        from omnisift_edge.paths import check_output_dir
+
+        object.__setattr__(self, "out", check_output_dir(self.out))   # a folder we may write, checked up front
         object.__setattr__(self, "ratios", tuple(float(r) for r in self.ratios))
         if not self.ratios or not all(0 < r <= 1 for r in self.ratios):
             raise UsageError(f"ratios must be in (0, 1]; got {', '.join(f'{r:g}' for r in self.ratios) or 'none'}")
@@ -62,6 +65,9 @@ class ExportConfig:
             raise UsageError(f"--weights must be fp32, fp16, int8 or int4 (got {self.weights!r})")
         if self.max_context < 1024:
             raise UsageError(f"--max-context must be at least 1024 tokens (got {self.max_context})")
+        if isinstance(self.opset, bool) or not isinstance(self.opset, int) or not OPSETS[0] <= self.opset <= OPSETS[1]:
+            raise UsageError(f"--opset must be {OPSETS[0]}..{OPSETS[1]} (got {self.opset}); the default 17 suits "
+                             "TensorRT 10.3 and ONNX Runtime")
 
     @property
     def quantized(self) -> bool:
@@ -86,5 +92,6 @@ class ExportArtifact:
 def config_summary(cfg: ExportConfig) -> dict:
     summary = asdict(cfg)
     summary["out"] = str(cfg.out)
-    summary["source"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg.source).items()}
+    # resolved: `run/profile --backend torch` reload the model from any working folder (issue 13.12)
+    summary["source"] = {k: (str(v.resolve()) if isinstance(v, Path) else v) for k, v in asdict(cfg.source).items()}
     return summary

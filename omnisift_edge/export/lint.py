@@ -96,6 +96,21 @@ def lint_folder(folder: str | os.PathLike) -> dict[str, list[Finding]]:
     return {p.stem: lint_model(p) for p in files if p.stem not in ort_only}
 
 
+def lint_export(folder: str | os.PathLike) -> dict[str, list[Finding]]:
+    """`lint_folder` for an export: a manifest that is present must be readable and every graph it
+    lists present (a UsageError otherwise, so `lint` never says "no findings" about a broken export)."""
+    from omnisift_edge.artifact.manifest import MANIFEST, read_manifest
+
+    folder = Path(folder)
+    if (folder / MANIFEST).exists():
+        manifest = read_manifest(folder, verify=False)
+        missing = [g["file"] for g in manifest.get("graphs", {}).values() if not (folder / g["file"]).is_file()]
+        if missing:
+            raise UsageError(f"{folder} lacks {', '.join(missing)} listed in its {MANIFEST}; "
+                             "copy the whole export folder or export again")
+    return lint_folder(folder)
+
+
 def _flatten(findings: Findings) -> list[Finding]:
     if isinstance(findings, Mapping):
         return [f for group in findings.values() for f in group]

@@ -8,36 +8,26 @@ or failed export never leaves a folder that looks complete.
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Callable
 
-from omnisift_edge.errors import UsageError
 from omnisift_edge.export.config import ExportArtifact, ExportConfig
 
 
 def _prepare_output(cfg: ExportConfig) -> Path:
-    out = cfg.out
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out} exists and is not a folder; choose another -o")
-    if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
-        raise UsageError(f"{out} is not empty; pass --overwrite to replace it, or choose another -o")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    from omnisift_edge.export.replace import prepare_staging
+
+    return prepare_staging(cfg.out, cfg.overwrite)   # only a previous export or an empty folder is replaced
 
 
 def _publish(staging: Path, out: Path) -> None:
-    """Swap the finished folder in: the old one (if any) is removed only after the rename."""
+    """Swap the finished folder in: atomically; the old one (if any) is removed only after the swap."""
+    from omnisift_edge.export.replace import publish
+
     _share(staging)
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{int(time.time())}"
-        out.rename(old)
-    staging.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    publish(staging, out)
 
 
 def export(cfg: ExportConfig, progress: Callable[[str], None] = lambda _: None) -> ExportArtifact:
@@ -62,11 +52,7 @@ def export(cfg: ExportConfig, progress: Callable[[str], None] = lambda _: None) 
 
 
 def _share(folder: Path) -> None:
-    """Give the staged files the modes a plain write would (temp files are created private)."""
-    import os
+    """Give the staged files the modes a plain write would (temp files are created private), synced."""
+    from omnisift_edge.atomic import finish_tree
 
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for path in folder.rglob("*"):
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+    finish_tree(folder)

@@ -35,6 +35,7 @@ class ModelSource:
     dtype: str = "fp32"
     selector_heads: int | None = None   # selector attention heads; None: the folder's config, else 8
     device: str = "cpu"             # "cpu", "cuda" or "cuda:N"
+    default_chat_template: bool = False   # a folder without a chat template: use Qwen2.5-Omni's (else refused)
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -185,6 +186,7 @@ def _load_folder(source: ModelSource, dtype) -> OmniModel:
     folder = source.path
     thinker_cfg_dict, prefix = read_folder_config(folder)
     files = weight_files(folder)
+    tokenizer = load_tokenizer(folder, default_template=source.default_chat_template)   # before the weights
     try:
         config = transformers.Qwen2_5OmniThinkerConfig(**{k: v for k, v in thinker_cfg_dict.items()
                                                           if k != "model_type"})
@@ -242,7 +244,7 @@ def _load_folder(source: ModelSource, dtype) -> OmniModel:
     return OmniModel(
         thinker=thinker,
         selector=selector,
-        tokenizer=load_tokenizer(folder),
+        tokenizer=tokenizer,
         spec=OmniSpec.from_thinker_config(thinker_cfg_dict),
         source=source,
         identity={"name": folder.name, "config_sha256": _config_hash(thinker_cfg_dict)},

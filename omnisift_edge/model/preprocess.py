@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from omnisift_edge.errors import UsageError, require
+from omnisift_edge.model.pcm import as_float_pcm
 from omnisift_edge.model.spec import OmniSpec
 
 # Qwen2VLImageProcessor's normalization (OpenAI CLIP) and Qwen2.5-Omni's video pixel budget
@@ -257,7 +258,7 @@ class StreamingLogMel:
         """Append mono PCM [n] (float, 16 kHz); return the chunks it completed (often none, at most a few)."""
         if self._finished:
             raise UsageError("StreamingLogMel.push after finish(); start a new StreamingLogMel per clip")
-        pcm = np.asarray(pcm)
+        pcm = as_float_pcm(pcm)                    # integer PCM by its scale; far-out float refused
         if pcm.ndim != 1:
             raise UsageError(f"pcm must be mono [n] (got shape {list(pcm.shape)}); downmix it first")
         if not np.isfinite(pcm).all():

@@ -139,6 +139,9 @@ def write_tiny_checkpoint(folder, kind: str = "full", seed: int = 0, shard_bytes
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         _write_checkpoint_files(staging, kind, seed, shard_bytes)
+        from omnisift_edge.atomic import finish_tree
+
+        finish_tree(staging)   # plain modes (not mkdtemp's 0700), bytes on disk before the rename
         if final.exists():
             final.rmdir()   # only an empty folder may be replaced (the CLI checks)
         staging.rename(final)

@@ -120,18 +120,22 @@ def write_tiny_tokenizer(folder: Path, ids: TokenIds = TokenIds()) -> Path:
     return folder
 
 
-def load_tokenizer(folder: Path):
-    """Load the tokenizer of a model folder (real Qwen2.5-Omni or the tiny default's)."""
+def load_tokenizer(folder: Path, *, default_template: bool = False):
+    """Load the tokenizer of a model folder (real Qwen2.5-Omni or the tiny default's).
+
+    The chat template is the folder's, wherever it lives (model/chat_template.py); a folder without
+    one is refused unless `default_template` asks for the built-in Qwen2.5-Omni template.
+    """
+    from omnisift_edge.model.chat_template import require_chat_template
+
     folder = Path(folder)
+    template = require_chat_template(folder, default=CHAT_TEMPLATE if default_template else None)
     if not (folder / "tokenizer.json").is_file() and not (folder / "vocab.json").is_file():
         raise UsageError(f"no tokenizer in {folder} (expected tokenizer.json or vocab.json + merges.txt); "
                          "copy the tokenizer files of the Qwen2.5-Omni checkpoint into it")
     transformers = require("transformers")
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    if getattr(tokenizer, "chat_template", None) is None:
-        template_file = folder / "chat_template.json"
-        tokenizer.chat_template = (json.loads(template_file.read_text())["chat_template"]
-                                   if template_file.is_file() else CHAT_TEMPLATE)
+    tokenizer.chat_template = template
     missing = [k for k in EXTRA_SPECIAL_TOKENS if getattr(tokenizer, k, None) is None]
     if missing:  # older tokenizer configs: the special tokens exist, the attribute names don't
         for key in missing:

@@ -46,10 +46,15 @@ class ProfileConfig:
     target: str | None = None                    # tensorrt: which built engines
     context_policy: str = "error"                # error | sliding (runtime/context.py)
     window_seconds: float | None = None          # sliding: seconds of media kept
+    model: Path | None = None                    # torch: the model folder (default: the manifest's record)
 
     def __post_init__(self):
         object.__setattr__(self, "folder", Path(self.folder))
         ContextPolicy(self.context_policy, self.window_seconds)       # validates both
+        if self.out is not None:
+            from omnisift_edge.paths import check_output_dir
+
+            object.__setattr__(self, "out", check_output_dir(self.out))
         if not 2.0 * (self.warmup_chunks + 1) <= self.seconds <= 3600:
             raise UsageError(f"--seconds must cover the warm-up plus one measured chunk "
                              f"({2.0 * (self.warmup_chunks + 1):g} s) and at most 3600 (got {self.seconds:g})")
@@ -121,7 +126,7 @@ def _profile_ratio(cfg: ProfileConfig, ratio: float, bar) -> RatioProfile:
 
     session = OmniSession(RuntimeConfig(cfg.folder, backend=cfg.backend, ratio=ratio, device=cfg.device,
                                         target=cfg.target, context_policy=cfg.context_policy,
-                                        window_seconds=cfg.window_seconds))
+                                        window_seconds=cfg.window_seconds, model=cfg.model))
     gpu = None
     if cfg.backend == "torch" and cfg.device.startswith("cuda"):
         import torch
@@ -268,8 +273,12 @@ def profile(cfg: ProfileConfig, *, bar: bool = True) -> ProfileReport:
     """Stream a generated clip through the export at each ratio and measure every stage (docs/runtime.md)."""
     from omnisift_edge.artifact.manifest import read_manifest
 
+    from omnisift_edge.paths import check_output_dir
+
     tqdm = require("tqdm").tqdm
+    require("matplotlib", extra="profile")           # the plot is written last: fail before measuring
     manifest = read_manifest(cfg.folder)
+    check_output_dir(cfg.out or cfg.folder / "profile")
     ratios = cfg.ratios or tuple(e["ratio"] for e in manifest["ratios"])
     fits = context_check(cfg, manifest, ratios)
     chunks = -(-int(round(cfg.seconds * 2)) // 4)

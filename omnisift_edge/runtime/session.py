@@ -8,8 +8,9 @@ and `torch` (the reference: the model the export was made from, chunk compressor
 
 Rules (also in docs/runtime.md):
 - frames must have the export's resolution; PCM is mono float at 16 kHz;
-- a trailing partial chunk is padded to 2 seconds (last frame repeated, audio zero-padded) when the
-  stream ends or a question arrives, so every backend sees whole chunks;
+- a trailing partial chunk goes to the torch backend as it is (what transformers computes on the
+  unpadded clip); exported graphs and engines take whole chunks, so for them it is padded to 2
+  seconds (last frame repeated, audio zero-padded) when the stream ends or a question arrives;
 - context policy `error` (default): when the KV cache would exceed max_context, `ContextFullError`
   (a UsageError) is raised and nothing is appended: never a silently truncated context; `sliding`
   evicts the oldest chunks instead (runtime/context.py, docs/runtime.md);
@@ -47,6 +48,8 @@ class RuntimeConfig:
     context_policy: str = "error"         # error | sliding (runtime/context.py)
     window_seconds: float | None = None   # sliding: seconds of media kept; None: what max_context holds
     position_limit: int | None = None     # None: the model's max_position_embeddings (re-base before it)
+    model: Path | None = None             # torch: the model folder (default: the one the manifest records)
+    pad_tail: bool | None = None          # pad a short last chunk to 2 s; None: only where the backend needs it
 
     def __post_init__(self):
         object.__setattr__(self, "folder", Path(self.folder))
@@ -54,6 +57,8 @@ class RuntimeConfig:
             raise UsageError(f"--backend must be one of {', '.join(BACKENDS)} (got {self.backend!r})")
         if self.device != "cpu" and not self.device.startswith("cuda"):
             raise UsageError(f"--device must be cpu or cuda (got {self.device!r})")
+        if self.pad_tail is False and self.backend != "torch":
+            raise UsageError(f"the {self.backend} backend takes whole 2-second chunks only; leave pad_tail unset")
         if self.max_context is not None and self.max_context < 256:
             raise UsageError(f"--max-context must be at least 256 tokens (got {self.max_context})")
         self.context                      # validates the policy
@@ -80,7 +85,7 @@ class OmniSession:
         self.manifest = manifest = self.export.raw
         self.spec = spec_from_layout(self.export.manifest.layout)
         self.resolution = self.export.manifest.resolution
-        ratio_plan = self.export.ratio_plan(cfg.ratio)
+        ratio_plan = self.export.ratio_plan(_pick_ratio(manifest, cfg.ratio))
         self.ratio = ratio_plan.ratio
         self.plan = next(e for e in manifest["ratios"] if e["graph"] == ratio_plan.graph)
         self.tokenizer = load_tokenizer(self.export.tokenizer_path)
@@ -118,8 +123,10 @@ class OmniSession:
         from omnisift_edge.runtime.torch_pipeline import CompressionConfig, TorchStream
 
         source = self.manifest["export_config"]["source"]
-        model = load_model(ModelSource(path=source["path"], compressor=source["compressor"], seed=source["seed"],
+        path = self.cfg.model if self.cfg.model is not None else source["path"]   # resolved at export
+        model = load_model(ModelSource(path=path, compressor=source["compressor"], seed=source["seed"],
                                        dtype=self.manifest["dtype"], selector_heads=source["selector_heads"],
+                                       default_chat_template=source.get("default_chat_template", False),
                                        device=self.cfg.device))
         if model.identity.get("config_sha256") != self.manifest["model"].get("config_sha256"):
             raise UsageError("the model folder changed since the export (config hash differs); export again")
@@ -157,11 +164,11 @@ class OmniSession:
             self._samples = 0
             self._turn_start = len(self.stream.reports)
             self._finished = False
+        start = time.perf_counter()
+        windows = self._mel.push(pcm)        # checks the PCM first: a refused chunk changes nothing
+        self._preprocess += time.perf_counter() - start
         self._frames.extend(frames)
         self._samples += len(pcm)
-        start = time.perf_counter()
-        windows = self._mel.push(pcm)
-        self._preprocess += time.perf_counter() - start
         return self._drain(windows)
 
     def append_file(self, path: Path, *, audio_path: Path | None = None) -> list[ChunkReport]:
@@ -181,15 +188,24 @@ class OmniSession:
         return reports + self.finish()
 
     def finish(self) -> list[ChunkReport]:
-        """End the media: pad a trailing partial chunk to 2 s and process it."""
+        """End the media: process a trailing partial chunk.
+
+        The torch backend takes it as it is (1 grid step, a short audio window): the same as
+        transformers on the unpadded clip. Exported graphs and engines take whole chunks only, so
+        for them it is padded to 2 s (last frame repeated, silence); docs/streaming.md measures
+        what that padding moves.
+        """
         if self._finished:
             return []
         self._finished = True
         per_chunk = self.spec.raw_frames_per_chunk
-        if self._frames and len(self._frames) % per_chunk:
-            self._frames.extend([self._frames[-1]] * (per_chunk - len(self._frames) % per_chunk))
-        chunks = len(self.stream.reports) - self._turn_start + len(self._frames) // per_chunk
-        want = chunks * self.spec.samples_per_chunk
+        frames = (len(self.stream.reports) - self._turn_start) * per_chunk + len(self._frames)
+        if self._partial_tail:
+            want = int(round(frames / self.spec.fps * self.spec.sample_rate))   # audio to the video's length
+        else:
+            if self._frames and len(self._frames) % per_chunk:
+                self._frames.extend([self._frames[-1]] * (per_chunk - len(self._frames) % per_chunk))
+            want = -(-frames // per_chunk) * self.spec.samples_per_chunk
         windows = []
         start = time.perf_counter()
         if want > self._samples:
@@ -198,15 +214,22 @@ class OmniSession:
         self._preprocess += time.perf_counter() - start
         return self._drain(windows)
 
+    @property
+    def _partial_tail(self) -> bool:
+        """Whether the backend takes a short last chunk (PyTorch) or only whole ones (graphs, engines)."""
+        if self.cfg.pad_tail is not None:
+            return not self.cfg.pad_tail
+        return self.cfg.backend == "torch"
+
     def _drain(self, windows) -> list[ChunkReport]:
         from omnisift_edge.model.preprocess import video_patches
 
         reports = []
         per_chunk = self.spec.raw_frames_per_chunk
         self._windows.extend(windows)
-        while self._windows and len(self._frames) >= per_chunk:
+        while self._windows and (len(self._frames) >= per_chunk or (self._finished and self._frames)):
             start = time.perf_counter()
-            frames = np.stack([self._frames.popleft() for _ in range(per_chunk)])
+            frames = np.stack([self._frames.popleft() for _ in range(min(per_chunk, len(self._frames)))])
             pixels, grid_thw = video_patches(frames, self.spec, size=self.resolution)
             self._preprocess += time.perf_counter() - start
             if self.stream.closed:          # the first chunk after an answer opens a new user turn
@@ -226,6 +249,8 @@ class OmniSession:
         """Greedy answer token ids for `question` (it ends this turn's media; more media opens a new turn)."""
         from omnisift_edge.model.prompt import build_prompt, followup_ids, turn_pieces
 
+        if not isinstance(question, str):
+            raise UsageError(f"the question must be a str; got {type(question).__name__}")
         self._check_open()
         if not question.strip():
             raise UsageError("the question is empty; ask something about the video")
@@ -278,6 +303,15 @@ def check_window(policy, *, spec, prompt_tokens: int, chunk_tokens: int, max_con
         raise UsageError(f"--window-seconds {policy.window_seconds:g} needs {chunks} chunks of {chunk_tokens} tokens "
                          f"beside the {prompt_tokens}-token prompt, more than max_context {max_context} holds; use "
                          f"--window-seconds {fit * spec.seconds_per_chunk:g} or less, or raise --max-context")
+
+
+def _pick_ratio(manifest: dict, ratio: float | None) -> float:
+    """The ratio to run: the one asked for, else the export's only one; several need a choice."""
+    have = [e["ratio"] for e in manifest["ratios"]]
+    if ratio is None and len(have) > 1:
+        raise UsageError(f"this export has ratios {', '.join(f'{r:g}' for r in have)}; pick one with --ratio "
+                         f"(e.g. --ratio {min(have):g})")
+    return have[0] if ratio is None else ratio
 
 
 def open_session(cfg: RuntimeConfig) -> OmniSession:

@@ -58,7 +58,9 @@ class TrainConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "data", Path(self.data))
-        object.__setattr__(self, "out", Path(self.out))
+        from omnisift_edge.paths import check_output_dir
+
+        object.__setattr__(self, "out", check_output_dir(self.out))   # writable, checked before any work
         if not isinstance(self.source, ModelSource):
             raise UsageError(f"source must be a ModelSource (got {type(self.source).__name__})")
         object.__setattr__(self, "resolution", parse_resolution(self.resolution))

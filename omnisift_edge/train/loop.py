@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from omnisift_edge.errors import UsageError
+from omnisift_edge.errors import UsageError, require
 from omnisift_edge.train.config import BadLine, TrainArtifact, TrainConfig
 
 
@@ -70,10 +70,14 @@ def _prepare_out(cfg: TrainConfig):
     for step, folder in step_folders(out):
         if latest is None or step > latest[0]:          # written by a run killed before latest.json named it
             remove_folder(folder)
-    if latest is not None:
+    if cfg.resume and (latest is not None or (out / "train_config.json").is_file()):   # every resume is checked
         saved = _read_json(out / "train_config.json", {})
         now = json.loads(json.dumps(cfg.fingerprint()))
         diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        if diff and set(diff) <= {"max_steps", "epochs"}:
+            raise UsageError(f"--resume: the run in {out} used {', '.join(f'{k}={saved.get(k)!r}' for k in diff)}; "
+                             "its learning-rate schedule depends on them: resume with those, or extend a finished run by "
+                             f"starting a new one from its result with --compressor {out / 'compressor.safetensors'} -o NEW_FOLDER")
         if diff:
             raise UsageError(f"--resume: this run's settings differ from the checkpoint's in {', '.join(diff)} "
                              f"(e.g. {diff[0]}: {saved.get(diff[0])!r} there, {now.get(diff[0])!r} now); "
@@ -125,6 +129,8 @@ def train(cfg: TrainConfig, *, progress: Callable[[str], None] = print, bar: boo
 
     started = time.perf_counter()
     records, bad = read_records(cfg.data)              # bad data fails before a folder is made or a model loads
+    if cfg.llm == "lora":
+        require("peft", extra="train")                 # before anything is written (issue 13.16)
     latest = _prepare_out(cfg)
     from omnisift_edge.model.load import load_model
     from omnisift_edge.train.feeder import Feeder
@@ -150,9 +156,6 @@ def _train(cfg, model, feeder, records, bad, latest, started, progress, bar, on_
     from omnisift_edge.train.step import Trainer
 
     good, bad = scan(cfg, feeder, records, bad, progress, bar)
-    _check_good_lines(cfg, good, resuming=latest is not None)
-    with _writing(cfg.out, "bad_lines.jsonl"):
-        _write_bad_lines(cfg.out, bad)
     selector = model.selector if model.selector is not None else _new_selector(cfg, model.hidden_size)
     selector = selector.to(model.device, torch.float32)        # the selector trains in fp32 (small, new)
     if cfg.ratio is not None:
@@ -165,6 +168,9 @@ def _train(cfg, model, feeder, records, bad, latest, started, progress, bar, on_
                       rho_video=rho_video, rho_audio=rho_audio, weight_decay=cfg.weight_decay,
                       max_grad_norm=cfg.max_grad_norm,
                       lora={"rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout})
+    _check_good_lines(cfg, good, resuming=latest is not None)   # the first writes: every option was usable
+    with _writing(cfg.out, "bad_lines.jsonl"):
+        _write_bad_lines(cfg.out, bad)
     log_path = cfg.out / "log.jsonl"
     resumed_from = None
     if latest is not None:
@@ -177,6 +183,9 @@ def _train(cfg, model, feeder, records, bad, latest, started, progress, bar, on_
         torch.set_rng_state(state["rng"]["torch"])
         resumed_from = step0
         progress(f"resuming from {folder} (step {step0} of {total})")
+        if step0 >= total:
+            progress(f"this run already finished; to train longer, start a new run from its result: "
+                 f"--compressor {cfg.out / 'compressor.safetensors'} -o NEW_FOLDER")
         kept_lines = _log_lines_until(log_path, step0)
         with _writing(cfg.out, "log.jsonl"):
             ckpt.write_atomic(log_path, lambda p: p.write_text("".join(kept_lines), encoding="utf-8"))

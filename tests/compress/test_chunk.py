@@ -149,3 +149,44 @@ def test_bad_input_is_a_usage_error(selector):
         ChunkCompressor(selector, 1.0, 0.3)
     with pytest.raises(UsageError, match="AudioSelector"):
         ChunkCompressor(torch.nn.Linear(2, 2), 0.5, 0.3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_keeps_the_fp32_kept_set(selector, dtype):
+    """Issue 13.1: scores are computed in fp32 inside the module, so an fp16/bf16 chunk keeps exactly
+    what fp32 keeps for the same (rounded) weights and inputs: no ties made by rounding the scores.
+    Near-identical audio tokens (a steady sound) score within fp16's rounding of each other."""
+    gen = torch.Generator().manual_seed(3)
+    video = torch.randn(4, 2, 12, 32, generator=gen).to(dtype)
+    audio = (torch.randn(4, 1, 32, generator=gen) + 0.01 * torch.randn(4, 50, 32, generator=gen)).to(dtype)
+    low = ChunkCompressor(selector.to(dtype), 0.5, 0.6).eval()
+    assert low.selector is not selector and low.selector.v_proj.weight.dtype == torch.float32
+    reference = ChunkCompressor(low.selector, 0.5, 0.6).eval()          # same rounded weights, fp32
+    with torch.no_grad():
+        kept, index = low(video, audio)
+        _, expected = reference(video.float(), audio.float())
+    selector.float()
+    assert kept.dtype == dtype
+    assert torch.equal(index, expected)
+    converted = ChunkCompressor(selector, 0.5, 0.6).to(dtype)           # .to() keeps the selector fp32
+    assert converted.selector.v_proj.weight.dtype == torch.float32
+
+
+def test_half_precision_sequence_form_keeps_what_the_chunk_module_keeps(selector):
+    """Issue 13.1, the whole-clip torch path: compress_sequence scores in fp32 at inference too, so a
+    bf16 model's whole-clip forward and its stream keep the same near-tied audio tokens."""
+    gen = torch.Generator().manual_seed(5)
+    video = torch.randn(2, 2, 12, 32, generator=gen)
+    audio = torch.randn(2, 1, 32, generator=gen) + 0.01 * torch.randn(2, 50, 32, generator=gen)
+    layout, embeds, start = chunk_as_sequence(video, audio, (3, 4))
+    half = selector.to(torch.bfloat16)
+    embeds = embeds.to(torch.bfloat16)
+    video, audio = video.to(torch.bfloat16), audio.to(torch.bfloat16)
+    with torch.no_grad():
+        _, kept_index = ChunkCompressor(half, 0.5, 0.6)(video, audio)
+        mask = compress_sequence(embeds, layout.input_ids, layout.position_ids, half, rho_video=0.5, rho_audio=0.6,
+                                 audio_token_id=IDS.audio, video_token_id=IDS.video, training=False).keep_mask
+    assert half.v_proj.weight.dtype == torch.bfloat16                     # the caller's selector is untouched
+    selector.float()
+    for b in range(2):
+        assert mask[b, start:start + 2 * 12 + 50].nonzero().flatten().tolist() == kept_index[b].tolist()

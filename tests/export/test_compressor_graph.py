@@ -86,3 +86,19 @@ def test_real_7b_widths_keep_the_same_tokens_in_ort(tmp_path):
     path = export_compressor(selector.eval(), dims, 0.793, 0.3, tmp_path / "c.onnx")
     check = validate_compressor(path, selector, dims, 0.793, 0.3, seeds=1)
     assert check.ok, check
+
+
+def test_fp16_graph_keeps_the_torch_set_on_near_ties(selector, tmp_path):
+    """Issue 13.1: an fp16 graph scores in fp32, so a steady sound (audio tokens within fp16 rounding
+    of each other) keeps the same tokens in ONNX Runtime as in PyTorch."""
+    path = export_compressor(selector, DIMS, 0.5, 0.6, tmp_path / "c.onnx", dtype="fp16")
+    graph = CompressorGraph(selector, 0.5, 0.6).to(torch.float16).eval()
+    session = ort_session(path)
+    for seed in range(3):
+        video, audio, positions = example_inputs(DIMS, torch.float16, seed)
+        gen = torch.Generator().manual_seed(seed)
+        audio = (audio[:, :1].float() + 0.01 * torch.randn(audio.shape, generator=gen)).half()
+        with torch.no_grad():
+            _, _, index = graph(video, audio, positions)
+        feeds = dict(zip(COMPRESSOR.input_names, (video.numpy(), audio.numpy(), positions.numpy())))
+        assert np.array_equal(session.run(["kept_index"], feeds)[0], index.numpy())
