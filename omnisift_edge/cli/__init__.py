@@ -1,4 +1,5 @@
-"""The `omnisift-edge` command line. Commands parse options and call one stage function each.
+"""The `omnisift-edge` command line. Commands parse options and call one stage function each
+(the options several commands share are declared once, in cli/options.py).
 
 A `UsageError` anywhere becomes one line on stderr and exit code 1; any other exception is a bug
 and keeps its traceback.
@@ -6,84 +7,15 @@ and keeps its traceback.
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 
 import click
 
 from omnisift_edge import __version__
+from omnisift_edge.cli.options import (_parse_ratios, _precisions, _targets, _user_errors, model_options,
+                                       resolution_option)
 from omnisift_edge.errors import UsageError
-
-
-def _user_errors(func=None, *, interrupted: str = "interrupted"):
-    """Turn UsageError into click's one-line error (exit 1); Ctrl-C into `interrupted` (exit 130).
-
-    A user-fixable OSError (full disk, permissions, a path through a file) is one line too.
-    """
-
-    def decorate(func):
-        @functools.wraps(func)
-        def wrapper(*args, **kwargs):
-            try:
-                return func(*args, **kwargs)
-            except UsageError as exc:
-                raise click.ClickException(str(exc)) from None
-            except OSError as exc:
-                from omnisift_edge.paths import filesystem_error
-
-                error = filesystem_error(exc)
-                if error is None:
-                    raise
-                raise click.ClickException(str(error)) from None
-            except KeyboardInterrupt:
-                click.echo(interrupted, err=True)
-                sys.exit(130)
-
-        return wrapper
-
-    return decorate(func) if func is not None else decorate
-
-
-def _options(*decorators):
-    """Several click options as one decorator (applied in the order listed)."""
-
-    def apply(func):
-        for decorator in reversed(decorators):
-            func = decorator(func)
-        return func
-
-    return apply
-
-
-def model_options(*, compressor_help: str = "Selector checkpoint (safetensors/pt) overriding the one in the model folder."):
-    """--model, --compressor, --compressor-heads, --model-seed: where the model comes from (model.load.ModelSource)."""
-    return _options(
-        click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
-                     help="Local Qwen2.5-Omni folder (full, thinker-only or OmniSIFT). Default: the embedded tiny model."),
-        click.option("--compressor", type=click.Path(path_type=Path), default=None, help=compressor_help),
-        click.option("--compressor-heads", type=int, default=None,
-                     help="Attention heads of the selector (not in the weights). Default: recorded by train, "
-                          "else the folder's, else 8."),
-        click.option("--model-seed", type=click.IntRange(min=0), default=0, show_default=True,
-                     help="Seed of the embedded default model (used without --model)."),
-    )
-
-
-def resolution_option(default: str):
-    return click.option("--resolution", default=default, show_default=True, help="Frame HxW, multiples of 28.")
-
-
-def _targets() -> list[str]:
-    from omnisift_edge.engines.presets import TARGETS
-
-    return list(TARGETS)
-
-
-def _precisions() -> list[str]:
-    from omnisift_edge.engines.presets import PRECISIONS
-
-    return list(PRECISIONS)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -134,21 +66,6 @@ def demo(model_dir, compressor, compressor_heads, model_seed, video, audio, seco
                      question=question, max_new_tokens=max_new_tokens)
     result = run_demo(cfg, echo=click.echo)
     click.echo(result.summary())
-
-
-def _parse_ratios(ratio: float | None, ratios: str | None) -> tuple[float, ...]:
-    """--ratio or --ratios (never both, never an empty list); neither: the default 0.25."""
-    if ratio is not None and ratios is not None:
-        raise UsageError("give --ratio or --ratios, not both (put every ratio in --ratios, e.g. --ratios 1,0.25)")
-    if ratios is None:
-        return (0.25,) if ratio is None else (ratio,)
-    try:
-        values = [float(v) for v in ratios.split(",") if v.strip()]
-    except ValueError:
-        raise UsageError(f"--ratios must be numbers separated by commas, like 1,0.5,0.25 (got {ratios!r})") from None
-    if not values:
-        raise UsageError(f"--ratios needs at least one number, like 1,0.5,0.25 (got {ratios!r})")
-    return tuple(values)
 
 
 @main.command()
@@ -496,7 +413,3 @@ def tiny_model(folder, kind, seed):
         raise UsageError(f"{folder} exists and is not an empty folder; choose a new folder")
     write_tiny_checkpoint(folder, kind, seed)
     click.echo(f"wrote the embedded default (seed {seed}) as a {kind} checkpoint to {folder}")
-
-
-if __name__ == "__main__":
-    main()
