@@ -56,3 +56,53 @@ def write_clip(path, *, seconds=3.0, fps=25, w=96, h=64, vcodec="mpeg4", acodec=
                 c.mux(a.encode(frame))
             c.mux(a.encode())
     return path
+
+
+class HostMemory:
+    """Stands in for `trt_kv.CudaMemory` (no GPU here): byte buffers in host memory, the same layout."""
+
+    allocated: list = []
+
+    def allocate(self, nbytes):
+        buffer = np.zeros(nbytes, np.uint8)
+        self.allocated.append(nbytes)
+        return buffer
+
+    def view(self, buffer, shape, dtype):
+        n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        return buffer[:n].view(dtype).reshape(shape)
+
+    def copy_in(self, buffer, source, nbytes):
+        buffer[:nbytes] = np.ascontiguousarray(source).view(np.uint8).reshape(-1)[:nbytes]
+
+    def to_host(self, view):
+        return np.array(view)
+
+    def from_host(self, buffer, array):
+        buffer[:array.nbytes] = array.view(np.uint8).reshape(-1)
+
+    def free(self, buffer):
+        pass
+
+
+def session_answers(session, clip):
+    """Stream `clip` into `session` in 2-second appends, ask twice: (answers, kept counts, kept positions)."""
+    per_frame = int(session.spec.sample_rate / session.spec.fps)
+    for j in range(0, len(clip.frames), 4):
+        session.append_chunk(clip.frames[j:j + 4], clip.pcm[j * per_frame:(j + 4) * per_frame])
+    first = list(session.ask_ids("What happens?", max_new_tokens=6))
+    second = list(session.ask_ids("And after that?", max_new_tokens=4))
+    return first, second, [(r.kept_video, r.kept_audio) for r in session.reports], \
+        [p.tolist() for p in session.stream.kept_positions]
+
+
+def clip_features(model, seconds: float, seed: int = 0, size=(56, 84)):
+    """A generated clip's whole-clip encoder inputs (`runtime.torch_pipeline.ClipFeatures`) at `size`."""
+    from omnisift_edge.model.preprocess import log_mel, video_patches
+    from omnisift_edge.model.synthetic import synthetic_clip
+    from omnisift_edge.runtime.torch_pipeline import ClipFeatures
+
+    clip = synthetic_clip(seconds, *size, seed=seed)
+    pixel_values, grid_thw = video_patches(clip.frames, model.spec, size=size)
+    return ClipFeatures(pixel_values=pixel_values, grid_thw=tuple(int(v) for v in grid_thw),
+                        mel=log_mel(clip.pcm, model.spec))

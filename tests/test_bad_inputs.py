@@ -184,7 +184,7 @@ def test_profile_without_matplotlib_fails_before_measuring(exported, tmp_path, m
 
 def test_run_says_which_ratio_ran_and_never_prints_a_blank_answer(exported, tmp_path):
     """Issue 13.15: blank lines for answers that decode to nothing; the first ratio ran silently."""
-    from tests.model.test_media import _write
+    from tests.helpers import write_clip as _write
 
     video = _write(tmp_path / "clip.mp4", seconds=2.0, w=96, h=64)
     result = invoke("run", exported, "--video", video, "--question", "What?", "--question", "And?",
@@ -266,7 +266,7 @@ def test_plain_folder_exports_at_ratio_1_and_runs_from_anywhere(tiny_checkpoints
     import shutil
 
     from omnisift_edge.model.tokenizer import CHAT_TEMPLATE, load_tokenizer
-    from tests.model.test_media import _write
+    from tests.helpers import write_clip as _write
 
     work = tmp_path / "work"
     work.mkdir()

@@ -52,7 +52,8 @@ def test_the_engines_match_onnx_runtime_ties_included(built, device):
 def test_the_streaming_runtime_answers_as_onnx_runtime_does(built):
     from omnisift_edge.model.synthetic import synthetic_clip
     from omnisift_edge.runtime.session import OmniSession, RuntimeConfig
-    from tests.runtime.test_trt_pipeline import RES, _answers
+    from tests.helpers import session_answers as _answers
+    RES = (112, 84)                       # the resolution of the shared small export
 
     folder, _ = built
     clip = synthetic_clip(5.0, *RES, seed=4)

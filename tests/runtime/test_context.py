@@ -96,7 +96,7 @@ def _sliding_stream(model, seconds, *, window, position_limit, seed=2):
     torch = pytest.importorskip("torch")
     from omnisift_edge.model.prompt import build_prompt
     from omnisift_edge.runtime.torch_pipeline import CompressionConfig, TorchStream
-    from tests.runtime.test_torch_pipeline import _features
+    from tests.helpers import clip_features as _features
 
     features = _features(model, seconds, seed=seed)
     pieces = build_prompt(model.tokenizer, "What now?", system="Be brief.")   # a short prompt: positions from ~15
@@ -129,7 +129,7 @@ def test_torch_error_policy_refuses_positions_past_the_limit(tiny_model):
     torch = pytest.importorskip("torch")
     from omnisift_edge.model.prompt import build_prompt
     from omnisift_edge.runtime.torch_pipeline import TorchStream
-    from tests.runtime.test_torch_pipeline import _features
+    from tests.helpers import clip_features as _features
 
     features = _features(tiny_model, 8.0)
     t, h, w = features.grid_thw

@@ -40,5 +40,5 @@ def test_gpu_whole_clip_equals_gpu_stream(tiny_model):
     whole = whole_clip_prefill(gpu_model, features, pieces.prefix_ids, pieces.suffix_ids, compression)
     stream = _stream(gpu_model, features, pieces.prefix_ids, compression)
     list(stream.ask(pieces.suffix_ids, max_new_tokens=1))
-    assert stream.cache.get_seq_length() - 1 == whole.cache.get_seq_length()
+    assert stream.kv_length() - 1 == whole.cache.get_seq_length()
     torch.testing.assert_close(stream.question_logits, whole.last_logits, rtol=1e-3, atol=1e-3)

@@ -137,7 +137,7 @@ def test_questions_while_the_video_goes_on(folder):
     clip = synthetic_clip(12.0, *RES, seed=6)
     got = {}
     for backend in ("onnxruntime", "torch"):
-        session = OmniSession(RuntimeConfig(folder, backend=backend))
+        session = OmniSession(RuntimeConfig(folder, ratio=0.25, backend=backend))
         _chunks(session, clip, 0, 2)
         first = list(session.ask_ids("What happens?", max_new_tokens=3))
         length = session.stream.layout.length                                          # prompt, chunks, answer fed
@@ -157,7 +157,7 @@ def test_onnxruntime_rebased_stream_gives_the_same_logits(folder):
     clip = synthetic_clip(16.0, *RES, seed=7)
     logits, tokens, bases = [], [], []
     for limit in (32768, 300):
-        session = OmniSession(RuntimeConfig(folder, context_policy="sliding", window_seconds=4, position_limit=limit,
+        session = OmniSession(RuntimeConfig(folder, ratio=0.25, context_policy="sliding", window_seconds=4, position_limit=limit,
                                             system_prompt="Be brief."))
         _chunks(session, clip, 0, 8)
         tokens.append(list(session.ask_ids("What now?", max_new_tokens=4)))
@@ -166,7 +166,7 @@ def test_onnxruntime_rebased_stream_gives_the_same_logits(folder):
         assert session.stream.window.evicted_chunks == 6 and session.stream.window.chunks == 2
     assert bases[0] == 0 and bases[1] > 0
     assert session.manifest["rope"]["max_position_embeddings"] == 32768      # the default limit, from the export
-    assert OmniSession(RuntimeConfig(folder)).stream.window.position_limit == 32768
+    assert OmniSession(RuntimeConfig(folder, ratio=0.25)).stream.window.position_limit == 32768
     np.testing.assert_allclose(logits[1], logits[0], atol=2e-4, rtol=1e-4)
     assert tokens[0] == tokens[1]
 
@@ -177,15 +177,15 @@ def test_context_policy_bad_input(folder):
     with pytest.raises(UsageError, match="must be one of error, sliding"):
         RuntimeConfig(folder, context_policy="fifo")
     with pytest.raises(UsageError, match="use --window-seconds .* or less"):
-        OmniSession(RuntimeConfig(folder, context_policy="sliding", window_seconds=60, max_context=256))
+        OmniSession(RuntimeConfig(folder, ratio=0.25, context_policy="sliding", window_seconds=60, max_context=256))
     clip = synthetic_clip(8.0, *RES, seed=8)
-    session = OmniSession(RuntimeConfig(folder, context_policy="sliding", max_context=256, system_prompt="S"))
+    session = OmniSession(RuntimeConfig(folder, ratio=0.25, context_policy="sliding", max_context=256, system_prompt="S"))
     _chunks(session, clip, 0, 4)
     assert session.stream.kv_length() <= 256
     with pytest.raises(UsageError, match="longer than the window"):
         list(session.ask_ids("why " * 300, max_new_tokens=2))
     assert len(list(session.ask_ids("Why?", max_new_tokens=2))) >= 1        # the stream stays usable
-    ended = OmniSession(RuntimeConfig(folder))
+    ended = OmniSession(RuntimeConfig(folder, ratio=0.25))
     _chunks(ended, clip, 0, 1)
     ended.finish()
     with pytest.raises(UsageError, match="no question followed; ask one first"):
@@ -196,14 +196,14 @@ def test_context_policy_bad_input(folder):
 
 
 def test_run_command_context_options(folder, tmp_path):
-    from tests.model.test_media import _write
-    from tests.test_cli import _run
+    from tests.helpers import write_clip as _write
+    from tests.helpers import run_cli as _run
 
     video = _write(tmp_path / "clip.mp4", seconds=4.0, w=96, h=64)
     ok = _run("run", str(folder), "--video", str(video), "--question", "What?", "--max-new-tokens", "2",
-              "--context-policy", "sliding", "--window-seconds", "2")
+              "--ratio", "0.25", "--context-policy", "sliding", "--window-seconds", "2")
     assert ok.returncode == 0, ok.stderr
     for flags, message in [(["--context-policy", "fifo"], "must be one of error, sliding"),
                            (["--context-policy", "sliding", "--window-seconds", "1"], "at least one 2-second chunk")]:
-        bad = _run("run", str(folder), "--video", str(video), "--question", "Q", *flags)
+        bad = _run("run", str(folder), "--video", str(video), "--question", "Q", "--ratio", "0.25", *flags)
         assert bad.returncode == 1 and message in bad.stderr and "Traceback" not in bad.stderr

@@ -69,7 +69,7 @@ def test_torch_tail_equals_the_unpadded_whole_clip(folder, seconds):
     assert session.reports[-1].video_tokens == session.stream.tokens_per_frame          # 1 grid step, no pad
     assert sum(r.audio_tokens for r in session.reports) == session.stream.model.spec.audio_tokens_for_mel_frames(
         log_mel(pcm).shape[1])                                                           # no padded audio
-    assert session.stream.cache.get_seq_length() == whole.cache.get_seq_length()
+    assert session.stream.kv_length() == whole.cache.get_seq_length()
     torch.testing.assert_close(session.stream.question_logits, whole.last_logits, rtol=1e-4, atol=1e-4)
     assert tokens == whole_tokens
 
@@ -79,7 +79,7 @@ def test_padding_the_tail_is_what_moves_the_answer(folder):
     frames, pcm = tail_clip(5.0)
     exact, _ = session_answer(folder, frames, pcm, backend="torch")
     padded, _ = session_answer(folder, frames, pcm, backend="torch", pad_tail=True)
-    assert padded.stream.cache.get_seq_length() > exact.stream.cache.get_seq_length()
+    assert padded.stream.kv_length() > exact.stream.kv_length()
     a, b = exact.stream.question_logits.double(), padded.stream.question_logits.double()
     assert float(torch.nn.functional.cosine_similarity(a, b, dim=-1)) < 1 - 1e-6
 

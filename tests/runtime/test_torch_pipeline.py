@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from omnisift_edge.model.preprocess import log_mel, video_patches  # noqa: E402
+from tests.helpers import clip_features  # noqa: E402
 from omnisift_edge.model.prompt import build_prompt, followup_ids  # noqa: E402
 from omnisift_edge.model.synthetic import synthetic_clip  # noqa: E402
 from omnisift_edge.runtime.torch_pipeline import (  # noqa: E402
@@ -23,10 +23,7 @@ SIZE = (56, 84)           # 2x3 merged tokens per frame: small, and not square
 
 
 def _features(model, seconds: float, seed: int = 0, size=SIZE) -> ClipFeatures:
-    clip = synthetic_clip(seconds, *size, seed=seed)
-    pixel_values, grid_thw = video_patches(clip.frames, model.spec, size=size)
-    return ClipFeatures(pixel_values=pixel_values, grid_thw=tuple(int(v) for v in grid_thw),
-                        mel=log_mel(clip.pcm, model.spec))
+    return clip_features(model, seconds, seed, size)
 
 
 def _stream(model, features: ClipFeatures, prefix_ids, compression) -> TorchStream:

@@ -8,7 +8,7 @@ import pytest
 from omnisift_edge.errors import UsageError
 from omnisift_edge.runtime.kv_buffers import inverse_frequencies, rotate_keys
 from omnisift_edge.runtime.trt_kv import DeviceKV
-from tests.runtime.test_trt_pipeline import _HostMemory
+from tests.helpers import HostMemory as _HostMemory
 
 NAMES = ["past_key_values.0.key", "past_key_values.0.value"]
 PRESENT = ["present.0.key", "present.0.value"]

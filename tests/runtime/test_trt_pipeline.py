@@ -14,6 +14,7 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("optimum.exporters.onnx")
 
+from tests.helpers import HostMemory as _HostMemory, session_answers as _answers  # noqa: E402
 from omnisift_edge.runtime.trt_env import TENSORRT_MISSING  # noqa: E402
 from omnisift_edge.errors import UsageError  # noqa: E402
 from omnisift_edge.artifact.manifest import write_manifest  # noqa: E402
@@ -141,33 +142,6 @@ class _OrtEngineRunner:
         return dict(zip(names, self.session.run(None, feeds)))
 
 
-class _HostMemory:
-    """Stands in for `trt_kv.CudaMemory` (no GPU here): byte buffers in host memory, the same layout."""
-
-    allocated: list = []
-
-    def allocate(self, nbytes):
-        buffer = np.zeros(nbytes, np.uint8)
-        self.allocated.append(nbytes)
-        return buffer
-
-    def view(self, buffer, shape, dtype):
-        n = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        return buffer[:n].view(dtype).reshape(shape)
-
-    def copy_in(self, buffer, source, nbytes):
-        buffer[:nbytes] = np.ascontiguousarray(source).view(np.uint8).reshape(-1)[:nbytes]
-
-    def to_host(self, view):
-        return np.array(view)
-
-    def from_host(self, buffer, array):
-        buffer[:array.nbytes] = array.view(np.uint8).reshape(-1)
-
-    def free(self, buffer):
-        pass
-
-
 def test_stream_through_stand_in_engines_matches_onnxruntime(folder, tmp_path, monkeypatch):
     """TrtStream's own logic (feeds, profile switching, KV fed back, outputs by name) with TensorRT, the GPU
     and the engines replaced by ONNX Runtime on the same graphs: the same positions and tokens."""
@@ -205,16 +179,6 @@ def test_stream_through_stand_in_engines_matches_onnxruntime(folder, tmp_path, m
     with pytest.raises(UsageError, match="were built with TensorRT 10.3.0 on NVIDIA H100") as exc:
         OmniSession(RuntimeConfig(built, backend="tensorrt"))
     _one_line(exc)
-
-
-def _answers(session, clip):
-    per_frame = int(session.spec.sample_rate / session.spec.fps)
-    for j in range(0, len(clip.frames), 4):
-        session.append_chunk(clip.frames[j:j + 4], clip.pcm[j * per_frame:(j + 4) * per_frame])
-    first = list(session.ask_ids("What happens?", max_new_tokens=6))
-    second = list(session.ask_ids("And after that?", max_new_tokens=4))
-    return first, second, [(r.kept_video, r.kept_audio) for r in session.reports], \
-        [p.tolist() for p in session.stream.kept_positions]
 
 
 @pytest.mark.trt
