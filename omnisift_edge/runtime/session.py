@@ -3,8 +3,9 @@
 An `OmniSession` opens an export folder (manifest schema, checksums and tool version checked),
 takes media as it arrives (2-second chunks of frames + PCM, or a whole file), encodes, compresses
 and prefills each chunk into the KV cache, then answers questions as streamed text, again and
-again on the same context. Backends: `onnxruntime` (the exported graphs, CPU or CUDA provider)
-and `torch` (the reference: the model the export was made from, chunk compressor included).
+again on the same context. Backends: `onnxruntime` (the exported graphs, CPU or CUDA provider),
+`tensorrt` (the engines of one build) and `torch` (the reference: the model the export was made
+from, chunk compressor included).
 
 Rules (also in docs/runtime.md):
 - frames must have the export's resolution; PCM is mono float at 16 kHz;
@@ -40,7 +41,7 @@ SESSION_STAGES = ("preprocess", *STAGES)
 class RuntimeConfig:
     folder: Path
     backend: str = "onnxruntime"
-    ratio: float | None = None            # one of the export's ratios; None: the first it lists
+    ratio: float | None = None            # one of the export's ratios; None: its only one (several: required)
     device: str = "cpu"                   # cpu | cuda (ORT's CUDA provider, or torch on the GPU)
     max_context: int | None = None        # None: the export's
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
