@@ -30,7 +30,7 @@ from omnisift_edge.engines.presets import Target, check_device, resolve_target
 from omnisift_edge.engines.store import PLAN_FILE, atomic_write, engine_dir, publish, staging_dir, verify_sources
 from omnisift_edge.errors import UsageError, require
 from omnisift_edge.runtime import trt_flavour as flavours
-from omnisift_edge.runtime.trt_env import DeviceInfo, detect_device, require_device, require_tensorrt
+from omnisift_edge.runtime.trt_env import detect_device, require_device, require_tensorrt
 
 
 def _check_installed_compute_capabilities(trt, flavour, wanted) -> None:

@@ -8,9 +8,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from omnisift_edge.atomic import atomic_path, atomic_write, umask
+from omnisift_edge.atomic import atomic_write, umask
 from omnisift_edge.errors import UsageError
-from omnisift_edge.artifact.manifest import ENGINES_DIR, MANIFEST, REFERENCE_DIR, read_manifest, sha256, write_manifest
+from omnisift_edge.artifact.manifest import ENGINES_DIR, MANIFEST, read_manifest, sha256, write_manifest
 
 PLAN_FILE = "build_plan.json"
 ENGINE_SUFFIX = ".engine"

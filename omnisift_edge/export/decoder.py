@@ -54,11 +54,16 @@ def _check_dims(thinker, dims: Dims) -> None:
 
 def _decoder_module(thinker, dtype: str):
     """The module to trace, in `dtype`: the thinker's own modules when the dtype matches, else a copy."""
-    torch = require("torch")
     from omnisift_edge.export.decoder_config import ThinkerDecoder
 
+    return module_in_dtype(ThinkerDecoder(thinker), thinker, dtype)
+
+
+def module_in_dtype(module, thinker, dtype: str):
+    """`module` (a wrapper around `thinker`'s modules) in `dtype`, in eval mode; a copy when the dtype differs."""
+    torch = require("torch")
+
     want = {"fp32": torch.float32, "fp16": torch.float16}[dtype]
-    module = ThinkerDecoder(thinker)
     if next(thinker.model.parameters()).dtype != want:
         # never cast the caller's model in place; load it in `dtype` to avoid this copy for big models
         module = copy.deepcopy(module).to(want)
@@ -80,7 +85,7 @@ def export_decoder(thinker, dims: Dims, path, *, dtype: str = "fp32", opset: int
     """
     for module in ("onnx", "onnxruntime", "optimum.exporters.onnx"):   # optimum-onnx: Optimum's ONNX exporter
         require(module, extra="export")
-    from optimum.exporters.onnx.convert import export, validate_model_outputs
+    from optimum.exporters.onnx.convert import validate_model_outputs
 
     from omnisift_edge.export.decoder_config import onnx_config_for, text_config
 
@@ -96,20 +101,35 @@ def export_decoder(thinker, dims: Dims, path, *, dtype: str = "fp32", opset: int
         raise UsageError(f"max context must be in 1..{limit} (the model's max_position_embeddings); "
                          f"got {max_context}")
     module = _decoder_module(thinker, dtype)
-    device = str(next(module.parameters()).device)
     config = onnx_config_for(thinker, dtype)
+
+    def validate(staged: Path, output_names: list[str]) -> None:
+        atol = config.ATOL_FOR_VALIDATION if dtype == "fp32" else TOLERANCES["fp16"][0]
+        validate_model_outputs(config, module, staged, output_names, atol=atol,
+                               device=str(next(module.parameters()).device), use_subprocess=False)
+
+    return export_staged(module, config, path, graph="decoder", dtype=dtype, opset=opset, max_context=max_context,
+                         external_data=external_data, validate=validate if check else None)
+
+
+def export_staged(module, config, path: Path, *, graph: str, dtype: str, opset: int, max_context: int,
+                  external_data: bool | None, validate=None) -> Path:
+    """Trace `module` with Optimum's `export` under `config` into `path`: staged in a hidden folder beside
+    it, metadata and external data finished, `validate(staged, output_names)` run if given, then moved
+    into place (data first). Shared by the decoder's two forms (decoder.onnx, decoder_gqa.onnx)."""
+    from optimum.exporters.onnx.convert import export
+
+    device = str(next(module.parameters()).device)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         staged = staging / path.name
         _, output_names = export(module, config, staged, opset=opset, device=device,
                                  dtype=dtype if dtype == "fp16" else None)
-        _finish(staged, external_data, {"graph": "decoder", "dtype": dtype, "opset": str(opset),
+        _finish(staged, external_data, {"graph": graph, "dtype": dtype, "opset": str(opset),
                                         "max_context": str(max_context)})
-        if check:
-            atol = config.ATOL_FOR_VALIDATION if dtype == "fp32" else TOLERANCES["fp16"][0]
-            validate_model_outputs(config, module, staged, output_names, atol=atol, device=device,
-                                   use_subprocess=False)
+        if validate is not None:
+            validate(staged, output_names)
         _move_into_place(staged, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

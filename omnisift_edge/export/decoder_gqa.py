@@ -16,14 +16,12 @@ runs the runtime's own IOBinding cache (`runtime.kv_buffers.OrtInPlaceCache`) ag
 from __future__ import annotations
 
 import dataclasses
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from omnisift_edge.errors import UsageError, require
-from omnisift_edge.export.decoder import TOLERANCES, _check_dims, _finish, _move_into_place
+from omnisift_edge.export.decoder import TOLERANCES, _check_dims, export_staged, module_in_dtype
 from omnisift_edge.artifact.onnx_runtime import ort_session
 from omnisift_edge.artifact.tensors import Dims
 
@@ -46,16 +44,9 @@ def kv_cache_record(dims: Dims, max_context: int, file: str) -> dict:
 
 
 def _module(thinker, dtype: str):
-    torch = require("torch")
-    import copy
-
     from omnisift_edge.model.inplace_kv import InPlaceDecoder
 
-    module = InPlaceDecoder(thinker)
-    want = {"fp32": torch.float32, "fp16": torch.float16}[dtype]
-    if next(thinker.model.parameters()).dtype != want:
-        module = copy.deepcopy(module).to(want)     # never cast the caller's model in place
-    return module.eval()
+    return module_in_dtype(InPlaceDecoder(thinker), thinker, dtype)
 
 
 def export_decoder_gqa(thinker, dims: Dims, path, *, dtype: str = "fp32", opset: int = 17,
@@ -63,8 +54,6 @@ def export_decoder_gqa(thinker, dims: Dims, path, *, dtype: str = "fp32", opset:
     """Export the in-place form to `path` through Optimum; atomic (staged beside `path`, data first)."""
     for module in ("onnx", "onnxruntime", "optimum.exporters.onnx"):
         require(module, extra="export")
-    from optimum.exporters.onnx.convert import export
-
     from omnisift_edge.export.decoder_config import text_config
     from omnisift_edge.export.decoder_gqa_config import onnx_config_for
 
@@ -74,20 +63,8 @@ def export_decoder_gqa(thinker, dims: Dims, path, *, dtype: str = "fp32", opset:
     _check_dims(thinker, dims)
     limit = text_config(thinker.config).max_position_embeddings
     max_context = limit if max_context is None else int(max_context)
-    module = _module(thinker, dtype)
-    device = str(next(module.parameters()).device)
-    config = onnx_config_for(thinker, dtype)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        staged = staging / path.name
-        export(module, config, staged, opset=opset, device=device, dtype=dtype if dtype == "fp16" else None)
-        _finish(staged, external_data, {"graph": GRAPH, "dtype": dtype, "opset": str(opset),
-                                        "max_context": str(max_context)})
-        _move_into_place(staged, path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return path
+    return export_staged(_module(thinker, dtype), onnx_config_for(thinker, dtype), path, graph=GRAPH, dtype=dtype,
+                         opset=opset, max_context=max_context, external_data=external_data)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from omnisift_edge.errors import UsageError
 from omnisift_edge.model.load import ModelSource
 from omnisift_edge.model.preprocess import parse_resolution
