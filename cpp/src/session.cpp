@@ -80,7 +80,7 @@ Status Session::step(const std::vector<int64_t>* ids, const std::vector<float>* 
     }
     embeds = &looked_up;
   }
-  Status st = backend_.decode(*embeds, positions, logits);
+  Status st = backend_.decode(*embeds, positions, &logits);
   if (st.ok() && logits.size() != static_cast<size_t>(folder_->manifest().dims.vocab))
     st = BackendError("the decoder returned " + std::to_string(logits.size()) + " logits, expected dims.vocab");
   if (!st.ok()) {

@@ -34,11 +34,16 @@ Status StubBackend::compress(const std::vector<float>&, const std::vector<float>
   return Status::Ok();
 }
 
-Status StubBackend::decode(const std::vector<float>& embeds, const Positions& positions, std::vector<float>& logits) {
+Status StubBackend::decode(const std::vector<float>& embeds, const Positions& positions, std::vector<float>* logits_out) {
   if (embeds.size() != static_cast<size_t>(positions.n) * dims_.hidden || positions.n <= 0)
     return InvalidArgument("stub decoder: embeds and positions disagree");
   calls_.push_back({positions.n, kv_length_, positions});
   kv_length_ += positions.n;
+  if (logits_out == nullptr) {
+    if (positions.n > 1) since_prefill_ = 0;
+    return Status::Ok();
+  }
+  std::vector<float>& logits = *logits_out;
   logits.assign(static_cast<size_t>(dims_.vocab), 0.0f);
   if (positions.n > 1) since_prefill_ = 0;
   const int64_t k = since_prefill_++;
@@ -47,6 +52,16 @@ Status StubBackend::decode(const std::vector<float>& embeds, const Positions& po
     if (token >= 0 && token < dims_.vocab) logits[static_cast<size_t>(token)] = 1.0f;
   }
   return Status::Ok();
+}
+
+Status StubBackend::drop_kv(int64_t start, int64_t stop) {
+  if (start < 0 || stop < start || stop > kv_length_) return InvalidArgument("stub decoder: drop outside the cache");
+  kv_length_ -= stop - start;
+  return Status::Ok();
+}
+
+Status StubBackend::rotate_kv(int64_t /*delta*/, const std::vector<double>& /*inv_freq*/) {
+  return Status::Ok();   // the stub caches no keys: only the session's bookkeeping is under test
 }
 
 Status StubBackend::reset() {

@@ -129,7 +129,9 @@ class TrtBackend : public Backend {
   }
   Status compress(const std::vector<float>& video, const std::vector<float>& audio, const Positions& chunk_positions,
                   CompressorOutput& out) override;
-  Status decode(const std::vector<float>& embeds, const Positions& positions, std::vector<float>& logits) override;
+  Status decode(const std::vector<float>& embeds, const Positions& positions, std::vector<float>* logits) override;
+  Status drop_kv(int64_t start, int64_t stop) override;
+  Status rotate_kv(int64_t delta, const std::vector<double>& inv_freq) override;
   Status reset() override { kv_length_ = 0; return Status::Ok(); }
   int64_t kv_length() const override { return kv_length_; }
   Status check_append(int64_t past, int64_t n) const override {
@@ -248,7 +250,7 @@ Status TrtBackend::compress(const std::vector<float>& video, const std::vector<f
   return Status::Ok();
 }
 
-Status TrtBackend::decode(const std::vector<float>& embeds, const Positions& positions, std::vector<float>& logits) {
+Status TrtBackend::decode(const std::vector<float>& embeds, const Positions& positions, std::vector<float>* logits) {
   const int64_t n = positions.n, d = dims_.hidden;
   if (n <= 0 || static_cast<int64_t>(embeds.size()) != n * d) return InvalidArgument("decoder embeds are not [n, hidden]");
   OMNISIFT_RETURN_IF_ERROR(check_append(kv_length_, n));
@@ -289,7 +291,16 @@ Status TrtBackend::decode(const std::vector<float>& embeds, const Positions& pos
     kv_length_ += take;
     start += take;
   }
-  return download(logits_.ptr, static_cast<size_t>(dims_.vocab), e.types.at(outs[0].name), logits);   // the last piece's
+  if (logits == nullptr) return Status::Ok();
+  return download(logits_.ptr, static_cast<size_t>(dims_.vocab), e.types.at(outs[0].name), *logits);   // the last piece's
+}
+
+Status TrtBackend::drop_kv(int64_t, int64_t) {
+  return Unsupported("the TensorRT backend cannot evict cached rows yet");
+}
+
+Status TrtBackend::rotate_kv(int64_t, const std::vector<double>&) {
+  return Unsupported("the TensorRT backend cannot re-base cached keys yet");
 }
 
 Status TrtBackend::init(const std::string& dir, const Manifest& manifest, double ratio, const TrtOptions& options) {

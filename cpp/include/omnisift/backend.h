@@ -30,9 +30,17 @@ class Backend {
   // compressor of the session's ratio: one whole chunk -> K kept tokens and their positions
   virtual Status compress(const std::vector<float>& video_embeds, const std::vector<float>& audio_embeds,
                           const Positions& chunk_positions, CompressorOutput& out) = 0;
-  // decoder: append n tokens (embeds [n, hidden] at positions [3, n]) to the KV cache;
-  // logits [vocab] of the last one. The attention mask is all ones over past + n.
-  virtual Status decode(const std::vector<float>& embeds, const Positions& positions, std::vector<float>& logits) = 0;
+  // decoder: append n tokens (embeds [n, hidden] at positions [3, n]) to the KV cache. `logits`:
+  // nullptr on a chunk prefill (nothing reads them, so none are computed or copied), else it gets
+  // [vocab] of the last token. Every cached row is attended (the cache holds only valid rows).
+  virtual Status decode(const std::vector<float>& embeds, const Positions& positions, std::vector<float>* logits) = 0;
+  // Remove cached rows [start, stop); later rows move down, kv_length() shrinks by stop - start
+  // (the sliding policy evicts the oldest whole chunks; runtime/context.py drop_tokens).
+  virtual Status drop_kv(int64_t start, int64_t stop) = 0;
+  // Re-base every cached key by -delta positions: the RoPE rotation by -delta * inv_freq[j]
+  // (inv_freq [head_dim / 2], the manifest's rope_theta), exact for RoPE; values are unchanged
+  // (runtime/context.py rotate_keys).
+  virtual Status rotate_kv(int64_t delta, const std::vector<double>& inv_freq) = 0;
   // Empty the KV cache (a new clip).
   virtual Status reset() = 0;
   virtual int64_t kv_length() const = 0;

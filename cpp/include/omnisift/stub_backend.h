@@ -31,7 +31,9 @@ class StubBackend : public Backend {
   Status encode_audio(const std::vector<float>& mel, std::vector<float>& audio_embeds) override;
   Status compress(const std::vector<float>& video_embeds, const std::vector<float>& audio_embeds,
                   const Positions& chunk_positions, CompressorOutput& out) override;
-  Status decode(const std::vector<float>& embeds, const Positions& positions, std::vector<float>& logits) override;
+  Status decode(const std::vector<float>& embeds, const Positions& positions, std::vector<float>* logits) override;
+  Status drop_kv(int64_t start, int64_t stop) override;
+  Status rotate_kv(int64_t delta, const std::vector<double>& inv_freq) override;
   Status reset() override;
   int64_t kv_length() const override { return kv_length_; }
 
