@@ -79,11 +79,13 @@ def _create_config(trt, polygraphy_trt, plan: BuildPlan, **kwargs):
 
 def _build_one(trt, polygraphy_trt, ep: EnginePlan, plan: BuildPlan) -> tuple[bytes, dict]:
     """(serialized engine, facts about its network: the in-place form's KV_CACHE_UPDATE layers)."""
+    network, shape_tensors, facts = None, set(), {}
     if ep.static:   # the in-place decoder: its cache axis fixed in memory before parsing (kv_form.py)
         network = parse_static(trt, polygraphy_trt, ep.onnx, ep.mode.strongly_typed, ep.static)
-    else:
-        network = polygraphy_trt.NetworkFromOnnxPath(str(ep.onnx), strongly_typed=ep.mode.strongly_typed)()
-    shape_tensors = shape_inputs(network[1])
+        shape_tensors = shape_inputs(network[1])
+        facts = {"kv_cache_updates": kv_cache_updates(trt, network[1]), "shape_inputs": sorted(shape_tensors)}
+    else:           # parsed lazily by Polygraphy's loader
+        network = polygraphy_trt.NetworkFromOnnxPath(str(ep.onnx), strongly_typed=ep.mode.strongly_typed)
     profiles = None
     if ep.dynamic:
         profiles = []
@@ -99,7 +101,6 @@ def _build_one(trt, polygraphy_trt, ep: EnginePlan, plan: BuildPlan) -> tuple[by
         trt, polygraphy_trt, plan, fp16="FP16" in ep.mode.flags, bf16="BF16" in ep.mode.flags, tf32=False,
         profiles=profiles, memory_pool_limits={trt.MemoryPoolType.WORKSPACE: plan.workspace_mib << 20},
         load_timing_cache=plan.timing_cache and str(plan.timing_cache))
-    facts = {"kv_cache_updates": kv_cache_updates(trt, network[1]), "shape_inputs": sorted(shape_tensors)}
     loader = polygraphy_trt.EngineBytesFromNetwork(network, config=config,
                                                    save_timing_cache=plan.timing_cache and str(plan.timing_cache))
     return bytes(memoryview(loader())), facts   # IHostMemory (TensorRT 10) or bytes
