@@ -149,7 +149,8 @@ def decoder_gqa_graph(num_layers: int) -> GraphSpec:
     Each layer's past and present are ONE buffer [B, kv, cache_length, hd] (bind the same OrtValue to
     both): `com.microsoft::GroupQueryAttention` writes the S new rows at [seqlens_k + 1 - S, seqlens_k + 1)
     and attends over the valid rows only. Logits only for the rows in `logits_index` (none on a chunk
-    prefill, the last for a question or a decode step). TensorRT cannot parse GQA: it builds `decoder`.
+    prefill, the last for a question or a decode step). TensorRT cannot parse GQA: it builds
+    `decoder_scatter` (KVCacheUpdate) or `decoder`.
     """
     cache = []
     for i in range(num_layers):

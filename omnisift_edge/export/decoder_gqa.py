@@ -5,8 +5,9 @@ total_sequence_length int32 [1], logits_index int64 [L], past_key_values.{i}.key
 [B, kv, cache_length, hd] -> logits [B, L, V], present.{i}.key/value (the same buffers when bound to
 the same OrtValues). Attention is `com.microsoft::GroupQueryAttention` (do_rotary=0; TMRoPE is applied
 before it by the stock model code), so a call costs the new tokens plus attention over the valid rows.
-TensorRT cannot parse GroupQueryAttention (no plugin in TensorRT-RTX 1.7), so `decoder.onnx` (past in,
-present out) stays the TensorRT form; both are declared in the manifest's `kv_cache`.
+TensorRT cannot parse GroupQueryAttention (no plugin in TensorRT-RTX 1.7), so TensorRT builds
+`decoder_scatter.onnx` (its in-place form, `export.decoder_scatter`) or `decoder.onnx` (past in, present
+out: TensorRT 10.3); all three are declared in the manifest's `kv_cache`.
 
 Exported through Optimum as `decoder.onnx` is (`optimum.exporters.onnx.convert.export` with our
 OnnxConfig, under its ModelPatcher); the attention patch is `model.inplace_kv`. `validate_decoder_gqa`
