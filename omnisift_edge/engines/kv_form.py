@@ -33,7 +33,8 @@ def _version(text: str) -> tuple[int, ...]:
 
 
 def decoder_form(manifest: dict, flavour: str, tensorrt: str) -> tuple[str, str]:
-    """(graph, why): `decoder_scatter` where this TensorRT has KVCacheUpdate and the export has the graph, else `decoder`."""
+    """(graph, why): `decoder_scatter` where this TensorRT has KVCacheUpdate and the export has the graph,
+    else `decoder`."""
     need = ".".join(map(str, KV_CACHE_UPDATE_TENSORRT))
     if SCATTER not in (manifest.get("kv_cache") or {}):
         return FALLBACK, ("past/present: this export has no decoder_scatter (made before the in-place TensorRT form); "
