@@ -338,7 +338,7 @@ def plan_build(cfg: BuildConfig, *, manifest: dict | None = None, target: Target
     from omnisift_edge.engines.memory import plan_export
 
     memory = plan_export(cfg.folder, manifest, precision=precision, max_context=limits.max_context,
-                         prefill=limits.max_sequence)
+                         prefill=limits.max_sequence, kv_in_place=form[0] != "decoder")
     plan = BuildPlan(cfg.folder, target, precision, tensorrt, limits.max_context, limits.max_sequence,
                      limits.main_ratio, workspace, timing_cache,
                      tuple(engines), tuple(warnings), installed=installed, memory=memory, decoder_form=form)

@@ -197,6 +197,12 @@ def test_plan_says_which_decoder_form_each_target_gets_and_why(engine_export, ta
     assert form in graphs and ({"decoder", "decoder_scatter"} - {form}).isdisjoint(graphs)   # never both
     assert plan.decoder_form[0] == form and why in plan.decoder_form[1]
     assert f"decoder form: {form}, " in plan.summary() and plan.to_dict()["decoder_form"]["graph"] == form
+    # the memory plan counts one cache buffer in place, past + present for the fallback
+    assert ("KV cache (in place)" if form == "decoder_scatter" else "KV cache (past + present)") in plan.summary()
+    manifest = read_manifest(engine_export, verify=False)
+    t = manifest["thinker_shape"]["text"]
+    one_buffer = 2 * t["layers"] * t["kv_heads"] * t["head_dim"] * (4 if plan.precision == "fp32" else 2)
+    assert plan.memory.kv_per_token == one_buffer * (1 if form == "decoder_scatter" else 2)
     if form == "decoder_scatter":
         manifest = read_manifest(engine_export, verify=False)
         c = manifest["max_context"]
