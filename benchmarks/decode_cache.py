@@ -8,7 +8,10 @@ Issue 11's first goal: ONNX Runtime CPU decode tokens/s with ~7k cached tokens >
   ONNX Runtime stream did before; still the TensorRT form);
 - "shared_buffer": `decoder_gqa.onnx` through `runtime.kv_buffers.OrtInPlaceCache` (IOBinding, one
   preallocated buffer per layer, GroupQueryAttention writes only the new rows);
-- with `--torch`, the PyTorch backends too: transformers' DynamicCache vs our static cache.
+- with `--torch`, the PyTorch backends too: transformers' DynamicCache vs our static cache;
+- where a CUDA GPU and TensorRT >= 10.15 (or TensorRT-RTX) exist, the two TensorRT decoder engines
+  (`decode_cache_trt.py`): the past/present fallback (presents copied back on the device) vs the
+  in-place KVCacheUpdate engine, ms per token; elsewhere one line says why that part was skipped.
 
 The cache is filled with random keys/values up to each length (attention costs the same whatever
 the values), then `--tokens` decode steps are timed: the median of `--repeats`, every case taken
@@ -146,6 +149,20 @@ def main(argv=None) -> None:
     for (name, length), value in results.items():
         if name.startswith("prefill"):
             print(f"- {name}: {value * 1000:.1f} ms")
+    _tensorrt_part(thinker, dims, args)
+
+
+def _tensorrt_part(thinker, dims, args) -> None:
+    """The TensorRT engines' per-token decode cost, in-place vs fallback, where they can run; else why not."""
+    import decode_cache_trt as part
+
+    flavour, why = part.skip_reason()
+    if flavour is None:
+        print(f"\nTensorRT decode (in-place engine vs past/present fallback): skipped, {why}")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        results = part.measure(flavour, thinker, dims, Path(tmp), args.lengths, args.tokens, args.repeats)
+    part.report(flavour, results, args.lengths)
 
 
 def _past_present(session, graph, cached, embeds, calls: int):

@@ -78,6 +78,9 @@ class HostMemory:
     def to_host(self, view):
         return np.array(view)
 
+    def same_memory(self, view, buffer):
+        return view.__array_interface__["data"][0] == buffer.__array_interface__["data"][0]
+
     def from_host(self, buffer, array):
         buffer[:array.nbytes] = array.view(np.uint8).reshape(-1)
 

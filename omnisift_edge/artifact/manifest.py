@@ -167,7 +167,7 @@ class Manifest:
     stop_token_ids: tuple[int, ...]
     files: dict[str, dict]
     builds: dict[str, dict] = field(default_factory=dict)    # engines stage reports, by target
-    kv_cache: dict = field(default_factory=dict)              # decoder forms: decoder (past/present), decoder_gqa
+    kv_cache: dict = field(default_factory=dict)              # decoder forms: decoder, decoder_gqa, decoder_scatter
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 # axes that stay dynamic in the graphs (named as Optimum names them)
 DYNAMIC_AXES = ("batch_size", "sequence_length", "past_sequence_length", "total_sequence_length",
-                "cache_length", "logits_length")   # the last two: decoder_gqa only (ONNX Runtime)
+                "cache_length", "logits_length")   # the last two: the in-place forms (decoder_gqa, decoder_scatter)
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,8 @@ def decoder_gqa_graph(num_layers: int) -> GraphSpec:
     Each layer's past and present are ONE buffer [B, kv, cache_length, hd] (bind the same OrtValue to
     both): `com.microsoft::GroupQueryAttention` writes the S new rows at [seqlens_k + 1 - S, seqlens_k + 1)
     and attends over the valid rows only. Logits only for the rows in `logits_index` (none on a chunk
-    prefill, the last for a question or a decode step). TensorRT cannot parse GQA: it builds `decoder`.
+    prefill, the last for a question or a decode step). TensorRT cannot parse GQA: it builds
+    `decoder_scatter` (KVCacheUpdate) or `decoder`.
     """
     cache = []
     for i in range(num_layers):
@@ -164,6 +165,33 @@ def decoder_gqa_graph(num_layers: int) -> GraphSpec:
             _t("position_ids", "int64", "rope_rows", "batch_size", "sequence_length"),
             _t("seqlens_k", "int32", "batch_size"),
             _t("total_sequence_length", "int32", "one"),
+            _t("logits_index", "int64", "logits_length"),
+            *(past for past, _ in cache),
+        ),
+        outputs=(_t("logits", "float", "batch_size", "logits_length", "vocab"), *(present for _, present in cache)),
+    )
+
+
+def decoder_scatter_graph(num_layers: int) -> GraphSpec:
+    """TensorRT's in-place form of the decoder: a static cache updated by ONNX `TensorScatter` (opset 24).
+
+    Each layer's past and present are ONE buffer [B, kv, cache_length, hd] (TensorRT aliases the present
+    to its past: bind the same device address to both); the S new rows go to [write_index,
+    write_index + S) and attention reads the valid rows [0, write_index + S). Logits only for the rows
+    in `logits_index`. TensorRT >= 10.15 and TensorRT-RTX parse the scatter as a KV_CACHE_UPDATE layer.
+    """
+    cache = []
+    for i in range(num_layers):
+        for kind in ("key", "value"):
+            cache.append((_t(f"past_key_values.{i}.{kind}", "float", "batch_size", "kv_heads", "cache_length",
+                             "head_dim"),
+                          _t(f"present.{i}.{kind}", "float", "batch_size", "kv_heads", "cache_length", "head_dim")))
+    return GraphSpec(
+        "decoder_scatter",
+        inputs=(
+            _t("inputs_embeds", "float", "batch_size", "sequence_length", "hidden"),
+            _t("position_ids", "int64", "rope_rows", "batch_size", "sequence_length"),
+            _t("write_index", "int64", "one"),
             _t("logits_index", "int64", "logits_length"),
             *(past for past, _ in cache),
         ),

@@ -26,6 +26,7 @@ from typing import Callable
 
 from omnisift_edge.engines.plan import (BuildConfig, BuildPlan, EnginePlan, plan_build, target_flavour,
                                         weights_form_problem)
+from omnisift_edge.engines.kv_form import kv_cache_updates, parse_static, shape_inputs
 from omnisift_edge.engines.presets import Target, check_device, resolve_target
 from omnisift_edge.engines.store import PLAN_FILE, atomic_write, engine_dir, publish, staging_dir, verify_sources
 from omnisift_edge.errors import UsageError, require
@@ -76,8 +77,15 @@ def _create_config(trt, polygraphy_trt, plan: BuildPlan, **kwargs):
     return polygraphy_trt.CreateConfig(**kwargs)
 
 
-def _build_one(trt, polygraphy_trt, ep: EnginePlan, plan: BuildPlan) -> bytes:
-    network = polygraphy_trt.NetworkFromOnnxPath(str(ep.onnx), strongly_typed=ep.mode.strongly_typed)
+def _build_one(trt, polygraphy_trt, ep: EnginePlan, plan: BuildPlan) -> tuple[bytes, dict]:
+    """(serialized engine, facts about its network: the in-place form's KV_CACHE_UPDATE layers)."""
+    network, shape_tensors, facts = None, set(), {}
+    if ep.static:   # the in-place decoder: its cache axis fixed in memory before parsing (kv_form.py)
+        network = parse_static(trt, polygraphy_trt, ep.onnx, ep.mode.strongly_typed, ep.static)
+        shape_tensors = shape_inputs(network[1])
+        facts = {"kv_cache_updates": kv_cache_updates(trt, network[1]), "shape_inputs": sorted(shape_tensors)}
+    else:           # parsed lazily by Polygraphy's loader
+        network = polygraphy_trt.NetworkFromOnnxPath(str(ep.onnx), strongly_typed=ep.mode.strongly_typed)
     profiles = None
     if ep.dynamic:
         profiles = []
@@ -85,6 +93,9 @@ def _build_one(trt, polygraphy_trt, ep: EnginePlan, plan: BuildPlan) -> bytes:
             p = polygraphy_trt.Profile()
             for name, r in profile.dynamic_inputs.items():
                 p.add(name, min=r.min, opt=r.opt, max=r.max)
+            for name, (lo, opt, hi) in profile.values:   # a shape tensor's value range, where TensorRT made it one
+                if name in shape_tensors:
+                    p.add(name, min=(lo,), opt=(opt,), max=(hi,))
             profiles.append(p)
     config = _create_config(
         trt, polygraphy_trt, plan, fp16="FP16" in ep.mode.flags, bf16="BF16" in ep.mode.flags, tf32=False,
@@ -92,7 +103,7 @@ def _build_one(trt, polygraphy_trt, ep: EnginePlan, plan: BuildPlan) -> bytes:
         load_timing_cache=plan.timing_cache and str(plan.timing_cache))
     loader = polygraphy_trt.EngineBytesFromNetwork(network, config=config,
                                                    save_timing_cache=plan.timing_cache and str(plan.timing_cache))
-    return bytes(memoryview(loader()))   # IHostMemory (TensorRT 10) or bytes
+    return bytes(memoryview(loader())), facts   # IHostMemory (TensorRT 10) or bytes
 
 
 def build_engines(cfg: BuildConfig, progress: Callable[[str], None] = lambda _: None) -> BuildArtifact:
@@ -142,7 +153,7 @@ def build_engines(cfg: BuildConfig, progress: Callable[[str], None] = lambda _: 
             try:
                 quiet = flavours.quiet_no_gpu_errors() if flavour.builds_without_gpu and device is None else nullcontext()
                 with G_LOGGER.verbosity(G_LOGGER.WARNING), quiet:   # TensorRT's warnings (int64 bindings...), errors
-                    data = _build_one(trt, polygraphy_trt, ep, plan)
+                    data, facts = _build_one(trt, polygraphy_trt, ep, plan)
             except PolygraphyException as exc:   # raised after TensorRT logged the cause
                 raise UsageError(f"TensorRT could not build {ep.graph} from {ep.onnx.name} ({exc}); the TensorRT log "
                                  "above names the layer; `omnisift-edge lint` checks the graphs for TensorRT 10.3") from None
@@ -157,6 +168,8 @@ def build_engines(cfg: BuildConfig, progress: Callable[[str], None] = lambda _: 
                 "file": str(ep.engine.relative_to(cfg.folder)), "bytes": len(data), "build_seconds": round(seconds, 2),
                 "onnx": ep.onnx.name, "precision": ep.mode.precision, "strongly_typed": ep.mode.strongly_typed,
                 "flags": list(ep.mode.flags), "profiles": [p.to_dict() for p in ep.profiles], "validity": validity}
+            if ep.static:   # the in-place decoder: what the runtime binds (cache rows, shape inputs) and the proof
+                report_engines[ep.graph].update(static_axes=dict(ep.static), **facts)
         atomic_write(staging / PLAN_FILE, plan.json_bytes())
         publish(staging, final)
     except BaseException:
@@ -174,7 +187,8 @@ def build_engines(cfg: BuildConfig, progress: Callable[[str], None] = lambda _: 
     report = {
         "target": target.name, "flavour": flavour.name, "tensorrt": str(trt.__version__), **where,
         "precision": plan.precision, "max_context": plan.max_context, "max_prefill_tokens": plan.max_sequence,
-        "main_ratio": plan.main_ratio, "workspace_gb": plan.workspace_gb, "timing_cache": plan.timing_cache and str(plan.timing_cache),
+        "main_ratio": plan.main_ratio, "workspace_gb": plan.workspace_gb,
+        "decoder_form": {"graph": plan.decoder_form[0], "why": plan.decoder_form[1]}, "timing_cache": plan.timing_cache and str(plan.timing_cache),
         "warnings": list(plan.warnings), "engines": report_engines,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -49,6 +49,7 @@ class MemoryConfig:
     resolution: tuple[int, int] = (448, 448)
     kept_per_chunk: int | None = None   # K of the compressor; None: every token of a chunk (ratio 1)
     prefill: int = 512                  # longest prefill call (prompt or one chunk's K)
+    kv_in_place: bool = False           # the in-place decoder (decoder_scatter): one cache buffer, no present copy
 
     def __post_init__(self):
         if self.dtype not in FLOAT_BYTES:
@@ -87,8 +88,8 @@ class MemoryPlan:
     config: MemoryConfig
     weights: dict[str, int]            # graph -> bytes
     host_tables: int                   # text embeddings (device memory on Jetson only)
-    kv_cache: int                      # past + present buffers at the planned cache length
-    kv_per_token: int                  # bytes per cached token, both buffers
+    kv_cache: int                      # past + present buffers (one when in place) at the planned cache length
+    kv_per_token: int                  # bytes per cached token, every buffer
     activations: dict[str, int]        # graph -> bytes at its largest profile shape
     cache_tokens: int                  # max_context, or the window
     fits: tuple[Fit, ...] = field(default=())
@@ -119,7 +120,8 @@ class MemoryPlan:
         for graph, size in self.weights.items():
             lines.append(f"  weights {graph:<18} {size / GB:8.2f} GB")
         lines.append(f"  text embeddings (host)     {self.host_tables / GB:8.2f} GB  (device memory on Jetson)")
-        lines.append(f"  KV cache (past + present)  {self.kv_cache / GB:8.2f} GB  ({self.kv_per_token / 1024:.0f} KiB/token)")
+        kind = "in place" if c.kv_in_place else "past + present"
+        lines.append(f"  KV cache ({kind})".ljust(28) + f"{self.kv_cache / GB:8.2f} GB  ({self.kv_per_token / 1024:.0f} KiB/token)")
         for graph, size in self.activations.items():
             lines.append(f"  activations {graph:<14} {size / GB:8.2f} GB")
         lines.append(f"  {'target':<12} {'memory':>7} {'usable':>7} {'needs':>7}  fits  largest max context")
@@ -186,7 +188,8 @@ def activation_bytes(cfg: MemoryConfig, cache_tokens: int, *, attention_copies: 
 
 def kv_per_token(cfg: MemoryConfig) -> int:
     t = cfg.shape.text
-    return 2 * (2 * t.layers * t.kv_heads * t.head_dim * FLOAT_BYTES[cfg.dtype])   # (K + V) x (past + present)
+    buffers = 1 if cfg.kv_in_place else 2                 # in place: present aliases past; else past + present
+    return buffers * (2 * t.layers * t.kv_heads * t.head_dim * FLOAT_BYTES[cfg.dtype])   # (K + V) x buffers
 
 
 def plan_memory(cfg: MemoryConfig, *, targets=FIT_TARGETS, weights: dict[str, int] | None = None) -> MemoryPlan:
@@ -288,7 +291,8 @@ def graph_weight_bytes(path, float_bytes: int) -> int:
     return int(total)
 
 
-def plan_export(folder, manifest: dict, *, precision: str, max_context: int, prefill: int) -> MemoryPlan | None:
+def plan_export(folder, manifest: dict, *, precision: str, max_context: int, prefill: int,
+                kv_in_place: bool = False) -> MemoryPlan | None:
     """The memory plan of an export folder at a build's precision and profiles (`build --plan`).
 
     Weights are the graphs' file sizes at the engine's float precision (the int8/int4 bytes the
@@ -306,7 +310,7 @@ def plan_export(folder, manifest: dict, *, precision: str, max_context: int, pre
     cfg = MemoryConfig(shape, dtype=dtype, weights=quant.get("mode") if quant.get("bits") in (4, 8) else dtype,
                        block_size=quant.get("block_size") or 32, lm_head_quantized=bool(quant.get("lm_head_quantized")),
                        max_context=min(max_context, shape.text.max_position),
-                       resolution=tuple(manifest["resolution"]), prefill=prefill)
+                       resolution=tuple(manifest["resolution"]), prefill=prefill, kv_in_place=kv_in_place)
     weights: dict[str, int] = {}
     scale = FLOAT_BYTES[dtype] / FLOAT_BYTES[manifest.get("dtype", "fp32")]   # float weights: graph -> engine dtype
     for graph, entry in manifest["graphs"].items():

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from omnisift_edge.runtime import trt_flavour as flavours
+from omnisift_edge.engines.kv_form import build_graphs, decoder_form, static_sizes
 from omnisift_edge.engines.presets import PRECISIONS, PRESETS, TARGETS, Target, get_target, resolve_target
 from omnisift_edge.engines.profiles import DEFAULT_MAX_PROMPT, Profile, decoder_limits, graph_profiles
 from omnisift_edge.engines.store import PLAN_FILE, engine_dir, engine_path, write_side_file
@@ -127,6 +128,7 @@ class EnginePlan:
     mode: PrecisionMode
     profiles: tuple[Profile, ...]
     weight_bytes: int              # ONNX file (+ external data) size: the weights TensorRT will hold
+    static: dict = field(default_factory=dict)   # axes fixed before parsing (kv_form.static_sizes): the static cache
 
     @property
     def dynamic(self) -> bool:
@@ -177,6 +179,7 @@ class BuildPlan:
     warnings: tuple[str, ...] = ()
     path: Path | None = field(default=None, compare=False)
     installed: bool = False        # `tensorrt` is the installed version (else assumed from the target)
+    decoder_form: tuple[str, str] = ("decoder", "")   # (graph, why): kv_form.decoder_form
 
     @property
     def flavour(self) -> str:
@@ -209,11 +212,12 @@ class BuildPlan:
             "max_context": self.max_context,
             "max_prefill_tokens": self.max_sequence, "main_ratio": self.main_ratio, "workspace_gb": self.workspace_gb,
             "timing_cache": self.timing_cache and str(self.timing_cache), "warnings": list(self.warnings),
+            "decoder_form": {"graph": self.decoder_form[0], "why": self.decoder_form[1]},
             "memory": self.memory.to_dict() if self.memory is not None else None,
             "engines": [{"graph": e.graph, "onnx": str(e.onnx), "engine": str(e.engine), "graph_dtype": e.graph_dtype,
                          "precision": e.mode.precision, "strongly_typed": e.mode.strongly_typed,
                          "flags": list(e.mode.flags), "why": e.mode.why, "weight_bytes": e.weight_bytes,
-                         "profiles": [p.to_dict() for p in e.profiles],
+                         "profiles": [p.to_dict() for p in e.profiles], "static_axes": dict(e.static),
                          "trtexec": self.trtexec(e),
                          "polygraphy": self.polygraphy(e)} for e in self.engines],
         }
@@ -233,13 +237,19 @@ class BuildPlan:
                  + (", built ahead of time (no GPU needed)" if flavours.get_flavour(t.flavour).builds_without_gpu else ""),
                  f"  workspace {self.workspace_gb:g} GB, timing cache {self.timing_cache or NO_TIMING_CACHE}",
                  f"  decoder: max context {self.max_context}, prefill up to {self.max_sequence} tokens "
-                 f"(tuned for K of ratio {self.main_ratio:g})"]
+                 f"(tuned for K of ratio {self.main_ratio:g})",
+                 f"  decoder form: {self.decoder_form[0]}, {self.decoder_form[1]}"]
         for e in self.engines:
             kind = "strongly typed" if e.mode.strongly_typed else "+".join(e.mode.flags) + " flag"
             lines.append(f"  {e.graph}: {e.mode.precision}, {kind} -> {e.engine.relative_to(self.folder)}")
             for p in e.profiles:
                 if p.dynamic_inputs:
-                    lines.append(f"    profile {p.name}: " + ", ".join(f"{a} {lo}/{opt}/{hi}" for a, (lo, opt, hi) in p.axes))
+                    lines.append(f"    profile {p.name}: " + ", ".join(f"{a} {lo}/{opt}/{hi}" for a, (lo, opt, hi) in p.axes)
+                                 + "".join(f", {n} values {lo}/{opt}/{hi}" for n, (lo, opt, hi) in p.values))
+            if e.static:   # the command lines parse the file as is: fix the cache axis in a copy first
+                lines.append(f"    parsed with {', '.join(f'{a}={v}' for a, v in e.static.items())} fixed (build does it "
+                             "in memory; for the lines below make a fixed copy: polygraphy surgeon sanitize "
+                             "--override-input-shapes)")
             if self.trtexec(e):
                 lines.append("    " + shlex.join(self.trtexec(e)))
             lines.append("    " + shlex.join(self.polygraphy(e)))
@@ -298,15 +308,17 @@ def plan_build(cfg: BuildConfig, *, manifest: dict | None = None, target: Target
         raise UsageError(f"--workspace {workspace:g} GB is more than {target.name}'s {target.memory_gb:g} GB; "
                          f"try {target.workspace_gb:g}")
     limits = decoder_limits(manifest, max_context=cfg.max_context, ratio=cfg.ratio, max_prompt=cfg.max_prompt)
+    form = decoder_form(manifest, flavour.name, tensorrt)
     engines = []
-    for graph, entry in manifest["graphs"].items():
+    for graph, entry in build_graphs(manifest, form[0]).items():
         onnx = cfg.folder / entry["file"]
         data = onnx.with_name(onnx.name + ".data")
         size = sum(p.stat().st_size for p in (onnx, data) if p.is_file())
         mode = precision_mode(graph, graph_dtype, precision, _major(tensorrt), flavour.strongly_typed_only)
         engines.append(EnginePlan(graph, onnx, engine_path(cfg.folder, target.name, graph), graph_dtype, mode,
                                   graph_profiles(manifest, graph, limits),
-                                  size // 2 if graph_dtype == "fp32" and mode.precision != "fp32" else size))
+                                  size // 2 if graph_dtype == "fp32" and mode.precision != "fp32" else size,
+                                  static_sizes(graph, limits.max_context)))
     warnings = []
     weights_gb = sum(e.weight_bytes for e in engines) / 2**30
     if weights_gb > 0.7 * target.memory_gb:
@@ -326,10 +338,10 @@ def plan_build(cfg: BuildConfig, *, manifest: dict | None = None, target: Target
     from omnisift_edge.engines.memory import plan_export
 
     memory = plan_export(cfg.folder, manifest, precision=precision, max_context=limits.max_context,
-                         prefill=limits.max_sequence)
+                         prefill=limits.max_sequence, kv_in_place=form[0] != "decoder")
     plan = BuildPlan(cfg.folder, target, precision, tensorrt, limits.max_context, limits.max_sequence,
                      limits.main_ratio, workspace, timing_cache,
-                     tuple(engines), tuple(warnings), installed=installed, memory=memory)
+                     tuple(engines), tuple(warnings), installed=installed, memory=memory, decoder_form=form)
     if write:
         path = write_side_file(cfg.folder, plan.relative_path, plan.json_bytes(), manifest)
         plan = dataclasses.replace(plan, path=path)

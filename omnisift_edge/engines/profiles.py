@@ -11,10 +11,17 @@ compressor_r*) get one fixed profile. The decoder gets two:
 
 total_sequence_length = past + sequence at min, opt and max, so each profile covers exactly the
 calls whose cache ends within max_context. batch_size is 1 (one stream per context).
+
+The in-place decoder (`decoder_scatter`, declared in the manifest's `kv_cache`) gets one profile,
+`in_place`: sequence_length 1 .. S_max (opt K), logits_length 0 .. 1 (none on a chunk prefill),
+cache_length fixed at max_context (the cache is static: TensorRT's KVCacheUpdate wants a static
+cache axis, see engines/kv_form.py), and the value range of `write_index` (TensorRT makes it a
+shape tensor: the valid length write_index + S sizes the attention's slice): 0 .. max_context - 1.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from omnisift_edge.errors import UsageError
@@ -43,6 +50,7 @@ class Profile:
     inputs: tuple[tuple[str, ShapeRange], ...]
     axes: tuple[tuple[str, Range], ...] = ()
     dynamic: frozenset[str] = frozenset()        # inputs with a dynamic axis
+    values: tuple[tuple[str, Range], ...] = ()   # value ranges of inputs TensorRT may take as shape tensors
 
     @property
     def shapes(self) -> dict[str, ShapeRange]:
@@ -55,7 +63,8 @@ class Profile:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "axes": {a: list(r) for a, r in self.axes},
-                "inputs": {n: {"min": list(r.min), "opt": list(r.opt), "max": list(r.max)} for n, r in self.inputs}}
+                "inputs": {n: {"min": list(r.min), "opt": list(r.opt), "max": list(r.max)} for n, r in self.inputs},
+                **({"values": {n: list(r) for n, r in self.values}} if self.values else {})}
 
 
 @dataclass(frozen=True)
@@ -156,9 +165,37 @@ def _profile(name: str, entry: dict, ranges: dict[str, Range]) -> Profile:
     return Profile(name, tuple(inputs), tuple((a, ranges[a]) for a in used), frozenset(dynamic))
 
 
+SCATTER = "decoder_scatter"     # the in-place form's key in the manifest's kv_cache
+
+
+def graph_entry(manifest: dict, graph: str) -> dict:
+    """A graph's manifest entry: from `graphs`, or the in-place decoder's from `kv_cache`."""
+    if graph in manifest["graphs"]:
+        return manifest["graphs"][graph]
+    return manifest["kv_cache"][graph]["entry"]
+
+
+def in_place_ranges(limits: DecoderLimits) -> dict[str, Range]:
+    """The `in_place` profile's axes: new rows, logits rows, and the static cache (see the module docstring)."""
+    c, s_max, k = limits.max_context, limits.max_sequence, limits.opt_sequence
+    return {"batch_size": (1, 1, 1), "sequence_length": (1, k, s_max), "logits_length": (0, 1, 1),
+            "cache_length": (c, c, c)}
+
+
+def in_place_profile(manifest: dict, limits: DecoderLimits) -> Profile:
+    """The one profile of `decoder_scatter`, with the value range of its write_index input."""
+    c, s_max = limits.max_context, limits.max_sequence
+    profile = _profile("in_place", graph_entry(manifest, SCATTER), in_place_ranges(limits))
+    write_index = manifest["kv_cache"][SCATTER]["write_index"]
+    return dataclasses.replace(profile, values=((write_index, (0, (c - s_max) // 2, c - 1)),))
+
+
 def graph_profiles(manifest: dict, graph: str, limits: DecoderLimits | None = None) -> tuple[Profile, ...]:
-    """The profiles of one graph: one fixed profile, or prefill + decode for a graph with dynamic axes."""
-    entry = manifest["graphs"][graph]
+    """The profiles of one graph: one fixed profile, prefill + decode for a graph with dynamic axes, or
+    the in-place decoder's one profile."""
+    entry = graph_entry(manifest, graph)
+    if graph == SCATTER:
+        return (in_place_profile(manifest, limits or decoder_limits(manifest)),)
     if not _graph_dynamic_axes(manifest, entry):
         return (_profile("static", entry, {}),)
     limits = limits or decoder_limits(manifest)

@@ -142,6 +142,8 @@ def build_folder(cfg: ExportConfig, folder: Path, progress: Callable[[str], None
 
     progress("decoder, in-place KV form for ONNX Runtime")
     kv_cache = _export_inplace_decoder(model, dims, folder, cfg, checks, weights)
+    progress("decoder, in-place KV form for TensorRT (TensorScatter, opset 24)")
+    kv_cache.update(_export_scatter_decoder(model, dims, folder, cfg, checks, weights))
 
     progress("text embeddings and tokenizer")
     save_file = require("safetensors.numpy").save_file
@@ -253,6 +255,26 @@ def _export_inplace_decoder(model, dims: Dims, folder: Path, cfg: ExportConfig, 
     record = kv_cache_record(dims, cfg.max_context, file)
     record[GRAPH]["entry"] = entry
     return record
+
+
+def _export_scatter_decoder(model, dims: Dims, folder: Path, cfg: ExportConfig, checks: dict,
+                            weights: _DequantizedWeights) -> dict:
+    """decoder_scatter.onnx (TensorRT's in-place KV form: TensorScatter, opset 24), the same weights as
+    decoder.onnx (quantized the same way), validated; returns its `kv_cache` entry. Not in `graphs`
+    either: the engines stage builds it instead of `decoder` where the target's TensorRT has KVCacheUpdate."""
+    from omnisift_edge.export.decoder_scatter import (GRAPH, SCATTER_OPSET, export_decoder_scatter, graph_entry_for,
+                                                      kv_cache_record, validate_decoder_scatter)
+
+    file = f"{GRAPH}.onnx"
+    path = export_decoder_scatter(model.thinker, dims, folder / file, dtype=cfg.dtype, max_context=cfg.max_context)
+    if cfg.quantized:
+        from omnisift_edge.export.quantize import quantize_decoder
+
+        quantize_decoder(path, path, cfg.quant_config(), metadata={"opset": str(SCATTER_OPSET)})
+    entry = graph_entry_for(dims, file, cfg.dtype, (folder / f"{file}.data").exists())
+    with weights:
+        _check(GRAPH, validate_decoder_scatter(path, model.thinker, entry), checks)
+    return {GRAPH: kv_cache_record(cfg.max_context, file, entry)}
 
 
 def _rope_settings(model) -> dict:

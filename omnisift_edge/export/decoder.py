@@ -113,10 +113,11 @@ def export_decoder(thinker, dims: Dims, path, *, dtype: str = "fp32", opset: int
 
 
 def export_staged(module, config, path: Path, *, graph: str, dtype: str, opset: int, max_context: int,
-                  external_data: bool | None, validate=None) -> Path:
+                  external_data: bool | None, validate=None, rewrite=None) -> Path:
     """Trace `module` with Optimum's `export` under `config` into `path`: staged in a hidden folder beside
-    it, metadata and external data finished, `validate(staged, output_names)` run if given, then moved
-    into place (data first). Shared by the decoder's two forms (decoder.onnx, decoder_gqa.onnx)."""
+    it, metadata and external data finished, `rewrite(staged)` (a graph pass) and `validate(staged,
+    output_names)` run if given, then moved into place (data first). Shared by the decoder's forms
+    (decoder.onnx, decoder_gqa.onnx, decoder_scatter.onnx)."""
     from optimum.exporters.onnx.convert import export
 
     device = str(next(module.parameters()).device)
@@ -128,6 +129,8 @@ def export_staged(module, config, path: Path, *, graph: str, dtype: str, opset: 
                                  dtype=dtype if dtype == "fp16" else None)
         _finish(staged, external_data, {"graph": graph, "dtype": dtype, "opset": str(opset),
                                         "max_context": str(max_context)})
+        if rewrite is not None:
+            rewrite(staged)
         if validate is not None:
             validate(staged, output_names)
         _move_into_place(staged, path)

@@ -5,8 +5,9 @@ total_sequence_length int32 [1], logits_index int64 [L], past_key_values.{i}.key
 [B, kv, cache_length, hd] -> logits [B, L, V], present.{i}.key/value (the same buffers when bound to
 the same OrtValues). Attention is `com.microsoft::GroupQueryAttention` (do_rotary=0; TMRoPE is applied
 before it by the stock model code), so a call costs the new tokens plus attention over the valid rows.
-TensorRT cannot parse GroupQueryAttention (no plugin in TensorRT-RTX 1.7), so `decoder.onnx` (past in,
-present out) stays the TensorRT form; both are declared in the manifest's `kv_cache`.
+TensorRT cannot parse GroupQueryAttention (no plugin in TensorRT-RTX 1.7), so TensorRT builds
+`decoder_scatter.onnx` (its in-place form, `export.decoder_scatter`) or `decoder.onnx` (past in, present
+out: TensorRT 10.3); all three are declared in the manifest's `kv_cache`.
 
 Exported through Optimum as `decoder.onnx` is (`optimum.exporters.onnx.convert.export` with our
 OnnxConfig, under its ModelPatcher); the attention patch is `model.inplace_kv`. `validate_decoder_gqa`
@@ -96,20 +97,33 @@ def validate_decoder_gqa(onnx_path, thinker, manifest_entry: dict, rope: dict, *
     """Prefill chunks (no logits but for the last), then greedy decode, through the runtime's
     `OrtInPlaceCache` (IOBinding, shared buffers of `capacity` rows) and through `thinker.model` on a
     DynamicCache; compares logits and the valid cache rows after every call."""
+    from omnisift_edge.runtime.kv_buffers import OrtInPlaceCache
+
+    if sum(chunk_lengths) + decode_steps > capacity:
+        raise UsageError(f"capacity {capacity} is too small for chunks {chunk_lengths} + {decode_steps} steps")
+    cache = OrtInPlaceCache(ort_session(Path(onnx_path)), manifest_entry, capacity, rope)
+    return check_in_place(cache, thinker, manifest_entry, lambda: cache.binding.get_outputs()[0].shape()[1],
+                          capacity=capacity, chunk_lengths=chunk_lengths, decode_steps=decode_steps, seed=seed,
+                          atol=atol, rtol=rtol)
+
+
+def check_in_place(cache, thinker, manifest_entry: dict, logits_rows, *, capacity: int,
+                   chunk_lengths: tuple[int, ...], decode_steps: int, seed: int, atol: float | None,
+                   rtol: float | None) -> InPlaceCheck:
+    """The call-by-call comparison of an in-place cache against PyTorch (shared by both in-place forms).
+
+    `cache`: step(embeds, positions, want_logits) -> logits [V] | None, valid() -> valid rows per buffer,
+    arrays[name] (the whole buffers), past_names, float_type; `logits_rows()`: rows of the last logits."""
     require("torch")
     from transformers import DynamicCache
 
     from omnisift_edge.export.decoder import _embed, _torch_step
     from omnisift_edge.export.decoder_config import gapped_positions, text_config
-    from omnisift_edge.runtime.kv_buffers import OrtInPlaceCache
 
     cfg = text_config(thinker.config)
-    if sum(chunk_lengths) + decode_steps > capacity:
-        raise UsageError(f"capacity {capacity} is too small for chunks {chunk_lengths} + {decode_steps} steps")
     graph_dtype = "fp16" if manifest_entry["inputs"][0]["dtype"] == "float16" else "fp32"
     atol = TOLERANCES[graph_dtype][0] if atol is None else atol
     rtol = TOLERANCES[graph_dtype][1] if rtol is None else rtol
-    cache = OrtInPlaceCache(ort_session(Path(onnx_path)), manifest_entry, capacity, rope)
     float_np = cache.float_type
     reference = DynamicCache(config=cfg)
     rng = np.random.Generator(np.random.PCG64(seed))
@@ -128,7 +142,7 @@ def validate_decoder_gqa(onnx_path, thinker, manifest_entry: dict, rope: dict, *
         got = cache.step(embeds, positions, want_logits=want)
         ref = _torch_step(thinker, reference, embeds, positions, np.ones((1, total), np.int64))
         if not want:
-            no_logits &= cache.binding.get_outputs()[0].shape()[1] == 0
+            no_logits &= logits_rows() == 0
         else:
             logit_diffs.append(float(np.abs(got - ref[0][0, -1]).max()))
             close &= bool(np.allclose(got, ref[0][0, -1], atol=atol, rtol=rtol))

@@ -24,7 +24,7 @@ import numpy as np
 
 from omnisift_edge.errors import UsageError, require
 from omnisift_edge.export import trt_ops
-from omnisift_edge.artifact.tensors import DYNAMIC_AXES, decoder_gqa_graph
+from omnisift_edge.artifact.tensors import DYNAMIC_AXES, decoder_gqa_graph, decoder_scatter_graph
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 _EXTERNAL = 1   # onnx.TensorProto.EXTERNAL
@@ -85,15 +85,17 @@ def lint_model(path_or_proto: Any, *, graph_name: str | None = None) -> list[Fin
 
 
 def lint_folder(folder: str | os.PathLike) -> dict[str, list[Finding]]:
-    """Lint every `*.onnx` file in a folder (not recursive) but decoder_gqa (ONNX Runtime only); keys are stems."""
+    """Lint every `*.onnx` file in a folder (not recursive) for TensorRT 10.3, but the decoder forms it never
+    builds: decoder_gqa (ONNX Runtime only) and decoder_scatter (TensorRT >= 10.15 / TensorRT-RTX); keys are stems."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UsageError(f"no such folder: {folder}; pass the export directory (omnisift-edge export -o DIR)")
     files = sorted(folder.glob("*.onnx"))
     if not files:
         raise UsageError(f"no *.onnx files in {folder}; run `omnisift-edge export -o {folder}` first")
-    ort_only = {decoder_gqa_graph(1).name}   # GroupQueryAttention: ONNX Runtime's form, never built by TensorRT
-    return {p.stem: lint_model(p) for p in files if p.stem not in ort_only}
+    # GroupQueryAttention: ONNX Runtime's form; TensorScatter (opset 24): built only where KVCacheUpdate exists
+    not_for_10_3 = {decoder_gqa_graph(1).name, decoder_scatter_graph(1).name}
+    return {p.stem: lint_model(p) for p in files if p.stem not in not_for_10_3}
 
 
 def lint_export(folder: str | os.PathLike) -> dict[str, list[Finding]]:

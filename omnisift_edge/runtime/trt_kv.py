@@ -8,7 +8,11 @@ packed as [1, kv, P, hd]; the engine reads it in place (a Polygraphy `DeviceView
 by pointer) and its presents, which Polygraphy's output allocator owns and reuses, are copied
 device-to-device back into it after the call. That copy, plus the engine's own concatenation of
 past and new rows, is the per-token cost of this fallback: O(cache) device bandwidth, no PCIe.
-An in-place form (TensorRT's IKVCacheUpdateLayer, TensorRT >= 10.15 / TensorRT-RTX) is not built yet.
+
+Where the build has the in-place decoder (`decoder_scatter`: TensorRT's IKVCacheUpdateLayer, TensorRT
+>= 10.15 / TensorRT-RTX), `StaticDeviceKV` holds one buffer per layer and kind [1, kv, cache_length, hd]
+(the engine's static cache), bound as the past input and, through TensorRT's aliasing, as its present
+output: the engine writes the new rows at write_index and nothing is copied after the call.
 
 Memory operations go through `CudaMemory` (Polygraphy's own CUDA wrapper: no other binding).
 """
@@ -43,6 +47,10 @@ class CudaMemory:
 
     def to_host(self, view) -> np.ndarray:
         return view.numpy()
+
+    def same_memory(self, view, buffer) -> bool:
+        """Does the engine's output `view` start at `buffer` (an aliased present bound to our cache)?"""
+        return int(view.ptr) == int(buffer.ptr)
 
     def from_host(self, buffer, array: np.ndarray) -> None:
         self.cuda.wrapper().memcpy(dst=buffer.ptr, src=array.ctypes.data, nbytes=array.nbytes,
@@ -105,6 +113,73 @@ class DeviceKV:
             return a
 
         self._rewrite([n for n in self.past_names if n.endswith(".key")], turn)
+
+    def close(self) -> None:
+        for buffer in self.buffers.values():
+            self.memory.free(buffer)
+        self.buffers = {}
+
+
+class StaticDeviceKV:
+    """The in-place decoder's cache: one device buffer [1, kv, capacity, hd] per past tensor, rows [0, length)
+    valid. The engine reads and writes it in place (present aliases past); this class only counts rows and
+    does the rare edits (drop, rotate) through the host."""
+
+    def __init__(self, past_names, present_names, kv_heads: int, head_dim: int, capacity: int, float_type,
+                 memory=None):
+        self.memory = memory or CudaMemory()
+        self.past_names, self.present_names = list(past_names), list(present_names)
+        self.float_type = np.dtype(float_type)
+        self.shape = (1, int(kv_heads), int(capacity), int(head_dim))                     # [1, kv, M, hd]
+        self.capacity = int(capacity)
+        nbytes = int(np.prod(self.shape)) * self.float_type.itemsize
+        self.buffers = {name: self.memory.allocate(nbytes) for name in self.past_names}
+        for name in self.past_names:   # zeros: rows past the valid length are never read, but stay defined
+            self.memory.from_host(self.buffers[name], np.zeros(self.shape, self.float_type))
+        self.length = 0
+
+    def feeds(self) -> dict:
+        """The past inputs: the whole buffers [1, kv, capacity, hd] (no copy); the presents alias them."""
+        return {name: self.memory.view(self.buffers[name], self.shape, self.float_type) for name in self.past_names}
+
+    def check_room(self, added: int) -> None:
+        if self.length + added > self.capacity:
+            raise UsageError(f"the KV cache holds {self.capacity} tokens ({self.length} cached + {added} new); "
+                             "start a new stream or rebuild the engines with a larger --max-context")
+
+    def written(self, outputs: dict, added: int) -> None:
+        """After a call: the presents must be our buffers (aliased, written in place); `added` rows are valid."""
+        for past, present in zip(self.past_names, self.present_names):
+            if not self.memory.same_memory(outputs[present], self.buffers[past]):
+                raise UsageError(f"the decoder engine returned {present} in its own memory, not in {past}'s: it is "
+                                 "not an in-place engine, or this Polygraphy does not bind aliased outputs (>= 0.53.6 "
+                                 "does); upgrade polygraphy or rebuild the engines")
+        self.length += added
+
+    def _rewrite(self, names, change) -> None:
+        """Rare edits through the host: copy a whole buffer out, `change` it in place, copy it back."""
+        for name in names:
+            host = np.array(self.memory.to_host(self.memory.view(self.buffers[name], self.shape, self.float_type)))
+            change(host)
+            self.memory.from_host(self.buffers[name], np.ascontiguousarray(host))
+
+    def drop(self, start: int, stop: int) -> None:
+        """Remove cached tokens [start, stop); later rows move down, the freed tail is zeroed."""
+        from omnisift_edge.runtime.kv_buffers import compact
+
+        if not 0 <= start <= stop <= self.length:
+            raise UsageError(f"cannot drop cached tokens [{start}, {stop}) of {self.length}")
+        if start == stop:
+            return
+        self._rewrite(self.past_names, lambda a: compact(a, start, stop, self.length))
+        self.length -= stop - start
+
+    def rotate(self, delta: int, inv_freq: np.ndarray) -> None:
+        """Re-base every cached key's position by -delta (values carry no position)."""
+        from omnisift_edge.runtime.kv_buffers import rotate_keys
+
+        self._rewrite([n for n in self.past_names if n.endswith(".key")],
+                      lambda a: rotate_keys(a[:, :, :self.length], delta, inv_freq))
 
     def close(self) -> None:
         for buffer in self.buffers.values():

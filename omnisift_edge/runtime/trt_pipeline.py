@@ -7,10 +7,15 @@ shapes (one profile); the decoder engine has the build's profiles (0 prefill, 1 
 `builds.<target>.engines.decoder.profiles`, not assumed), and each call picks the one whose
 `sequence_length` / `past_sequence_length` ranges hold it.
 
-The KV cache stays on the device between calls (`runtime.trt_kv.DeviceKV`: one buffer per layer
-and kind, allocated once for max_context; the engine's presents are copied device-to-device back
-into it, no host round trip); only the logits come to the host. TensorRT and Polygraphy are
-imported when a stream opens, never at module import.
+The KV cache stays on the device between calls; only the logits come to the host. Two forms,
+whichever the build holds (engines/kv_form.py):
+- `decoder_scatter` (TensorRT-RTX, TensorRT >= 10.15): `trt_kv.StaticDeviceKV`, one buffer per layer
+  and kind [1, kv, cache_length, hd] bound as the past input; TensorRT aliases the present output to
+  it (Polygraphy's TrtRunner binds an aliased output to its input's address), so the engine writes
+  the new rows at `write_index` in place and nothing is copied. One profile: no switching.
+- `decoder` (TensorRT 10.3 / JetPack 6): `trt_kv.DeviceKV`, packed buffers fed as past; the presents
+  are copied device-to-device back into them after each call.
+TensorRT and Polygraphy are imported when a stream opens, never at module import.
 """
 
 from __future__ import annotations
@@ -23,6 +28,20 @@ from omnisift_edge.artifact.folder import ExportFolder
 from omnisift_edge.errors import UsageError, require
 from omnisift_edge.runtime.exported import ExportedStream
 from omnisift_edge.runtime.stream import ContextFullError
+
+
+SCATTER = "decoder_scatter"     # the in-place decoder's engine key in a build report
+
+
+def scatter_limits(build: dict) -> tuple[int, int]:
+    """(longest call, cache rows) of the in-place decoder engine, from its build report."""
+    entry = build["engines"][SCATTER]
+    profile = entry["profiles"][0]
+    seq, cache = profile.get("axes", {}).get("sequence_length"), entry.get("static_axes", {}).get("cache_length")
+    if seq is None or cache is None:
+        raise UsageError("the decoder_scatter engine's build report has no sequence_length range or cache_length; "
+                         "rebuild the engines with this omnisift-edge")
+    return int(seq[2]), int(cache)
 
 
 def decoder_profiles(build: dict) -> list[tuple[str, tuple[int, int], tuple[int, int]]]:
@@ -70,12 +89,14 @@ class TrtStream(ExportedStream):
         self.target, self.build = export.build(target)
         graphs = export.graphs_for(ratio)
         engines = self.build.get("engines", {})
+        self.in_place = SCATTER in engines
         files = {}
         for role, graph in graphs.items():
-            if graph.key not in engines:
-                raise UsageError(f"the {self.target} build has no {graph.key} engine; rebuild: "
+            key = SCATTER if role == "decoder" and self.in_place else graph.key
+            if key not in engines:
+                raise UsageError(f"the {self.target} build has no {key} engine; rebuild: "
                                  f"omnisift-edge build {self.folder} --target {self.target}")
-            files[role] = self.folder / engines[graph.key]["file"]
+            files[role] = self.folder / engines[key]["file"]
         missing = [str(p) for p in files.values() if not p.is_file()]
         if missing:
             raise UsageError(f"engine file(s) missing: {', '.join(missing)}; copy the whole folder or rebuild: "
@@ -87,7 +108,7 @@ class TrtStream(ExportedStream):
         from polygraphy.backend.common import BytesFromPath
         from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
-        self.profiles = decoder_profiles(self.build)
+        self.profiles = [] if self.in_place else decoder_profiles(self.build)
         self._profile: int | None = None
         self.runners = {}
         try:
@@ -104,13 +125,21 @@ class TrtStream(ExportedStream):
             raise
 
         limit = int(self.build.get("max_context") or export.manifest.max_context)   # the engines' profiles end there
-        max_context = min(max_context or limit, limit)
         from omnisift_edge.runtime import trt_kv
 
         dims = export.manifest.dims
-        decoder = export.graphs_for(ratio)["decoder"]
-        self.kv = trt_kv.DeviceKV(decoder.input_names[3:], decoder.output_names[1:], dims.kv_heads, dims.head_dim,
-                                  max_context, export.float_type)     # [1, kv, max_context, hd] per past
+        if self.in_place:   # names from the manifest's kv_cache entry; the cache rows are the engine's static axis
+            entry = export.manifest.kv_cache[SCATTER]["entry"]
+            self.scatter_inputs = [t["name"] for t in entry["inputs"][:4]]   # embeds, positions, write_index, logits_index
+            self.max_call, limit = scatter_limits(self.build)
+            self.kv = trt_kv.StaticDeviceKV([t["name"] for t in entry["inputs"][4:]],
+                                            [t["name"] for t in entry["outputs"][1:]], dims.kv_heads, dims.head_dim,
+                                            limit, export.float_type)     # [1, kv, cache_length, hd] per past
+        else:
+            decoder = export.graphs_for(ratio)["decoder"]
+            self.kv = trt_kv.DeviceKV(decoder.input_names[3:], decoder.output_names[1:], dims.kv_heads,
+                                      dims.head_dim, limit, export.float_type)     # [1, kv, max_context, hd] per past
+        max_context = min(max_context or limit, limit)
         super().__init__(export, ratio, prefix_ids, what="the engines", max_context=max_context, context=context)
 
     def close(self) -> None:
@@ -134,6 +163,8 @@ class TrtStream(ExportedStream):
         return {name: np.array(value) for name, value in runner.infer(feeds).items()}
 
     def _step(self, embeds, positions, want_logits=True):
+        if self.in_place:
+            return self._step_in_place(embeds, positions, want_logits)
         n, start, logits = embeds.shape[1], 0, None
         runner = self.runners["decoder"]
         while start < n:
@@ -151,6 +182,29 @@ class TrtStream(ExportedStream):
             logits = out[self.logits_name]
             start += take
         if not want_logits:
+            return None
+        return self.kv.memory.to_host(logits)[0, -1].astype(np.float32)                  # [V]
+
+    def _step_in_place(self, embeds, positions, want_logits):
+        """The in-place engine: pieces of at most the profile's longest call; write_index = rows cached,
+        logits only for the last row of the last piece when asked (none on a chunk prefill)."""
+        n, start, logits = embeds.shape[1], 0, None
+        self.kv.check_room(n)
+        runner = self.runners["decoder"]
+        embeds_name, positions_name, write_name, logits_index_name = self.scatter_inputs
+        while start < n:
+            take = min(n - start, self.max_call)
+            last = want_logits and start + take == n
+            feeds = {embeds_name: np.ascontiguousarray(embeds[:, start:start + take]),
+                     positions_name: np.ascontiguousarray(positions[:, start:start + take]).reshape(3, 1, take),
+                     write_name: np.array([self.kv.length], dtype=np.int64),                        # [1], host
+                     logits_index_name: np.array([take - 1] if last else [], dtype=np.int64),      # [L]
+                     **self.kv.feeds()}                                                             # [1, kv, M, hd]
+            out = runner.infer(feeds, copy_outputs_to_host=False)     # presents: our buffers, written in place
+            self.kv.written(out, take)
+            logits = out[self.logits_name] if last else None
+            start += take
+        if logits is None:
             return None
         return self.kv.memory.to_host(logits)[0, -1].astype(np.float32)                  # [V]
 
@@ -175,7 +229,7 @@ class TrtStream(ExportedStream):
         return self.kv.length
 
     def _drop_kv(self, start: int, stop: int) -> None:
-        """Remove cached tokens [start, stop); later ones move down (through the host: a rare operation)."""
+        """Remove cached tokens [start, stop); later ones move down (through the host: a rare operation, both forms)."""
         self.kv.drop(start, stop)
 
     def _rotate_kv(self, delta: int) -> None:

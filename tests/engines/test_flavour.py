@@ -59,7 +59,7 @@ def test_rtx_plan_defaults_to_the_exports_dtype_and_refuses_other_precisions(eng
     assert plan.precision == "fp32" and plan.flavour == "tensorrt_rtx" and plan.timing_cache is None
     assert all(e.mode.strongly_typed and not e.mode.flags for e in plan.engines)
     assert all(plan.trtexec(e) == [] for e in plan.engines)
-    line = plan.polygraphy(plan.engine("decoder"))
+    line = plan.polygraphy(plan.engine("decoder_scatter"))
     assert line[:2] == ["env", "POLYGRAPHY_USE_TENSORRT_RTX=1"] and "--load-timing-cache" not in line
     assert line[line.index("--compute-capabilities") + 1:][:3] == ["8.6", "8.9", "12.0"]
     one = plan_build(BuildConfig(engine_export, target="rtx", compute_capabilities="12.0"), write=False)

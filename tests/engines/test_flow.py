@@ -33,7 +33,7 @@ def stand_ins(monkeypatch):
 
     def fake_build_one(trt, polygraphy_trt, ep, plan):
         built.append(ep)
-        return f"engine {ep.graph} {ep.mode.precision}".encode()
+        return f"engine {ep.graph} {ep.mode.precision}".encode(), {}
 
     for module in (build_mod, verify_mod):
         monkeypatch.setattr(module, "require_tensorrt", lambda *_: FAKE_TRT)
@@ -89,7 +89,7 @@ def test_build_one_hands_the_plan_to_polygraphys_loaders(engine_export, tmp_path
         EngineBytesFromNetwork=lambda network, config, save_timing_cache: (
             calls.setdefault("engine", (network, config, save_timing_cache)) and (lambda: b"plan")))
     plan = plan_build(BuildConfig(engine_export, target="orin-agx", timing_cache=tmp_path / "t.cache"), write=False)
-    assert build_mod._build_one(FAKE_TRT, stub, plan.engine("decoder"), plan) == b"plan"
+    assert build_mod._build_one(FAKE_TRT, stub, plan.engine("decoder"), plan) == (b"plan", {})
     assert calls["network"] == (str(engine_export / "decoder.onnx"), False)
     config = calls["config"]
     assert config["fp16"] and not config["bf16"] and config["tf32"] is False
@@ -155,7 +155,7 @@ def test_a_failed_rebuild_keeps_the_previous_engines(recorded_export, tmp_path, 
     def failing(trt, polygraphy_trt, ep, plan):
         if ep.graph == "decoder":
             raise UsageError("TensorRT could not build decoder")
-        return b"new " + ep.graph.encode()
+        return b"new " + ep.graph.encode(), {}
 
     monkeypatch.setattr(build_mod, "_build_one", failing)
     with pytest.raises(UsageError, match="could not build decoder"):

@@ -184,3 +184,40 @@ def test_replanning_after_a_build_keeps_the_checksums_true(export_copy):
     manifest = read_manifest(export_copy, verify=True)                 # would raise on a stale checksum
     assert json.loads((export_copy / "engines/orin-agx/build_plan.json").read_text())["precision"] == "fp32"
     assert manifest["files"]["engines/orin-agx/build_plan.json"]["bytes"] > 0
+
+
+@pytest.mark.parametrize("target, tensorrt, form, why", [
+    ("rtx", None, "decoder_scatter", "TensorRT-RTX has the KVCacheUpdate layer"),
+    ("h100", "10.15.0", "decoder_scatter", "TensorRT 10.15.0 >= 10.15 has the KVCacheUpdate layer"),
+    ("orin-agx", "10.3.0.30", "decoder", "TensorRT 10.3.0.30 has no KVCacheUpdate layer (needs >= 10.15; JetPack 6"),
+])
+def test_plan_says_which_decoder_form_each_target_gets_and_why(engine_export, target, tensorrt, form, why):
+    plan = plan_build(BuildConfig(engine_export, target=target), tensorrt=tensorrt, write=False)
+    graphs = [e.graph for e in plan.engines]
+    assert form in graphs and ({"decoder", "decoder_scatter"} - {form}).isdisjoint(graphs)   # never both
+    assert plan.decoder_form[0] == form and why in plan.decoder_form[1]
+    assert f"decoder form: {form}, " in plan.summary() and plan.to_dict()["decoder_form"]["graph"] == form
+    # the memory plan counts one cache buffer in place, past + present for the fallback
+    assert ("KV cache (in place)" if form == "decoder_scatter" else "KV cache (past + present)") in plan.summary()
+    manifest = read_manifest(engine_export, verify=False)
+    t = manifest["thinker_shape"]["text"]
+    one_buffer = 2 * t["layers"] * t["kv_heads"] * t["head_dim"] * (4 if plan.precision == "fp32" else 2)
+    assert plan.memory.kv_per_token == one_buffer * (1 if form == "decoder_scatter" else 2)
+    if form == "decoder_scatter":
+        manifest = read_manifest(engine_export, verify=False)
+        c = manifest["max_context"]
+        (profile,) = plan.engine(form).profiles
+        assert profile.name == "in_place" and dict(profile.values) == {"write_index": (0, (c - 512) // 2, c - 1)}
+        axes = dict(profile.axes)
+        assert axes["logits_length"] == (0, 1, 1) and axes["cache_length"] == (c, c, c)
+        assert axes["sequence_length"] == (1, plan.engine(form).profiles[0].shapes["inputs_embeds"].opt[1], 512)
+        assert plan.engine(form).static == {"batch_size": 1, "cache_length": c}
+        assert "past_sequence_length" not in axes                              # the cache is static
+
+
+def test_an_export_without_the_scatter_graph_keeps_the_fallback(export_copy):
+    manifest = json.loads((export_copy / "manifest.json").read_text())
+    del manifest["kv_cache"]["decoder_scatter"]
+    write_manifest(export_copy, manifest)
+    plan = plan_build(BuildConfig(export_copy, target="rtx"), write=False)
+    assert "decoder" in [e.graph for e in plan.engines] and "no decoder_scatter" in plan.decoder_form[1]

@@ -68,24 +68,28 @@ def test_every_graph_builds_a_real_engine_with_the_report(which, dtype, ratios, 
     assert manifest["dtype"] == dtype and report["precision"] == dtype     # strongly typed: the export's dtype
     assert (report["flavour"], report["tensorrt"]) == ("tensorrt_rtx", tensorrt_rtx.__version__)
     assert report["compute_capability"] == "8.6,8.9,12.0" and report["timing_cache"] is None
-    assert set(report["engines"]) == set(manifest["graphs"]) == {
-        "vision_encoder", "audio_encoder", "decoder", *(f"compressor_r{r}" for r in ratios)}
+    assert set(manifest["graphs"]) == {"vision_encoder", "audio_encoder", "decoder", *(f"compressor_r{r}" for r in ratios)}
+    # TensorRT-RTX has KVCacheUpdate: the in-place decoder replaces the past/present one (never both)
+    assert set(report["engines"]) == set(manifest["graphs"]) - {"decoder"} | {"decoder_scatter"}
+    assert report["decoder_form"]["graph"] == "decoder_scatter"
     for graph, entry in report["engines"].items():
         path = folder / entry["file"]
         assert path == folder / "engines" / "rtx" / f"{graph}.engine" and entry["file"] in manifest["files"]
         assert path.stat().st_size == entry["bytes"] > 10_000
         assert entry["strongly_typed"] and entry["flags"] == [] and entry["precision"] == dtype
         assert entry["validity"]["checked"] and entry["validity"]["header_ok"], entry["validity"]
-    assert [p["name"] for p in report["engines"]["decoder"]["profiles"]] == ["prefill", "decode"]
-    assert report["engines"]["decoder"]["profiles"][0]["axes"]["past_sequence_length"][0] == 0   # the empty past
+    profiles = report["engines"]["decoder_scatter"]["profiles"]
+    assert [p["name"] for p in profiles] == ["in_place"]
+    assert profiles[0]["axes"]["logits_length"] == [0, 1, 1]                  # a chunk prefill asks for no logits
+    assert profiles[0]["axes"]["cache_length"] == [manifest["max_context"]] * 3   # the static cache
     assert "engines/rtx/build_plan.json" in manifest["files"]
     assert not list((folder / "engines").rglob(".*"))                     # no staging or temporary files left
     assert artifact.engines == {g: folder / e["file"] for g, e in report["engines"].items()}
 
 
 def test_fp16_decoder_engine_is_about_half_the_fp32_one(built32, built16):
-    b32 = built32[1].report["engines"]["decoder"]["bytes"]
-    b16 = built16[1].report["engines"]["decoder"]["bytes"]
+    b32 = built32[1].report["engines"]["decoder_scatter"]["bytes"]
+    b16 = built16[1].report["engines"]["decoder_scatter"]["bytes"]
     assert 0.35 < b16 / b32 < 0.65, (b16, b32)
 
 
@@ -93,7 +97,7 @@ def test_the_runtime_reads_the_header_and_rejects_a_damaged_one(built32):
     import tensorrt_rtx as trt
 
     folder, artifact, _ = built32
-    data = artifact.engines["decoder"].read_bytes()
+    data = artifact.engines["decoder_scatter"].read_bytes()
     good = flavours.engine_validity(trt, data)
     assert good["checked"] and good["header_ok"] and "MALFORMED_ENGINE" not in good["diagnostics"]
     damaged = bytearray(data)
@@ -103,14 +107,20 @@ def test_the_runtime_reads_the_header_and_rejects_a_damaged_one(built32):
 
 
 def test_the_builder_config_has_both_profiles_the_compute_capabilities_and_no_tf32(recorded_export):
-    """The real TensorRT-RTX builder and parser, with the config our build hands to Polygraphy."""
+    """The real TensorRT-RTX builder and parser, with the config our build hands to Polygraphy (for the
+    past/present decoder, which an rtx build no longer holds, but whose profiles the plan still derives)."""
     from polygraphy.backend import trt as polygraphy_trt
 
     from omnisift_edge.engines.build import _create_config, require_tensorrt
 
     trt = require_tensorrt("tensorrt_rtx")
     plan = plan_build(BuildConfig(recorded_export, target="rtx", compute_capabilities="8.9,12.0"), write=False)
-    ep = plan.engine("decoder")
+    from omnisift_edge.engines.plan import EnginePlan, precision_mode
+    from omnisift_edge.engines.profiles import graph_profiles
+
+    manifest = read_manifest(recorded_export, verify=False)
+    ep = EnginePlan("decoder", recorded_export / "decoder.onnx", recorded_export / "x.engine", "fp32",
+                    precision_mode("decoder", "fp32", "fp32", 10, True), graph_profiles(manifest, "decoder"), 0)
     builder, network, parser = polygraphy_trt.NetworkFromOnnxPath(str(ep.onnx), strongly_typed=True)()
     profiles = []
     for profile in ep.profiles:
@@ -122,7 +132,6 @@ def test_the_builder_config_has_both_profiles_the_compute_capabilities_and_no_tf
                             memory_pool_limits={trt.MemoryPoolType.WORKSPACE: plan.workspace_mib << 20},
                             load_timing_cache=None)(builder, network)
     assert network.get_flag(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    manifest = read_manifest(recorded_export, verify=False)
     kinds = {"float32": trt.float32, "float16": trt.float16, "int64": trt.int64}
     for graph in ("decoder", "compressor_r0.25"):                           # int64 I/O stays int64 (no int32 cast)
         entry = manifest["graphs"][graph]
@@ -281,3 +290,41 @@ def test_selftest_for_rtx_says_what_is_missing_without_a_gpu():
     assert result.summary().startswith("selftest cannot run here: no CUDA GPU found")
     assert result.reason == ("no CUDA GPU found (TensorRT-RTX builds without one; running the engines needs an "
                              "RTX-class GPU: try omnisift-edge build DIR --target rtx)")
+
+
+def test_the_in_place_decoder_engine_updates_its_cache_in_place(built32):
+    """The rtx build's decoder is the in-place form for real: TensorRT-RTX's parser made every cache update
+    a KV_CACHE_UPDATE layer whose input is a past and whose output is that layer's present (the alias
+    `engine.get_aliased_input_tensor` reports; reading it needs a GPU: the `trt` test in
+    tests/runtime/test_trt_pipeline.py does), and write_index is a shape tensor (host memory)."""
+    from polygraphy.backend import trt as polygraphy_trt
+
+    from omnisift_edge.engines.build import require_tensorrt
+    from omnisift_edge.engines.kv_form import kv_cache_updates, parse_static, shape_inputs
+
+    folder, artifact, _ = built32
+    manifest = read_manifest(folder, verify=False)
+    layers = manifest["dims"]["num_layers"]
+    pairs = sorted((f"past_key_values.{i}.{k}", f"present.{i}.{k}") for i in range(layers) for k in ("key", "value"))
+    report = artifact.report["engines"]["decoder_scatter"]
+    assert sorted((u["cache"], u["output"]) for u in report["kv_cache_updates"]) == pairs
+    assert report["shape_inputs"] == ["write_index"] and report["static_axes"]["cache_length"] == manifest["max_context"]
+    trt = require_tensorrt("tensorrt_rtx")                              # the same, read from the network again
+    ep = artifact.plan.engine("decoder_scatter")
+    _, network, _ = parse_static(trt, polygraphy_trt, ep.onnx, True, ep.static)
+    updates = kv_cache_updates(trt, network)
+    assert sorted((u["cache"], u["output"]) for u in updates) == pairs
+    outputs = {network.get_output(i).name for i in range(network.num_outputs)}
+    assert {u["output"] for u in updates} <= outputs and shape_inputs(network) == {"write_index"}
+    past = next(network.get_input(i) for i in range(network.num_inputs) if network.get_input(i).name == pairs[0][0])
+    assert tuple(past.shape) == (1, manifest["dims"]["kv_heads"], manifest["max_context"], manifest["dims"]["head_dim"])
+
+
+def test_a_dynamic_cache_axis_is_what_tensorrt_refuses(built32):
+    """Why the build fixes cache_length before parsing: the graph as exported (dynamic cache axis) does not parse."""
+    from polygraphy.backend import trt as polygraphy_trt
+    from polygraphy.exception import PolygraphyException
+
+    ep = built32[1].plan.engine("decoder_scatter")
+    with pytest.raises(PolygraphyException):
+        polygraphy_trt.NetworkFromOnnxPath(str(ep.onnx), strongly_typed=True)()

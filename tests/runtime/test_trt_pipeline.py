@@ -30,16 +30,21 @@ def folder(small_export):
     return small_export(ratios=(0.25,), resolution=RES)
 
 
-def _fake_build(src, dst, targets=("h100",), write_files=True):
+def _fake_build(src, dst, targets=("h100",), write_files=True, in_place=False):
     """A copy of the export with a `builds` section for `targets`; each placeholder engine file holds
-    the name of the ONNX graph it stands for (the stand-in runner below runs that in ONNX Runtime)."""
+    the name of the ONNX graph it stands for (the stand-in runner below runs that in ONNX Runtime).
+    in_place: the build holds decoder_scatter instead of decoder, with the engines stage's one profile."""
     shutil.copytree(src, dst)
     manifest = json.loads((dst / "manifest.json").read_text())
     c, s_max = manifest["max_context"], 512
+    graphs = dict(manifest["graphs"])
+    if in_place:
+        graphs = {("decoder_scatter" if g == "decoder" else g): manifest["kv_cache"]["decoder_scatter"]["entry"]
+                  if g == "decoder" else e for g, e in graphs.items()}
     builds = {}
     for target in targets:
         engines = {}
-        for graph, entry in manifest["graphs"].items():
+        for graph, entry in graphs.items():
             rel = f"engines/{target}/{graph}.engine"
             if write_files:
                 (dst / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -51,7 +56,12 @@ def _fake_build(src, dst, targets=("h100",), write_files=True):
                             {"name": "decode", "axes": {"sequence_length": [1, 1, 1],
                                                        "past_sequence_length": [1, 300, c - 1]}, "inputs": {}}]
             engines[graph] = {"file": rel, "precision": "fp32", "profiles": profiles}
-        builds[target] = {"target": target, "tensorrt": "10.3.0", "device": "NVIDIA H100", "compute_capability": "9.0",
+            if graph == "decoder_scatter":   # the order and ranges of engines/profiles.py's in_place profile
+                engines[graph]["profiles"] = [{"name": "in_place", "axes": {
+                    "sequence_length": [1, 64, s_max], "logits_length": [0, 1, 1], "cache_length": [c, c, c]},
+                    "inputs": {}, "values": {"write_index": [0, 100, c - 1]}}]
+                engines[graph]["static_axes"] = {"batch_size": 1, "cache_length": c}
+        builds[target] = {"target": target, "tensorrt": "10.15.0" if in_place else "10.3.0", "device": "NVIDIA H100", "compute_capability": "9.0",
                           "max_context": manifest["max_context"], "engines": engines}
     write_manifest(dst, dict(manifest, builds=builds))
     return dst
@@ -119,9 +129,14 @@ class _OrtEngineRunner:
     log: list = []
 
     def __init__(self, engine, name=None, optimization_profile=None):
+        import onnx
+
         from omnisift_edge.artifact.onnx_runtime import ort_session
 
         self.session, self.name, self.profile = ort_session(engine), name, optimization_profile
+        # TensorRT aliases a KV_CACHE_UPDATE layer's output (a present) to its cache input (a past): so do we
+        graph = onnx.load(str(engine), load_external_data=False).graph
+        self.aliases = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "TensorScatter"}
 
     def activate(self):
         self.log.append((self.name, "activate"))
@@ -138,8 +153,13 @@ class _OrtEngineRunner:
         feeds = {k: np.ascontiguousarray(v) for k, v in feeds.items()}   # HostMemory views -> plain arrays
         if self.name == "trt-decoder":
             n, past = feeds["inputs_embeds"].shape[1], next(v for k, v in feeds.items() if k.startswith("past")).shape[2]
-            self.log.append((self.name, "run", self.profile, n, past))
-        return dict(zip(names, self.session.run(None, feeds)))
+            extra = (int(feeds["write_index"][0]), feeds["logits_index"].tolist()) if self.aliases else ()
+            self.log.append((self.name, "run", self.profile, n, past, *extra))
+        outputs = dict(zip(names, self.session.run(None, feeds)))
+        for present, past in self.aliases.items():   # ONNX Runtime returns a copy: write it where TensorRT would
+            np.copyto(feeds[past], outputs[present])
+            outputs[present] = feeds[past]
+        return outputs
 
 
 def test_stream_through_stand_in_engines_matches_onnxruntime(folder, tmp_path, monkeypatch):
@@ -198,9 +218,10 @@ def test_tensorrt_session_matches_onnxruntime(folder, tmp_path):
     assert np.isfinite(np.asarray(session.stream.question_logits)).all()
 
 
-def test_stand_in_engines_slide_and_rebase_like_onnxruntime(folder, tmp_path, monkeypatch):
-    """TrtStream's _drop_kv/_rotate_kv on its device cache: a sliding, re-based stream through the stand-in
-    engines gives the logits and tokens of the onnxruntime backend under the same policy."""
+@pytest.mark.parametrize("in_place", [False, True], ids=["past_present", "in_place"])
+def test_stand_in_engines_slide_and_rebase_like_onnxruntime(folder, tmp_path, monkeypatch, in_place):
+    """TrtStream's _drop_kv/_rotate_kv on its device cache (either form): a sliding, re-based stream through
+    the stand-in engines gives the logits and tokens of the onnxruntime backend under the same policy."""
     import types
 
     import polygraphy.backend.trt as polygraphy_trt
@@ -208,8 +229,9 @@ def test_stand_in_engines_slide_and_rebase_like_onnxruntime(folder, tmp_path, mo
     import omnisift_edge.runtime.trt_env as trt_env
     from omnisift_edge.engines.presets import DeviceInfo
 
-    built = _fake_build(folder, tmp_path / "built")
-    monkeypatch.setattr(trt_env, "require_tensorrt", lambda *_: types.SimpleNamespace(__version__="10.3.0"))
+    built = _fake_build(folder, tmp_path / "built", in_place=in_place)
+    version = "10.15.0" if in_place else "10.3.0"                # the in-place engine wants KVCacheUpdate
+    monkeypatch.setattr(trt_env, "require_tensorrt", lambda *_: types.SimpleNamespace(__version__=version))
     monkeypatch.setattr(trt_env, "require_device", lambda: DeviceInfo("NVIDIA H100", (9, 0), 80.0))
     monkeypatch.setattr(polygraphy_trt, "EngineFromBytes", lambda data: lambda: str(built / data().decode()))
     monkeypatch.setattr(polygraphy_trt, "TrtRunner", _OrtEngineRunner)
@@ -228,5 +250,81 @@ def test_stand_in_engines_slide_and_rebase_like_onnxruntime(folder, tmp_path, mo
         window = session.stream.window
         assert window.evicted_chunks == 4 and window.base > 0
         got[backend] = (tokens, session.stream.question_logits, session.stream.kv_length())
+        if backend == "tensorrt":
+            assert session.stream.in_place == in_place
     assert got["tensorrt"][0] == got["onnxruntime"][0] and got["tensorrt"][2] == got["onnxruntime"][2]
     np.testing.assert_allclose(got["tensorrt"][1], got["onnxruntime"][1], atol=1e-4)
+
+
+def test_in_place_engine_stream_writes_the_cache_in_place(folder, tmp_path, monkeypatch):
+    """A build with decoder_scatter: TrtStream binds its own buffers [1, kv, cache_length, hd] as the pasts
+    (the presents alias them), feeds write_index = rows cached and logits_index (none on a chunk prefill),
+    never copies a present, and answers as the onnxruntime backend does."""
+    import types
+
+    import polygraphy.backend.trt as polygraphy_trt
+
+    import omnisift_edge.runtime.trt_env as trt_env
+    from omnisift_edge.runtime.trt_env import DeviceInfo
+
+    built = _fake_build(folder, tmp_path / "built", in_place=True)
+    monkeypatch.setattr(trt_env, "require_tensorrt", lambda *_: types.SimpleNamespace(__version__="10.15.0"))
+    monkeypatch.setattr(trt_env, "require_device", lambda: DeviceInfo("NVIDIA H100", (9, 0), 80.0))
+    monkeypatch.setattr(polygraphy_trt, "EngineFromBytes", lambda data: lambda: str(built / data().decode()))
+    monkeypatch.setattr(polygraphy_trt, "TrtRunner", _OrtEngineRunner)
+    from omnisift_edge.runtime import trt_kv
+
+    class CountingMemory(_HostMemory):
+        copies = 0
+
+        def copy_in(self, buffer, source, nbytes):
+            CountingMemory.copies += 1
+            super().copy_in(buffer, source, nbytes)
+
+    monkeypatch.setattr(trt_kv, "CudaMemory", CountingMemory)
+    _HostMemory.allocated = []
+    _OrtEngineRunner.log = []
+    clip = synthetic_clip(5.0, *RES, seed=4)
+    reference = _answers(OmniSession(RuntimeConfig(built, backend="onnxruntime")), clip)
+    session = OmniSession(RuntimeConfig(built, backend="tensorrt"))
+    assert session.stream.in_place
+    assert _answers(session, clip) == reference                  # kept positions, counts and tokens
+    c, d = json.loads((built / "manifest.json").read_text())["max_context"], session.stream.dims
+    runs = [e[2:] for e in _OrtEngineRunner.log if e[:2] == ("trt-decoder", "run")]
+    assert {past for _, _, past, _, _ in runs} == {c}            # the whole static cache, every call
+    assert {profile for profile, *_ in runs} == {None}           # one profile: never switched
+    written = 0
+    for _, n, _, write_index, logits_index in runs:              # rows cached so far, then the new ones
+        assert write_index == written and logits_index in ([], [n - 1])
+        written += n
+    assert written == session.stream.kv_length()
+    assert any(li == [] for *_, li in runs) and any(li != [] for *_, li in runs)   # chunk prefills: no logits
+    assert [li for _, n, _, _, li in runs if n == 1] == [[0]] * sum(n == 1 for _, n, *_ in runs)   # decode: logits
+    assert CountingMemory.copies == 0                            # no present is ever copied back
+    assert _HostMemory.allocated == [c * d.kv_heads * d.head_dim * 4] * (2 * d.num_layers)
+    session.stream.close()
+
+
+@pytest.mark.trt
+def test_tensorrt_in_place_engine_aliases_and_matches_onnxruntime(folder, tmp_path):
+    """Where TensorRT >= 10.15 and a GPU exist: the build holds decoder_scatter, each present is aliased to its
+    past in the engine, and a session on it answers as ONNX Runtime does."""
+    import tensorrt as trt
+
+    from omnisift_edge.engines import BuildConfig, build_engines
+
+    if tuple(int(p) for p in trt.__version__.split(".")[:2]) < (10, 15):
+        pytest.skip(f"TensorRT {trt.__version__} has no KVCacheUpdate layer (needs >= 10.15)")
+    built = tmp_path / "built"
+    shutil.copytree(folder, built)
+    artifact = build_engines(BuildConfig(built, target="auto", precision="fp32", max_context=1024))
+    assert set(artifact.engines) >= {"decoder_scatter"} and "decoder" not in artifact.engines
+    engine = trt.Runtime(trt.Logger()).deserialize_cuda_engine(artifact.engines["decoder_scatter"].read_bytes())
+    for i in range(2):
+        for kind in ("key", "value"):
+            assert engine.get_aliased_input_tensor(f"present.{i}.{kind}") == f"past_key_values.{i}.{kind}"
+    clip = synthetic_clip(5.0, *RES, seed=4)
+    reference = _answers(OmniSession(RuntimeConfig(built, backend="onnxruntime")), clip)
+    session = OmniSession(RuntimeConfig(built, backend="tensorrt"))
+    assert session.stream.in_place and _answers(session, clip) == reference
+    session.stream.close()
