@@ -77,6 +77,8 @@ def test_every_graph_builds_a_real_engine_with_the_report(which, dtype, ratios, 
         assert entry["strongly_typed"] and entry["flags"] == [] and entry["precision"] == dtype
         assert entry["validity"]["checked"] and entry["validity"]["header_ok"], entry["validity"]
     assert [p["name"] for p in report["engines"]["decoder"]["profiles"]] == ["prefill", "decode"]
+    # the parser read the decoder's weights from the export's one shared copy (parse_from_file: relative location)
+    assert "decoder.onnx" in manifest["shared_weights"]["graphs"] and "shared_weights.data" in manifest["files"]
     assert report["engines"]["decoder"]["profiles"][0]["axes"]["past_sequence_length"][0] == 0   # the empty past
     assert "engines/rtx/build_plan.json" in manifest["files"]
     assert not list((folder / "engines").rglob(".*"))                     # no staging or temporary files left
