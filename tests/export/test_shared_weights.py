@@ -192,6 +192,7 @@ def test_the_decoder_forms_share_one_copy_and_compute_the_same(before_and_after)
 
 def test_the_export_records_lints_and_checksums_the_shared_file(small_export):
     from omnisift_edge.artifact.manifest import graph_file_bytes, read_manifest
+    from omnisift_edge.engines.plan import BuildConfig, plan_build
     from omnisift_edge.export.lint import has_errors, lint_export
 
     folder = small_export()
@@ -205,5 +206,7 @@ def test_the_export_records_lints_and_checksums_the_shared_file(small_export):
     assert not (folder / "decoder.onnx.data").exists() and not (folder / "decoder_gqa.onnx.data").exists()
     assert not has_errors(lint_export(folder))
     # what an engine of the decoder holds: its proto and the shared weights (engines' build --plan)
-    assert graph_file_bytes(folder, manifest, "decoder.onnx") == (
-        (folder / "decoder.onnx").stat().st_size + record["bytes"])
+    decoder_bytes = (folder / "decoder.onnx").stat().st_size + record["bytes"]
+    assert graph_file_bytes(folder, manifest, "decoder.onnx") == decoder_bytes
+    plan = plan_build(BuildConfig(folder, target="orin-agx", precision="fp32"), write=False)
+    assert {e.graph: e.weight_bytes for e in plan.engines}["decoder"] == decoder_bytes
