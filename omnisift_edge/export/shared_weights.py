@@ -81,12 +81,14 @@ def share_weights(folder: Path, files: list[str] | None = None) -> SharedWeights
     files = sorted(files) if files is not None else sorted(p.name for p in folder.glob("*.onnx"))
     if (folder / SHARED_FILE).exists():
         raise RuntimeError(f"{folder / SHARED_FILE} exists: the pass runs once, on freshly written graphs")
-    found = {name: _candidates(folder, name) for name in files}
+    found, locations = {}, {}
+    for name in files:   # one read of each graph: content keys, and the data files it names now
+        found[name], locations[name] = _candidates(folder, name)
     graphs_of = Counter(key for name in files for key in {t.key for t in found[name]})
     taking_part = [name for name in files if any(graphs_of[t.key] > 1 for t in found[name])]
     if not taking_part:
         return None
-    before = _data_files(folder, taking_part)
+    before = set().union(*(locations[name] for name in taking_part))
     placed: dict[tuple, tuple[int, int]] = {}          # key -> (offset, length) in SHARED_FILE
     staged: dict[str, bytes] = {}                      # graph file -> its rewritten proto
     references = 0
@@ -127,12 +129,15 @@ def _initializers(model):
     return _get_initializer_tensors(model)
 
 
-def _candidates(folder: Path, name: str) -> list[_Tensor]:
-    """The tensors of `name` that may move to the shared file, each with its content key."""
+def _candidates(folder: Path, name: str) -> tuple[list[_Tensor], set[str]]:
+    """The tensors of `name` that may move to the shared file, each with its content key; the data files it names."""
     from onnx import TensorProto
+    from onnx.external_data_helper import ExternalDataInfo
 
-    found = []
+    found, locations = [], set()
     for index, tensor in enumerate(_initializers(_load(folder / name))):
+        if _external(tensor):
+            locations.add(ExternalDataInfo(tensor).location)
         if tensor.data_type == TensorProto.STRING or not (_external(tensor) or tensor.HasField("raw_data")):
             continue   # typed fields (float_data, ...) are how tiny constants are written; they stay
         digest, length = hashlib.sha256(), 0
@@ -141,7 +146,7 @@ def _candidates(folder: Path, name: str) -> list[_Tensor]:
             length += len(block)
         if length >= SIZE_THRESHOLD or _external(tensor):   # an external one must move: its old file goes
             found.append(_Tensor(index, (tensor.data_type, tuple(tensor.dims), length, digest.hexdigest()), length))
-    return found
+    return found, locations
 
 
 def _external(tensor) -> bool:
