@@ -12,8 +12,8 @@ validated, and rewrites the folder so that each weight is stored once:
 2. A graph *takes part* when one of its tensors has the same content as a tensor of another graph.
    Graphs that share nothing are left exactly as they are (the encoders, the compressors).
 3. Every candidate tensor of the graphs that take part is written once to `SHARED_FILE` (a tensor
-   over 1 MiB starts at a multiple of 64 KiB, as ONNX Runtime's and onnx-ir's external-data
-   writers align for mmap; smaller ones are packed), and its `TensorProto` points there
+   over 1 MiB starts at a multiple of 64 KiB, the rule of ONNX Runtime's external-data writer
+   for mmap, which onnx-ir applies when aligning; smaller ones are packed), and its `TensorProto` points there
    (`location`, `offset`, `length`: onnx's external-data fields). Unique tensors of those graphs go
    there too, so no graph keeps a `<name>.onnx.data` of its own: every large weight of the LLM lives
    in one file, and nothing else needs rewriting when it is there.
