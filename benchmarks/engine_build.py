@@ -23,8 +23,10 @@ from omnisift_edge.export.stage import ExportConfig, export
 
 
 def onnx_bytes(folder: Path, name: str) -> int:
-    path = folder / name
-    return sum(p.stat().st_size for p in (path, path.with_name(path.name + ".data")) if p.is_file())
+    """The graph with its weights, wherever they are (its own .data or the shared_weights.data)."""
+    from omnisift_edge.artifact.manifest import graph_file_bytes, read_manifest
+
+    return graph_file_bytes(folder, read_manifest(folder, verify=False), name)
 
 
 def main() -> None:

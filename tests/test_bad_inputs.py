@@ -380,3 +380,47 @@ def test_interrupted_overwrite_keeps_the_previous_export_and_says_so(exported, t
     assert result.exit_code == 130 and "nothing was written" in result.stderr
     assert (out / "manifest.json").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]           # no staging left behind
+
+
+def test_a_corrupt_or_missing_shared_weights_file_is_one_line_naming_it(exported, tmp_path, afile):
+    """Issue 11: the decoder forms' one copy of the weights (shared_weights.data) is checksummed like any file."""
+    import shutil
+
+    from omnisift_edge.export.shared_weights import SHARED_FILE
+
+    run = ["--video", afile, "--question", "Q?", "--ratio", "1"]
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(exported, corrupt)
+    data = bytearray((corrupt / SHARED_FILE).read_bytes())
+    data[len(data) // 2] ^= 1
+    (corrupt / SHARED_FILE).write_bytes(bytes(data))
+    assert_one_line_error(invoke("run", corrupt, *run), f"{SHARED_FILE} does not match its checksum", "copy it again")
+    missing = tmp_path / "missing"
+    shutil.copytree(exported, missing)
+    (missing / SHARED_FILE).unlink()
+    assert_one_line_error(invoke("run", missing, *run), f"{SHARED_FILE} is missing from the export")
+    assert_one_line_error(invoke("lint", missing), f"lacks {SHARED_FILE}")   # not one finding per weight
+
+
+def test_export_interrupted_while_sharing_weights_keeps_the_previous_export(exported, tmp_path, monkeypatch):
+    """The pass runs in the staging folder: stopped after it rewrote a graph, the previous export is untouched."""
+    import shutil
+
+    from omnisift_edge.export import shared_weights
+
+    out = tmp_path / "art"
+    shutil.copytree(exported, out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    real, calls = shared_weights._replace_graph, []
+
+    def replace_then_interrupt(path, proto):
+        calls.append(path.name)
+        real(path, proto)                  # the staged shared_weights.data and one graph are written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shared_weights, "_replace_graph", replace_then_interrupt)
+    result = invoke("export", "-o", out, "--overwrite", "--resolution", RES)
+    assert calls == ["decoder.onnx"]
+    assert result.exit_code == 130 and "nothing was written" in result.stderr
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]           # no staging left behind

@@ -50,6 +50,18 @@ def graph_entry(spec: GraphSpec, dims: Dims, file: str, opset: int, dtype: str, 
             "outputs": [tensor(t) for t in spec.outputs], **extra}
 
 
+def graph_file_bytes(folder: Path, manifest: dict, file: str) -> int:
+    """A graph's size with its weights, from file sizes alone (planning imports no onnx): the `.onnx`, its
+    own `<file>.data`, and the export's shared weights file when the graph points into it (the manifest's
+    `shared_weights`, export/shared_weights.py: a graph that takes part keeps all its weights there)."""
+    folder = Path(folder)
+    shared = manifest.get("shared_weights") or {}
+    paths = [folder / file, folder / f"{file}.data"]
+    if file in shared.get("graphs", ()):
+        paths.append(folder / shared["file"])
+    return sum(p.stat().st_size for p in paths if p.is_file())
+
+
 def tool_versions() -> dict:
     versions = {"python": platform.python_version()}
     for name in ("omnisift_edge", "torch", "transformers", "optimum", "onnx", "onnxruntime", "numpy"):

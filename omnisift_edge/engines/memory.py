@@ -301,6 +301,8 @@ def plan_export(folder, manifest: dict, *, precision: str, max_context: int, pre
     """
     from pathlib import Path
 
+    from omnisift_edge.artifact.manifest import graph_file_bytes
+
     record = manifest.get("thinker_shape")
     if record is None:
         return None
@@ -315,8 +317,7 @@ def plan_export(folder, manifest: dict, *, precision: str, max_context: int, pre
     scale = FLOAT_BYTES[dtype] / FLOAT_BYTES[manifest.get("dtype", "fp32")]   # float weights: graph -> engine dtype
     for graph, entry in manifest["graphs"].items():
         part = graph if graph in ("vision_encoder", "audio_encoder", "decoder") else "compressor"
-        onnx_file = Path(folder) / entry["file"]
-        size = sum(p.stat().st_size for p in (onnx_file, onnx_file.with_name(onnx_file.name + ".data")) if p.is_file())
+        size = graph_file_bytes(Path(folder), manifest, entry["file"])
         fixed = quant.get("quantized_weight_bytes", 0) if part == "decoder" else 0   # packed ints stay as they are
         size = int((size - fixed) * scale + fixed)   # file sizes, not the protos: planning imports no onnx
         weights[part] = max(weights.get(part, 0), size) if part == "compressor" else size   # one compressor runs

@@ -127,7 +127,7 @@ class EnginePlan:
     graph_dtype: str
     mode: PrecisionMode
     profiles: tuple[Profile, ...]
-    weight_bytes: int              # ONNX file (+ external data) size: the weights TensorRT will hold
+    weight_bytes: int              # ONNX file + its weights' data file(s): the weights TensorRT will hold
     static: dict = field(default_factory=dict)   # axes fixed before parsing (kv_form.static_sizes): the static cache
 
     @property
@@ -290,7 +290,7 @@ def plan_build(cfg: BuildConfig, *, manifest: dict | None = None, target: Target
     Reads the manifest without re-hashing the graphs (the build verifies every checksum).
     `target`/`tensorrt` are passed by `build_engines` (the detected GPU and installed TensorRT).
     """
-    from omnisift_edge.artifact.manifest import read_manifest
+    from omnisift_edge.artifact.manifest import graph_file_bytes, read_manifest
 
     manifest = manifest if manifest is not None else read_manifest(cfg.folder, verify=False)
     target = target or resolve_target(cfg.target)
@@ -312,8 +312,7 @@ def plan_build(cfg: BuildConfig, *, manifest: dict | None = None, target: Target
     engines = []
     for graph, entry in build_graphs(manifest, form[0]).items():
         onnx = cfg.folder / entry["file"]
-        data = onnx.with_name(onnx.name + ".data")
-        size = sum(p.stat().st_size for p in (onnx, data) if p.is_file())
+        size = graph_file_bytes(cfg.folder, manifest, entry["file"])   # weights maybe in shared_weights.data
         mode = precision_mode(graph, graph_dtype, precision, _major(tensorrt), flavour.strongly_typed_only)
         engines.append(EnginePlan(graph, onnx, engine_path(cfg.folder, target.name, graph), graph_dtype, mode,
                                   graph_profiles(manifest, graph, limits),

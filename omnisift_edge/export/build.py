@@ -2,7 +2,8 @@
 
 Each graph is validated against PyTorch in ONNX Runtime right after it is written (a failed check
 raises `ExportValidationError` with the numbers), then the whole chain is run end to end on a
-generated clip, then every graph is linted for TensorRT 10.3; the manifest is written last.
+generated clip, then each weight the graphs share is stored once (`shared_weights.data`), then every
+graph is linted for TensorRT 10.3; the manifest is written last.
 """
 
 from __future__ import annotations
@@ -183,6 +184,9 @@ def build_folder(cfg: ExportConfig, folder: Path, progress: Callable[[str], None
         for entry in plan:
             _check(f"end_to_end_{entry['graph']}", end_to_end_check(model, folder, manifest, entry), checks)
 
+    progress("one copy of the weights the graphs share")
+    _share_weights(folder, manifest)
+
     progress("TensorRT lint")
     findings = lint_folder(folder)
     lint = {graph: [asdict(f) for f in items] for graph, items in findings.items()}
@@ -191,6 +195,21 @@ def build_folder(cfg: ExportConfig, folder: Path, progress: Callable[[str], None
     manifest.update(validation=checks, lint=lint)
     write_manifest(folder, manifest)
     return ExportArtifact(folder=folder, manifest=manifest, checks=checks, lint=lint)
+
+
+def _share_weights(folder: Path, manifest: dict) -> None:
+    """Store each weight the graphs share once (export/shared_weights.py; the decoder forms hold the same
+    LLM) and record it: `shared_weights`, and `external_data` on the graph entries that now point there."""
+    from omnisift_edge.export.shared_weights import share_weights
+
+    shared = share_weights(folder)
+    if shared is None:
+        return
+    manifest["shared_weights"] = shared.record()
+    forms = [form["entry"] for form in manifest["kv_cache"].values() if "entry" in form]
+    for entry in [*manifest["graphs"].values(), *forms]:
+        if entry["file"] in shared.graphs:
+            entry["external_data"] = True
 
 
 class _DequantizedWeights:

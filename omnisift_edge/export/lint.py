@@ -100,13 +100,16 @@ def lint_folder(folder: str | os.PathLike) -> dict[str, list[Finding]]:
 
 def lint_export(folder: str | os.PathLike) -> dict[str, list[Finding]]:
     """`lint_folder` for an export: a manifest that is present must be readable and every graph it
-    lists present (a UsageError otherwise, so `lint` never says "no findings" about a broken export)."""
+    lists present, and the shared weights file they point into (a UsageError otherwise, so `lint`
+    never says "no findings" about a broken export, nor one finding per weight of a missing file)."""
     from omnisift_edge.artifact.manifest import MANIFEST, read_manifest
 
     folder = Path(folder)
     if (folder / MANIFEST).exists():
         manifest = read_manifest(folder, verify=False)
-        missing = [g["file"] for g in manifest.get("graphs", {}).values() if not (folder / g["file"]).is_file()]
+        files = [g["file"] for g in manifest.get("graphs", {}).values()]
+        files += [manifest["shared_weights"]["file"]] if manifest.get("shared_weights") else []
+        missing = [file for file in files if not (folder / file).is_file()]
         if missing:
             raise UsageError(f"{folder} lacks {', '.join(missing)} listed in its {MANIFEST}; "
                              "copy the whole export folder or export again")

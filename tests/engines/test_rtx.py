@@ -82,6 +82,8 @@ def test_every_graph_builds_a_real_engine_with_the_report(which, dtype, ratios, 
     assert [p["name"] for p in profiles] == ["in_place"]
     assert profiles[0]["axes"]["logits_length"] == [0, 1, 1]                  # a chunk prefill asks for no logits
     assert profiles[0]["axes"]["cache_length"] == [manifest["max_context"]] * 3   # the static cache
+    # the parser read the decoder's weights from the export's one shared copy (parse_from_file: relative location)
+    assert "decoder_scatter.onnx" in manifest["shared_weights"]["graphs"] and "shared_weights.data" in manifest["files"]
     assert "engines/rtx/build_plan.json" in manifest["files"]
     assert not list((folder / "engines").rglob(".*"))                     # no staging or temporary files left
     assert artifact.engines == {g: folder / e["file"] for g, e in report["engines"].items()}
