@@ -2,14 +2,17 @@
 
 `write_golden(folder)` writes small JSON files (and tiny fixtures) computed by the Python code the
 C++ library reimplements; the C++ tests (ctest, cpp/tests/) read them and compare:
-- layouts.json, layout_errors.json: `model.layout.StreamingLayout` -> `omnisift::StreamingLayout`;
+- layouts.json, layout_errors.json, layout_turns.json: `model.layout.StreamingLayout` (new user turns
+  with `open_turn` included) -> `omnisift::StreamingLayout`;
 - tokenizer_*/, tokenizer_cases.json: `model.tokenizer.load_tokenizer` (transformers) -> `Tokenizer`;
-- prompt_cases.json: `model.prompt.build_prompt`, `followup_ids` -> `ChatPrompt`;
+- prompt_cases.json: `model.prompt.build_prompt`, `followup_ids`, `turn_pieces` -> `ChatPrompt`;
 - preprocess.json: `model.preprocess.chunk_patches`, `StreamingLogMel` -> the same names in C++;
 - export_mini/: a manifest from `artifact.manifest.write_manifest` and `export.build`'s entry builders,
   with a `builds` record from `engines.profiles` -> `read_manifest`, `DecoderProfiles`;
 - schedule.json: the runtime's `ChunkStream` and `OmniSession` over `StubStream`, a backend with
-  C++'s `StubBackend` rule -> `Session` over `StubBackend`;
+  C++'s `StubBackend` rule -> `Session` over `StubBackend`: every decoder call (with or without
+  logits), eviction and re-basing, for streams with new user turns after answers, a sliding
+  window, and positions re-based past a small trained range (STREAMS);
 - embeddings_f32/f16.safetensors: `safetensors.numpy.save_file` -> `TextEmbeddings`.
 
 `tokenizer_bpe` is a byte-level BPE WITH merges trained here with the `tokenizers` library
@@ -117,6 +120,42 @@ def layout_cases() -> list[dict]:
     return out
 
 
+TURN_LAYOUTS = (   # (prefix, grid_hw, ops): a conversation with video in several user turns
+    ([100, 101, 102], (4, 4), [("chunk", 2, 50), ("chunk", 2, 3), ("close", 200, 201), ("text", 3), ("open_turn", 9, 10),
+                               ("chunk", 2, 50), ("chunk", 1, 25), ("close", 7), ("text", 2), ("text", 4),
+                               ("open_turn",), ("chunk", 2, 50), ("chunk", 0, 30), ("close",), ("text", 1)]),
+    ([], (8, 6), [("chunk", 1, 50), ("chunk", 0, 12), ("close", 5), ("open_turn", 11, 12, 13), ("chunk", 2, 50),
+                  ("chunk", 2, 0), ("close", 6, 7), ("text", 5)]),
+)
+
+
+def layout_turn_cases() -> list[dict]:
+    """StreamingLayout.open_turn conversations: ids and positions of every piece, in order."""
+    from omnisift_edge.model.layout import StreamingLayout
+
+    out = []
+    for prefix, grid_hw, ops in TURN_LAYOUTS:
+        s = StreamingLayout(SPEC, prefix, grid_hw=grid_hw)
+        ids, pos, chunks = [s.prefix()[0]], [s.prefix()[1]], []
+        for op in ops:
+            if op[0] == "chunk":
+                c = s.chunk(op[1], op[2])
+                ids.append(c.input_ids)
+                pos.append(c.position_ids)
+                chunks.append({"index": c.index, "start": c.start, "time_start": c.time_start,
+                               "segment_max": c.segment_max()})
+            elif op[0] == "text":
+                pos.append(s.text(list(range(op[1]))))
+            else:
+                piece_ids, piece_pos = (s.close if op[0] == "close" else s.open_turn)(list(op[1:]))
+                ids.append(piece_ids)
+                pos.append(piece_pos)
+        out.append({"prefix_ids": prefix, "grid_hw": list(grid_hw), "ops": [list(op) for op in ops], "chunks": chunks,
+                    "input_ids": np.concatenate(ids).tolist(), "position_ids": np.concatenate(pos, axis=1).tolist(),
+                    "rope_delta": s.rope_delta, "next_position": s.next_position, "length": s.length})
+    return out
+
+
 def layout_error_cases() -> list[dict]:
     """Call sequences StreamingLayout rejects; `fails_at` is the first op that raises."""
     from omnisift_edge.model.layout import StreamingLayout
@@ -132,6 +171,14 @@ def layout_error_cases() -> list[dict]:
         "close_twice": ([1], [("chunk", 2, 50), ("close",), ("close",)]), "text_before_close": ([1], [("chunk", 2, 50), ("text", 2)]),
         "media_in_prefix": ([1, t.video], [("chunk", 2, 50)]), "media_in_suffix": ([1], [("chunk", 2, 50), ("close", t.audio_bos)]),
         "ok_sequence": ([1], [("chunk", 2, 50), ("chunk", 0, 20), ("close",), ("text", 3)]),
+        "open_turn_while_open": ([1], [("chunk", 2, 50), ("open_turn",)]),
+        "open_turn_before_chunk": ([1], [("open_turn", 5)]),
+        "close_turn_before_its_chunk": ([1], [("chunk", 2, 50), ("close",), ("open_turn",), ("close",)]),
+        "turn_first_chunk_audio_only": ([1], [("chunk", 2, 50), ("close",), ("open_turn",), ("chunk", 0, 50)]),
+        "media_in_turn_text": ([1], [("chunk", 2, 50), ("close",), ("open_turn", 5, t.vision_bos)]),
+        "text_in_open_turn": ([1], [("chunk", 2, 50), ("close",), ("open_turn", 5), ("text", 1)]),
+        "ok_turns": ([1], [("chunk", 1, 50), ("close",), ("text", 2), ("open_turn", 5, 6), ("chunk", 2, 50),
+                           ("chunk", 0, 20), ("close", 7), ("open_turn",), ("chunk", 2, 10), ("close",)]),
     }
     out = []
     for name, (prefix, ops) in cases.items():
@@ -144,6 +191,8 @@ def layout_error_cases() -> list[dict]:
                     s.chunk(op[1], op[2])
                 elif op[0] == "close":
                     s.close(list(op[1:]))
+                elif op[0] == "open_turn":
+                    s.open_turn(list(op[1:]))
                 else:
                     s.text(list(range(op[1])))
             fails_at = "none"
@@ -218,7 +267,7 @@ def tokenizer_cases(folder: Path) -> dict:
 
 
 def prompt_cases(folder: Path) -> dict:
-    from omnisift_edge.model.prompt import build_prompt, followup_ids
+    from omnisift_edge.model.prompt import build_prompt, followup_ids, turn_pieces
     from omnisift_edge.model.tokenizer import DEFAULT_SYSTEM_PROMPT, load_tokenizer
 
     out = {}
@@ -229,7 +278,9 @@ def prompt_cases(folder: Path) -> dict:
             pieces = build_prompt(tok, question, system=DEFAULT_SYSTEM_PROMPT if system == "DEFAULT" else system)
             cases.append({"system": system, "question": question, "prefix_ids": list(pieces.prefix_ids),
                           "suffix_ids": list(pieces.suffix_ids), "followup": followup,
-                          "followup_ids": list(followup_ids(tok, followup))})
+                          "followup_ids": list(followup_ids(tok, followup)),
+                          "turn_prefix_ids": list(turn_pieces(tok, question).prefix_ids),
+                          "turn_suffix_ids": list(turn_pieces(tok, question).suffix_ids)})
         out[name] = cases
     return out
 
@@ -331,15 +382,18 @@ def _golden_kv_cache(dims) -> dict:
 
 class StubStream(ChunkStream):
     """A backend with C++'s StubBackend rule (cpp/include/omnisift/stub_backend.h): zero embeddings,
-    a first-K "compressor", scripted logits; it logs what the shared stream code asks of it."""
+    a first-K "compressor", scripted logits; it logs what the shared stream code asks of it: every
+    decoder call (whether logits were asked for), every eviction (`_drop_kv`) and re-basing (`_rotate_kv`)."""
 
-    def __init__(self, manifest: dict, ratio: float, prefix_ids, log: dict, script: list):
+    def __init__(self, manifest: dict, ratio: float, prefix_ids, log: dict, script: list, *,
+                 max_context: int | None = None, context=None):
         d = self.d = manifest["dims"]
         self.kept = next(p["kept_per_chunk"]["total"] for p in manifest["ratios"] if p["ratio"] == ratio)
         self.log, self.script, self.length = log, script, 0
         layout = manifest["layout"]
         spec = OmniSpec(**{**layout, "tokens": TokenIds(**layout["tokens"])})
-        super().__init__(spec, prefix_ids, (d["grid_h"], d["grid_w"]), max_context=manifest["max_context"])
+        super().__init__(spec, prefix_ids, (d["grid_h"], d["grid_w"]), max_context=max_context or manifest["max_context"],
+                         context=context)
 
     def _embed(self, ids):
         return np.zeros((1, len(ids), self.d["hidden"]), np.float32)
@@ -365,14 +419,25 @@ class StubStream(ChunkStream):
 
     def _step(self, embeds, positions, want_logits=True):
         n, log = embeds.shape[1], self.log
-        log["calls"].append({"n": n, "past_length": self.length, "attention_mask_length": self.length + n,
-                             "positions": np.asarray(positions).reshape(3, n).tolist()})
+        log["calls"].append({"op": "decode", "n": n, "past_length": self.length, "attention_mask_length": self.length + n,
+                             "positions": np.asarray(positions).reshape(3, n).tolist(), "logits": bool(want_logits)})
         log["since_prefill"] = 0 if n > 1 else log["since_prefill"]
-        logits = np.zeros(self.d["vocab"], np.float32)
-        logits[self.script[log["since_prefill"] % len(self.script)]] = 1
+        k = log["since_prefill"]
         log["since_prefill"] += 1
         self.length += n
+        if not want_logits:
+            return None
+        logits = np.zeros(self.d["vocab"], np.float32)
+        logits[self.script[k % len(self.script)]] = 1
         return logits
+
+    def _drop_kv(self, start, stop):
+        assert 0 <= start <= stop <= self.length
+        self.log["calls"].append({"op": "drop", "start": start, "stop": stop})
+        self.length -= stop - start
+
+    def _rotate_kv(self, delta):
+        self.log["calls"].append({"op": "rotate", "delta": delta})
 
     def kv_length(self) -> int:
         return self.length
@@ -386,7 +451,8 @@ class StubSession(OmniSession):
         super().__init__(cfg)
 
     def _open_backend(self, prefix_ids):
-        return StubStream(self.manifest, self.ratio, prefix_ids, self._log, self._script)
+        return StubStream(self.manifest, self.ratio, prefix_ids, self._log, self._script,
+                          max_context=self.cfg.max_context, context=self.cfg.context)
 
 
 SCHEDULE_QUESTIONS = ("What is happening in this video?", "And then?")
@@ -433,6 +499,62 @@ def schedule_cases(folder: Path, manifest: dict) -> list[dict]:
     return out
 
 
+# Streams replayed op by op through StubSession (Python) and Session (C++): media appends ["media",
+# frame0, frame1, sample0, sample1] of golden_frames/golden_pcm, ["finish"], ["ask", question].
+SAMPLES_PER_FRAME = 8000          # 16 kHz at 2 fps
+STREAMS = (
+    # questions while the video goes on: a new user turn per media after an answer, a follow-up,
+    # an explicit finish() that pads the turn's last chunk
+    {"name": "turns", "ratio": 0.25, "system": None, "max_new_tokens": 3, "script": [72, 105, 151645],
+     "context": {"policy": "error"}, "max_context": None, "frames": 22,
+     "ops": [["media", 0, 6], ["ask", "What happens?"], ["media", 6, 11], ["media", 11, 15], ["ask", "And now?"],
+             ["ask", "Anything else?"], ["media", 15, 22], ["finish"], ["ask", "Last one?"]]},
+    # sliding window of 2 chunks under max_context 256: chunks evicted by the window, then by the
+    # answer's tokens (max_context), then the question/answer run by the next turn's chunks
+    {"name": "sliding", "ratio": 0.25, "system": "Be brief.", "max_new_tokens": 180, "script": [104, 105, 32],
+     "context": {"policy": "sliding", "window_seconds": 4.0}, "max_context": 256, "frames": 40,
+     "ops": [["media", 0, 12], ["media", 12, 24], ["ask", "What is happening?"], ["media", 24, 40],
+             ["ask", "Why?"]]},
+    # positions past a (small) trained range: re-based while the window slides, across turns
+    {"name": "rebase", "ratio": 1.0, "system": "Be brief.", "max_new_tokens": 6, "script": [111, 107, 33],
+     "context": {"policy": "sliding", "window_seconds": 4.0, "position_limit": 200}, "max_context": None, "frames": 44,
+     "ops": [["media", 0, 20], ["ask", "What now?"], ["media", 20, 44], ["ask", "And then?"], ["ask", "Sure?"]]},
+)
+
+
+def stream_cases(folder: Path, manifest: dict) -> list[dict]:
+    """Each of STREAMS through the real session over StubStream: every backend call and the answers."""
+    from omnisift_edge.model.tokenizer import DEFAULT_SYSTEM_PROMPT
+    from omnisift_edge.runtime.context import inv_freq
+
+    out = []
+    for case in STREAMS:
+        ctx = case["context"]
+        log = {"calls": [], "chunks": [], "since_prefill": 0}
+        cfg = RuntimeConfig(folder / "export_mini", ratio=case["ratio"], max_context=case["max_context"],
+                            system_prompt=case["system"] or DEFAULT_SYSTEM_PROMPT, context_policy=ctx["policy"],
+                            window_seconds=ctx.get("window_seconds"), position_limit=ctx.get("position_limit"))
+        session = StubSession(cfg, log, case["script"])
+        frames = golden_frames(case["frames"], *MINI_RESOLUTION)
+        pcm = golden_pcm(case["frames"] * SAMPLES_PER_FRAME)
+        answers, texts = [], []
+        for op in case["ops"]:
+            if op[0] == "media":
+                session.append_chunk(frames[op[1]:op[2]], pcm[op[1] * SAMPLES_PER_FRAME:op[2] * SAMPLES_PER_FRAME])
+            elif op[0] == "finish":
+                session.finish()
+            else:
+                texts.append("".join(session.ask(op[1], max_new_tokens=case["max_new_tokens"])))
+                answers.append(session.last_answer_ids)
+        stream = session.stream
+        out.append({**case, "answers": answers, "answer_texts": texts, "kv_length": stream.kv_length(),
+                    "evicted_chunks": stream.window.evicted_chunks, "base": stream.window.base,
+                    "chunks": len(stream.layout.chunks), "next_position": stream.layout.next_position,
+                    "inv_freq": inv_freq(manifest["rope"]["rope_theta"], manifest["dims"]["head_dim"]).tolist(),
+                    "calls": log["calls"]})
+    return out
+
+
 GOLDEN_TARGET = "golden-sm00"
 
 
@@ -463,6 +585,7 @@ def write_golden(folder: Path) -> Path:
 
     _dump(folder / "layouts.json", layout_cases())
     _dump(folder / "layout_errors.json", layout_error_cases())
+    _dump(folder / "layout_turns.json", layout_turn_cases())
     _write_tokenizer(folder / "tokenizer_tiny", tiny_tokenizer_json())
     bpe = _bpe_tokenizer_json()
     _write_tokenizer(folder / "tokenizer_bpe", bpe)                   # Qwen2's split regex
@@ -473,7 +596,7 @@ def write_golden(folder: Path) -> Path:
     _dump(folder / "prompt_cases.json", prompt_cases(folder))
     _dump(folder / "preprocess.json", preprocess_cases())
     manifest = mini_manifest(folder / "export_mini")
-    _dump(folder / "schedule.json", schedule_cases(folder, manifest))
+    _dump(folder / "schedule.json", schedule_cases(folder, manifest) + stream_cases(folder, manifest))
     save_file = require("safetensors.numpy").save_file
     table = (np.arange(64, dtype=np.float32).reshape(16, 4) - 20.5) / 8
     save_file({"embed_tokens": table}, str(folder / "embeddings_f32.safetensors"))
