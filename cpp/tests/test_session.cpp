@@ -73,6 +73,22 @@ void compare_calls(const std::vector<BackendCall>& got, const json& want) {
   }
 }
 
+// What reached the encoders, chunk by chunk: pixel patches bit for bit, log-mel within 2e-5.
+void compare_chunk_inputs(const RecordingBackend& backend, const json& inputs) {
+  CHECK_EQ(backend.pixel_sha256.size(), inputs.size());
+  for (size_t c = 0; c < inputs.size() && c < backend.mels.size(); ++c) {
+    CHECK_EQ(backend.pixel_sha256[c], inputs[c]["pixel_sha256"].get<std::string>());
+    const std::vector<float>& mel = backend.mels[c];
+    double sum = 0;
+    for (float v : mel) sum += v;
+    CHECK_NEAR(sum, inputs[c]["mel_sum"].get<double>(), 1e-2);
+    for (int k = 0; k < 128; ++k) {
+      CHECK_NEAR(mel[static_cast<size_t>(k) * 200], inputs[c]["mel_first_frame"][k].get<double>(), 2e-5);
+      CHECK_NEAR(mel[static_cast<size_t>(k) * 200 + 199], inputs[c]["mel_last_frame"][k].get<double>(), 2e-5);
+    }
+  }
+}
+
 const json& scenario(const json& all, const std::string& name) {
   for (const json& s : all)
     if (s["name"] == name) return s;
@@ -135,19 +151,7 @@ TEST(golden_schedule_frames_and_pcm) {
     CHECK_EQ(streamed, answer->text);
   }
   compare_calls(backend.calls(), s["calls"]);
-  const json& inputs = s["chunk_inputs"];
-  CHECK_EQ(backend.pixel_sha256.size(), inputs.size());
-  for (size_t c = 0; c < inputs.size() && c < backend.mels.size(); ++c) {
-    CHECK_EQ(backend.pixel_sha256[c], inputs[c]["pixel_sha256"].get<std::string>());
-    const std::vector<float>& mel = backend.mels[c];
-    double sum = 0;
-    for (float v : mel) sum += v;
-    CHECK_NEAR(sum, inputs[c]["mel_sum"].get<double>(), 1e-2);
-    for (int k = 0; k < 128; ++k) {
-      CHECK_NEAR(mel[static_cast<size_t>(k) * 200], inputs[c]["mel_first_frame"][k].get<double>(), 2e-5);
-      CHECK_NEAR(mel[static_cast<size_t>(k) * 200 + 199], inputs[c]["mel_last_frame"][k].get<double>(), 2e-5);
-    }
-  }
+  compare_chunk_inputs(backend, s["chunk_inputs"]);
 }
 
 TEST(context_full_is_an_error_and_changes_nothing) {
@@ -211,7 +215,7 @@ void replay_stream(const std::string& name) {
   const Manifest& m = folder->manifest();
   auto budget = ChunkBudget::create(m, s["ratio"]);
   CHECK_RESULT(budget);
-  StubBackend backend(m, budget->kept_per_chunk, s["script"].get<std::vector<int64_t>>());
+  RecordingBackend backend(m, budget->kept_per_chunk, s["script"].get<std::vector<int64_t>>());
   SessionOptions options;
   options.ratio = s["ratio"];
   options.max_new_tokens = s["max_new_tokens"];
@@ -257,6 +261,7 @@ void replay_stream(const std::string& name) {
   CHECK_EQ(w.base(), s["base"].get<int64_t>());
   CHECK_EQ((*session)->chunks(), s["chunks"].get<int>());
   CHECK_EQ((*session)->layout().next_position(), s["next_position"].get<int64_t>());
+  if (s.contains("chunk_inputs")) compare_chunk_inputs(backend, s["chunk_inputs"]);   // each turn's own log-mel
   for (const BackendCall& c : backend.calls())
     if (c.kind == BackendCall::Kind::kRotate) {   // the manifest's rope theta and head_dim, as Python's inv_freq
       CHECK_EQ(c.inv_freq.size(), s["inv_freq"].size());

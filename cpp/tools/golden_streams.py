@@ -213,5 +213,5 @@ def stream_cases(folder: Path, manifest: dict) -> list[dict]:
                     "evicted_chunks": stream.window.evicted_chunks, "base": stream.window.base,
                     "chunks": len(stream.layout.chunks), "next_position": stream.layout.next_position,
                     "inv_freq": inv_freq(manifest["rope"]["rope_theta"], manifest["dims"]["head_dim"]).tolist(),
-                    "calls": log["calls"]})
+                    "calls": log["calls"], **({"chunk_inputs": log["chunks"]} if case["name"] == "turns" else {})})
     return out
