@@ -1,7 +1,13 @@
 // What a camera/robot app does with the omnisift library: open an export folder, push frames and
-// microphone PCM as they arrive, ask a question, stream the answer.
+// microphone PCM as they arrive, ask questions while the video goes on, stream the answers.
 //
-//   camera_app EXPORT_DIR [--ratio R] [--seconds S] [--question Q] [--target T] [--stub]
+//   camera_app EXPORT_DIR [--ratio R] [--seconds S] [--question Q] [--ask-every S] [--target T] [--stub]
+//              [--context-policy error|sliding] [--window-seconds N] [--max-context N]
+//
+// --ask-every S asks the question every S seconds of capture while the stream goes on (each answer
+// ends a user turn; the media after it opens the next); the question is asked once more at the end.
+// --context-policy sliding keeps the last --window-seconds of media (or what max_context holds) and
+// runs for as long as the camera does (docs/cpp.md, "Context policies").
 //
 // The media here is synthetic (a moving colour gradient at 2 fps, a 440 Hz tone with bursts),
 // delivered the way a capture loop would: one frame every 500 ms, PCM in 100 ms blocks. With
@@ -29,6 +35,10 @@ struct Args {
   std::string question = "What is happening in this video?";
   std::string target;
   bool stub = false;
+  double ask_every = 0;          // 0: only at the end
+  std::string policy = "error";
+  double window_seconds = 0;     // 0: none given
+  long max_context = 0;          // 0: the export's
 };
 
 bool parse(int argc, char** argv, Args& a) {
@@ -41,6 +51,10 @@ bool parse(int argc, char** argv, Args& a) {
     else if (k == "--seconds" && (v = next())) a.seconds = std::atof(v);
     else if (k == "--question" && (v = next())) a.question = v;
     else if (k == "--target" && (v = next())) a.target = v;
+    else if (k == "--ask-every" && (v = next())) a.ask_every = std::atof(v);
+    else if (k == "--context-policy" && (v = next())) a.policy = v;
+    else if (k == "--window-seconds" && (v = next())) a.window_seconds = std::atof(v);
+    else if (k == "--max-context" && (v = next())) a.max_context = std::atol(v);
     else if (!k.empty() && k[0] != '-' && a.folder.empty()) a.folder = k;
     else return false;
   }
@@ -89,14 +103,28 @@ int fail(const omnisift::Status& st) {
   return 1;
 }
 
+// Ask and stream the answer to stdout.
+omnisift::Result<omnisift::Answer> ask(omnisift::Session& session, const std::string& question, double at) {
+  std::cout << "[" << at << " s] Q: " << question << "\nA: " << std::flush;
+  auto answer = session.ask(question, [](const omnisift::TokenEvent& e) {
+    std::cout << e.text << std::flush;
+    return true;
+  });
+  std::cout << "\n";
+  return answer;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   Args args;
   if (!parse(argc, argv, args)) {
-    std::cerr << "usage: camera_app EXPORT_DIR [--ratio R] [--seconds S] [--question Q] [--target T] [--stub]\n";
+    std::cerr << "usage: camera_app EXPORT_DIR [--ratio R] [--seconds S] [--question Q] [--ask-every S] [--target T] "
+                 "[--stub] [--context-policy error|sliding] [--window-seconds N] [--max-context N]\n";
     return 2;
   }
+  auto policy = omnisift::parse_context_policy(args.policy);
+  if (!policy.ok()) return fail(policy.status());
   // 1. open the export: manifest (schema + checksums), tokenizer, chat prompt, embeddings
   auto folder = omnisift::ExportFolder::open(args.folder);
   if (!folder.ok()) return fail(folder.status());
@@ -104,6 +132,9 @@ int main(int argc, char** argv) {
   omnisift::SessionOptions options;
   options.ratio = args.ratio > 0 ? args.ratio : m.ratios.front().ratio;
   options.max_new_tokens = 64;
+  options.max_context = args.max_context;
+  options.context.policy = *policy;
+  if (args.window_seconds > 0) options.context.window_seconds = args.window_seconds;
 
   // 2. a backend: TensorRT engines when built with TensorRT, else the stand-in
   std::unique_ptr<omnisift::Backend> backend;
@@ -127,10 +158,13 @@ int main(int argc, char** argv) {
   auto session = omnisift::Session::create(*folder, *backend, options);
   if (!session.ok()) return fail(session.status());
 
-  // 4. the capture loop: a frame every 500 ms, PCM every 100 ms; chunks run as they complete
+  // 4. the capture loop: a frame every 500 ms, PCM every 100 ms; chunks run as they complete; with
+  //    --ask-every, a question every S seconds while the video goes on (the next media opens a new turn)
   SyntheticCamera camera(m.height, m.width);
   SyntheticMicrophone mic;
   const int steps = static_cast<int>(args.seconds * 10);
+  const int ask_steps = static_cast<int>(args.ask_every * 10);
+  int asked = 0;
   for (int step = 0; step < steps; ++step) {
     if (step % 5 == 0) {
       omnisift::Status st = (*session)->push_frame(camera.next());
@@ -139,22 +173,26 @@ int main(int argc, char** argv) {
     const std::vector<float> pcm = mic.next(1600);
     omnisift::Status st = (*session)->push_audio(pcm.data(), pcm.size());
     if (st.code() == omnisift::StatusCode::kContextFull) {
-      std::cerr << "camera_app: context full, asking now (" << st.message() << ")\n";
+      std::cerr << "camera_app: context full, asking now (" << st.message()
+                << "); --context-policy sliding keeps streaming\n";
       break;
     }
     if (!st.ok()) return fail(st);
+    if (ask_steps > 0 && (step + 1) % ask_steps == 0 && step + 1 < steps) {
+      auto answer = ask(**session, args.question, (step + 1) / 10.0);
+      if (!answer.ok()) return fail(answer.status());
+      ++asked;
+    }
   }
 
-  // 5. ask; the first question pads a partial last chunk and closes the video span
-  std::cout << "Q: " << args.question << "\nA: " << std::flush;
-  auto answer = (*session)->ask(args.question, [](const omnisift::TokenEvent& e) {
-    std::cout << e.text << std::flush;
-    return true;
-  });
-  std::cout << "\n";
+  // 5. ask at the end; a question pads a partial last chunk and closes the turn's video span
+  auto answer = ask(**session, args.question, steps / 10.0);
   if (!answer.ok()) return fail(answer.status());
+  const omnisift::KvWindow& window = (*session)->window();
   std::cout << "chunks " << (*session)->chunks() << ", KV " << (*session)->kv_length() << " of "
-            << (*session)->ledger().max_context() << " tokens, " << (*session)->budget().kept_per_chunk
-            << " kept per chunk at ratio " << options.ratio << ", answer " << answer->ids.size() << " tokens\n";
+            << window.max_context() << " tokens, " << (*session)->budget().kept_per_chunk << " kept per chunk at ratio "
+            << options.ratio << ", " << asked + 1 << " questions, answer " << answer->ids.size() << " tokens, policy "
+            << omnisift::context_policy_name(options.context.policy) << " (" << window.evicted_chunks()
+            << " chunks evicted, positions re-based by " << window.base() << ")\n";
   return 0;
 }

@@ -94,16 +94,16 @@ Result<StreamingLayout> StreamingLayout::create(const LayoutSpec& spec, std::vec
   return l;
 }
 
-Result<ChunkLayout> StreamingLayout::chunk(int n_grids, int n_audio) {
-  if (closed_) return FailedPrecondition("chunk() after close(); start a new StreamingLayout for a new clip");
+Result<ChunkLayout> StreamingLayout::next_chunk(int n_grids, int n_audio) const {
+  if (closed_) return FailedPrecondition("chunk() after close(); open a new user turn with open_turn(text_ids) first");
   if (n_grids < 0 || n_grids > gpc_ || n_audio < 0 || n_audio > apc_ || n_grids + n_audio == 0)
     return InvalidArgument("a chunk holds 0-" + std::to_string(gpc_) + " grid steps and 0-" + std::to_string(apc_) +
                            " audio tokens, not both zero (got " + std::to_string(n_grids) + ", " +
                            std::to_string(n_audio) + ")");
-  if (chunks_.empty() && (n_grids == 0 || n_audio == 0))
+  if (turn_chunks() == 0 && (n_grids == 0 || n_audio == 0))
     return InvalidArgument("OmniSIFT needs both video and audio: the first chunk has " + std::to_string(n_grids) +
                            " grid steps and " + std::to_string(n_audio) + " audio tokens; feed frames and audio together");
-  if (!chunks_.empty()) {
+  if (turn_chunks() > 0) {
     const ChunkLayout& prev = chunks_.back();
     if (prev.n_grids < gpc_ && n_grids)
       return InvalidArgument("chunk " + std::to_string(prev.index) + " had " + std::to_string(prev.n_grids) +
@@ -113,7 +113,7 @@ Result<ChunkLayout> StreamingLayout::chunk(int n_grids, int n_audio) {
                              " audio tokens, so the audio ended; later chunks must carry video only (n_audio=0)");
   }
   ChunkLayout c;
-  c.index = static_cast<int>(chunks_.size());
+  c.index = turn_chunks();   // counts within the turn, as Python's ChunkLayout.index
   c.n_grids = n_grids;
   c.n_audio = n_audio;
   c.tokens_per_frame = tokens_per_frame();
@@ -137,16 +137,21 @@ Result<ChunkLayout> StreamingLayout::chunk(int n_grids, int n_audio) {
     for (int row = 0; row < 3; ++row) c.positions.data[static_cast<size_t>(row * n + i)] = c.time_start + a;
     c.input_ids.push_back(spec_.tokens.audio);
   }
-  length_ += n;
+  return c;
+}
+
+Result<ChunkLayout> StreamingLayout::chunk(int n_grids, int n_audio) {
+  OMNISIFT_ASSIGN_OR_RETURN(ChunkLayout c, next_chunk(n_grids, n_audio));
+  length_ += c.length();
   max_ = std::max(max_, c.positions.max());
   last_segment_max_ = c.segment_max();
   chunks_.push_back(c);
   return c;
 }
 
-Result<Span> StreamingLayout::close(const std::vector<int64_t>& suffix_ids) {
+Result<Span> StreamingLayout::next_close(const std::vector<int64_t>& suffix_ids) const {
   if (closed_) return FailedPrecondition("close() called twice; append later text with text()");
-  if (chunks_.empty())
+  if (turn_chunks() == 0)
     return FailedPrecondition("close() before any chunk; OmniSIFT needs at least one chunk of video and audio");
   OMNISIFT_RETURN_IF_ERROR(check_text_ids(spec_, suffix_ids, "suffix_ids"));
   const int64_t eos = last_segment_max_ + 1;   // not the global max: transformers' rule
@@ -156,9 +161,40 @@ Result<Span> StreamingLayout::close(const std::vector<int64_t>& suffix_ids) {
   span.ids.insert(span.ids.end(), suffix_ids.begin(), suffix_ids.end());
   span.positions = Positions::text(eos - 1, s + 2);
   for (int row = 0; row < 3; ++row) span.positions.data[static_cast<size_t>(row * (s + 2))] = eos;
+  return span;
+}
+
+Result<Span> StreamingLayout::close(const std::vector<int64_t>& suffix_ids) {
+  OMNISIFT_ASSIGN_OR_RETURN(Span span, next_close(suffix_ids));
   closed_ = true;
-  length_ += s + 2;
+  length_ += span.positions.n;
   max_ = std::max(max_, span.positions.max());
+  return span;
+}
+
+Result<Span> StreamingLayout::next_open_turn(const std::vector<int64_t>& text_ids) const {
+  if (!closed_) return FailedPrecondition("open_turn() while the media span is open; close it with a question first");
+  OMNISIFT_RETURN_IF_ERROR(check_text_ids(spec_, text_ids, "turn text ids"));
+  const int64_t n = static_cast<int64_t>(text_ids.size());
+  const int64_t bos = max_ + 1 + n;
+  Span span;
+  span.ids = text_ids;
+  span.ids.push_back(spec_.tokens.vision_bos);
+  span.ids.push_back(spec_.tokens.audio_bos);
+  span.positions = Positions::text(max_ + 1, n + 2);
+  for (int row = 0; row < 3; ++row) span.positions.data[static_cast<size_t>(row * (n + 2) + n + 1)] = bos;
+  return span;
+}
+
+Result<Span> StreamingLayout::open_turn(const std::vector<int64_t>& text_ids) {
+  OMNISIFT_ASSIGN_OR_RETURN(Span span, next_open_turn(text_ids));
+  const int64_t bos = span.positions.max();
+  turn_first_ = static_cast<int>(chunks_.size());
+  st_ = bos + 1;
+  length_ += span.positions.n;
+  max_ = bos;
+  last_segment_max_ = bos;
+  closed_ = false;
   return span;
 }
 

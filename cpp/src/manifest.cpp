@@ -251,6 +251,14 @@ Manifest parse_manifest_fields(const json& j) {
   m.max_context = get_int(j, "max_context", "");
   parse_dims(detail::field(j, "dims", ""), m.dims);
   parse_layout(detail::field(j, "layout", ""), m.layout);
+  if (auto rope = j.find("rope"); rope != j.end() && !rope->is_null()) {   // Python: rope.get(...) or the default
+    if (!rope->is_object()) throw FieldError("rope is not an object");
+    if (auto t = rope->find("rope_theta"); t != rope->end() && !t->is_null()) m.rope.theta = get_number(*rope, "rope_theta", "rope");
+    if (auto p = rope->find("max_position_embeddings"); p != rope->end() && !p->is_null())
+      m.rope.max_position_embeddings = get_int(*rope, "max_position_embeddings", "rope");
+    if (!(m.rope.theta > 0) || m.rope.max_position_embeddings <= 0)
+      throw FieldError("rope.rope_theta and rope.max_position_embeddings must be > 0");
+  }
   size_t i = 0;
   for (const json& r : get_array(j, "ratios", "")) {
     const std::string path = "ratios[" + std::to_string(i++) + "]";

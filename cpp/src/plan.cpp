@@ -21,14 +21,6 @@ int64_t ChunkBudget::max_chunks(int64_t prefix_tokens, int64_t reserve) const {
   return room / kept_per_chunk;
 }
 
-Status KvLedger::reserve(int64_t n, const std::string& what) const {
-  if (n < 0) return InvalidArgument("cannot append a negative number of tokens");
-  if (length_ + n <= max_context_) return Status::Ok();
-  return ContextFull("the KV cache holds " + std::to_string(length_) + " of max_context " + std::to_string(max_context_) +
-                     " tokens; " + what + " needs " + std::to_string(n) + " more. Ask sooner (fewer chunks), use a "
-                     "lower --ratio, or export and build with a larger --max-context");
-}
-
 Result<DecoderProfiles> DecoderProfiles::create(const EngineEntry& decoder) {
   if (decoder.profiles.empty())
     return DataLoss("the decoder engine's build record lists no optimization profiles; build the engines again");

@@ -39,8 +39,9 @@ std::string ChatPrompt::suffix_text(const std::string& question) {
   return question + "<|im_end|>\n<|im_start|>assistant\n";
 }
 std::string ChatPrompt::followup_text(const std::string& question) {
-  return "<|im_end|>\n<|im_start|>user\n" + question + "<|im_end|>\n<|im_start|>assistant\n";
+  return turn_prefix_text() + question + "<|im_end|>\n<|im_start|>assistant\n";
 }
+std::string ChatPrompt::turn_prefix_text() { return "<|im_end|>\n<|im_start|>user\n"; }
 
 Result<ChatPrompt> ChatPrompt::create(const Tokenizer& tokenizer, const LayoutSpec& spec,
                                       const std::string& tokenizer_folder) {
@@ -87,6 +88,13 @@ Result<std::vector<int64_t>> ChatPrompt::suffix_ids(const std::string& question)
 }
 Result<std::vector<int64_t>> ChatPrompt::followup_ids(const std::string& question) const {
   return encode_text(followup_text(question), "question");
+}
+
+Result<std::vector<int64_t>> ChatPrompt::turn_prefix_ids() const {
+  return encode_text(turn_prefix_text(), "turn text");
+}
+Result<std::vector<int64_t>> ChatPrompt::turn_suffix_ids(const std::string& question) const {
+  return encode_text(suffix_text(question), "question");   // the template writes a turn's question as the first's
 }
 
 }  // namespace omnisift

@@ -30,9 +30,12 @@ std::shared_ptr<const ExportFolder> ExportFolder::from_parts(Manifest manifest, 
 }
 
 Session::Session(std::shared_ptr<const ExportFolder> folder, Backend& backend, SessionOptions options,
-                 StreamingLayout layout, ChunkBudget budget)
+                 StreamingLayout layout, ChunkBudget budget, KvWindow window)
     : folder_(std::move(folder)), backend_(backend), options_(std::move(options)), layout_(std::move(layout)),
-      budget_(budget), ledger_(budget.max_context), mel_(folder_->manifest().layout) {}
+      budget_(budget), window_(std::move(window)), mel_(folder_->manifest().layout) {
+  const Manifest& m = folder_->manifest();
+  inv_freq_ = inv_freq(m.rope.theta, m.dims.head_dim);
+}
 
 Result<std::unique_ptr<Session>> Session::create(std::shared_ptr<const ExportFolder> folder, Backend& backend,
                                                  SessionOptions options) {
@@ -40,19 +43,24 @@ Result<std::unique_ptr<Session>> Session::create(std::shared_ptr<const ExportFol
   const Manifest& m = folder->manifest();
   if (options.max_new_tokens < 1)
     return InvalidArgument("max_new_tokens must be at least 1 (got " + std::to_string(options.max_new_tokens) + ")");
+  OMNISIFT_RETURN_IF_ERROR(options.context.validate());
   if (options.stop_token_ids.empty()) options.stop_token_ids = m.stop_token_ids;
   OMNISIFT_ASSIGN_OR_RETURN(ChunkBudget budget, ChunkBudget::create(m, options.ratio));
   if (options.max_context > 0) budget.max_context = std::min(budget.max_context, options.max_context);
   if (backend.max_context() > 0) budget.max_context = std::min(budget.max_context, backend.max_context());
   OMNISIFT_ASSIGN_OR_RETURN(std::vector<int64_t> prefix, folder->prompt().prefix_ids(options.system));
+  OMNISIFT_RETURN_IF_ERROR(check_window(options.context, m.layout.seconds_per_chunk,
+                                        static_cast<int64_t>(prefix.size()) + 2, budget.kept_per_chunk,
+                                        budget.max_context));
   OMNISIFT_ASSIGN_OR_RETURN(StreamingLayout layout,
                             StreamingLayout::create(m.layout, std::move(prefix), m.dims.grid_h, m.dims.grid_w));
+  KvWindow window(options.context, budget.max_context, m.layout.seconds_per_chunk, m.rope.max_position_embeddings);
   OMNISIFT_RETURN_IF_ERROR(backend.reset());
-  std::unique_ptr<Session> s(new Session(folder, backend, std::move(options), std::move(layout), budget));
-  std::vector<float> logits;
+  std::unique_ptr<Session> s(
+      new Session(folder, backend, std::move(options), std::move(layout), budget, std::move(window)));
   const Span& span = s->layout_.prefix();
-  OMNISIFT_RETURN_IF_ERROR(s->reserve(span.positions.n, "the system prompt"));
-  OMNISIFT_RETURN_IF_ERROR(s->step(&span.ids, nullptr, span.positions, logits));
+  OMNISIFT_RETURN_IF_ERROR(s->append_text(span.ids, span.positions, SegmentKind::kPinned, "system prompt",
+                                          [] { return Status::Ok(); }, nullptr));
   return s;
 }
 
@@ -62,39 +70,90 @@ Status Session::guard() const {
   return Status::Ok();
 }
 
-// Room for n more tokens: max_context (ledger) and the backend's own limits (engine profiles).
-Status Session::reserve(int64_t n, const std::string& what) const {
-  OMNISIFT_RETURN_IF_ERROR(ledger_.reserve(n, what));
-  return backend_.check_append(ledger_.length(), n);
+Result<Session::Plan> Session::plan(const Positions& positions, SegmentKind kind, const std::string& what) const {
+  Plan p{window_, {}, 0};
+  OMNISIFT_ASSIGN_OR_RETURN(p.drops, p.window.make_room(positions.n, kind, what));
+  OMNISIFT_ASSIGN_OR_RETURN(p.delta, p.window.rebase_delta(positions.max()));
+  OMNISIFT_RETURN_IF_ERROR(backend_.check_append(p.window.length(), positions.n));   // e.g. engine profiles
+  return p;
 }
 
-// One decoder call: ids (embedded here) or embeds; the caller reserved the room.
-Status Session::step(const std::vector<int64_t>* ids, const std::vector<float>* embeds, const Positions& positions,
-                     std::vector<float>& logits) {
-  std::vector<float> looked_up;
-  if (ids) {
-    Status st = folder_->embeddings().lookup(*ids, looked_up);
-    if (!st.ok()) {
-      broken_ = true;   // the layout has counted these tokens already
-      return st;
-    }
-    embeds = &looked_up;
+Status Session::check_room(int64_t n, SegmentKind kind, const std::string& what) const {
+  KvWindow next = window_;
+  OMNISIFT_ASSIGN_OR_RETURN(std::vector<KvDrop> drops, next.make_room(n, kind, what));
+  (void)drops;
+  return backend_.check_append(next.length(), n);
+}
+
+Status Session::run(Plan plan, SegmentKind kind, const std::vector<float>& embeds, const Positions& positions,
+                    std::vector<float>* logits) {
+  Status st;
+  for (const KvDrop& d : plan.drops)
+    if (st.ok()) st = backend_.drop_kv(d.start, d.stop);
+  if (st.ok() && plan.delta) {
+    st = backend_.rotate_kv(plan.delta, inv_freq_);
+    plan.window.rebased(plan.delta);
   }
-  Status st = backend_.decode(*embeds, positions, &logits);
-  if (st.ok() && logits.size() != static_cast<size_t>(folder_->manifest().dims.vocab))
-    st = BackendError("the decoder returned " + std::to_string(logits.size()) + " logits, expected dims.vocab");
+  Positions fed = positions;   // the backend sees positions minus the accumulated base
+  for (int64_t& v : fed.data) v -= plan.window.base();
+  if (st.ok()) st = backend_.decode(embeds, fed, logits);
+  if (st.ok() && logits && logits->size() != static_cast<size_t>(folder_->manifest().dims.vocab))
+    st = BackendError("the decoder returned " + std::to_string(logits->size()) + " logits, expected dims.vocab");
   if (!st.ok()) {
-    broken_ = true;
+    broken_ = true;   // the layout has counted these tokens, the KV cache may not have
     return st;
   }
-  ledger_.commit(positions.n);
+  plan.window.record(kind, positions);
+  window_ = std::move(plan.window);
   return Status::Ok();
+}
+
+Result<std::vector<float>> Session::embed(const std::vector<int64_t>& ids) const {
+  std::vector<float> out;
+  OMNISIFT_RETURN_IF_ERROR(folder_->embeddings().lookup(ids, out));
+  return out;
+}
+
+Status Session::append_text(const std::vector<int64_t>& ids, const Positions& positions, SegmentKind kind,
+                            const std::string& what, const std::function<Status()>& advance,
+                            std::vector<float>* logits) {
+  OMNISIFT_ASSIGN_OR_RETURN(std::vector<float> embeds, embed(ids));
+  OMNISIFT_ASSIGN_OR_RETURN(Plan p, plan(positions, kind, what));   // a refusal changes nothing
+  OMNISIFT_RETURN_IF_ERROR(advance());                               // the layout takes the tokens
+  return run(std::move(p), kind, embeds, positions, logits);
+}
+
+// Media after a question opens a new turn (fresh log-mel); after finish() with no question it is refused.
+Status Session::begin_media() {
+  if (!finished_) return Status::Ok();
+  if (!layout_.closed())
+    return FailedPrecondition("the media ended (finish()) and no question followed; ask one first (more media then "
+                              "opens a new user turn), or start a new session");
+  mel_ = StreamingLogMel(folder_->manifest().layout);
+  frames_.clear();
+  turn_start_ = chunks();
+  finished_ = false;
+  return Status::Ok();
+}
+
+// After an answer: <|im_end|>\n<|im_start|>user\n<|vision_bos|><|audio_bos|> (Python's ChunkStream.open_turn).
+Status Session::open_turn() {
+  OMNISIFT_ASSIGN_OR_RETURN(std::vector<int64_t> text, folder_->prompt().turn_prefix_ids());
+  // the turn's text and its first chunk, checked together so a refusal leaves no empty turn behind
+  OMNISIFT_RETURN_IF_ERROR(window_.check_fits(static_cast<int64_t>(text.size()) + 2 + budget_.kept_per_chunk,
+                                              "new turn with its first chunk"));
+  OMNISIFT_ASSIGN_OR_RETURN(Span span, layout_.next_open_turn(text));
+  return append_text(span.ids, span.positions, SegmentKind::kText, "turn text",
+                     [&] { return layout_.open_turn(text).status(); }, nullptr);
 }
 
 Status Session::push_chunk(const std::vector<float>& pixel_values, const std::vector<float>& mel) {
   OMNISIFT_RETURN_IF_ERROR(guard());
-  if (layout_.closed())
-    return FailedPrecondition("the video span is closed once a question was asked; start a new session for new video");
+  OMNISIFT_RETURN_IF_ERROR(begin_media());
+  return run_chunk(pixel_values, mel);
+}
+
+Status Session::run_chunk(const std::vector<float>& pixel_values, const std::vector<float>& mel) {
   const Dims& d = folder_->manifest().dims;
   const size_t want_pixels = static_cast<size_t>(d.chunk_patches()) * d.patch_dim;
   const size_t want_mel = static_cast<size_t>(d.n_mels) * d.window_frames;
@@ -107,40 +166,36 @@ Status Session::push_chunk(const std::vector<float>& pixel_values, const std::ve
     for (float x : *v)
       if (!std::isfinite(x)) return InvalidArgument("the chunk's pixels or audio features contain NaN or Inf");
   const std::string what = "chunk " + std::to_string(chunks());
-  OMNISIFT_RETURN_IF_ERROR(reserve(budget_.kept_per_chunk, what));
-  std::vector<float> video, audio, logits;
+  const int64_t k = budget_.kept_per_chunk;
+  if (layout_.closed()) OMNISIFT_RETURN_IF_ERROR(open_turn());   // the first chunk after an answer
+  OMNISIFT_RETURN_IF_ERROR(check_room(k, SegmentKind::kChunk, what));   // before the encoders run
+  std::vector<float> video, audio;
   OMNISIFT_RETURN_IF_ERROR(backend_.encode_video(pixel_values, video));
   OMNISIFT_RETURN_IF_ERROR(backend_.encode_audio(mel, audio));
   if (video.size() != static_cast<size_t>(d.chunk_video_tokens()) * d.hidden ||
       audio.size() != static_cast<size_t>(d.window_audio_tokens) * d.hidden)
     return BackendError("an encoder returned embeddings of the wrong size");
-  OMNISIFT_ASSIGN_OR_RETURN(ChunkLayout chunk, layout_.chunk(d.grids_per_chunk, d.window_audio_tokens));
+  OMNISIFT_ASSIGN_OR_RETURN(ChunkLayout chunk, layout_.next_chunk(d.grids_per_chunk, d.window_audio_tokens));
   CompressorOutput kept;
-  Status st = backend_.compress(video, audio, chunk.positions, kept);
-  const int64_t k = budget_.kept_per_chunk;
-  if (st.ok() && (static_cast<int64_t>(kept.kept_index.size()) != k ||
-                  kept.kept_embeds.size() != static_cast<size_t>(k) * d.hidden))
-    st = BackendError("the compressor kept " + std::to_string(kept.kept_index.size()) + " tokens, the ratio plan says " +
-                      std::to_string(k));
+  OMNISIFT_RETURN_IF_ERROR(backend_.compress(video, audio, chunk.positions, kept));
+  if (static_cast<int64_t>(kept.kept_index.size()) != k || kept.kept_embeds.size() != static_cast<size_t>(k) * d.hidden)
+    return BackendError("the compressor kept " + std::to_string(kept.kept_index.size()) + " tokens, the ratio plan says " +
+                        std::to_string(k));
   // positions of the kept tokens: the chunk's, gathered by kept_index (as Python's ChunkStream.push)
   Positions positions;
   positions.n = k;
   positions.data.resize(static_cast<size_t>(3 * k));
-  for (int64_t i = 0; st.ok() && i < k; ++i) {
+  for (int64_t i = 0; i < k; ++i) {
     const int64_t idx = kept.kept_index[static_cast<size_t>(i)];
-    if (idx < 0 || idx >= chunk.positions.n) {
-      st = BackendError("the compressor returned kept index " + std::to_string(idx) + " outside the chunk");
-      break;
-    }
+    if (idx < 0 || idx >= chunk.positions.n)
+      return BackendError("the compressor returned kept index " + std::to_string(idx) + " outside the chunk");
     for (int row = 0; row < 3; ++row) positions.data[static_cast<size_t>(row * k + i)] = chunk.positions.at(row, idx);
   }
-  if (st.ok() && kept.kept_positions.n == k && kept.kept_positions.data != positions.data)
-    st = BackendError("the compressor's kept_position_ids disagree with its kept_index");
-  if (!st.ok()) {
-    broken_ = true;   // the layout has counted the chunk, the KV cache has not
-    return st;
-  }
-  return step(nullptr, &kept.kept_embeds, positions, logits);
+  if (kept.kept_positions.n == k && kept.kept_positions.data != positions.data)
+    return BackendError("the compressor's kept_position_ids disagree with its kept_index");
+  OMNISIFT_ASSIGN_OR_RETURN(Plan p, plan(positions, SegmentKind::kChunk, what));   // nothing changed so far
+  OMNISIFT_RETURN_IF_ERROR(layout_.chunk(d.grids_per_chunk, d.window_audio_tokens).status());
+  return run(std::move(p), SegmentKind::kChunk, kept.kept_embeds, positions, nullptr);   // no logits on a chunk
 }
 
 Status Session::run_ready_chunks(bool finishing) {
@@ -152,7 +207,7 @@ Status Session::run_ready_chunks(bool finishing) {
     for (size_t i = 0; i < per_chunk; ++i) views.push_back({frames_[i].data(), m.height, m.width});
     OMNISIFT_ASSIGN_OR_RETURN(std::vector<float> pixels, chunk_patches(views, m.layout, m.height, m.width));
     frames_.erase(frames_.begin(), frames_.begin() + static_cast<std::ptrdiff_t>(per_chunk));
-    OMNISIFT_RETURN_IF_ERROR(push_chunk(pixels, mel_.pop()));
+    OMNISIFT_RETURN_IF_ERROR(run_chunk(pixels, mel_.pop()));
   }
   if (finishing) mel_.clear();   // audio beyond the video is dropped
   return Status::Ok();
@@ -160,12 +215,12 @@ Status Session::run_ready_chunks(bool finishing) {
 
 Status Session::push_frame(const FrameView& frame) {
   OMNISIFT_RETURN_IF_ERROR(guard());
-  if (finished_) return FailedPrecondition("the media ended (finish() or the first question); start a new session");
   const Manifest& m = folder_->manifest();
   if (!frame.rgb || frame.height != m.height || frame.width != m.width)
     return InvalidArgument("frame is " + std::to_string(frame.height) + "x" + std::to_string(frame.width) +
                            " (HxW), the export takes " + std::to_string(m.height) + "x" + std::to_string(m.width) +
                            " RGB; capture or resize frames to that size");
+  OMNISIFT_RETURN_IF_ERROR(begin_media());
   const size_t max_waiting = static_cast<size_t>(4 * m.layout.raw_frames_per_chunk());
   if (frames_.size() >= max_waiting)
     return FailedPrecondition("the video runs more than " + std::to_string(max_waiting / 2) +
@@ -176,7 +231,7 @@ Status Session::push_frame(const FrameView& frame) {
 
 Status Session::push_audio(const float* pcm, size_t n) {
   OMNISIFT_RETURN_IF_ERROR(guard());
-  if (finished_) return FailedPrecondition("the media ended (finish() or the first question); start a new session");
+  OMNISIFT_RETURN_IF_ERROR(begin_media());
   OMNISIFT_ASSIGN_OR_RETURN(int completed, mel_.push(pcm, n));
   (void)completed;
   return run_ready_chunks();
@@ -193,8 +248,8 @@ Status Session::finish() {
   const LayoutSpec& spec = folder_->manifest().layout;
   const size_t per_chunk = static_cast<size_t>(spec.raw_frames_per_chunk());
   while (!frames_.empty() && frames_.size() % per_chunk) frames_.push_back(frames_.back());   // repeat the last frame
-  const int64_t chunks_total = chunks() + static_cast<int64_t>(frames_.size() / per_chunk);
-  const int64_t want = chunks_total * spec.samples_per_chunk();
+  const int64_t turn_chunks = chunks() - turn_start_ + static_cast<int64_t>(frames_.size() / per_chunk);
+  const int64_t want = turn_chunks * spec.samples_per_chunk();
   if (want > mel_.samples_received()) {
     const std::vector<float> zeros(static_cast<size_t>(want - mel_.samples_received()), 0.0f);
     OMNISIFT_ASSIGN_OR_RETURN(int completed, mel_.push(zeros.data(), zeros.size()));
@@ -205,12 +260,17 @@ Status Session::finish() {
 }
 
 Result<Answer> Session::ask(const std::string& question, const TokenCallback& on_token) {
-  OMNISIFT_RETURN_IF_ERROR(finish());
+  OMNISIFT_RETURN_IF_ERROR(guard());
   if (question.find_first_not_of(" \t\r\n\f\v") == std::string::npos)
     return InvalidArgument("the question is empty; ask something about the video");
+  OMNISIFT_RETURN_IF_ERROR(finish());
   const ChatPrompt& prompt = folder_->prompt();
-  Result<std::vector<int64_t>> ids = layout_.closed() ? prompt.followup_ids(question) : prompt.suffix_ids(question);
+  // as Python's OmniSession.ask_ids: the first question, a question closing a new turn's video, a follow-up
+  Result<std::vector<int64_t>> ids = layout_.closed()    ? prompt.followup_ids(question)
+                                     : questions_ == 0  ? prompt.suffix_ids(question)
+                                                        : prompt.turn_suffix_ids(question);
   if (!ids.ok()) return ids.status();
+  ++questions_;
   return ask_ids(*ids, on_token);
 }
 
@@ -221,15 +281,16 @@ Result<Answer> Session::ask_ids(const std::vector<int64_t>& ids, const TokenCall
     OMNISIFT_RETURN_IF_ERROR(finish());   // pads and runs a trailing partial chunk
     if (layout_.chunks().empty())
       return FailedPrecondition("no chunk was pushed; OmniSIFT needs video with audio before a question");
-    OMNISIFT_RETURN_IF_ERROR(reserve(static_cast<int64_t>(ids.size()) + 2, "the question"));
-    OMNISIFT_ASSIGN_OR_RETURN(Span span, layout_.close(ids));
-    finished_ = true;
-    OMNISIFT_RETURN_IF_ERROR(step(&span.ids, nullptr, span.positions, logits));
+    OMNISIFT_RETURN_IF_ERROR(window_.check_fits(static_cast<int64_t>(ids.size()) + 2, "question"));
+    OMNISIFT_ASSIGN_OR_RETURN(Span span, layout_.next_close(ids));
+    OMNISIFT_RETURN_IF_ERROR(append_text(span.ids, span.positions, SegmentKind::kText, "question",
+                                         [&] { return layout_.close(ids).status(); }, &logits));
   } else {
     OMNISIFT_RETURN_IF_ERROR(check_text_ids(folder_->manifest().layout, ids, "follow-up ids"));
-    OMNISIFT_RETURN_IF_ERROR(reserve(static_cast<int64_t>(ids.size()), "the follow-up question"));
-    OMNISIFT_ASSIGN_OR_RETURN(Positions pos, layout_.text(static_cast<int64_t>(ids.size())));
-    OMNISIFT_RETURN_IF_ERROR(step(&ids, nullptr, pos, logits));
+    OMNISIFT_RETURN_IF_ERROR(window_.check_fits(static_cast<int64_t>(ids.size()), "question"));
+    const int64_t n = static_cast<int64_t>(ids.size());
+    OMNISIFT_RETURN_IF_ERROR(append_text(ids, layout_.next_text(n), SegmentKind::kText, "question",
+                                         [&] { return layout_.text(n).status(); }, &logits));
   }
   Answer answer;
   TokenStreamDecoder text(folder_->tokenizer(), /*skip_special_tokens=*/true);
@@ -241,10 +302,9 @@ Result<Answer> Session::ask_ids(const std::vector<int64_t>& ids, const TokenCall
     answer.text += event.text;
     const bool more = on_token ? on_token(event) : true;
     if (event.stop || !more) break;
-    const std::vector<int64_t> one{token};
-    OMNISIFT_RETURN_IF_ERROR(reserve(1, "answer token " + std::to_string(k)));
-    OMNISIFT_ASSIGN_OR_RETURN(Positions pos, layout_.text(1));
-    OMNISIFT_RETURN_IF_ERROR(step(&one, nullptr, pos, logits));
+    OMNISIFT_RETURN_IF_ERROR(append_text({token}, layout_.next_text(1), SegmentKind::kText,
+                                         "answer token " + std::to_string(k),
+                                         [&] { return layout_.text(1).status(); }, &logits));
   }
   return answer;   // an incomplete last character is never shown (TokenStreamDecoder)
 }

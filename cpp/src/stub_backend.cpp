@@ -34,34 +34,47 @@ Status StubBackend::compress(const std::vector<float>&, const std::vector<float>
   return Status::Ok();
 }
 
-Status StubBackend::decode(const std::vector<float>& embeds, const Positions& positions, std::vector<float>* logits_out) {
+Status StubBackend::decode(const std::vector<float>& embeds, const Positions& positions, std::vector<float>* logits) {
   if (embeds.size() != static_cast<size_t>(positions.n) * dims_.hidden || positions.n <= 0)
     return InvalidArgument("stub decoder: embeds and positions disagree");
-  calls_.push_back({positions.n, kv_length_, positions});
+  BackendCall call;
+  call.n = positions.n;
+  call.past_length = kv_length_;
+  call.positions = positions;
+  call.logits = logits != nullptr;
+  calls_.push_back(std::move(call));
   kv_length_ += positions.n;
-  if (logits_out == nullptr) {
-    if (positions.n > 1) since_prefill_ = 0;
-    return Status::Ok();
-  }
-  std::vector<float>& logits = *logits_out;
-  logits.assign(static_cast<size_t>(dims_.vocab), 0.0f);
   if (positions.n > 1) since_prefill_ = 0;
   const int64_t k = since_prefill_++;
+  if (logits == nullptr) return Status::Ok();   // a chunk prefill: nothing reads them
+  logits->assign(static_cast<size_t>(dims_.vocab), 0.0f);
   if (!script_.empty()) {
     const int64_t token = script_[static_cast<size_t>(k) % script_.size()];
-    if (token >= 0 && token < dims_.vocab) logits[static_cast<size_t>(token)] = 1.0f;
+    if (token >= 0 && token < dims_.vocab) (*logits)[static_cast<size_t>(token)] = 1.0f;
   }
   return Status::Ok();
 }
 
 Status StubBackend::drop_kv(int64_t start, int64_t stop) {
   if (start < 0 || stop < start || stop > kv_length_) return InvalidArgument("stub decoder: drop outside the cache");
+  BackendCall call;
+  call.kind = BackendCall::Kind::kDrop;
+  call.start = start;
+  call.stop = stop;
+  calls_.push_back(std::move(call));
   kv_length_ -= stop - start;
   return Status::Ok();
 }
 
-Status StubBackend::rotate_kv(int64_t /*delta*/, const std::vector<double>& /*inv_freq*/) {
-  return Status::Ok();   // the stub caches no keys: only the session's bookkeeping is under test
+Status StubBackend::rotate_kv(int64_t delta, const std::vector<double>& inv_freq) {
+  if (inv_freq.size() != static_cast<size_t>(dims_.head_dim / 2))
+    return InvalidArgument("stub decoder: inv_freq must have head_dim / 2 values");
+  BackendCall call;   // the stub caches no keys: the call is recorded for the golden comparison
+  call.kind = BackendCall::Kind::kRotate;
+  call.delta = delta;
+  call.inv_freq = inv_freq;
+  calls_.push_back(std::move(call));
+  return Status::Ok();
 }
 
 Status StubBackend::reset() {

@@ -1,4 +1,5 @@
-// StreamingLayout against Python's StreamingLayout (golden/layouts.json, layout_errors.json).
+// StreamingLayout against Python's StreamingLayout (golden/layouts.json, layout_errors.json, and
+// layout_turns.json: conversations with video in several user turns, open_turn).
 #include "harness.h"
 #include "omnisift/layout.h"
 
@@ -86,10 +87,10 @@ TEST(golden_layout_errors) {
       Status st;
       if (op[0] == "chunk") {
         st = layout->chunk(op[1], op[2]).status();
-      } else if (op[0] == "close") {
-        std::vector<int64_t> suffix;
-        for (size_t k = 1; k < op.size(); ++k) suffix.push_back(op[k]);
-        st = layout->close(suffix).status();
+      } else if (op[0] == "close" || op[0] == "open_turn") {
+        std::vector<int64_t> text;
+        for (size_t k = 1; k < op.size(); ++k) text.push_back(op[k]);
+        st = op[0] == "close" ? layout->close(text).status() : layout->open_turn(text).status();
       } else {
         st = layout->text(op[1]).status();
       }
@@ -100,6 +101,51 @@ TEST(golden_layout_errors) {
     }
     if (failed != c["fails_at"].get<std::string>())
       harness::fail(__FILE__, __LINE__, name + ": C++ failed at " + failed + ", Python at " + c["fails_at"].get<std::string>());
+  }
+}
+
+TEST(golden_turn_layouts) {
+  const json cases = harness::load_json(harness::golden("layout_turns.json"));
+  CHECK(cases.size() >= 2);
+  for (const json& c : cases) {
+    auto layout = StreamingLayout::create(qwen_spec(), c["prefix_ids"].get<std::vector<int64_t>>(), c["grid_hw"][0], c["grid_hw"][1]);
+    CHECK_RESULT(layout);
+    if (!layout.ok()) continue;
+    std::vector<int64_t> ids;
+    std::vector<std::vector<int64_t>> rows(3);
+    append(ids, rows, layout->prefix().ids, layout->prefix().positions);
+    size_t chunk = 0;
+    for (const json& op : c["ops"]) {
+      if (op[0] == "chunk") {
+        const Result<ChunkLayout> preview = layout->next_chunk(op[1], op[2]);
+        auto got = layout->chunk(op[1], op[2]);
+        CHECK_RESULT(got);
+        if (!got.ok()) break;
+        CHECK(preview.ok() && preview->positions.data == got->positions.data);   // the preview changes nothing
+        const json& want = c["chunks"][chunk++];
+        CHECK_EQ(got->index, want["index"].get<int>());
+        CHECK_EQ(got->start, want["start"].get<int64_t>());
+        CHECK_EQ(got->time_start, want["time_start"].get<int64_t>());
+        CHECK_EQ(got->segment_max(), want["segment_max"].get<int64_t>());
+        append(ids, rows, got->input_ids, got->positions);
+      } else if (op[0] == "text") {
+        auto got = layout->text(op[1]);
+        CHECK_RESULT(got);
+        if (got.ok()) append(ids, rows, {}, *got);
+      } else {
+        std::vector<int64_t> text;
+        for (size_t k = 1; k < op.size(); ++k) text.push_back(op[k]);
+        auto got = op[0] == "close" ? layout->close(text) : layout->open_turn(text);
+        CHECK_RESULT(got);
+        if (got.ok()) append(ids, rows, got->ids, got->positions);
+      }
+    }
+    CHECK_EQ(chunk, c["chunks"].size());
+    CHECK(ids == c["input_ids"].get<std::vector<int64_t>>());
+    for (int r = 0; r < 3; ++r) CHECK(rows[static_cast<size_t>(r)] == c["position_ids"][r].get<std::vector<int64_t>>());
+    CHECK_EQ(layout->rope_delta(), c["rope_delta"].get<int64_t>());
+    CHECK_EQ(layout->next_position(), c["next_position"].get<int64_t>());
+    CHECK_EQ(layout->length(), c["length"].get<int64_t>());
   }
 }
 

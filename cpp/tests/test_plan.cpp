@@ -1,4 +1,4 @@
-// Chunk/KV bookkeeping, the decoder engine's profile choice (ranges from the engines stage's build
+// Chunk bookkeeping, the decoder engine's profile choice (ranges from the engines stage's build
 // record in golden/export_mini), and the embedding table reader (golden safetensors from Python).
 #include "harness.h"
 #include "omnisift/embeddings.h"
@@ -33,18 +33,6 @@ TEST(chunk_budget_from_the_ratio_plan) {
   CHECK_RESULT(full);
   CHECK_EQ(full->kept_per_chunk, 74);
   CHECK_CODE(ChunkBudget::create(m, 0.3).status(), StatusCode::kNotFound);
-}
-
-TEST(kv_ledger_refuses_before_overflow) {
-  KvLedger ledger(100);
-  CHECK_OK(ledger.reserve(100, "x"));
-  ledger.commit(90);
-  CHECK_OK(ledger.reserve(10, "x"));
-  const Status st = ledger.reserve(11, "chunk 7");
-  CHECK_CODE(st, StatusCode::kContextFull);
-  CHECK(st.message().find("chunk 7") != std::string::npos);
-  CHECK_EQ(ledger.length(), 90);   // a refusal changes nothing
-  CHECK_CODE(ledger.reserve(-1, "x"), StatusCode::kInvalidArgument);
 }
 
 TEST(decoder_profiles_from_the_build_record) {

@@ -1,4 +1,4 @@
-// ChatPrompt against Python's build_prompt / followup_ids (golden/prompt_cases.json).
+// ChatPrompt against Python's build_prompt / followup_ids / turn_pieces (golden/prompt_cases.json).
 #include <filesystem>
 #include <fstream>
 
@@ -36,6 +36,10 @@ TEST(golden_prompts) {
       auto prefix = prompt->prefix_ids(system);
       auto suffix = prompt->suffix_ids(c["question"]);
       auto follow = prompt->followup_ids(c["followup"]);
+      auto turn_prefix = prompt->turn_prefix_ids();
+      auto turn_suffix = prompt->turn_suffix_ids(c["question"]);
+      CHECK(turn_prefix.ok() && *turn_prefix == c["turn_prefix_ids"].get<std::vector<int64_t>>());
+      CHECK(turn_suffix.ok() && *turn_suffix == c["turn_suffix_ids"].get<std::vector<int64_t>>());
       CHECK_RESULT(prefix);
       CHECK_RESULT(suffix);
       CHECK_RESULT(follow);

@@ -1,6 +1,8 @@
 // The chunk pipeline (Session over StubBackend) against Python's runtime over the same stand-in
-// rule (golden/schedule.json): every decoder call (tokens, past length, positions), the answers,
-// the streamed text and, for frames + PCM, the encoders' inputs chunk by chunk.
+// rule (golden/schedule.json): every backend call on the KV cache (decoder calls with tokens, past
+// length, positions and whether logits were asked for; evictions; re-basings), the answers, the
+// streamed text and, for frames + PCM, the encoders' inputs chunk by chunk. The streams replayed
+// op by op cover new user turns after answers, the sliding window and re-based positions.
 #include "golden_media.h"
 #include "harness.h"
 #include "omnisift/session.h"
@@ -40,17 +42,50 @@ class RecordingBackend : public StubBackend {
   std::vector<std::vector<float>> mels;
 };
 
-void compare_calls(const std::vector<DecoderCall>& got, const json& want) {
+void compare_calls(const std::vector<BackendCall>& got, const json& want) {
   CHECK_EQ(got.size(), want.size());
   for (size_t i = 0; i < got.size() && i < want.size(); ++i) {
     const json& w = want[i];
-    CHECK_EQ(got[i].n, w["n"].get<int64_t>());
-    CHECK_EQ(got[i].past_length, w["past_length"].get<int64_t>());
-    CHECK_EQ(got[i].past_length + got[i].n, w["attention_mask_length"].get<int64_t>());
+    const std::string where = "backend call " + std::to_string(i) + " (" + w["op"].get<std::string>() + ")";
+    const BackendCall& g = got[i];
+    if (w["op"] == "drop") {
+      if (g.kind != BackendCall::Kind::kDrop || g.start != w["start"].get<int64_t>() || g.stop != w["stop"].get<int64_t>())
+        harness::fail(__FILE__, __LINE__, where + ": not the same drop");
+      continue;
+    }
+    if (w["op"] == "rotate") {
+      if (g.kind != BackendCall::Kind::kRotate || g.delta != w["delta"].get<int64_t>())
+        harness::fail(__FILE__, __LINE__, where + ": not the same rotation");
+      continue;
+    }
+    if (g.kind != BackendCall::Kind::kDecode) {
+      harness::fail(__FILE__, __LINE__, where + ": C++ made another call");
+      continue;
+    }
+    CHECK_EQ(g.n, w["n"].get<int64_t>());
+    CHECK_EQ(g.past_length, w["past_length"].get<int64_t>());
+    CHECK_EQ(g.past_length + g.n, w["attention_mask_length"].get<int64_t>());
+    if (g.logits != w["logits"].get<bool>()) harness::fail(__FILE__, __LINE__, where + ": logits asked differently");
     bool same = true;
     for (int r = 0; r < 3; ++r)
-      for (int64_t k = 0; k < got[i].n; ++k) same = same && got[i].positions.at(r, k) == w["positions"][r][k].get<int64_t>();
-    if (!same) harness::fail(__FILE__, __LINE__, "decoder call " + std::to_string(i) + ": positions differ");
+      for (int64_t k = 0; k < g.n; ++k) same = same && g.positions.at(r, k) == w["positions"][r][k].get<int64_t>();
+    if (!same) harness::fail(__FILE__, __LINE__, where + ": positions differ");
+  }
+}
+
+// What reached the encoders, chunk by chunk: pixel patches bit for bit, log-mel within 2e-5.
+void compare_chunk_inputs(const RecordingBackend& backend, const json& inputs) {
+  CHECK_EQ(backend.pixel_sha256.size(), inputs.size());
+  for (size_t c = 0; c < inputs.size() && c < backend.mels.size(); ++c) {
+    CHECK_EQ(backend.pixel_sha256[c], inputs[c]["pixel_sha256"].get<std::string>());
+    const std::vector<float>& mel = backend.mels[c];
+    double sum = 0;
+    for (float v : mel) sum += v;
+    CHECK_NEAR(sum, inputs[c]["mel_sum"].get<double>(), 1e-2);
+    for (int k = 0; k < 128; ++k) {
+      CHECK_NEAR(mel[static_cast<size_t>(k) * 200], inputs[c]["mel_first_frame"][k].get<double>(), 2e-5);
+      CHECK_NEAR(mel[static_cast<size_t>(k) * 200 + 199], inputs[c]["mel_last_frame"][k].get<double>(), 2e-5);
+    }
   }
 }
 
@@ -85,6 +120,7 @@ TEST(golden_schedule_whole_chunks) {
   CHECK_EQ((*session)->kv_length(), backend.kv_length());
 }
 
+
 TEST(golden_schedule_frames_and_pcm) {
   const json s = scenario(harness::load_json(harness::golden("schedule.json")), "media");
   auto folder = mini_folder();
@@ -115,19 +151,7 @@ TEST(golden_schedule_frames_and_pcm) {
     CHECK_EQ(streamed, answer->text);
   }
   compare_calls(backend.calls(), s["calls"]);
-  const json& inputs = s["chunk_inputs"];
-  CHECK_EQ(backend.pixel_sha256.size(), inputs.size());
-  for (size_t c = 0; c < inputs.size() && c < backend.mels.size(); ++c) {
-    CHECK_EQ(backend.pixel_sha256[c], inputs[c]["pixel_sha256"].get<std::string>());
-    const std::vector<float>& mel = backend.mels[c];
-    double sum = 0;
-    for (float v : mel) sum += v;
-    CHECK_NEAR(sum, inputs[c]["mel_sum"].get<double>(), 1e-2);
-    for (int k = 0; k < 128; ++k) {
-      CHECK_NEAR(mel[static_cast<size_t>(k) * 200], inputs[c]["mel_first_frame"][k].get<double>(), 2e-5);
-      CHECK_NEAR(mel[static_cast<size_t>(k) * 200 + 199], inputs[c]["mel_last_frame"][k].get<double>(), 2e-5);
-    }
-  }
+  compare_chunk_inputs(backend, s["chunk_inputs"]);
 }
 
 TEST(context_full_is_an_error_and_changes_nothing) {
@@ -181,17 +205,168 @@ TEST(bad_input_and_order) {
   CHECK_CODE(Session::create(folder, backend, bad).status(), StatusCode::kInvalidArgument);
 }
 
-TEST(media_after_the_question_and_backend_failures) {
+namespace {
+
+// golden/schedule.json STREAMS: media appends, finish() and questions replayed through push_frame,
+// push_audio, finish and ask; every backend call, answer and the window's state compared.
+void replay_stream(const std::string& name) {
+  const json s = scenario(harness::load_json(harness::golden("schedule.json")), name);
+  auto folder = mini_folder();
+  const Manifest& m = folder->manifest();
+  auto budget = ChunkBudget::create(m, s["ratio"]);
+  CHECK_RESULT(budget);
+  RecordingBackend backend(m, budget->kept_per_chunk, s["script"].get<std::vector<int64_t>>());
+  SessionOptions options;
+  options.ratio = s["ratio"];
+  options.max_new_tokens = s["max_new_tokens"];
+  if (!s["system"].is_null()) options.system = s["system"].get<std::string>();
+  if (!s["max_context"].is_null()) options.max_context = s["max_context"];
+  const json& ctx = s["context"];
+  options.context.policy = *parse_context_policy(ctx["policy"]);
+  if (ctx.contains("window_seconds")) options.context.window_seconds = ctx["window_seconds"].get<double>();
+  if (ctx.contains("position_limit")) options.context.position_limit = ctx["position_limit"].get<int64_t>();
+  auto session = Session::create(folder, backend, options);
+  CHECK_RESULT(session);
+  if (!session.ok()) return;
+  const std::vector<uint8_t> frames = golden_media::frames(s["frames"], m.height, m.width);
+  const int64_t per_frame = m.layout.sample_rate / static_cast<int64_t>(m.layout.fps);
+  const std::vector<float> pcm = golden_media::pcm(s["frames"].get<int64_t>() * per_frame);
+  const size_t frame_bytes = static_cast<size_t>(m.height) * m.width * 3;
+  size_t q = 0;
+  for (const json& op : s["ops"]) {
+    if (op[0] == "media") {
+      const int f0 = op[1], f1 = op[2];
+      for (int f = f0; f < f1; ++f) {   // a capture loop: each frame with its half second of PCM
+        CHECK_OK((*session)->push_frame({frames.data() + f * frame_bytes, m.height, m.width}));
+        CHECK_OK((*session)->push_audio(pcm.data() + f * per_frame, static_cast<size_t>(per_frame)));
+      }
+    } else if (op[0] == "finish") {
+      CHECK_OK((*session)->finish());
+    } else {
+      auto answer = (*session)->ask(op[1]);
+      CHECK_RESULT(answer);
+      if (answer.ok() && q < s["answers"].size()) {
+        CHECK(answer->ids == s["answers"][q].get<std::vector<int64_t>>());
+        CHECK_EQ(answer->text, s["answer_texts"][q].get<std::string>());
+      }
+      ++q;
+    }
+  }
+  CHECK_EQ(q, s["answers"].size());
+  compare_calls(backend.calls(), s["calls"]);
+  const KvWindow& w = (*session)->window();
+  CHECK_EQ((*session)->kv_length(), s["kv_length"].get<int64_t>());
+  CHECK_EQ(backend.kv_length(), s["kv_length"].get<int64_t>());
+  CHECK_EQ(w.evicted_chunks(), s["evicted_chunks"].get<int64_t>());
+  CHECK_EQ(w.base(), s["base"].get<int64_t>());
+  CHECK_EQ((*session)->chunks(), s["chunks"].get<int>());
+  CHECK_EQ((*session)->layout().next_position(), s["next_position"].get<int64_t>());
+  if (s.contains("chunk_inputs")) compare_chunk_inputs(backend, s["chunk_inputs"]);   // each turn's own log-mel
+  for (const BackendCall& c : backend.calls())
+    if (c.kind == BackendCall::Kind::kRotate) {   // the manifest's rope theta and head_dim, as Python's inv_freq
+      CHECK_EQ(c.inv_freq.size(), s["inv_freq"].size());
+      for (size_t j = 0; j < c.inv_freq.size() && j < s["inv_freq"].size(); ++j)
+        CHECK_NEAR(c.inv_freq[j], s["inv_freq"][j].get<double>(), 1e-15);
+    }
+}
+
+}  // namespace
+
+TEST(golden_stream_new_turns_after_answers) { replay_stream("turns"); }
+TEST(golden_stream_sliding_window) { replay_stream("sliding"); }
+TEST(golden_stream_rebased_positions) { replay_stream("rebase"); }
+
+namespace {
+SessionOptions sliding_options(std::optional<double> window, int64_t max_context) {
+  SessionOptions o;
+  o.system = "Be brief.";
+  o.max_context = max_context;
+  o.context.policy = ContextPolicy::Kind::kSliding;
+  o.context.window_seconds = window;
+  return o;
+}
+}  // namespace
+
+TEST(context_policy_bad_input) {
+  auto folder = mini_folder();
+  StubBackend backend(folder->manifest(), 19, {104});
+  SessionOptions error_with_window;
+  error_with_window.context.window_seconds = 10;
+  const auto refused = Session::create(folder, backend, error_with_window);
+  CHECK_CODE(refused.status(), StatusCode::kInvalidArgument);
+  CHECK(refused.status().message().find("applies to the sliding context policy") != std::string::npos);
+  CHECK_CODE(Session::create(folder, backend, sliding_options(1.0, 0)).status(), StatusCode::kInvalidArgument);
+  const auto too_wide = Session::create(folder, backend, sliding_options(60.0, 256));   // 27-token prompt, K 19: 12 chunks fit
+  CHECK_CODE(too_wide.status(), StatusCode::kInvalidArgument);
+  CHECK(too_wide.status().message().find("use window_seconds 24 or less") != std::string::npos);
+  SessionOptions low_limit = sliding_options(std::nullopt, 0);
+  low_limit.context.position_limit = 10;
+  CHECK_CODE(Session::create(folder, backend, low_limit).status(), StatusCode::kInvalidArgument);
+}
+
+TEST(sliding_refuses_a_question_longer_than_the_window_and_stays_usable) {
+  auto folder = mini_folder();
+  const auto& d = folder->manifest().dims;
+  StubBackend backend(folder->manifest(), 19, {104, 151645});
+  auto session = Session::create(folder, backend, sliding_options(std::nullopt, 256));
+  CHECK_RESULT(session);
+  if (!session.ok()) return;
+  const std::vector<float> pixels(static_cast<size_t>(d.chunk_patches()) * d.patch_dim), mel(128 * 200);
+  for (int c = 0; c < 20; ++c) CHECK_OK((*session)->push_chunk(pixels, mel));   // 20 chunks: max_context evicts
+  CHECK((*session)->kv_length() <= 256);
+  CHECK_EQ((*session)->window().evicted_chunks(), 20 - (256 - 27) / 19);
+  std::string long_question;
+  for (int i = 0; i < 300; ++i) long_question += "why ";
+  const int64_t before = (*session)->kv_length();
+  const auto refused = (*session)->ask(long_question);
+  CHECK_CODE(refused.status(), StatusCode::kInvalidArgument);
+  CHECK(refused.status().message().find("longer than the window") != std::string::npos);
+  CHECK_EQ((*session)->kv_length(), before);   // refused before anything changed
+  auto answer = (*session)->ask("Why?");
+  CHECK_RESULT(answer);
+  if (answer.ok()) CHECK(answer->ids == (std::vector<int64_t>{104, 151645}));
+}
+
+TEST(sliding_follow_up_that_the_protected_text_cannot_hold_is_refused_cleanly) {
+  // the question/answer run being written is never evicted (Python's KVWindow); when it fills the
+  // window, the next append is refused (kContextFull) and the session is left as it was
+  auto folder = mini_folder();
+  const auto& d = folder->manifest().dims;
+  StubBackend backend(folder->manifest(), 19, {104});   // never stops: answers run to max_new_tokens
+  SessionOptions options = sliding_options(std::nullopt, 256);
+  options.max_new_tokens = 150;
+  auto session = Session::create(folder, backend, options);
+  CHECK_RESULT(session);
+  if (!session.ok()) return;
+  const std::vector<float> pixels(static_cast<size_t>(d.chunk_patches()) * d.patch_dim), mel(128 * 200);
+  CHECK_OK((*session)->push_chunk(pixels, mel));
+  CHECK_RESULT((*session)->ask("What?"));
+  const auto calls = backend.calls().size();
+  const int64_t length = (*session)->kv_length();
+  const int64_t next = (*session)->layout().next_position();
+  CHECK_CODE((*session)->ask("And what happened after that, in detail?").status(), StatusCode::kContextFull);
+  CHECK_EQ(backend.calls().size(), calls);
+  CHECK_EQ((*session)->kv_length(), length);
+  CHECK_EQ((*session)->layout().next_position(), next);
+  CHECK_OK((*session)->push_chunk(pixels, mel));   // more media still works: it evicts the text run
+}
+
+TEST(media_after_finish_and_backend_failures) {
   auto folder = mini_folder();
   const auto& d = folder->manifest().dims;
   StubBackend backend(folder->manifest(), 19, {104, 151645});
   auto session = Session::create(folder, backend, SessionOptions{});
   const std::vector<float> pixels(static_cast<size_t>(d.chunk_patches()) * d.patch_dim), mel(128 * 200);
   CHECK_OK((*session)->push_chunk(pixels, mel));
-  auto answer = (*session)->ask("what?");
-  CHECK_RESULT(answer);
-  CHECK_CODE((*session)->push_chunk(pixels, mel), StatusCode::kFailedPrecondition);
+  CHECK_OK((*session)->finish());
+  const Status after_finish = (*session)->push_chunk(pixels, mel);
+  CHECK_CODE(after_finish, StatusCode::kFailedPrecondition);
+  CHECK(after_finish.message().find("ask one first") != std::string::npos);
   CHECK_CODE((*session)->push_audio(nullptr, 0), StatusCode::kFailedPrecondition);
+  CHECK_RESULT((*session)->ask("what?"));
+  CHECK_OK((*session)->push_chunk(pixels, mel));   // after an answer: a new user turn
+  CHECK(!(*session)->closed());
+  CHECK_EQ((*session)->layout().turn_chunks(), 1);
 
   class Failing : public StubBackend {
    public:
@@ -203,7 +378,20 @@ TEST(media_after_the_question_and_backend_failures) {
   auto broken = Session::create(folder, failing, SessionOptions{});
   CHECK_RESULT(broken);
   CHECK_CODE((*broken)->push_chunk(pixels, mel), StatusCode::kBackend);
-  CHECK_CODE((*broken)->push_chunk(pixels, mel), StatusCode::kFailedPrecondition);   // out of step: refused
+  CHECK_EQ((*broken)->chunks(), 0);   // refused before the layout advanced
+
+  class FailingDecoder : public StubBackend {
+   public:
+    using StubBackend::StubBackend;
+    Status decode(const std::vector<float>& e, const Positions& p, std::vector<float>* l) override {
+      if (p.n == 19) return BackendError("engine execution failed");
+      return StubBackend::decode(e, p, l);
+    }
+  } failing_decoder(folder->manifest(), 19, {104});
+  auto out_of_step = Session::create(folder, failing_decoder, SessionOptions{});
+  CHECK_RESULT(out_of_step);
+  CHECK_CODE((*out_of_step)->push_chunk(pixels, mel), StatusCode::kBackend);
+  CHECK_CODE((*out_of_step)->push_chunk(pixels, mel), StatusCode::kFailedPrecondition);   // out of step: refused
 }
 
 HARNESS_MAIN

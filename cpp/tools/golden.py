@@ -2,14 +2,17 @@
 
 `write_golden(folder)` writes small JSON files (and tiny fixtures) computed by the Python code the
 C++ library reimplements; the C++ tests (ctest, cpp/tests/) read them and compare:
-- layouts.json, layout_errors.json: `model.layout.StreamingLayout` -> `omnisift::StreamingLayout`;
+- layouts.json, layout_errors.json, layout_turns.json: `model.layout.StreamingLayout` (new user turns
+  with `open_turn` included) -> `omnisift::StreamingLayout`;
 - tokenizer_*/, tokenizer_cases.json: `model.tokenizer.load_tokenizer` (transformers) -> `Tokenizer`;
-- prompt_cases.json: `model.prompt.build_prompt`, `followup_ids` -> `ChatPrompt`;
+- prompt_cases.json: `model.prompt.build_prompt`, `followup_ids`, `turn_pieces` -> `ChatPrompt`;
 - preprocess.json: `model.preprocess.chunk_patches`, `StreamingLogMel` -> the same names in C++;
 - export_mini/: a manifest from `artifact.manifest.write_manifest` and `export.build`'s entry builders,
   with a `builds` record from `engines.profiles` -> `read_manifest`, `DecoderProfiles`;
-- schedule.json: the runtime's `ChunkStream` and `OmniSession` over `StubStream`, a backend with
-  C++'s `StubBackend` rule -> `Session` over `StubBackend`;
+- schedule.json (golden_streams.py): the runtime's `ChunkStream` and `OmniSession` over `StubStream`, a backend with
+  C++'s `StubBackend` rule -> `Session` over `StubBackend`: every decoder call (with or without
+  logits), eviction and re-basing, for streams with new user turns after answers, a sliding
+  window, and positions re-based past a small trained range (STREAMS);
 - embeddings_f32/f16.safetensors: `safetensors.numpy.save_file` -> `TextEmbeddings`.
 
 `tokenizer_bpe` is a byte-level BPE WITH merges trained here with the `tokenizers` library
@@ -34,12 +37,12 @@ import numpy as np
 
 from omnisift_edge import __version__
 from omnisift_edge.errors import UsageError, require
-from omnisift_edge.model.spec import OmniSpec, TokenIds
-from omnisift_edge.runtime.session import OmniSession, RuntimeConfig
-from omnisift_edge.runtime.stream import ChunkStream
+from omnisift_edge.model.spec import OmniSpec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # the sibling golden_streams.py (also when loaded by path)
+from golden_streams import GOLDEN_AMPS, MINI_RESOLUTION, golden_frames, golden_pcm, schedule_cases, stream_cases  # noqa: E402,E501
 
 SPEC = OmniSpec()
-MINI_RESOLUTION = (112, 84)        # H, W of the mini export: grid 8x6 patches, 12 tokens per frame
 MINI_HIDDEN = 8
 
 TOKENIZER_TEXTS = [
@@ -117,6 +120,42 @@ def layout_cases() -> list[dict]:
     return out
 
 
+TURN_LAYOUTS = (   # (prefix, grid_hw, ops): a conversation with video in several user turns
+    ([100, 101, 102], (4, 4), [("chunk", 2, 50), ("chunk", 2, 3), ("close", 200, 201), ("text", 3), ("open_turn", 9, 10),
+                               ("chunk", 2, 50), ("chunk", 1, 25), ("close", 7), ("text", 2), ("text", 4),
+                               ("open_turn",), ("chunk", 2, 50), ("chunk", 0, 30), ("close",), ("text", 1)]),
+    ([], (8, 6), [("chunk", 1, 50), ("chunk", 0, 12), ("close", 5), ("open_turn", 11, 12, 13), ("chunk", 2, 50),
+                  ("chunk", 2, 0), ("close", 6, 7), ("text", 5)]),
+)
+
+
+def layout_turn_cases() -> list[dict]:
+    """StreamingLayout.open_turn conversations: ids and positions of every piece, in order."""
+    from omnisift_edge.model.layout import StreamingLayout
+
+    out = []
+    for prefix, grid_hw, ops in TURN_LAYOUTS:
+        s = StreamingLayout(SPEC, prefix, grid_hw=grid_hw)
+        ids, pos, chunks = [s.prefix()[0]], [s.prefix()[1]], []
+        for op in ops:
+            if op[0] == "chunk":
+                c = s.chunk(op[1], op[2])
+                ids.append(c.input_ids)
+                pos.append(c.position_ids)
+                chunks.append({"index": c.index, "start": c.start, "time_start": c.time_start,
+                               "segment_max": c.segment_max()})
+            elif op[0] == "text":
+                pos.append(s.text(list(range(op[1]))))
+            else:
+                piece_ids, piece_pos = (s.close if op[0] == "close" else s.open_turn)(list(op[1:]))
+                ids.append(piece_ids)
+                pos.append(piece_pos)
+        out.append({"prefix_ids": prefix, "grid_hw": list(grid_hw), "ops": [list(op) for op in ops], "chunks": chunks,
+                    "input_ids": np.concatenate(ids).tolist(), "position_ids": np.concatenate(pos, axis=1).tolist(),
+                    "rope_delta": s.rope_delta, "next_position": s.next_position, "length": s.length})
+    return out
+
+
 def layout_error_cases() -> list[dict]:
     """Call sequences StreamingLayout rejects; `fails_at` is the first op that raises."""
     from omnisift_edge.model.layout import StreamingLayout
@@ -132,6 +171,14 @@ def layout_error_cases() -> list[dict]:
         "close_twice": ([1], [("chunk", 2, 50), ("close",), ("close",)]), "text_before_close": ([1], [("chunk", 2, 50), ("text", 2)]),
         "media_in_prefix": ([1, t.video], [("chunk", 2, 50)]), "media_in_suffix": ([1], [("chunk", 2, 50), ("close", t.audio_bos)]),
         "ok_sequence": ([1], [("chunk", 2, 50), ("chunk", 0, 20), ("close",), ("text", 3)]),
+        "open_turn_while_open": ([1], [("chunk", 2, 50), ("open_turn",)]),
+        "open_turn_before_chunk": ([1], [("open_turn", 5)]),
+        "close_turn_before_its_chunk": ([1], [("chunk", 2, 50), ("close",), ("open_turn",), ("close",)]),
+        "turn_first_chunk_audio_only": ([1], [("chunk", 2, 50), ("close",), ("open_turn",), ("chunk", 0, 50)]),
+        "media_in_turn_text": ([1], [("chunk", 2, 50), ("close",), ("open_turn", 5, t.vision_bos)]),
+        "text_in_open_turn": ([1], [("chunk", 2, 50), ("close",), ("open_turn", 5), ("text", 1)]),
+        "ok_turns": ([1], [("chunk", 1, 50), ("close",), ("text", 2), ("open_turn", 5, 6), ("chunk", 2, 50),
+                           ("chunk", 0, 20), ("close", 7), ("open_turn",), ("chunk", 2, 10), ("close",)]),
     }
     out = []
     for name, (prefix, ops) in cases.items():
@@ -144,6 +191,8 @@ def layout_error_cases() -> list[dict]:
                     s.chunk(op[1], op[2])
                 elif op[0] == "close":
                     s.close(list(op[1:]))
+                elif op[0] == "open_turn":
+                    s.open_turn(list(op[1:]))
                 else:
                     s.text(list(range(op[1])))
             fails_at = "none"
@@ -218,7 +267,7 @@ def tokenizer_cases(folder: Path) -> dict:
 
 
 def prompt_cases(folder: Path) -> dict:
-    from omnisift_edge.model.prompt import build_prompt, followup_ids
+    from omnisift_edge.model.prompt import build_prompt, followup_ids, turn_pieces
     from omnisift_edge.model.tokenizer import DEFAULT_SYSTEM_PROMPT, load_tokenizer
 
     out = {}
@@ -229,32 +278,14 @@ def prompt_cases(folder: Path) -> dict:
             pieces = build_prompt(tok, question, system=DEFAULT_SYSTEM_PROMPT if system == "DEFAULT" else system)
             cases.append({"system": system, "question": question, "prefix_ids": list(pieces.prefix_ids),
                           "suffix_ids": list(pieces.suffix_ids), "followup": followup,
-                          "followup_ids": list(followup_ids(tok, followup))})
+                          "followup_ids": list(followup_ids(tok, followup)),
+                          "turn_prefix_ids": list(turn_pieces(tok, question).prefix_ids),
+                          "turn_suffix_ids": list(turn_pieces(tok, question).suffix_ids)})
         out[name] = cases
     return out
 
 
 # -------------------------------------------------------------------------------------- preprocess
-
-def golden_frames(n: int, height: int, width: int) -> np.ndarray:
-    """uint8 [n, H, W, 3]: (37t + 11y + 7x + 101c + (x*y mod 13)) mod 256 (C++ builds the same)."""
-    t, y, x, c = np.meshgrid(np.arange(n), np.arange(height), np.arange(width), np.arange(3), indexing="ij")
-    return ((37 * t + 11 * y + 7 * x + 101 * c + (x * y) % 13) % 256).astype(np.uint8)
-
-
-# per 0.5 s segment, cycling every 6 s: quiet, loud, then quieter again (the running max matters)
-GOLDEN_AMPS = (0.0, 1e-5, 1e-4, 2e-6, 5e-4, 3e-5, 0.0, 1e-5, 2e-5, 1e-6, 3e-5, 0.0)
-
-
-def golden_pcm(n: int) -> np.ndarray:
-    """float32 [n]: an LCG's integers in [-1000, 1000] times a piecewise amplitude (C++ builds the same)."""
-    state, out = 12345, np.empty(n, np.float32)
-    amps = np.asarray(GOLDEN_AMPS, np.float32)
-    for i in range(n):
-        state = (1103515245 * state + 12345) % (1 << 31)
-        out[i] = np.float32((state >> 8) % 2001 - 1000) * amps[(i // 8000) % len(amps)]
-    return out
-
 
 def preprocess_cases() -> dict:
     from omnisift_edge.model.preprocess import StreamingLogMel, chunk_patches
@@ -329,110 +360,6 @@ def _golden_kv_cache(dims) -> dict:
     return {"decoder": record["decoder"]}
 
 
-class StubStream(ChunkStream):
-    """A backend with C++'s StubBackend rule (cpp/include/omnisift/stub_backend.h): zero embeddings,
-    a first-K "compressor", scripted logits; it logs what the shared stream code asks of it."""
-
-    def __init__(self, manifest: dict, ratio: float, prefix_ids, log: dict, script: list):
-        d = self.d = manifest["dims"]
-        self.kept = next(p["kept_per_chunk"]["total"] for p in manifest["ratios"] if p["ratio"] == ratio)
-        self.log, self.script, self.length = log, script, 0
-        layout = manifest["layout"]
-        spec = OmniSpec(**{**layout, "tokens": TokenIds(**layout["tokens"])})
-        super().__init__(spec, prefix_ids, (d["grid_h"], d["grid_w"]), max_context=manifest["max_context"])
-
-    def _embed(self, ids):
-        return np.zeros((1, len(ids), self.d["hidden"]), np.float32)
-
-    def _check_chunk(self, pixel_values, n_grids, mel):
-        super()._check_chunk(pixel_values, n_grids, mel)
-        if n_grids != self.d["grids_per_chunk"] or mel.shape[1] != self.d["window_frames"]:
-            raise UsageError("the stub backend takes whole chunks, as the exported graphs do")
-
-    def _encode_video(self, pixel_values, n_grids):
-        x = np.ascontiguousarray(pixel_values, "<f4")
-        self.log["chunks"].append({"pixel_sha256": hashlib.sha256(x.tobytes()).hexdigest()})
-        return np.zeros((n_grids * self.tokens_per_frame, self.d["hidden"]), np.float32)
-
-    def _encode_audio(self, mel):
-        mel = mel.astype(np.float32).astype(np.float64)
-        self.log["chunks"][-1].update(mel_sum=float(mel.sum()), mel_first_frame=mel[:, 0].tolist(),
-                                      mel_last_frame=mel[:, -1].tolist())
-        return np.zeros((self.d["window_audio_tokens"], self.d["hidden"]), np.float32)
-
-    def _compress(self, video, audio, n_grids, chunk_positions):
-        return np.zeros((1, self.kept, self.d["hidden"]), np.float32), np.arange(self.kept)
-
-    def _step(self, embeds, positions, want_logits=True):
-        n, log = embeds.shape[1], self.log
-        log["calls"].append({"n": n, "past_length": self.length, "attention_mask_length": self.length + n,
-                             "positions": np.asarray(positions).reshape(3, n).tolist()})
-        log["since_prefill"] = 0 if n > 1 else log["since_prefill"]
-        logits = np.zeros(self.d["vocab"], np.float32)
-        logits[self.script[log["since_prefill"] % len(self.script)]] = 1
-        log["since_prefill"] += 1
-        self.length += n
-        return logits
-
-    def kv_length(self) -> int:
-        return self.length
-
-
-class StubSession(OmniSession):
-    """The real session (media buffering, log-mel, padding, prompts) over a `StubStream`."""
-
-    def __init__(self, cfg: RuntimeConfig, log: dict, script: list):
-        self._log, self._script = log, script
-        super().__init__(cfg)
-
-    def _open_backend(self, prefix_ids):
-        return StubStream(self.manifest, self.ratio, prefix_ids, self._log, self._script)
-
-
-SCHEDULE_QUESTIONS = ("What is happening in this video?", "And then?")
-MEDIA_FRAMES, MEDIA_SAMPLES = 9, 68800     # 4.5 s of video, 4.3 s of audio: the third chunk is padded
-MEDIA_SPLITS = ((0, 3, 0, 20000), (3, 7, 20000, 50000), (7, 9, 50000, MEDIA_SAMPLES))   # frames, samples per append
-
-
-def schedule_cases(folder: Path, manifest: dict) -> list[dict]:
-    """What the Python runtime does, recorded through stand-in sessions: the decoder calls of an
-    OrtStream fed whole chunks, and of an OmniSession fed frames + PCM with a partial last chunk."""
-    from omnisift_edge.model.prompt import build_prompt, followup_ids
-    from omnisift_edge.model.tokenizer import load_tokenizer
-
-    mini = folder / "export_mini"
-    tok = load_tokenizer(mini / "tokenizer")
-    pieces = build_prompt(tok, SCHEDULE_QUESTIONS[0])
-    follow = list(followup_ids(tok, SCHEDULE_QUESTIONS[1]))
-    d, stops = manifest["dims"], manifest["stop_token_ids"]
-    out = []
-    # whole chunks straight into the stream (push_chunk in C++)
-    script, log = [111, 107, 33, 151645, 104], {"calls": [], "chunks": [], "since_prefill": 0}
-    stream = StubStream(manifest, 0.25, pieces.prefix_ids, log, script)
-    for _ in range(3):
-        stream.push(np.zeros((d["grids_per_chunk"] * d["grid_h"] * d["grid_w"], d["patch_dim"]), np.float32),
-                    d["grids_per_chunk"], np.zeros((d["n_mels"], d["window_frames"]), np.float32))
-    answers = [list(stream.ask(list(pieces.suffix_ids), max_new_tokens=8, stop_ids=stops)),
-               list(stream.ask(follow, max_new_tokens=8, stop_ids=stops))]
-    out.append({"name": "chunks", "ratio": 0.25, "chunks": 3, "script": script, "max_new_tokens": 8,
-                "prefix_ids": list(pieces.prefix_ids), "question_ids": [list(pieces.suffix_ids), follow],
-                "answers": answers, "calls": log["calls"]})
-    # frames + PCM through the session API (push_frame/push_audio/ask in C++)
-    script, log = [104, 105, 0xE6, 0x97, 0xA5], {"calls": [], "chunks": [], "since_prefill": 0}
-    frames, pcm = golden_frames(MEDIA_FRAMES, *MINI_RESOLUTION), golden_pcm(MEDIA_SAMPLES)
-    session = StubSession(RuntimeConfig(mini, ratio=1.0), log, script)
-    for f0, f1, s0, s1 in MEDIA_SPLITS:
-        session.append_chunk(frames[f0:f1], pcm[s0:s1])
-    texts, answers = [], []
-    for q in SCHEDULE_QUESTIONS:
-        texts.append("".join(session.ask(q, max_new_tokens=4)))
-        answers.append(session.last_answer_ids)
-    out.append({"name": "media", "ratio": 1.0, "script": script, "max_new_tokens": 4, "frames": MEDIA_FRAMES,
-                "samples": MEDIA_SAMPLES, "splits": [list(x) for x in MEDIA_SPLITS], "questions": list(SCHEDULE_QUESTIONS),
-                "answers": answers, "answer_texts": texts, "chunk_inputs": log["chunks"], "calls": log["calls"]})
-    return out
-
-
 GOLDEN_TARGET = "golden-sm00"
 
 
@@ -463,6 +390,7 @@ def write_golden(folder: Path) -> Path:
 
     _dump(folder / "layouts.json", layout_cases())
     _dump(folder / "layout_errors.json", layout_error_cases())
+    _dump(folder / "layout_turns.json", layout_turn_cases())
     _write_tokenizer(folder / "tokenizer_tiny", tiny_tokenizer_json())
     bpe = _bpe_tokenizer_json()
     _write_tokenizer(folder / "tokenizer_bpe", bpe)                   # Qwen2's split regex
@@ -473,7 +401,7 @@ def write_golden(folder: Path) -> Path:
     _dump(folder / "prompt_cases.json", prompt_cases(folder))
     _dump(folder / "preprocess.json", preprocess_cases())
     manifest = mini_manifest(folder / "export_mini")
-    _dump(folder / "schedule.json", schedule_cases(folder, manifest))
+    _dump(folder / "schedule.json", schedule_cases(folder, manifest) + stream_cases(folder, manifest))
     save_file = require("safetensors.numpy").save_file
     table = (np.arange(64, dtype=np.float32).reshape(16, 4) - 20.5) / 8
     save_file({"embed_tokens": table}, str(folder / "embeddings_f32.safetensors"))

@@ -94,6 +94,14 @@ def test_golden_covers_the_cases(fresh):
     assert any(a["ids"] != b["ids"] for a, b in zip(bpe, gpt2))            # the two split regexes differ
     schedule = {s["name"]: s for s in json.loads((fresh / "schedule.json").read_text())}
     assert len(schedule["media"]["chunk_inputs"]) == 3                     # 9 frames: the third chunk padded
+    ops = lambda name: [c["op"] for c in schedule[name]["calls"]]  # noqa: E731
+    decodes = [c for c in schedule["turns"]["calls"] if c["op"] == "decode"]
+    assert not decodes[0]["logits"] and not decodes[1]["logits"]           # prompt and chunk prefills: no logits
+    assert len(schedule["turns"]["answers"]) == 4 and schedule["turns"]["chunks"] > 4   # media after answers
+    assert schedule["sliding"]["evicted_chunks"] > 0 and "rotate" not in ops("sliding")
+    assert schedule["rebase"]["base"] > 0 and "rotate" in ops("rebase") and "drop" in ops("rebase")
+    turns = json.loads((fresh / "layout_turns.json").read_text())
+    assert all(sum(op[0] == "open_turn" for op in c["ops"]) >= 1 for c in turns)
     assert read_manifest(fresh / "export_mini")["builds"]                  # checksums verify, build record there
 
 

@@ -4,7 +4,11 @@
 //   prefix text | <|vision_bos|><|audio_bos|> at p | chunks | <|audio_eos|><|vision_eos|> at
 //   (max of the LAST appended segment) + 1 | suffix | later text from max position + 1.
 // Chunk c's positions depend only on st = len(prefix) + 1 and c: video time st + 50c + 25k,
-// height/width st + row/col; audio st + 50c + i. Golden files from the Python side check it.
+// height/width st + row/col; audio st + 50c + i. After an answer, open_turn(text) starts a new
+// user turn with its own video: text from max position + 1, <|vision_bos|><|audio_bos|> at the
+// next position, and the turn's chunks laid out from there (st = bos + 1, c counting within the
+// turn), as transformers' get_rope_index lays out a conversation's next video. Golden files from
+// the Python side check it.
 #pragma once
 
 #include <cstdint>
@@ -62,11 +66,22 @@ class StreamingLayout {
   Result<ChunkLayout> chunk(int n_grids, int n_audio);
   // <|audio_eos|><|vision_eos|> at the last segment's max + 1, then the suffix.
   Result<Span> close(const std::vector<int64_t>& suffix_ids);
+  // After close(): text that ends the answer and opens a user turn (ChatPrompt::turn_prefix_ids)
+  // from max position + 1, then <|vision_bos|><|audio_bos|> both at the next position.
+  Result<Span> open_turn(const std::vector<int64_t>& text_ids);
   // Positions of n tokens appended after close() (answers, follow-ups): from max position + 1.
   Result<Positions> text(int64_t n);
 
+  // What chunk(), close(), open_turn() and text() would return, without changing anything (the
+  // session checks the context policy on them before the layout advances).
+  Result<ChunkLayout> next_chunk(int n_grids, int n_audio) const;
+  Result<Span> next_close(const std::vector<int64_t>& suffix_ids) const;
+  Result<Span> next_open_turn(const std::vector<int64_t>& text_ids) const;
+  Positions next_text(int64_t n) const { return Positions::text(max_ + 1, n); }
+
   int tokens_per_frame() const { return llm_h_ * llm_w_; }
-  const std::vector<ChunkLayout>& chunks() const { return chunks_; }
+  const std::vector<ChunkLayout>& chunks() const { return chunks_; }   // every turn's
+  int turn_chunks() const { return static_cast<int>(chunks_.size()) - turn_first_; }   // this turn's
   bool closed() const { return closed_; }
   int64_t length() const { return length_; }              // tokens so far (uncompressed)
   int64_t max_position() const { return max_; }
@@ -80,6 +95,7 @@ class StreamingLayout {
   Span prefix_;
   int64_t st_ = 0, length_ = 0, max_ = 0, last_segment_max_ = 0;
   std::vector<ChunkLayout> chunks_;
+  int turn_first_ = 0;   // index in chunks_ of this turn's first chunk
   bool closed_ = false;
 };
 

@@ -99,6 +99,13 @@ struct KvCacheForm {
   std::vector<std::string> cache_axes;   // the cache tensors' axes, e.g. [batch_size, kv_heads, past_sequence_length, head_dim]
 };
 
+// RoPE settings (manifest `rope`): what re-basing cached keys needs (window.h). Absent values take
+// Qwen2.5-Omni's, as Python does (older manifests lack max_position_embeddings).
+struct RopeInfo {
+  double theta = 1e6;                         // rope_theta
+  int64_t max_position_embeddings = 32768;    // the trained position range
+};
+
 struct FileEntry {
   std::string sha256;
   int64_t bytes = 0;
@@ -111,6 +118,7 @@ struct Manifest {
   int64_t max_context = 0;
   Dims dims;
   LayoutSpec layout;
+  RopeInfo rope;
   std::vector<RatioPlan> ratios;
   std::map<std::string, GraphInfo> graphs;
   std::map<std::string, KvCacheForm> kv_cache;          // form key -> form; empty for older exports

@@ -1,6 +1,6 @@
-// Chunk and KV-cache bookkeeping: how many tokens each chunk adds at a ratio, how long the KV
-// cache is, and the context-full policy (an error before the step that would overflow, never a
-// silent truncation or a sliding window: the answer would no longer be about the whole video).
+// Chunk bookkeeping: how many tokens each chunk adds at a ratio and how many chunks fit, and how a
+// decoder step runs under the engines' optimization profiles. The KV cache's length and the
+// context policies (error, sliding) are window.h's KvWindow.
 #pragma once
 
 #include <cstdint>
@@ -28,23 +28,6 @@ struct ChunkBudget {
   double max_seconds(int64_t prefix_tokens, int64_t reserve, double seconds_per_chunk) const {
     return static_cast<double>(max_chunks(prefix_tokens, reserve)) * seconds_per_chunk;
   }
-};
-
-// The KV length as the decoder sees it, checked against max_context before every step.
-class KvLedger {
- public:
-  explicit KvLedger(int64_t max_context) : max_context_(max_context) {}
-  // ContextFull (naming `what` and the fixes) when n more tokens would not fit; no change then.
-  Status reserve(int64_t n, const std::string& what) const;
-  void commit(int64_t n) { length_ += n; }
-  int64_t length() const { return length_; }
-  int64_t free() const { return max_context_ - length_; }
-  int64_t max_context() const { return max_context_; }
-  void reset() { length_ = 0; }
-
- private:
-  int64_t max_context_;
-  int64_t length_ = 0;
 };
 
 // The decoder engine's optimization profiles (manifest builds.<target>.engines.decoder) and how a

@@ -7,6 +7,8 @@
 //   prefix: <|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n
 //   suffix: {question}<|im_end|>\n<|im_start|>assistant\n
 //   follow-up: <|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n
+//   new turn with video (Python's turn_pieces): prefix <|im_end|>\n<|im_start|>user\n, then the
+//   turn's video, then the suffix {question}<|im_end|>\n<|im_start|>assistant\n
 #pragma once
 
 #include <cstdint>
@@ -39,9 +41,15 @@ class ChatPrompt {
   // Ids that close an answer (whose stopping <|im_end|> was never fed) and ask `question`.
   Result<std::vector<int64_t>> followup_ids(const std::string& question) const;
 
+  // Ids that close an answer and open a user turn whose video follows (before its <|vision_bos|>).
+  Result<std::vector<int64_t>> turn_prefix_ids() const;
+  // Ids after that turn's <|vision_eos|>: the question and the generation prompt.
+  Result<std::vector<int64_t>> turn_suffix_ids(const std::string& question) const;
+
   static std::string prefix_text(const std::optional<std::string>& system);
   static std::string suffix_text(const std::string& question);
   static std::string followup_text(const std::string& question);
+  static std::string turn_prefix_text();
 
  private:
   ChatPrompt(const Tokenizer& tokenizer, const LayoutSpec& spec) : tokenizer_(&tokenizer), spec_(spec) {}

@@ -3,16 +3,23 @@
 // (ChunkStream, which every Python backend shares), over any Backend:
 //   create:   prefix ids (system prompt) + <|vision_bos|><|audio_bos|> -> decoder prefill
 //   chunk:    vision + audio encoders -> compressor (K kept tokens, their positions) -> prefill
-//   ask:      first question closes the span (<|audio_eos|><|vision_eos|> + question) -> prefill,
-//             then greedy decode at max position + 1, + 2, ... until a stop id or max_new_tokens
-//   later:    follow-up ids (<|im_end|>\n<|im_start|>user\n...) continue the conversation
+//             (no logits: nobody reads a chunk's)
+//   ask:      a question closes the turn's video span (<|audio_eos|><|vision_eos|> + question)
+//             -> prefill, then greedy decode at max position + 1, + 2, ... until a stop id or
+//             max_new_tokens; a question with no new media is a follow-up turn
+//   more media after an answer: a new user turn (<|im_end|>\n<|im_start|>user\n
+//             <|vision_bos|><|audio_bos|>, then its chunks), as transformers lays out the
+//             conversation [system, user: (video 1, q1), assistant: a1, user: (video 2, q2), ...]
 // Media arrives as frames (2 fps, export resolution) and PCM (16 kHz) in any block sizes; a chunk
-// runs when 4 frames and its log-mel window are there. When the media ends (finish(), or the first
+// runs when 4 frames and its log-mel window are there. When a turn's media ends (finish(), or a
 // question) a trailing partial chunk is padded to 2 s: the last frame repeated, the audio
-// zero-padded; audio beyond the video is dropped. The same rules as Python's OmniSession
-// (runtime/session.py); golden files check the two agree chunk by chunk.
-// Context policy: a step that would exceed max_context returns kContextFull before anything is
-// appended; the session stays consistent (ask again after a shorter question, or start anew).
+// zero-padded; audio beyond the video is dropped; each turn's audio gets a fresh log-mel. The
+// same rules as Python's OmniSession (runtime/session.py); golden files check the two agree call
+// by call.
+// Context policy (window.h, SessionOptions::context): `error` refuses (kContextFull) a step that
+// would exceed max_context or reach the trained position range, before anything changes (the
+// session stays consistent: a shorter question still works); `sliding` evicts the oldest whole
+// segments through Backend::drop_kv and re-bases positions through Backend::rotate_kv.
 #pragma once
 
 #include <cstdint>
@@ -30,6 +37,7 @@
 #include "omnisift/preprocess.h"
 #include "omnisift/prompt.h"
 #include "omnisift/tokenizer.h"
+#include "omnisift/window.h"
 
 namespace omnisift {
 
@@ -63,6 +71,7 @@ struct SessionOptions {
   int max_new_tokens = 64;
   std::vector<int64_t> stop_token_ids;                           // empty: the manifest's stop_token_ids
   int64_t max_context = 0;                                       // 0: the manifest's (and the backend's)
+  ContextPolicy context;   // error (default) | sliding, window_seconds, position_limit (none: the manifest's)
 };
 
 struct TokenEvent {
@@ -88,18 +97,21 @@ class Session {
   // Mono PCM at 16 kHz, any block size.
   Status push_audio(const float* pcm, size_t n);
   // One whole preprocessed chunk: pixel_values [chunk_patches * patch_dim], mel [n_mels * window_frames].
+  // After an answer, media (frames, PCM or chunks) opens a new user turn.
   Status push_chunk(const std::vector<float>& pixel_values, const std::vector<float>& mel);
-  // End the media: pad a trailing partial chunk to 2 s and run it (the first question does this).
+  // End the turn's media: pad a trailing partial chunk to 2 s and run it (a question does this).
+  // More media is then refused until a question was asked.
   Status finish();
 
-  // Ask about everything pushed so far; tokens stream through `on_token`.
+  // Ask about everything in the context; tokens stream through `on_token`.
   Result<Answer> ask(const std::string& question, const TokenCallback& on_token = {});
-  // The same with the ids to prefill (suffix ids for the first question, follow-up ids later).
+  // The same with the ids to prefill: while the turn's video span is open, the ids after its
+  // <|vision_eos|> (ChatPrompt::suffix_ids); after an answer, follow-up ids (ChatPrompt::followup_ids).
   Result<Answer> ask_ids(const std::vector<int64_t>& ids, const TokenCallback& on_token = {});
 
-  int chunks() const { return static_cast<int>(layout_.chunks().size()); }
-  int64_t kv_length() const { return ledger_.length(); }
-  const KvLedger& ledger() const { return ledger_; }
+  int chunks() const { return static_cast<int>(layout_.chunks().size()); }   // every turn's
+  int64_t kv_length() const { return window_.length(); }
+  const KvWindow& window() const { return window_; }
   const ChunkBudget& budget() const { return budget_; }
   const StreamingLayout& layout() const { return layout_; }
   int64_t waiting_frames() const { return static_cast<int64_t>(frames_.size()); }
@@ -107,10 +119,26 @@ class Session {
 
  private:
   Session(std::shared_ptr<const ExportFolder> folder, Backend& backend, SessionOptions options,
-          StreamingLayout layout, ChunkBudget budget);
-  Status reserve(int64_t n, const std::string& what) const;
-  Status step(const std::vector<int64_t>* ids, const std::vector<float>* embeds, const Positions& positions,
-              std::vector<float>& logits);
+          StreamingLayout layout, ChunkBudget budget, KvWindow window);
+  // An append planned on a copy of the window: the spans to drop and the re-basing delta.
+  struct Plan {
+    KvWindow window;
+    std::vector<KvDrop> drops;
+    int64_t delta = 0;
+  };
+  Result<Plan> plan(const Positions& positions, SegmentKind kind, const std::string& what) const;
+  // Room for n tokens of `kind` (no position check): refused before the encoders run.
+  Status check_room(int64_t n, SegmentKind kind, const std::string& what) const;
+  // Runs a plan on the backend: drops, rotation, then the decoder on `positions` minus the base.
+  Status run(Plan plan, SegmentKind kind, const std::vector<float>& embeds, const Positions& positions,
+             std::vector<float>* logits);
+  Result<std::vector<float>> embed(const std::vector<int64_t>& ids) const;
+  // Append text ids at their (absolute) positions, planned before the layout advances by `advance`.
+  Status append_text(const std::vector<int64_t>& ids, const Positions& positions, SegmentKind kind,
+                     const std::string& what, const std::function<Status()>& advance, std::vector<float>* logits);
+  Status begin_media();
+  Status open_turn();
+  Status run_chunk(const std::vector<float>& pixel_values, const std::vector<float>& mel);
   Status run_ready_chunks(bool finishing = false);
   Status guard() const;
 
@@ -119,10 +147,13 @@ class Session {
   SessionOptions options_;
   StreamingLayout layout_;
   ChunkBudget budget_;
-  KvLedger ledger_;
-  StreamingLogMel mel_;
+  KvWindow window_;
+  std::vector<double> inv_freq_;               // RoPE inverse frequencies for rotate_kv
+  StreamingLogMel mel_;                        // this turn's audio
   std::vector<std::vector<uint8_t>> frames_;   // frames waiting for a whole chunk
-  bool finished_ = false;
+  int turn_start_ = 0;                         // chunks before this turn's first
+  int questions_ = 0;
+  bool finished_ = false;                      // the turn's media ended (finish() or a question)
   bool broken_ = false;
 };
 

@@ -1,9 +1,10 @@
 // A deterministic stand-in backend: no model, the pipeline's bookkeeping only.
 //
 // Encoders return zeros of the manifest's shapes; the compressor keeps the first K tokens of a
-// chunk (positions = the chunk's first K positions); the decoder records every call and returns
-// logits whose argmax is script[k % script.size()], k counting the calls since the last prefill
-// (a call of more than one token, which gives k = 0): so every answer starts at script[0].
+// chunk (positions = the chunk's first K positions); the decoder returns, when logits are asked
+// for, logits whose argmax is script[k % script.size()], k counting the decoder calls since the
+// last prefill (a call of more than one token, which gives k = 0): so every answer starts at
+// script[0]. Every decoder call, drop_kv and rotate_kv is recorded in order (calls()).
 // Golden files record the same rule run through Python's runtime, so the two pipelines' decoder
 // calls can be compared.
 // Also what the example app runs when TensorRT is not built.
@@ -17,10 +18,17 @@
 
 namespace omnisift {
 
-struct DecoderCall {
-  int64_t n = 0;              // tokens appended
-  int64_t past_length = 0;    // KV length before the call
-  Positions positions;
+// One backend call on the KV cache, as golden/schedule.json records Python's.
+struct BackendCall {
+  enum class Kind { kDecode, kDrop, kRotate };
+  Kind kind = Kind::kDecode;
+  int64_t n = 0;              // decode: tokens appended
+  int64_t past_length = 0;    // decode: KV length before the call
+  Positions positions;        // decode: as fed (minus the re-basing base)
+  bool logits = false;        // decode: whether logits were asked for
+  int64_t start = 0, stop = 0;   // drop: rows [start, stop)
+  int64_t delta = 0;             // rotate
+  std::vector<double> inv_freq;  // rotate
 };
 
 class StubBackend : public Backend {
@@ -37,7 +45,7 @@ class StubBackend : public Backend {
   Status reset() override;
   int64_t kv_length() const override { return kv_length_; }
 
-  const std::vector<DecoderCall>& calls() const { return calls_; }
+  const std::vector<BackendCall>& calls() const { return calls_; }
 
  private:
   Dims dims_;
@@ -45,7 +53,7 @@ class StubBackend : public Backend {
   std::vector<int64_t> script_;
   int64_t kv_length_ = 0;
   int64_t since_prefill_ = 0;
-  std::vector<DecoderCall> calls_;
+  std::vector<BackendCall> calls_;
 };
 
 }  // namespace omnisift
