@@ -174,6 +174,10 @@ class TrtBackend : public Backend {
   int current_profile_ = 0;
   std::map<std::string, std::unique_ptr<DeviceBuffer>> io_;   // per tensor name, static engines
   DeviceBuffer embeds_, positions_, mask_, logits_, write_index_, logits_index_;
+  // write_index / logits_index: fed from device memory, or from here where the engine wants them on
+  // the host (TensorLocation kHOST: TensorRT reads them when enqueueV3 is called)
+  int64_t write_index_host_[1] = {0}, logits_index_host_[1] = {0};
+  bool indices_on_host_[2] = {false, false};
   DeviceKv kv_;
   std::vector<uint16_t> half_staging_;
 };
@@ -298,16 +302,17 @@ Status TrtBackend::decode_scatter(const std::vector<float>& embeds, const Positi
   int64_t start = 0;
   for (const trt::ScatterPiece& piece : pieces) {
     const int64_t take = piece.tokens;
-    const int64_t where[1] = {kv_.length()};
-    const int64_t last[1] = {take - 1};   // the piece's last row; no row at all when logits_rows is 0
+    write_index_host_[0] = kv_.length();   // the new rows go after the cached ones
+    logits_index_host_[0] = take - 1;      // the piece's last row; no row at all when logits_rows is 0
     OMNISIFT_RETURN_IF_ERROR(use_profile(piece.profile));
     OMNISIFT_RETURN_IF_ERROR(feed_tokens(embeds, positions, start, take));
-    OMNISIFT_RETURN_IF_ERROR(upload_ints(where, 1, write_index_.ptr));
-    if (piece.logits_rows > 0) OMNISIFT_RETURN_IF_ERROR(upload_ints(last, 1, logits_index_.ptr));
+    if (!indices_on_host_[0]) OMNISIFT_RETURN_IF_ERROR(upload_ints(write_index_host_, 1, write_index_.ptr));
+    if (!indices_on_host_[1] && piece.logits_rows > 0)
+      OMNISIFT_RETURN_IF_ERROR(upload_ints(logits_index_host_, 1, logits_index_.ptr));
     OMNISIFT_RETURN_IF_ERROR(e.set_shape(in[2], {1}));
     OMNISIFT_RETURN_IF_ERROR(e.set_shape(in[3], {piece.logits_rows}));
-    OMNISIFT_RETURN_IF_ERROR(e.bind(in[2], write_index_.ptr));
-    OMNISIFT_RETURN_IF_ERROR(e.bind(in[3], logits_index_.ptr));
+    OMNISIFT_RETURN_IF_ERROR(e.bind(in[2], indices_on_host_[0] ? static_cast<void*>(write_index_host_) : write_index_.ptr));
+    OMNISIFT_RETURN_IF_ERROR(e.bind(in[3], indices_on_host_[1] ? static_cast<void*>(logits_index_host_) : logits_index_.ptr));
     for (size_t i = 0; i + 4 < in.size(); ++i) {   // past i and present i: one buffer, written in place
       OMNISIFT_RETURN_IF_ERROR(e.set_shape(in[4 + i], {1, dims_.kv_heads, cache_rows_, dims_.head_dim}));
       OMNISIFT_RETURN_IF_ERROR(e.bind(in[4 + i], kv_.past(i)));
@@ -315,7 +320,7 @@ Status TrtBackend::decode_scatter(const std::vector<float>& embeds, const Positi
     }
     OMNISIFT_RETURN_IF_ERROR(e.bind(outs[0], logits_.ptr));
     if (!e.context->enqueueV3(stream_)) return BackendError("TensorRT failed to run the decoder");
-    OMNISIFT_RETURN_IF_ERROR(cuda(cudaStreamSynchronize(stream_), "decoder"));   // `where` and `last` are on the stack
+    OMNISIFT_RETURN_IF_ERROR(cuda(cudaStreamSynchronize(stream_), "decoder"));
     kv_.commit(take);
     start += take;
   }
@@ -359,6 +364,8 @@ Status TrtBackend::check_in_place(const EngineBuild& build) {
   const nvinfer1::ICudaEngine& engine = *decoder_->engine;
   const auto& in = decoder_->graph->inputs;
   const auto& outs = decoder_->graph->outputs;
+  for (int k = 0; k < 2; ++k)   // write_index, logits_index
+    indices_on_host_[k] = engine.getTensorLocation(in[2 + k].name.c_str()) == nvinfer1::TensorLocation::kHOST;
   for (size_t i = 0; i + 4 < in.size(); ++i) {
     const char* aliased = engine.getAliasedInputTensor(outs[1 + i].name.c_str());
     if (aliased == nullptr || in[4 + i].name != aliased)

@@ -41,6 +41,7 @@ using AsciiChar = char;
 enum class DataType : int32_t { kFLOAT = 0, kHALF = 1, kINT8 = 2, kINT32 = 3, kBOOL = 4, kUINT8 = 5, kFP8 = 6, kBF16 = 7, kINT64 = 8 };
 enum class TensorIOMode : int32_t { kNONE = 0, kINPUT = 1, kOUTPUT = 2 };
 enum class OptProfileSelector : int32_t { kMIN = 0, kOPT = 1, kMAX = 2 };
+enum class TensorLocation : int32_t { kDEVICE = 0, kHOST = 1 };
 enum class ExecutionContextAllocationStrategy : int32_t { kSTATIC = 0, kON_PROFILE_CHANGE = 1, kUSER_MANAGED = 2 };
 
 class Dims64 {
@@ -76,6 +77,7 @@ class ICudaEngine {
   TensorIOMode getTensorIOMode(char const* tensorName) const noexcept;
   DataType getTensorDataType(char const* tensorName) const noexcept;
   Dims getTensorShape(char const* tensorName) const noexcept;
+  TensorLocation getTensorLocation(char const* tensorName) const noexcept;
   int32_t getNbOptimizationProfiles() const noexcept;
   Dims getProfileShape(char const* tensorName, int32_t profileIndex, OptProfileSelector select) const noexcept;
 #if OMNISIFT_STANDIN_ALIASING
