@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Configure, build and test the TensorRT-free C++ parts (cpp/): library, example app, ctest.
+# Configure, build and test the TensorRT-free C++ parts (cpp/): library, example app, ctest (which
+# also compiles the TensorRT backend against a stand-in TensorRT header: cmake/trt_compile_check.cmake).
 #
 #   bash cpp/ci.sh            # from anywhere; exits non-zero on any failure
 #
@@ -33,6 +34,15 @@ mkdir -p "$build"
 if command -v flock >/dev/null 2>&1; then   # one build at a time in a shared build folder
   exec 9>"$build/.ci.lock"
   flock 9
+fi
+# ctest's trt_compile_* checks compile the TensorRT backend against a stand-in NvInfer.h and CUDA's
+# real cuda_runtime_api.h; without a CUDA toolkit, CUDA's headers come from pip (nvidia-cuda-runtime
+# and nvidia-cuda-crt, about 3 MB) into the build folder. No pip: the checks are reported as skipped.
+if ! ls /usr/local/cuda*/include/cuda_runtime_api.h >/dev/null 2>&1 && [ ! -d "$build/pip-cuda/nvidia" ] &&
+   [ "${OMNISIFT_CPP_NO_PIP:-0}" != 1 ]; then
+  python3 -m pip install -q --disable-pip-version-check --no-deps --target "$build/pip-cuda" \
+    nvidia-cuda-runtime nvidia-cuda-crt >/dev/null 2>&1 ||
+    echo "cpp/ci.sh: could not pip install CUDA's runtime headers; the TensorRT compile checks will be skipped" >&2
 fi
 cmake -S "$here" -B "$build" -DCMAKE_BUILD_TYPE=Release
 cmake --build "$build" -j"$(nproc)"

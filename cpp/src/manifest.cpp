@@ -48,9 +48,10 @@ Result<RatioPlan> Manifest::ratio_plan(double ratio) const {
 }
 
 Result<const GraphInfo*> Manifest::graph(const std::string& key) const {
-  auto it = graphs.find(key);
-  if (it == graphs.end()) return NotFound("manifest.json has no graph '" + key + "'; export again");
-  return &it->second;
+  if (auto it = graphs.find(key); it != graphs.end()) return &it->second;
+  for (const auto& [form_key, form] : kv_cache)
+    if (form.graph == key && !form.entry.key.empty()) return &form.entry;
+  return NotFound("manifest.json has no graph '" + key + "'; export again");
 }
 
 Result<std::string> read_file(const std::string& path) {
@@ -156,6 +157,11 @@ EngineBuild parse_build(const std::string& target, const json& b) {
   EngineBuild build;
   build.target = target;
   build.tensorrt = get_string(b, "tensorrt", path);
+  if (auto f = b.find("flavour"); f != b.end() && !f->is_null()) {
+    build.flavour = get_string(b, "flavour", path);
+    if (build.flavour != "tensorrt" && build.flavour != "tensorrt_rtx")
+      throw FieldError(path + ".flavour is '" + build.flavour + "', expected tensorrt or tensorrt_rtx");
+  }
   const json& cc = detail::field(b, "compute_capability", path);
   build.compute_capability = cc.is_string() ? cc.get<std::string>() : cc.dump();
   build.precision = get_string(b, "precision", path);
@@ -184,6 +190,48 @@ EngineBuild parse_build(const std::string& target, const json& b) {
     build.engines[it.key()] = e;
   }
   return build;
+}
+
+bool has_tensorrt_runtime(const KvCacheForm& f) {
+  for (const std::string& r : f.runtimes)
+    if (r.rfind("tensorrt", 0) == 0) return true;   // "tensorrt>=10.15", "tensorrt_rtx"
+  return false;
+}
+
+// kv_cache.decoder_scatter (the TensorRT in-place form), when declared: its kind, its write_index
+// input and, where its tensors are listed, the decoder's inputs in order: embeds, positions,
+// write_index, logits_index, then a key/value cache pair per layer; outputs logits + a pair per layer.
+void check_scatter_form(const Manifest& m) {
+  auto it = m.kv_cache.find("decoder_scatter");
+  if (it == m.kv_cache.end()) return;
+  const KvCacheForm& f = it->second;
+  const std::string path = "kv_cache.decoder_scatter";
+  if (f.graph != "decoder_scatter" || f.kind != "in_place_scatter" || !has_tensorrt_runtime(f))
+    throw FieldError(path + " is not the in_place_scatter form for tensorrt (graph decoder_scatter)");
+  if (f.cache_axes.size() != 4) throw FieldError(path + ".cache_axes is not [batch, kv_heads, cache_length, head_dim]");
+  if (f.write_index.empty()) throw FieldError(path + " names no write_index input");
+  auto g = m.graph("decoder_scatter");
+  if (!g.ok()) return;   // declared without its tensors: only a build that holds its engine needs them
+  const GraphInfo& graph = **g;
+  const size_t pairs = 2 * static_cast<size_t>(m.dims.num_layers);
+  if (graph.inputs.size() != 4 + pairs || graph.outputs.size() != 1 + pairs)
+    throw FieldError("graphs.decoder_scatter does not have 4 + 2*num_layers inputs and 1 + 2*num_layers outputs");
+  if (graph.inputs[2].name != f.write_index)
+    throw FieldError("graphs.decoder_scatter's third input is " + graph.inputs[2].name + ", not " + path +
+                     ".write_index (" + f.write_index + ")");
+  for (size_t i = 0; i < pairs; ++i)
+    if (graph.inputs[4 + i].shape.size() != 4 || graph.outputs[1 + i].shape.size() != 4)
+      throw FieldError("graphs.decoder_scatter has a KV-cache tensor that is not [batch, kv_heads, cache_length, head_dim]");
+}
+
+// A build holds one decoder engine: decoder_scatter (TensorRT >= 10.15, TensorRT-RTX) or decoder.
+void check_build_decoder(const Manifest& m, const EngineBuild& b) {
+  const std::string path = "builds." + b.target + ".engines";
+  if (!b.engines.count("decoder_scatter")) return;
+  if (b.engines.count("decoder"))
+    throw FieldError(path + " holds both decoder and decoder_scatter; a build holds one of them");
+  if (!m.kv_cache.count("decoder_scatter") || !m.graph("decoder_scatter").ok())
+    throw FieldError(path + ".decoder_scatter has no kv_cache.decoder_scatter record with its tensors");
 }
 
 // Entries that must agree with each other; a mismatch means a hand-edited or foreign manifest.
@@ -235,6 +283,8 @@ void check_consistency(const Manifest& m) {
         std::find(it->second.runtimes.begin(), it->second.runtimes.end(), "tensorrt") == it->second.runtimes.end())
       throw FieldError("kv_cache.decoder is not the past_present form for tensorrt that this library runs");
   }
+  check_scatter_form(m);
+  for (const auto& [target, build] : m.builds) check_build_decoder(m, build);
   if (m.embeddings_shape.size() != 2 || m.embeddings_shape[0] != d.vocab || m.embeddings_shape[1] != d.hidden)
     throw FieldError("text_embeddings.shape is not [dims.vocab, dims.hidden]");
 }
@@ -287,6 +337,9 @@ Manifest parse_manifest_fields(const json& j) {
       f.kind = get_string(it.value(), "kind", path);
       for (const json& r : get_array(it.value(), "runtimes", path)) f.runtimes.push_back(r.get<std::string>());
       for (const json& a : get_array(it.value(), "cache_axes", path)) f.cache_axes.push_back(a.get<std::string>());
+      if (it.value().contains("file")) f.file = get_string(it.value(), "file", path);
+      if (it.value().contains("write_index")) f.write_index = get_string(it.value(), "write_index", path);
+      if (auto e = it.value().find("entry"); e != it.value().end() && !e->is_null()) f.entry = parse_graph(f.graph, *e);
       m.kv_cache[it.key()] = f;
     }
   }

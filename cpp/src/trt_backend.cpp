@@ -1,4 +1,6 @@
-// TensorRT 10 backend (see trt_backend.h). Compiled only where TensorRT and CUDA are found.
+// TensorRT 10 / 11 and TensorRT-RTX backend (see trt_backend.h). Compiled only where TensorRT
+// (or TensorRT-RTX) and the CUDA runtime are found; ctest compiles it against a stand-in header
+// (tests/trt_standin) so that it is checked where neither exists (docs/cpp.md).
 #include "omnisift/trt_backend.h"
 
 #include <NvInfer.h>
@@ -11,6 +13,22 @@
 
 #include "omnisift/embeddings.h"
 #include "omnisift/plan.h"
+#include "trt_kv.h"
+#include "trt_rules.h"
+
+// TensorRT-RTX's NvInferVersion.h defines TRT_MAJOR_RTX. Aliased outputs (an output that is its
+// input's memory: ICudaEngine::getAliasedInputTensor, what KVCacheUpdate needs) came with TensorRT
+// 10.15 and are in TensorRT-RTX; a library built against TensorRT 10.3 (JetPack 6) runs `decoder` only.
+#if defined(TRT_MAJOR_RTX)
+#define OMNISIFT_TRT_RTX 1
+#define OMNISIFT_TRT_ALIASING 1
+#elif NV_TENSORRT_MAJOR > 10 || (NV_TENSORRT_MAJOR == 10 && NV_TENSORRT_MINOR >= 15)
+#define OMNISIFT_TRT_RTX 0
+#define OMNISIFT_TRT_ALIASING 1
+#else
+#define OMNISIFT_TRT_RTX 0
+#define OMNISIFT_TRT_ALIASING 0
+#endif
 
 namespace omnisift {
 
@@ -18,17 +36,15 @@ namespace {
 
 namespace fs = std::filesystem;
 using nvinfer1::DataType;
+using trt::cuda;
+using trt::DeviceBuffer;
+using trt::DeviceKv;
 
 class Logger : public nvinfer1::ILogger {
   void log(Severity severity, const char* msg) noexcept override {
     if (severity <= Severity::kWARNING) std::cerr << "[TensorRT] " << msg << "\n";
   }
 };
-
-Status cuda(cudaError_t err, const char* what) {
-  if (err == cudaSuccess) return Status::Ok();
-  return BackendError(std::string(what) + ": " + cudaGetErrorString(err));
-}
 
 size_t dtype_bytes(DataType t) {
   switch (t) {
@@ -38,24 +54,6 @@ size_t dtype_bytes(DataType t) {
     default: return 1;
   }
 }
-
-struct DeviceBuffer {
-  void* ptr = nullptr;
-  size_t bytes = 0;
-  DeviceBuffer() = default;
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  ~DeviceBuffer() { if (ptr) cudaFree(ptr); }
-  Status allocate(size_t n) {
-    if (n <= bytes) return Status::Ok();
-    if (ptr) cudaFree(ptr);
-    ptr = nullptr;
-    bytes = 0;
-    OMNISIFT_RETURN_IF_ERROR(cuda(cudaMalloc(&ptr, n), "cudaMalloc"));
-    bytes = n;
-    return Status::Ok();
-  }
-};
 
 // One deserialized engine, its execution context and the manifest's view of its tensors.
 struct Engine {
@@ -130,12 +128,13 @@ class TrtBackend : public Backend {
   Status compress(const std::vector<float>& video, const std::vector<float>& audio, const Positions& chunk_positions,
                   CompressorOutput& out) override;
   Status decode(const std::vector<float>& embeds, const Positions& positions, std::vector<float>* logits) override;
-  Status drop_kv(int64_t start, int64_t stop) override;
-  Status rotate_kv(int64_t delta, const std::vector<double>& inv_freq) override;
-  Status reset() override { kv_length_ = 0; return Status::Ok(); }
-  int64_t kv_length() const override { return kv_length_; }
+  Status drop_kv(int64_t start, int64_t stop) override { return kv_.drop(start, stop); }
+  Status rotate_kv(int64_t delta, const std::vector<double>& inv_freq) override { return kv_.rotate(delta, inv_freq); }
+  Status reset() override { kv_.reset(); return Status::Ok(); }
+  int64_t kv_length() const override { return kv_.length(); }
   Status check_append(int64_t past, int64_t n) const override {
     if (past + n > capacity_) return ContextFull("the engines hold " + std::to_string(capacity_) + " tokens of context");
+    if (scatter_) return scatter_->plan(n, true).status();
     return profiles_->plan(past, n).status();
   }
   int64_t max_context() const override { return capacity_; }
@@ -154,22 +153,33 @@ class TrtBackend : public Backend {
   // One run of a fixed-shape engine: float inputs in order (int64 ones from `ints`), output 0 as float.
   Status run_static(Engine& e, std::vector<const std::vector<float>*> floats, std::vector<const std::vector<int64_t>*> ints,
                     std::vector<float>& out0, std::vector<std::vector<int64_t>>* int_outputs = nullptr);
+  Status use_profile(int profile);
+  // The first `take` tokens from `start`: embeds and positions [3, 1, take] uploaded, both bound.
+  Status feed_tokens(const std::vector<float>& embeds, const Positions& positions, int64_t start, int64_t take);
+  Status decode_scatter(const std::vector<float>& embeds, const Positions& positions, std::vector<float>* logits);
+  Status decode_past_present(const std::vector<float>& embeds, const Positions& positions, std::vector<float>* logits);
+  Status init_decoder(const EngineBuild& build);
+  Status check_in_place(const EngineBuild& build);
 
   Manifest manifest_;   // the engines' graph entries point into it
   Logger logger_;
   std::unique_ptr<nvinfer1::IRuntime> runtime_;
   std::unique_ptr<Engine> vision_, audio_, compressor_, decoder_;
-  std::optional<DecoderProfiles> profiles_;
+  std::optional<DecoderProfiles> profiles_;        // decoder (past/present)
+  std::optional<trt::ScatterProfiles> scatter_;    // decoder_scatter (in place)
   cudaStream_t stream_ = nullptr;
   Dims dims_;
-  int64_t capacity_ = 0, kv_length_ = 0;
+  int64_t capacity_ = 0;      // usable context: min(manifest, build)
+  int64_t cache_rows_ = 0;    // decoder_scatter: the engine's static cache_length (the build's max_context)
   int current_profile_ = 0;
   std::map<std::string, std::unique_ptr<DeviceBuffer>> io_;   // per tensor name, static engines
-  DeviceBuffer embeds_, positions_, mask_, logits_;
-  std::vector<std::unique_ptr<DeviceBuffer>> kv_[2];        // [set][layer*2 + key/value]
-  int past_set_ = 0;
+  DeviceBuffer embeds_, positions_, mask_, logits_, write_index_, logits_index_;
+  // write_index / logits_index: fed from device memory, or from here where the engine wants them on
+  // the host (TensorLocation kHOST: TensorRT reads them when enqueueV3 is called)
+  int64_t write_index_host_[1] = {0}, logits_index_host_[1] = {0};
+  bool indices_on_host_[2] = {false, false};
+  DeviceKv kv_;
   std::vector<uint16_t> half_staging_;
-  std::vector<char> host_staging_;
 };
 
 Status TrtBackend::upload(const float* data, size_t n, DataType type, void* dst) {
@@ -250,57 +260,172 @@ Status TrtBackend::compress(const std::vector<float>& video, const std::vector<f
   return Status::Ok();
 }
 
+Status TrtBackend::use_profile(int profile) {
+  if (profile == current_profile_) return Status::Ok();
+  if (!decoder_->context->setOptimizationProfileAsync(profile, stream_))
+    return BackendError("TensorRT refused to switch the decoder to profile " + std::to_string(profile));
+  current_profile_ = profile;
+  return Status::Ok();
+}
+
+Status TrtBackend::feed_tokens(const std::vector<float>& embeds, const Positions& positions, int64_t start, int64_t take) {
+  Engine& e = *decoder_;
+  const auto& in = e.graph->inputs;
+  const int64_t d = dims_.hidden;
+  std::vector<int64_t> piece_positions;   // [3, 1, take]
+  for (int row = 0; row < 3; ++row)
+    for (int64_t i = start; i < start + take; ++i) piece_positions.push_back(positions.at(row, i));
+  OMNISIFT_RETURN_IF_ERROR(upload(embeds.data() + start * d, static_cast<size_t>(take * d), e.types.at(in[0].name), embeds_.ptr));
+  OMNISIFT_RETURN_IF_ERROR(upload_ints(piece_positions.data(), piece_positions.size(), positions_.ptr));
+  OMNISIFT_RETURN_IF_ERROR(cuda(cudaStreamSynchronize(stream_), "decoder inputs"));   // piece_positions goes out of scope
+  OMNISIFT_RETURN_IF_ERROR(e.set_shape(in[0], {1, take, d}));
+  OMNISIFT_RETURN_IF_ERROR(e.set_shape(in[1], {3, 1, take}));
+  OMNISIFT_RETURN_IF_ERROR(e.bind(in[0], embeds_.ptr));
+  return e.bind(in[1], positions_.ptr);
+}
+
 Status TrtBackend::decode(const std::vector<float>& embeds, const Positions& positions, std::vector<float>* logits) {
-  const int64_t n = positions.n, d = dims_.hidden;
-  if (n <= 0 || static_cast<int64_t>(embeds.size()) != n * d) return InvalidArgument("decoder embeds are not [n, hidden]");
-  OMNISIFT_RETURN_IF_ERROR(check_append(kv_length_, n));
-  OMNISIFT_ASSIGN_OR_RETURN(std::vector<DecoderProfiles::Piece> pieces, profiles_->plan(kv_length_, n));
+  const int64_t n = positions.n;
+  if (n <= 0 || static_cast<int64_t>(embeds.size()) != n * dims_.hidden) return InvalidArgument("decoder embeds are not [n, hidden]");
+  OMNISIFT_RETURN_IF_ERROR(check_append(kv_.length(), n));
+  if (scatter_) return decode_scatter(embeds, positions, logits);
+  return decode_past_present(embeds, positions, logits);
+}
+
+// decoder_scatter: inputs embeds, positions, write_index [1], logits_index [L], then the caches
+// [1, kv, cache_rows, hd], each bound to the same buffer as its aliased present output.
+Status TrtBackend::decode_scatter(const std::vector<float>& embeds, const Positions& positions, std::vector<float>* logits) {
+  OMNISIFT_ASSIGN_OR_RETURN(std::vector<trt::ScatterPiece> pieces, scatter_->plan(positions.n, logits != nullptr));
   Engine& e = *decoder_;
   const auto& in = e.graph->inputs;
   const auto& outs = e.graph->outputs;
-  const size_t n_kv = in.size() - 3;
-  std::vector<int64_t> piece_positions;
   int64_t start = 0;
-  for (const DecoderProfiles::Piece& piece : pieces) {   // a step no profile takes whole is fed in pieces
-    const int64_t take = piece.tokens, past = kv_length_;
-    if (piece.profile != current_profile_) {
-      if (!e.context->setOptimizationProfileAsync(piece.profile, stream_))
-        return BackendError("TensorRT refused to switch the decoder to profile " + std::to_string(piece.profile));
-      current_profile_ = piece.profile;
-    }
-    piece_positions.clear();
-    for (int row = 0; row < 3; ++row)
-      for (int64_t i = start; i < start + take; ++i) piece_positions.push_back(positions.at(row, i));
-    OMNISIFT_RETURN_IF_ERROR(upload(embeds.data() + start * d, static_cast<size_t>(take * d), e.types.at(in[0].name), embeds_.ptr));
-    OMNISIFT_RETURN_IF_ERROR(upload_ints(piece_positions.data(), piece_positions.size(), positions_.ptr));
-    OMNISIFT_RETURN_IF_ERROR(e.set_shape(in[0], {1, take, d}));
-    OMNISIFT_RETURN_IF_ERROR(e.set_shape(in[1], {3, 1, take}));
-    OMNISIFT_RETURN_IF_ERROR(e.set_shape(in[2], {1, past + take}));
-    OMNISIFT_RETURN_IF_ERROR(e.bind(in[0], embeds_.ptr));
-    OMNISIFT_RETURN_IF_ERROR(e.bind(in[1], positions_.ptr));
-    OMNISIFT_RETURN_IF_ERROR(e.bind(in[2], mask_.ptr));
-    for (size_t i = 0; i < n_kv; ++i) {   // past i -> present i: the same [1, kv, P, hd] memory layout
-      OMNISIFT_RETURN_IF_ERROR(e.set_shape(in[3 + i], {1, dims_.kv_heads, past, dims_.head_dim}));
-      OMNISIFT_RETURN_IF_ERROR(e.bind(in[3 + i], kv_[past_set_][i]->ptr));
-      OMNISIFT_RETURN_IF_ERROR(e.bind(outs[1 + i], kv_[1 - past_set_][i]->ptr));
+  for (const trt::ScatterPiece& piece : pieces) {
+    const int64_t take = piece.tokens;
+    write_index_host_[0] = kv_.length();   // the new rows go after the cached ones
+    logits_index_host_[0] = take - 1;      // the piece's last row; no row at all when logits_rows is 0
+    OMNISIFT_RETURN_IF_ERROR(use_profile(piece.profile));
+    OMNISIFT_RETURN_IF_ERROR(feed_tokens(embeds, positions, start, take));
+    if (!indices_on_host_[0]) OMNISIFT_RETURN_IF_ERROR(upload_ints(write_index_host_, 1, write_index_.ptr));
+    if (!indices_on_host_[1] && piece.logits_rows > 0)
+      OMNISIFT_RETURN_IF_ERROR(upload_ints(logits_index_host_, 1, logits_index_.ptr));
+    OMNISIFT_RETURN_IF_ERROR(e.set_shape(in[2], {1}));
+    OMNISIFT_RETURN_IF_ERROR(e.set_shape(in[3], {piece.logits_rows}));
+    OMNISIFT_RETURN_IF_ERROR(e.bind(in[2], indices_on_host_[0] ? static_cast<void*>(write_index_host_) : write_index_.ptr));
+    OMNISIFT_RETURN_IF_ERROR(e.bind(in[3], indices_on_host_[1] ? static_cast<void*>(logits_index_host_) : logits_index_.ptr));
+    for (size_t i = 0; i + 4 < in.size(); ++i) {   // past i and present i: one buffer, written in place
+      OMNISIFT_RETURN_IF_ERROR(e.set_shape(in[4 + i], {1, dims_.kv_heads, cache_rows_, dims_.head_dim}));
+      OMNISIFT_RETURN_IF_ERROR(e.bind(in[4 + i], kv_.past(i)));
+      OMNISIFT_RETURN_IF_ERROR(e.bind(outs[1 + i], kv_.present(i)));
     }
     OMNISIFT_RETURN_IF_ERROR(e.bind(outs[0], logits_.ptr));
     if (!e.context->enqueueV3(stream_)) return BackendError("TensorRT failed to run the decoder");
-    OMNISIFT_RETURN_IF_ERROR(cuda(cudaStreamSynchronize(stream_), "decoder"));   // piece_positions is reused
-    past_set_ = 1 - past_set_;
-    kv_length_ += take;
+    OMNISIFT_RETURN_IF_ERROR(cuda(cudaStreamSynchronize(stream_), "decoder"));
+    kv_.commit(take);
+    start += take;
+  }
+  if (logits == nullptr) return Status::Ok();
+  return download(logits_.ptr, static_cast<size_t>(dims_.vocab), e.types.at(outs[0].name), *logits);   // [1, 1, V]
+}
+
+// decoder: past [1, kv, P, hd] in one buffer set, present [1, kv, P + n, hd] written into the other.
+Status TrtBackend::decode_past_present(const std::vector<float>& embeds, const Positions& positions,
+                                       std::vector<float>* logits) {
+  OMNISIFT_ASSIGN_OR_RETURN(std::vector<DecoderProfiles::Piece> pieces, profiles_->plan(kv_.length(), positions.n));
+  Engine& e = *decoder_;
+  const auto& in = e.graph->inputs;
+  const auto& outs = e.graph->outputs;
+  int64_t start = 0;
+  for (const DecoderProfiles::Piece& piece : pieces) {   // a step no profile takes whole is fed in pieces
+    const int64_t take = piece.tokens, past = kv_.length();
+    OMNISIFT_RETURN_IF_ERROR(use_profile(piece.profile));
+    OMNISIFT_RETURN_IF_ERROR(feed_tokens(embeds, positions, start, take));
+    OMNISIFT_RETURN_IF_ERROR(e.set_shape(in[2], {1, past + take}));
+    OMNISIFT_RETURN_IF_ERROR(e.bind(in[2], mask_.ptr));
+    for (size_t i = 0; i + 3 < in.size(); ++i) {
+      OMNISIFT_RETURN_IF_ERROR(e.set_shape(in[3 + i], {1, dims_.kv_heads, past, dims_.head_dim}));
+      OMNISIFT_RETURN_IF_ERROR(e.bind(in[3 + i], kv_.past(i)));
+      OMNISIFT_RETURN_IF_ERROR(e.bind(outs[1 + i], kv_.present(i)));
+    }
+    OMNISIFT_RETURN_IF_ERROR(e.bind(outs[0], logits_.ptr));
+    if (!e.context->enqueueV3(stream_)) return BackendError("TensorRT failed to run the decoder");
+    OMNISIFT_RETURN_IF_ERROR(cuda(cudaStreamSynchronize(stream_), "decoder"));
+    kv_.commit(take);   // the sets swap: this present is the next past
     start += take;
   }
   if (logits == nullptr) return Status::Ok();
   return download(logits_.ptr, static_cast<size_t>(dims_.vocab), e.types.at(outs[0].name), *logits);   // the last piece's
 }
 
-Status TrtBackend::drop_kv(int64_t, int64_t) {
-  return Unsupported("the TensorRT backend cannot evict cached rows yet");
+// decoder_scatter's engine must write every present into its past (the same memory) and hold a
+// static cache of the build's max_context rows; a library without aliasing cannot run it.
+Status TrtBackend::check_in_place(const EngineBuild& build) {
+#if OMNISIFT_TRT_ALIASING
+  const nvinfer1::ICudaEngine& engine = *decoder_->engine;
+  const auto& in = decoder_->graph->inputs;
+  const auto& outs = decoder_->graph->outputs;
+  for (int k = 0; k < 2; ++k)   // write_index, logits_index
+    indices_on_host_[k] = engine.getTensorLocation(in[2 + k].name.c_str()) == nvinfer1::TensorLocation::kHOST;
+  for (size_t i = 0; i + 4 < in.size(); ++i) {
+    const char* aliased = engine.getAliasedInputTensor(outs[1 + i].name.c_str());
+    if (aliased == nullptr || in[4 + i].name != aliased)
+      return Unsupported("the " + build.target + " decoder_scatter engine does not write " + outs[1 + i].name +
+                         " in place of " + in[4 + i].name + " (TensorRT aliases it to " +
+                         (aliased ? aliased : std::string("no input")) + "); build the engines again with omnisift-edge build");
+    const nvinfer1::Dims shape = engine.getTensorShape(in[4 + i].name.c_str());
+    bool fixed = shape.nbDims == 4 && shape.d[2] == cache_rows_;
+    if (shape.nbDims == 4 && shape.d[2] < 0) {   // dynamic in the ONNX graph: every profile pins it
+      fixed = true;
+      for (int p = 0; p < engine.getNbOptimizationProfiles(); ++p)
+        for (auto select : {nvinfer1::OptProfileSelector::kMIN, nvinfer1::OptProfileSelector::kMAX})
+          fixed = fixed && engine.getProfileShape(in[4 + i].name.c_str(), p, select).d[2] == cache_rows_;
+    }
+    if (!fixed)
+      return DataLoss("the " + build.target + " decoder_scatter engine's " + in[4 + i].name + " does not hold the build's " +
+                      std::to_string(cache_rows_) + " cache rows; build the engines again");
+  }
+  return Status::Ok();
+#else
+  return Unsupported("the " + build.target + " engines keep the KV cache in place (decoder_scatter), which needs TensorRT "
+                     ">= 10.15 or TensorRT-RTX; this omnisift library was compiled against TensorRT " +
+                     std::to_string(NV_TENSORRT_MAJOR) + "." + std::to_string(NV_TENSORRT_MINOR) +
+                     ": build the engines with this TensorRT (they then hold decoder)");
+#endif
 }
 
-Status TrtBackend::rotate_kv(int64_t, const std::vector<double>&) {
-  return Unsupported("the TensorRT backend cannot re-base cached keys yet");
+Status TrtBackend::init_decoder(const EngineBuild& build) {
+  const Engine& dec = *decoder_;
+  const auto& in = dec.graph->inputs;
+  const bool in_place = scatter_.has_value();
+  const size_t first_cache = in_place ? 4 : 3;
+  const EngineEntry& entry = build.engines.at(in_place ? "decoder_scatter" : "decoder");
+  int64_t s_max = 1;   // the longest piece: a profile's max sequence_length
+  for (const EngineProfile& p : entry.profiles) s_max = std::max(s_max, p.axes.at("sequence_length")[2]);
+  OMNISIFT_RETURN_IF_ERROR(embeds_.allocate(static_cast<size_t>(s_max * dims_.hidden) * dtype_bytes(dec.types.at(in[0].name))));
+  OMNISIFT_RETURN_IF_ERROR(positions_.allocate(static_cast<size_t>(3 * s_max) * 8));
+  OMNISIFT_RETURN_IF_ERROR(logits_.allocate(static_cast<size_t>(dims_.vocab) * dtype_bytes(dec.types.at(dec.graph->outputs[0].name))));
+  const DataType cache_type = dec.types.at(in[first_cache].name);
+  if (cache_type != DataType::kFLOAT && cache_type != DataType::kHALF)
+    return Unsupported("the decoder's KV cache is neither fp32 nor fp16");
+  const size_t tensors = in.size() - first_cache;
+  if (in_place) {
+    cache_rows_ = build.max_context;
+    OMNISIFT_RETURN_IF_ERROR(check_in_place(build));
+    OMNISIFT_RETURN_IF_ERROR(write_index_.allocate(8));
+    OMNISIFT_RETURN_IF_ERROR(logits_index_.allocate(8));
+    OMNISIFT_RETURN_IF_ERROR(kv_.allocate(DeviceKv::Form::kInPlace, tensors, dims_.kv_heads, cache_rows_, dims_.head_dim,
+                                          cache_type == DataType::kHALF, stream_));
+  } else {
+    OMNISIFT_RETURN_IF_ERROR(mask_.allocate(static_cast<size_t>(capacity_) * 8));
+    const std::vector<int64_t> ones(static_cast<size_t>(capacity_), 1);
+    OMNISIFT_RETURN_IF_ERROR(upload_ints(ones.data(), ones.size(), mask_.ptr));
+    OMNISIFT_RETURN_IF_ERROR(cuda(cudaStreamSynchronize(stream_), "init"));   // `ones` goes out of scope
+    OMNISIFT_RETURN_IF_ERROR(kv_.allocate(DeviceKv::Form::kPingPong, tensors, dims_.kv_heads, capacity_, dims_.head_dim,
+                                          cache_type == DataType::kHALF, stream_));
+  }
+  if (!decoder_->context->setOptimizationProfileAsync(0, stream_)) return BackendError("cannot select decoder profile 0");
+  current_profile_ = 0;
+  return cuda(cudaStreamSynchronize(stream_), "init");
 }
 
 Status TrtBackend::init(const std::string& dir, const Manifest& manifest, double ratio, const TrtOptions& options) {
@@ -312,33 +437,28 @@ Status TrtBackend::init(const std::string& dir, const Manifest& manifest, double
   auto bit = options.target.empty() ? m.builds.begin() : m.builds.find(options.target);
   if (bit == m.builds.end()) return NotFound("no engines for target " + options.target + "; run omnisift-edge build --target " + options.target);
   const EngineBuild& build = bit->second;
+  OMNISIFT_RETURN_IF_ERROR(trt::check_library(build, OMNISIFT_TRT_RTX, getInferLibMajorVersion(), getInferLibMinorVersion()));
   OMNISIFT_RETURN_IF_ERROR(cuda(cudaSetDevice(options.device), "cudaSetDevice"));
   if (options.check_device) {
     cudaDeviceProp prop{};
     OMNISIFT_RETURN_IF_ERROR(cuda(cudaGetDeviceProperties(&prop, options.device), "cudaGetDeviceProperties"));
     const std::string cc = std::to_string(prop.major) + "." + std::to_string(prop.minor);
-    if (cc != build.compute_capability)
-      return Unsupported("the engines were built for compute capability " + build.compute_capability + ", this GPU is " +
-                         cc + "; build them on this device (omnisift-edge build --target auto)");
+    OMNISIFT_RETURN_IF_ERROR(trt::check_compute_capability(build, prop.name, cc));
   }
-  const int32_t lib = getInferLibVersion();
-  const int major = lib >= 100000 ? lib / 10000 : lib / 1000, minor = lib >= 100000 ? (lib / 100) % 100 : (lib / 100) % 10;
-  const std::string have = std::to_string(major) + "." + std::to_string(minor);
-  if (build.tensorrt.rfind(have + ".", 0) != 0 && build.tensorrt != have)
-    return Unsupported("the engines were built with TensorRT " + build.tensorrt + ", this library is " + have +
-                       "; build the engines again with this TensorRT");
   runtime_.reset(nvinfer1::createInferRuntime(logger_));
   if (!runtime_) return BackendError("createInferRuntime failed");
   OMNISIFT_RETURN_IF_ERROR(cuda(cudaStreamCreate(&stream_), "cudaStreamCreate"));
   OMNISIFT_ASSIGN_OR_RETURN(RatioPlan plan, m.ratio_plan(ratio));
+  // the in-place decoder when the build has it (TensorRT >= 10.15, TensorRT-RTX), else past/present
+  const std::string decoder_key = build.engines.count("decoder_scatter") ? "decoder_scatter" : "decoder";
   const std::pair<std::unique_ptr<Engine>*, std::string> wanted[] = {
-      {&vision_, "vision_encoder"}, {&audio_, "audio_encoder"}, {&compressor_, plan.graph}, {&decoder_, "decoder"}};
+      {&vision_, "vision_encoder"}, {&audio_, "audio_encoder"}, {&compressor_, plan.graph}, {&decoder_, decoder_key}};
   for (const auto& [slot, key] : wanted) {
     auto entry = build.engines.find(key);
     if (entry == build.engines.end()) return NotFound("no engine for " + key + " in builds." + build.target);
     OMNISIFT_ASSIGN_OR_RETURN(const GraphInfo* graph, m.graph(key));
     OMNISIFT_ASSIGN_OR_RETURN(*slot, Engine::load(*runtime_, (fs::path(dir) / entry->second.file).string(), *graph));
-    if (key == "decoder") continue;
+    if (slot == &decoder_) continue;
     for (const auto* list : {&graph->inputs, &graph->outputs})
       for (const TensorInfo& t : *list) {
         OMNISIFT_ASSIGN_OR_RETURN(std::vector<int64_t> shape, fixed_shape(t));
@@ -347,28 +467,15 @@ Status TrtBackend::init(const std::string& dir, const Manifest& manifest, double
         io_[key + "/" + t.name] = std::move(buf);
       }
   }
-  OMNISIFT_ASSIGN_OR_RETURN(DecoderProfiles profiles, DecoderProfiles::create(build.engines.at("decoder")));
-  profiles_.emplace(std::move(profiles));
   capacity_ = std::min(m.max_context, build.max_context);
-  const Engine& dec = *decoder_;
-  const auto& in = dec.graph->inputs;
-  int64_t s_max = 1;   // the longest piece: a profile's max sequence_length
-  for (const EngineProfile& p : build.engines.at("decoder").profiles) s_max = std::max(s_max, p.axes.at("sequence_length")[2]);
-  OMNISIFT_RETURN_IF_ERROR(embeds_.allocate(static_cast<size_t>(s_max * dims_.hidden) * dtype_bytes(dec.types.at(in[0].name))));
-  OMNISIFT_RETURN_IF_ERROR(positions_.allocate(static_cast<size_t>(3 * s_max) * 8));
-  OMNISIFT_RETURN_IF_ERROR(mask_.allocate(static_cast<size_t>(capacity_) * 8));
-  const std::vector<int64_t> ones(static_cast<size_t>(capacity_), 1);
-  OMNISIFT_RETURN_IF_ERROR(upload_ints(ones.data(), ones.size(), mask_.ptr));
-  OMNISIFT_RETURN_IF_ERROR(logits_.allocate(static_cast<size_t>(dims_.vocab) * dtype_bytes(dec.types.at(dec.graph->outputs[0].name))));
-  const size_t kv_bytes = static_cast<size_t>(dims_.kv_heads) * capacity_ * dims_.head_dim * dtype_bytes(dec.types.at(in[3].name));
-  for (auto& set : kv_)
-    for (size_t i = 3; i < in.size(); ++i) {
-      set.push_back(std::make_unique<DeviceBuffer>());
-      OMNISIFT_RETURN_IF_ERROR(set.back()->allocate(kv_bytes));
-    }
-  if (!decoder_->context->setOptimizationProfileAsync(0, stream_)) return BackendError("cannot select decoder profile 0");
-  current_profile_ = 0;
-  return cuda(cudaStreamSynchronize(stream_), "init");
+  if (decoder_key == "decoder_scatter") {
+    OMNISIFT_ASSIGN_OR_RETURN(trt::ScatterProfiles profiles, trt::ScatterProfiles::create(build.engines.at(decoder_key)));
+    scatter_.emplace(std::move(profiles));
+  } else {
+    OMNISIFT_ASSIGN_OR_RETURN(DecoderProfiles profiles, DecoderProfiles::create(build.engines.at(decoder_key)));
+    profiles_.emplace(std::move(profiles));
+  }
+  return init_decoder(build);
 }
 
 }  // namespace

@@ -6,8 +6,9 @@ namespace omnisift {
 bool trt_available() { return false; }
 
 Result<std::unique_ptr<Backend>> create_trt_backend(const std::string&, const Manifest&, double, const TrtOptions&) {
-  return Unsupported("this omnisift build has no TensorRT backend (CMake did not find NvInfer.h / libnvinfer / CUDA); "
-                     "configure with TENSORRT_ROOT=/path/to/TensorRT on a machine with TensorRT 10");
+  return Unsupported("this omnisift build has no TensorRT backend (CMake did not find NvInfer.h, libnvinfer or "
+                     "libtensorrt_rtx, and CUDA); configure with -DTENSORRT_ROOT=/path/to/TensorRT (TensorRT 10 or 11) "
+                     "or -DTENSORRT_RTX_ROOT=/path/to/TensorRT-RTX on a machine with one");
 }
 
 }  // namespace omnisift

@@ -112,6 +112,95 @@ TEST(bad_manifests) {
   }
 }
 
+// The TensorRT in-place form as the contract declares it, written by hand on top of the golden
+// manifest (2 layers, kv_heads 2, head_dim 4, max_context 1024): kv_cache.decoder_scatter with its
+// tensors in `entry`, and the build's decoder engine replaced by a decoder_scatter engine.
+const char* const kScatterPatch = R"([
+  {"op": "add", "path": "/kv_cache/decoder_scatter", "value": {
+    "graph": "decoder_scatter", "file": "decoder_scatter.onnx", "kind": "in_place_scatter",
+    "runtimes": ["tensorrt>=10.15", "tensorrt_rtx"], "cache_axes": ["batch_size", "kv_heads", "cache_length", "head_dim"],
+    "write_index": "write_index",
+    "entry": {"file": "decoder_scatter.onnx", "opset": 24,
+      "inputs": [
+        {"name": "inputs_embeds", "dtype": "float32", "axes": ["batch_size", "sequence_length", "hidden"], "shape": ["batch_size", "sequence_length", 8]},
+        {"name": "position_ids", "dtype": "int64", "axes": ["rope_rows", "batch_size", "sequence_length"], "shape": [3, "batch_size", "sequence_length"]},
+        {"name": "write_index", "dtype": "int64", "axes": ["one"], "shape": [1]},
+        {"name": "logits_index", "dtype": "int64", "axes": ["logits_length"], "shape": ["logits_length"]},
+        {"name": "past_key_values.0.key", "dtype": "float32", "axes": ["batch_size", "kv_heads", "cache_length", "head_dim"], "shape": ["batch_size", 2, "cache_length", 4]},
+        {"name": "past_key_values.0.value", "dtype": "float32", "axes": ["batch_size", "kv_heads", "cache_length", "head_dim"], "shape": ["batch_size", 2, "cache_length", 4]},
+        {"name": "past_key_values.1.key", "dtype": "float32", "axes": ["batch_size", "kv_heads", "cache_length", "head_dim"], "shape": ["batch_size", 2, "cache_length", 4]},
+        {"name": "past_key_values.1.value", "dtype": "float32", "axes": ["batch_size", "kv_heads", "cache_length", "head_dim"], "shape": ["batch_size", 2, "cache_length", 4]}],
+      "outputs": [
+        {"name": "logits", "dtype": "float32", "axes": ["batch_size", "logits_length", "vocab"], "shape": ["batch_size", "logits_length", 152064]},
+        {"name": "present.0.key", "dtype": "float32", "axes": ["batch_size", "kv_heads", "cache_length", "head_dim"], "shape": ["batch_size", 2, "cache_length", 4]},
+        {"name": "present.0.value", "dtype": "float32", "axes": ["batch_size", "kv_heads", "cache_length", "head_dim"], "shape": ["batch_size", 2, "cache_length", 4]},
+        {"name": "present.1.key", "dtype": "float32", "axes": ["batch_size", "kv_heads", "cache_length", "head_dim"], "shape": ["batch_size", 2, "cache_length", 4]},
+        {"name": "present.1.value", "dtype": "float32", "axes": ["batch_size", "kv_heads", "cache_length", "head_dim"], "shape": ["batch_size", 2, "cache_length", 4]}]}}},
+  {"op": "remove", "path": "/builds/golden-sm00/engines/decoder"},
+  {"op": "add", "path": "/builds/golden-sm00/flavour", "value": "tensorrt_rtx"},
+  {"op": "replace", "path": "/builds/golden-sm00/compute_capability", "value": "8.6,8.9,12.0"},
+  {"op": "add", "path": "/builds/golden-sm00/engines/decoder_scatter", "value": {
+    "file": "engines/golden-sm00/decoder_scatter.engine", "precision": "fp32",
+    "profiles": [{"name": "prefill", "axes": {"sequence_length": [1, 19, 74], "logits_length": [0, 1, 1]}},
+                 {"name": "decode", "axes": {"sequence_length": [1, 1, 1], "logits_length": [0, 1, 1]}}]}}
+])";
+
+// Patches on top of kScatterPatch -> the status parse_manifest must give.
+const char* const kScatterCases = R"([
+  {"name": "scatter_as_declared", "patch": [], "expect": "OK"},
+  {"name": "scatter_without_entry_unbuilt", "patch": [{"op": "remove", "path": "/kv_cache/decoder_scatter/entry"},
+     {"op": "remove", "path": "/builds/golden-sm00/engines/decoder_scatter"}], "expect": "OK"},
+  {"name": "scatter_tensors_in_graphs", "patch": [{"op": "move", "from": "/kv_cache/decoder_scatter/entry", "path": "/graphs/decoder_scatter"}], "expect": "OK"},
+  {"name": "scatter_engine_without_tensors", "patch": [{"op": "remove", "path": "/kv_cache/decoder_scatter/entry"}], "expect": "DATA_LOSS"},
+  {"name": "scatter_engine_without_record", "patch": [{"op": "remove", "path": "/kv_cache/decoder_scatter"}], "expect": "DATA_LOSS"},
+  {"name": "scatter_wrong_kind", "patch": [{"op": "replace", "path": "/kv_cache/decoder_scatter/kind", "value": "shared_buffer"}], "expect": "DATA_LOSS"},
+  {"name": "scatter_for_onnxruntime", "patch": [{"op": "replace", "path": "/kv_cache/decoder_scatter/runtimes", "value": ["onnxruntime"]}], "expect": "DATA_LOSS"},
+  {"name": "scatter_no_write_index", "patch": [{"op": "remove", "path": "/kv_cache/decoder_scatter/write_index"}], "expect": "DATA_LOSS"},
+  {"name": "scatter_write_index_elsewhere", "patch": [{"op": "replace", "path": "/kv_cache/decoder_scatter/write_index", "value": "position_ids"}], "expect": "DATA_LOSS"},
+  {"name": "scatter_missing_layer", "patch": [{"op": "remove", "path": "/kv_cache/decoder_scatter/entry/inputs/7"}], "expect": "DATA_LOSS"},
+  {"name": "scatter_three_cache_axes", "patch": [{"op": "remove", "path": "/kv_cache/decoder_scatter/cache_axes/0"}], "expect": "DATA_LOSS"},
+  {"name": "both_decoder_engines", "patch": [{"op": "copy", "from": "/builds/golden-sm00/engines/decoder_scatter", "path": "/builds/golden-sm00/engines/decoder"}], "expect": "DATA_LOSS"},
+  {"name": "unknown_flavour", "patch": [{"op": "replace", "path": "/builds/golden-sm00/flavour", "value": "tensorrt_llm"}], "expect": "DATA_LOSS"},
+  {"name": "still_needs_past_present", "patch": [{"op": "remove", "path": "/kv_cache/decoder"}], "expect": "DATA_LOSS"}
+])";
+
+TEST(reads_the_in_place_scatter_form) {
+  const json original = harness::load_json(harness::golden("export_mini/manifest.json"));
+  const json scatter = original.patch(json::parse(kScatterPatch));
+  auto m = parse_manifest(scatter.dump());
+  CHECK_RESULT(m);
+  if (!m.ok()) return;
+  const KvCacheForm& f = m->kv_cache.at("decoder_scatter");
+  CHECK_EQ(f.kind, std::string("in_place_scatter"));
+  CHECK_EQ(f.file, std::string("decoder_scatter.onnx"));
+  CHECK_EQ(f.write_index, std::string("write_index"));
+  CHECK_EQ(f.cache_axes[2], std::string("cache_length"));
+  auto g = m->graph("decoder_scatter");   // found in the kv_cache record, not in graphs
+  CHECK_RESULT(g);
+  if (g.ok()) {
+    CHECK_EQ((*g)->inputs.size(), 8u);
+    CHECK_EQ((*g)->inputs[3].name, std::string("logits_index"));
+    CHECK((*g)->inputs[3].is_dynamic(0));
+    CHECK_EQ((*g)->outputs[1].name, std::string("present.0.key"));
+  }
+  CHECK(m->graphs.count("decoder_scatter") == 0);
+  const EngineBuild& b = m->builds.at("golden-sm00");
+  CHECK_EQ(b.flavour, std::string("tensorrt_rtx"));
+  CHECK_EQ(b.compute_capability, std::string("8.6,8.9,12.0"));
+  CHECK(b.engines.count("decoder_scatter") == 1 && b.engines.count("decoder") == 0);
+  CHECK_EQ(b.engines.at("decoder_scatter").profiles[0].axes.at("logits_length")[0], 0);
+  // the golden build record predates flavours: plain TensorRT
+  auto plain = parse_manifest(original.dump());
+  CHECK_RESULT(plain);
+  if (plain.ok()) CHECK_EQ(plain->builds.at("golden-sm00").flavour, std::string("tensorrt"));
+  for (const json& c : json::parse(kScatterCases)) {
+    auto r = parse_manifest(scatter.patch(c["patch"]).dump());
+    if (r.status().code() != code_of(c["expect"]))
+      harness::fail(__FILE__, __LINE__, c["name"].get<std::string>() + ": " + r.status().to_string() +
+                                            ", want " + c["expect"].get<std::string>());
+  }
+}
+
 TEST(damaged_folders) {
   {  // no manifest at all
     const fs::path dir = copy_mini("no_manifest");

@@ -85,18 +85,28 @@ struct EngineEntry {
 };
 struct EngineBuild {
   std::string target, tensorrt, compute_capability, precision;   // compute_capability "8.7"
+  // "tensorrt" (engines for the one GPU model they were built on; compute_capability "8.7") or
+  // "tensorrt_rtx" (built ahead of time for a list: compute_capability "8.6,8.9,12.0"); records
+  // written before flavours existed are "tensorrt"
+  std::string flavour = "tensorrt";
   int64_t max_context = 0, max_prefill_tokens = 0;
   std::map<std::string, EngineEntry> engines;            // graph key -> engine
 };
 
 // One decoder form of the manifest's `kv_cache` (export.decoder_gqa.kv_cache_record; absent in
-// exports made before the in-place form). "past_present": the past is an input, the grown cache an
-// output (the TensorRT form, the one TrtBackend runs); "shared_buffer": past and present are one
-// preallocated buffer written in place (ONNX Runtime's GroupQueryAttention; not built by TensorRT).
+// exports made before the in-place forms). "past_present" (`decoder`): the past is an input, the
+// grown cache an output (TensorRT 10.3 / JetPack 6, no aliasing); "in_place_scatter"
+// (`decoder_scatter`): each layer's cache is one static [1, kv, max_context, hd] buffer that the
+// engine writes in place at `write_index` (ONNX TensorScatter -> TensorRT's KVCacheUpdate layer;
+// TensorRT >= 10.15 and TensorRT-RTX; the engine aliases present to past); "shared_buffer"
+// (`decoder_gqa`): ONNX Runtime's GroupQueryAttention, not built by TensorRT. TrtBackend runs
+// decoder_scatter when the build has it, else decoder.
 struct KvCacheForm {
-  std::string graph, kind;
-  std::vector<std::string> runtimes;     // "tensorrt", "onnxruntime"
+  std::string graph, kind, file;
+  std::vector<std::string> runtimes;     // "tensorrt", "tensorrt>=10.15", "tensorrt_rtx", "onnxruntime"
   std::vector<std::string> cache_axes;   // the cache tensors' axes, e.g. [batch_size, kv_heads, past_sequence_length, head_dim]
+  std::string write_index;               // in_place_scatter: the input that says where the new rows go
+  GraphInfo entry;                       // the graph's tensors when the record carries them (`entry`); key empty if not
 };
 
 // RoPE settings (manifest `rope`): what re-basing cached keys needs (window.h). Absent values take
@@ -132,6 +142,7 @@ struct Manifest {
 
   // The ratio plan entry for `ratio` (compared to 1e-9), or NotFound listing the ratios there are.
   Result<RatioPlan> ratio_plan(double ratio) const;
+  // graphs.<key>, else the `entry` of the kv_cache form whose graph is `key` (the in-place decoders).
   Result<const GraphInfo*> graph(const std::string& key) const;
 };
 

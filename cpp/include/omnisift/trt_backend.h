@@ -1,14 +1,21 @@
-// The TensorRT 10 backend: the engines `omnisift-edge build` wrote (manifest builds.<target>),
-// run with IRuntime / ICudaEngine / IExecutionContext::setInputShape + setTensorAddress +
-// enqueueV3 on one CUDA stream. Built only where CMake finds TensorRT (OMNISIFT_HAVE_TENSORRT);
-// the declaration is always visible so apps can compile both ways.
+// The TensorRT backend: the engines `omnisift-edge build` wrote (manifest builds.<target>), run
+// with IRuntime / ICudaEngine / IExecutionContext::setInputShape + setTensorAddress + enqueueV3 on
+// one CUDA stream. Built only where CMake finds TensorRT 10/11 (TENSORRT_ROOT) or TensorRT-RTX
+// (TENSORRT_RTX_ROOT) and the CUDA runtime (OMNISIFT_HAVE_TENSORRT); the declaration is always
+// visible so apps can compile both ways.
 //
 // - tensor names, dtypes and shapes come from the manifest's graphs (inputs/outputs in order);
 // - engines are checked against the manifest (every tensor present, fp32/fp16/int64 types), the
-//   build's compute capability against the GPU, its TensorRT major.minor against the library;
-// - the decoder keeps its KV cache on the GPU in two buffer sets of max_context tokens that swap
-//   roles each step (present of step t is the past of step t+1: no copy), picks the prefill or
-//   decode optimization profile per step (DecoderProfiles) and refuses steps outside them;
+//   build's flavour and TensorRT major.minor against the library, its compute capability against
+//   the GPU (a TensorRT-RTX build: any capability of its list; a TensorRT build: exactly its own);
+// - the decoder's KV cache stays on the GPU, allocated once: with `decoder_scatter` (TensorRT >=
+//   10.15, TensorRT-RTX) one [1, kv, max_context, hd] buffer per cache tensor, bound to the past
+//   input and to the present output the engine aliases to it, written in place at write_index;
+//   with `decoder` (TensorRT 10.3) two buffer sets that swap roles each step (present of step t is
+//   the past of step t+1). No copy of the cache in either form; drop_kv / rotate_kv (rare) go
+//   through the host;
+// - the optimization profile is chosen per step (decoder: DecoderProfiles; decoder_scatter: by
+//   sequence_length) and steps outside them are refused before anything changes;
 // - fp16 engines get fp16 inputs converted on the host; outputs come back as float32.
 #pragma once
 
