@@ -141,9 +141,9 @@ Status Session::open_turn() {
   OMNISIFT_ASSIGN_OR_RETURN(std::vector<int64_t> text, folder_->prompt().turn_prefix_ids());
   // the turn's text and its first chunk, checked together so a refusal leaves no empty turn behind
   OMNISIFT_RETURN_IF_ERROR(window_.check_fits(static_cast<int64_t>(text.size()) + 2 + budget_.kept_per_chunk,
-                                              "new turn with its first chunk"));
+                                              "new turn with its first chunk", SegmentKind::kTurn));
   OMNISIFT_ASSIGN_OR_RETURN(Span span, layout_.next_open_turn(text));
-  return append_text(span.ids, span.positions, SegmentKind::kText, "turn text",
+  return append_text(span.ids, span.positions, SegmentKind::kTurn, "turn text",
                      [&] { return layout_.open_turn(text).status(); }, nullptr);
 }
 

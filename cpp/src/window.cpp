@@ -85,13 +85,24 @@ int64_t KvWindow::pinned_length() const {
   return n;
 }
 
-Status KvWindow::check_fits(int64_t n, const std::string& what) const {
-  const int64_t r = room();
+int64_t KvWindow::kept_run(SegmentKind kind) const {
+  if (kind != SegmentKind::kText || segments_.empty() || segments_.back().kind != SegmentKind::kText) return 0;
+  return segments_.back().stop - segments_.back().start;
+}
+
+int64_t KvWindow::room(SegmentKind kind) const {
+  if (!sliding()) return max_context_ - length();
+  return max_context_ - pinned_length() - kept_run(kind);
+}
+
+Status KvWindow::check_fits(int64_t n, const std::string& what, SegmentKind kind) const {
+  const int64_t r = room(kind);
   if (n <= r) return Status::Ok();
   if (sliding())
     return InvalidArgument("the " + what + " is " + std::to_string(n) + " tokens, longer than the window's " +
                            std::to_string(r) + " (max_context " + std::to_string(max_context_) +
-                           " less the system prompt); shorten it or raise max_context");
+                           " less the system prompt" + (kept_run(kind) ? " and the question and answer being written" : "") +
+                           "); shorten it, continue in a new turn with more video, or raise max_context");
   return ContextFull("the context is full: " + std::to_string(length()) + " cached + " + std::to_string(n) +
                      " new tokens (" + what + ") > max_context " + std::to_string(max_context_) +
                      "; start a new session, use the sliding context policy, export with a larger --max-context, "
@@ -101,21 +112,17 @@ Status KvWindow::check_fits(int64_t n, const std::string& what) const {
 Result<std::vector<KvDrop>> KvWindow::make_room(int64_t n, SegmentKind kind, const std::string& what) {
   std::vector<KvDrop> drops;
   if (n < 0) return InvalidArgument("cannot append a negative number of tokens");
-  if (!sliding()) {
-    OMNISIFT_RETURN_IF_ERROR(check_fits(n, what));   // error policy: room = max_context - length
-    return drops;
-  }
+  OMNISIFT_RETURN_IF_ERROR(check_fits(n, what, kind));   // refused before anything changes
+  if (!sliding()) return drops;
+  // evictable: everything but the pinned prefix and, for text, the text run being written
+  const bool keep_last = kept_run(kind) > 0;
   while (true) {
     const bool over_tokens = length() + n > max_context_;
     const bool over_chunks = kind == SegmentKind::kChunk && window_chunks_ && chunks() >= *window_chunks_;
     if (!over_tokens && !over_chunks) return drops;
-    // evictable: everything but the pinned prefix and, for text, the text run being written
-    const bool keep_last = kind == SegmentKind::kText && !segments_.empty() && segments_.back().kind == SegmentKind::kText;
-    size_t i = 0;
+    size_t i = 0;   // check_fits made sure one exists while over_tokens; over_chunks implies a cached chunk
     while (i < segments_.size() && (segments_[i].kind == SegmentKind::kPinned || (keep_last && i + 1 == segments_.size()))) ++i;
-    if (i == segments_.size())
-      return ContextFull("the " + what + " is " + std::to_string(n) + " tokens and does not fit the window (" +
-                         std::to_string(room()) + " tokens); shorten it or raise max_context");
+    if (i == segments_.size()) return Internal("KvWindow::make_room: no evictable segment after check_fits");
     const Segment seg = segments_[i];
     segments_.erase(segments_.begin() + static_cast<std::ptrdiff_t>(i));
     const int64_t width = seg.stop - seg.start;
@@ -162,7 +169,7 @@ void KvWindow::record(SegmentKind kind, const Positions& positions) {
     return;
   }
   const int64_t start = length();
-  segments_.push_back({kind, start, start + n, time0, time1});
+  segments_.push_back({kind == SegmentKind::kTurn ? SegmentKind::kText : kind, start, start + n, time0, time1});
 }
 
 }  // namespace omnisift

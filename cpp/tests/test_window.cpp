@@ -50,12 +50,25 @@ TEST(sliding_evicts_oldest_whole_segments_and_keeps_the_prompt) {
   CHECK_EQ(w.segments()[1].start, 10);
   CHECK_EQ(w.segments()[2].stop, 36);
   CHECK_EQ(w.evicted_chunks(), 3);
-  const Status st = w.check_fits(91, "question");
+  // a follow-up extends the question/answer run (6 tokens), which it cannot evict: 100 - 10 - 6 = 84
+  const Status st = w.check_fits(85, "question");
   CHECK_CODE(st, StatusCode::kInvalidArgument);
-  CHECK(st.message().find("longer than the window's 90") != std::string::npos);
-  CHECK_OK(w.check_fits(90, "question"));
-  // only the pinned prompt and the text being written are left: nothing to evict
-  CHECK_CODE(w.make_room(85, SegmentKind::kText, "answer").status(), StatusCode::kContextFull);
+  CHECK(st.message().find("longer than the window's 84") != std::string::npos);
+  CHECK(st.message().find("question and answer being written") != std::string::npos);
+  CHECK_OK(w.check_fits(84, "question"));
+  CHECK_EQ(w.room(SegmentKind::kChunk), 90);      // a chunk, or a new turn's text, may evict the run
+  CHECK_OK(w.check_fits(90, "turn text", SegmentKind::kTurn));
+  // refused before anything changes
+  CHECK_CODE(w.make_room(85, SegmentKind::kText, "answer").status(), StatusCode::kInvalidArgument);
+  CHECK_EQ(w.segments().size(), 3u);
+  CHECK_EQ(w.evicted_chunks(), 3);
+  // a new turn's opening evicts the oldest segments, the finished run too, and starts its own segment
+  CHECK(spans(w.make_room(85, SegmentKind::kTurn, "turn text")) == (V{{10, 30}, {10, 16}}));   // 36 + 85 > 100, 16 + 85 > 100
+  w.record(SegmentKind::kTurn, pos(400, 85));
+  CHECK_EQ(w.segments().size(), 2u);
+  CHECK(w.segments().back().kind == SegmentKind::kText);
+  w.record(SegmentKind::kTurn, pos(485, 2));      // a turn never extends the text before it
+  CHECK_EQ(w.segments().size(), 3u);
 }
 
 TEST(rebase_under_each_policy) {

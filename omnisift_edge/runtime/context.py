@@ -63,7 +63,7 @@ class ContextPolicy:
 class Segment:
     """One span of the KV cache: the pinned prefix, a chunk's kept tokens, or a run of text."""
 
-    kind: str                # "pinned" | "chunk" | "text"
+    kind: str                # "pinned" | "chunk" | "text" (a turn's opening text is booked as text)
     start: int               # cache offset of its first token
     stop: int                # one past its last
     time0: int               # smallest time-row (row 0) position, in layout (absolute) positions
@@ -98,45 +98,51 @@ class KVWindow:
     def pinned_length(self) -> int:
         return sum(s.stop - s.start for s in self.segments if s.kind == "pinned")
 
-    def room(self) -> int | None:
-        """The most tokens one append can hold under this policy (None: unbounded)."""
+    def _kept_run(self, kind: str) -> int:
+        """Tokens of the text run being written, which a text append cannot evict (0 for a chunk)."""
+        last = self.segments[-1] if self.segments else None
+        return last.stop - last.start if kind == "text" and last is not None and last.kind == "text" else 0
+
+    def room(self, kind: str = "chunk") -> int | None:
+        """The most tokens one append of `kind` can hold under this policy (None: unbounded)."""
         if self.max_context is None:
             return None
-        return self.max_context - (self.pinned_length() if self.sliding else self.length)
+        if not self.sliding:
+            return self.max_context - self.length
+        return self.max_context - self.pinned_length() - self._kept_run(kind)
 
-    def check_fits(self, n: int, what: str) -> None:
+    def check_fits(self, n: int, what: str, kind: str = "text") -> None:
         """Refuse, before anything changes, an append of `n` tokens that no eviction can make room for."""
-        room = self.room()
+        room = self.room(kind)
         if room is None or n <= room:
             return
         if self.sliding:
+            held = " and the question and answer being written" if self._kept_run(kind) else ""
             raise UsageError(f"the {what} is {n} tokens, longer than the window's {room} (max_context "
-                             f"{self.max_context} less the system prompt); shorten it or raise --max-context")
+                             f"{self.max_context} less the system prompt{held}); shorten it, continue in a new turn "
+                             "with more video, or raise --max-context")
         raise ContextFullError(f"the context is full: {self.length} cached + {n} new tokens > max_context "
                                f"{self.max_context}; start a new stream, use --context-policy sliding, export with a "
                                "larger --max-context, or a lower --ratio")
 
-    def _evictable(self, kind: str) -> list[int]:
-        last = len(self.segments) - 1
-        keep_last = kind == "text" and self.segments and self.segments[-1].kind == "text"   # the turn being written
-        return [i for i, s in enumerate(self.segments) if s.kind != "pinned" and not (keep_last and i == last)]
-
-    def make_room(self, n: int, kind: str) -> list[tuple[int, int]]:
+    def make_room(self, n: int, kind: str, what: str | None = None) -> list[tuple[int, int]]:
         """Cache spans [start, stop) to drop, oldest first, before appending `n` tokens of `kind`;
-        the bookkeeping is updated as if they were dropped (the caller drops them in this order)."""
+        the bookkeeping is updated as if they were dropped (the caller drops them in this order).
+        An append that cannot fit is refused before anything changes (check_fits)."""
         if not self.sliding:
             return []
+        self.check_fits(n, what or kind, kind)
+        keep_last = self._kept_run(kind) > 0
         drops = []
         while True:
             over_tokens = self.max_context is not None and self.length + n > self.max_context
             over_chunks = kind == "chunk" and self.window_chunks is not None and self.chunks >= self.window_chunks
             if not (over_tokens or over_chunks):
                 return drops
-            candidates = self._evictable(kind)
-            if not candidates:
-                raise UsageError(f"the {kind} is {n} tokens and does not fit the window ({self.room()} tokens); "
-                                 "shorten it or raise --max-context")
-            i = candidates[0]
+            # the oldest segment but the pinned prefix and, for text, the run being written (check_fits
+            # made sure one exists while over_tokens; over_chunks implies a chunk is cached)
+            i = next(i for i, s in enumerate(self.segments)
+                     if s.kind != "pinned" and not (keep_last and i == len(self.segments) - 1))
             seg = self.segments.pop(i)
             width = seg.stop - seg.start
             for later in self.segments[i:]:
@@ -168,7 +174,9 @@ class KVWindow:
         self.base += delta
 
     def record(self, kind: str, n: int, positions: np.ndarray) -> None:
-        """Book `n` appended tokens (positions [3, n], absolute) as a segment; text extends text."""
+        """Book `n` appended tokens (positions [3, n], absolute) as a segment; text extends text, a
+        "turn" (a new user turn's opening text) starts a text segment of its own: it never extends the
+        question/answer run before it, so it may evict that run, which a question or answer cannot."""
         positions = np.asarray(positions)                                               # [3, n]
         time0, time1 = (int(positions[0].min()), int(positions.max())) if n else (0, 0)
         last = self.segments[-1] if self.segments else None
@@ -177,7 +185,7 @@ class KVWindow:
             last.time1 = max(last.time1, time1)
             return
         start = self.length
-        self.segments.append(Segment(kind, start, start + n, time0, time1))
+        self.segments.append(Segment("text" if kind == "turn" else kind, start, start + n, time0, time1))
 
 
 # -- the hooks' arithmetic on numpy caches (ONNX Runtime and TensorRT streams) -----------------------

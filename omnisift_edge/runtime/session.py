@@ -263,8 +263,11 @@ class OmniSession:
             ids = turn_pieces(self.tokenizer, question, self.spec).suffix_ids
         else:
             ids = followup_ids(self.tokenizer, question, self.spec)
-        self._questions += 1
-        yield from self.stream.ask(ids, max_new_tokens=max_new_tokens, stop_ids=self.stop_ids)
+        asked = False
+        for token in self.stream.ask(ids, max_new_tokens=max_new_tokens, stop_ids=self.stop_ids):
+            if not asked:               # a question the stream refused leaves the turn as it was
+                self._questions, asked = self._questions + 1, True
+            yield token
 
     def ask(self, question: str, *, max_new_tokens: int = 64) -> Iterator[str]:
         """The answer as streamed text pieces (decoded incrementally, special tokens skipped)."""

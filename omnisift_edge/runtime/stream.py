@@ -208,6 +208,8 @@ class ChunkStream(ABC):
                 yield token
                 if token in stop_ids:
                     return
+                if self.window.sliding:   # refused before anything changes: the stream stays usable
+                    self.window.check_fits(1, f"answer (after {len(fed) + 1} tokens)")
                 logits = self._append(self._embed([token]), np.full((3, 1), position))
                 fed.append(token)
                 position += 1
@@ -223,7 +225,7 @@ class ChunkStream(ABC):
             raise ContextFullError("the context filled up earlier; start a new stream, or use --context-policy sliding")
         if not self.closed:
             raise UsageError("the video span is still open; push chunks directly, or ask a question first")
-        self.window.check_fits(len(turn_ids) + 2, "turn text")
+        self.window.check_fits(len(turn_ids) + 2, "turn text", "turn")
         ids, pos = self.layout.open_turn(list(turn_ids))
-        self._append(self._embed(ids), pos, want_logits=False)
+        self._append(self._embed(ids), pos, "turn", want_logits=False)
         self.closed = False

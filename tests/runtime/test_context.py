@@ -57,9 +57,21 @@ def test_sliding_evicts_oldest_whole_segments_and_keeps_the_prompt():
     assert w.make_room(50, "text") == [(10, 30), (10, 30)]     # 76 + 50 > 100: the two oldest chunks leave
     assert [(s.kind, s.start, s.stop) for s in w.segments] == [("pinned", 0, 10), ("chunk", 10, 30), ("text", 30, 36)]
     assert w.evicted_chunks == 3
+    # a follow-up extends the question/answer run (6 tokens), which it cannot evict: 100 - 10 - 6 = 84
+    before = [(s.kind, s.start, s.stop) for s in w.segments]
+    with pytest.raises(UsageError, match="longer than the window's 84 .*question and answer being written"):
+        w.make_room(85, "text", "question")
+    assert [(s.kind, s.start, s.stop) for s in w.segments] == before and w.evicted_chunks == 3   # nothing changed
+    w.check_fits(84, "question")
+    assert w.make_room(84, "text") == [(10, 30)]
+    assert w.room("chunk") == 90                               # a chunk may evict the text run too
     with pytest.raises(UsageError, match="longer than the window's 90"):
-        w.check_fits(91, "question")
-    w.check_fits(90, "question")
+        w.check_fits(91, "chunk", "chunk")
+    w.record("text", 84, _pos(400, 84))                        # the follow-up, now [10, 100): a full window
+    assert w.make_room(80, "turn") == [(10, 100)]              # a new turn evicts the finished run
+    w.record("turn", 80, _pos(484, 80))
+    w.record("turn", 2, _pos(564, 2))                          # a turn never extends the text before it
+    assert [(s.kind, s.start, s.stop) for s in w.segments] == [("pinned", 0, 10), ("text", 10, 90), ("text", 90, 92)]
 
 
 def test_rebase_under_each_policy():

@@ -185,6 +185,25 @@ def test_context_policy_bad_input(folder):
     with pytest.raises(UsageError, match="longer than the window"):
         list(session.ask_ids("why " * 300, max_new_tokens=2))
     assert len(list(session.ask_ids("Why?", max_new_tokens=2))) >= 1        # the stream stays usable
+    # a follow-up extends the question/answer run, which it cannot evict: refused before anything changes
+    stream = session.stream
+    word = session.tokenizer.encode("why", add_special_tokens=False)[:1]      # one token
+    room = stream.window.room("text")
+    state = (stream.kv_length(), stream.layout.next_position, stream.window.evicted_chunks)
+    with pytest.raises(UsageError, match="question and answer being written"):
+        list(stream.ask(word * (room + 1), max_new_tokens=2))
+    assert (stream.kv_length(), stream.layout.next_position, stream.window.evicted_chunks) == state
+    # one that fits leaves 2 tokens for its answer: a longer answer stops with one line, stream intact
+    answer = []
+    with pytest.raises(UsageError, match="the answer .* longer than the window's 0"):
+        for token in stream.ask(word * (room - 2), max_new_tokens=8):
+            answer.append(token)
+    assert len(answer) == 3 and not stream.full and stream.kv_length() <= 256      # 2 fed, the 3rd refused
+    assert stream.layout.next_position == state[1] + room - 2 + 2
+    pushed = len(stream.reports)
+    _chunks(session, clip, 0, 2)                                               # more video in a new turn
+    assert len(stream.reports) > pushed and not stream.closed                    # (the last may wait for audio)
+    assert len(list(session.ask_ids("And now?", max_new_tokens=2))) >= 1
     ended = OmniSession(RuntimeConfig(folder, ratio=0.25))
     _chunks(ended, clip, 0, 1)
     ended.finish()

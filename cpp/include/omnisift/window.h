@@ -54,7 +54,10 @@ Status check_window(const ContextPolicy& policy, double seconds_per_chunk, int64
 // RoPE inverse frequencies [head_dim / 2]: 1 / theta^(2j / head_dim), float64 (Python's inv_freq).
 std::vector<double> inv_freq(double theta, int head_dim);
 
-enum class SegmentKind { kPinned, kChunk, kText };
+// kTurn: a new user turn's opening text. It is booked as a text segment of its own (it never extends
+// the question/answer run before it, so it may evict that run; a question or answer cannot evict the
+// run it extends).
+enum class SegmentKind { kPinned, kChunk, kText, kTurn };
 
 // One span of the KV cache: the pinned prefix, a chunk's kept tokens, or a run of text.
 struct Segment {
@@ -76,8 +79,9 @@ class KvWindow {
   int64_t length() const { return segments_.empty() ? 0 : segments_.back().stop; }
   int64_t chunks() const;
   int64_t pinned_length() const;
-  // The most tokens one append can hold under this policy.
-  int64_t room() const { return max_context_ - (sliding() ? pinned_length() : length()); }
+  // The most tokens one append of `kind` can hold under this policy (sliding: max_context less the
+  // pinned prefix, and for text less the question/answer run it extends).
+  int64_t room(SegmentKind kind = SegmentKind::kChunk) const;
   int64_t max_context() const { return max_context_; }
   int64_t position_limit() const { return position_limit_; }
   std::optional<int64_t> window_chunks() const { return window_chunks_; }
@@ -88,19 +92,22 @@ class KvWindow {
   // Refuse, before anything changes, an append of n tokens that no eviction can make room for:
   // sliding: kInvalidArgument ("the question is N tokens, longer than the window's R ..."); error:
   // kContextFull.
-  Status check_fits(int64_t n, const std::string& what) const;
+  Status check_fits(int64_t n, const std::string& what, SegmentKind kind = SegmentKind::kText) const;
   // Spans to drop, oldest first, before appending n tokens of `kind`; the bookkeeping is updated as
   // if they were dropped (drop them in this order). error policy: none, or kContextFull when n does
-  // not fit max_context. sliding: kContextFull when no evictable segment is left.
+  // not fit max_context. sliding: check_fits's refusal; nothing changes then.
   Result<std::vector<KvDrop>> make_room(int64_t n, SegmentKind kind, const std::string& what);
   // How far to re-base (0: not needed) so that next_max (an absolute position about to be written)
   // stays below the limit; kContextFull when no re-basing can do it.
   Result<int64_t> rebase_delta(int64_t next_max) const;
   void rebased(int64_t delta) { base_ += delta; }
-  // Book appended tokens at absolute `positions` as a segment; text extends a text segment.
+  // Book appended tokens at absolute `positions` as a segment; text extends a text segment, a turn
+  // starts one.
   void record(SegmentKind kind, const Positions& positions);
 
  private:
+  int64_t kept_run(SegmentKind kind) const;   // the text run a text append extends (0 otherwise)
+
   ContextPolicy policy_;
   int64_t max_context_;
   int64_t position_limit_;
