@@ -104,6 +104,10 @@ def test_lint_fails_on_a_corrupt_manifest_or_a_missing_graph(exported, tmp_path)
     shutil.copytree(exported, missing)
     (missing / "compressor_r0.25.onnx").unlink()
     assert_one_line_error(invoke("lint", missing), "lacks compressor_r0.25.onnx")
+    scatter = tmp_path / "scatter"                                  # a decoder form in kv_cache, not in graphs
+    shutil.copytree(exported, scatter)
+    (scatter / "decoder_scatter.onnx").unlink()
+    assert_one_line_error(invoke("lint", scatter), "lacks decoder_scatter.onnx")
     assert invoke("lint", exported).exit_code == 0
 
 

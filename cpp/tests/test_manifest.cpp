@@ -66,13 +66,25 @@ TEST(reads_the_python_manifest) {
   CHECK_EQ(m->kv_cache.at("decoder").kind, std::string("past_present"));
   CHECK_EQ(m->kv_cache.at("decoder").cache_axes.size(), 4u);
   // the engines stage's build record
-  CHECK_EQ(m->builds.size(), 1u);
-  const EngineBuild& b = m->builds.begin()->second;
+  CHECK_EQ(m->builds.size(), 2u);
+  const EngineBuild& b = m->builds.at("golden-sm00");
   CHECK_EQ(b.max_context, 1024);
   CHECK(b.engines.count("decoder") == 1);
   CHECK_EQ(b.engines.at("decoder").profiles.size(), 2u);
   CHECK_EQ(b.engines.at("decoder").profiles[1].name, std::string("decode"));
   CHECK_EQ(b.engines.at("vision_encoder").profiles[0].name, std::string("static"));
+  // a TensorRT-RTX build as the engines stage writes it: decoder_scatter, one in_place profile
+  CHECK(m->kv_cache.count("decoder_scatter") == 1);
+  CHECK_EQ(m->kv_cache.at("decoder_scatter").kind, std::string("in_place_scatter"));
+  CHECK_EQ(m->kv_cache.at("decoder_scatter").write_index, std::string("write_index"));
+  const EngineBuild& rtx = m->builds.at("golden-rtx");
+  CHECK_EQ(rtx.flavour, std::string("tensorrt_rtx"));
+  CHECK(rtx.engines.count("decoder") == 0 && rtx.engines.count("decoder_scatter") == 1);
+  CHECK_EQ(rtx.engines.at("decoder_scatter").profiles.size(), 1u);
+  CHECK_EQ(rtx.engines.at("decoder_scatter").profiles[0].name, std::string("in_place"));
+  auto scatter = m->graph("decoder_scatter");
+  CHECK_RESULT(scatter);
+  if (scatter.ok()) CHECK_EQ((*scatter)->inputs[2].name, std::string("write_index"));
 }
 
 // JSON Patches (RFC 6902) of the Python-written manifest -> the status read_manifest must give.
@@ -94,7 +106,8 @@ const char* const kManifestCases = R"([
   {"name": "wrong_size", "patch": [{"op": "replace", "path": "/files/decoder.graph/bytes", "value": 1}], "expect": "DATA_LOSS"},
   {"name": "decoder_in_place", "patch": [{"op": "replace", "path": "/kv_cache/decoder/kind", "value": "shared_buffer"}], "expect": "DATA_LOSS"},
   {"name": "kv_cache_no_decoder", "patch": [{"op": "remove", "path": "/kv_cache/decoder"}], "expect": "DATA_LOSS"},
-  {"name": "kv_cache_absent", "patch": [{"op": "remove", "path": "/kv_cache"}], "expect": "OK"},
+  {"name": "kv_cache_absent", "patch": [{"op": "remove", "path": "/kv_cache"}, {"op": "remove", "path": "/builds/golden-rtx"}], "expect": "OK"},
+  {"name": "rtx_build_without_scatter_record", "patch": [{"op": "remove", "path": "/kv_cache/decoder_scatter"}], "expect": "DATA_LOSS"},
   {"name": "missing_file", "patch": [{"op": "add", "path": "/files/gone.graph", "value": {"sha256": "00", "bytes": 1}}], "expect": "NOT_FOUND"}
 ])";
 
@@ -149,7 +162,7 @@ const char* const kScatterPatch = R"([
 const char* const kScatterCases = R"([
   {"name": "scatter_as_declared", "patch": [], "expect": "OK"},
   {"name": "scatter_without_entry_unbuilt", "patch": [{"op": "remove", "path": "/kv_cache/decoder_scatter/entry"},
-     {"op": "remove", "path": "/builds/golden-sm00/engines/decoder_scatter"}], "expect": "OK"},
+     {"op": "remove", "path": "/builds/golden-sm00/engines/decoder_scatter"}, {"op": "remove", "path": "/builds/golden-rtx"}], "expect": "OK"},
   {"name": "scatter_tensors_in_graphs", "patch": [{"op": "move", "from": "/kv_cache/decoder_scatter/entry", "path": "/graphs/decoder_scatter"}], "expect": "OK"},
   {"name": "scatter_engine_without_tensors", "patch": [{"op": "remove", "path": "/kv_cache/decoder_scatter/entry"}], "expect": "DATA_LOSS"},
   {"name": "scatter_engine_without_record", "patch": [{"op": "remove", "path": "/kv_cache/decoder_scatter"}], "expect": "DATA_LOSS"},

@@ -40,7 +40,7 @@ TEST(decoder_profiles_from_the_build_record) {
   // S_max = 74 (the largest K): prefill sequence 1..74 after 0..950 cached; decode 1 after 1..1023.
   // Expected pieces follow Python's runtime/trt_pipeline.choose_profile (checked against it once).
   const Manifest m = mini();
-  const EngineEntry& decoder = m.builds.begin()->second.engines.at("decoder");
+  const EngineEntry& decoder = m.builds.at("golden-sm00").engines.at("decoder");
   CHECK_EQ(decoder.profiles[0].axes.at("past_sequence_length")[2], 950);
   CHECK_EQ(decoder.profiles[1].axes.at("past_sequence_length")[2], 1023);
   auto profiles = DecoderProfiles::create(decoder);

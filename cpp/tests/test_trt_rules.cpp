@@ -83,6 +83,24 @@ TEST(library_flavour_and_version) {
   CHECK_CODE(check_library(build("tensorrt_rtx", "1.6.0", "8.9"), true, 1, 7), StatusCode::kUnsupported);
 }
 
+TEST(scatter_profiles_of_the_python_build_record) {
+  // the in_place profile the engines stage writes (golden/export_mini, build golden-rtx): sequence
+  // 1..74 (a chunk), logits 0..1, one profile for chunks, questions and decode steps
+  auto m = read_manifest(harness::golden("export_mini"));
+  CHECK_RESULT(m);
+  if (!m.ok()) return;
+  auto p = ScatterProfiles::create(m->builds.at("golden-rtx").engines.at("decoder_scatter"));
+  CHECK_RESULT(p);
+  if (!p.ok()) return;
+  CHECK_EQ(p->max_tokens(), 74);
+  auto chunk = p->plan(19, false);
+  if (chunk.ok()) CHECK_EQ(show(*chunk), std::string("(0,19,0)"));
+  auto step = p->plan(1, true);
+  if (step.ok()) CHECK_EQ(show(*step), std::string("(0,1,1)"));
+  auto question = p->plan(100, true);
+  if (question.ok()) CHECK_EQ(show(*question), std::string("(0,74,0)(0,26,1)"));
+}
+
 TEST(scatter_profiles_by_sequence_length) {
   // the contract's profiles: prefill sequence_length [1, 19, 74], decode [1, 1, 1], logits_length [0, 1, 1]
   auto p = ScatterProfiles::create(scatter_entry({{1, 19, 74}, {1, 1, 1}}, {{0, 1, 1}, {0, 1, 1}}));

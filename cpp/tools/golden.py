@@ -340,7 +340,7 @@ def mini_manifest(folder: Path) -> dict:
     manifest = {"model": {"name": "golden-mini", "source": "omnisift_edge.export.golden"}, "dtype": "fp32",
                 "resolution": list(MINI_RESOLUTION), "max_context": 1024, "dims": asdict(dims), "layout": asdict(SPEC),
                 "rope": {"rope_theta": 1e6, "mrope_section": [2, 3, 3], "rows": ["time", "height", "width"]},
-                "tie_rule": TIE_RULE, "ratios": plan, "graphs": graphs, "kv_cache": _golden_kv_cache(dims),
+                "tie_rule": TIE_RULE, "ratios": plan, "graphs": graphs, "kv_cache": _golden_kv_cache(folder, dims),
                 "text_embeddings": {"file": "embed_tokens.safetensors", "tensor": "embed_tokens",
                                     "shape": [dims.vocab, dims.hidden], "dtype": "float32"},
                 "tokenizer": {"folder": "tokenizer", "files": sorted(p.name for p in (folder / "tokenizer").iterdir())},
@@ -351,13 +351,17 @@ def mini_manifest(folder: Path) -> dict:
     return json.loads((folder / "manifest.json").read_text())
 
 
-def _golden_kv_cache(dims) -> dict:
-    """The manifest's kv_cache with the form the C++ library runs (decoder, past/present) only: the
-    in-place decoder_gqa is ONNX Runtime's, and StubStream here replays the past/present calls."""
+def _golden_kv_cache(folder: Path, dims) -> dict:
+    """The manifest's kv_cache with the forms the C++ library runs: `decoder` (past/present: TensorRT
+    10.3) and `decoder_scatter` (in place: TensorRT-RTX, >= 10.15), as the export writes them; the
+    in-place decoder_gqa is ONNX Runtime's. StubStream here replays the past/present calls."""
+    from omnisift_edge.export import decoder_scatter as scatter
     from omnisift_edge.export.decoder_gqa import kv_cache_record
 
     record = kv_cache_record(dims, 1024, "decoder_gqa.graph")
-    return {"decoder": record["decoder"]}
+    entry = scatter.graph_entry_for(dims, "decoder_scatter.graph", "fp32", external_data=False)
+    (folder / entry["file"]).write_text("placeholder for decoder_scatter.graph\n")
+    return {"decoder": record["decoder"], scatter.GRAPH: scatter.kv_cache_record(1024, entry["file"], entry)}
 
 
 GOLDEN_TARGET = "golden-sm00"
@@ -375,9 +379,34 @@ def add_golden_build(folder: Path, manifest: dict) -> dict:
         (folder / rel).write_text(f"placeholder engine for {graph}\n")
         engines[graph] = {"file": rel, "bytes": (folder / rel).stat().st_size, "precision": "fp32",
                           "strongly_typed": True, "flags": [], "profiles": [p.to_dict() for p in profiles]}
+    common = {"precision": "fp32", "max_context": limits.max_context, "max_prefill_tokens": limits.max_sequence,
+              "main_ratio": limits.main_ratio}
     return {GOLDEN_TARGET: {"target": GOLDEN_TARGET, "tensorrt": "10.3.0", "device": "golden", "compute_capability": "0.0",
-                            "precision": "fp32", "max_context": limits.max_context,
-                            "max_prefill_tokens": limits.max_sequence, "main_ratio": limits.main_ratio, "engines": engines}}
+                            **common, "engines": engines},
+            GOLDEN_RTX_TARGET: _golden_rtx_build(folder, manifest, engines, limits, common)}
+
+
+GOLDEN_RTX_TARGET = "golden-rtx"
+
+
+def _golden_rtx_build(folder: Path, manifest: dict, plain: dict, limits, common: dict) -> dict:
+    """A TensorRT-RTX build as the engines stage records it: decoder_scatter (its in_place profile and
+    static cache axis from the stage's own code) instead of decoder, for a list of compute capabilities."""
+    from omnisift_edge.engines.kv_form import static_sizes
+    from omnisift_edge.engines.profiles import graph_profiles
+
+    engines = {}
+    for graph, entry in plain.items():
+        if graph == "decoder":
+            graph = "decoder_scatter"
+            profiles = [p.to_dict() for p in graph_profiles(manifest, graph, limits)]
+            entry = {**entry, "profiles": profiles, "static_axes": static_sizes(graph, limits.max_context)}
+        rel = f"engines/{GOLDEN_RTX_TARGET}/{graph}.engine"
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_text(f"placeholder rtx engine for {graph}\n")
+        engines[graph] = {**entry, "file": rel, "bytes": (folder / rel).stat().st_size}
+    return {"target": GOLDEN_RTX_TARGET, "flavour": "tensorrt_rtx", "tensorrt": "1.7.1.116", "device": "",
+            "compute_capability": "8.6,8.9,12.0", **common, "engines": engines}
 
 
 def write_golden(folder: Path) -> Path:

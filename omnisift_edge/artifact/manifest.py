@@ -52,14 +52,17 @@ def graph_entry(spec: GraphSpec, dims: Dims, file: str, opset: int, dtype: str, 
 
 def graph_file_bytes(folder: Path, manifest: dict, file: str) -> int:
     """A graph's size with its weights, from file sizes alone (planning imports no onnx): the `.onnx`, its
-    own `<file>.data`, and the export's shared weights file when the graph points into it (the manifest's
-    `shared_weights`, export/shared_weights.py: a graph that takes part keeps all its weights there)."""
+    own `<file>.data`, and what it points at in the export's shared weights file (the manifest's
+    `shared_weights`, export/shared_weights.py: a graph that takes part keeps all its weights there;
+    `graph_bytes` says how many are its own, so a compressor sharing only the selector is not charged
+    the LLM; exports written before it was recorded count the whole file)."""
     folder = Path(folder)
     shared = manifest.get("shared_weights") or {}
-    paths = [folder / file, folder / f"{file}.data"]
+    size = sum(p.stat().st_size for p in (folder / file, folder / f"{file}.data") if p.is_file())
     if file in shared.get("graphs", ()):
-        paths.append(folder / shared["file"])
-    return sum(p.stat().st_size for p in paths if p.is_file())
+        own = (shared.get("graph_bytes") or {}).get(file)
+        size += own if own is not None else (folder / shared["file"]).stat().st_size
+    return size
 
 
 def tool_versions() -> dict:

@@ -100,7 +100,7 @@ def lint_folder(folder: str | os.PathLike) -> dict[str, list[Finding]]:
 
 def lint_export(folder: str | os.PathLike) -> dict[str, list[Finding]]:
     """`lint_folder` for an export: a manifest that is present must be readable and every graph it
-    lists present, and the shared weights file they point into (a UsageError otherwise, so `lint`
+    lists present (its `graphs` and the decoder forms in `kv_cache`), and the shared weights file they point into (a UsageError otherwise, so `lint`
     never says "no findings" about a broken export, nor one finding per weight of a missing file)."""
     from omnisift_edge.artifact.manifest import MANIFEST, read_manifest
 
@@ -108,6 +108,7 @@ def lint_export(folder: str | os.PathLike) -> dict[str, list[Finding]]:
     if (folder / MANIFEST).exists():
         manifest = read_manifest(folder, verify=False)
         files = [g["file"] for g in manifest.get("graphs", {}).values()]
+        files += [k["file"] for k in manifest.get("kv_cache", {}).values() if "file" in k and k["file"] not in files]
         files += [manifest["shared_weights"]["file"]] if manifest.get("shared_weights") else []
         missing = [file for file in files if not (folder / file).is_file()]
         if missing:

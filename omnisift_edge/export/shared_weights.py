@@ -10,7 +10,8 @@ validated, and rewrites the folder so that each weight is stored once:
    with its dtype and shape), streamed from the graph's data file in blocks: no graph's weights
    are loaded whole when they are external.
 2. A graph *takes part* when one of its tensors has the same content as a tensor of another graph.
-   Graphs that share nothing are left exactly as they are (the encoders, the compressors).
+   Graphs that share nothing are left exactly as they are (the encoders; a compressor, unless two
+   ratios below 1 are exported: their graphs hold the same selector).
 3. Every candidate tensor of the graphs that take part is written once to `SHARED_FILE` (a tensor
    over 1 MiB starts at a multiple of 64 KiB, the rule of ONNX Runtime's external-data writer
    for mmap, which onnx-ir applies when aligning; smaller ones are packed), and its `TensorProto` points there
@@ -57,12 +58,14 @@ class SharedWeights:
     file_bytes: int                    # the file's size (tensor_bytes + alignment padding)
     bytes_before: int                  # those initializers' bytes as the graphs held them before
     removed_files: tuple[str, ...]     # per-graph data files no graph names any more (deleted)
+    graph_bytes: tuple[tuple[str, int], ...] = ()   # per graph: the bytes of the distinct tensors it points at
 
     def record(self) -> dict:
         return {"file": self.file, "graphs": list(self.graphs), "tensors": self.tensors,
                 "references": self.references, "bytes": self.file_bytes, "bytes_before": self.bytes_before,
                 "bytes_saved": self.bytes_before - self.tensor_bytes, "alignment": ALIGNMENT,
-                "align_threshold": ALIGN_THRESHOLD, "size_threshold": SIZE_THRESHOLD}
+                "align_threshold": ALIGN_THRESHOLD, "size_threshold": SIZE_THRESHOLD,
+                "graph_bytes": dict(self.graph_bytes)}
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,9 @@ def share_weights(folder: Path, files: list[str] | None = None) -> SharedWeights
                          tensor_bytes=sum(length for _, length in placed.values()),
                          file_bytes=(folder / SHARED_FILE).stat().st_size,
                          bytes_before=sum(c.length for name in taking_part for c in found[name]),
-                         removed_files=tuple(removed))
+                         removed_files=tuple(removed),
+                         graph_bytes=tuple((name, sum({c.key: c.length for c in found[name]}.values()))
+                                           for name in taking_part))
 
 
 def _load(path: Path):

@@ -3,7 +3,8 @@
 The same loop as `OrtStream` (`runtime.exported.ExportedStream`): the engines built by the engines
 stage (`omnisift-edge build DIR --target ...`, docs/engines.md) from the same ONNX graphs, found
 through the manifest's `builds.<target>` report. Vision, audio and compressor engines have static
-shapes (one profile); the decoder engine has the build's profiles (0 prefill, 1 decode: read from
+shapes (one profile). The in-place decoder engine (`decoder_scatter`) has one profile; the
+past/present one (`decoder`, TensorRT 10.3) has the build's profiles (0 prefill, 1 decode: read from
 `builds.<target>.engines.decoder.profiles`, not assumed), and each call picks the one whose
 `sequence_length` / `past_sequence_length` ranges hold it.
 

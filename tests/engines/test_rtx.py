@@ -2,8 +2,8 @@
 
 Marked `rtx`: tests/conftest.py skips them with the reason where `import tensorrt_rtx` fails. Every
 graph of the embedded default is built for real: an fp32 export (ratios 1 and 0.25, the session's
-`recorded_export`) and an fp16 export (ratios 1 and 0.5), the decoder with its prefill and decode
-profiles. What cannot run here (the engines themselves) is checked as far as the API allows
+`recorded_export`) and an fp16 export (ratios 1 and 0.5), the decoder as `decoder_scatter` (its KV
+cache updated in place, one profile). What cannot run here (the engines themselves) is checked as far as the API allows
 without a GPU: the engine header through the runtime's validity check, the builder configuration
 (profiles, compute capabilities, TF32) on the real builder, and the one line that says a GPU is missing.
 """

@@ -171,7 +171,7 @@ def test_the_decoder_forms_share_one_copy_and_compute_the_same(before_and_after)
     from omnisift_edge.artifact.manifest import read_manifest
 
     before, after, shared = before_and_after
-    assert shared.graphs == ("decoder.onnx", "decoder_gqa.onnx")       # encoders, compressors: nothing to share
+    assert shared.graphs == ("decoder.onnx", "decoder_gqa.onnx", "decoder_scatter.onnx")   # encoders, one compressor: nothing to share
     one_copy = sum(len(t.raw_data) for t in onnx.load(str(before / "decoder.onnx")).graph.initializer)
     assert one_copy * 0.99 < shared.file_bytes < one_copy * 1.01         # about one decoder copy, not two
     assert shared.bytes_before - shared.tensor_bytes > 0.99 * one_copy
@@ -198,15 +198,35 @@ def test_the_export_records_lints_and_checksums_the_shared_file(small_export):
     folder = small_export()
     manifest = read_manifest(folder, verify=True)
     record = manifest["shared_weights"]
-    assert record["file"] == SHARED_FILE and record["graphs"] == ["decoder.onnx", "decoder_gqa.onnx"]
+    assert record["file"] == SHARED_FILE and record["graphs"] == ["decoder.onnx", "decoder_gqa.onnx", "decoder_scatter.onnx"]
     assert manifest["files"][SHARED_FILE]["bytes"] == record["bytes"] == (folder / SHARED_FILE).stat().st_size
     assert manifest["graphs"]["decoder"]["external_data"] is True
     assert manifest["kv_cache"]["decoder_gqa"]["entry"]["external_data"] is True
     assert not manifest["graphs"]["vision_encoder"].get("external_data")
-    assert not (folder / "decoder.onnx.data").exists() and not (folder / "decoder_gqa.onnx.data").exists()
+    assert not any((folder / f"{g}.data").exists() for g in record["graphs"])
     assert not has_errors(lint_export(folder))
     # what an engine of the decoder holds: its proto and the shared weights (engines' build --plan)
-    decoder_bytes = (folder / "decoder.onnx").stat().st_size + record["bytes"]
+    assert record["bytes"] >= record["graph_bytes"]["decoder.onnx"] > 0.95 * record["bytes"]   # ~all of it: the LLM
+    decoder_bytes = (folder / "decoder.onnx").stat().st_size + record["graph_bytes"]["decoder.onnx"]
     assert graph_file_bytes(folder, manifest, "decoder.onnx") == decoder_bytes
     plan = plan_build(BuildConfig(folder, target="orin-agx", precision="fp32"), write=False)
     assert {e.graph: e.weight_bytes for e in plan.engines}["decoder"] == decoder_bytes
+
+
+def test_compressors_sharing_the_selector_are_charged_their_own_bytes(small_export):
+    """Two ratios below 1: both compressors hold the selector, so they point into the shared file too;
+    an engine plan charges each what it points at, not the LLM beside it."""
+    from omnisift_edge.artifact.manifest import graph_file_bytes, read_manifest
+
+    folder = small_export(ratios=(1.0, 0.5, 0.25))
+    manifest = read_manifest(folder, verify=True)
+    record = manifest["shared_weights"]
+    compressors = [e["file"] for g, e in manifest["graphs"].items() if g in ("compressor_r0.5", "compressor_r0.25")]
+    assert len(compressors) == 2 and set(compressors) <= set(record["graphs"])
+    for file in compressors:
+        graph = onnx.load(str(folder / file), load_external_data=False).graph
+        own = sum(int({e.key: e.value for e in t.external_data}["length"])
+                  for t in graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL)
+        assert record["graph_bytes"][file] == own > 0                   # the selector's weights, counted once
+        assert graph_file_bytes(folder, manifest, file) == (folder / file).stat().st_size + own
+        assert own < 0.2 * record["bytes"]                              # not the decoder's
