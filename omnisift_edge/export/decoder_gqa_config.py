@@ -30,6 +30,28 @@ PAST = _ONE_LAYER.inputs[5].name.split(".")[0]
 DUMMY_CACHE_LENGTH = 19
 
 
+def static_cache(gen: ThinkerDecoderInputGenerator, b: int, p: int, rows: int, dtype, rng) -> list[tuple]:
+    """Dummy in-place caches: per layer a (key, value) pair [b, kv, rows, hd], zeros past the first `p` rows
+    (the valid ones), so a graph that read beyond the valid length would trace to different numbers."""
+    shape = (b, gen.kv_heads, rows, gen.head_dim)                                              # [B, kv, M, hd]
+    layers = []
+    for _ in range(gen.num_layers):
+        pair = [np.zeros(shape, dtype), np.zeros(shape, dtype)]
+        for buf in pair:
+            buf[:, :, :p] = rng.standard_normal((b, gen.kv_heads, p, gen.head_dim))
+        layers.append(tuple(pair))
+    return layers
+
+
+def in_framework(value, framework: str):
+    """A dummy input (array, or list of (key, value) pairs) as numpy or torch tensors."""
+    if framework == "np":
+        return value
+    if isinstance(value, list):
+        return [tuple(torch.from_numpy(t) for t in kv) for kv in value]
+    return torch.from_numpy(value)
+
+
 class InPlaceDecoderInputGenerator(ThinkerDecoderInputGenerator):
     """Dummy inputs of `decoder_gqa`: P = 7 valid rows of a 19-row buffer, S = 5 new rows, logits for 2 rows."""
 
@@ -50,20 +72,10 @@ class InPlaceDecoderInputGenerator(ThinkerDecoderInputGenerator):
         elif input_name == LOGITS_INDEX:
             value = np.array([s - 2, s - 1], dtype=np.int64)                                  # [L]
         elif input_name == PAST:
-            shape = (b, self.kv_heads, DUMMY_CACHE_LENGTH, self.head_dim)                     # [B, kv, M, hd]
-            value = []
-            for _ in range(self.num_layers):
-                pair = [np.zeros(shape, fdt), np.zeros(shape, fdt)]
-                for buf in pair:
-                    buf[:, :, :p] = rng.standard_normal((b, self.kv_heads, p, self.head_dim))
-                value.append(tuple(pair))
+            value = static_cache(self, b, p, DUMMY_CACHE_LENGTH, fdt, rng)
         else:
             raise ValueError(f"no dummy input named {input_name!r}")
-        if framework == "np":
-            return value
-        if isinstance(value, list):
-            return [tuple(torch.from_numpy(t) for t in kv) for kv in value]
-        return torch.from_numpy(value)
+        return in_framework(value, framework)
 
 
 class InPlaceDecoderOnnxConfig(ThinkerDecoderOnnxConfig):

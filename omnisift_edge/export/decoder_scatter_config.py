@@ -9,7 +9,6 @@ names the `decoder` config); the exporter builds this one directly. Batch 1: `wr
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from omnisift_edge.artifact.tensors import decoder_scatter_graph
 from omnisift_edge.export.decoder_config import (
@@ -19,6 +18,7 @@ from omnisift_edge.export.decoder_config import (
     gapped_positions,
     text_config,
 )
+from omnisift_edge.export.decoder_gqa_config import in_framework, static_cache
 
 # roles of the tensors, read from the declaration
 _ONE_LAYER = decoder_scatter_graph(1)
@@ -45,20 +45,10 @@ class ScatterDecoderInputGenerator(ThinkerDecoderInputGenerator):
         elif input_name == LOGITS_INDEX:
             value = np.array([s - 2, s - 1], dtype=np.int64)                                  # [L]
         elif input_name == PAST:
-            shape = (b, self.kv_heads, DUMMY_CACHE_LENGTH, self.head_dim)                     # [1, kv, M, hd]
-            value = []
-            for _ in range(self.num_layers):
-                pair = [np.zeros(shape, fdt), np.zeros(shape, fdt)]
-                for buf in pair:
-                    buf[:, :, :p] = rng.standard_normal((b, self.kv_heads, p, self.head_dim))
-                value.append(tuple(pair))
+            value = static_cache(self, b, p, DUMMY_CACHE_LENGTH, fdt, rng)
         else:
             raise ValueError(f"no dummy input named {input_name!r}")
-        if framework == "np":
-            return value
-        if isinstance(value, list):
-            return [tuple(torch.from_numpy(t) for t in kv) for kv in value]
-        return torch.from_numpy(value)
+        return in_framework(value, framework)
 
 
 class ScatterDecoderOnnxConfig(ThinkerDecoderOnnxConfig):
