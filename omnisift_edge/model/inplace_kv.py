@@ -161,15 +161,21 @@ class InPlaceDecoder(nn.Module):
     def forward(self, inputs_embeds, position_ids, seqlens_k, total_sequence_length, logits_index,
                 past_key_values):
         cache = InPlaceKV(_layers(past_key_values), seqlens_k, total_sequence_length)
-        s = inputs_embeds.shape[1]
-        with attention_implementation(self.model.config, ATTENTION_NAME):
-            out = self.model(inputs_embeds=inputs_embeds, position_ids=position_ids,
-                             attention_mask={"full_attention": None, "sliding_attention": None},
-                             past_key_values=cache, use_cache=True, return_dict=True, kv_cache=cache,
-                             cache_position=torch.arange(s, device=inputs_embeds.device))
-        hidden = out.last_hidden_state.index_select(1, logits_index)                   # [B, L, D]
-        logits = self.lm_head(hidden)                                                  # [B, L, V]
-        return OrderedDict([("logits", logits), ("present", tuple(cache.present))])
+        return run_on_cache(self, ATTENTION_NAME, inputs_embeds, position_ids, logits_index, cache)
+
+
+def run_on_cache(decoder: nn.Module, attention: str, inputs_embeds, position_ids, logits_index, cache) -> OrderedDict:
+    """The thinker's forward on an in-place `cache` (its `present` the outputs) with attention routed to the
+    registered `attention` entry; logits of the rows in `logits_index` only. Shared by the in-place forms."""
+    s = inputs_embeds.shape[1]
+    with attention_implementation(decoder.model.config, attention):
+        out = decoder.model(inputs_embeds=inputs_embeds, position_ids=position_ids,
+                            attention_mask={"full_attention": None, "sliding_attention": None},
+                            past_key_values=cache, use_cache=True, return_dict=True, kv_cache=cache,
+                            cache_position=torch.arange(s, device=inputs_embeds.device))
+    hidden = out.last_hidden_state.index_select(1, logits_index)                       # [B, L, D]
+    logits = decoder.lm_head(hidden)                                                   # [B, L, V]
+    return OrderedDict([("logits", logits), ("present", tuple(cache.present))])
 
 
 def rotate_keys(keys: torch.Tensor, delta: int, inv_freq: torch.Tensor) -> torch.Tensor:

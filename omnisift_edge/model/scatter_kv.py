@@ -18,12 +18,11 @@ In eager mode the same function writes the rows into the caller's buffers in pla
 
 from __future__ import annotations
 
-from collections import OrderedDict
 
 import torch
 from torch import nn
 
-from omnisift_edge.model.inplace_kv import _causal_attention, _layers, attention_implementation
+from omnisift_edge.model.inplace_kv import _causal_attention, _layers, run_on_cache
 
 ATTENTION_NAME = "omnisift_scatter_kv"     # our entry in transformers' AttentionInterface
 SCATTER_DOMAIN = "omnisift"                # the traced node's domain until the opset-24 rewrite
@@ -124,12 +123,4 @@ class ScatterDecoder(nn.Module):
 
     def forward(self, inputs_embeds, position_ids, write_index, logits_index, past_key_values):
         cache = ScatterKV(_layers(past_key_values), write_index)
-        s = inputs_embeds.shape[1]
-        with attention_implementation(self.model.config, ATTENTION_NAME):
-            out = self.model(inputs_embeds=inputs_embeds, position_ids=position_ids,
-                             attention_mask={"full_attention": None, "sliding_attention": None},
-                             past_key_values=cache, use_cache=True, return_dict=True, kv_cache=cache,
-                             cache_position=torch.arange(s, device=inputs_embeds.device))
-        hidden = out.last_hidden_state.index_select(1, logits_index)                   # [B, L, D]
-        logits = self.lm_head(hidden)                                                  # [B, L, V]
-        return OrderedDict([("logits", logits), ("present", tuple(cache.present))])
+        return run_on_cache(self, ATTENTION_NAME, inputs_embeds, position_ids, logits_index, cache)
