@@ -2,7 +2,7 @@
 
 Both TensorRT decoder forms of the same random-weight thinker, built here for decode (one new token):
 - "past_present": `decoder.onnx` (the TensorRT 10.3 / JetPack 6 fallback) driven as `TrtStream` drives
-  it: `runtime.trt_kv.DeviceKV` feeds the packed cache, the presents are copied device-to-device back
+  it: `runtime.trt_kv.DeviceKV` binds the packed cache, the presents are copied device-to-device back
   after every call (the copy is part of the cost measured);
 - "in_place": `decoder_scatter.onnx` (KVCacheUpdate: TensorRT >= 10.15 or TensorRT-RTX) with
   `runtime.trt_kv.StaticDeviceKV`: the present aliases the past, the engine writes one row per token.
@@ -89,9 +89,9 @@ def measure(flavour: str, thinker, dims, folder: Path, lengths, tokens: int, rep
         for t in range(tokens):
             pos = np.full((3, 1, 1), length + t, np.int64)
             out = fallback.infer({old.input_names[0]: token, old.input_names[1]: pos,
-                                  old.input_names[2]: np.ones((1, old_kv.length + 1), np.int64), **old_kv.feeds()},
+                                  old.input_names[2]: np.ones((1, old_kv.length + 1), np.int64), **old_kv.bind()},
                                  copy_outputs_to_host=False)
-            old_kv.take(out, 1)
+            old_kv.append(1, out)
             old_kv.memory.to_host(out[old.output_names[0]])
 
     def run_new(length):
@@ -99,9 +99,9 @@ def measure(flavour: str, thinker, dims, folder: Path, lengths, tokens: int, rep
         for t in range(tokens):
             out = in_place.infer({new.input_names[0]: token, new.input_names[1]: np.full((3, 1, 1), length + t, np.int64),
                                   new.input_names[2]: np.array([new_kv.length], np.int64),
-                                  new.input_names[3]: np.array([0], np.int64), **new_kv.feeds()},
+                                  new.input_names[3]: np.array([0], np.int64), **new_kv.bind()},
                                  copy_outputs_to_host=False)
-            new_kv.written(out, 1)
+            new_kv.append(1, out)
             new_kv.memory.to_host(out[new.output_names[0]])
 
     results = {}

@@ -76,15 +76,27 @@ def tool_versions() -> dict:
     return versions
 
 
-def write_manifest(folder: Path, manifest: dict) -> Path:
-    """Add checksums of every other file in `folder`, then write manifest.json atomically."""
+def write_manifest(folder: Path, manifest: dict, *, known: dict[str, dict] | None = None) -> Path:
+    """Add checksums of every other file in `folder`, then write manifest.json atomically.
+
+    `known`: checksums just verified (name -> {sha256, bytes, mtime_ns}, engines.store.verify_sources),
+    reused for a file whose size and modification time are unchanged instead of hashing it again."""
     folder = Path(folder)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST and not p.name.startswith("."))
     manifest = dict(manifest, schema_version=SCHEMA_VERSION, dynamic_axes=list(DYNAMIC_AXES),
-                    files={str(p.relative_to(folder)): {"sha256": sha256(p), "bytes": p.stat().st_size} for p in files})
+                    files={str(p.relative_to(folder)): _checksum(p, (known or {}).get(str(p.relative_to(folder))))
+                           for p in files})
     with atomic_path(folder / MANIFEST) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2, default=_jsonable))
     return folder / MANIFEST
+
+
+def _checksum(path: Path, known: dict | None) -> dict:
+    """{sha256, bytes} of `path`; `known`'s digest when the file is unchanged since it was verified."""
+    stat = path.stat()
+    if known and known["bytes"] == stat.st_size and known["mtime_ns"] == stat.st_mtime_ns:
+        return {"sha256": known["sha256"], "bytes": stat.st_size}
+    return {"sha256": sha256(path), "bytes": stat.st_size}
 
 
 def read_manifest(folder: Path, *, verify: bool = True) -> dict:

@@ -5,7 +5,12 @@ Executes the plan of `plan.plan_build` with TensorRT's Python API through Polygr
 cache shared by every build for the same GPU and TensorRT version. Each engine is written
 atomically (temporary file + os.replace) into a hidden staging folder that replaces
 DIR/engines/<target>/ once every engine is built; then a build report is added to the manifest
-under `builds.<target>` and manifest.json is rewritten (checksums of the engines included).
+under `builds.<target>` and manifest.json is rewritten (checksums of the engines included; the
+export's files keep the checksums verified before the build: each file is hashed once).
+
+One build, three steps: `resolve_env` looks up target, flavour, TensorRT version and device once
+(a frozen `plan.BuildEnv`), `plan.plan_build` plans from it, `_execute` builds the plan; the report
+is the plan's own record (`BuildPlan.record`, `EnginePlan.record`) plus what happened.
 
 Both flavours (flavour.py) go through these loaders: full TensorRT builds on the target GPU;
 TensorRT-RTX (`--target rtx`) builds ahead of time on any machine, GPU or not, for the target's
@@ -24,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from omnisift_edge.engines.plan import (BuildConfig, BuildPlan, EnginePlan, plan_build, target_flavour,
-                                        weights_form_problem)
+from omnisift_edge.engines.plan import (BuildConfig, BuildEnv, BuildPlan, EnginePlan, plan_build,
+                                        with_compute_capabilities)
 from omnisift_edge.engines.kv_form import kv_cache_updates, parse_static, shape_inputs
 from omnisift_edge.engines.presets import Target, check_device, resolve_target
 from omnisift_edge.engines.store import PLAN_FILE, atomic_write, engine_dir, publish, staging_dir, verify_sources
@@ -106,93 +111,112 @@ def _build_one(trt, polygraphy_trt, ep: EnginePlan, plan: BuildPlan) -> tuple[by
     return bytes(memoryview(loader())), facts   # IHostMemory (TensorRT 10) or bytes
 
 
-def build_engines(cfg: BuildConfig, progress: Callable[[str], None] = lambda _: None) -> BuildArtifact:
-    """Build every graph of the export for `cfg.target` (`plan.plan_build` says what, anywhere)."""
-    from omnisift_edge.artifact.manifest import read_manifest, write_manifest
 
-    started = time.perf_counter()
-    manifest = read_manifest(cfg.folder, verify=False)   # schema / corrupt JSON first: no machine fixes those
-    flavour = flavours.get_flavour(target_flavour(cfg.target))
+def resolve_env(cfg: BuildConfig) -> BuildEnv:
+    """Import the flavour, find the GPU and resolve the target, once per build (plan and execution read it).
+
+    Full TensorRT builds on the target GPU itself (checked); TensorRT-RTX ahead of time for the target's
+    compute capabilities, which the installed release must know."""
+    flavour = flavours.get_flavour(cfg.flavour)
     trt = require_tensorrt(flavour.name)
     require("polygraphy", extra="rtx" if flavour.builds_without_gpu else "engines")
-    from polygraphy.backend import trt as polygraphy_trt
-    from polygraphy.exception import PolygraphyException
-    from polygraphy.logger import G_LOGGER
-
     if flavour.builds_without_gpu:   # ahead of time: a GPU is only described in the report when there is one
         device = detect_device()
-        target = resolve_target(cfg.target)
-        _check_installed_compute_capabilities(trt, flavour, cfg.compute_capabilities or target.compute_capabilities)
+        target = with_compute_capabilities(resolve_target(cfg.target), cfg)
+        _check_installed_compute_capabilities(trt, flavour, target.compute_capabilities)
     else:
         device = require_device()
         target = resolve_target(cfg.target, device)
         check_device(target, device)
+    return BuildEnv(target, flavour, str(trt.__version__), installed=True, device=device, module=trt)
+
+
+def build_engines(cfg: BuildConfig, progress: Callable[[str], None] = lambda _: None) -> BuildArtifact:
+    """Build every graph of the export for `cfg.target`: resolve the environment, plan (`plan.plan_build`
+    says what, anywhere), execute the plan, record the plan plus what happened in the manifest."""
+    from omnisift_edge.artifact.manifest import read_manifest, write_manifest
+
+    started = time.perf_counter()
+    manifest = read_manifest(cfg.folder, verify=False)   # schema / corrupt JSON first: no machine fixes those
+    env = resolve_env(cfg)
     # the plan first: a precision or workspace the build cannot honour is one line before hashing the export
-    plan = plan_build(cfg, manifest=manifest, target=target, tensorrt=str(trt.__version__), write=False)
-    problem = weights_form_problem(manifest, str(trt.__version__), flavour.name)
-    if problem:
-        raise UsageError(problem)
-    target = plan.target   # with the compute capabilities of cfg
+    plan = plan_build(cfg, manifest=manifest, env=env, write=False)
+    if plan.weights_problem:
+        raise UsageError(plan.weights_problem)
     progress("verifying the export's checksums")
-    verify_sources(cfg.folder, manifest)
+    checksums = verify_sources(cfg.folder, manifest)      # hashed once: write_manifest reuses them
     if plan.timing_cache is not None:
         plan.timing_cache.parent.mkdir(parents=True, exist_ok=True)
-    if flavour.builds_without_gpu and device is None:
-        progress(f"no GPU here: {flavour.title} builds ahead of time for compute capability "
-                 f"{', '.join(map(flavours.format_cc, target.compute_capabilities))} (its CUDA-driver errors are muted)")
+    if env.without_gpu:
+        progress(f"no GPU here: {env.flavour.title} builds ahead of time for compute capability "
+                 f"{', '.join(map(flavours.format_cc, env.target.compute_capabilities))} (its CUDA-driver errors are muted)")
+    entries = _execute(plan, env, progress)
+    plan = dataclasses.replace(plan, path=engine_dir(cfg.folder, env.target.name) / PLAN_FILE)
+    report = build_report(plan, env, entries)
+    manifest = dict(manifest, builds={**manifest.get("builds", {}), env.target.name: report})
+    write_manifest(cfg.folder, manifest, known=checksums)
+    progress(f"wrote {len(entries)} engines to {plan.engines[0].engine.parent}")
+    engines = {ep.graph: ep.engine for ep in plan.engines}
+    return BuildArtifact(cfg.folder, env.target, plan, engines, report, time.perf_counter() - started, manifest)
 
-    # everything goes to a hidden staging folder, swapped in when complete: a failed or interrupted
-    # rebuild leaves the previous engines (and the manifest that describes them) as they were
-    final = engine_dir(cfg.folder, target.name)
-    staging = staging_dir(cfg.folder, target.name)
-    engines, report_engines = {}, {}
+
+def _execute(plan: BuildPlan, env: BuildEnv, progress: Callable[[str], None]) -> dict[str, dict]:
+    """Build every engine of `plan`; graph -> its report entry.
+
+    Everything goes to a hidden staging folder, swapped in when complete: a failed or interrupted
+    rebuild leaves the previous engines (and the manifest that describes them) as they were."""
+    from polygraphy.backend import trt as polygraphy_trt
+
+    final = engine_dir(plan.folder, env.target.name)
+    staging = staging_dir(plan.folder, env.target.name)
+    entries = {}
     try:
         for ep in plan.engines:
             progress(f"building {ep.graph} ({ep.mode.precision})")
-            t0 = time.perf_counter()
-            try:
-                quiet = flavours.quiet_no_gpu_errors() if flavour.builds_without_gpu and device is None else nullcontext()
-                with G_LOGGER.verbosity(G_LOGGER.WARNING), quiet:   # TensorRT's warnings (int64 bindings...), errors
-                    data, facts = _build_one(trt, polygraphy_trt, ep, plan)
-            except PolygraphyException as exc:   # raised after TensorRT logged the cause
-                raise UsageError(f"TensorRT could not build {ep.graph} from {ep.onnx.name} ({exc}); the TensorRT log "
-                                 "above names the layer; `omnisift-edge lint` checks the graphs for TensorRT 10.3") from None
-            seconds = time.perf_counter() - t0
-            validity = flavours.engine_validity(trt, data)
-            if validity.get("checked") and not validity["header_ok"]:
-                raise UsageError(f"{flavour.title} built {ep.graph} but its runtime reports the engine as "
-                                 f"{', '.join(validity['diagnostics'])}; please report this with the command line")
+            data, entries[ep.graph] = _build_engine(polygraphy_trt, ep, plan, env)
             atomic_write(staging / ep.engine.name, data)
-            engines[ep.graph] = ep.engine
-            report_engines[ep.graph] = {
-                "file": str(ep.engine.relative_to(cfg.folder)), "bytes": len(data), "build_seconds": round(seconds, 2),
-                "onnx": ep.onnx.name, "precision": ep.mode.precision, "strongly_typed": ep.mode.strongly_typed,
-                "flags": list(ep.mode.flags), "profiles": [p.to_dict() for p in ep.profiles], "validity": validity}
-            if ep.static:   # the in-place decoder: what the runtime binds (cache rows, shape inputs) and the proof
-                report_engines[ep.graph].update(static_axes=dict(ep.static), **facts)
         atomic_write(staging / PLAN_FILE, plan.json_bytes())
         publish(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    plan = dataclasses.replace(plan, path=final / PLAN_FILE)
+    return entries
 
-    if flavour.builds_without_gpu:   # built for a list of GPUs; the build machine's GPU (if any) is only noted
+
+def _build_engine(polygraphy_trt, ep: EnginePlan, plan: BuildPlan, env: BuildEnv) -> tuple[bytes, dict]:
+    """(serialized engine, its report entry: the plan's record plus bytes, seconds, header validity, facts)."""
+    from polygraphy.exception import PolygraphyException
+    from polygraphy.logger import G_LOGGER
+
+    trt, flavour = env.module, env.flavour
+    t0 = time.perf_counter()
+    try:
+        quiet = flavours.quiet_no_gpu_errors() if env.without_gpu else nullcontext()
+        with G_LOGGER.verbosity(G_LOGGER.WARNING), quiet:   # TensorRT's warnings (int64 bindings...), errors
+            data, facts = _build_one(trt, polygraphy_trt, ep, plan)
+    except PolygraphyException as exc:   # raised after TensorRT logged the cause
+        raise UsageError(f"TensorRT could not build {ep.graph} from {ep.onnx.name} ({exc}); the TensorRT log "
+                         "above names the layer; `omnisift-edge lint` checks the graphs for TensorRT 10.3") from None
+    seconds = time.perf_counter() - t0
+    validity = flavours.engine_validity(trt, data)
+    if validity.get("checked") and not validity["header_ok"]:
+        raise UsageError(f"{flavour.title} built {ep.graph} but its runtime reports the engine as "
+                         f"{', '.join(validity['diagnostics'])}; please report this with the command line")
+    entry = {**ep.record(plan.folder), "bytes": len(data), "build_seconds": round(seconds, 2), "validity": validity}
+    if ep.static:   # the in-place decoder: what the runtime binds (cache rows, shape inputs) and the proof
+        entry.update(static_axes=dict(ep.static), **facts)
+    return data, entry
+
+
+def build_report(plan: BuildPlan, env: BuildEnv, engines: dict[str, dict]) -> dict:
+    """manifest `builds.<target>`: the plan's record, where it was built, each engine's entry, when."""
+    device, target = env.device, env.target
+    if env.flavour.builds_without_gpu:   # built for a list of GPUs; the build machine's GPU (if any) is only noted
         where = {"device": "", "build_device": device.name if device else "none (ahead-of-time build on the CPU)",
                  "compute_capability": ",".join(map(flavours.format_cc, target.compute_capabilities)),
                  "device_memory_gb": None, "board": ""}
     else:
         where = {"device": device.name, "compute_capability": device.cc,
                  "device_memory_gb": round(device.memory_gb, 1), "board": device.board}
-    report = {
-        "target": target.name, "flavour": flavour.name, "tensorrt": str(trt.__version__), **where,
-        "precision": plan.precision, "max_context": plan.max_context, "max_prefill_tokens": plan.max_sequence,
-        "main_ratio": plan.main_ratio, "workspace_gb": plan.workspace_gb,
-        "decoder_form": {"graph": plan.decoder_form[0], "why": plan.decoder_form[1]}, "timing_cache": plan.timing_cache and str(plan.timing_cache),
-        "warnings": list(plan.warnings), "engines": report_engines,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    manifest = dict(manifest, builds={**manifest.get("builds", {}), target.name: report})
-    write_manifest(cfg.folder, manifest)
-    progress(f"wrote {len(engines)} engines to {plan.engines[0].engine.parent}")
-    return BuildArtifact(cfg.folder, target, plan, engines, report, time.perf_counter() - started, manifest)
+    return {**plan.record(), **where, "engines": engines,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}

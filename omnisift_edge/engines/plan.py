@@ -63,7 +63,7 @@ class BuildConfig:
             get_target(self.target).check_precision(self.precision)
         if self.compute_capabilities is not None:
             object.__setattr__(self, "compute_capabilities", flavours.parse_compute_capabilities(
-                self.compute_capabilities, flavours.get_flavour(target_flavour(self.target))))
+                self.compute_capabilities, flavours.get_flavour(self.flavour)))
         if self.max_context is not None and (isinstance(self.max_context, bool) or not isinstance(self.max_context, int)
                                              or self.max_context < 2):
             raise UsageError(f"--max-context must be a whole number of tokens >= 2 (got {self.max_context!r})")
@@ -71,6 +71,47 @@ class BuildConfig:
             raise UsageError(f"--workspace must be a positive number of GB (got {self.workspace_gb})")
         if self.max_prompt < 1:
             raise UsageError(f"--max-prompt must be at least 1 token (got {self.max_prompt})")
+
+    @property
+    def flavour(self) -> str:
+        """The flavour --target builds with, known without a GPU (`auto` detects a GPU for full TensorRT)."""
+        return target_flavour(self.target)
+
+
+@dataclass(frozen=True)
+class BuildEnv:
+    """What a build runs with, looked up once: the target (compute capabilities of the config merged),
+    its flavour, the TensorRT version plans assume, and the GPU. `BuildEnv.for_plan` needs nothing
+    installed; `build.resolve_env` imports TensorRT and finds the GPU. Plans and builds read it, never
+    look these up again."""
+
+    target: Target
+    flavour: flavours.Flavour
+    tensorrt: str                  # the flavour's version (the installed one when known, else the target's)
+    installed: bool = False        # `tensorrt` is the installed version (else assumed from the target)
+    device: object = None          # runtime.trt_env.DeviceInfo of the build machine's GPU, None when there is none
+    module: object = field(default=None, compare=False, repr=False)   # the imported TensorRT (a build)
+
+    @property
+    def without_gpu(self) -> bool:
+        """An ahead-of-time build on a machine with no GPU (its CUDA-driver errors are muted)."""
+        return self.flavour.builds_without_gpu and self.device is None
+
+    @classmethod
+    def for_plan(cls, cfg: "BuildConfig", tensorrt: str | None = None) -> "BuildEnv":
+        """Anywhere: the preset (`auto` detects the GPU), the installed version or the one the target expects."""
+        target = with_compute_capabilities(resolve_target(cfg.target), cfg)
+        flavour = flavours.get_flavour(target.flavour)
+        found = tensorrt or installed_tensorrt(flavour.name)
+        return cls(target, flavour, found or target.tensorrt[0].rstrip("."), installed=found is not None)
+
+
+def with_compute_capabilities(target: Target, cfg: "BuildConfig") -> Target:
+    """`target` compiled for the config's --compute-capability list (TensorRT-RTX), when it names one."""
+    if cfg.compute_capabilities is None:
+        return target
+    return dataclasses.replace(target, compute_capabilities=cfg.compute_capabilities,
+                               compute_capability=cfg.compute_capabilities[0])
 
 
 @dataclass(frozen=True)
@@ -86,9 +127,9 @@ def target_flavour(target: str) -> str:
     return PRESETS[target].flavour if target in PRESETS else flavours.TENSORRT.name
 
 
-def default_precision(flavour: str, graph_dtype: str) -> str:
+def default_precision(flavour: flavours.Flavour, graph_dtype: str) -> str:
     """fp16 for full TensorRT (as before); the export's own dtype for a strongly typed flavour."""
-    return graph_dtype if flavours.get_flavour(flavour).strongly_typed_only else "fp16"
+    return graph_dtype if flavour.strongly_typed_only else "fp16"
 
 
 def precision_mode(graph: str, graph_dtype: str, precision: str, tensorrt_major: int,
@@ -134,6 +175,12 @@ class EnginePlan:
     def dynamic(self) -> bool:
         return any(p.dynamic_inputs for p in self.profiles)
 
+    def record(self, folder: Path) -> dict:
+        """The plan's part of this engine's build report entry (the build adds bytes, seconds, validity)."""
+        return {"file": str(self.engine.relative_to(folder)), "onnx": self.onnx.name, "precision": self.mode.precision,
+                "strongly_typed": self.mode.strongly_typed, "flags": list(self.mode.flags),
+                "profiles": [p.to_dict() for p in self.profiles]}
+
     def trtexec(self, workspace_mib: int, timing_cache: Path) -> list[str]:
         cmd = ["trtexec", f"--onnx={self.onnx}", f"--saveEngine={self.engine}"]
         cmd += ["--stronglyTyped"] if self.mode.strongly_typed else [f"--{f.lower()}" for f in self.mode.flags]
@@ -167,9 +214,8 @@ class EnginePlan:
 @dataclass(frozen=True)
 class BuildPlan:
     folder: Path
-    target: Target
+    env: BuildEnv                  # target, flavour, TensorRT version, device: resolved once
     precision: str
-    tensorrt: str                  # the flavour's version the plan assumes (the installed one when known)
     max_context: int
     max_sequence: int
     main_ratio: float
@@ -178,13 +224,34 @@ class BuildPlan:
     engines: tuple[EnginePlan, ...]
     warnings: tuple[str, ...] = ()
     path: Path | None = field(default=None, compare=False)
-    installed: bool = False        # `tensorrt` is the installed version (else assumed from the target)
     decoder_form: tuple[str, str] = ("decoder", "")   # (graph, why): kv_form.decoder_form
+    memory: object = field(default=None, compare=False)   # engines.memory.MemoryPlan (None: export predates it)
+    weights_problem: str | None = None   # why this TensorRT cannot build the decoder's weights (build refuses)
+
+    @property
+    def target(self) -> Target:
+        return self.env.target
+
+    @property
+    def tensorrt(self) -> str:
+        """The flavour's version the plan assumes (the installed one when known)."""
+        return self.env.tensorrt
+
+    @property
+    def installed(self) -> bool:
+        return self.env.installed
 
     @property
     def flavour(self) -> str:
-        return self.target.flavour
-    memory: object = field(default=None, compare=False)   # engines.memory.MemoryPlan (None: export predates it)
+        return self.env.flavour.name
+
+    def record(self) -> dict:
+        """The plan's part of the build report (manifest `builds.<target>`); the build adds what happened."""
+        return {"target": self.target.name, "flavour": self.flavour, "tensorrt": self.tensorrt,
+                "precision": self.precision, "max_context": self.max_context, "max_prefill_tokens": self.max_sequence,
+                "main_ratio": self.main_ratio, "workspace_gb": self.workspace_gb,
+                "decoder_form": {"graph": self.decoder_form[0], "why": self.decoder_form[1]},
+                "timing_cache": self.timing_cache and str(self.timing_cache), "warnings": list(self.warnings)}
 
     @property
     def workspace_mib(self) -> int:
@@ -230,11 +297,11 @@ class BuildPlan:
         return e.polygraphy(self.workspace_mib, self.timing_cache, self.target.compute_capabilities)
 
     def summary(self) -> str:
-        t = self.target
-        title = flavours.get_flavour(t.flavour).title
+        t, flavour = self.target, self.env.flavour
         lines = [f"build plan for {t.name} ({t.description}, {t.sm}), {self.precision}",
-                 f"  flavour {t.flavour}: {title} {self.tensorrt} ({'installed' if self.installed else 'assumed, not installed'})"
-                 + (", built ahead of time (no GPU needed)" if flavours.get_flavour(t.flavour).builds_without_gpu else ""),
+                 f"  flavour {t.flavour}: {flavour.title} {self.tensorrt} "
+                 f"({'installed' if self.installed else 'assumed, not installed'})"
+                 + (", built ahead of time (no GPU needed)" if flavour.builds_without_gpu else ""),
                  f"  workspace {self.workspace_gb:g} GB, timing cache {self.timing_cache or NO_TIMING_CACHE}",
                  f"  decoder: max context {self.max_context}, prefill up to {self.max_sequence} tokens "
                  f"(tuned for K of ratio {self.main_ratio:g})",
@@ -283,68 +350,74 @@ def _major(version: str) -> int:
         return 10
 
 
-def plan_build(cfg: BuildConfig, *, manifest: dict | None = None, target: Target | None = None,
+def plan_build(cfg: BuildConfig, *, manifest: dict | None = None, env: BuildEnv | None = None,
                tensorrt: str | None = None, write: bool = True) -> BuildPlan:
-    """The build plan for `cfg`; written to DIR/engines/<target>/build_plan.json when `write`.
+    """The build plan for `cfg` in `env` (default `BuildEnv.for_plan(cfg, tensorrt)`: nothing installed needed);
+    written to DIR/engines/<target>/build_plan.json when `write`.
 
     Reads the manifest without re-hashing the graphs (the build verifies every checksum).
-    `target`/`tensorrt` are passed by `build_engines` (the detected GPU and installed TensorRT).
     """
-    from omnisift_edge.artifact.manifest import graph_file_bytes, read_manifest
+    from omnisift_edge.artifact.manifest import read_manifest
+    from omnisift_edge.engines.memory import plan_export
 
     manifest = manifest if manifest is not None else read_manifest(cfg.folder, verify=False)
-    target = target or resolve_target(cfg.target)
-    if cfg.compute_capabilities is not None:
-        target = dataclasses.replace(target, compute_capabilities=cfg.compute_capabilities,
-                                     compute_capability=cfg.compute_capabilities[0])
-    flavour = flavours.get_flavour(target.flavour)
+    env = env or BuildEnv.for_plan(cfg, tensorrt)
+    target, flavour = env.target, env.flavour
     graph_dtype = manifest.get("dtype", "fp32")
-    precision = cfg.precision or default_precision(flavour.name, graph_dtype)
-    target.check_precision(precision)
-    installed = tensorrt is not None or installed_tensorrt(flavour.name) is not None
-    tensorrt = tensorrt or installed_tensorrt(flavour.name) or target.tensorrt[0].rstrip(".")
+    precision = cfg.precision or default_precision(flavour, graph_dtype)
+    if cfg.target == "auto":   # a named target's precision was checked by BuildConfig; auto's target is known now
+        target.check_precision(precision)
     workspace = float(cfg.workspace_gb) if cfg.workspace_gb is not None else target.workspace_gb
     if workspace > target.memory_gb:
         raise UsageError(f"--workspace {workspace:g} GB is more than {target.name}'s {target.memory_gb:g} GB; "
                          f"try {target.workspace_gb:g}")
     limits = decoder_limits(manifest, max_context=cfg.max_context, ratio=cfg.ratio, max_prompt=cfg.max_prompt)
-    form = decoder_form(manifest, flavour.name, tensorrt)
+    form = decoder_form(manifest, flavour.name, env.tensorrt)
+    engines = _engine_plans(cfg.folder, manifest, env, form[0], graph_dtype, precision, limits)
+    problem = weights_form_problem(manifest, env.tensorrt, flavour.name)   # build refuses it; the plan warns
+    timing_cache = None if flavour.builds_without_gpu else cfg.timing_cache or default_timing_cache(target.name,
+                                                                                                   env.tensorrt)
+    memory = plan_export(cfg.folder, manifest, precision=precision, max_context=limits.max_context,
+                         prefill=limits.max_sequence, kv_in_place=form[0] != "decoder")
+    plan = BuildPlan(cfg.folder, env, precision, limits.max_context, limits.max_sequence, limits.main_ratio,
+                     workspace, timing_cache, engines, _warnings(cfg, env, engines, problem), memory=memory,
+                     decoder_form=form, weights_problem=problem)
+    if write:
+        path = write_side_file(cfg.folder, plan.relative_path, plan.json_bytes(), manifest)
+        plan = dataclasses.replace(plan, path=path)
+    return plan
+
+
+def _engine_plans(folder: Path, manifest: dict, env: BuildEnv, decoder: str, graph_dtype: str, precision: str,
+                  limits) -> tuple[EnginePlan, ...]:
+    """One EnginePlan per graph the build turns into an engine (`decoder`: the decoder form's graph)."""
+    from omnisift_edge.artifact.manifest import graph_file_bytes
+
     engines = []
-    for graph, entry in build_graphs(manifest, form[0]).items():
-        onnx = cfg.folder / entry["file"]
-        size = graph_file_bytes(cfg.folder, manifest, entry["file"])   # weights maybe in shared_weights.data
-        mode = precision_mode(graph, graph_dtype, precision, _major(tensorrt), flavour.strongly_typed_only)
-        engines.append(EnginePlan(graph, onnx, engine_path(cfg.folder, target.name, graph), graph_dtype, mode,
-                                  graph_profiles(manifest, graph, limits),
+    for graph, entry in build_graphs(manifest, decoder).items():
+        size = graph_file_bytes(folder, manifest, entry["file"])   # weights maybe in shared_weights.data
+        mode = precision_mode(graph, graph_dtype, precision, _major(env.tensorrt), env.flavour.strongly_typed_only)
+        engines.append(EnginePlan(graph, folder / entry["file"], engine_path(folder, env.target.name, graph),
+                                  graph_dtype, mode, graph_profiles(manifest, graph, limits),
                                   size // 2 if graph_dtype == "fp32" and mode.precision != "fp32" else size,
                                   static_sizes(graph, limits.max_context)))
-    warnings = []
+    return tuple(engines)
+
+
+def _warnings(cfg: BuildConfig, env: BuildEnv, engines, weights_problem: str | None) -> tuple[str, ...]:
+    """What the plan says before a build: memory, an unexpected TensorRT, an ignored timing cache, the weights."""
+    target, warnings = env.target, []
     weights_gb = sum(e.weight_bytes for e in engines) / 2**30
     if weights_gb > 0.7 * target.memory_gb:
         warnings.append(f"the engines hold about {weights_gb:.1f} GB of weights, over 70% of {target.name}'s "
                         f"{target.memory_gb:g} GB{' (shared with the CPU)' if target.jetson else ''}; "
                         "the build or the runtime may run out of memory")
-    if not target.expects_tensorrt(tensorrt):
-        warnings.append(f"{target.name} expects {flavour.title} {' or '.join(p.rstrip('.') for p in target.tensorrt)}, "
-                        f"this plan assumes {tensorrt}")
-    timing_cache = cfg.timing_cache or default_timing_cache(target.name, tensorrt)
-    if flavour.builds_without_gpu:
-        timing_cache = None
-        if cfg.timing_cache is not None:
-            warnings.append(f"timing_cache {cfg.timing_cache} ignored: {NO_TIMING_CACHE}")
-    form_problem = weights_form_problem(manifest, tensorrt, flavour.name)   # build_engines refuses it; the plan warns
-    warnings += [form_problem] if form_problem else []
-    from omnisift_edge.engines.memory import plan_export
-
-    memory = plan_export(cfg.folder, manifest, precision=precision, max_context=limits.max_context,
-                         prefill=limits.max_sequence, kv_in_place=form[0] != "decoder")
-    plan = BuildPlan(cfg.folder, target, precision, tensorrt, limits.max_context, limits.max_sequence,
-                     limits.main_ratio, workspace, timing_cache,
-                     tuple(engines), tuple(warnings), installed=installed, memory=memory, decoder_form=form)
-    if write:
-        path = write_side_file(cfg.folder, plan.relative_path, plan.json_bytes(), manifest)
-        plan = dataclasses.replace(plan, path=path)
-    return plan
+    if not target.expects_tensorrt(env.tensorrt):
+        warnings.append(f"{target.name} expects {env.flavour.title} "
+                        f"{' or '.join(p.rstrip('.') for p in target.tensorrt)}, this plan assumes {env.tensorrt}")
+    if env.flavour.builds_without_gpu and cfg.timing_cache is not None:
+        warnings.append(f"timing_cache {cfg.timing_cache} ignored: {NO_TIMING_CACHE}")
+    return tuple(warnings + ([weights_problem] if weights_problem else []))
 
 
 # the first TensorRT whose ONNX parser takes opset 21 (weight-only Q/DQ decoders); export/trt_ops.py has the why

@@ -43,18 +43,23 @@ def write_side_file(folder: Path, relative: str, data: bytes, manifest: dict) ->
     return path
 
 
-def verify_sources(folder: Path, manifest: dict) -> None:
+def verify_sources(folder: Path, manifest: dict) -> dict[str, dict]:
     """Check the checksums of every file a build reads: all but earlier engines (a failed rebuild may
-    have replaced those; the build rewrites them and the manifest)."""
+    have replaced those; the build rewrites them and the manifest). Returns what was verified, name ->
+    {sha256, bytes, mtime_ns}, for `write_manifest(known=...)`: each file is hashed once per build."""
+    verified = {}
     for name, entry in manifest.get("files", {}).items():
         if name.startswith(ENGINES_DIR + "/"):
             continue
         file = Path(folder) / name
         if not file.is_file():
             raise UsageError(f"{file} is missing from the export; copy the whole folder or export again")
-        if file.stat().st_size != entry["bytes"] or sha256(file) != entry["sha256"]:
+        stat = file.stat()
+        if stat.st_size != entry["bytes"] or sha256(file) != entry["sha256"]:
             raise UsageError(f"{file} does not match its checksum in {MANIFEST} (modified or partly copied); "
                              "copy it again or export again")
+        verified[name] = {"sha256": entry["sha256"], "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return verified
 
 
 def staging_dir(folder: Path, target: str) -> Path:

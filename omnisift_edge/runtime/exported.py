@@ -3,8 +3,8 @@
 `ExportedStream` reads everything from an `artifact.ExportFolder`: the graph of each role, the
 tensor names in the order `artifact.tensors` declares them (inputs_embeds, position_ids,
 attention_mask, then the past; logits, then the presents), the text embedding table, the dims and
-float type, and an empty KV cache. Backends subclass it with the calls into their runtime; they
-never import each other.
+float type. Backends subclass it with the calls into their runtime and hand it their KV cache
+(runtime/kv_cache.py's protocol); they never import each other.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import numpy as np
 
 from omnisift_edge.artifact.folder import ExportFolder
 from omnisift_edge.errors import UsageError
-from omnisift_edge.runtime.context import DEFAULT_POSITION_LIMIT, ContextPolicy, drop_tokens, inv_freq, rotate_keys
+from omnisift_edge.runtime.context import DEFAULT_POSITION_LIMIT, ContextPolicy, inv_freq
+from omnisift_edge.runtime.kv_cache import KVCache
 from omnisift_edge.runtime.stream import ChunkStream
 
 
@@ -26,11 +27,16 @@ def spec_from_layout(layout: dict):
     return OmniSpec(**{**layout, "tokens": TokenIds(**layout["tokens"])})
 
 
+def rope_freqs(export: ExportFolder) -> np.ndarray:
+    """The thinker's RoPE inverse frequencies [hd/2] from the manifest (what `KVCache.rotate` turns keys by)."""
+    return inv_freq(export.manifest.rope.get("rope_theta") or 1e6, export.manifest.dims.head_dim)
+
+
 class ExportedStream(ChunkStream):
     """A ChunkStream over an export folder's graphs (or their engines); subclasses run them."""
 
     def __init__(self, export: ExportFolder, ratio: float | None, prefix_ids: Sequence[int], *, what: str,
-                 max_context: int | None = None, context: ContextPolicy | None = None):
+                 kv: KVCache, max_context: int | None = None, context: ContextPolicy | None = None):
         self.export = export
         self.what = what                                   # "the exported graphs" | "the engines" (for messages)
         self.graphs = export.graphs_for(ratio)             # role -> artifact.manifest.GraphInfo
@@ -39,26 +45,12 @@ class ExportedStream(ChunkStream):
         self.embed_table = export.embed_table()            # [V, D]
         decoder = self.graphs["decoder"]
         self.decoder_inputs = decoder.input_names[:3]      # inputs_embeds, position_ids, attention_mask
-        self.past_names = decoder.input_names[3:]          # past_key_values.{i}.key/value
-        self.logits_name = decoder.output_names[0]
-        self.present_names = decoder.output_names[1:]      # present.{i}.key/value, same order as the past
-        self.past = {name: np.zeros((1, self.dims.kv_heads, 0, self.dims.head_dim), self.float_type)
-                     for name in self.past_names}          # [1, kv, 0, hd]
+        self.logits_name = decoder.output_names[0]         # (the past/present names: the KV cache's)
         rope = export.manifest.rope
-        self.rope_freqs = inv_freq(rope.get("rope_theta") or 1e6, self.dims.head_dim)                 # [hd/2]
         self.position_limit = int(rope.get("max_position_embeddings") or DEFAULT_POSITION_LIMIT)
         super().__init__(spec_from_layout(export.manifest.layout), prefix_ids, (self.dims.grid_h, self.dims.grid_w),
                          max_context=max_context or export.manifest.max_context, context=context,
-                         position_limit=self.position_limit)
-
-    def _drop_kv(self, start: int, stop: int) -> None:
-        """Cached tokens [start, stop) leave every layer of the numpy past."""
-        self.past = {name: drop_tokens(cache, start, stop) for name, cache in self.past.items()}
-
-    def _rotate_kv(self, delta: int) -> None:
-        """Every cached key re-based by -delta positions (values unchanged)."""
-        self.past = {name: rotate_keys(cache, delta, self.rope_freqs) if name.endswith(".key") else cache
-                     for name, cache in self.past.items()}
+                         position_limit=self.position_limit, kv=kv)
 
     def _embed(self, ids):
         return self.embed_table[np.asarray(ids, dtype=np.int64)][None]                  # [1, n, D]
@@ -78,5 +70,3 @@ class ExportedStream(ChunkStream):
                 audio_name: np.ascontiguousarray(audio[None]),
                 positions_name: np.ascontiguousarray(chunk_positions, dtype=np.int64)}
 
-    def kv_length(self) -> int:
-        return next(iter(self.past.values())).shape[2]

@@ -14,7 +14,7 @@ import numpy as np
 from omnisift_edge.artifact.folder import ExportFolder
 from omnisift_edge.errors import UsageError
 from omnisift_edge.runtime.context import ContextPolicy
-from omnisift_edge.runtime.exported import ExportedStream
+from omnisift_edge.runtime.exported import ExportedStream, rope_freqs
 
 
 class OrtStream(ExportedStream):
@@ -34,32 +34,29 @@ class OrtStream(ExportedStream):
             raise UsageError(f"kv_form must be auto, shared_buffer or past_present (got {kv_form!r})")
         if kv_form == "shared_buffer" and inplace is None:
             raise UsageError(f"{export.path} has no in-place decoder (decoder_gqa); export again with this omnisift-edge")
-        use_inplace = inplace is not None and kv_form != "past_present"
+        entry = inplace["entry"] if inplace is not None and kv_form != "past_present" else None
         files = {role: g.file for role, g in export.graphs_for(ratio).items()}
-        if use_inplace:
-            files["decoder"] = inplace["entry"]["file"]
+        if entry is not None:
+            files["decoder"] = entry["file"]
         self.sessions = {role: open_graph(export.file(file), providers=providers) for role, file in files.items()}
         max_context = max_context or export.manifest.max_context
-        self.kv = None
-        if use_inplace:
-            from omnisift_edge.runtime.kv_buffers import OrtInPlaceCache
-
-            device = "cuda" if providers and providers[0] == "CUDAExecutionProvider" else "cpu"
-            self.kv = OrtInPlaceCache(self.sessions["decoder"], inplace["entry"], max_context,
-                                      export.manifest.rope, device=device)   # [1, kv, max_context, hd] per layer
-        super().__init__(export, ratio, prefix_ids, what="the exported graphs", max_context=max_context,
+        kv = self._open_cache(export, entry, max_context, providers)
+        super().__init__(export, ratio, prefix_ids, what="the exported graphs", kv=kv, max_context=max_context,
                          context=context)
 
+    def _open_cache(self, export: ExportFolder, inplace_entry: dict | None, max_context: int, providers):
+        """The decoder's KV cache: in place ([1, kv, max_context, hd] per layer, decoder_gqa) or packed (decoder)."""
+        from omnisift_edge.runtime.kv_buffers import OrtInPlaceCache, OrtPastPresentCache
+
+        session, dims = self.sessions["decoder"], export.manifest.dims
+        if inplace_entry is not None:
+            device = "cuda" if providers and providers[0] == "CUDAExecutionProvider" else "cpu"
+            return OrtInPlaceCache(session, inplace_entry, max_context, export.manifest.rope, device=device)
+        return OrtPastPresentCache(session, dims.num_layers, dims.kv_heads, dims.head_dim, export.float_type,
+                                   rope_freqs(export))
+
     def _step(self, embeds, positions, want_logits=True):
-        n = embeds.shape[1]
-        if self.kv is not None:   # in place: only the new rows are written, no copy of the cache
-            return self.kv.step(embeds, positions.reshape(3, 1, n), want_logits)
-        embeds_name, positions_name, mask_name = self.decoder_inputs
-        feeds = {embeds_name: embeds, positions_name: positions.reshape(3, 1, n),
-                 mask_name: np.ones((1, self.kv_length() + n), dtype=np.int64), **self.past}
-        outputs = self.sessions["decoder"].run([self.logits_name, *self.present_names], feeds)
-        self.past = dict(zip(self.past_names, outputs[1:]))
-        return outputs[0][0, -1].astype(np.float32)                                      # [V]
+        return self.kv.step(embeds, positions.reshape(3, 1, embeds.shape[1]), want_logits)
 
     def _encode_video(self, pixel_values, n_grids):
         g = self.graphs["vision_encoder"]
@@ -73,22 +70,3 @@ class OrtStream(ExportedStream):
     def _compress(self, video, audio, n_grids, chunk_positions):
         kept, _, index = self.sessions["compressor"].run(None, self.compressor_feeds(video, audio, n_grids, chunk_positions))
         return kept, index[0]                                                             # [1, K, D], [K]
-
-    def kv_length(self) -> int:
-        if self.kv is not None:
-            return self.kv.length
-        return next(iter(self.past.values())).shape[2]
-
-    def _drop_kv(self, start: int, stop: int) -> None:
-        """Remove cached tokens [start, stop); later ones move down (in place for the shared buffers)."""
-        if self.kv is not None:
-            self.kv.drop(start, stop)
-        else:
-            super()._drop_kv(start, stop)
-
-    def _rotate_kv(self, delta: int) -> None:
-        """Re-base every cached key's position by -delta (RoPE rotation, rope settings from the manifest)."""
-        if self.kv is not None:
-            self.kv.rotate(delta)
-        else:
-            super()._rotate_kv(delta)

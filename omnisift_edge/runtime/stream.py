@@ -2,8 +2,9 @@
 
 A backend (PyTorch modules, ONNX Runtime graphs, TensorRT engines) supplies its hooks: embed
 text ids, append embeddings to its KV cache and return the last logits, encode one chunk, compress
-it, report its KV length, and (for the sliding context policy, runtime/context.py) drop cached
-tokens and re-base the cached keys' positions by a RoPE rotation. `ChunkStream` does the rest the
+it. The stream owns the backend's KV cache through one protocol (runtime/kv_cache.py): its length,
+and for the sliding context policy (runtime/context.py) dropping cached tokens and re-basing the
+cached keys' positions by a RoPE rotation. `ChunkStream` does the rest the
 same way for all of them, so they keep the same tokens at the same positions and answer with the
 same greedy loop. After an answer, `open_turn` continues the stream in a new user turn.
 """
@@ -20,6 +21,7 @@ import numpy as np
 from omnisift_edge.errors import UsageError
 from omnisift_edge.model.spec import OmniSpec
 from omnisift_edge.runtime.context import DEFAULT_POSITION_LIMIT, ContextFullError, ContextPolicy, KVWindow
+from omnisift_edge.runtime.kv_cache import KVCache
 
 STAGES = ("vision", "audio", "compressor", "prefill")
 
@@ -42,9 +44,10 @@ class ChunkStream(ABC):
 
     def __init__(self, spec: OmniSpec, prefix_ids: Sequence[int], grid_hw: tuple[int, int], *,
                  max_context: int | None = None, context: ContextPolicy | None = None,
-                 position_limit: int = DEFAULT_POSITION_LIMIT):
+                 position_limit: int = DEFAULT_POSITION_LIMIT, kv: KVCache | None = None):
         from omnisift_edge.model.layout import StreamingLayout
 
+        self.kv = kv                    # the backend's cache (runtime/kv_cache.py); None: the backend overrides the KV hooks
         self.spec = spec
         self.grid_hw = tuple(grid_hw)
         self.tokens_per_frame = (grid_hw[0] // spec.spatial_merge_size) * (grid_hw[1] // spec.spatial_merge_size)
@@ -82,18 +85,18 @@ class ChunkStream(ABC):
     def _compress(self, video: Any, audio: Any, n_grids: int, chunk_positions: np.ndarray) -> tuple[Any, np.ndarray]:
         """(kept [1, K, D], kept_index [K] into the chunk's token order)."""
 
-    @abstractmethod
     def kv_length(self) -> int:
         """Tokens in the KV cache."""
+        return self.kv.length
 
     def _drop_kv(self, start: int, stop: int) -> None:
         """Remove cached tokens [start, stop) on every layer; later ones move down (sliding policy)."""
-        raise NotImplementedError(f"{type(self).__name__} cannot evict cached tokens (context policy sliding)")
+        self.kv.drop(start, stop)
 
     def _rotate_kv(self, delta: int) -> None:
         """Re-base every cached key's position by -delta: rotate it by -delta * inv_freq on every
         frequency (exact for RoPE, since all three TMRoPE rows shift by the same delta)."""
-        raise NotImplementedError(f"{type(self).__name__} cannot re-base cached positions (context policy sliding)")
+        self.kv.rotate(delta)
 
     def _sync(self) -> None:
         """Wait for queued device work (for honest stage timings)."""

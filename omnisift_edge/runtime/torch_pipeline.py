@@ -231,8 +231,8 @@ def encode_audio_window(model: OmniModel, mel: np.ndarray) -> torch.Tensor:
 class TorchStream(ChunkStream):
     """Streaming OmniSIFT in PyTorch (the reference backend): push chunks, then ask questions.
 
-    The KV cache is static (`runtime.torch_kv`: buffers allocated once for max_context, written in
-    place, attention over the valid rows), the cost model of ONNX Runtime's in-place decoder; it
+    The KV cache is static (`runtime.torch_kv`, the stream's `KVCache`: buffers allocated once for
+    max_context, written in place, attention over the valid rows), the cost model of ONNX Runtime's in-place decoder; it
     grows by the kept tokens of each chunk, and no chunk prefill computes logits.
     """
 
@@ -244,7 +244,7 @@ class TorchStream(ChunkStream):
             _require_selector(model, compression)
         self.model = model
         self.compression = None if compression is None or compression.is_identity else compression
-        self.cache = TorchInPlaceCache(model.thinker, max_context)      # [1, kv, max_context, hd] per layer
+        kv = TorchInPlaceCache(model.thinker, max_context)             # [1, kv, max_context, hd] per layer
         self._chunk_compressor = None
         if self.compression is not None:
             from omnisift_edge.compress.chunk import ChunkCompressor
@@ -253,13 +253,13 @@ class TorchStream(ChunkStream):
                                                      self.compression.rho_audio).eval()
         with torch.inference_mode():
             super().__init__(model.spec, prefix_ids, grid_hw, max_context=max_context, context=context,
-                             position_limit=model.thinker.config.text_config.max_position_embeddings)
+                             position_limit=model.thinker.config.text_config.max_position_embeddings, kv=kv)
 
     def _embed(self, ids):
         return _embed_text(self.model, ids)
 
     def _step(self, embeds, positions, want_logits=True):
-        return self.cache.step(embeds, positions, want_logits)
+        return self.kv.step(embeds, positions, want_logits)
 
     def _encode_video(self, pixel_values, n_grids):
         return encode_video_chunk(self.model, pixel_values, (n_grids, *self.grid_hw))   # [n_grids*n_p, D]
@@ -278,17 +278,6 @@ class TorchStream(ChunkStream):
         frames = video.reshape(1, n_grids, self.tokens_per_frame, -1)                   # [1, F, n_p, D]
         kept, index = self._chunk_compressor(frames, audio[None])                       # [1, K, D], [1, K]
         return kept, index[0].cpu().numpy()
-
-    def kv_length(self) -> int:
-        return self.cache.length
-
-    def _drop_kv(self, start: int, stop: int) -> None:
-        """Remove cached tokens [start, stop); later ones move down within the same buffers."""
-        self.cache.drop(start, stop)
-
-    def _rotate_kv(self, delta: int) -> None:
-        """Re-base every cached key's position by -delta (an exact RoPE rotation)."""
-        self.cache.rotate(delta)
 
     def _sync(self) -> None:
         if self.model.device.type == "cuda":

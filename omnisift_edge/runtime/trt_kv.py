@@ -14,7 +14,7 @@ Where the build has the in-place decoder (`decoder_scatter`: TensorRT's IKVCache
 (the engine's static cache), bound as the past input and, through TensorRT's aliasing, as its present
 output: the engine writes the new rows at write_index and nothing is copied after the call.
 
-Memory operations go through `CudaMemory` (Polygraphy's own CUDA wrapper: no other binding).
+Both implement runtime/kv_cache.py's protocol. Memory operations go through `CudaMemory` (Polygraphy's own CUDA wrapper: no other binding).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from __future__ import annotations
 import numpy as np
 
 from omnisift_edge.errors import UsageError
+from omnisift_edge.runtime.kv_buffers import compact, rotate_keys
+from omnisift_edge.runtime.kv_cache import KVCache, key_names
 
 
 class CudaMemory:
@@ -60,30 +62,35 @@ class CudaMemory:
         buffer.free()
 
 
-class DeviceKV:
+class DeviceKV(KVCache):
     """One device buffer per past tensor, [1, kv, capacity, hd] bytes, holding [1, kv, length, hd] packed."""
 
+    larger = "rebuild the engines with a larger --max-context"
+
     def __init__(self, past_names, present_names, kv_heads: int, head_dim: int, capacity: int, float_type,
-                 memory=None):
+                 memory=None, inv_freq: np.ndarray | None = None):
         self.memory = memory or CudaMemory()
         self.past_names, self.present_names = list(past_names), list(present_names)
         self.kv_heads, self.head_dim, self.capacity = int(kv_heads), int(head_dim), int(capacity)
         self.float_type = np.dtype(float_type)
+        self.inv_freq = inv_freq                                                         # [hd/2], for rotate
         self.row_bytes = self.kv_heads * self.head_dim * self.float_type.itemsize       # one token, all heads
+        self.allocate()
+
+    def allocate(self) -> None:
+        """One device buffer of `capacity` rows per past name (its packed rows are the only ones read)."""
         self.buffers = {name: self.memory.allocate(self.capacity * self.row_bytes) for name in self.past_names}
         self.length = 0
 
-    def feeds(self) -> dict:
+    def bind(self) -> dict:
         """The past inputs: views [1, kv, length, hd] of the device buffers (no copy)."""
         shape = (1, self.kv_heads, self.length, self.head_dim)
         return {name: self.memory.view(self.buffers[name], shape, self.float_type) for name in self.past_names}
 
-    def take(self, outputs: dict, added: int) -> None:
+    def append(self, added: int, outputs=None) -> None:
         """Copy the engine's presents [1, kv, length + added, hd] (device views) back into the buffers."""
+        self.reserve(added)
         total = self.length + added
-        if total > self.capacity:
-            raise UsageError(f"the KV cache holds {self.capacity} tokens ({self.length} cached + {added} new); "
-                             "start a new stream or rebuild the engines with a larger --max-context")
         for past, present in zip(self.past_names, self.present_names):
             self.memory.copy_in(self.buffers[past], outputs[present], total * self.row_bytes)
         self.length = total
@@ -96,23 +103,17 @@ class DeviceKV:
                                                                                        self.float_type))))
             self.memory.from_host(self.buffers[name], array)
 
-    def drop(self, start: int, stop: int) -> None:
-        """Remove cached tokens [start, stop); later ones move down (repacked within the same buffers)."""
-        if not 0 <= start <= stop <= self.length:
-            raise UsageError(f"cannot drop cached tokens [{start}, {stop}) of {self.length}")
+    def _drop(self, start: int, stop: int) -> None:
+        """Repacked within the same buffers."""
         self._rewrite(self.past_names, lambda a: np.delete(a, np.s_[start:stop], axis=2))
-        self.length -= stop - start
 
-    def rotate(self, delta: int, inv_freq: np.ndarray) -> None:
-        """Re-base every cached key's position by -delta (RoPE rotation; values carry no position)."""
-        from omnisift_edge.runtime.kv_buffers import rotate_keys
-
+    def _rotate(self, delta: int) -> None:
         def turn(a):
             a = a.copy()
-            rotate_keys(a, delta, inv_freq)
+            rotate_keys(a, delta, self.inv_freq)
             return a
 
-        self._rewrite([n for n in self.past_names if n.endswith(".key")], turn)
+        self._rewrite(key_names(self.past_names), turn)
 
     def close(self) -> None:
         for buffer in self.buffers.values():
@@ -120,34 +121,25 @@ class DeviceKV:
         self.buffers = {}
 
 
-class StaticDeviceKV:
+class StaticDeviceKV(DeviceKV):
     """The in-place decoder's cache: one device buffer [1, kv, capacity, hd] per past tensor, rows [0, length)
     valid. The engine reads and writes it in place (present aliases past); this class only counts rows and
     does the rare edits (drop, rotate) through the host."""
 
-    def __init__(self, past_names, present_names, kv_heads: int, head_dim: int, capacity: int, float_type,
-                 memory=None):
-        self.memory = memory or CudaMemory()
-        self.past_names, self.present_names = list(past_names), list(present_names)
-        self.float_type = np.dtype(float_type)
-        self.shape = (1, int(kv_heads), int(capacity), int(head_dim))                     # [1, kv, M, hd]
-        self.capacity = int(capacity)
+    def allocate(self) -> None:
+        """Zeroed buffers: rows past the valid length are never read, but stay defined."""
+        self.shape = (1, self.kv_heads, self.capacity, self.head_dim)                     # [1, kv, M, hd]
         nbytes = int(np.prod(self.shape)) * self.float_type.itemsize
         self.buffers = {name: self.memory.allocate(nbytes) for name in self.past_names}
-        for name in self.past_names:   # zeros: rows past the valid length are never read, but stay defined
+        for name in self.past_names:
             self.memory.from_host(self.buffers[name], np.zeros(self.shape, self.float_type))
         self.length = 0
 
-    def feeds(self) -> dict:
+    def bind(self) -> dict:
         """The past inputs: the whole buffers [1, kv, capacity, hd] (no copy); the presents alias them."""
         return {name: self.memory.view(self.buffers[name], self.shape, self.float_type) for name in self.past_names}
 
-    def check_room(self, added: int) -> None:
-        if self.length + added > self.capacity:
-            raise UsageError(f"the KV cache holds {self.capacity} tokens ({self.length} cached + {added} new); "
-                             "start a new stream or rebuild the engines with a larger --max-context")
-
-    def written(self, outputs: dict, added: int) -> None:
+    def append(self, added: int, outputs=None) -> None:
         """After a call: the presents must be our buffers (aliased, written in place); `added` rows are valid."""
         for past, present in zip(self.past_names, self.present_names):
             if not self.memory.same_memory(outputs[present], self.buffers[past]):
@@ -163,25 +155,9 @@ class StaticDeviceKV:
             change(host)
             self.memory.from_host(self.buffers[name], np.ascontiguousarray(host))
 
-    def drop(self, start: int, stop: int) -> None:
-        """Remove cached tokens [start, stop); later rows move down, the freed tail is zeroed."""
-        from omnisift_edge.runtime.kv_buffers import compact
-
-        if not 0 <= start <= stop <= self.length:
-            raise UsageError(f"cannot drop cached tokens [{start}, {stop}) of {self.length}")
-        if start == stop:
-            return
+    def _drop(self, start: int, stop: int) -> None:
+        """Later rows move down, the freed tail is zeroed."""
         self._rewrite(self.past_names, lambda a: compact(a, start, stop, self.length))
-        self.length -= stop - start
 
-    def rotate(self, delta: int, inv_freq: np.ndarray) -> None:
-        """Re-base every cached key's position by -delta (values carry no position)."""
-        from omnisift_edge.runtime.kv_buffers import rotate_keys
-
-        self._rewrite([n for n in self.past_names if n.endswith(".key")],
-                      lambda a: rotate_keys(a[:, :, :self.length], delta, inv_freq))
-
-    def close(self) -> None:
-        for buffer in self.buffers.values():
-            self.memory.free(buffer)
-        self.buffers = {}
+    def _rotate(self, delta: int) -> None:
+        self._rewrite(key_names(self.past_names), lambda a: rotate_keys(a[:, :, :self.length], delta, self.inv_freq))

@@ -27,7 +27,7 @@ import numpy as np
 
 from omnisift_edge.artifact.folder import ExportFolder
 from omnisift_edge.errors import UsageError, require
-from omnisift_edge.runtime.exported import ExportedStream
+from omnisift_edge.runtime.exported import ExportedStream, rope_freqs
 from omnisift_edge.runtime.stream import ContextFullError
 
 
@@ -126,22 +126,28 @@ class TrtStream(ExportedStream):
             raise
 
         limit = int(self.build.get("max_context") or export.manifest.max_context)   # the engines' profiles end there
+        kv = self._open_cache(export, ratio, limit)
+        max_context = min(max_context or kv.capacity, kv.capacity)
+        super().__init__(export, ratio, prefix_ids, what="the engines", kv=kv, max_context=max_context, context=context)
+
+    def _open_cache(self, export: ExportFolder, ratio: float | None, limit: int):
+        """The decoder's device cache: in place ([1, kv, cache_length, hd] per past, the engine's static axis)
+        or packed ([1, kv, max_context, hd] per past); names from the manifest's entries."""
         from omnisift_edge.runtime import trt_kv
 
         dims = export.manifest.dims
-        if self.in_place:   # names from the manifest's kv_cache entry; the cache rows are the engine's static axis
+        shape = dict(kv_heads=dims.kv_heads, head_dim=dims.head_dim, float_type=export.float_type,
+                     inv_freq=rope_freqs(export))
+        if self.in_place:
             entry = export.manifest.kv_cache[SCATTER]["entry"]
             self.scatter_inputs = [t["name"] for t in entry["inputs"][:4]]   # embeds, positions, write_index, logits_index
             self.max_call, limit = scatter_limits(self.build)
             self.kv = trt_kv.StaticDeviceKV([t["name"] for t in entry["inputs"][4:]],
-                                            [t["name"] for t in entry["outputs"][1:]], dims.kv_heads, dims.head_dim,
-                                            limit, export.float_type)     # [1, kv, cache_length, hd] per past
+                                            [t["name"] for t in entry["outputs"][1:]], capacity=limit, **shape)
         else:
             decoder = export.graphs_for(ratio)["decoder"]
-            self.kv = trt_kv.DeviceKV(decoder.input_names[3:], decoder.output_names[1:], dims.kv_heads,
-                                      dims.head_dim, limit, export.float_type)     # [1, kv, max_context, hd] per past
-        max_context = min(max_context or limit, limit)
-        super().__init__(export, ratio, prefix_ids, what="the engines", max_context=max_context, context=context)
+            self.kv = trt_kv.DeviceKV(decoder.input_names[3:], decoder.output_names[1:], capacity=limit, **shape)
+        return self.kv     # held before the stream's constructor runs: close() frees it if that fails
 
     def close(self) -> None:
         """Release the engines' execution contexts and device buffers."""
@@ -177,9 +183,9 @@ class TrtStream(ExportedStream):
             embeds_name, positions_name, mask_name = self.decoder_inputs
             feeds = {embeds_name: piece,
                      positions_name: np.ascontiguousarray(positions[:, start:start + take]).reshape(3, 1, take),
-                     mask_name: np.ones((1, self.kv_length() + take), dtype=np.int64), **self.kv.feeds()}
+                     mask_name: np.ones((1, self.kv_length() + take), dtype=np.int64), **self.kv.bind()}
             out = runner.infer(feeds, copy_outputs_to_host=False)      # device views, the runner's buffers
-            self.kv.take(out, take)                                     # presents -> our buffers, on the device
+            self.kv.append(take, out)                                   # presents -> our buffers, on the device
             logits = out[self.logits_name]
             start += take
         if not want_logits:
@@ -190,7 +196,7 @@ class TrtStream(ExportedStream):
         """The in-place engine: pieces of at most the profile's longest call; write_index = rows cached,
         logits only for the last row of the last piece when asked (none on a chunk prefill)."""
         n, start, logits = embeds.shape[1], 0, None
-        self.kv.check_room(n)
+        self.kv.reserve(n)
         runner = self.runners["decoder"]
         embeds_name, positions_name, write_name, logits_index_name = self.scatter_inputs
         while start < n:
@@ -200,9 +206,9 @@ class TrtStream(ExportedStream):
                      positions_name: np.ascontiguousarray(positions[:, start:start + take]).reshape(3, 1, take),
                      write_name: np.array([self.kv.length], dtype=np.int64),                        # [1], host
                      logits_index_name: np.array([take - 1] if last else [], dtype=np.int64),      # [L]
-                     **self.kv.feeds()}                                                             # [1, kv, M, hd]
+                     **self.kv.bind()}                                                              # [1, kv, M, hd]
             out = runner.infer(feeds, copy_outputs_to_host=False)     # presents: our buffers, written in place
-            self.kv.written(out, take)
+            self.kv.append(take, out)
             logits = out[self.logits_name] if last else None
             start += take
         if logits is None:
@@ -225,14 +231,3 @@ class TrtStream(ExportedStream):
         kept_name, _, index_name = self.graphs["compressor"].output_names
         out = self._run(self.runners["compressor"], self.compressor_feeds(video, audio, n_grids, chunk_positions))
         return out[kept_name], out[index_name][0].astype(np.int64)
-
-    def kv_length(self) -> int:
-        return self.kv.length
-
-    def _drop_kv(self, start: int, stop: int) -> None:
-        """Remove cached tokens [start, stop); later ones move down (through the host: a rare operation, both forms)."""
-        self.kv.drop(start, stop)
-
-    def _rotate_kv(self, delta: int) -> None:
-        """Re-base every cached key's position by -delta (rope settings from the manifest)."""
-        self.kv.rotate(delta, self.rope_freqs)

@@ -15,6 +15,7 @@ from omnisift_edge.artifact.folder import ExportFolder  # noqa: E402
 from omnisift_edge.artifact.manifest import Manifest, read_manifest  # noqa: E402
 from omnisift_edge.errors import UsageError  # noqa: E402
 from omnisift_edge.model.synthetic import synthetic_clip  # noqa: E402
+from omnisift_edge.runtime.kv_buffers import OrtInPlaceCache, OrtPastPresentCache  # noqa: E402
 from omnisift_edge.runtime.ort_pipeline import OrtStream  # noqa: E402
 from omnisift_edge.runtime.session import OmniSession, RuntimeConfig  # noqa: E402
 
@@ -53,7 +54,7 @@ def test_both_forms_give_the_same_stream(folder, monkeypatch):
 
         monkeypatch.setattr(OrtStream, "__init__", init)
         session = OmniSession(RuntimeConfig(folder, backend="onnxruntime"))
-        assert (session.stream.kv is not None) == (form == "shared_buffer")
+        assert isinstance(session.stream.kv, OrtInPlaceCache) == (form == "shared_buffer")
         results[form] = _run(session, clip)
         monkeypatch.undo()
     assert results["shared_buffer"] == results["past_present"]
@@ -67,7 +68,8 @@ def test_kv_form_choice(folder, tmp_path):
     old = dict(manifest)
     del old["kv_cache"]                     # an export made before the in-place form
     stream = OrtStream(_export(folder, old), 0.25, [1, 2, 3])
-    assert stream.kv is None and stream.kv_length() == next(iter(stream.past.values())).shape[2] > 3
+    assert isinstance(stream.kv, OrtPastPresentCache)
+    assert stream.kv_length() == next(iter(stream.kv.past.values())).shape[2] > 3
     with pytest.raises(UsageError, match="no in-place decoder"):
         OrtStream(_export(folder, old), 0.25, [1, 2], kv_form="shared_buffer")
     inplace = OrtStream(_export(folder, manifest), 0.25, [1, 2, 3], max_context=1024)
@@ -95,3 +97,7 @@ def test_drop_and_rotate_hooks_on_the_shared_buffer(folder):
     stream._rotate_kv(-100)                 # and back
     for n, k in zip(stream.kv.past_names, kept):
         np.testing.assert_allclose(stream.kv.valid([n])[0], k, atol=1e-5)
+    buffers = {n: a.ctypes.data for n, a in stream.kv.arrays.items()}
+    stream.kv.reset()                       # empty, on the same (zeroed) buffers
+    assert stream.kv_length() == 0 and not any(a.any() for a in stream.kv.arrays.values())
+    assert {n: a.ctypes.data for n, a in stream.kv.arrays.items()} == buffers
