@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 
 from omnisift_edge.artifact.folder import ExportFolder
 from omnisift_edge.errors import UsageError

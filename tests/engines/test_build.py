@@ -78,3 +78,38 @@ def test_the_wired_build_command_if_present(export_copy, no_tensorrt):
         pytest.skip("omnisift-edge build is not wired into cli.py yet (the lead adds it)")
     result = CliRunner().invoke(main, ["build", str(export_copy), "--target", "orin-agx"])
     assert result.exit_code == 1 and "TensorRT is not installed" in result.output
+
+
+def test_the_plan_reads_one_resolved_environment(export_copy):
+    import dataclasses
+
+    plan = plan_build(BuildConfig(export_copy, target="rtx", compute_capabilities="12.0"), write=False)
+    env = plan.env
+    assert plan.target is env.target and env.target.compute_capabilities == ((12, 0),)   # cfg's list merged once
+    assert (plan.flavour, plan.tensorrt, env.flavour.title) == ("tensorrt_rtx", env.tensorrt, "TensorRT-RTX")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        env.tensorrt = "0"
+    record = plan.record()                       # the plan's part of the build report
+    assert (record["target"], record["flavour"], record["precision"]) == ("rtx", "tensorrt_rtx", plan.precision)
+    assert record["decoder_form"] == {"graph": plan.decoder_form[0], "why": plan.decoder_form[1]}
+    ep = plan.engines[0]
+    assert ep.record(export_copy)["file"] == str(ep.engine.relative_to(export_copy))
+
+
+def test_a_build_hashes_each_export_file_once(export_copy):
+    """verify_sources' digests are what write_manifest records for files unchanged since; a changed file is hashed."""
+    import os
+
+    from omnisift_edge.artifact.manifest import read_manifest, write_manifest
+    from omnisift_edge.engines.store import verify_sources
+
+    manifest = read_manifest(export_copy, verify=False)
+    known = verify_sources(export_copy, manifest)
+    name = next(iter(known))
+    stale = {**known, name: {**known[name], "sha256": "0" * 64}}      # a digest only the reuse can write
+    write_manifest(export_copy, manifest, known=stale)
+    assert read_manifest(export_copy, verify=False)["files"][name]["sha256"] == "0" * 64
+    stat = os.stat(export_copy / name)
+    os.utime(export_copy / name, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))   # touched since: hashed again
+    write_manifest(export_copy, manifest, known=stale)
+    assert read_manifest(export_copy, verify=False)["files"][name]["sha256"] == manifest["files"][name]["sha256"]
