@@ -202,7 +202,9 @@ def _build_engine(polygraphy_trt, ep: EnginePlan, plan: BuildPlan, env: BuildEnv
     if validity.get("checked") and not validity["header_ok"]:
         raise UsageError(f"{flavour.title} built {ep.graph} but its runtime reports the engine as "
                          f"{', '.join(validity['diagnostics'])}; please report this with the command line")
-    entry = {**ep.record(plan.folder), "bytes": len(data), "build_seconds": round(seconds, 2), "validity": validity}
+    planned = ep.record(plan.folder)   # (the keys in manifest.json's order: file, bytes, build_seconds, onnx, ...)
+    entry = {"file": planned.pop("file"), "bytes": len(data), "build_seconds": round(seconds, 2), **planned,
+             "validity": validity}
     if ep.static:   # the in-place decoder: what the runtime binds (cache rows, shape inputs) and the proof
         entry.update(static_axes=dict(ep.static), **facts)
     return data, entry
@@ -218,5 +220,7 @@ def build_report(plan: BuildPlan, env: BuildEnv, engines: dict[str, dict]) -> di
     else:
         where = {"device": device.name, "compute_capability": device.cc,
                  "device_memory_gb": round(device.memory_gb, 1), "board": device.board}
-    return {**plan.record(), **where, "engines": engines,
+    planned = plan.record()
+    first = {key: planned.pop(key) for key in ("target", "flavour", "tensorrt")}   # manifest.json's key order
+    return {**first, **where, **planned, "engines": engines,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
