@@ -85,3 +85,19 @@ def test_capacity(tiny_model):
     growing.step(*calls[1], False)
     assert growing.capacity == 16 and growing.length == 12
     torch.testing.assert_close(growing.buffers[0][0][:, :, :6], kept)
+
+
+@torch.inference_mode()
+def test_reset_empties_the_same_buffers(tiny_model):
+    from omnisift_edge.runtime.kv_cache import KVCache
+
+    thinker = tiny_model.thinker
+    cache = TorchInPlaceCache(thinker, 16)
+    assert isinstance(cache, KVCache) and cache.bind() is cache.buffers
+    calls, _ = _calls(thinker, 3, (5,))
+    cache.step(*calls[0], False)
+    storage = [k.data_ptr() for k, _ in cache.buffers]
+    assert cache.buffers[0][0][:, :, :5].any()
+    cache.reset()
+    assert cache.length == 0 and [k.data_ptr() for k, _ in cache.buffers] == storage
+    assert not any(buf.any() for pair in cache.buffers for buf in pair)
