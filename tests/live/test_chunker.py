@@ -1,0 +1,94 @@
+"""live/chunker.py: 2 fps sampling by timestamp, audio on the video's clock, the bounded queue's policies."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from omnisift_edge.live.chunker import Chunk, ChunkAssembler, ChunkQueue
+
+av = pytest.importorskip("av")
+
+
+def _frame(value: int, w: int = 56, h: int = 56):
+    return av.VideoFrame.from_ndarray(np.full((h, w, 3), value, np.uint8), format="rgb24")
+
+
+def _chunk(index: int) -> Chunk:
+    return Chunk(index, 2.0 * index, np.zeros((4, 28, 28, 3), np.uint8), np.zeros(32000, np.float32), 0.0)
+
+
+def test_frames_are_sampled_at_2fps_by_timestamp_and_audio_fills_its_window():
+    asm = ChunkAssembler((56, 56))
+    chunks = []
+    for i in range(45):                                   # 10 fps from t = 5.0 (the stream clock's origin)
+        chunks += asm.video(5.0 + i / 10, _frame(i))
+        if i % 2 == 0:                                    # 0.2 s audio blocks, each timestamped
+            chunks += asm.audio_block(5.0 + i / 10, np.full(3200, i / 100, np.float32))
+    assert [c.index for c in chunks] == [0, 1]
+    # frame k shows t = k / 2: decoded frame 5k (value 5k, resize keeps a flat colour)
+    assert [int(f[0, 0, 0]) for f in chunks[0].frames] == [0, 5, 10, 15]
+    assert [int(f[0, 0, 0]) for f in chunks[1].frames] == [20, 25, 30, 35]
+    assert chunks[1].start == 2.0 and chunks[0].pcm.shape == (32040,)
+    assert chunks[1].pcm[0] == pytest.approx(0.20)        # the block stamped t = 2.0 starts chunk 1
+
+
+def test_audio_that_drifts_is_realigned_to_its_timestamps():
+    asm = ChunkAssembler((56, 56))
+    asm.video(0.0, _frame(0))
+    asm.audio_block(0.0, np.ones(8000, np.float32))       # 0.0-0.5 s
+    asm.audio_block(0.6, np.ones(8000, np.float32))       # 100 ms late: silence fills 0.5-0.6 s
+    asm.audio_block(1.05, np.ones(8000, np.float32))      # 50 ms early: its first 800 samples are dropped
+    asm.audio_block(1.52, np.ones(8000, np.float32))      # 20 ms late: within the limit, appended as is
+    chunks = []
+    for i in range(1, 25):
+        chunks += asm.video(i / 10, _frame(i))
+    pcm = chunks[0].pcm
+    assert pcm[:8000].min() == 1 and pcm[8000:9600].max() == 0 and pcm[9600:16800].min() == 1
+    assert len(pcm) == 32040 and pcm[16800:24800].min() == 1    # no accumulated offset: 1.05 s block ends at 1.55 s
+
+
+def test_a_source_without_audio_gets_silence_and_a_size_change_is_rescaled_once():
+    notices = []
+    asm = ChunkAssembler((56, 28), notice=notices.append, silent=True)
+    chunks = []
+    for i in range(21):
+        chunks += asm.video(i / 10, _frame(100, *((56, 56) if i < 10 else (84, 112))))
+    assert len(chunks) == 1 and chunks[0].frames.shape == (4, 56, 28, 3) and not chunks[0].pcm.any()
+    assert len(notices) == 1 and "changed to 84x112" in notices[0]
+
+
+def test_oldest_policy_drops_the_oldest_queued_chunk():
+    q = ChunkQueue(2, "oldest")
+    dropped = [c.index for i in range(5) for c in q.put(_chunk(i))]
+    assert dropped == [0, 1, 2] and [c.index for c in q.items] == [3, 4] and q.dropped == 3
+
+
+def test_thin_policy_spreads_what_it_keeps():
+    q = ChunkQueue(3, "thin")
+    dropped = [c.index for i in range(7) for c in q.put(_chunk(i))]
+    # [0,1,2] + 3: spans 1:(0..2)=4, 2:(1..3)=4 -> drop 1 (older on a tie); [0,2,3] + 4: 2:(0..3)=6, 3:(2..4)=4 -> 3
+    assert dropped == [1, 3, 4, 5] and [c.index for c in q.items] == [0, 2, 6]
+
+
+def test_block_waits_for_room_and_get_times_out_when_empty():
+    q = ChunkQueue(1, "oldest", block=True)
+    q.put(_chunk(0))
+    done = threading.Event()
+    threading.Thread(target=lambda: (q.put(_chunk(1)), done.set()), daemon=True).start()
+    assert not done.wait(0.3)                             # full: the producer waits, nothing is dropped
+    assert q.get(timeout=1).index == 0 and done.wait(2) and q.dropped == 0
+    assert q.get(timeout=1).index == 1 and q.get(timeout=0.05) is None
+    q.end()
+    assert q.done
+
+
+def test_bad_queue_settings_are_one_line():
+    from omnisift_edge.errors import UsageError
+
+    with pytest.raises(UsageError, match="--drop-policy"):
+        ChunkQueue(2, "newest")
+    with pytest.raises(UsageError, match="--queue"):
+        ChunkQueue(0)
