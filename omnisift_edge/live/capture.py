@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from typing import Callable
 
 from omnisift_edge.errors import UsageError
@@ -78,8 +79,11 @@ class Capture(threading.Thread):
         while not self.stop.is_set() and time.monotonic() - lost_at < cfg.retry_seconds:
             self.stop.wait(wait)
             wait = min(wait * 2, BACKOFF[1])
-            try:
-                self.source = LiveSource(cfg).open()
+            left = cfg.retry_seconds - (time.monotonic() - lost_at)
+            if left <= 0:
+                break
+            try:                                        # each try bounded by the retry time left
+                self.source = LiveSource(replace(cfg, open_timeout=min(cfg.open_timeout, left))).open()
             except UsageError:
                 continue
             self.reconnects += 1

@@ -23,6 +23,7 @@ from omnisift_edge.model.spec import OmniSpec
 
 POLICIES = ("oldest", "thin")
 DRIFT_LIMIT = 0.040         # seconds the audio may disagree with its timestamps before it is realigned
+JUMP = 10.0                 # seconds: a timestamp jump larger than this (or backwards past 1 s) is a discontinuity
 AUDIO_WAIT = 1.0            # seconds the video may run ahead of the audio before a chunk takes silence
 
 
@@ -66,6 +67,7 @@ class ChunkAssembler:
         self.prev = None                          # (t, av frame) last decoded, not yet picked
         self.early: deque = deque()               # audio before the first frame, (t, pcm)
         self.video_time = 0.0                     # chunk-clock time of the newest frame
+        self.step = 0.1                           # the last gap between frames, seconds (at most 1)
 
     def reconnected(self) -> float:
         """A new connection: the open chunk is discarded; returns the seconds it had (0 if none)."""
@@ -78,9 +80,16 @@ class ChunkAssembler:
     def video(self, t: float, frame) -> list[Chunk]:
         if self.origin is None:
             self.origin = t - self.index * self.spec.seconds_per_chunk   # this connection continues the count
+            self.video_time = t - self.origin
             early, self.early = self.early, deque()
             for at, pcm in early:
                 self._add_audio(at, pcm)
+        if not -1.0 <= t - self.origin - self.video_time <= JUMP:    # a discontinuity: the clock continues
+            self.notice(f"the stream's timestamps jumped by {t - self.origin - self.video_time:+.1f} s; "
+                        "the chunk clock continues from the last frame")
+            self.origin = t - self.video_time - self.step
+            self.prev = None
+        self.step = min(max(t - self.origin - self.video_time, 0.0), 1.0) or self.step
         self.video_time = t - self.origin
         out = []
         cur = (self.video_time, frame)
@@ -120,7 +129,7 @@ class ChunkAssembler:
         rate = self.spec.sample_rate
         at = round((t - self.origin) * rate)                        # sample index on the chunk clock
         have = self.index * self.samples_per_chunk + self.samples   # where the next sample would go
-        if abs(at - have) > DRIFT_LIMIT * rate:                    # realign: silence in, or samples out
+        if DRIFT_LIMIT * rate < abs(at - have) <= JUMP * rate:     # realign: silence in, or samples out
             if at > have:
                 self._append_pcm(np.zeros(at - have, np.float32))
             else:

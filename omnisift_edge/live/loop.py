@@ -6,6 +6,7 @@ short. One instance runs once: `run()` then `close()`.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Callable
 
@@ -18,8 +19,9 @@ class LiveLoop:
     """Opens the session, the page and the source, then takes chunks and answers (watch.py's doc)."""
 
     def __init__(self, cfg: WatchConfig, events: EventLog, *, text: Callable[[str], None],
-                 progress: Callable[[str], None]):
+                 progress: Callable[[str], None], stop: threading.Event | None = None):
         self.cfg, self.events, self.text, self.progress = cfg, events, text, progress
+        self.stop = stop or threading.Event()
         self.report = WatchReport()
         self.questions = Questions()
         self.session = self.view = self.capture = None
@@ -72,6 +74,9 @@ class LiveLoop:
         chunks = self.capture.queue
         try:
             while not chunks.done:
+                if self.stop.is_set():
+                    self.capture.stop.set()
+                    self.capture.ended_by = "stopped"
                 chunk = chunks.get(timeout=0.1)
                 if chunk is not None:
                     self._process(chunk)

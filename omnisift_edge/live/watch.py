@@ -110,13 +110,17 @@ class EventLog:
 
 
 def watch(cfg: WatchConfig, *, text: Callable[[str], None] = lambda piece: None,
-          progress: Callable[[str], None] = lambda line: None) -> WatchReport:
+          progress: Callable[[str], None] = lambda line: None, stop: threading.Event | None = None,
+          ask: Callable[[Callable[[str, str], None]], None] | None = None) -> WatchReport:
     """Stream `cfg.source` through a session, answering as docs/live.md says; `text` gets the
-    answers' streamed pieces (and a newline after each), `progress` one line per step."""
+    answers' streamed pieces (and a newline after each), `progress` one line per step. An app
+    ends the stream by setting `stop`, and gets `put(question, origin)` through `ask` to ask."""
     from omnisift_edge.live.loop import LiveLoop
 
     events = EventLog(cfg.events)
-    loop = LiveLoop(cfg, events, text=text, progress=progress)
+    loop = LiveLoop(cfg, events, text=text, progress=progress, stop=stop)
+    if ask is not None:
+        ask(loop.questions.put)
     try:
         return loop.run()
     finally:

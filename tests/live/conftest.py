@@ -1,0 +1,39 @@
+"""Live-stream fixtures: the shared small export and real MPEG-TS streams on 127.0.0.1 from ffmpeg."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+
+import pytest
+
+
+def free_port(kind=socket.SOCK_DGRAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def udp_stream(port: int, seconds: float = 60, size: str = "112x84"):
+    """ffmpeg sending a test pattern + a tone as MPEG-TS to udp://127.0.0.1:PORT at real pace."""
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("needs ffmpeg (Debian package ffmpeg; .ci/run installs it)")
+    proc = subprocess.Popen(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-f", "lavfi", "-i", f"testsrc=size={size}:rate=10",
+         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000", "-t", str(seconds), "-c:v", "mpeg2video",
+         "-g", "5", "-c:a", "mp2", "-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def live_export(small_export):
+    """The shared small export (112x84; ratios 1 and 0.25: pass ratio 0.25)."""
+    return small_export()
