@@ -34,8 +34,10 @@ class Capture(threading.Thread):
         self.reconnects = 0
         self.ended_by = "source ended"
         self.error: UsageError | None = None
+        self.cpu_seconds = 0.0                          # this thread's CPU time (decoder threads not included)
 
     def run(self) -> None:
+        start = time.thread_time()
         try:
             while not self.stop.is_set():
                 try:
@@ -50,6 +52,7 @@ class Capture(threading.Thread):
             if self.assembler.frames:
                 self.partial += 1                       # a chunk cut short by the end: never padded in
             self.source.close()
+            self.cpu_seconds = time.thread_time() - start
             self.queue.end()
 
     def _pump(self) -> None:

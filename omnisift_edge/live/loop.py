@@ -154,6 +154,7 @@ class LiveLoop:
         capture, report = self.capture, self.report
         report.captured, report.partial = capture.captured, capture.partial
         report.reconnects, report.dropped = capture.reconnects, capture.queue.dropped
+        report.capture_cpu_s = capture.cpu_seconds
         self.events.emit({"event": "end", **report.summary()})
 
     def close(self) -> None:

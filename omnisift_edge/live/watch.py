@@ -79,6 +79,7 @@ class WatchReport:
     lags_ms: list[float] = field(default_factory=list)
     answers: list[dict] = field(default_factory=list)
     url: str | None = None                # the --view page
+    capture_cpu_s: float = 0.0            # CPU seconds of the capture thread (demux, audio resampling, RGB, resize)
 
     def summary(self) -> dict:
         lags = np.asarray(self.lags_ms) if self.lags_ms else np.zeros(1)
