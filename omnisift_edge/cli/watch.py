@@ -35,6 +35,8 @@ from omnisift_edge.cli.options import _user_errors
 @click.option("--queue", type=click.IntRange(1, 64), default=2, show_default=True, help="Chunks waiting at most.")
 @click.option("--drop-policy", type=click.Choice(["oldest", "thin"]), default="oldest", show_default=True,
               help="Which queued chunk goes when inference falls behind (docs/live.md).")
+@click.option("--max-lag", type=float, default=3.0, show_default=True,
+              help="Seconds a queued chunk may wait for inference; older ones are dropped (policy stale).")
 @click.option("--open-timeout", type=float, default=10.0, show_default=True, help="Seconds to open the source.")
 @click.option("--read-timeout", type=float, default=5.0, show_default=True, help="Seconds without data = a stall.")
 @click.option("--retry-seconds", type=float, default=30.0, show_default=True,
@@ -43,7 +45,7 @@ from omnisift_edge.cli.options import _user_errors
 @click.option("--no-stdin", is_flag=True, help="Do not read questions from stdin.")
 @_user_errors(interrupted="interrupted")
 def watch(folder, source, question, ask_every, seconds, ratio, backend, target, device, context_policy,
-          window_seconds, events, view, realtime, fmt, require_audio, queue, drop_policy, open_timeout,
+          window_seconds, events, view, realtime, fmt, require_audio, queue, drop_policy, max_lag, open_timeout,
           read_timeout, retry_seconds, max_new_tokens, no_stdin):
     """Watch a live SOURCE (rtsp://, udp://, tcp://, http(s)://, srt://, /dev/videoN, or a file with
     --realtime) through the export in FOLDER, answering questions while it runs (docs/live.md)."""
@@ -58,7 +60,7 @@ def watch(folder, source, question, ask_every, seconds, ratio, backend, target, 
         source=SourceConfig(url=source, realtime=realtime, format=fmt, require_audio=require_audio,
                             open_timeout=open_timeout, read_timeout=read_timeout, retry_seconds=retry_seconds),
         question=question, ask_every=ask_every, seconds=seconds, events=events, view=view, queue=queue,
-        drop_policy=drop_policy, max_new_tokens=max_new_tokens, stdin=not no_stdin)
+        drop_policy=drop_policy, max_lag=max_lag, max_new_tokens=max_new_tokens, stdin=not no_stdin)
     report = run(cfg, text=lambda piece: click.echo(piece, nl=False),
                  progress=lambda line: click.echo(line, err=True))
     s = report.summary()

@@ -201,14 +201,19 @@ class ChunkQueue:
         del items[i]
         return chunk
 
-    def get(self, timeout: float) -> Chunk | None:
-        """The oldest chunk, or None after `timeout` seconds (or at once when ended and empty)."""
+    def get(self, timeout: float, max_age: float | None = None) -> tuple[Chunk | None, list[Chunk]]:
+        """(the oldest chunk or None after `timeout` seconds, the chunks dropped as stale): queued
+        chunks captured more than `max_age` seconds ago are dropped first (counted as drops)."""
         with self._cond:
             if not self.items and not self.ended:
                 self._cond.wait(timeout)
+            stale = []
+            while max_age is not None and self.items and time.monotonic() - self.items[0].captured > max_age:
+                stale.append(self.items.popleft())
+                self.dropped += 1
             chunk = self.items.popleft() if self.items else None
             self._cond.notify_all()
-            return chunk
+            return chunk, stale
 
     def end(self) -> None:
         with self._cond:

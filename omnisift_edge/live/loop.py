@@ -77,7 +77,10 @@ class LiveLoop:
                 if self.stop.is_set():
                     self.capture.stop.set()
                     self.capture.ended_by = "stopped"
-                chunk = chunks.get(timeout=0.1)
+                chunk, stale = chunks.get(timeout=0.1, max_age=self.cfg.max_lag)
+                for gone in stale:
+                    self.events.emit({"event": "drop", "index": gone.index, "capture_time": gone.start,
+                                      "policy": "stale", "dropped": chunks.dropped})
                 if chunk is not None:
                     self._process(chunk)
                 if self.last_index is not None:

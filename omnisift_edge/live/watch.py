@@ -38,6 +38,7 @@ class WatchConfig:
     view: str | None = None               # HOST:PORT of the web page (port 0: a free one)
     queue: int = 2                        # chunks waiting for inference at most
     drop_policy: str = "oldest"           # oldest | thin (docs/live.md)
+    max_lag: float | None = 3.0           # seconds a queued chunk may wait; older ones are dropped (None: no limit)
     max_new_tokens: int = 32
     stdin: bool = False                   # read questions from stdin, one per line
 
@@ -50,6 +51,8 @@ class WatchConfig:
             raise UsageError("--ask-every needs --question and a number of seconds > 0")
         if self.seconds is not None and not self.seconds > 0:
             raise UsageError(f"--seconds must be > 0 (got {self.seconds})")
+        if self.max_lag is not None and not self.max_lag > 0:
+            raise UsageError(f"--max-lag must be > 0 seconds (got {self.max_lag})")
         if self.max_new_tokens < 1:
             raise UsageError(f"--max-new-tokens must be at least 1 (got {self.max_new_tokens})")
         if self.view is not None:

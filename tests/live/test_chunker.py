@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -79,10 +80,20 @@ def test_block_waits_for_room_and_get_times_out_when_empty():
     done = threading.Event()
     threading.Thread(target=lambda: (q.put(_chunk(1)), done.set()), daemon=True).start()
     assert not done.wait(0.3)                             # full: the producer waits, nothing is dropped
-    assert q.get(timeout=1).index == 0 and done.wait(2) and q.dropped == 0
-    assert q.get(timeout=1).index == 1 and q.get(timeout=0.05) is None
+    assert q.get(timeout=1)[0].index == 0 and done.wait(2) and q.dropped == 0
+    assert q.get(timeout=1)[0].index == 1 and q.get(timeout=0.05) == (None, [])
     q.end()
     assert q.done
+
+
+def test_chunks_waiting_past_max_age_are_dropped_as_stale():
+    q = ChunkQueue(3, "oldest")
+    for i, age in enumerate((5.0, 4.0, 0.5)):
+        chunk = _chunk(i)
+        chunk.captured = time.monotonic() - age
+        q.put(chunk)
+    chunk, stale = q.get(timeout=1, max_age=3.0)
+    assert chunk.index == 2 and [c.index for c in stale] == [0, 1] and q.dropped == 2
 
 
 def test_bad_queue_settings_are_one_line():
