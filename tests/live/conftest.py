@@ -37,3 +37,42 @@ def udp_stream(port: int, seconds: float = 60, size: str = "112x84"):
 def live_export(small_export):
     """The shared small export (112x84; ratios 1 and 0.25: pass ratio 0.25)."""
     return small_export()
+
+
+@contextlib.contextmanager
+def tcp_stream(port: int, seconds: float = 60):
+    """ffmpeg listening on tcp://127.0.0.1:PORT, sending MPEG-TS at real pace once a reader connects."""
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("needs ffmpeg (Debian package ffmpeg; .ci/run installs it)")
+    proc = subprocess.Popen(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-f", "lavfi", "-i", "testsrc=size=112x84:rate=10",
+         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000", "-t", str(seconds), "-c:v", "mpeg2video",
+         "-g", "5", "-c:a", "mp2", "-f", "mpegts", f"tcp://127.0.0.1:{port}?listen=1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"          # Debian's, with python3-gi and gir1.2-gst-rtsp-server-1.0
+
+
+@contextlib.contextmanager
+def rtsp_server(port: int):
+    """GStreamer's RTSP server (tests/live/rtsp_server.py) at rtsp://127.0.0.1:PORT/test."""
+    from pathlib import Path
+
+    probe = subprocess.run([SYSTEM_PYTHON, "-c", "import gi; gi.require_version('GstRtspServer', '1.0'); "
+                            "from gi.repository import GstRtspServer"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("needs Debian's python3-gi and gir1.2-gst-rtsp-server-1.0 (.ci/run installs them)")
+    proc = subprocess.Popen([SYSTEM_PYTHON, str(Path(__file__).with_name("rtsp_server.py")), str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready", "the RTSP server did not start"
+        yield f"rtsp://127.0.0.1:{port}/test"
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)

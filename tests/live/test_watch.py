@@ -13,7 +13,7 @@ import pytest
 
 from omnisift_edge.errors import UsageError
 from tests.helpers import write_clip
-from tests.live.conftest import free_port, udp_stream
+from tests.live.conftest import free_port, rtsp_server, tcp_stream, udp_stream
 
 pytest.importorskip("av")
 
@@ -64,6 +64,21 @@ def test_watch_cli_on_a_udp_stream_answers_while_it_runs(live_export, tmp_path):
     for a in answers:
         assert a["tokens"] >= 1 and a["ttft_ms"] > 0 and a["after_chunk"] is not None
     assert "3 chunks processed" in done.stderr
+
+
+@pytest.mark.parametrize("server", ["rtsp", "tcp"])
+def test_watch_reads_rtsp_and_tcp_streams(live_export, tmp_path, server):
+    from omnisift_edge.live.watch import watch
+
+    port, events = free_port(socket.SOCK_STREAM), tmp_path / "events.jsonl"
+    serve = rtsp_server(port) if server == "rtsp" else tcp_stream(port)
+    with serve as url:
+        url = url if server == "rtsp" else f"tcp://127.0.0.1:{port}"
+        report = watch(_config(live_export, url, events, seconds=4, question="What moves?", open_timeout=20))
+    log = _events(events)
+    _check_chunks(log)
+    assert report.captured == 2 and [a["origin"] for a in report.answers] == ["end"]
+    assert not [e for e in log if e["event"] == "notice"]       # both carry audio: no silence notice
 
 
 def _watch_in_thread(cfg, **kw):
