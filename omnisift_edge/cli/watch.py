@@ -31,6 +31,8 @@ from omnisift_edge.cli.options import _user_errors
 @click.option("--view", default=None, help="Serve the live page on HOST:PORT (e.g. 127.0.0.1:8080; port 0: any free).")
 @click.option("--realtime", is_flag=True, help="A file source: play it at its real pace (like a camera).")
 @click.option("--format", "fmt", default=None, help="Force FFmpeg's demuxer (e.g. mpegts, v4l2).")
+@click.option("--audio", default=None,
+              help="A separate audio input instead of the stream's own: alsa:DEVICE, pulse:DEVICE, or a URL/file.")
 @click.option("--require-audio", is_flag=True, help="Refuse a source without audio (default: silence, stated).")
 @click.option("--queue", type=click.IntRange(1, 64), default=2, show_default=True, help="Chunks waiting at most.")
 @click.option("--drop-policy", type=click.Choice(["oldest", "thin"]), default="oldest", show_default=True,
@@ -45,8 +47,8 @@ from omnisift_edge.cli.options import _user_errors
 @click.option("--no-stdin", is_flag=True, help="Do not read questions from stdin.")
 @_user_errors(interrupted="interrupted")
 def watch(folder, source, question, ask_every, seconds, ratio, backend, target, device, context_policy,
-          window_seconds, events, view, realtime, fmt, require_audio, queue, drop_policy, max_lag, open_timeout,
-          read_timeout, retry_seconds, max_new_tokens, no_stdin):
+          window_seconds, events, view, realtime, fmt, audio, require_audio, queue, drop_policy, max_lag,
+          open_timeout, read_timeout, retry_seconds, max_new_tokens, no_stdin):
     """Watch a live SOURCE (rtsp://, udp://, tcp://, http(s)://, srt://, /dev/videoN, or a file with
     --realtime) through the export in FOLDER, answering questions while it runs (docs/live.md)."""
     from omnisift_edge.live import run
@@ -57,7 +59,7 @@ def watch(folder, source, question, ask_every, seconds, ratio, backend, target, 
     cfg = WatchConfig(
         runtime=RuntimeConfig(folder=folder, backend=backend, ratio=ratio, device=device, target=target,
                               context_policy=context_policy, window_seconds=window_seconds),
-        source=SourceConfig(url=source, realtime=realtime, format=fmt, require_audio=require_audio,
+        source=SourceConfig(url=source, realtime=realtime, format=fmt, audio=audio, require_audio=require_audio,
                             open_timeout=open_timeout, read_timeout=read_timeout, retry_seconds=retry_seconds),
         question=question, ask_every=ask_every, seconds=seconds, events=events, view=view, queue=queue,
         drop_policy=drop_policy, max_lag=max_lag, max_new_tokens=max_new_tokens, stdin=not no_stdin)

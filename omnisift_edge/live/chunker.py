@@ -25,6 +25,7 @@ POLICIES = ("oldest", "thin")
 DRIFT_LIMIT = 0.040         # seconds the audio may disagree with its timestamps before it is realigned
 JUMP = 10.0                 # seconds: a timestamp jump larger than this (or backwards past 1 s) is a discontinuity
 AUDIO_WAIT = 1.0            # seconds the video may run ahead of the audio before a chunk takes silence
+SEPARATE_AUDIO_WAIT = 3.0   # the same with a separate audio input (its own latency, unknown to us)
 
 
 def lookahead(spec: OmniSpec) -> int:
@@ -47,11 +48,13 @@ class ChunkAssembler:
     """Frames at 2 fps by timestamp + audio on the same clock -> whole chunks (docs/live.md)."""
 
     def __init__(self, resolution: tuple[int, int], spec: OmniSpec = OmniSpec(), *,
-                 notice: Callable[[str], None] = lambda text: None, silent: bool = False):
+                 notice: Callable[[str], None] = lambda text: None, silent: bool = False,
+                 audio_wait: float = AUDIO_WAIT):
         self.resolution = tuple(resolution)
         self.spec = spec
         self.notice = notice
         self.silent = silent                      # no audio track: every chunk's audio is silence
+        self.audio_wait = audio_wait              # seconds of video past a chunk's end before late audio is silence
         self.per_chunk = int(spec.fps * spec.seconds_per_chunk)                    # 4 frames
         self.samples_per_chunk = int(spec.sample_rate * spec.seconds_per_chunk)    # 32000
         self.lookahead = lookahead(spec)                                           # 40
@@ -148,7 +151,7 @@ class ChunkAssembler:
         end = (self.index + 1) * self.spec.seconds_per_chunk
         want = self.samples_per_chunk + self.lookahead
         if self.samples < want:
-            if not (self.silent or (audio_late and self.video_time >= end + AUDIO_WAIT)):
+            if not (self.silent or (audio_late and self.video_time >= end + self.audio_wait)):
                 return []
             self._append_pcm(np.zeros(want - self.samples, np.float32))          # late or no audio: silence
         pcm = np.concatenate(self.audio)

@@ -32,7 +32,7 @@ class LiveLoop:
     # -- setup ---------------------------------------------------------------------------------
     def _open(self) -> None:
         from omnisift_edge.live.capture import Capture
-        from omnisift_edge.live.chunker import ChunkAssembler, ChunkQueue
+        from omnisift_edge.live.chunker import AUDIO_WAIT, SEPARATE_AUDIO_WAIT, ChunkAssembler, ChunkQueue
         from omnisift_edge.live.source import LiveSource
         from omnisift_edge.runtime.session import open_session
 
@@ -54,12 +54,22 @@ class LiveLoop:
                           "backend": cfg.runtime.backend, "ratio": session.ratio,
                           "resolution": list(session.resolution), "grid": grid, "policy": cfg.drop_policy,
                           "queue": cfg.queue})
-        if not source.has_audio:
+        audio = None
+        if cfg.source.audio is not None:
+            try:
+                audio = LiveSource(cfg.source.audio_input(), video=False).open()
+            except UsageError:
+                source.close()
+                raise
+            self.progress(f"opened the audio input {cfg.source.audio}")
+        elif not source.has_audio:
             self._notice(f"{cfg.source.url} has no audio track: every chunk gets silence (--require-audio refuses)")
-        assembler = ChunkAssembler(session.resolution, session.spec, notice=self._notice, silent=not source.has_audio)
+        assembler = ChunkAssembler(session.resolution, session.spec, notice=self._notice,
+                                   silent=audio is None and not source.has_audio,
+                                   audio_wait=SEPARATE_AUDIO_WAIT if audio is not None else AUDIO_WAIT)
         chunks = ChunkQueue(cfg.queue, cfg.drop_policy, block=not cfg.source.live)
         self.capture = Capture(source, assembler, chunks, self.events.emit,
-                               max_chunks=max_chunks(cfg.seconds, session.spec.seconds_per_chunk))
+                               max_chunks=max_chunks(cfg.seconds, session.spec.seconds_per_chunk), audio=audio)
         if cfg.stdin:
             stdin_questions(self.questions.put)
 

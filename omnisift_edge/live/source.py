@@ -11,7 +11,7 @@ that cannot be opened is a one-line `UsageError`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -48,6 +48,7 @@ class SourceConfig:
     open_timeout: float = 10.0            # seconds to open (and probe) the source
     read_timeout: float = 5.0             # seconds without data that count as a stall
     retry_seconds: float = 30.0           # how long a lost live source is retried before giving up
+    audio: str | None = None              # a separate audio input: alsa:DEVICE, pulse:DEVICE, or a URL/file
 
     def __post_init__(self):
         if not str(self.url).strip():
@@ -64,9 +65,17 @@ class SourceConfig:
         scheme = str(self.url).split("://", 1)[0].lower() if "://" in str(self.url) else ""
         if scheme in NETWORK_SCHEMES:
             return "network"
-        if str(self.url).startswith("/dev/") or self.format in ("v4l2", "video4linux2"):
+        if str(self.url).startswith("/dev/") or self.format in ("v4l2", "video4linux2", "alsa", "pulse"):
             return "device"
         return "file"
+
+    def audio_input(self) -> "SourceConfig | None":
+        """The separate audio input as a source of its own (`alsa:hw:0` -> url hw:0, format alsa)."""
+        if self.audio is None:
+            return None
+        fmt, _, rest = str(self.audio).partition(":")
+        url, fmt = (rest, fmt) if fmt in ("alsa", "pulse") and rest else (self.audio, None)
+        return replace(self, url=url, format=fmt, audio=None, require_audio=True)
 
     @property
     def live(self) -> bool:
@@ -90,8 +99,9 @@ def _demuxer_options(cfg: SourceConfig) -> tuple[str | None, dict]:
 class LiveSource:
     """One opened input: `open()`, then iterate `items()`; `close()` releases it (see module doc)."""
 
-    def __init__(self, cfg: SourceConfig):
+    def __init__(self, cfg: SourceConfig, *, video: bool = True):
         self.cfg = cfg
+        self.video = video                                # False: an audio-only input (its video ignored)
         self.container = None
         self.has_audio = False
         self.size: tuple[int, int] | None = None          # (W, H) the video stream declares
@@ -100,7 +110,7 @@ class LiveSource:
         """Open the input or raise a UsageError naming what to check."""
         av = require("av")
         cfg = self.cfg
-        if cfg.kind == "device" and not Path(cfg.url).exists():
+        if str(cfg.url).startswith("/dev/") and not Path(cfg.url).exists():
             raise UsageError(f"no capture device {cfg.url}; list devices with `v4l2-ctl --list-devices` "
                              "or `ls /dev/video*`")
         if cfg.kind == "file" and not Path(cfg.url).is_file():
@@ -114,23 +124,26 @@ class LiveSource:
             reason = (getattr(exc, "strerror", None) or str(exc)).strip().rstrip(".")
             raise UsageError(f"cannot open {cfg.url} ({reason}) within {cfg.open_timeout:g} s; check that the "
                              "stream is running and the URL, port or device is right") from None
-        if not self.container.streams.video:
+        if self.video and not self.container.streams.video:
             self.close()
             raise UsageError(f"{cfg.url} has no video stream; OmniSIFT needs video (pass a camera or video stream)")
         self.has_audio = bool(self.container.streams.audio)
         if not self.has_audio and cfg.require_audio:
             self.close()
+            if not self.video:
+                raise UsageError(f"the audio input {cfg.url} has no audio stream; pass an audio device or stream")
             raise UsageError(f"{cfg.url} has no audio track and --require-audio was given; add audio to the "
                              "stream or drop --require-audio (silence is used then)")
-        cc = self.container.streams.video[0].codec_context
-        self.size = (cc.width, cc.height)
+        if self.video:
+            cc = self.container.streams.video[0].codec_context
+            self.size = (cc.width, cc.height)
         return self
 
     def items(self) -> Iterator[VideoItem | AudioItem]:
         """Decoded video frames and resampled audio blocks in arrival order (see the module doc)."""
         av = require("av")
         container = self.container
-        vstream = container.streams.video[0]
+        vstream = container.streams.video[0] if self.video else None
         astream = container.streams.audio[0] if self.has_audio else None
         for s in (vstream, astream):
             if s is not None:

@@ -17,14 +17,16 @@ def free_port(kind=socket.SOCK_DGRAM) -> int:
 
 
 @contextlib.contextmanager
-def udp_stream(port: int, seconds: float = 60, size: str = "112x84"):
-    """ffmpeg sending a test pattern + a tone as MPEG-TS to udp://127.0.0.1:PORT at real pace."""
+def udp_stream(port: int, seconds: float = 60, size: str = "112x84", *, video: bool = True, audio: bool = True):
+    """ffmpeg sending a test pattern and/or a tone as MPEG-TS to udp://127.0.0.1:PORT at real pace."""
     if shutil.which("ffmpeg") is None:
         pytest.skip("needs ffmpeg (Debian package ffmpeg; .ci/run installs it)")
+    inputs = (["-f", "lavfi", "-i", f"testsrc=size={size}:rate=10"] if video else []) + \
+        (["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000"] if audio else [])
+    codecs = (["-c:v", "mpeg2video", "-g", "5"] if video else []) + (["-c:a", "mp2"] if audio else [])
     proc = subprocess.Popen(
-        ["ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-f", "lavfi", "-i", f"testsrc=size={size}:rate=10",
-         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000", "-t", str(seconds), "-c:v", "mpeg2video",
-         "-g", "5", "-c:a", "mp2", "-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316"],
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-re", *inputs, "-t", str(seconds), *codecs,
+         "-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield proc

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from omnisift_edge.live.chunker import Chunk, ChunkAssembler, ChunkQueue
+from omnisift_edge.live.chunker import SEPARATE_AUDIO_WAIT, Chunk, ChunkAssembler, ChunkQueue
 
 av = pytest.importorskip("av")
 
@@ -103,3 +103,34 @@ def test_bad_queue_settings_are_one_line():
         ChunkQueue(2, "newest")
     with pytest.raises(UsageError, match="--queue"):
         ChunkQueue(0)
+
+
+def test_a_separate_audio_input_fills_the_chunks_of_a_silent_video_stream():
+    """Two real UDP streams (video only, audio only) through LiveSource + Capture, as `--audio URL` runs them."""
+    from omnisift_edge.live.capture import Capture
+    from omnisift_edge.live.source import LiveSource, SourceConfig
+    from tests.live.conftest import free_port, udp_stream
+
+    vport, aport = free_port(), free_port()
+    with udp_stream(vport, video=True, audio=False), udp_stream(aport, video=False, audio=True):
+        cfg = SourceConfig(f"udp://127.0.0.1:{vport}", audio=f"udp://127.0.0.1:{aport}", read_timeout=2)
+        video = LiveSource(cfg).open()
+        audio = LiveSource(cfg.audio_input(), video=False).open()
+        assert not video.has_audio and audio.has_audio
+        queue = ChunkQueue(4, "oldest")
+        capture = Capture(video, ChunkAssembler((56, 56), audio_wait=SEPARATE_AUDIO_WAIT), queue, lambda event: None, max_chunks=3, audio=audio)
+        capture.start()
+        capture.join(timeout=40)
+    chunks = [queue.get(timeout=1)[0] for _ in range(3)]
+    assert not capture.is_alive() and capture.error is None and [c.index for c in chunks] == [0, 1, 2]
+    for chunk in chunks[1:]:                              # the 440 Hz tone, not silence (the first may start late)
+        assert (np.abs(chunk.pcm[:32000]).reshape(-1, 160).max(axis=1) > 0.05).mean() > 0.8
+
+
+def test_audio_inputs_name_their_device():
+    from omnisift_edge.live.source import SourceConfig
+
+    alsa = SourceConfig("/dev/video0", audio="alsa:hw:1,0").audio_input()
+    assert (alsa.url, alsa.format, alsa.kind, alsa.require_audio) == ("hw:1,0", "alsa", "device", True)
+    url = SourceConfig("rtsp://cam/1", audio="udp://127.0.0.1:5000").audio_input()
+    assert (url.url, url.format, url.kind) == ("udp://127.0.0.1:5000", None, "network")
