@@ -81,6 +81,27 @@ def test_watch_reads_rtsp_and_tcp_streams(live_export, tmp_path, server):
     assert not [e for e in log if e["event"] == "notice"]       # both carry audio: no silence notice
 
 
+def test_ctrl_c_ends_the_stream_cleanly(live_export, tmp_path):
+    import signal
+
+    port, events = free_port(), tmp_path / "events.jsonl"
+    with udp_stream(port):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "omnisift_edge.cli", "watch", str(live_export), f"udp://127.0.0.1:{port}",
+             "--ratio", "0.25", "--events", str(events), "--no-stdin"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert _wait_for(lambda: _has_chunk(events), 120)
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0, err
+    log = _events(events)
+    assert log[-1]["event"] == "end" and log[-1]["reason"] == "interrupted" and log[-1]["processed"] >= 1
+    assert "(interrupted)" in err and "Traceback" not in err
+
+
 def _watch_in_thread(cfg, **kw):
     from omnisift_edge.live.watch import watch
 
