@@ -23,7 +23,7 @@ LAYERS = (
     ("compress",),
     ("model", "compat"),                            # model loads the selector from compress
     ("runtime",),
-    ("export", "engines", "profiling", "train", "serving"),   # stages
+    ("export", "engines", "profiling", "train", "serving", "live"),   # stages
     ("selftest", "doctor"),                         # compositions of stages
     ("cli",),
 )

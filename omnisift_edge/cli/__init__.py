@@ -413,3 +413,8 @@ def tiny_model(folder, kind, seed):
         raise UsageError(f"{folder} exists and is not an empty folder; choose a new folder")
     write_tiny_checkpoint(folder, kind, seed)
     click.echo(f"wrote the embedded default (seed {seed}) as a {kind} checkpoint to {folder}")
+
+
+from omnisift_edge.cli.watch import watch as _watch  # noqa: E402  (its own module: this one stays small)
+
+main.add_command(_watch)

@@ -55,6 +55,7 @@ class ChunkStream(ABC):
         self.layout = StreamingLayout(spec, list(prefix_ids), grid_hw=self.grid_hw)
         self.reports: list[ChunkReport] = []
         self.kept_positions: list[np.ndarray] = []
+        self.kept_indices: list[np.ndarray] = []    # per chunk: kept_index [K] into its token order (video, then audio)
         self.closed = False
         self.question_logits: Any = None
         self.full = False               # set once the context overflowed: the stream refuses more input
@@ -179,6 +180,7 @@ class ChunkStream(ABC):
         n_video = n_grids * self.tokens_per_frame
         kept_video = int((kept_index < n_video).sum())
         self.kept_positions.append(positions)
+        self.kept_indices.append(np.asarray(kept_index))
         report = ChunkReport(len(self.reports), n_video, int(audio.shape[0]), kept_video,
                              len(kept_index) - kept_video, seconds)
         self.reports.append(report)
