@@ -96,6 +96,8 @@ struct GstCapture::Impl {
 
 namespace {
 
+constexpr int kMelLookahead = 40;   // samples past a chunk its log-mel window needs (preprocess.h)
+
 bool names_branch(const std::string& description, const char* name) {
   // `audio.` as a pad reference: at a word start, followed by a space or the end
   return std::regex_search(description, std::regex(std::string("(^|[\\s!])") + name + "\\.(\\s|$)"));
@@ -145,7 +147,7 @@ std::unique_ptr<GstCapture> GstCapture::start(const GstOptions& o, ChunkQueue& q
   impl->bus = gst_element_get_bus(pipeline);
   impl->queue = &queue;
   impl->frame_bytes = static_cast<size_t>(o.height) * o.width * 3;
-  impl->assembler = std::make_unique<ChunkAssembler>(impl->frame_bytes);
+  impl->assembler = std::make_unique<ChunkAssembler>(impl->frame_bytes, kMelLookahead);
   if (!audio) impl->assembler->set_no_audio();
   impl->touch();
   connect(pipeline, "omnisift_video", &Impl::on_video, impl.get());
@@ -181,6 +183,13 @@ GstEvent GstCapture::poll(std::string& message) {
   }
   gst_message_unref(msg);
   return event;
+}
+
+bool GstCapture::video_ended() const {
+  GstElement* sink = gst_bin_get_by_name(GST_BIN(impl_->pipeline), "omnisift_video");
+  const bool eos = gst_app_sink_is_eos(GST_APP_SINK(sink));
+  gst_object_unref(sink);
+  return eos;
 }
 
 double GstCapture::idle_seconds() const {

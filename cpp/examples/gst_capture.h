@@ -40,6 +40,8 @@ class GstCapture {
   bool has_audio_branch() const { return has_audio_branch_; }
   // Bus messages since the last call: kEnded (end of stream), kError (`message` says what), kNone.
   GstEvent poll(std::string& message);
+  // The video branch reached its end (the stream ended; audio after the video is not used).
+  bool video_ended() const;
   // Seconds since the last sample (a stall when large).
   double idle_seconds() const;
   // Whole chunks handed to the queue so far.

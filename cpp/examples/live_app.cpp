@@ -3,6 +3,7 @@
 // cameras with GStreamer"; the policies and the event fields are docs/live.md's.
 #include "live_app.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -140,17 +141,24 @@ int run_live(const LiveArgs& args, omnisift::Session& session, const omnisift::E
 
   Counters c;
   int64_t seen = 0, last_index = -1;
+  size_t pushed_ahead = 0;
   // One whole chunk into the session: 4 frames, 2 s of PCM; chunk events for what the session ran.
   auto process = [&](omnisift_live::LiveChunk chunk) -> omnisift::Status {
+    if (args.process_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(args.process_delay_ms));
     for (const auto& frame : chunk.frames) OMNISIFT_RETURN_IF_ERROR(session.push_frame({frame.data(), m.height, m.width}));
     last_index = chunk.index;
     c.in_session.push_back(std::move(chunk));
-    omnisift::Status st = session.push_audio(c.in_session.back().pcm.data(), c.in_session.back().pcm.size());
+    // the chunk's samples not pushed yet (the last chunk's look-ahead was its first ones), then its
+    // look-ahead, so the session runs it now rather than when the next chunk's audio comes
+    const omnisift_live::LiveChunk& in = c.in_session.back();
+    const size_t skip = std::min(pushed_ahead, in.pcm.size());
+    omnisift::Status st = session.push_audio(in.pcm.data() + skip, in.pcm.size() - skip);
+    if (st.ok()) st = session.push_audio(in.lookahead.data(), in.lookahead.size());
+    pushed_ahead = in.lookahead.size();
     if (st.code() == omnisift::StatusCode::kContextFull)
       return omnisift::Status(st.code(), st.message() + " (--context-policy sliding keeps streaming)");
     OMNISIFT_RETURN_IF_ERROR(st);
     report_chunks(session, c, queue, events, seen);
-    if (args.process_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(args.process_delay_ms));
     return omnisift::Status::Ok();
   };
   double next_ask = args.ask_every > 0 ? args.ask_every : -1;
@@ -176,7 +184,10 @@ int run_live(const LiveArgs& args, omnisift::Session& session, const omnisift::E
     if (g_interrupted) { reason = "interrupted"; break; }
     std::string message;
     const omnisift_live::GstEvent event = capture->poll(message);
-    if (event == omnisift_live::GstEvent::kEnded && queue.size() == 0) { reason = "source ended"; break; }
+    if ((event == omnisift_live::GstEvent::kEnded || capture->video_ended()) && queue.size() == 0) {
+      reason = "source ended";
+      break;
+    }
     if (event == omnisift_live::GstEvent::kError) {
       reason = "error";
       failure = "the --gst stream failed after " + std::to_string(capture->captured()) + " chunks (" + message + ")";

@@ -37,6 +37,7 @@ struct LiveChunk {
   double capture_time = 0;                 // source seconds of the chunk's start
   std::vector<std::vector<uint8_t>> frames;   // frames_per_chunk RGB frames [H, W, 3]
   std::vector<float> pcm;                  // samples_per_chunk mono float PCM
+  std::vector<float> lookahead;            // the next chunk's first samples (a log-mel window's look-ahead)
   int64_t audio_filled = 0;                // samples of `pcm` that are silence standing in for audio
   Clock::time_point complete;              // when its last frame and sample were there
 };
@@ -52,12 +53,14 @@ inline const char* drop_policy_name(DropPolicy p) { return p == DropPolicy::kOld
 
 class ChunkAssembler {
  public:
-  // frame_bytes: H * W * 3; audio_wait_s: how far the video may run past a chunk's end before its
-  // missing audio is filled with silence (a live source's audio lagging or gone).
-  ChunkAssembler(size_t frame_bytes, int fps = 2, int frames_per_chunk = 4, int sample_rate = 16000,
-                 int samples_per_chunk = 32000, double audio_wait_s = 1.0)
-      : frame_bytes_(frame_bytes), fps_(fps), frames_per_chunk_(frames_per_chunk), rate_(sample_rate),
-        samples_per_chunk_(samples_per_chunk), audio_wait_s_(audio_wait_s) {}
+  // frame_bytes: H * W * 3; lookahead: samples after a chunk it waits for too (handed over as
+  // LiveChunk::lookahead, kept for the next chunk: the session's log-mel window j needs 2 s * (j + 1)
+  // + 40 samples, preprocess.h); audio_wait_s: how far the video may run past a chunk's end before
+  // its missing audio is filled with silence (a live source's audio lagging or gone).
+  explicit ChunkAssembler(size_t frame_bytes, int lookahead = 0, int fps = 2, int frames_per_chunk = 4,
+                          int sample_rate = 16000, int samples_per_chunk = 32000, double audio_wait_s = 1.0)
+      : frame_bytes_(frame_bytes), lookahead_(lookahead), fps_(fps), frames_per_chunk_(frames_per_chunk),
+        rate_(sample_rate), samples_per_chunk_(samples_per_chunk), audio_wait_s_(audio_wait_s) {}
 
   // One decoded frame (RGB at the export's size) with its timestamp in seconds.
   void video(double ts, const uint8_t* rgb) {
@@ -113,7 +116,7 @@ class ChunkAssembler {
     const size_t per = static_cast<size_t>(frames_per_chunk_);
     while (frames_.size() >= per) {
       const double end_s = static_cast<double>((next_chunk_ + 1) * frames_per_chunk_) / fps_;
-      const bool audio_there = static_cast<int64_t>(audio_.size()) >= samples_per_chunk_;
+      const bool audio_there = static_cast<int64_t>(audio_.size()) >= samples_per_chunk_ + lookahead_;
       if (!audio_there && !no_audio_ && last_video_ < end_s + audio_wait_s_) break;
       LiveChunk c;
       c.index = next_chunk_;
@@ -125,6 +128,8 @@ class ChunkAssembler {
       audio_.erase(audio_.begin(), audio_.begin() + static_cast<std::ptrdiff_t>(have));
       c.audio_filled = samples_per_chunk_ - static_cast<int64_t>(have);
       c.pcm.resize(static_cast<size_t>(samples_per_chunk_), 0.0f);
+      c.lookahead.assign(audio_.begin(), audio_.begin() + std::min<std::ptrdiff_t>(lookahead_, static_cast<std::ptrdiff_t>(audio_.size())));
+      c.lookahead.resize(static_cast<size_t>(lookahead_), 0.0f);
       audio_base_ += samples_per_chunk_;
       c.complete = Clock::now();
       ++next_chunk_;
@@ -138,6 +143,7 @@ class ChunkAssembler {
 
  private:
   size_t frame_bytes_;
+  int lookahead_;
   int fps_, frames_per_chunk_, rate_, samples_per_chunk_;
   double audio_wait_s_;
   std::optional<double> t0_;

@@ -80,6 +80,22 @@ TEST(audio_before_the_first_frame_and_missing_audio) {
   CHECK_EQ(chunks[0].audio_filled, 32000 - 1600);
 }
 
+TEST(a_chunk_waits_for_its_log_mel_look_ahead) {
+  ChunkAssembler a(kBytes, 40);
+  feed_video(a, 30.0, 61);                   // 2 s of video
+  std::vector<float> pcm(32000);
+  for (size_t i = 0; i < pcm.size(); ++i) pcm[i] = static_cast<float>(i);
+  a.audio(10.0, pcm.data(), pcm.size());
+  CHECK(a.take_ready().empty());             // 40 samples short
+  std::vector<float> more(100, -1.0f);
+  a.audio(12.0, more.data(), more.size());
+  const auto chunks = a.take_ready();
+  CHECK_EQ(chunks.size(), size_t{1});
+  CHECK_EQ(chunks[0].pcm.back(), 31999.0f);
+  CHECK_EQ(chunks[0].lookahead.size(), size_t{40});
+  CHECK_EQ(chunks[0].lookahead[0], -1.0f);   // the next chunk's first samples, still the next chunk's
+}
+
 TEST(oldest_policy_drops_the_oldest_queued_chunk) {
   ChunkQueue q(2, DropPolicy::kOldest);
   for (int i = 0; i < 5; ++i) q.put(chunk_at(i, 2.0 * i));
