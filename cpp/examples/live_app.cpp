@@ -104,129 +104,163 @@ int fail_line(const std::string& line) {
   return 1;
 }
 
-}  // namespace
+// One live stream: the capture, the queue, the session's side, the counters and events.
+class LiveRun {
+ public:
+  LiveRun(const LiveArgs& args, omnisift::Session& session, const omnisift::ExportFolder& folder, omnisift_live::DropPolicy policy)
+      : args_(args), session_(session), folder_(folder), m_(folder.manifest()), events_(args.events),
+        queue_(static_cast<size_t>(args.queue), policy) {}
 
-int run_live(const LiveArgs& args, omnisift::Session& session, const omnisift::ExportFolder& folder) {
-  const omnisift::Manifest& m = folder.manifest();
-  auto policy = omnisift_live::parse_drop_policy(args.drop_policy);
-  if (!policy) return fail_line("--drop-policy must be oldest or thin; got " + args.drop_policy);
-  if (args.queue < 1) return fail_line("--queue must be at least 1 chunk");
-  Events events(args.events);
-  if (!events.ok()) return fail_line("cannot write --events " + args.events + "; pick a writable path");
-  omnisift_live::ChunkQueue queue(static_cast<size_t>(args.queue), *policy);
-  std::string error;
-  auto capture = omnisift_live::GstCapture::start({args.pipeline, m.height, m.width}, queue, error);
-  if (!capture) return fail_line(error);
-  const int64_t limit = args.seconds > 0 ? static_cast<int64_t>(std::ceil(args.seconds / 2.0)) : -1;
-  capture->stop_after(limit);
-  const auto& d = m.dims;
-  events.write("start", {{"source", args.pipeline}, {"export", folder.path()}, {"backend", args.backend},
-                         {"ratio", args.ratio}, {"resolution", {m.height, m.width}},
-                         {"grid", {d.grid_h / d.spatial_merge, d.grid_w / d.spatial_merge}},
-                         {"policy", args.drop_policy}, {"queue", args.queue}});
-  auto no_audio = [&](const std::string& why) -> bool {   // false: --require-audio refuses
-    if (args.require_audio) return false;
+  // Starts the pipeline; "" or the one line that says why not.
+  std::string open() {
+    if (!events_.ok()) return "cannot write --events " + args_.events + "; pick a writable path";
+    std::string error;
+    capture_ = omnisift_live::GstCapture::start({args_.pipeline, m_.height, m_.width}, queue_, error);
+    if (!capture_) return error;
+    limit_ = args_.seconds > 0 ? static_cast<int64_t>(std::ceil(args_.seconds / 2.0)) : -1;
+    capture_->stop_after(limit_);
+    const auto& d = m_.dims;
+    events_.write("start", {{"source", args_.pipeline}, {"export", folder_.path()}, {"backend", args_.backend},
+                            {"ratio", args_.ratio}, {"resolution", {m_.height, m_.width}},
+                            {"grid", {d.grid_h / d.spatial_merge, d.grid_w / d.spatial_merge}},
+                            {"policy", args_.drop_policy}, {"queue", args_.queue}});
+    audio_checked_ = !capture_->has_audio_branch();
+    if (!capture_->has_audio_branch() && !no_audio("the --gst pipeline has no audio branch (link one into `audio.`)"))
+      return "--require-audio: the --gst pipeline has no audio branch; link the source's audio into `audio.` "
+             "(e.g. \"d. ! audio.\")";
+    return "";
+  }
+
+  // Until --seconds, the end of the stream, an error, a stall or Ctrl-C; then the last question.
+  int run() {
+    std::signal(SIGINT, on_sigint);   // Ctrl-C ends the stream cleanly: the last question, the end event
+    double next_ask = args_.ask_every > 0 ? args_.ask_every : -1;
+    for (;;) {
+      for (const auto& drop : queue_.take_drops())
+        events_.write("drop", {{"index", drop.index}, {"capture_time", drop.capture_time}, {"policy", args_.drop_policy},
+                               {"dropped", queue_.dropped()}});
+      omnisift_live::LiveChunk chunk;
+      if (queue_.take(chunk, std::chrono::milliseconds(100))) {
+        const double end_time = chunk.capture_time + 2.0;
+        omnisift::Status st = process(std::move(chunk));
+        if (st.ok() && next_ask > 0 && end_time >= next_ask) {
+          next_ask += args_.ask_every;
+          st = ask(session_, args_.question, "timer", last_index_, events_);
+          report_chunks(session_, c_, queue_, events_, seen_);   // the question ran what waited
+        }
+        if (!st.ok()) return fail_line(st.to_string());
+        continue;
+      }
+      if (stopped()) break;
+    }
+    return finish();
+  }
+
+ private:
+  // false: --require-audio refuses
+  bool no_audio(const std::string& why) {
+    if (args_.require_audio) return false;
     const std::string text = why + "; the audio is silence";
     std::cerr << "camera_app: " << text << "\n";
-    events.write("notice", {{"text", text}});
-    capture->set_no_audio();
+    events_.write("notice", {{"text", text}});
+    capture_->set_no_audio();
     return true;
-  };
-  if (!capture->has_audio_branch() &&
-      !no_audio("the --gst pipeline has no audio branch (link one into `audio.`)"))
-    return fail_line("--require-audio: the --gst pipeline has no audio branch; link the source's audio into `audio.` "
-                     "(e.g. \"d. ! audio.\")");
-  bool audio_checked = !capture->has_audio_branch();
-  std::signal(SIGINT, on_sigint);   // Ctrl-C ends the stream cleanly: the last question, the end event
+  }
 
-  Counters c;
-  int64_t seen = 0, last_index = -1;
-  size_t pushed_ahead = 0;
   // One whole chunk into the session: 4 frames, 2 s of PCM; chunk events for what the session ran.
-  auto process = [&](omnisift_live::LiveChunk chunk) -> omnisift::Status {
-    if (args.process_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(args.process_delay_ms));
-    for (const auto& frame : chunk.frames) OMNISIFT_RETURN_IF_ERROR(session.push_frame({frame.data(), m.height, m.width}));
-    last_index = chunk.index;
-    c.in_session.push_back(std::move(chunk));
+  omnisift::Status process(omnisift_live::LiveChunk chunk) {
+    if (args_.process_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(args_.process_delay_ms));
+    for (const auto& frame : chunk.frames) OMNISIFT_RETURN_IF_ERROR(session_.push_frame({frame.data(), m_.height, m_.width}));
+    last_index_ = chunk.index;
+    c_.in_session.push_back(std::move(chunk));
     // the chunk's samples not pushed yet (the last chunk's look-ahead was its first ones), then its
     // look-ahead, so the session runs it now rather than when the next chunk's audio comes
-    const omnisift_live::LiveChunk& in = c.in_session.back();
-    const size_t skip = std::min(pushed_ahead, in.pcm.size());
-    omnisift::Status st = session.push_audio(in.pcm.data() + skip, in.pcm.size() - skip);
-    if (st.ok()) st = session.push_audio(in.lookahead.data(), in.lookahead.size());
-    pushed_ahead = in.lookahead.size();
+    const omnisift_live::LiveChunk& in = c_.in_session.back();
+    const size_t skip = std::min(pushed_ahead_, in.pcm.size());
+    omnisift::Status st = session_.push_audio(in.pcm.data() + skip, in.pcm.size() - skip);
+    if (st.ok()) st = session_.push_audio(in.lookahead.data(), in.lookahead.size());
+    pushed_ahead_ = in.lookahead.size();
     if (st.code() == omnisift::StatusCode::kContextFull)
       return omnisift::Status(st.code(), st.message() + " (--context-policy sliding keeps streaming)");
     OMNISIFT_RETURN_IF_ERROR(st);
-    report_chunks(session, c, queue, events, seen);
+    report_chunks(session_, c_, queue_, events_, seen_);
     return omnisift::Status::Ok();
-  };
-  double next_ask = args.ask_every > 0 ? args.ask_every : -1;
-  std::string reason = "seconds", failure;
-  for (;;) {
-    for (const auto& drop : queue.take_drops())
-      events.write("drop", {{"index", drop.index}, {"capture_time", drop.capture_time}, {"policy", args.drop_policy},
-                            {"dropped", queue.dropped()}});
-    omnisift_live::LiveChunk chunk;
-    if (queue.take(chunk, std::chrono::milliseconds(100))) {
-      const double end_time = chunk.capture_time + 2.0;
-      omnisift::Status st = process(std::move(chunk));
-      if (!st.ok()) return fail_line(st.to_string());
-      if (next_ask > 0 && end_time >= next_ask) {
-        next_ask += args.ask_every;
-        st = ask(session, args.question, "timer", last_index, events);
-        if (!st.ok()) return fail_line(st.to_string());
-        report_chunks(session, c, queue, events, seen);   // the question ran the chunk waiting for look-ahead
-      }
-      continue;
-    }
-    if (limit >= 0 && capture->captured() >= limit && queue.size() == 0) break;
-    if (g_interrupted) { reason = "interrupted"; break; }
+  }
+
+  // With nothing queued: whether the stream is over (reason_, failure_ say why).
+  bool stopped() {
+    if (limit_ >= 0 && capture_->captured() >= limit_ && queue_.size() == 0) return true;
+    if (g_interrupted) return reason_ = "interrupted", true;
     std::string message;
-    const omnisift_live::GstEvent event = capture->poll(message);
-    if ((event == omnisift_live::GstEvent::kEnded || capture->video_ended()) && queue.size() == 0) {
-      reason = "source ended";
-      break;
+    const omnisift_live::GstEvent event = capture_->poll(message);
+    if ((event == omnisift_live::GstEvent::kEnded || capture_->video_ended()) && queue_.size() == 0)
+      return reason_ = "source ended", true;
+    if (event == omnisift_live::GstEvent::kError)
+      return fail("the --gst stream failed after " + std::to_string(capture_->captured()) + " chunks (" + message + ")");
+    if (!audio_checked_ && capture_->video_seconds() >= 3.0) {   // an audio branch that never got a sample
+      audio_checked_ = true;
+      if (!capture_->got_audio() && !no_audio("no audio arrived in the first 3 s of video"))
+        return fail("--require-audio: no audio arrived in the first 3 s of video; check the pipeline's audio branch");
     }
-    if (event == omnisift_live::GstEvent::kError) {
-      reason = "error";
-      failure = "the --gst stream failed after " + std::to_string(capture->captured()) + " chunks (" + message + ")";
-      break;
-    }
-    if (!audio_checked && capture->video_seconds() >= 3.0) {   // an audio branch that never got a sample
-      audio_checked = true;
-      if (!capture->got_audio() && !no_audio("no audio arrived in the first 3 s of video")) {
-        reason = "error";
-        failure = "--require-audio: no audio arrived in the first 3 s of video; check the pipeline's audio branch";
-        break;
-      }
-    }
-    if (capture->idle_seconds() > args.read_timeout) {
-      reason = "error";
-      failure = std::string(capture->started() ? "the --gst stream stalled" : "the --gst pipeline produced no frame") +
-                ": no data for " + std::to_string(static_cast<int>(args.read_timeout)) + " s after " +
-                std::to_string(capture->captured()) + " chunks (--read-timeout)";
-      break;
-    }
+    if (capture_->idle_seconds() > args_.read_timeout)
+      return fail(std::string(capture_->started() ? "the --gst stream stalled" : "the --gst pipeline produced no frame") +
+                  ": no data for " + std::to_string(static_cast<int>(args_.read_timeout)) + " s after " +
+                  std::to_string(capture_->captured()) + " chunks (--read-timeout)");
+    return false;
   }
-  capture->stop();
-  for (omnisift_live::LiveChunk rest; queue.take(rest, std::chrono::milliseconds(0));) {   // what was queued still runs
-    omnisift::Status st = process(std::move(rest));
-    if (!st.ok()) return fail_line(st.to_string());
+  bool fail(const std::string& line) {
+    reason_ = "error";
+    failure_ = line;
+    return true;
   }
-  c.partial = capture->has_partial() && (limit < 0 || capture->captured() < limit) ? 1 : 0;
-  if (!failure.empty()) std::cerr << "camera_app: " << failure << (c.partial ? "; the partial chunk was discarded" : "") << "\n";
-  if (session.chunks() > 0 || !c.in_session.empty()) {
-    omnisift::Status asked = ask(session, args.question, "end", last_index, events);
-    if (!asked.ok()) return fail_line(asked.to_string());
-    report_chunks(session, c, queue, events, seen);
+
+  // Stop the pipeline, run what was queued, say what failed, ask the last question, the end event.
+  int finish() {
+    capture_->stop();
+    for (omnisift_live::LiveChunk rest; queue_.take(rest, std::chrono::milliseconds(0));) {
+      omnisift::Status st = process(std::move(rest));
+      if (!st.ok()) return fail_line(st.to_string());
+    }
+    c_.partial = capture_->has_partial() && (limit_ < 0 || capture_->captured() < limit_) ? 1 : 0;
+    if (!failure_.empty()) std::cerr << "camera_app: " << failure_ << (c_.partial ? "; the partial chunk was discarded" : "") << "\n";
+    if (session_.chunks() > 0 || !c_.in_session.empty()) {
+      omnisift::Status asked = ask(session_, args_.question, "end", last_index_, events_);
+      if (!asked.ok()) return fail_line(asked.to_string());
+      report_chunks(session_, c_, queue_, events_, seen_);
+    }
+    const int64_t captured = capture_->captured();
+    const double p50 = omnisift_live::percentile(c_.lags, 0.5), p95 = omnisift_live::percentile(c_.lags, 0.95);
+    events_.write("end", {{"reason", reason_}, {"captured", captured}, {"processed", c_.processed},
+                          {"dropped", queue_.dropped()}, {"partial", c_.partial}, {"reconnects", 0},
+                          {"lag_ms_p50", p50}, {"lag_ms_p95", p95}});
+    std::cout << "live: captured " << captured << ", processed " << c_.processed << ", dropped " << queue_.dropped()
+              << ", partial " << c_.partial << ", lag p50 " << p50 << " ms, p95 " << p95 << " ms, policy "
+              << args_.drop_policy << ", end: " << reason_ << "\n";
+    return failure_.empty() ? 0 : 1;
   }
-  const int64_t captured = capture->captured();
-  events.write("end", {{"reason", reason}, {"captured", captured}, {"processed", c.processed}, {"dropped", queue.dropped()},
-                       {"partial", c.partial}, {"reconnects", 0}, {"lag_ms_p50", omnisift_live::percentile(c.lags, 0.5)},
-                       {"lag_ms_p95", omnisift_live::percentile(c.lags, 0.95)}});
-  std::cout << "live: captured " << captured << ", processed " << c.processed << ", dropped " << queue.dropped()
-            << ", partial " << c.partial << ", lag p50 " << omnisift_live::percentile(c.lags, 0.5) << " ms, p95 "
-            << omnisift_live::percentile(c.lags, 0.95) << " ms, policy " << args.drop_policy << ", end: " << reason << "\n";
-  return failure.empty() ? 0 : 1;
+
+  const LiveArgs& args_;
+  omnisift::Session& session_;
+  const omnisift::ExportFolder& folder_;
+  const omnisift::Manifest& m_;
+  Events events_;
+  omnisift_live::ChunkQueue queue_;
+  std::unique_ptr<omnisift_live::GstCapture> capture_;
+  Counters c_;
+  int64_t limit_ = -1, seen_ = 0, last_index_ = -1;
+  size_t pushed_ahead_ = 0;
+  bool audio_checked_ = true;
+  std::string reason_ = "seconds", failure_;
+};
+
+}  // namespace
+
+int run_live(const LiveArgs& args, omnisift::Session& session, const omnisift::ExportFolder& folder) {
+  auto policy = omnisift_live::parse_drop_policy(args.drop_policy);
+  if (!policy) return fail_line("--drop-policy must be oldest or thin; got " + args.drop_policy);
+  if (args.queue < 1) return fail_line("--queue must be at least 1 chunk");
+  LiveRun live(args, session, folder, *policy);
+  const std::string error = live.open();
+  if (!error.empty()) return fail_line(error);
+  return live.run();
 }
