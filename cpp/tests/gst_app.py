@@ -56,8 +56,8 @@ def check_stream(code, events, *, chunks: int, reason: str, audio: bool = True) 
     check(code == 0, f"exit 0 (got {code})")
     chunk = of(events, "chunk")
     check([c["index"] for c in chunk] == list(range(chunks)), f"chunk events 0..{chunks - 1}: {chunk}")
-    check(all(c["kept_video"] + c["kept_audio"] > 0 and c["video_tokens"] > 0 and c["audio_tokens"] == 50 for c in chunk),
-          "every chunk kept tokens")
+    check(all(c["kept_video"] + c["kept_audio"] > 0 and c["video_tokens"] > 0 and c["audio_tokens"] == 50
+              for c in chunk), "every chunk kept tokens")
     check(all(c["lag_ms"] >= 0 for c in chunk), "lag measured")
     if audio:
         check(all(c["audio_filled"] < 3200 for c in chunk), f"audio came with the video: {chunk}")
