@@ -195,7 +195,9 @@ Status Session::run_chunk(const std::vector<float>& pixel_values, const std::vec
     return BackendError("the compressor's kept_position_ids disagree with its kept_index");
   OMNISIFT_ASSIGN_OR_RETURN(Plan p, plan(positions, SegmentKind::kChunk, what));   // nothing changed so far
   OMNISIFT_RETURN_IF_ERROR(layout_.chunk(d.grids_per_chunk, d.window_audio_tokens).status());
-  return run(std::move(p), SegmentKind::kChunk, kept.kept_embeds, positions, nullptr);   // no logits on a chunk
+  OMNISIFT_RETURN_IF_ERROR(run(std::move(p), SegmentKind::kChunk, kept.kept_embeds, positions, nullptr));   // no logits
+  last_kept_index_ = std::move(kept.kept_index);
+  return Status::Ok();
 }
 
 Status Session::run_ready_chunks(bool finishing) {

@@ -116,6 +116,9 @@ class Session {
   const StreamingLayout& layout() const { return layout_; }
   int64_t waiting_frames() const { return static_cast<int64_t>(frames_.size()); }
   bool closed() const { return layout_.closed(); }
+  // What the compressor kept of the last chunk: ascending indices into its tokens (video first,
+  // then audio; layout().chunks().back() has the counts). For apps that show or count what was kept.
+  const std::vector<int64_t>& last_kept_index() const { return last_kept_index_; }
 
  private:
   Session(std::shared_ptr<const ExportFolder> folder, Backend& backend, SessionOptions options,
@@ -155,6 +158,7 @@ class Session {
   int questions_ = 0;
   bool finished_ = false;                      // the turn's media ended (finish() or a question)
   bool broken_ = false;
+  std::vector<int64_t> last_kept_index_;
 };
 
 }  // namespace omnisift
