@@ -319,19 +319,36 @@ def build(folder, target, precision, max_context, workspace_gb, compute_capabili
 @click.option("--max-context", type=int, default=8192, show_default=True, help="Longest KV cache.")
 @click.option("--window", type=int, default=None, help="Sliding window: the cache holds this many tokens.")
 @click.option("--resolution", default="448x448", show_default=True, help="Frame HxW, multiples of 28.")
+@click.option("--target", "targets", multiple=True,
+              help="Also predict speed on this target (repeatable): an Orin/RTX/datacenter preset, or cpu "
+                   "(this machine, measured once by a probe). docs/engines.md.")
+@click.option("--ratio", "ratios", type=float, multiple=True,
+              help="With --target: a ratio to predict (repeatable; default 1, 0.5, 0.25; an export: its ratios).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the plan as JSON.")
 @_user_errors
-def plan(config, weights, dtype, block_size, quantize_lm_head, max_context, window, resolution, json_out):
-    """Device memory per part for a Qwen2.5-Omni config.json (no weights needed), and which targets it fits."""
+def plan(config, weights, dtype, block_size, quantize_lm_head, max_context, window, resolution, targets, ratios,
+         json_out):
+    """Device memory per part for a Qwen2.5-Omni config.json or an export folder (no weights needed), which
+    targets it fits, and with --target the predicted stage times, TTFT, decode speed and real-time factor."""
     from omnisift_edge.engines.memory import plan_config, write_plan_json
+    from omnisift_edge.engines.speed import export_memory, is_export, speed_for_config, speed_for_export
     from omnisift_edge.runtime.demo import parse_resolution
 
-    result = plan_config(config, dtype=dtype, weights=weights, block_size=block_size,
-                         lm_head_quantized=quantize_lm_head, max_context=max_context, window=window,
-                         resolution=parse_resolution(resolution))
+    if is_export(config):
+        result = export_memory(config)
+        speeds = [speed_for_export(config, target=t, ratios=ratios or None) for t in targets]
+    else:
+        size = parse_resolution(resolution)
+        result = plan_config(config, dtype=dtype, weights=weights, block_size=block_size,
+                             lm_head_quantized=quantize_lm_head, max_context=max_context, window=window, resolution=size)
+        speeds = [speed_for_config(config, target=t, ratios=ratios or (1.0, 0.5, 0.25), resolution=size, dtype=dtype,
+                                   weights=weights, block_size=block_size, lm_head_quantized=quantize_lm_head,
+                                   max_context=window or max_context) for t in targets]
     click.echo(result.summary())
+    for speed in speeds:
+        click.echo(speed.summary())
     if json_out is not None:
-        write_plan_json(result, json_out)
+        write_plan_json(result, json_out, speeds=speeds)
 
 
 @main.command()

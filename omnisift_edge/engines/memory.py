@@ -264,13 +264,17 @@ def plan_config(path, **settings) -> MemoryPlan:
     return plan_memory(MemoryConfig(read_config(path), **settings))
 
 
-def write_plan_json(plan: MemoryPlan, path) -> None:
+def write_plan_json(plan: MemoryPlan, path, *, speeds=()) -> None:
+    """The memory plan as JSON, with the speed predictions (engines/speed.py) under "speed" when given."""
     import json
 
     from omnisift_edge.atomic import atomic_path
 
+    record = plan.to_dict()
+    if speeds:
+        record["speed"] = [s.to_dict() for s in speeds]
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
 
 
 ONNX_BYTES = {1: 4, 2: 1, 3: 1, 6: 4, 7: 8, 9: 1, 10: 2, 16: 2, 21: 0.5, 22: 0.5}   # TensorProto type -> bytes
