@@ -132,9 +132,10 @@ def _precision(cfg: SpeedConfig, hw: Hardware) -> str:
     return "fp32" if cfg.dtype == "fp32" or hw.kind == "cpu" else "fp16"
 
 
-def predict_speed(cfg: SpeedConfig) -> SpeedPlan:
-    """Per ratio in `cfg.kept`, the roofline of each stage on `cfg.target` (see the module docstring)."""
-    hw = hardware_for(cfg.target)
+def predict_speed(cfg: SpeedConfig, hardware: Hardware | None = None) -> SpeedPlan:
+    """Per ratio in `cfg.kept`, the roofline of each stage on `cfg.target` (see the module docstring);
+    `hardware` replaces the target's figures (a probe taken elsewhere)."""
+    hw = hardware or hardware_for(cfg.target)
     precision = _precision(cfg, hw)
     # the CPU provider runs every graph in fp32 (hardware.cpu_hardware): weights and cache are read as fp32
     run = replace(cfg, dtype="fp32", weights="fp32", lm_head_quantized=False) if hw.kind == "cpu" else cfg
@@ -221,7 +222,8 @@ def speed_for_config(path, *, target: str, ratios, resolution, dtype: str, weigh
                                      weights, block_size, lm_head_quantized, max_context))
 
 
-def speed_for_export(folder, *, target: str, ratios=None, max_context: int | None = None) -> SpeedPlan:
+def speed_for_export(folder, *, target: str, ratios=None, max_context: int | None = None,
+                     hardware: Hardware | None = None) -> SpeedPlan:
     """`plan EXPORT --target T`: the export's recorded sizes, weights and per-ratio K."""
     from omnisift_edge.artifact.manifest import MANIFEST, Manifest, read_manifest
 
@@ -236,7 +238,7 @@ def speed_for_export(folder, *, target: str, ratios=None, max_context: int | Non
     return predict_speed(SpeedConfig(shape, target, {p.ratio: (p.kept_video, p.kept_audio) for p in plans},
                                      manifest.resolution, "fp16", weights,   # the engines' default precision
                                      quant.get("block_size") or 32, bool(quant.get("lm_head_quantized")),
-                                     max_context or manifest.max_context))
+                                     max_context or manifest.max_context), hardware)
 
 
 def is_export(path) -> bool:
@@ -258,3 +260,24 @@ def export_memory(folder):
     if plan is None:
         raise UsageError(f"{folder} predates recorded model sizes (thinker_shape); export again, or plan its config.json")
     return plan
+
+
+def llm_speed(text, target: str, *, weights: str, block_size: int = 128, lm_head_quantized: bool = False,
+              prompt: int, past: int = 0) -> tuple:
+    """(prefill of `prompt` tokens with the LM head, one decode step on `past + prompt`) of a text decoder
+    alone: the check against published LLM figures (tests/engines/published/*.json)."""
+    from omnisift_edge.model.shape import AudioShape, VisionShape
+
+    hw = hardware_for(target)
+    shape = ThinkerShape(text, VisionShape(), AudioShape())
+    mem = MemoryConfig(shape, weights=weights, block_size=block_size, lm_head_quantized=lm_head_quantized,
+                       max_context=min(text.max_position, past + prompt + 1), prefill=prompt)
+    head = _head_bytes(mem)
+    body = weight_bytes(mem)[0]["decoder"] - head
+    kv, precision = kv_per_token(mem) // 2, _precision(SpeedConfig(shape, target, {}), hw)
+
+    def call(tokens: int, cache: int) -> rf.StageTime:
+        return rf.time_on(rf.decoder_work(text, tokens=tokens, past=cache, body_bytes=body, head_bytes=head,
+                                          kv_bytes=kv, act=2, logits=True), hw, precision)
+
+    return call(prompt, past), call(1, past + prompt)
