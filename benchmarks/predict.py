@@ -21,6 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+PROFILE_STAGE = {"vision_encoder": "vision", "audio_encoder": "audio", "compressor": "compressor", "prefill": "prefill"}
+
+
 def compare(folder: Path, seconds: float, max_new_tokens: int, probe: dict) -> list[dict]:
     """Measured (profile, ONNX Runtime CPU) and predicted (roofline on `probe`) per ratio and stage."""
     from omnisift_edge.engines import speed
@@ -37,7 +40,7 @@ def compare(folder: Path, seconds: float, max_new_tokens: int, probe: dict) -> l
         plan = speed.speed_for_export(folder, target="cpu", ratios=(measured["ratio"],), max_context=window,
                                       hardware=cpu_hardware(probe))
         r = plan.ratios[0]
-        pairs = {s: (measured["stage_ms"][s]["median"], r.stages[s].ms) for s in speed.SPEED_STAGES}
+        pairs = {s: (measured["stage_ms"][PROFILE_STAGE[s]]["median"], r.stages[s].ms) for s in speed.SPEED_STAGES}
         pairs["ttft"] = (measured["ttft_ms"], r.ttft.ms)
         pairs["decode ms/token"] = (1e3 / measured["decode_tokens_per_s"], r.decode_full.ms)
         rows.append({"ratio": measured["ratio"], "kept": kept, "window": window,
@@ -69,9 +72,9 @@ def main() -> None:
         model = write_thinker_folder(work / f"model-{args.hidden}x{args.layers}", plan)
         export(ExportConfig(out=folder, source=ModelSource(path=model), ratios=(1.0, 0.25), resolution=(h, w),
                             max_context=2048))
-    before = measure_cpu()
+    before = measure_cpu(statistic="median")   # the load the profile will see, not the machine's best moment
     rows = compare(folder, args.seconds, 16, before)
-    after = measure_cpu()
+    after = measure_cpu(statistic="median")
     print(f"probe before: {before['gflops']:.1f} GFLOP/s, {before['bandwidth_gbs']:.1f} GB/s; "
           f"after: {after['gflops']:.1f} GFLOP/s, {after['bandwidth_gbs']:.1f} GB/s")
     print("| ratio | stage | measured ms | predicted ms | predicted / measured | bound |\n|---|---|---|---|---|---|")

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from omnisift_edge import __version__
-from omnisift_edge.cli.options import (_parse_ratios, _precisions, _targets, _user_errors, model_options,
+from omnisift_edge.cli.options import (_parse_ratios, _precisions, _targets, _user_errors, built_target, model_options,
                                        resolution_option)
 from omnisift_edge.errors import UsageError
 
@@ -108,7 +108,8 @@ def export(model_dir, compressor, compressor_heads, model_seed, ratio, ratios, v
         click.echo(f"ratio {entry['ratio']:g}: video drop {entry['rho_video']:.4f}, audio drop {entry['rho_audio']:.4f}, "
                    f"{kept['total']} tokens kept per chunk ({kept['video']} video + {kept['audio']} audio), "
                    f"achieved {entry['achieved']:.3f}")
-    click.echo(f"exported {len(artifact.manifest['graphs'])} graphs to {artifact.folder} in {artifact.seconds:.0f}s "
+    files = artifact.onnx_files
+    click.echo(f"exported {len(files)} ONNX graphs ({', '.join(files)}) to {artifact.folder} in {artifact.seconds:.0f}s "
                "(validated in ONNX Runtime, TensorRT lint clean)")
 
 
@@ -200,7 +201,8 @@ def lint(folder):
               help="A question; repeat for follow-up questions on the same context.")
 @click.option("--backend", type=click.Choice(["onnxruntime", "torch", "tensorrt"]), default="onnxruntime",
               show_default=True)
-@click.option("--target", default=None, help="tensorrt: which built engines (default: the only one built).")
+@click.option("--target", default=None, callback=built_target,
+              help="tensorrt: which built engines (default: the only one built).")
 @click.option("--ratio", type=float, default=None,
               help="One of the export's ratios (needed when it has several; printed either way).")
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
@@ -246,7 +248,7 @@ def run(folder, video, audio, questions, backend, target, ratio, model_dir, devi
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--backend", type=click.Choice(["onnxruntime", "torch", "tensorrt"]), default="onnxruntime",
               show_default=True)
-@click.option("--engine", "target", default=None, help="tensorrt: the target whose engines to profile (e.g. orin-agx, rtx); "
+@click.option("--engine", "target", default=None, callback=built_target, help="tensorrt: the target whose engines to profile (e.g. orin-agx, rtx); "
               "implies --backend tensorrt.")
 @click.option("--ratios", default=None, help="Comma-separated ratios to profile (default: every ratio the export has).")
 @click.option("--seconds", type=float, default=30.0, show_default=True, help="Length of the generated clip.")
@@ -353,7 +355,7 @@ def plan(config, weights, dtype, block_size, quantize_lm_head, max_context, wind
 
 @main.command()
 @click.argument("folder", type=click.Path(path_type=Path))
-@click.option("--target", default=None, help="Engines of this target (default: the built one).")
+@click.option("--target", default=None, callback=built_target, help="Engines of this target (default: the built one).")
 @click.option("--record", is_flag=True, help="Record ONNX Runtime reference outputs (on the export machine).")
 @_user_errors
 def verify(folder, target, record):
