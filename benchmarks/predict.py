@@ -50,6 +50,30 @@ def compare(folder: Path, seconds: float, max_new_tokens: int, probe: dict) -> l
     return rows
 
 
+def orin_table(configs=("qwen2_5_omni_3b", "qwen2_5_omni_7b"), weights=("fp16", "int8", "int4"),
+               targets=("orin-nano", "orin-nx", "orin-agx-32", "orin-agx"), ratios=(1.0, 0.5, 0.25)) -> str:
+    """docs/benchmarks.md's predicted table: every Orin, 448x448, 8192-token cache, per model and weights."""
+    from omnisift_edge.engines.speed import speed_for_config
+
+    root = Path(__file__).parents[1] / "tests" / "model" / "configs"
+    lines = ["| model | weights | target | RTF at 1 / 0.5 / 0.25 | chunk ms at 1 -> 0.25 | TTFT ms | decode tok/s "
+             "(short / full) | window held at 1 / 0.25 |", "|---|---|---|---|---|---|---|---|"]
+    for config in configs:
+        for mode in weights:
+            for target in targets:
+                plan = speed_for_config(root / f"{config}.json", target=target, ratios=ratios, resolution=(448, 448),
+                                        dtype="fp16", weights=mode, block_size=32, lm_head_quantized=False,
+                                        max_context=8192)
+                r1, rq = plan.ratio(ratios[0]), plan.ratio(ratios[-1])
+                held = ("does not fit" if not r1.fit_context else
+                        f"{r1.window_seconds:.0f} s / {rq.window_seconds:.0f} s")
+                lines.append(f"| {config.split('_')[-1]} | {mode} | {target} | "
+                             + " / ".join(f"{plan.ratio(r).real_time_factor:.2f}" for r in ratios)
+                             + f" | {r1.chunk.ms:.0f} -> {rq.chunk.ms:.0f} | {r1.ttft.ms:.0f} | "
+                             f"{1 / r1.decode_short.seconds:.1f} / {1 / r1.decode_full.seconds:.1f} | {held} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=None)
@@ -57,7 +81,11 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--resolution", default="224x224")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--orin-table", action="store_true", help="Print the predicted Orin table and stop.")
     args = parser.parse_args()
+    if args.orin_table:
+        print(orin_table())
+        return
     from streaming import Plan, write_thinker_folder
 
     from omnisift_edge.engines.hardware import measure_cpu
