@@ -125,7 +125,7 @@ class SpeedPlan:
 
 
 def _ms(t: rf.StageTime) -> str:
-    return f"{t.ms:.1f} ({'M' if t.bound == 'math' else 'm'})"
+    return f"{t.ms:.{3 if t.ms < 1 else 1}f} ({'M' if t.bound == 'math' else 'm'})"
 
 
 def _precision(cfg: SpeedConfig, hw: Hardware) -> str:
