@@ -80,8 +80,8 @@ class Efficiency:
 EFFICIENCY: dict[tuple[str, str], Efficiency] = {
     ("gpu", "stream"): Efficiency(0.80, "reading weights and KV cache once per call (decode, small calls): the "
                                   "usual share of peak DRAM bandwidth a streaming kernel reaches on LPDDR5/HBM "
-                                  "(STREAM-type copies: 75-90%); NVIDIA's published Orin decode rates sit at 76% "
-                                  "(AGX) and 89% (NX) of the bound (docs/benchmarks.md)"),
+                                  "(STREAM-type copies: 75-90%); NVIDIA's published Orin decode rates sit at 77% "
+                                  "(AGX) and 90% (NX) of the bound (docs/benchmarks.md)"),
     ("gpu", "math"): Efficiency(0.50, "tensor-core matrix products of a few hundred rows (prefill, encoders) in "
                                 "TensorRT: well below the 70-80% cuBLAS reaches on large square products, since the "
                                 "rows are few and layers add norms, rotary and softmax; NVIDIA's published "
