@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from omnisift_edge import __version__
-from omnisift_edge.cli.options import (_parse_ratios, _precisions, _targets, _user_errors, model_options,
+from omnisift_edge.cli.options import (_parse_ratios, _precisions, _targets, _user_errors, built_target, model_options,
                                        resolution_option)
 from omnisift_edge.errors import UsageError
 
@@ -108,7 +108,8 @@ def export(model_dir, compressor, compressor_heads, model_seed, ratio, ratios, v
         click.echo(f"ratio {entry['ratio']:g}: video drop {entry['rho_video']:.4f}, audio drop {entry['rho_audio']:.4f}, "
                    f"{kept['total']} tokens kept per chunk ({kept['video']} video + {kept['audio']} audio), "
                    f"achieved {entry['achieved']:.3f}")
-    click.echo(f"exported {len(artifact.manifest['graphs'])} graphs to {artifact.folder} in {artifact.seconds:.0f}s "
+    files = artifact.onnx_files
+    click.echo(f"exported {len(files)} ONNX graphs ({', '.join(files)}) to {artifact.folder} in {artifact.seconds:.0f}s "
                "(validated in ONNX Runtime, TensorRT lint clean)")
 
 
@@ -200,7 +201,8 @@ def lint(folder):
               help="A question; repeat for follow-up questions on the same context.")
 @click.option("--backend", type=click.Choice(["onnxruntime", "torch", "tensorrt"]), default="onnxruntime",
               show_default=True)
-@click.option("--target", default=None, help="tensorrt: which built engines (default: the only one built).")
+@click.option("--target", default=None, callback=built_target,
+              help="tensorrt: which built engines (default: the only one built).")
 @click.option("--ratio", type=float, default=None,
               help="One of the export's ratios (needed when it has several; printed either way).")
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
@@ -246,7 +248,7 @@ def run(folder, video, audio, questions, backend, target, ratio, model_dir, devi
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--backend", type=click.Choice(["onnxruntime", "torch", "tensorrt"]), default="onnxruntime",
               show_default=True)
-@click.option("--engine", "target", default=None, help="tensorrt: the target whose engines to profile (e.g. orin-agx, rtx); "
+@click.option("--engine", "target", default=None, callback=built_target, help="tensorrt: the target whose engines to profile (e.g. orin-agx, rtx); "
               "implies --backend tensorrt.")
 @click.option("--ratios", default=None, help="Comma-separated ratios to profile (default: every ratio the export has).")
 @click.option("--seconds", type=float, default=30.0, show_default=True, help="Length of the generated clip.")
@@ -319,24 +321,41 @@ def build(folder, target, precision, max_context, workspace_gb, compute_capabili
 @click.option("--max-context", type=int, default=8192, show_default=True, help="Longest KV cache.")
 @click.option("--window", type=int, default=None, help="Sliding window: the cache holds this many tokens.")
 @click.option("--resolution", default="448x448", show_default=True, help="Frame HxW, multiples of 28.")
+@click.option("--target", "targets", multiple=True,
+              help="Also predict speed on this target (repeatable): an Orin/RTX/datacenter preset, or cpu "
+                   "(this machine, measured once by a probe). docs/engines.md.")
+@click.option("--ratio", "ratios", type=float, multiple=True,
+              help="With --target: a ratio to predict (repeatable; default 1, 0.5, 0.25; an export: its ratios).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the plan as JSON.")
 @_user_errors
-def plan(config, weights, dtype, block_size, quantize_lm_head, max_context, window, resolution, json_out):
-    """Device memory per part for a Qwen2.5-Omni config.json (no weights needed), and which targets it fits."""
+def plan(config, weights, dtype, block_size, quantize_lm_head, max_context, window, resolution, targets, ratios,
+         json_out):
+    """Device memory per part for a Qwen2.5-Omni config.json or an export folder (no weights needed), which
+    targets it fits, and with --target the predicted stage times, TTFT, decode speed and real-time factor."""
     from omnisift_edge.engines.memory import plan_config, write_plan_json
+    from omnisift_edge.engines.speed import export_memory, is_export, speed_for_config, speed_for_export
     from omnisift_edge.runtime.demo import parse_resolution
 
-    result = plan_config(config, dtype=dtype, weights=weights, block_size=block_size,
-                         lm_head_quantized=quantize_lm_head, max_context=max_context, window=window,
-                         resolution=parse_resolution(resolution))
+    if is_export(config):
+        result = export_memory(config)
+        speeds = [speed_for_export(config, target=t, ratios=ratios or None) for t in targets]
+    else:
+        size = parse_resolution(resolution)
+        result = plan_config(config, dtype=dtype, weights=weights, block_size=block_size,
+                             lm_head_quantized=quantize_lm_head, max_context=max_context, window=window, resolution=size)
+        speeds = [speed_for_config(config, target=t, ratios=ratios or (1.0, 0.5, 0.25), resolution=size, dtype=dtype,
+                                   weights=weights, block_size=block_size, lm_head_quantized=quantize_lm_head,
+                                   max_context=window or max_context) for t in targets]
     click.echo(result.summary())
+    for speed in speeds:
+        click.echo(speed.summary())
     if json_out is not None:
-        write_plan_json(result, json_out)
+        write_plan_json(result, json_out, speeds=speeds)
 
 
 @main.command()
 @click.argument("folder", type=click.Path(path_type=Path))
-@click.option("--target", default=None, help="Engines of this target (default: the built one).")
+@click.option("--target", default=None, callback=built_target, help="Engines of this target (default: the built one).")
 @click.option("--record", is_flag=True, help="Record ONNX Runtime reference outputs (on the export machine).")
 @_user_errors
 def verify(folder, target, record):

@@ -58,12 +58,14 @@ class MemoryConfig:
             object.__setattr__(self, "weights", self.dtype)
         if self.weights not in ("fp32", "fp16", "int8", "int4"):
             raise UsageError(f"--weights must be fp32, fp16, int8 or int4 (got {self.weights!r})")
+        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1:
+            raise UsageError(f"--block-size must be a whole number of weight rows >= 1, e.g. 32 (got {self.block_size!r})")
         if self.weights == "int4":
             bad = sorted({k for k, _ in decoder_linear_shapes(self.shape.text) if k % self.block_size})
             if bad:
                 raise UsageError(f"int4 block size {self.block_size} does not divide the layer width "
                                  f"{', '.join(map(str, bad))}; pass a --block-size that divides it (e.g. 32)")
-        if not 1 <= self.max_context <= self.shape.text.max_position:
+        if not 1 <= self.max_context <= self.shape.text.max_position:   # internal plans; the CLI's rule: plan_config
             raise UsageError(f"--max-context must be in 1..{self.shape.text.max_position} (the model's "
                              f"max_position_embeddings); got {self.max_context}")
         if self.window is not None and not 1 <= self.window <= self.max_context:
@@ -261,16 +263,25 @@ def read_config(path) -> ThinkerShape:
 
 def plan_config(path, **settings) -> MemoryPlan:
     """`omnisift-edge plan CONFIG.json`: the memory plan of a model from its config alone (no weights)."""
-    return plan_memory(MemoryConfig(read_config(path), **settings))
+    from omnisift_edge.artifact.limits import check_max_context
+
+    shape = read_config(path)
+    check_max_context(settings.get("max_context", 8192), most=shape.text.max_position,
+                      fix="the model's max_position_embeddings")
+    return plan_memory(MemoryConfig(shape, **settings))
 
 
-def write_plan_json(plan: MemoryPlan, path) -> None:
+def write_plan_json(plan: MemoryPlan, path, *, speeds=()) -> None:
+    """The memory plan as JSON, with the speed predictions (engines/speed.py) under "speed" when given."""
     import json
 
     from omnisift_edge.atomic import atomic_path
 
+    record = plan.to_dict()
+    if speeds:
+        record["speed"] = [s.to_dict() for s in speeds]
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
 
 
 ONNX_BYTES = {1: 4, 2: 1, 3: 1, 6: 4, 7: 8, 9: 1, 10: 2, 16: 2, 21: 0.5, 22: 0.5}   # TensorProto type -> bytes

@@ -34,6 +34,7 @@ from omnisift_edge.engines.kv_form import build_graphs, decoder_form, static_siz
 from omnisift_edge.engines.presets import PRECISIONS, PRESETS, TARGETS, Target, get_target, resolve_target
 from omnisift_edge.engines.profiles import DEFAULT_MAX_PROMPT, Profile, decoder_limits, graph_profiles
 from omnisift_edge.engines.store import PLAN_FILE, engine_dir, engine_path, write_side_file
+from omnisift_edge.artifact.limits import check_max_context
 from omnisift_edge.errors import UsageError
 
 
@@ -64,9 +65,8 @@ class BuildConfig:
         if self.compute_capabilities is not None:
             object.__setattr__(self, "compute_capabilities", flavours.parse_compute_capabilities(
                 self.compute_capabilities, flavours.get_flavour(self.flavour)))
-        if self.max_context is not None and (isinstance(self.max_context, bool) or not isinstance(self.max_context, int)
-                                             or self.max_context < 2):
-            raise UsageError(f"--max-context must be a whole number of tokens >= 2 (got {self.max_context!r})")
+        if self.max_context is not None:
+            check_max_context(self.max_context)
         if self.workspace_gb is not None and not 0 < float(self.workspace_gb) <= 1024:
             raise UsageError(f"--workspace must be a positive number of GB (got {self.workspace_gb})")
         if self.max_prompt < 1:

@@ -114,8 +114,11 @@ def decoder_limits(manifest: dict, *, max_context: int | None = None, ratio: flo
     if isinstance(max_context, bool) or not isinstance(max_context, int):
         raise UsageError(f"--max-context must be a whole number of tokens (got {max_context!r})")
     if max_context > exported:
-        raise UsageError(f"--max-context {max_context} is longer than the export's {exported}; export again with "
-                         f"--max-context {max_context} (the export checks it against the model's max_position_embeddings)")
+        positions = int((manifest.get("rope") or {}).get("max_position_embeddings") or 32768)
+        fix = (f"export again with --max-context {max_context}" if max_context <= positions else
+               f"the model has {positions} positions, so an export holds at most that: export again with "
+               f"--max-context {positions} or less")
+        raise UsageError(f"--max-context {max_context} is longer than the export's {exported}; {fix}")
     if max_context <= s_max:
         raise UsageError(f"--max-context {max_context} leaves no room after one prefill of {s_max} tokens "
                          f"(the largest kept count or prompt); use at least {s_max + 1}")

@@ -63,8 +63,9 @@ class ExportConfig:
             self.quant_config()   # validates the block size
         elif self.weights not in ("fp32", "fp16"):
             raise UsageError(f"--weights must be fp32, fp16, int8 or int4 (got {self.weights!r})")
-        if self.max_context < 1024:
-            raise UsageError(f"--max-context must be at least 1024 tokens (got {self.max_context})")
+        from omnisift_edge.artifact.limits import check_max_context
+
+        check_max_context(self.max_context)      # the model's positions: checked where the model is loaded
         if isinstance(self.opset, bool) or not isinstance(self.opset, int) or not OPSETS[0] <= self.opset <= OPSETS[1]:
             raise UsageError(f"--opset must be {OPSETS[0]}..{OPSETS[1]} (got {self.opset}); the default 17 suits "
                              "TensorRT 10.3 and ONNX Runtime")
@@ -87,6 +88,13 @@ class ExportArtifact:
     checks: dict = field(default_factory=dict)
     lint: dict = field(default_factory=dict)
     seconds: float = 0.0
+
+    @property
+    def onnx_files(self) -> list[str]:
+        """Every ONNX graph file the export wrote: the pipeline's graphs and the decoder forms (kv_cache)."""
+        files = [g["file"] for g in self.manifest.get("graphs", {}).values()]
+        return files + [k["file"] for k in (self.manifest.get("kv_cache") or {}).values()
+                        if k.get("file") and k["file"] not in files]
 
 
 def config_summary(cfg: ExportConfig) -> dict:

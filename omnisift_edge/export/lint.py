@@ -88,6 +88,9 @@ def lint_folder(folder: str | os.PathLike) -> dict[str, list[Finding]]:
     """Lint every `*.onnx` file in a folder (not recursive) for TensorRT 10.3, but the decoder forms it never
     builds: decoder_gqa (ONNX Runtime only) and decoder_scatter (TensorRT >= 10.15 / TensorRT-RTX); keys are stems."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{folder} is a file; lint takes the export folder that holds it "
+                         f"(omnisift-edge lint {folder.parent})")
     if not folder.is_dir():
         raise UsageError(f"no such folder: {folder}; pass the export directory (omnisift-edge export -o DIR)")
     files = sorted(folder.glob("*.onnx"))

@@ -131,6 +131,9 @@ def _load_default(source: ModelSource) -> OmniModel:
 
 def read_folder_config(folder: Path) -> tuple[dict, str]:
     """(thinker config dict, weight-name prefix of the thinker) of a model folder."""
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--model {folder} is a file, not a model folder; pass --model DIR, the folder holding "
+                         "config.json and the weights (or leave --model out for the embedded default)")
     if not folder.is_dir():
         raise UsageError(f"model folder {folder} does not exist; pass --model DIR with a local "
                          "Qwen2.5-Omni checkpoint, or leave --model out for the embedded default")

@@ -287,9 +287,9 @@ def profile(cfg: ProfileConfig, *, bar: bool = True) -> ProfileReport:
                            graph_bytes={g["file"]: manifest["files"][g["file"]]["bytes"]
                                         for g in manifest["graphs"].values()})
     report.config["context_check"] = fits
+    for line in fits if bar else ():       # before the bar starts: a log or pipe gets them on lines of their own
+        print(line, file=sys.stderr, flush=True)
     with tqdm(total=chunks * len(ratios), desc="profiling", unit="chunk", disable=not bar) as chunk_bar:
-        for line in fits if bar else ():
-            chunk_bar.write(line, file=sys.stderr)
         for ratio in ratios:
             chunk_bar.set_postfix(ratio=f"{ratio:g}")
             report.ratios.append(asdict(_profile_ratio(cfg, ratio, chunk_bar)))

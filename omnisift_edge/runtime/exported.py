@@ -22,9 +22,13 @@ from omnisift_edge.runtime.stream import ChunkStream
 
 def spec_from_layout(layout: dict):
     """The manifest's `layout` section as an OmniSpec."""
+    from omnisift_edge.errors import UsageError
     from omnisift_edge.model.spec import OmniSpec, TokenIds
 
-    return OmniSpec(**{**layout, "tokens": TokenIds(**layout["tokens"])})
+    try:
+        return OmniSpec(**{**layout, "tokens": TokenIds(**layout["tokens"])})
+    except UsageError as exc:
+        raise UsageError(f"the export's manifest.json layout: {exc}; export again") from None
 
 
 def rope_freqs(export: ExportFolder) -> np.ndarray:

@@ -60,8 +60,10 @@ class RuntimeConfig:
             raise UsageError(f"--device must be cpu or cuda (got {self.device!r})")
         if self.pad_tail is False and self.backend != "torch":
             raise UsageError(f"the {self.backend} backend takes whole 2-second chunks only; leave pad_tail unset")
-        if self.max_context is not None and self.max_context < 256:
-            raise UsageError(f"--max-context must be at least 256 tokens (got {self.max_context})")
+        if self.max_context is not None:
+            from omnisift_edge.artifact.limits import check_max_context
+
+            check_max_context(self.max_context)    # the export's limit: checked once its manifest is read
         self.context                      # validates the policy
 
     @property
@@ -91,6 +93,7 @@ class OmniSession:
         self.plan = next(e for e in manifest["ratios"] if e["graph"] == ratio_plan.graph)
         self.tokenizer = load_tokenizer(self.export.tokenizer_path)
         self.stop_ids = list(self.export.manifest.stop_token_ids)
+        _check_context_limit(cfg, manifest)
         prefix = build_prompt(self.tokenizer, "", system=cfg.system_prompt, spec=self.spec).prefix_ids
         check_window(cfg.context, spec=self.spec, prompt_tokens=len(prefix) + 2,
                      chunk_tokens=self.plan["kept_per_chunk"]["total"],
@@ -252,6 +255,8 @@ class OmniSession:
 
         if not isinstance(question, str):
             raise UsageError(f"the question must be a str; got {type(question).__name__}")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise UsageError(f"max_new_tokens must be a whole number of tokens >= 1 (got {max_new_tokens!r})")
         self._check_open()
         if not question.strip():
             raise UsageError("the question is empty; ask something about the video")
@@ -291,6 +296,23 @@ class OmniSession:
         close = getattr(self.stream, "close", None)
         if close is not None:
             close()
+
+
+def _check_context_limit(cfg: RuntimeConfig, manifest: dict) -> None:
+    """--max-context within what the export's graphs were made for (their caches are sized at export;
+    the torch backend runs the model itself: up to its positions)."""
+    from omnisift_edge.artifact.limits import check_max_context
+
+    if cfg.max_context is None:
+        return
+    positions = int((manifest.get("rope") or {}).get("max_position_embeddings") or 32768)
+    exported = int(manifest["max_context"])
+    if cfg.backend == "torch":
+        check_max_context(cfg.max_context, most=positions, fix="the model's max_position_embeddings")
+    else:
+        check_max_context(cfg.max_context, most=exported,
+                          fix=f"this export's graphs hold {exported} tokens; use at most that, or export again with "
+                              f"--max-context up to {positions} (the model's positions)")
 
 
 def check_window(policy, *, spec, prompt_tokens: int, chunk_tokens: int, max_context: int) -> None:

@@ -132,6 +132,8 @@ def train(cfg: TrainConfig, *, progress: Callable[[str], None] = print, bar: boo
     if cfg.llm == "lora":
         require("peft", extra="train")                 # before anything is written (issue 13.16)
     latest = _prepare_out(cfg)
+    if latest is None and cfg.resume:
+        progress(f"--resume: no checkpoint in {cfg.out} yet; starting a new run from step 0")
     from omnisift_edge.model.load import load_model
     from omnisift_edge.train.feeder import Feeder
     from omnisift_edge.train.step import seed_everything
