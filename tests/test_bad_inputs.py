@@ -370,7 +370,7 @@ def test_interrupted_overwrite_keeps_the_previous_export_and_says_so(exported, t
     """Issue 13.2: "nothing was written" only when true; the previous export stays whole."""
     import shutil
 
-    import omnisift_edge.export.decoder as decoder
+    import omnisift_edge.export.decoder.past_present as decoder
 
     out = tmp_path / "art"
     shutil.copytree(exported, out)

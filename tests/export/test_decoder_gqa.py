@@ -10,9 +10,9 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("optimum.exporters.onnx")
 
-from omnisift_edge.export.decoder import _embed, decoder_dims  # noqa: E402
-from omnisift_edge.export.decoder_config import gapped_positions  # noqa: E402
-from omnisift_edge.export.decoder_gqa import export_decoder_gqa, validate_decoder_gqa  # noqa: E402
+from omnisift_edge.export.decoder.past_present import _embed, decoder_dims  # noqa: E402
+from omnisift_edge.export.decoder.past_present_config import gapped_positions  # noqa: E402
+from omnisift_edge.export.decoder.gqa import export_decoder_gqa, validate_decoder_gqa  # noqa: E402
 from omnisift_edge.export.lint import lint_folder  # noqa: E402
 from omnisift_edge.artifact.manifest import graph_entry  # noqa: E402
 from omnisift_edge.artifact.onnx_runtime import ort_session  # noqa: E402

@@ -6,7 +6,7 @@ total_sequence_length int32 [1], logits_index int64 [L], past_key_values.{i}.key
 the same OrtValues). Attention is `com.microsoft::GroupQueryAttention` (do_rotary=0; TMRoPE is applied
 before it by the stock model code), so a call costs the new tokens plus attention over the valid rows.
 TensorRT cannot parse GroupQueryAttention (no plugin in TensorRT-RTX 1.7), so TensorRT builds
-`decoder_scatter.onnx` (its in-place form, `export.decoder_scatter`) or `decoder.onnx` (past in, present
+`decoder_scatter.onnx` (its in-place form, `export.decoder.scatter`) or `decoder.onnx` (past in, present
 out: TensorRT 10.3); all three are declared in the manifest's `kv_cache`.
 
 Exported through Optimum as `decoder.onnx` is (`optimum.exporters.onnx.convert.export` with our
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from omnisift_edge.errors import UsageError, require
-from omnisift_edge.export.decoder import TOLERANCES, _check_dims, export_staged, module_in_dtype
+from omnisift_edge.export.decoder.past_present import TOLERANCES, _check_dims, export_staged, module_in_dtype
 from omnisift_edge.artifact.onnx_runtime import ort_session
 from omnisift_edge.artifact.tensors import Dims
 
@@ -55,8 +55,8 @@ def export_decoder_gqa(thinker, dims: Dims, path, *, dtype: str = "fp32", opset:
     """Export the in-place form to `path` through Optimum; atomic (staged beside `path`, data first)."""
     for module in ("onnx", "onnxruntime", "optimum.exporters.onnx"):
         require(module, extra="export")
-    from omnisift_edge.export.decoder_config import text_config
-    from omnisift_edge.export.decoder_gqa_config import onnx_config_for
+    from omnisift_edge.export.decoder.past_present_config import text_config
+    from omnisift_edge.export.decoder.gqa_config import onnx_config_for
 
     path = Path(path)
     if dtype not in TOLERANCES:
@@ -117,8 +117,8 @@ def check_in_place(cache, thinker, manifest_entry: dict, logits_rows, *, capacit
     require("torch")
     from transformers import DynamicCache
 
-    from omnisift_edge.export.decoder import _embed, _torch_step
-    from omnisift_edge.export.decoder_config import gapped_positions, text_config
+    from omnisift_edge.export.decoder.past_present import _embed, _torch_step
+    from omnisift_edge.export.decoder.past_present_config import gapped_positions, text_config
 
     cfg = text_config(thinker.config)
     graph_dtype = "fp16" if manifest_entry["inputs"][0]["dtype"] == "float16" else "fp32"

@@ -239,7 +239,7 @@ def quantize_decoder(src: Path, dst: Path, cfg: QuantConfig, *, metadata: dict[s
     """
     onnx = require("onnx", extra="export")
     from omnisift_edge.atomic import atomic_path
-    from omnisift_edge.export.decoder import DATA_SUFFIX, _set_metadata
+    from omnisift_edge.export.decoder.past_present import DATA_SUFFIX, _set_metadata
 
     src, dst = Path(src), Path(dst)
     model = onnx.load(str(src))

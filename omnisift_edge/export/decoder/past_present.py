@@ -35,7 +35,7 @@ META_PREFIX = "omnisift_edge."
 
 def decoder_dims(thinker, dims: Dims) -> Dims:
     """`dims` with the decoder's sizes (layers, kv heads, head dim, vocab) read from `thinker`."""
-    from omnisift_edge.export.decoder_config import head_dim, text_config
+    from omnisift_edge.export.decoder.past_present_config import head_dim, text_config
 
     cfg = text_config(thinker.config)
     return dataclasses.replace(dims, hidden=cfg.hidden_size, num_layers=cfg.num_hidden_layers,
@@ -49,12 +49,12 @@ def _check_dims(thinker, dims: Dims) -> None:
              if getattr(dims, name) != getattr(want, name)]
     if wrong:
         raise UsageError(f"decoder sizes do not match the model: {', '.join(wrong)}; "
-                         "build them with omnisift_edge.export.decoder.decoder_dims(thinker, dims)")
+                         "build them with omnisift_edge.export.decoder.past_present.decoder_dims(thinker, dims)")
 
 
 def _decoder_module(thinker, dtype: str):
     """The module to trace, in `dtype`: the thinker's own modules when the dtype matches, else a copy."""
-    from omnisift_edge.export.decoder_config import ThinkerDecoder
+    from omnisift_edge.export.decoder.past_present_config import ThinkerDecoder
 
     return module_in_dtype(ThinkerDecoder(thinker), thinker, dtype)
 
@@ -87,7 +87,7 @@ def export_decoder(thinker, dims: Dims, path, *, dtype: str = "fp32", opset: int
         require(module, extra="export")
     from optimum.exporters.onnx.convert import validate_model_outputs
 
-    from omnisift_edge.export.decoder_config import onnx_config_for, text_config
+    from omnisift_edge.export.decoder.past_present_config import onnx_config_for, text_config
 
     path = Path(path)
     if dtype not in DTYPES:
@@ -249,7 +249,7 @@ def validate_decoder(onnx_path, thinker, *, dtype: str | None = None, atol: floa
     require("torch")
     from transformers import DynamicCache
 
-    from omnisift_edge.export.decoder_config import gapped_positions, head_dim, text_config
+    from omnisift_edge.export.decoder.past_present_config import gapped_positions, head_dim, text_config
 
     if not chunk_lengths or min(chunk_lengths) < 1 or batch_size < 1 or decode_steps < 0:
         raise UsageError(f"need a batch size >= 1, positive chunk lengths and decode steps >= 0 (got "

@@ -7,7 +7,7 @@ present.{i}.key/value [1, kv, cache_length, hd]. Each layer's cache update is ON
 TensorRT's ONNX parser (>= 10.15, TensorRT-RTX 1.7) turns the scatter into an IKVCacheUpdateLayer whose
 output aliases its cache input, so a call writes the new rows and copies nothing else.
 
-Exported through Optimum as the other decoder forms are (`export.decoder.export_staged`, our OnnxConfig,
+Exported through Optimum as the other decoder forms are (`export.decoder.past_present.export_staged`, our OnnxConfig,
 Optimum's ModelPatcher); the attention patch is `model.scatter_kv`. The TorchScript exporter cannot emit
 opset 24, so the traced graph holds one custom-domain node per update and `to_tensor_scatter` (a graph
 pass on the staged file, weights never loaded) converts the graph to opset 24 and renames those nodes
@@ -24,8 +24,8 @@ import numpy as np
 from omnisift_edge.artifact.onnx_runtime import ort_session
 from omnisift_edge.artifact.tensors import Dims, decoder_scatter_graph
 from omnisift_edge.errors import UsageError, require
-from omnisift_edge.export.decoder import TOLERANCES, _check_dims, _set_metadata, export_staged, module_in_dtype
-from omnisift_edge.export.decoder_gqa import InPlaceCheck, check_in_place
+from omnisift_edge.export.decoder.past_present import TOLERANCES, _check_dims, _set_metadata, export_staged, module_in_dtype
+from omnisift_edge.export.decoder.gqa import InPlaceCheck, check_in_place
 
 GRAPH = "decoder_scatter"
 SCATTER_OPSET = 24            # the first opset with TensorScatter
@@ -78,8 +78,8 @@ def export_decoder_scatter(thinker, dims: Dims, path, *, dtype: str = "fp32", ma
     """Export the scatter form to `path` through Optimum, then the opset-24 pass; atomic (staged beside `path`)."""
     for module in ("onnx", "onnxruntime", "optimum.exporters.onnx"):
         require(module, extra="export")
-    from omnisift_edge.export.decoder_config import text_config
-    from omnisift_edge.export.decoder_scatter_config import onnx_config_for
+    from omnisift_edge.export.decoder.past_present_config import text_config
+    from omnisift_edge.export.decoder.scatter_config import onnx_config_for
     from omnisift_edge.model.scatter_kv import ScatterDecoder
 
     path = Path(path)
