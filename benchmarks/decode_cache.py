@@ -86,7 +86,8 @@ def main(argv=None) -> None:
 
     import onnxruntime as ort
 
-    from omnisift_edge.export.decoder.past_present import decoder_dims, export_decoder
+    from omnisift_edge.export.decoder import decoder_dims
+    from omnisift_edge.export.decoder.past_present import export_decoder
     from omnisift_edge.export.decoder.gqa import export_decoder_gqa
     from omnisift_edge.artifact.manifest import graph_entry
     from omnisift_edge.artifact.tensors import Dims, decoder_graph, decoder_gqa_graph

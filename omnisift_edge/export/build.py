@@ -28,7 +28,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jso
 
 def model_dims(model, resolution: tuple[int, int]) -> Dims:
     """Every fixed axis size of the export: the encoders' chunk shape and the decoder's widths."""
-    from omnisift_edge.export.decoder.past_present import decoder_dims
+    from omnisift_edge.export.decoder import decoder_dims
     from omnisift_edge.export.encoders import encoder_dims
 
     return decoder_dims(model.thinker, encoder_dims(model.thinker, *resolution))

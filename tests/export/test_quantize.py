@@ -11,7 +11,8 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("optimum.exporters.onnx")
 
 from omnisift_edge.errors import UsageError  # noqa: E402
-from omnisift_edge.export.decoder.past_present import decoder_dims, export_decoder, validate_decoder  # noqa: E402
+from omnisift_edge.export.decoder import decoder_dims  # noqa: E402
+from omnisift_edge.export.decoder.past_present import export_decoder, validate_decoder  # noqa: E402
 from omnisift_edge.export.lint import lint_model  # noqa: E402
 from omnisift_edge.export.decoder.quantize import (  # noqa: E402
     QDQ_OPSET,
