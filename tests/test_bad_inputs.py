@@ -463,13 +463,13 @@ def test_triton_overwrite_keeps_the_other_models_of_a_repository(exported, tmp_p
 
 def test_profile_refuses_to_overwrite_a_users_profile_md(exported, tmp_path):
     """`profile -o FOLDER` overwrote a profile.md the user kept there; now only its own output or --overwrite."""
-    from omnisift_edge.profiling.profile import check_outputs
-
     folder = tmp_path / "notes"
     folder.mkdir()
     (folder / "profile.md").write_text("my notes")
     assert_one_line_error(invoke("profile", exported, "-o", folder, "--seconds", "4"), "--overwrite", "profile.md")
     assert (folder / "profile.md").read_text() == "my notes"
+    from omnisift_edge.profiling.profile import check_outputs
+
     check_outputs(folder, overwrite=True)                                   # asked for: allowed
     (folder / "profile.json").write_text(json.dumps({"machine": {}, "config": {}, "ratios": [], "graph_bytes": {}}))
     check_outputs(folder, overwrite=False)                                  # a previous profile's output: ours
