@@ -388,7 +388,7 @@ def test_interrupted_overwrite_keeps_the_previous_export_and_says_so(exported, t
     """Issue 13.2: "nothing was written" only when true; the previous export stays whole."""
     import shutil
 
-    import omnisift_edge.export.decoder as decoder
+    import omnisift_edge.export.decoder.past_present as decoder
 
     out = tmp_path / "art"
     shutil.copytree(exported, out)
@@ -446,3 +446,65 @@ def test_export_interrupted_while_sharing_weights_keeps_the_previous_export(expo
     assert result.exit_code == 130 and "nothing was written" in result.stderr
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]           # no staging left behind
+
+
+# ---- issue 26: nothing outside what the user named is deleted or overwritten ----
+
+def test_triton_overwrite_refuses_an_unrelated_folder(exported, tmp_path):
+    """`triton -o FOLDER --overwrite` deleted any non-empty folder."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "notes.txt").write_text("keep")
+    assert_one_line_error(invoke("triton", exported, "-o", project, "--overwrite"),
+                          "not a Triton model repository", "choose another -o")
+    assert sorted(p.name for p in project.iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["project"]
+
+
+def test_triton_overwrite_keeps_the_other_models_of_a_repository(exported, tmp_path):
+    """`triton -o REPO --overwrite` deleted every other model of an existing model repository; now it adds or
+    replaces only its own model, and refuses a same-named model it did not write."""
+    repo = tmp_path / "repo"
+    other = repo / "detector"
+    (other / "1").mkdir(parents=True)
+    (other / "config.pbtxt").write_text('name: "detector"')
+    (other / "1" / "model.onnx").write_bytes(b"weights")
+    assert invoke("triton", exported, "-o", repo, "--overwrite", "--max-streams", "3").exit_code == 0
+    assert invoke("triton", exported, "-o", repo, "--overwrite", "--max-streams", "4").exit_code == 0
+    assert sorted(p.name for p in repo.iterdir()) == ["detector", "omnisift"]         # nothing hidden left
+    assert (other / "1" / "model.onnx").read_bytes() == b"weights"
+    assert "max_candidate_sequences: 4" in (repo / "omnisift" / "config.pbtxt").read_text()
+    (repo / "omnisift" / "1" / "model.py").write_text("# someone else's model\n")
+    assert_one_line_error(invoke("triton", exported, "-o", repo, "--overwrite"), "did not write")
+    assert (repo / "omnisift" / "1" / "model.py").read_text() == "# someone else's model\n"
+
+
+def test_profile_refuses_to_overwrite_a_users_profile_md(exported, tmp_path):
+    """`profile -o FOLDER` overwrote a profile.md the user kept there; now only its own output or --overwrite."""
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "profile.md").write_text("my notes")
+    assert_one_line_error(invoke("profile", exported, "-o", folder, "--seconds", "4"), "--overwrite", "profile.md")
+    assert (folder / "profile.md").read_text() == "my notes"
+    from omnisift_edge.profiling.profile import check_outputs
+
+    check_outputs(folder, overwrite=True)                                   # asked for: allowed
+    (folder / "profile.json").write_text(json.dumps({"machine": {}, "config": {}, "ratios": [], "graph_bytes": {}}))
+    check_outputs(folder, overwrite=False)                                  # a previous profile's output: ours
+
+
+def test_export_overwrite_through_a_symlink_replaces_the_target(exported, tmp_path):
+    """`export -o LINK --overwrite` (LINK -> an export) replaced the link with a folder, left the target stale
+    and a hidden `.LINK.partial-*` that was never removed."""
+    import shutil
+
+    target = tmp_path / "exports" / "v1"
+    shutil.copytree(exported, target)
+    link = tmp_path / "current"
+    link.symlink_to(target, target_is_directory=True)
+    result = invoke("export", "-o", link, "--overwrite", "--resolution", RES, "--ratios", "0.5")
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    assert [r["ratio"] for r in json.loads((target / "manifest.json").read_text())["ratios"]] == [0.5]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "exports"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["v1"]

@@ -360,8 +360,8 @@ def _golden_kv_cache(folder: Path, dims) -> dict:
     """The manifest's kv_cache with the forms the C++ library runs: `decoder` (past/present: TensorRT
     10.3) and `decoder_scatter` (in place: TensorRT-RTX, >= 10.15), as the export writes them; the
     in-place decoder_gqa is ONNX Runtime's. StubStream here replays the past/present calls."""
-    from omnisift_edge.export import decoder_scatter as scatter
-    from omnisift_edge.export.decoder_gqa import kv_cache_record
+    from omnisift_edge.export.decoder import scatter
+    from omnisift_edge.export.decoder.gqa import kv_cache_record
 
     record = kv_cache_record(dims, 1024, "decoder_gqa.graph")
     entry = scatter.graph_entry_for(dims, "decoder_scatter.graph", "fp32", external_data=False)

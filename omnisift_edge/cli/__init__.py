@@ -256,6 +256,8 @@ def run(folder, video, audio, questions, backend, target, ratio, model_dir, devi
 @click.option("--max-new-tokens", type=click.IntRange(2, 4096), default=16, show_default=True)
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), default=None,
               help="Folder for profile.json/.md/.png (default: FOLDER/profile).")
+@click.option("--overwrite", is_flag=True, help="Replace profile.json/.md/.png there even if a previous `profile` "
+              "did not write them.")
 @click.option("--context-policy", default="error", show_default=True,
               help="error (the clip must fit the context) or sliding (evict the oldest chunks; docs/runtime.md).")
 @click.option("--window-seconds", type=float, default=None,
@@ -263,8 +265,8 @@ def run(folder, video, audio, questions, backend, target, ratio, model_dir, devi
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
               help="torch: the model folder (default: the one recorded at export).")
 @_user_errors
-def profile(folder, backend, target, ratios, seconds, device, max_new_tokens, out, context_policy, window_seconds,
-            model_dir):
+def profile(folder, backend, target, ratios, seconds, device, max_new_tokens, out, overwrite, context_policy,
+            window_seconds, model_dir):
     """Measure per-stage latency, TTFT, decode speed and memory at each ratio, side by side."""
     from omnisift_edge.profiling.profile import ProfileConfig, markdown, profile as run_profile
 
@@ -272,7 +274,8 @@ def profile(folder, backend, target, ratios, seconds, device, max_new_tokens, ou
         backend = "tensorrt"
     cfg = ProfileConfig(folder=folder, backend=backend, ratios=_parse_ratios(None, ratios) if ratios else None,
                         seconds=seconds, device=device, max_new_tokens=max_new_tokens, out=out, target=target,
-                        context_policy=context_policy, window_seconds=window_seconds, model=model_dir)
+                        context_policy=context_policy, window_seconds=window_seconds, model=model_dir,
+                        overwrite=overwrite)
     report = run_profile(cfg)
     click.echo(markdown(report))
     click.echo(f"wrote {report.files['json']}, {report.files['markdown']}, {report.files['plot']}", err=True)
@@ -402,7 +405,8 @@ def selftest(target):
 @click.option("--idle-timeout", type=float, default=60.0, show_default=True,
               help="Seconds without a request after which a camera's state is freed.")
 @click.option("--instances", type=int, default=1, show_default=True, help="Model instances (processes).")
-@click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
+@click.option("--overwrite", is_flag=True, help="Replace the omnisift model a previous `triton` wrote there "
+              "(other models of the repository stay).")
 @_user_errors
 def triton(folder, out, backend, ratio, device, max_streams, idle_timeout, instances, overwrite):
     """Write a Triton model repository that serves camera streams from an export folder (docs/serving.md)."""

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-import time
 from pathlib import Path
 
-from omnisift_edge.atomic import atomic_write, umask
+from omnisift_edge.atomic import atomic_write, new_staging, publish_folder
 from omnisift_edge.errors import UsageError
 from omnisift_edge.artifact.manifest import ENGINES_DIR, MANIFEST, read_manifest, sha256, write_manifest
 
@@ -63,21 +59,11 @@ def verify_sources(folder: Path, manifest: dict) -> dict[str, dict]:
 
 
 def staging_dir(folder: Path, target: str) -> Path:
-    """A hidden folder beside DIR/engines/<target> to build into; leftovers of interrupted builds are removed."""
-    parent = Path(folder) / ENGINES_DIR
-    parent.mkdir(parents=True, exist_ok=True)
-    for stale in (*parent.glob(f".{target}.partial-*"), *parent.glob(f".{target}.old-*")):
-        shutil.rmtree(stale, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target}.partial-", dir=parent))
+    """A hidden folder beside DIR/engines/<target> to build into (`atomic.new_staging`): leftovers of
+    interrupted builds are removed, a staging folder another running build is writing is left alone."""
+    return new_staging(engine_dir(folder, target))
 
 
 def publish(staging: Path, final: Path) -> None:
-    """Swap the finished engines in: the previous ones are removed only after the rename."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{time.time_ns()}")
-        final.rename(old)
-    os.chmod(staging, 0o777 & ~umask())
-    staging.rename(final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """Swap the finished engines in (`atomic.publish_folder`): the previous ones are removed only after the swap."""
+    publish_folder(staging, final)

@@ -80,7 +80,7 @@ def build_folder(cfg: ExportConfig, folder: Path, progress: Callable[[str], None
     require("onnx", extra="export")
     require("onnxruntime", extra="export")
     from omnisift_edge.export.compressor import export_compressor, validate_compressor
-    from omnisift_edge.export.decoder import export_decoder, validate_decoder
+    from omnisift_edge.export.decoder.past_present import export_decoder, validate_decoder
     from omnisift_edge.export.encoders import (
         export_audio_encoder,
         export_vision_encoder,
@@ -98,7 +98,7 @@ def build_folder(cfg: ExportConfig, folder: Path, progress: Callable[[str], None
         raise UsageError("this model has no OmniSIFT compressor; pass --compressor FILE (the OmniSIFT checkpoint's, "
                          "or one trained with omnisift-edge train), or export --ratio 1")
     if cfg.quantized:   # a block size that does not divide the widths fails here, before any export
-        from omnisift_edge.export.quantize import check_widths
+        from omnisift_edge.export.decoder.quantize import check_widths
 
         check_widths(model.thinker.config.to_dict(), cfg.quant_config())
     checks: dict = {}
@@ -131,7 +131,7 @@ def build_folder(cfg: ExportConfig, folder: Path, progress: Callable[[str], None
                                   max_context=cfg.max_context)
     weights = _DequantizedWeights(thinker, None)
     if cfg.quantized:   # weight-only int8/int4: checked against PyTorch running the same dequantized weights
-        from omnisift_edge.export.quantize import quantize_decoder
+        from omnisift_edge.export.decoder.quantize import quantize_decoder
 
         progress(f"decoder weights to {cfg.weights} (weight-only Q/DQ, round-to-nearest)")
         weights = _DequantizedWeights(thinker, quantize_decoder(decoder_path, decoder_path, cfg.quant_config()))
@@ -220,7 +220,7 @@ class _DequantizedWeights:
 
     def __enter__(self):
         if self.report is not None:
-            from omnisift_edge.export.quantize import dequantized_weights
+            from omnisift_edge.export.decoder.quantize import dequantized_weights
 
             self._context = dequantized_weights(self.thinker, self.report)
             self._context.__enter__()
@@ -231,7 +231,7 @@ class _DequantizedWeights:
         return context.__exit__(*exc) if context is not None else False
 
     def opset(self, opset: int) -> int:
-        from omnisift_edge.export.quantize import QDQ_OPSET
+        from omnisift_edge.export.decoder.quantize import QDQ_OPSET
 
         return QDQ_OPSET if self.report is not None else opset
 
@@ -240,7 +240,7 @@ class _DequantizedWeights:
         if self.report is None:
             return {"mode": dtype, "form": "float", "bits": 16 if dtype == "fp16" else 32,
                     "graphs": {"onnxruntime": "decoder.onnx", "tensorrt": "decoder.onnx"}}
-        from omnisift_edge.export.quantize import backend_graphs
+        from omnisift_edge.export.decoder.quantize import backend_graphs
 
         return {**self.report.record(), "graphs": backend_graphs("decoder.onnx")}
 
@@ -258,13 +258,13 @@ def _export_inplace_decoder(model, dims: Dims, folder: Path, cfg: ExportConfig, 
     the same way for --weights int8/int4), validated; returns the manifest's `kv_cache`. Not in `graphs`:
     those are what TensorRT builds, and it cannot parse GroupQueryAttention."""
     from omnisift_edge.artifact.tensors import decoder_gqa_graph
-    from omnisift_edge.export.decoder_gqa import GRAPH, export_decoder_gqa, kv_cache_record, validate_decoder_gqa
+    from omnisift_edge.export.decoder.gqa import GRAPH, export_decoder_gqa, kv_cache_record, validate_decoder_gqa
 
     file = f"{GRAPH}.onnx"
     path = export_decoder_gqa(model.thinker, dims, folder / file, dtype=cfg.dtype, opset=cfg.opset,
                               max_context=cfg.max_context)
     if cfg.quantized:
-        from omnisift_edge.export.quantize import quantize_decoder
+        from omnisift_edge.export.decoder.quantize import quantize_decoder
 
         quantize_decoder(path, path, cfg.quant_config())
     entry = graph_entry(decoder_gqa_graph(dims.num_layers), dims, file, weights.opset(cfg.opset), cfg.dtype,
@@ -281,13 +281,13 @@ def _export_scatter_decoder(model, dims: Dims, folder: Path, cfg: ExportConfig, 
     """decoder_scatter.onnx (TensorRT's in-place KV form: TensorScatter, opset 24), the same weights as
     decoder.onnx (quantized the same way), validated; returns its `kv_cache` entry. Not in `graphs`
     either: the engines stage builds it instead of `decoder` where the target's TensorRT has KVCacheUpdate."""
-    from omnisift_edge.export.decoder_scatter import (GRAPH, SCATTER_OPSET, export_decoder_scatter, graph_entry_for,
+    from omnisift_edge.export.decoder.scatter import (GRAPH, SCATTER_OPSET, export_decoder_scatter, graph_entry_for,
                                                       kv_cache_record, validate_decoder_scatter)
 
     file = f"{GRAPH}.onnx"
     path = export_decoder_scatter(model.thinker, dims, folder / file, dtype=cfg.dtype, max_context=cfg.max_context)
     if cfg.quantized:
-        from omnisift_edge.export.quantize import quantize_decoder
+        from omnisift_edge.export.decoder.quantize import quantize_decoder
 
         quantize_decoder(path, path, cfg.quant_config(), metadata={"opset": str(SCATTER_OPSET)})
     entry = graph_entry_for(dims, file, cfg.dtype, (folder / f"{file}.data").exists())

@@ -76,7 +76,7 @@ class ExportConfig:
 
     def quant_config(self):
         """The decoder's `quantize.QuantConfig` (int8/int4 exports only)."""
-        from omnisift_edge.export.quantize import QuantConfig
+        from omnisift_edge.export.decoder.quantize import QuantConfig
 
         return QuantConfig(self.weights, block_size=self.block_size, lm_head=self.quantize_lm_head)
 

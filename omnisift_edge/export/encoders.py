@@ -17,9 +17,6 @@ file is not copied. See docs/export-encoders.md.
 from __future__ import annotations
 
 import copy
-import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,13 +244,12 @@ def _in_dtype(module: nn.Module, dtype: torch.dtype) -> nn.Module:
 
 def _write_onnx(module: nn.Module, example, spec: GraphSpec, dims: Dims, path: Path, *,
                 opset: int, external_data: bool) -> Path:
-    """Trace `module` into `path` atomically: temp folder beside `path`, then os.replace."""
+    """Trace `module` into `path` atomically: staged beside `path`, data file first (export.onnx_io)."""
     onnx = require("onnx", extra="export")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        traced = tmp / "traced.onnx"
+    from omnisift_edge.export.onnx_io import staged_graph, write_graph
+
+    with staged_graph(path) as final:
+        traced = final.parent / "traced.onnx"
         with torch.no_grad(), warnings.catch_warnings():
             # the dynamo exporter needs onnxscript (not a dependency); TorchScript tracing is exact here
             warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -264,20 +260,9 @@ def _write_onnx(module: nn.Module, example, spec: GraphSpec, dims: Dims, path: P
         proto.graph.name = spec.name
         _check_io(proto, spec, dims, onnx.helper.tensor_dtype_to_np_dtype)
         external = external_data or _param_bytes(module, example.dtype) > TWO_GB - (64 << 20)
-        final = tmp / path.name
-        data_name = f"{path.name}.data"
-        if external:
-            onnx.save_model(proto, str(final), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_name, size_threshold=1024)
-        else:
-            onnx.save_model(proto, str(final))
+        write_graph(proto, final, external_data=external)
         onnx.checker.check_model(str(final))
-        if external:
-            os.replace(tmp / data_name, path.parent / data_name)  # data first: the .onnx appears last
-        os.replace(final, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
+    return Path(path)
 
 
 def _check_io(proto, spec: GraphSpec, dims: Dims, np_dtype) -> None:

@@ -51,7 +51,7 @@ def _inputs(manifest: dict, graph: str, session, ratio_k: int) -> list[Case]:
             cases.append(Case(label, "static", {n: t.numpy() for n, t in zip(names, tensors)}))
         return cases
     if graph == "decoder":
-        from omnisift_edge.export.decoder_config import gapped_positions
+        from omnisift_edge.export.decoder.checks import gapped_positions
 
         rng = np.random.Generator(np.random.PCG64(0))
         past = {n: np.zeros((1, dims.kv_heads, 0, dims.head_dim), ndt) for n in names[3:]}   # [1, kv, 0, hd]

@@ -139,29 +139,19 @@ def write_tiny_checkpoint(folder, kind: str = "full", seed: int = 0, shard_bytes
     - omnisift: full plus the selector under `thinker.compressor.`;
     - thinker: a thinker-only folder (weights unprefixed, selector under `compressor.`).
     Weights are sharded at `shard_bytes` with a `model.safetensors.index.json`, as large
-    checkpoints are. The folder is written under a hidden temporary name and renamed at the end,
-    so an interrupted write never leaves a folder that looks complete.
+    checkpoints are. The folder is written under a hidden temporary name and swapped in at the end
+    (`atomic.staged_folder`), so an interrupted write never leaves a folder that looks complete.
     """
-    import shutil
-    import tempfile
     from pathlib import Path
+
+    from omnisift_edge.atomic import staged_folder
 
     if kind not in CHECKPOINT_KINDS:
         raise ValueError(f"kind must be one of {CHECKPOINT_KINDS}")
     final = Path(folder)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
+    # only an empty folder may be replaced (the CLI says so first); a failure leaves `folder` as it was
+    with staged_folder(final, refuse="{folder} is not empty; choose another folder for the model") as staging:
         _write_checkpoint_files(staging, kind, seed, shard_bytes, final)
-        from omnisift_edge.atomic import finish_tree
-
-        finish_tree(staging)   # plain modes (not mkdtemp's 0700), bytes on disk before the rename
-        if final.exists():
-            final.rmdir()   # only an empty folder may be replaced (the CLI checks)
-        staging.rename(final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return final
 
 

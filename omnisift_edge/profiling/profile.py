@@ -47,6 +47,7 @@ class ProfileConfig:
     context_policy: str = "error"                # error | sliding (runtime/context.py)
     window_seconds: float | None = None          # sliding: seconds of media kept
     model: Path | None = None                    # torch: the model folder (default: the manifest's record)
+    overwrite: bool = False                      # replace output files a previous profile did not write
 
     def __post_init__(self):
         object.__setattr__(self, "folder", Path(self.folder))
@@ -230,6 +231,27 @@ def _plot(report: ProfileReport, path: Path) -> None:
     plt.close(fig)
 
 
+OUTPUTS = ("profile.json", "profile.md", "profile.png")
+
+
+def is_our_profile(folder: Path) -> bool:
+    """`folder/profile.json` was written by `profile` (a JSON object with its keys)."""
+    try:
+        report = json.loads((folder / OUTPUTS[0]).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and {"machine", "config", "ratios", "graph_bytes"} <= report.keys()
+
+
+def check_outputs(out: Path, overwrite: bool) -> None:
+    """Refuse to overwrite profile.json/.md/.png in `out` that a previous `profile` did not write, unless
+    `overwrite` (a user's own profile.md in the folder they named is not ours to replace)."""
+    existing = [name for name in OUTPUTS if (out / name).exists()]
+    if existing and not overwrite and not is_our_profile(out):
+        raise UsageError(f"{out} already holds {', '.join(existing)} that `profile` did not write; pass --overwrite "
+                         "to replace them, or choose another -o")
+
+
 def _write(path: Path, write) -> None:
     with atomic_path(path) as tmp:
         write(tmp)
@@ -279,6 +301,7 @@ def profile(cfg: ProfileConfig, *, bar: bool = True) -> ProfileReport:
     require("matplotlib", extra="profile")           # the plot is written last: fail before measuring
     manifest = read_manifest(cfg.folder)
     check_output_dir(cfg.out or cfg.folder / "profile")
+    check_outputs(cfg.out or cfg.folder / "profile", cfg.overwrite)     # before minutes of measuring
     ratios = cfg.ratios or tuple(e["ratio"] for e in manifest["ratios"])
     fits = context_check(cfg, manifest, ratios)
     chunks = -(-int(round(cfg.seconds * 2)) // 4)

@@ -93,7 +93,7 @@ def test_non_empty_output_needs_overwrite(tmp_path):
 
 
 def test_interrupted_export_leaves_nothing(tmp_path, monkeypatch):
-    import omnisift_edge.export.decoder as decoder
+    import omnisift_edge.export.decoder.past_present as decoder
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
