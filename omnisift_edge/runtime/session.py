@@ -9,9 +9,10 @@ from, chunk compressor included).
 
 Rules (also in docs/runtime.md):
 - frames must have the export's resolution; PCM is mono float at 16 kHz;
-- a trailing partial chunk goes to the torch backend as it is (what transformers computes on the
-  unpadded clip); exported graphs and engines take whole chunks, so for them it is padded to 2
-  seconds (last frame repeated, audio zero-padded) when the stream ends or a question arrives;
+- a trailing partial chunk goes to every backend as it is (what transformers computes on the
+  unpadded clip) when the stream ends or a question arrives: graphs and engines take it through
+  valid-length inputs; exports made before them get it padded to 2 seconds (last frame repeated,
+  audio zero-padded);
 - context policy `error` (default): when the KV cache would exceed max_context, `ContextFullError`
   (a UsageError) is raised and nothing is appended: never a silently truncated context; `sliding`
   evicts the oldest chunks instead (runtime/context.py, docs/runtime.md);
@@ -50,7 +51,8 @@ class RuntimeConfig:
     window_seconds: float | None = None   # sliding: seconds of media kept; None: what max_context holds
     position_limit: int | None = None     # None: the model's max_position_embeddings (re-base before it)
     model: Path | None = None             # torch: the model folder (default: the one the manifest records)
-    pad_tail: bool | None = None          # pad a short last chunk to 2 s; None: only where the backend needs it
+    pad_tail: bool | None = None          # pad a short last chunk to 2 s; None: only where the graphs need it
+    ort_threads: str = "quiet"            # onnxruntime: how the sessions share the CPU (artifact.onnx_runtime)
 
     def __post_init__(self):
         object.__setattr__(self, "folder", Path(self.folder))
@@ -58,11 +60,12 @@ class RuntimeConfig:
             raise UsageError(f"--backend must be one of {', '.join(BACKENDS)} (got {self.backend!r})")
         if self.device != "cpu" and not self.device.startswith("cuda"):
             raise UsageError(f"--device must be cpu or cuda (got {self.device!r})")
-        if self.pad_tail is False and self.backend != "torch":
-            raise UsageError(f"the {self.backend} backend takes whole 2-second chunks only; leave pad_tail unset")
         if self.max_context is not None and self.max_context < 256:
             raise UsageError(f"--max-context must be at least 256 tokens (got {self.max_context})")
         self.context                      # validates the policy
+        from omnisift_edge.artifact.onnx_runtime import check_thread_policy
+
+        check_thread_policy(self.ort_threads)
 
     @property
     def context(self):
@@ -114,7 +117,7 @@ class OmniSession:
             providers = ("CUDAExecutionProvider", "CPUExecutionProvider") if self.cfg.device.startswith("cuda") \
                 else ("CPUExecutionProvider",)
             return OrtStream(self.export, self.ratio, prefix_ids, providers=providers, max_context=max_context,
-                             context=self.cfg.context)
+                             context=self.cfg.context, threads=self.cfg.ort_threads)
         if self.cfg.backend == "tensorrt":
             from omnisift_edge.runtime.trt_pipeline import TrtStream
 
@@ -191,10 +194,10 @@ class OmniSession:
     def finish(self) -> list[ChunkReport]:
         """End the media: process a trailing partial chunk.
 
-        The torch backend takes it as it is (1 grid step, a short audio window): the same as
-        transformers on the unpadded clip. Exported graphs and engines take whole chunks only, so
-        for them it is padded to 2 s (last frame repeated, silence); docs/streaming.md measures
-        what that padding moves.
+        Every backend takes it as it is (1 grid step, a short audio window): the same as
+        transformers on the unpadded clip. Exports without valid-length inputs (before issue 25)
+        take whole chunks only, so for them it is padded to 2 s (last frame repeated, silence);
+        docs/streaming.md measures what that padding moves.
         """
         if self._finished:
             return []
@@ -220,7 +223,7 @@ class OmniSession:
         """Whether the backend takes a short last chunk (PyTorch) or only whole ones (graphs, engines)."""
         if self.cfg.pad_tail is not None:
             return not self.cfg.pad_tail
-        return self.cfg.backend == "torch"
+        return getattr(self.stream, "takes_short_chunks", True)   # torch, and graphs with valid-length inputs
 
     def _drain(self, windows) -> list[ChunkReport]:
         from omnisift_edge.model.preprocess import video_patches
