@@ -216,15 +216,18 @@ def lint(folder):
 @click.option("--ort-threads", type=click.Choice(THREAD_POLICIES), default=DEFAULT_THREAD_POLICY, show_default=True,
               help="onnxruntime: how the graphs' sessions share the CPU: quiet (own pools, no spinning), spin "
               "(ONNX Runtime's default), shared (one process-wide pool), decoder-spin (only the decoder spins).")
+@click.option("--prefill-chunks", type=int, default=None,
+              help="Chunks per decoder prefill call (default: the file's all at once; 1: chunk by chunk).")
 @_user_errors
 def run(folder, video, audio, questions, backend, target, ratio, model_dir, device, max_new_tokens, max_context,
-        context_policy, window_seconds, ort_threads):
+        context_policy, window_seconds, ort_threads, prefill_chunks):
     """Stream a video through an export folder chunk by chunk, then answer questions (streamed)."""
     from omnisift_edge.runtime.session import RuntimeConfig, open_session
 
     session = open_session(RuntimeConfig(folder=folder, backend=backend, ratio=ratio, device=device,
                                          max_context=max_context, target=target, context_policy=context_policy,
-                                         window_seconds=window_seconds, model=model_dir, ort_threads=ort_threads))
+                                         window_seconds=window_seconds, model=model_dir, ort_threads=ort_threads,
+                                         prefill_chunks=prefill_chunks))
     reports = session.append_file(video, audio_path=audio)
     kept = sum(r.kept_video + r.kept_audio for r in reports)
     total = sum(r.video_tokens + r.audio_tokens for r in reports)

@@ -53,6 +53,7 @@ class RuntimeConfig:
     model: Path | None = None             # torch: the model folder (default: the one the manifest records)
     pad_tail: bool | None = None          # pad a short last chunk to 2 s; None: only where the graphs need it
     ort_threads: str = "quiet"            # onnxruntime: how the sessions share the CPU (artifact.onnx_runtime)
+    prefill_chunks: int | None = None     # chunks per prefill call; None: a file's all at once, live ones 1 each
 
     def __post_init__(self):
         object.__setattr__(self, "folder", Path(self.folder))
@@ -63,6 +64,8 @@ class RuntimeConfig:
         if self.max_context is not None and self.max_context < 256:
             raise UsageError(f"--max-context must be at least 256 tokens (got {self.max_context})")
         self.context                      # validates the policy
+        if self.prefill_chunks is not None and self.prefill_chunks < 1:
+            raise UsageError(f"--prefill-chunks must be at least 1 (got {self.prefill_chunks})")
         from omnisift_edge.artifact.onnx_runtime import check_thread_policy
 
         check_thread_policy(self.ort_threads)
@@ -99,6 +102,7 @@ class OmniSession:
                      chunk_tokens=self.plan["kept_per_chunk"]["total"],
                      max_context=cfg.max_context or manifest["max_context"])
         self.stream = self._open_backend(prefix)
+        self.stream.prefill_chunks = cfg.prefill_chunks or 1      # live media: chunk by chunk unless asked
         self._mel = StreamingLogMel(self.spec)
         self._frames: deque = deque()       # frames waiting for their audio window (4 per chunk)
         self._windows: deque = deque()      # audio windows waiting for their frames
@@ -186,10 +190,15 @@ class OmniSession:
             frames = resize_frames(frames, self.resolution)
         pcm = fit_audio_to_video(media.pcm, len(frames), self.spec)
         per_chunk, samples = self.spec.raw_frames_per_chunk, self.spec.samples_per_chunk
-        reports = []
-        for j in range(-(-len(frames) // per_chunk)):
-            reports += self.append_chunk(frames[j * per_chunk:(j + 1) * per_chunk], pcm[j * samples:(j + 1) * samples])
-        return reports + self.finish()
+        reports, chunks = [], -(-len(frames) // per_chunk)
+        live, self.stream.prefill_chunks = self.stream.prefill_chunks, self.cfg.prefill_chunks or chunks   # grouped
+        try:
+            for j in range(chunks):
+                reports += self.append_chunk(frames[j * per_chunk:(j + 1) * per_chunk],
+                                             pcm[j * samples:(j + 1) * samples])
+            return reports + self.finish()
+        finally:
+            self.stream.prefill_chunks = live
 
     def finish(self) -> list[ChunkReport]:
         """End the media: process a trailing partial chunk.
@@ -216,7 +225,12 @@ class OmniSession:
             windows += self._mel.push(np.zeros(want - self._samples, np.float32))
         windows += self._mel.finish()
         self._preprocess += time.perf_counter() - start
-        return self._drain(windows)
+        reports = self._drain(windows)
+        start = time.perf_counter()
+        self.stream.flush()                 # a grouped prefill's last call: the media ended
+        if reports and self.stream.prefill_chunks > 1:
+            reports[-1].seconds["prefill"] += time.perf_counter() - start
+        return reports
 
     @property
     def _partial_tail(self) -> bool:
