@@ -3,7 +3,7 @@
 A 30-s clip of generated media streams through `OmniSession` on the 512-wide, 12-layer thinker of
 benchmarks/streaming.py (its export, 224x224, ratios 1 and 0.25) as a file does: chunk by chunk (one
 decoder call per chunk) and grouped (`prefill_chunks` = all: one decoder call for the clip's kept
-tokens at the end of the media). Printed per ratio and mode: the decoder's prefill seconds (sum over
+tokens at the end of the media; `--group K`: K chunks per call). Printed per ratio and mode: the decoder's prefill seconds (sum over
 chunks), the time to the first answer token after the media ended, and the whole-stream time to
 the first answer token; the four runs interleaved over `--rounds`.
 
@@ -22,13 +22,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from streaming import chunk_media  # noqa: E402
 
 
-def run(art: Path, ratio: float, seconds: float, grouped: bool) -> dict:
+def run(art: Path, ratio: float, seconds: float, grouped: bool, group: int = 0) -> dict:
     from omnisift_edge.runtime.session import OmniSession, RuntimeConfig
 
     chunks = int(round(seconds / 2))
+    per_call = (group or chunks) if grouped else 1
     session = OmniSession(RuntimeConfig(art, ratio=ratio, system_prompt="You are a helpful assistant.",
-                                        prefill_chunks=chunks if grouped else 1))
-    session.stream.prefill_chunks = chunks if grouped else 1       # a file's chunks (OmniSession.append_file)
+                                        prefill_chunks=per_call))
+    session.stream.prefill_chunks = per_call       # as OmniSession.append_file sets it for a file's chunks
     start = time.perf_counter()
     for j in range(chunks):
         session.append_chunk(*chunk_media(session, j))
@@ -45,6 +46,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, required=True, help="benchmarks/streaming.py's workdir (its export)")
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--group", type=int, default=0, help="chunks per grouped call (default 0: the whole clip)")
     args = parser.parse_args()
     import onnxruntime
 
@@ -54,7 +56,7 @@ def main() -> None:
     runs = {(r, g): [] for r in (1.0, 0.25) for g in (False, True)}
     for _ in range(args.rounds):
         for key in runs:
-            runs[key].append(run(art, key[0], args.seconds, key[1]))
+            runs[key].append(run(art, key[0], args.seconds, key[1], args.group))
 
     def med(key, name):
         return statistics.median(x[name] for x in runs[key])
