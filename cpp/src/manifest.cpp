@@ -260,17 +260,25 @@ void check_consistency(const Manifest& m) {
   if (dec.inputs.size() != 3 + 2 * static_cast<size_t>(d.num_layers) ||
       dec.outputs.size() != 1 + 2 * static_cast<size_t>(d.num_layers))
     throw FieldError("graphs.decoder does not have 3 + 2*num_layers inputs and 1 + 2*num_layers outputs");
-  for (const char* key : {"vision_encoder", "audio_encoder"}) {
-    const GraphInfo& g = m.graphs.at(key);
-    if (g.inputs.size() != 1 || g.outputs.size() != 1) throw FieldError(std::string("graphs.") + key + " is not one input, one output");
-  }
+  // the audio graph and the compressors take a clip's short last chunk through valid-length inputs since
+  // issue 25 (audio: + valid_frames; compressor: + valid_grids, valid_audio_tokens -> + kept_count); older
+  // exports have neither, and an export has both or none
+  const bool valid_inputs = m.graphs.at("audio_encoder").inputs.size() == 2;
+  const GraphInfo& vision = m.graphs.at("vision_encoder");
+  if (vision.inputs.size() != 1 || vision.outputs.size() != 1)
+    throw FieldError("graphs.vision_encoder is not one input, one output");
+  const GraphInfo& audio = m.graphs.at("audio_encoder");
+  if (audio.inputs.size() != (valid_inputs ? 2u : 1u) || audio.outputs.size() != 1)
+    throw FieldError("graphs.audio_encoder is not one input (+ valid_frames), one output");
   if (m.ratios.empty()) throw FieldError("ratios is empty");
   for (const RatioPlan& p : m.ratios) {
     auto it = m.graphs.find(p.graph);
     if (it == m.graphs.end()) throw FieldError("ratios names graph " + p.graph + ", which graphs does not list");
     const GraphInfo& g = it->second;
-    if (g.inputs.size() != 3 || g.outputs.size() != 3 || g.outputs[0].shape.size() != 3)
-      throw FieldError("graphs." + p.graph + " is not the compressor's 3 inputs, 3 outputs");
+    const size_t n_in = valid_inputs ? 5 : 3, n_out = valid_inputs ? 4 : 3;
+    if (g.inputs.size() != n_in || g.outputs.size() != n_out || g.outputs[0].shape.size() != 3)
+      throw FieldError("graphs." + p.graph + " is not the compressor's " + std::to_string(n_in) + " inputs, " +
+                       std::to_string(n_out) + " outputs (as its audio_encoder)");
     if (g.outputs[0].shape[1] != p.kept_total || p.kept_video + p.kept_audio != p.kept_total)
       throw FieldError("graphs." + p.graph + " keeps " + std::to_string(g.outputs[0].shape[1]) +
                        " tokens but its ratio plan says " + std::to_string(p.kept_total));

@@ -103,7 +103,8 @@ VISION_ENCODER = GraphSpec(
 
 AUDIO_ENCODER = GraphSpec(
     "audio_encoder",
-    inputs=(_t("input_features", "float", "n_mels", "window_frames"),),
+    inputs=(_t("input_features", "float", "n_mels", "window_frames"),
+            _t("valid_frames", "int64", "one")),             # frames of the window that are audio (<= 200)
     outputs=(_t("audio_embeds", "float", "window_audio_tokens", "hidden"),),
 )
 
@@ -113,11 +114,14 @@ COMPRESSOR = GraphSpec(
         _t("video_embeds", "float", "chunk_batch", "frames_per_chunk", "tokens_per_frame", "hidden"),
         _t("audio_embeds", "float", "chunk_batch", "window_audio_tokens", "hidden"),
         _t("chunk_position_ids", "int64", "rope_rows", "chunk_tokens"),
+        _t("valid_grids", "int64", "one"),             # real grid steps (2; 1 in a clip's short last chunk)
+        _t("valid_audio_tokens", "int64", "one"),      # real audio tokens (window_audio_tokens; fewer at the end)
     ),
     outputs=(
         _t("kept_embeds", "float", "chunk_batch", "kept_tokens", "hidden"),
         _t("kept_position_ids", "int64", "rope_rows", "chunk_batch", "kept_tokens"),
         _t("kept_index", "int64", "chunk_batch", "kept_tokens"),
+        _t("kept_count", "int64", "one"),              # the first kept_count rows are real (all in a whole chunk)
     ),
 )
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from omnisift_edge import __version__
+from omnisift_edge.artifact.onnx_runtime import DEFAULT_THREAD_POLICY, THREAD_POLICIES
 from omnisift_edge.cli.options import (_parse_ratios, _precisions, _targets, _user_errors, built_target, model_options,
                                        resolution_option)
 from omnisift_edge.errors import UsageError
@@ -214,15 +215,21 @@ def lint(folder):
               help="error (refuse when the context is full) or sliding (evict the oldest chunks; docs/runtime.md).")
 @click.option("--window-seconds", type=float, default=None,
               help="sliding: seconds of media kept (default: what --max-context holds).")
+@click.option("--ort-threads", type=click.Choice(THREAD_POLICIES), default=DEFAULT_THREAD_POLICY, show_default=True,
+              help="onnxruntime: how the graphs' sessions share the CPU: quiet (own pools, no spinning), spin "
+              "(ONNX Runtime's default), shared (one process-wide pool), decoder-spin (only the decoder spins).")
+@click.option("--prefill-chunks", type=int, default=None,
+              help="Chunks per decoder prefill call (default: the file's all at once; 1: chunk by chunk).")
 @_user_errors
 def run(folder, video, audio, questions, backend, target, ratio, model_dir, device, max_new_tokens, max_context,
-        context_policy, window_seconds):
+        context_policy, window_seconds, ort_threads, prefill_chunks):
     """Stream a video through an export folder chunk by chunk, then answer questions (streamed)."""
     from omnisift_edge.runtime.session import RuntimeConfig, open_session
 
     session = open_session(RuntimeConfig(folder=folder, backend=backend, ratio=ratio, device=device,
                                          max_context=max_context, target=target, context_policy=context_policy,
-                                         window_seconds=window_seconds, model=model_dir))
+                                         window_seconds=window_seconds, model=model_dir, ort_threads=ort_threads,
+                                         prefill_chunks=prefill_chunks))
     reports = session.append_file(video, audio_path=audio)
     kept = sum(r.kept_video + r.kept_audio for r in reports)
     total = sum(r.video_tokens + r.audio_tokens for r in reports)
@@ -264,9 +271,12 @@ def run(folder, video, audio, questions, backend, target, ratio, model_dir, devi
               help="sliding: seconds of media kept (default: what the export's max context holds).")
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
               help="torch: the model folder (default: the one recorded at export).")
+@click.option("--ort-threads", type=click.Choice(THREAD_POLICIES), default=DEFAULT_THREAD_POLICY, show_default=True,
+              help="onnxruntime: how the graphs' sessions share the CPU: quiet (own pools, no spinning), spin "
+              "(ONNX Runtime's default), shared (one process-wide pool), decoder-spin (only the decoder spins).")
 @_user_errors
 def profile(folder, backend, target, ratios, seconds, device, max_new_tokens, out, overwrite, context_policy,
-            window_seconds, model_dir):
+            window_seconds, model_dir, ort_threads):
     """Measure per-stage latency, TTFT, decode speed and memory at each ratio, side by side."""
     from omnisift_edge.profiling.profile import ProfileConfig, markdown, profile as run_profile
 
@@ -275,7 +285,7 @@ def profile(folder, backend, target, ratios, seconds, device, max_new_tokens, ou
     cfg = ProfileConfig(folder=folder, backend=backend, ratios=_parse_ratios(None, ratios) if ratios else None,
                         seconds=seconds, device=device, max_new_tokens=max_new_tokens, out=out, target=target,
                         context_policy=context_policy, window_seconds=window_seconds, model=model_dir,
-                        overwrite=overwrite)
+                        overwrite=overwrite, ort_threads=ort_threads)
     report = run_profile(cfg)
     click.echo(markdown(report))
     click.echo(f"wrote {report.files['json']}, {report.files['markdown']}, {report.files['plot']}", err=True)

@@ -85,11 +85,14 @@ def _same_inputs_same_kept(model, sessions: dict, manifest: dict, entry: dict, p
     float_type = np.float16 if manifest["dtype"] == "fp16" else np.float32
     dims = manifest["dims"]
     video = sessions["vision_encoder"].run(None, {VISION_ENCODER.input_names[0]: pixels.astype(float_type)})[0]  # [2*n_p, D]
-    audio = sessions["audio_encoder"].run(None, {AUDIO_ENCODER.input_names[0]: mel.astype(float_type)})[0]     # [La, D]
+    audio = sessions["audio_encoder"].run(None, dict(zip(AUDIO_ENCODER.input_names, (
+        mel.astype(float_type), np.array([mel.shape[1]], np.int64)))))[0]                      # [La, D]
     frames = video.reshape(1, dims["grids_per_chunk"], -1, video.shape[-1])                 # [1, F, n_p, D]
     n = frames.shape[1] * frames.shape[2] + audio.shape[0]
     positions = np.tile(np.arange(n, dtype=np.int64), (3, 1))                                # [3, n]
-    _, _, ort_index = sessions["compressor"].run(None, dict(zip(COMPRESSOR.input_names, (frames, audio[None], positions))))
+    valid = np.array([frames.shape[1]], np.int64), np.array([audio.shape[0]], np.int64)    # a whole chunk
+    _, _, ort_index, _ = sessions["compressor"].run(None, dict(zip(COMPRESSOR.input_names,
+                                                                   (frames, audio[None], positions, *valid))))
     module = ChunkCompressor(model.selector, entry["rho_video"], entry["rho_audio"], method="pairwise").eval()
     with torch.inference_mode():
         _, index = module(torch.from_numpy(frames), torch.from_numpy(audio[None]))          # [1, K]

@@ -40,7 +40,10 @@ def _inputs(manifest: dict, graph: str, session, ratio_k: int) -> list[Case]:
     if graph == "audio_encoder":
         from omnisift_edge.export.encoders import example_features
 
-        return [Case(f"seed{s}", "static", {names[0]: example_features(dims, tdt, seed=s).numpy()}) for s in (0, 1)]
+        return [Case(label, "static", {names[0]: example_features(dims, tdt, seed=s).numpy(),
+                                       **({names[1]: np.array([valid], np.int64)} if len(names) > 1 else {})})
+                for label, s, valid in (("seed0", 0, dims.window_frames), ("seed1", 1, dims.window_frames),
+                                        ("short_window", 1, dims.window_frames // 2 + 1))]
     if graph.startswith("compressor"):
         from omnisift_edge.export.compressor import example_inputs
 
@@ -49,6 +52,10 @@ def _inputs(manifest: dict, graph: str, session, ratio_k: int) -> list[Case]:
                                   ("ties_silence", 0, "silence"), ("ties_both", 0, "both")):
             tensors = example_inputs(dims, tdt, seed, ties=ties)
             cases.append(Case(label, "static", {n: t.numpy() for n, t in zip(names, tensors)}))
+        from omnisift_edge.export.compressor import SHORT_CHUNKS
+
+        tensors = example_inputs(dims, tdt, 2)[:3] + tuple(torch.tensor([v]) for v in SHORT_CHUNKS[0])
+        cases.append(Case("short_chunk", "static", {n: t.numpy() for n, t in zip(names, tensors)}))
         return cases
     if graph == "decoder":
         from omnisift_edge.export.decoder.checks import gapped_positions

@@ -48,6 +48,7 @@ class ProfileConfig:
     window_seconds: float | None = None          # sliding: seconds of media kept
     model: Path | None = None                    # torch: the model folder (default: the manifest's record)
     overwrite: bool = False                      # replace output files a previous profile did not write
+    ort_threads: str = "quiet"                   # onnxruntime: how the sessions share the CPU (artifact.onnx_runtime)
 
     def __post_init__(self):
         object.__setattr__(self, "folder", Path(self.folder))
@@ -127,7 +128,8 @@ def _profile_ratio(cfg: ProfileConfig, ratio: float, bar) -> RatioProfile:
 
     session = OmniSession(RuntimeConfig(cfg.folder, backend=cfg.backend, ratio=ratio, device=cfg.device,
                                         target=cfg.target, context_policy=cfg.context_policy,
-                                        window_seconds=cfg.window_seconds, model=cfg.model))
+                                        window_seconds=cfg.window_seconds, model=cfg.model,
+                                        ort_threads=cfg.ort_threads))
     gpu = None
     if cfg.backend == "torch" and cfg.device.startswith("cuda"):
         import torch

@@ -21,13 +21,13 @@ class OrtStream(ExportedStream):
 
     def __init__(self, export: ExportFolder, ratio: float | None, prefix_ids: Sequence[int], *,
                  providers: Sequence[str] = ("CPUExecutionProvider",), max_context: int | None = None,
-                 context: ContextPolicy | None = None, kv_form: str = "auto", open_graph=None):
+                 context: ContextPolicy | None = None, kv_form: str = "auto", threads: str = "quiet"):
         """kv_form: "shared_buffer" (decoder_gqa: a cache allocated once, written in place), "past_present"
         (decoder: the cache copied in and out on every call; exports before the in-place form), or "auto"
-        (shared_buffer when the manifest declares it)."""
+        (shared_buffer when the manifest declares it). threads: how the sessions share the CPU
+        (artifact.onnx_runtime.THREAD_POLICIES; the decoder is the session that may keep spinning)."""
         from omnisift_edge.artifact.onnx_runtime import ort_session
 
-        open_graph = open_graph or ort_session
         inplace = export.manifest.kv_cache.get("decoder_gqa")
         if kv_form not in ("auto", "shared_buffer", "past_present"):
             raise UsageError(f"kv_form must be auto, shared_buffer or past_present (got {kv_form!r})")
@@ -37,7 +37,8 @@ class OrtStream(ExportedStream):
         files = {role: g.file for role, g in export.graphs_for(ratio).items()}
         if entry is not None:
             files["decoder"] = entry["file"]
-        self.sessions = {role: open_graph(export.file(file), providers=providers) for role, file in files.items()}
+        self.sessions = {role: ort_session(export.file(file), providers=providers, threads=threads,
+                                           spins=role == "decoder") for role, file in files.items()}
         max_context = max_context or export.manifest.max_context
         kv = self._open_cache(export, entry, max_context, providers)
         super().__init__(export, ratio, prefix_ids, what="the exported graphs", kv=kv, max_context=max_context,
@@ -59,13 +60,16 @@ class OrtStream(ExportedStream):
 
     def _encode_video(self, pixel_values, n_grids):
         g = self.graphs["vision_encoder"]
-        feeds = {g.inputs[0].name: pixel_values.astype(self.float_type)}
-        return self.sessions["vision_encoder"].run(None, feeds)[0]                       # [2*n_p, D]
+        out = self.sessions["vision_encoder"].run(None, {g.inputs[0].name: self.video_feed(pixel_values, n_grids)})[0]
+        return out[:n_grids * self.tokens_per_frame]                                     # [n_grids*n_p, D]
 
     def _encode_audio(self, mel):
-        g = self.graphs["audio_encoder"]
-        return self.sessions["audio_encoder"].run(None, {g.inputs[0].name: mel.astype(self.float_type)})[0]   # [La, D]
+        feeds, tokens = self.audio_feeds(mel)
+        return self.sessions["audio_encoder"].run(None, feeds)[0][:tokens]               # [La, D]
 
     def _compress(self, video, audio, n_grids, chunk_positions):
-        kept, _, index = self.sessions["compressor"].run(None, self.compressor_feeds(video, audio, n_grids, chunk_positions))
-        return kept, index[0]                                                             # [1, K, D], [K]
+        out = self.sessions["compressor"].run(None, self.compressor_feeds(video, audio, n_grids, chunk_positions))
+        kept, index = out[0], out[2][0]                                                   # [1, K, D], [K]
+        if len(out) > 3:                                                                  # the real rows first
+            kept, index = kept[:, :int(out[3][0])], index[:int(out[3][0])]
+        return kept, index

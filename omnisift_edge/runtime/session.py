@@ -9,9 +9,10 @@ from, chunk compressor included).
 
 Rules (also in docs/runtime.md):
 - frames must have the export's resolution; PCM is mono float at 16 kHz;
-- a trailing partial chunk goes to the torch backend as it is (what transformers computes on the
-  unpadded clip); exported graphs and engines take whole chunks, so for them it is padded to 2
-  seconds (last frame repeated, audio zero-padded) when the stream ends or a question arrives;
+- a trailing partial chunk goes to every backend as it is (what transformers computes on the
+  unpadded clip) when the stream ends or a question arrives: graphs and engines take it through
+  valid-length inputs; exports made before them get it padded to 2 seconds (last frame repeated,
+  audio zero-padded);
 - context policy `error` (default): when the KV cache would exceed max_context, `ContextFullError`
   (a UsageError) is raised and nothing is appended: never a silently truncated context; `sliding`
   evicts the oldest chunks instead (runtime/context.py, docs/runtime.md);
@@ -50,7 +51,9 @@ class RuntimeConfig:
     window_seconds: float | None = None   # sliding: seconds of media kept; None: what max_context holds
     position_limit: int | None = None     # None: the model's max_position_embeddings (re-base before it)
     model: Path | None = None             # torch: the model folder (default: the one the manifest records)
-    pad_tail: bool | None = None          # pad a short last chunk to 2 s; None: only where the backend needs it
+    pad_tail: bool | None = None          # pad a short last chunk to 2 s; None: only where the graphs need it
+    ort_threads: str = "quiet"            # onnxruntime: how the sessions share the CPU (artifact.onnx_runtime)
+    prefill_chunks: int | None = None     # chunks per prefill call; None: a file's all at once, live ones 1 each
 
     def __post_init__(self):
         object.__setattr__(self, "folder", Path(self.folder))
@@ -58,13 +61,16 @@ class RuntimeConfig:
             raise UsageError(f"--backend must be one of {', '.join(BACKENDS)} (got {self.backend!r})")
         if self.device != "cpu" and not self.device.startswith("cuda"):
             raise UsageError(f"--device must be cpu or cuda (got {self.device!r})")
-        if self.pad_tail is False and self.backend != "torch":
-            raise UsageError(f"the {self.backend} backend takes whole 2-second chunks only; leave pad_tail unset")
         if self.max_context is not None:
             from omnisift_edge.artifact.limits import check_max_context
 
             check_max_context(self.max_context)    # the export's limit: checked once its manifest is read
         self.context                      # validates the policy
+        if self.prefill_chunks is not None and self.prefill_chunks < 1:
+            raise UsageError(f"--prefill-chunks must be at least 1 (got {self.prefill_chunks})")
+        from omnisift_edge.artifact.onnx_runtime import check_thread_policy
+
+        check_thread_policy(self.ort_threads)
 
     @property
     def context(self):
@@ -99,6 +105,7 @@ class OmniSession:
                      chunk_tokens=self.plan["kept_per_chunk"]["total"],
                      max_context=cfg.max_context or manifest["max_context"])
         self.stream = self._open_backend(prefix)
+        self.stream.prefill_chunks = cfg.prefill_chunks or 1      # live media: chunk by chunk unless asked
         self._mel = StreamingLogMel(self.spec)
         self._frames: deque = deque()       # frames waiting for their audio window (4 per chunk)
         self._windows: deque = deque()      # audio windows waiting for their frames
@@ -117,7 +124,7 @@ class OmniSession:
             providers = ("CUDAExecutionProvider", "CPUExecutionProvider") if self.cfg.device.startswith("cuda") \
                 else ("CPUExecutionProvider",)
             return OrtStream(self.export, self.ratio, prefix_ids, providers=providers, max_context=max_context,
-                             context=self.cfg.context)
+                             context=self.cfg.context, threads=self.cfg.ort_threads)
         if self.cfg.backend == "tensorrt":
             from omnisift_edge.runtime.trt_pipeline import TrtStream
 
@@ -186,18 +193,23 @@ class OmniSession:
             frames = resize_frames(frames, self.resolution)
         pcm = fit_audio_to_video(media.pcm, len(frames), self.spec)
         per_chunk, samples = self.spec.raw_frames_per_chunk, self.spec.samples_per_chunk
-        reports = []
-        for j in range(-(-len(frames) // per_chunk)):
-            reports += self.append_chunk(frames[j * per_chunk:(j + 1) * per_chunk], pcm[j * samples:(j + 1) * samples])
-        return reports + self.finish()
+        reports, chunks = [], -(-len(frames) // per_chunk)
+        live, self.stream.prefill_chunks = self.stream.prefill_chunks, self.cfg.prefill_chunks or chunks   # grouped
+        try:
+            for j in range(chunks):
+                reports += self.append_chunk(frames[j * per_chunk:(j + 1) * per_chunk],
+                                             pcm[j * samples:(j + 1) * samples])
+            return reports + self.finish()
+        finally:
+            self.stream.prefill_chunks = live
 
     def finish(self) -> list[ChunkReport]:
         """End the media: process a trailing partial chunk.
 
-        The torch backend takes it as it is (1 grid step, a short audio window): the same as
-        transformers on the unpadded clip. Exported graphs and engines take whole chunks only, so
-        for them it is padded to 2 s (last frame repeated, silence); docs/streaming.md measures
-        what that padding moves.
+        Every backend takes it as it is (1 grid step, a short audio window): the same as
+        transformers on the unpadded clip. Exports without valid-length inputs (before issue 25)
+        take whole chunks only, so for them it is padded to 2 s (last frame repeated, silence);
+        docs/streaming.md measures what that padding moves.
         """
         if self._finished:
             return []
@@ -216,14 +228,19 @@ class OmniSession:
             windows += self._mel.push(np.zeros(want - self._samples, np.float32))
         windows += self._mel.finish()
         self._preprocess += time.perf_counter() - start
-        return self._drain(windows)
+        reports = self._drain(windows)
+        start = time.perf_counter()
+        self.stream.flush()                 # a grouped prefill's last call: the media ended
+        if reports and self.stream.prefill_chunks > 1:
+            reports[-1].seconds["prefill"] += time.perf_counter() - start
+        return reports
 
     @property
     def _partial_tail(self) -> bool:
         """Whether the backend takes a short last chunk (PyTorch) or only whole ones (graphs, engines)."""
         if self.cfg.pad_tail is not None:
             return not self.cfg.pad_tail
-        return self.cfg.backend == "torch"
+        return getattr(self.stream, "takes_short_chunks", True)   # torch, and graphs with valid-length inputs
 
     def _drain(self, windows) -> list[ChunkReport]:
         from omnisift_edge.model.preprocess import video_patches

@@ -217,17 +217,19 @@ class TrtStream(ExportedStream):
 
     def _encode_video(self, pixel_values, n_grids):
         g = self.graphs["vision_encoder"]
-        out = self._run(self.runners["vision_encoder"],
-                        {g.inputs[0].name: np.ascontiguousarray(pixel_values, dtype=self.float_type)})
-        return out[g.outputs[0].name]                                               # [2*n_p, D]
+        out = self._run(self.runners["vision_encoder"], {g.inputs[0].name: self.video_feed(pixel_values, n_grids)})
+        return out[g.outputs[0].name][:n_grids * self.tokens_per_frame]             # [n_grids*n_p, D]
 
     def _encode_audio(self, mel):
         g = self.graphs["audio_encoder"]
-        out = self._run(self.runners["audio_encoder"],
-                        {g.inputs[0].name: np.ascontiguousarray(mel, dtype=self.float_type)})
-        return out[g.outputs[0].name]                                               # [La, D]
+        feeds, tokens = self.audio_feeds(mel)
+        return self._run(self.runners["audio_encoder"], feeds)[g.outputs[0].name][:tokens]   # [La, D]
 
     def _compress(self, video, audio, n_grids, chunk_positions):
-        kept_name, _, index_name = self.graphs["compressor"].output_names
+        names = self.graphs["compressor"].output_names
         out = self._run(self.runners["compressor"], self.compressor_feeds(video, audio, n_grids, chunk_positions))
-        return out[kept_name], out[index_name][0].astype(np.int64)
+        kept, index = out[names[0]], out[names[2]][0].astype(np.int64)
+        if len(names) > 3:                                                          # the real rows first
+            count = int(np.asarray(out[names[3]]).reshape(-1)[0])
+            kept, index = kept[:, :count], index[:count]
+        return kept, index

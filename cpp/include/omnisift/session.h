@@ -141,7 +141,8 @@ class Session {
                      const std::string& what, const std::function<Status()>& advance, std::vector<float>* logits);
   Status begin_media();
   Status open_turn();
-  Status run_chunk(const std::vector<float>& pixel_values, const std::vector<float>& mel);
+  // one chunk of `grids` temporal grid steps and `mel_frames` log-mel frames (a clip's last: fewer)
+  Status run_chunk(const std::vector<float>& pixel_values, const std::vector<float>& mel, int grids, int mel_frames);
   Status run_ready_chunks(bool finishing = false);
   Status guard() const;
 
