@@ -50,7 +50,7 @@ class BuildArtifact:
     target: Target
     plan: BuildPlan
     engines: dict[str, Path]
-    report: dict                       # what went into manifest["builds"][target]
+    report: dict                       # what went into the manifest's builds.<target>
     seconds: float = 0.0
     manifest: dict = field(default_factory=dict, repr=False)
 
@@ -108,10 +108,10 @@ def _build_one(trt, polygraphy_trt, ep: EnginePlan, plan: BuildPlan) -> tuple[by
 
 def build_engines(cfg: BuildConfig, progress: Callable[[str], None] = lambda _: None) -> BuildArtifact:
     """Build every graph of the export for `cfg.target` (`plan.plan_build` says what, anywhere)."""
-    from omnisift_edge.artifact.manifest import read_manifest, write_manifest
+    from omnisift_edge.artifact.manifest import Build, load_manifest, write_manifest
 
     started = time.perf_counter()
-    manifest = read_manifest(cfg.folder, verify=False)   # schema / corrupt JSON first: no machine fixes those
+    manifest = load_manifest(cfg.folder, verify=False)   # schema / corrupt JSON first: no machine fixes those
     flavour = flavours.get_flavour(target_flavour(cfg.target))
     trt = require_tensorrt(flavour.name)
     require("polygraphy", extra="rtx" if flavour.builds_without_gpu else "engines")
@@ -192,7 +192,7 @@ def build_engines(cfg: BuildConfig, progress: Callable[[str], None] = lambda _: 
         "warnings": list(plan.warnings), "engines": report_engines,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    manifest = dict(manifest, builds={**manifest.get("builds", {}), target.name: report})
+    manifest = manifest.with_build(Build.from_dict(target.name, report, f"builds.{target.name}"))
     write_manifest(cfg.folder, manifest)
     progress(f"wrote {len(engines)} engines to {plan.engines[0].engine.parent}")
     return BuildArtifact(cfg.folder, target, plan, engines, report, time.perf_counter() - started, manifest)

@@ -290,15 +290,15 @@ def plan_build(cfg: BuildConfig, *, manifest: dict | None = None, target: Target
     Reads the manifest without re-hashing the graphs (the build verifies every checksum).
     `target`/`tensorrt` are passed by `build_engines` (the detected GPU and installed TensorRT).
     """
-    from omnisift_edge.artifact.manifest import graph_file_bytes, read_manifest
+    from omnisift_edge.artifact.manifest import as_manifest, graph_file_bytes, load_manifest
 
-    manifest = manifest if manifest is not None else read_manifest(cfg.folder, verify=False)
+    manifest = as_manifest(manifest) if manifest is not None else load_manifest(cfg.folder, verify=False)
     target = target or resolve_target(cfg.target)
     if cfg.compute_capabilities is not None:
         target = dataclasses.replace(target, compute_capabilities=cfg.compute_capabilities,
                                      compute_capability=cfg.compute_capabilities[0])
     flavour = flavours.get_flavour(target.flavour)
-    graph_dtype = manifest.get("dtype", "fp32")
+    graph_dtype = manifest.dtype
     precision = cfg.precision or default_precision(flavour.name, graph_dtype)
     target.check_precision(precision)
     installed = tensorrt is not None or installed_tensorrt(flavour.name) is not None
@@ -311,8 +311,8 @@ def plan_build(cfg: BuildConfig, *, manifest: dict | None = None, target: Target
     form = decoder_form(manifest, flavour.name, tensorrt)
     engines = []
     for graph, entry in build_graphs(manifest, form[0]).items():
-        onnx = cfg.folder / entry["file"]
-        size = graph_file_bytes(cfg.folder, manifest, entry["file"])   # weights maybe in shared_weights.data
+        onnx = cfg.folder / entry.file
+        size = graph_file_bytes(cfg.folder, manifest, entry.file)   # weights maybe in shared_weights.data
         mode = precision_mode(graph, graph_dtype, precision, _major(tensorrt), flavour.strongly_typed_only)
         engines.append(EnginePlan(graph, onnx, engine_path(cfg.folder, target.name, graph), graph_dtype, mode,
                                   graph_profiles(manifest, graph, limits),
@@ -351,14 +351,16 @@ def plan_build(cfg: BuildConfig, *, manifest: dict | None = None, target: Target
 QDQ_TENSORRT_MIN = (10, 6)
 
 
-def weights_form_problem(manifest: dict, tensorrt: str, flavour: str = "tensorrt") -> str | None:
+def weights_form_problem(manifest, tensorrt: str, flavour: str = "tensorrt") -> str | None:
     """Why TensorRT `tensorrt` cannot build this export's decoder weights, or None.
 
     A weight-only int8/int4 decoder (opset 21 Q/DQ) needs a TensorRT whose parser takes opset 21
     (TensorRT-RTX 1.7 builds it: checked on the CPU, docs/quantization.md).
     """
-    weights = manifest.get("weights") or {}
-    if weights.get("form") != "qdq" or flavour == "tensorrt_rtx":
+    from omnisift_edge.artifact.manifest import as_manifest
+
+    weights = as_manifest(manifest).weights
+    if weights is None or weights.form != "qdq" or flavour == "tensorrt_rtx":
         return None
     try:
         version = tuple(int(p) for p in tensorrt.split(".")[:2])
@@ -367,6 +369,6 @@ def weights_form_problem(manifest: dict, tensorrt: str, flavour: str = "tensorrt
     if version >= QDQ_TENSORRT_MIN:
         return None
     need = ".".join(map(str, QDQ_TENSORRT_MIN))
-    return (f"the decoder has {weights.get('mode')} weight-only Q/DQ (opset 21), which TensorRT {tensorrt} "
+    return (f"the decoder has {weights.mode} weight-only Q/DQ (opset 21), which TensorRT {tensorrt} "
             f"cannot parse (needs >= {need} or TensorRT-RTX); build on a newer TensorRT, or export "
             "--weights fp16 for this target")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from omnisift_edge.atomic import atomic_write, umask
 from omnisift_edge.errors import UsageError
-from omnisift_edge.artifact.manifest import ENGINES_DIR, MANIFEST, read_manifest, sha256, write_manifest
+from omnisift_edge.artifact.manifest import ENGINES_DIR, MANIFEST, as_manifest, load_manifest, sha256, write_manifest
 
 PLAN_FILE = "build_plan.json"
 ENGINE_SUFFIX = ".engine"
@@ -32,11 +32,11 @@ def write_side_file(folder: Path, relative: str, data: bytes, manifest: dict) ->
     just written (the next `write_manifest` records it).
     """
     folder, path = Path(folder), Path(folder) / relative
-    listed = relative in manifest.get("files", {})
+    listed = relative in as_manifest(manifest).files
     if listed and path.is_file() and path.read_bytes() == data:
         return path
     if listed:
-        manifest = read_manifest(folder, verify=True)
+        manifest = load_manifest(folder, verify=True)
     atomic_write(path, data)
     if listed:
         write_manifest(folder, manifest)
@@ -46,13 +46,13 @@ def write_side_file(folder: Path, relative: str, data: bytes, manifest: dict) ->
 def verify_sources(folder: Path, manifest: dict) -> None:
     """Check the checksums of every file a build reads: all but earlier engines (a failed rebuild may
     have replaced those; the build rewrites them and the manifest)."""
-    for name, entry in manifest.get("files", {}).items():
+    for name, entry in as_manifest(manifest).files.items():
         if name.startswith(ENGINES_DIR + "/"):
             continue
         file = Path(folder) / name
         if not file.is_file():
             raise UsageError(f"{file} is missing from the export; copy the whole folder or export again")
-        if file.stat().st_size != entry["bytes"] or sha256(file) != entry["sha256"]:
+        if file.stat().st_size != entry.bytes or sha256(file) != entry.sha256:
             raise UsageError(f"{file} does not match its checksum in {MANIFEST} (modified or partly copied); "
                              "copy it again or export again")
 

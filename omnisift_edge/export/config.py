@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from omnisift_edge.artifact.manifest import Manifest
 from omnisift_edge.errors import UsageError
 from omnisift_edge.model.load import ModelSource
 
@@ -83,7 +84,7 @@ class ExportConfig:
 @dataclass
 class ExportArtifact:
     folder: Path
-    manifest: dict
+    manifest: Manifest                 # artifact.manifest.Manifest, as written
     checks: dict = field(default_factory=dict)
     lint: dict = field(default_factory=dict)
     seconds: float = 0.0

@@ -24,17 +24,16 @@ import numpy as np
 from omnisift_edge.errors import UsageError, require
 from omnisift_edge.export.decoder import TOLERANCES, _check_dims, export_staged, module_in_dtype
 from omnisift_edge.artifact.onnx_runtime import ort_session
+from omnisift_edge.artifact.records import DECODER, DECODER_GQA
 from omnisift_edge.artifact.tensors import Dims
 
-GRAPH = "decoder_gqa"
+GRAPH = DECODER_GQA
 
 
 def kv_cache_record(dims: Dims, max_context: int, file: str) -> dict:
     """The manifest's `kv_cache`: which decoder form each runtime uses and how its cache is laid out."""
-    from omnisift_edge.artifact.tensors import decoder_graph
-
     return {
-        "decoder": {"graph": decoder_graph(1).name, "kind": "past_present", "runtimes": ["tensorrt"],
+        DECODER: {"graph": DECODER, "kind": "past_present", "runtimes": ["tensorrt"],
                     "cache_axes": ["batch_size", "kv_heads", "past_sequence_length", "head_dim"],
                     "logits": "last row of every call"},
         GRAPH: {"graph": GRAPH, "file": file, "kind": "shared_buffer", "runtimes": ["onnxruntime"],

@@ -22,12 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from omnisift_edge.artifact.onnx_runtime import ort_session
+from omnisift_edge.artifact.records import DECODER_SCATTER
 from omnisift_edge.artifact.tensors import Dims, decoder_scatter_graph
 from omnisift_edge.errors import UsageError, require
 from omnisift_edge.export.decoder import TOLERANCES, _check_dims, _set_metadata, export_staged, module_in_dtype
 from omnisift_edge.export.decoder_gqa import InPlaceCheck, check_in_place
 
-GRAPH = "decoder_scatter"
+GRAPH = DECODER_SCATTER
 SCATTER_OPSET = 24            # the first opset with TensorScatter
 RUNTIMES = ["tensorrt>=10.15", "tensorrt_rtx"]
 

@@ -19,11 +19,16 @@ from omnisift_edge.runtime.context import DEFAULT_POSITION_LIMIT, ContextPolicy,
 from omnisift_edge.runtime.stream import ChunkStream
 
 
-def spec_from_layout(layout: dict):
-    """The manifest's `layout` section as an OmniSpec."""
+def spec_from_layout(layout):
+    """The manifest's `layout` section (artifact.records.Layout, or its dict) as an OmniSpec."""
+    from omnisift_edge.artifact.records import Layout
     from omnisift_edge.model.spec import OmniSpec, TokenIds
 
-    return OmniSpec(**{**layout, "tokens": TokenIds(**layout["tokens"])})
+    fields = (layout if isinstance(layout, Layout) else Layout.from_dict(layout)).spec_fields()
+    try:
+        return OmniSpec(**{**fields, "tokens": TokenIds(**fields["tokens"])})
+    except TypeError as exc:   # a token name this version does not know
+        raise UsageError(f"manifest.json: layout.tokens does not match this version ({exc}); export again") from None
 
 
 class ExportedStream(ChunkStream):
@@ -45,8 +50,8 @@ class ExportedStream(ChunkStream):
         self.past = {name: np.zeros((1, self.dims.kv_heads, 0, self.dims.head_dim), self.float_type)
                      for name in self.past_names}          # [1, kv, 0, hd]
         rope = export.manifest.rope
-        self.rope_freqs = inv_freq(rope.get("rope_theta") or 1e6, self.dims.head_dim)                 # [hd/2]
-        self.position_limit = int(rope.get("max_position_embeddings") or DEFAULT_POSITION_LIMIT)
+        self.rope_freqs = inv_freq((rope and rope.rope_theta) or 1e6, self.dims.head_dim)              # [hd/2]
+        self.position_limit = (rope and rope.max_position_embeddings) or DEFAULT_POSITION_LIMIT
         super().__init__(spec_from_layout(export.manifest.layout), prefix_ids, (self.dims.grid_h, self.dims.grid_w),
                          max_context=max_context or export.manifest.max_context, context=context,
                          position_limit=self.position_limit)

@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
+from omnisift_edge.artifact.manifest import DECODER_GQA, Rope
 from omnisift_edge.artifact.folder import ExportFolder
 from omnisift_edge.errors import UsageError
 from omnisift_edge.runtime.context import ContextPolicy
@@ -29,7 +30,7 @@ class OrtStream(ExportedStream):
         from omnisift_edge.artifact.onnx_runtime import ort_session
 
         open_graph = open_graph or ort_session
-        inplace = export.manifest.kv_cache.get("decoder_gqa")
+        inplace = export.manifest.kv_cache.get(DECODER_GQA)
         if kv_form not in ("auto", "shared_buffer", "past_present"):
             raise UsageError(f"kv_form must be auto, shared_buffer or past_present (got {kv_form!r})")
         if kv_form == "shared_buffer" and inplace is None:
@@ -37,7 +38,7 @@ class OrtStream(ExportedStream):
         use_inplace = inplace is not None and kv_form != "past_present"
         files = {role: g.file for role, g in export.graphs_for(ratio).items()}
         if use_inplace:
-            files["decoder"] = inplace["entry"]["file"]
+            files["decoder"] = inplace.entry.file
         self.sessions = {role: open_graph(export.file(file), providers=providers) for role, file in files.items()}
         max_context = max_context or export.manifest.max_context
         self.kv = None
@@ -45,8 +46,8 @@ class OrtStream(ExportedStream):
             from omnisift_edge.runtime.kv_buffers import OrtInPlaceCache
 
             device = "cuda" if providers and providers[0] == "CUDAExecutionProvider" else "cpu"
-            self.kv = OrtInPlaceCache(self.sessions["decoder"], inplace["entry"], max_context,
-                                      export.manifest.rope, device=device)   # [1, kv, max_context, hd] per layer
+            self.kv = OrtInPlaceCache(self.sessions["decoder"], inplace.entry.to_dict(), max_context,
+                                      (export.manifest.rope or Rope()).to_dict(), device=device)   # [1, kv, max_context, hd] per layer
         super().__init__(export, ratio, prefix_ids, what="the exported graphs", max_context=max_context,
                          context=context)
 
