@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 
 from omnisift_edge.errors import UsageError
 
-FIX = "export again (was manifest.json edited by hand or copied from another version?)"
+FIX = "it is not an omnisift-edge manifest this version can read (edited by hand, or from another version?); export again"
 MAX_DEPTH = 32            # manifest.json nests 8 levels (builds.<t>.engines.<g>.profiles[].axes.<a>[]); 32 is generous
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")   # graph keys and build targets: they form file names
 _MISSING = object()
@@ -23,7 +23,7 @@ _MISSING = object()
 
 def bad(where: str, what: str) -> UsageError:
     """The one-line error for a manifest value `where` that is `what`."""
-    return UsageError(f"manifest.json: {where} {what}; {FIX}")
+    return UsageError(f"manifest.json: {where} {what}, so {FIX}")
 
 
 def key(obj: dict, name: str, where: str, default=_MISSING):
@@ -96,7 +96,8 @@ def name(value, where: str) -> str:
     """A graph key or build target: it becomes part of a file name (engines/<target>/<graph>.engine)."""
     value = text(value, where)
     if not NAME.match(value) or value in (".", ".."):
-        raise bad(where, f"is {value!r}, not a plain name (letters, digits, _ . -; no / or ..)")
+        raise bad(where, f"names {value!r}, not a plain name (letters, digits, _ . -): it could form a path "
+                         "outside the export folder")
     return value
 
 
@@ -126,7 +127,7 @@ def depth(value, where: str = "manifest.json") -> None:
     while stack:
         item, level = stack.pop()
         if level > MAX_DEPTH:
-            raise UsageError(f"{where} nests deeper than {MAX_DEPTH} levels; it is not an omnisift-edge manifest, {FIX}")
+            raise UsageError(f"{where} nests deeper than {MAX_DEPTH} levels, so {FIX}")
         if isinstance(item, dict):
             stack += [(v, level + 1) for v in item.values()]
         elif isinstance(item, list):

@@ -362,8 +362,7 @@ def _load(folder: Path, verify: bool) -> tuple[dict, Manifest]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path} is corrupt ({exc}); export again") from None
     except RecursionError:
-        raise UsageError(f"{path} nests deeper than {c.MAX_DEPTH} levels; it is not an omnisift-edge manifest, "
-                         f"{c.FIX}") from None
+        raise UsageError(f"{path} nests deeper than {c.MAX_DEPTH} levels, so {c.FIX}") from None
     if not isinstance(raw, dict):
         raise UsageError(f"{path} is corrupt (not a JSON object); export again")
     _version(raw.get("schema_version"))
