@@ -109,3 +109,31 @@ def test_the_layer_check_catches_a_planted_violation(tmp_path):
 def test_modules_stay_small(path):
     lines = len(path.read_text().splitlines())
     assert lines <= MAX_LINES, f"{path.name} has {lines} lines; split it (aim under {MAX_LINES})"
+
+
+def _manifest_subscripts(path: Path) -> list[int]:
+    """Lines of `manifest[...]` (a name or attribute called manifest, subscripted) in `path`: the manifest's
+    JSON is read and written only by artifact/ (artifact.manifest.Manifest and its records)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Subscript):
+            value = node.value
+            name = value.id if isinstance(value, ast.Name) else value.attr if isinstance(value, ast.Attribute) else ""
+            if name == "manifest":
+                found.append(node.lineno)
+    return found
+
+
+def test_manifest_subscripts_only_in_artifact():
+    artifact = PACKAGE / "artifact"
+    wrong = [f"{path.relative_to(PACKAGE.parent)}:{line}" for path in _modules() if artifact not in path.parents
+             for line in _manifest_subscripts(path)]
+    assert not wrong, ("read the typed artifact.manifest.Manifest instead of subscripting the manifest dict:\n"
+                       + "\n".join(wrong))
+
+
+def test_the_manifest_subscript_check_catches_a_planted_one(tmp_path):
+    fake = tmp_path / "bad.py"
+    fake.write_text("def f(manifest, self):\n    return manifest['dims'], self.manifest['graphs'], manifest.dims\n")
+    assert _manifest_subscripts(fake) == [2, 2]
