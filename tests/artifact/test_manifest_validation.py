@@ -158,3 +158,23 @@ def test_profile_output_is_not_checksummed(export):
     assert not any(name.startswith("profile/") for name in read_manifest(export)["files"])
     (export / "profile" / "profile.json").write_text('{"again": true}')   # profile again
     assert load_manifest(export, verify=True).max_context == 1024
+
+
+@pytest.mark.parametrize("command", ["lint", "run"])
+def test_commands_refuse_a_path_out_of_the_export_with_exit_1(export, tmp_path, command):
+    """`lint` used to hash/lint a graph outside the folder and say "no findings"; `run` opened it."""
+    from click.testing import CliRunner
+
+    from omnisift_edge.cli import main
+
+    outside = tmp_path / "elsewhere.graph"
+    outside.write_text("another export's graph\n")
+    _edit(export, lambda m: m["graphs"]["decoder"].update(file=str(outside)))
+    (tmp_path / "clip.mp4").write_bytes(b"")                # never opened: the export is refused first
+    args = (["lint", str(export)] if command == "lint"
+            else ["run", str(export), "--video", str(tmp_path / "clip.mp4"), "--question", "hi"])
+    result = CliRunner().invoke(main, args, catch_exceptions=True)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and "graphs.decoder.file" in errors[0] and "outside the export folder" in errors[0]
+    assert "Traceback" not in result.output + result.stderr
