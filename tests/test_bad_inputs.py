@@ -346,7 +346,8 @@ def test_tiny_model_and_manifest_have_plain_modes(tmp_path):
         assert path.stat().st_mode & 0o777 == 0o666 & ~mask, path
     folder = tmp_path / "f"
     folder.mkdir()
-    write_manifest(folder, {"x": 1})
+    golden = Path(__file__).resolve().parents[1] / "cpp" / "golden" / "export_mini" / MANIFEST
+    write_manifest(folder, json.loads(golden.read_text()))                # a valid manifest: it is validated on write
     assert (folder / MANIFEST).stat().st_mode & 0o777 == 0o666 & ~mask
     assert [p.name for p in folder.iterdir()] == [MANIFEST]                 # no temporary left
 

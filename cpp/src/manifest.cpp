@@ -3,6 +3,7 @@
 #include <openssl/evp.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -297,6 +298,59 @@ void check_consistency(const Manifest& m) {
     throw FieldError("text_embeddings.shape is not [dims.vocab, dims.hidden]");
 }
 
+bool safe_relative(const std::string& name) {
+  fs::path p(name);
+  if (name.empty() || p.is_absolute() || name.find('\\') != std::string::npos || name.find(':') != std::string::npos)
+    return false;
+  for (const fs::path& part : p)
+    if (part == "..") return false;
+  return true;
+}
+
+// Graph keys and build targets form file names (engines/<target>/<graph>.engine): letters, digits, _ . -
+bool plain_name(const std::string& name) {
+  if (name.empty() || name.size() > 128 || name == "." || name == ".." || name[0] == '.' || name[0] == '-') return false;
+  for (char ch : name)
+    if (!(std::isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '.' || ch == '-')) return false;
+  return true;
+}
+
+// (key, path) of the files a runtime opens: graphs, in-place decoder forms, embeddings, tokenizer files.
+std::vector<std::pair<std::string, std::string>> opened_files(const Manifest& m) {
+  std::vector<std::pair<std::string, std::string>> found;
+  for (const auto& [key, g] : m.graphs) found.emplace_back("graphs." + key + ".file", g.file);
+  for (const auto& [key, f] : m.kv_cache) {
+    if (!f.file.empty()) found.emplace_back("kv_cache." + key + ".file", f.file);
+    if (!f.entry.key.empty()) found.emplace_back("kv_cache." + key + ".entry.file", f.entry.file);
+  }
+  found.emplace_back("text_embeddings.file", m.embeddings_file);
+  for (const std::string& f : m.tokenizer_files) found.emplace_back("tokenizer.files", m.tokenizer_folder + "/" + f);
+  return found;
+}
+
+// Every path the manifest names, for the containment checks.
+std::vector<std::pair<std::string, std::string>> all_paths(const Manifest& m) {
+  std::vector<std::pair<std::string, std::string>> found = opened_files(m);
+  found.emplace_back("tokenizer.folder", m.tokenizer_folder);
+  for (const auto& [name, entry] : m.files) found.emplace_back("files." + name, name);
+  for (const auto& [target, b] : m.builds)
+    for (const auto& [graph, e] : b.engines) found.emplace_back("builds." + target + ".engines." + graph + ".file", e.file);
+  return found;
+}
+
+// Paths relative and without `..`, graph keys and build targets plain names (no folder needed).
+void check_paths(const Manifest& m) {
+  for (const auto& [key, g] : m.graphs)
+    if (!plain_name(key)) throw FieldError("graphs names '" + key + "', not a plain name (it could form a path outside the export folder)");
+  for (const auto& [target, b] : m.builds) {
+    if (!plain_name(target)) throw FieldError("builds names '" + target + "', not a plain name (it could form a path outside the export folder)");
+    for (const auto& [graph, e] : b.engines)
+      if (!plain_name(graph)) throw FieldError("builds." + target + ".engines names '" + graph + "', not a plain name");
+  }
+  for (const auto& [key, path] : all_paths(m))
+    if (!safe_relative(path)) throw FieldError(key + " is '" + path + "', a path outside the export folder");
+}
+
 Manifest parse_manifest_fields(const json& j) {
   Manifest m;
   m.schema_version = static_cast<int>(get_int(j, "schema_version", ""));
@@ -373,15 +427,8 @@ Manifest parse_manifest_fields(const json& j) {
     for (auto it = builds->begin(); it != builds->end(); ++it) m.builds[it.key()] = parse_build(it.key(), it.value());
   }
   check_consistency(m);
+  check_paths(m);
   return m;
-}
-
-bool safe_relative(const std::string& name) {
-  fs::path p(name);
-  if (name.empty() || p.is_absolute()) return false;
-  for (const fs::path& part : p)
-    if (part == "..") return false;
-  return true;
 }
 
 }  // namespace
@@ -448,6 +495,25 @@ Status verify_files(const std::string& folder, const Manifest& manifest) {
   return Status::Ok();
 }
 
+Status check_contained(const std::string& folder, const Manifest& manifest) {
+  std::error_code ec;
+  const fs::path root = fs::weakly_canonical(fs::absolute(folder, ec), ec);
+  if (ec) return NotFound("cannot resolve " + folder);
+  for (const auto& [key, path] : all_paths(manifest)) {
+    if (!safe_relative(path)) return DataLoss("manifest.json: " + key + " is '" + path + "', a path outside the export folder");
+    const fs::path resolved = fs::weakly_canonical(root / path, ec);
+    if (ec) return DataLoss("manifest.json: " + key + " (" + path + ") cannot be resolved: " + ec.message());
+    const auto rel = resolved.lexically_relative(root);
+    if (rel.empty() || *rel.begin() == "..")
+      return DataLoss("manifest.json: " + key + " (" + path + ") resolves to " + resolved.string() +
+                      ", outside the export folder (a symlink?); copy the export without links that point out of it");
+  }
+  for (const auto& [key, path] : opened_files(manifest))
+    if (!manifest.files.count(path))
+      return DataLoss("manifest.json: " + key + " names " + path + ", which files (the checksums) does not cover; export again");
+  return Status::Ok();
+}
+
 Result<Manifest> read_manifest(const std::string& folder, bool verify) {
   const std::string path = (fs::path(folder) / "manifest.json").string();
   std::error_code ec;
@@ -455,6 +521,7 @@ Result<Manifest> read_manifest(const std::string& folder, bool verify) {
     return NotFound(folder + " has no manifest.json; it is not a complete export (run omnisift-edge export)");
   OMNISIFT_ASSIGN_OR_RETURN(std::string text, read_file(path));
   OMNISIFT_ASSIGN_OR_RETURN(Manifest manifest, parse_manifest(text));
+  OMNISIFT_RETURN_IF_ERROR(check_contained(folder, manifest));
   if (verify) OMNISIFT_RETURN_IF_ERROR(verify_files(folder, manifest));
   return manifest;
 }

@@ -334,9 +334,9 @@ def mini_manifest(folder: Path) -> dict:
     graphs = {"vision_encoder": graph_entry(VISION_ENCODER, dims, "vision_encoder.graph", 17, "fp32"),
               "audio_encoder": graph_entry(AUDIO_ENCODER, dims, "audio_encoder.graph", 17, "fp32")}
     for p in plan:
-        kept = Dims(**{**asdict(dims), "kept_tokens": p["kept_per_chunk"]["total"]})
-        graphs[p["graph"]] = graph_entry(COMPRESSOR, kept, f"{p['graph']}.graph", 17, "fp32",
-                                         rho_video=p["rho_video"], rho_audio=p["rho_audio"])
+        kept = Dims(**{**asdict(dims), "kept_tokens": p.kept_total})
+        graphs[p.graph] = graph_entry(COMPRESSOR, kept, f"{p.graph}.graph", 17, "fp32",
+                                      rho_video=p.rho_video, rho_audio=p.rho_audio)
     graphs["decoder"] = graph_entry(decoder_graph(2), dims, "decoder.graph", 17, "fp32", external_data=False)
     for g in graphs.values():     # placeholders: the C++ manifest checks read bytes, not graphs
         (folder / g["file"]).write_text(f"placeholder for {g['file']}\n")
@@ -345,7 +345,7 @@ def mini_manifest(folder: Path) -> dict:
     manifest = {"model": {"name": "golden-mini", "source": "omnisift_edge.export.golden"}, "dtype": "fp32",
                 "resolution": list(MINI_RESOLUTION), "max_context": 1024, "dims": asdict(dims), "layout": asdict(SPEC),
                 "rope": {"rope_theta": 1e6, "mrope_section": [2, 3, 3], "rows": ["time", "height", "width"]},
-                "tie_rule": TIE_RULE, "ratios": plan, "graphs": graphs, "kv_cache": _golden_kv_cache(folder, dims),
+                "tie_rule": TIE_RULE, "ratios": [p.to_dict() for p in plan], "graphs": graphs, "kv_cache": _golden_kv_cache(folder, dims),
                 "text_embeddings": {"file": "embed_tokens.safetensors", "tensor": "embed_tokens",
                                     "shape": [dims.vocab, dims.hidden], "dtype": "float32"},
                 "tokenizer": {"folder": "tokenizer", "files": sorted(p.name for p in (folder / "tokenizer").iterdir())},

@@ -118,7 +118,7 @@ class StubSession(OmniSession):
         super().__init__(cfg)
 
     def _open_backend(self, prefix_ids):
-        return StubStream(self.manifest, self.ratio, prefix_ids, self._log, self._script,
+        return StubStream(self.manifest.to_dict(), self.ratio, prefix_ids, self._log, self._script,
                           max_context=self.cfg.max_context, context=self.cfg.context)
 
 

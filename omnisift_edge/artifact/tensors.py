@@ -10,6 +10,7 @@ static per chunk.
 
 from __future__ import annotations
 
+from omnisift_edge.artifact.records import DECODER, DECODER_GQA, DECODER_SCATTER
 from dataclasses import dataclass
 
 # axes that stay dynamic in the graphs (named as Optimum names them)
@@ -136,7 +137,7 @@ def decoder_graph(num_layers: int) -> GraphSpec:
             present.append(_t(f"present.{i}.{kind}", "float", "batch_size", "kv_heads",
                               "total_sequence_length", "head_dim"))
     return GraphSpec(
-        "decoder",
+        DECODER,
         inputs=(
             _t("inputs_embeds", "float", "batch_size", "sequence_length", "hidden"),
             _t("position_ids", "int64", "rope_rows", "batch_size", "sequence_length"),
@@ -163,7 +164,7 @@ def decoder_gqa_graph(num_layers: int) -> GraphSpec:
                              "head_dim"),
                           _t(f"present.{i}.{kind}", "float", "batch_size", "kv_heads", "cache_length", "head_dim")))
     return GraphSpec(
-        "decoder_gqa",
+        DECODER_GQA,
         inputs=(
             _t("inputs_embeds", "float", "batch_size", "sequence_length", "hidden"),
             _t("position_ids", "int64", "rope_rows", "batch_size", "sequence_length"),
@@ -191,7 +192,7 @@ def decoder_scatter_graph(num_layers: int) -> GraphSpec:
                              "head_dim"),
                           _t(f"present.{i}.{kind}", "float", "batch_size", "kv_heads", "cache_length", "head_dim")))
     return GraphSpec(
-        "decoder_scatter",
+        DECODER_SCATTER,
         inputs=(
             _t("inputs_embeds", "float", "batch_size", "sequence_length", "hidden"),
             _t("position_ids", "int64", "rope_rows", "batch_size", "sequence_length"),

@@ -104,11 +104,10 @@ def export(model_dir, compressor, compressor_heads, model_seed, ratio, ratios, v
                        overwrite=overwrite, opset=opset, weights=weights, block_size=block_size,
                        quantize_lm_head=quantize_lm_head)
     artifact = run_export(cfg, progress=lambda step: click.echo(f"- {step}", err=True))
-    for entry in artifact.manifest["ratios"]:
-        kept = entry["kept_per_chunk"]
-        click.echo(f"ratio {entry['ratio']:g}: video drop {entry['rho_video']:.4f}, audio drop {entry['rho_audio']:.4f}, "
-                   f"{kept['total']} tokens kept per chunk ({kept['video']} video + {kept['audio']} audio), "
-                   f"achieved {entry['achieved']:.3f}")
+    for entry in artifact.manifest.ratios:
+        click.echo(f"ratio {entry.ratio:g}: video drop {entry.rho_video:.4f}, audio drop {entry.rho_audio:.4f}, "
+                   f"{entry.kept_total} tokens kept per chunk ({entry.kept_video} video + {entry.kept_audio} audio), "
+                   f"achieved {entry.achieved:.3f}")
     files = artifact.onnx_files
     click.echo(f"exported {len(files)} ONNX graphs ({', '.join(files)}) to {artifact.folder} in {artifact.seconds:.0f}s "
                "(validated in ONNX Runtime, TensorRT lint clean)")

@@ -312,24 +312,26 @@ def plan_export(folder, manifest: dict, *, precision: str, max_context: int, pre
     """
     from pathlib import Path
 
-    from omnisift_edge.artifact.manifest import graph_file_bytes
+    from omnisift_edge.artifact.manifest import as_manifest, graph_file_bytes
 
-    record = manifest.get("thinker_shape")
+    manifest = as_manifest(manifest)
+    record = manifest.section("thinker_shape")
     if record is None:
         return None
     shape = ThinkerShape.from_record(record)
     dtype = "fp32" if precision == "fp32" else "fp16"     # what the engines hold weights, cache and activations in
-    quant = manifest.get("weights") or {}
-    cfg = MemoryConfig(shape, dtype=dtype, weights=quant.get("mode") if quant.get("bits") in (4, 8) else dtype,
-                       block_size=quant.get("block_size") or 32, lm_head_quantized=bool(quant.get("lm_head_quantized")),
+    quant = manifest.weights
+    quantized = quant is not None and quant.bits in (4, 8)
+    cfg = MemoryConfig(shape, dtype=dtype, weights=quant.mode if quantized else dtype,
+                       block_size=(quant and quant.block_size) or 32, lm_head_quantized=bool(quant and quant.lm_head_quantized),
                        max_context=min(max_context, shape.text.max_position),
-                       resolution=tuple(manifest["resolution"]), prefill=prefill, kv_in_place=kv_in_place)
+                       resolution=manifest.resolution, prefill=prefill, kv_in_place=kv_in_place)
     weights: dict[str, int] = {}
-    scale = FLOAT_BYTES[dtype] / FLOAT_BYTES[manifest.get("dtype", "fp32")]   # float weights: graph -> engine dtype
-    for graph, entry in manifest["graphs"].items():
+    scale = FLOAT_BYTES[dtype] / FLOAT_BYTES[manifest.dtype]   # float weights: graph -> engine dtype
+    for graph, entry in manifest.graphs.items():
         part = graph if graph in ("vision_encoder", "audio_encoder", "decoder") else "compressor"
-        size = graph_file_bytes(Path(folder), manifest, entry["file"])
-        fixed = quant.get("quantized_weight_bytes", 0) if part == "decoder" else 0   # packed ints stay as they are
+        size = graph_file_bytes(Path(folder), manifest, entry.file)
+        fixed = quant.quantized_weight_bytes if part == "decoder" and quant is not None else 0   # packed ints stay as they are
         size = int((size - fixed) * scale + fixed)   # file sizes, not the protos: planning imports no onnx
         weights[part] = max(weights.get(part, 0), size) if part == "compressor" else size   # one compressor runs
     return plan_memory(cfg, weights=weights)

@@ -225,19 +225,19 @@ def speed_for_config(path, *, target: str, ratios, resolution, dtype: str, weigh
 def speed_for_export(folder, *, target: str, ratios=None, max_context: int | None = None,
                      hardware: Hardware | None = None) -> SpeedPlan:
     """`plan EXPORT --target T`: the export's recorded sizes, weights and per-ratio K."""
-    from omnisift_edge.artifact.manifest import MANIFEST, Manifest, read_manifest
+    from omnisift_edge.artifact.manifest import load_manifest
 
-    raw = read_manifest(Path(folder), verify=False)
-    manifest = Manifest.from_dict(raw, where=str(Path(folder) / MANIFEST))
-    if raw.get("thinker_shape") is None:
+    manifest = load_manifest(Path(folder), verify=False)
+    record = manifest.section("thinker_shape")
+    if record is None:
         raise UsageError(f"{folder} predates recorded model sizes (thinker_shape); export again, or plan its config.json")
-    shape = ThinkerShape.from_record(raw["thinker_shape"])
+    shape = ThinkerShape.from_record(record)
     plans = [manifest.ratio_plan(r) for r in ratios] if ratios else list(manifest.ratios)
-    quant = raw.get("weights") or {}
-    weights = quant.get("mode") if quant.get("bits") in (4, 8) else None
+    quant = manifest.weights
+    weights = quant.mode if quant is not None and quant.bits in (4, 8) else None
     return predict_speed(SpeedConfig(shape, target, {p.ratio: (p.kept_video, p.kept_audio) for p in plans},
                                      manifest.resolution, "fp16", weights,   # the engines' default precision
-                                     quant.get("block_size") or 32, bool(quant.get("lm_head_quantized")),
+                                     (quant and quant.block_size) or 32, bool(quant and quant.lm_head_quantized),
                                      max_context or manifest.max_context), hardware)
 
 
@@ -250,12 +250,12 @@ def is_export(path) -> bool:
 def export_memory(folder):
     """`plan EXPORT`: the memory plan of an export at the engines' default precision (fp16), its max
     context, prefill up to its largest K (memory.plan_export)."""
-    from omnisift_edge.artifact.manifest import read_manifest
+    from omnisift_edge.artifact.manifest import load_manifest
     from omnisift_edge.engines.memory import plan_export
 
-    raw = read_manifest(Path(folder), verify=False)
-    prefill = max([int(r["kept_per_chunk"]["total"]) for r in raw.get("ratios") or []] + [QUESTION_TOKENS])
-    plan = plan_export(folder, raw, precision="fp16", max_context=int(raw["max_context"]), prefill=prefill,
+    manifest = load_manifest(Path(folder), verify=False)
+    prefill = max([r.kept_total for r in manifest.ratios] + [QUESTION_TOKENS])
+    plan = plan_export(folder, manifest, precision="fp16", max_context=manifest.max_context, prefill=prefill,
                        kv_in_place=True)
     if plan is None:
         raise UsageError(f"{folder} predates recorded model sizes (thinker_shape); export again, or plan its config.json")

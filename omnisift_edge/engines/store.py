@@ -6,7 +6,7 @@ from pathlib import Path
 
 from omnisift_edge.atomic import atomic_write, new_staging, publish_folder
 from omnisift_edge.errors import UsageError
-from omnisift_edge.artifact.manifest import ENGINES_DIR, MANIFEST, read_manifest, sha256, write_manifest
+from omnisift_edge.artifact.manifest import ENGINES_DIR, MANIFEST, as_manifest, load_manifest, sha256, write_manifest
 
 PLAN_FILE = "build_plan.json"
 ENGINE_SUFFIX = ".engine"
@@ -28,11 +28,11 @@ def write_side_file(folder: Path, relative: str, data: bytes, manifest: dict) ->
     just written (the next `write_manifest` records it).
     """
     folder, path = Path(folder), Path(folder) / relative
-    listed = relative in manifest.get("files", {})
+    listed = relative in as_manifest(manifest).files
     if listed and path.is_file() and path.read_bytes() == data:
         return path
     if listed:
-        manifest = read_manifest(folder, verify=True)
+        manifest = load_manifest(folder, verify=True)
     atomic_write(path, data)
     if listed:
         write_manifest(folder, manifest)
@@ -44,17 +44,17 @@ def verify_sources(folder: Path, manifest: dict) -> dict[str, dict]:
     have replaced those; the build rewrites them and the manifest). Returns what was verified, name ->
     {sha256, bytes, mtime_ns}, for `write_manifest(known=...)`: each file is hashed once per build."""
     verified = {}
-    for name, entry in manifest.get("files", {}).items():
+    for name, entry in as_manifest(manifest).files.items():
         if name.startswith(ENGINES_DIR + "/"):
             continue
         file = Path(folder) / name
         if not file.is_file():
             raise UsageError(f"{file} is missing from the export; copy the whole folder or export again")
         stat = file.stat()
-        if stat.st_size != entry["bytes"] or sha256(file) != entry["sha256"]:
+        if stat.st_size != entry.bytes or sha256(file) != entry.sha256:
             raise UsageError(f"{file} does not match its checksum in {MANIFEST} (modified or partly copied); "
                              "copy it again or export again")
-        verified[name] = {"sha256": entry["sha256"], "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        verified[name] = {"sha256": entry.sha256, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     return verified
 
 

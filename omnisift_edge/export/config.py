@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from omnisift_edge.artifact.manifest import Manifest
 from omnisift_edge.errors import UsageError
 from omnisift_edge.model.load import ModelSource
 
@@ -84,7 +85,7 @@ class ExportConfig:
 @dataclass
 class ExportArtifact:
     folder: Path
-    manifest: dict
+    manifest: Manifest                 # artifact.manifest.Manifest, as written
     checks: dict = field(default_factory=dict)
     lint: dict = field(default_factory=dict)
     seconds: float = 0.0
@@ -92,9 +93,8 @@ class ExportArtifact:
     @property
     def onnx_files(self) -> list[str]:
         """Every ONNX graph file the export wrote: the pipeline's graphs and the decoder forms (kv_cache)."""
-        files = [g["file"] for g in self.manifest.get("graphs", {}).values()]
-        return files + [k["file"] for k in (self.manifest.get("kv_cache") or {}).values()
-                        if k.get("file") and k["file"] not in files]
+        files = [g.file for g in self.manifest.graphs.values()]
+        return files + [k.file for k in (self.manifest.kv_cache or {}).values() if k.file and k.file not in files]
 
 
 def config_summary(cfg: ExportConfig) -> dict:

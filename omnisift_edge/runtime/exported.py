@@ -20,20 +20,22 @@ from omnisift_edge.runtime.kv_cache import KVCache
 from omnisift_edge.runtime.stream import ChunkStream
 
 
-def spec_from_layout(layout: dict):
-    """The manifest's `layout` section as an OmniSpec."""
-    from omnisift_edge.errors import UsageError
+def spec_from_layout(layout):
+    """The manifest's `layout` section (artifact.records.Layout, or its dict) as an OmniSpec."""
+    from omnisift_edge.artifact.records import Layout
     from omnisift_edge.model.spec import OmniSpec, TokenIds
 
+    fields = (layout if isinstance(layout, Layout) else Layout.from_dict(layout)).spec_fields()
     try:
-        return OmniSpec(**{**layout, "tokens": TokenIds(**layout["tokens"])})
-    except UsageError as exc:
-        raise UsageError(f"the export's manifest.json layout: {exc}; export again") from None
+        return OmniSpec(**{**fields, "tokens": TokenIds(**fields["tokens"])})
+    except TypeError as exc:   # a token name this version does not know
+        raise UsageError(f"manifest.json: layout.tokens does not match this version ({exc}); export again") from None
 
 
 def rope_freqs(export: ExportFolder) -> np.ndarray:
     """The thinker's RoPE inverse frequencies [hd/2] from the manifest (what `KVCache.rotate` turns keys by)."""
-    return inv_freq(export.manifest.rope.get("rope_theta") or 1e6, export.manifest.dims.head_dim)
+    rope = export.manifest.rope
+    return inv_freq((rope and rope.rope_theta) or 1e6, export.manifest.dims.head_dim)
 
 
 class ExportedStream(ChunkStream):
@@ -54,7 +56,7 @@ class ExportedStream(ChunkStream):
         self.takes_short_chunks = (len(self.graphs["audio_encoder"].input_names) > 1
                                    and len(self.graphs["compressor"].input_names) > 3)
         rope = export.manifest.rope
-        self.position_limit = int(rope.get("max_position_embeddings") or DEFAULT_POSITION_LIMIT)
+        self.position_limit = (rope and rope.max_position_embeddings) or DEFAULT_POSITION_LIMIT
         super().__init__(spec_from_layout(export.manifest.layout), prefix_ids, (self.dims.grid_h, self.dims.grid_w),
                          max_context=max_context or export.manifest.max_context, context=context,
                          position_limit=self.position_limit, kv=kv)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Sequence
 
 
+from omnisift_edge.artifact.manifest import DECODER_GQA, Rope
 from omnisift_edge.artifact.folder import ExportFolder
 from omnisift_edge.errors import UsageError
 from omnisift_edge.runtime.context import ContextPolicy
@@ -28,15 +29,15 @@ class OrtStream(ExportedStream):
         (artifact.onnx_runtime.THREAD_POLICIES; the decoder is the session that may keep spinning)."""
         from omnisift_edge.artifact.onnx_runtime import ort_session
 
-        inplace = export.manifest.kv_cache.get("decoder_gqa")
+        inplace = export.manifest.kv_cache.get(DECODER_GQA)
         if kv_form not in ("auto", "shared_buffer", "past_present"):
             raise UsageError(f"kv_form must be auto, shared_buffer or past_present (got {kv_form!r})")
         if kv_form == "shared_buffer" and inplace is None:
             raise UsageError(f"{export.path} has no in-place decoder (decoder_gqa); export again with this omnisift-edge")
-        entry = inplace["entry"] if inplace is not None and kv_form != "past_present" else None
+        entry = inplace.entry if inplace is not None and kv_form != "past_present" else None
         files = {role: g.file for role, g in export.graphs_for(ratio).items()}
         if entry is not None:
-            files["decoder"] = entry["file"]
+            files["decoder"] = entry.file
         self.sessions = {role: ort_session(export.file(file), providers=providers, threads=threads,
                                            spins=role == "decoder") for role, file in files.items()}
         max_context = max_context or export.manifest.max_context
@@ -44,14 +45,15 @@ class OrtStream(ExportedStream):
         super().__init__(export, ratio, prefix_ids, what="the exported graphs", kv=kv, max_context=max_context,
                          context=context)
 
-    def _open_cache(self, export: ExportFolder, inplace_entry: dict | None, max_context: int, providers):
+    def _open_cache(self, export: ExportFolder, inplace_entry, max_context: int, providers):
         """The decoder's KV cache: in place ([1, kv, max_context, hd] per layer, decoder_gqa) or packed (decoder)."""
         from omnisift_edge.runtime.kv_buffers import OrtInPlaceCache, OrtPastPresentCache
 
         session, dims = self.sessions["decoder"], export.manifest.dims
         if inplace_entry is not None:
             device = "cuda" if providers and providers[0] == "CUDAExecutionProvider" else "cpu"
-            return OrtInPlaceCache(session, inplace_entry, max_context, export.manifest.rope, device=device)
+            return OrtInPlaceCache(session, inplace_entry.to_dict(), max_context, (export.manifest.rope or Rope()).to_dict(),
+                                   device=device)
         return OrtPastPresentCache(session, dims.num_layers, dims.kv_heads, dims.head_dim, export.float_type,
                                    rope_freqs(export))
 

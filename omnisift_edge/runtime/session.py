@@ -91,19 +91,19 @@ class OmniSession:
 
         self.cfg = cfg
         self.export = ExportFolder.open(cfg.folder)
-        self.manifest = manifest = self.export.raw
+        self.manifest = manifest = self.export.manifest        # artifact.manifest.Manifest
         self.spec = spec_from_layout(self.export.manifest.layout)
         self.resolution = self.export.manifest.resolution
         ratio_plan = self.export.ratio_plan(_pick_ratio(manifest, cfg.ratio))
         self.ratio = ratio_plan.ratio
-        self.plan = next(e for e in manifest["ratios"] if e["graph"] == ratio_plan.graph)
+        self.plan = ratio_plan
         self.tokenizer = load_tokenizer(self.export.tokenizer_path)
         self.stop_ids = list(self.export.manifest.stop_token_ids)
         _check_context_limit(cfg, manifest)
         prefix = build_prompt(self.tokenizer, "", system=cfg.system_prompt, spec=self.spec).prefix_ids
         check_window(cfg.context, spec=self.spec, prompt_tokens=len(prefix) + 2,
-                     chunk_tokens=self.plan["kept_per_chunk"]["total"],
-                     max_context=cfg.max_context or manifest["max_context"])
+                     chunk_tokens=self.plan.kept_total,
+                     max_context=cfg.max_context or manifest.max_context)
         self.stream = self._open_backend(prefix)
         self.stream.prefill_chunks = cfg.prefill_chunks or 1      # live media: chunk by chunk unless asked
         self._mel = StreamingLogMel(self.spec)
@@ -117,7 +117,7 @@ class OmniSession:
         self._preprocess = 0.0              # host preprocessing seconds not yet booked to a chunk
 
     def _open_backend(self, prefix_ids: Sequence[int]):
-        max_context = self.cfg.max_context or self.manifest["max_context"]
+        max_context = self.cfg.max_context or self.manifest.max_context
         if self.cfg.backend == "onnxruntime":
             from omnisift_edge.runtime.ort_pipeline import OrtStream
 
@@ -133,16 +133,16 @@ class OmniSession:
         from omnisift_edge.model.load import ModelSource, load_model
         from omnisift_edge.runtime.torch_pipeline import CompressionConfig, TorchStream
 
-        source = self.manifest["export_config"]["source"]
+        source = self.manifest.section("export_config", {})["source"]
         path = self.cfg.model if self.cfg.model is not None else source["path"]   # resolved at export
         model = load_model(ModelSource(path=path, compressor=source["compressor"], seed=source["seed"],
-                                       dtype=self.manifest["dtype"], selector_heads=source["selector_heads"],
+                                       dtype=self.manifest.dtype, selector_heads=source["selector_heads"],
                                        default_chat_template=source.get("default_chat_template", False),
                                        device=self.cfg.device))
-        if model.identity.get("config_sha256") != self.manifest["model"].get("config_sha256"):
+        if model.identity.get("config_sha256") != self.manifest.section("model", {}).get("config_sha256"):
             raise UsageError("the model folder changed since the export (config hash differs); export again")
-        grid_hw = (self.manifest["dims"]["grid_h"], self.manifest["dims"]["grid_w"])
-        compression = CompressionConfig(self.plan["rho_video"], self.plan["rho_audio"])
+        grid_hw = (self.manifest.dims.grid_h, self.manifest.dims.grid_w)
+        compression = CompressionConfig(self.plan.rho_video, self.plan.rho_audio)
         return TorchStream(model, prefix_ids, grid_hw=grid_hw, compression=compression, max_context=max_context,
                            context=self.cfg.context)
 
@@ -315,15 +315,15 @@ class OmniSession:
             close()
 
 
-def _check_context_limit(cfg: RuntimeConfig, manifest: dict) -> None:
+def _check_context_limit(cfg: RuntimeConfig, manifest) -> None:
     """--max-context within what the export's graphs were made for (their caches are sized at export;
     the torch backend runs the model itself: up to its positions)."""
     from omnisift_edge.artifact.limits import check_max_context
 
     if cfg.max_context is None:
         return
-    positions = int((manifest.get("rope") or {}).get("max_position_embeddings") or 32768)
-    exported = int(manifest["max_context"])
+    positions = (manifest.rope and manifest.rope.max_position_embeddings) or 32768
+    exported = manifest.max_context
     if cfg.backend == "torch":
         check_max_context(cfg.max_context, most=positions, fix="the model's max_position_embeddings")
     else:
@@ -348,9 +348,9 @@ def check_window(policy, *, spec, prompt_tokens: int, chunk_tokens: int, max_con
                          f"--window-seconds {fit * spec.seconds_per_chunk:g} or less, or raise --max-context")
 
 
-def _pick_ratio(manifest: dict, ratio: float | None) -> float:
+def _pick_ratio(manifest, ratio: float | None) -> float:
     """The ratio to run: the one asked for, else the export's only one; several need a choice."""
-    have = [e["ratio"] for e in manifest["ratios"]]
+    have = list(manifest.ratio_values)
     if ratio is None and len(have) > 1:
         raise UsageError(f"this export has ratios {', '.join(f'{r:g}' for r in have)}; pick one with --ratio "
                          f"(e.g. --ratio {min(have):g})")

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from omnisift_edge.artifact.manifest import as_manifest
 from omnisift_edge.atomic import staged_folder
 from omnisift_edge.errors import UsageError
 from omnisift_edge.serving.protocol import CONTROLS, DEFAULT_MAX_NEW_TOKENS, INPUTS, MODEL_NAME, OUTPUTS
@@ -68,9 +69,9 @@ def _pbtxt_tensors(tensors, resolution, *, optional: bool) -> str:
     return ",\n".join(rows)
 
 
-def config_pbtxt(cfg: TritonConfig, manifest: dict, ratio: float) -> str:
+def config_pbtxt(cfg: TritonConfig, manifest, ratio: float) -> str:
     """The model's config.pbtxt: tensors from protocol.py, the frame size from the manifest."""
-    resolution = tuple(manifest["resolution"])
+    resolution = as_manifest(manifest).resolution
     controls = []
     for name, kind in CONTROLS:
         detail = "data_type: TYPE_UINT64" if kind == "CONTROL_SEQUENCE_CORRID" else "int32_false_true: [ 0, 1 ]"
@@ -120,8 +121,8 @@ from omnisift_edge.serving.model import TritonPythonModel  # noqa: E402,F401
 '''
 
 
-def _ratio(manifest: dict, ratio: float | None) -> float:
-    ratios = [e["ratio"] for e in manifest["ratios"]]
+def _ratio(manifest, ratio: float | None) -> float:
+    ratios = list(manifest.ratio_values)
     if ratio is None:
         return ratios[0]
     if not any(abs(r - ratio) < 1e-9 for r in ratios):
@@ -169,11 +170,11 @@ def _write_model(model: Path, cfg: TritonConfig, manifest: dict, ratio: float) -
 
 def triton(cfg: TritonConfig) -> TritonRepository:
     """Write the model repository for `cfg.export` at `cfg.out` (atomically)."""
-    from omnisift_edge.artifact.manifest import read_manifest
+    from omnisift_edge.artifact.manifest import load_manifest
 
     if not (cfg.export / "manifest.json").is_file():
         raise UsageError(f"{cfg.export} is not an export folder (no manifest.json); run `omnisift-edge export` first")
-    manifest = read_manifest(cfg.export)
+    manifest = load_manifest(cfg.export)
     ratio = _ratio(manifest, cfg.ratio)
     out = _repository_folder(cfg)
     if out.is_dir() and any(out.iterdir()):   # replace our model only: other models and files stay
@@ -183,4 +184,4 @@ def triton(cfg: TritonConfig) -> TritonRepository:
         with staged_folder(out) as staging:
             _write_model(staging / MODEL_NAME, cfg, manifest, ratio)
     return TritonRepository(folder=out, model=MODEL_NAME, config_path=out / MODEL_NAME / "config.pbtxt",
-                            resolution=tuple(manifest["resolution"]), ratio=ratio)
+                            resolution=manifest.resolution, ratio=ratio)

@@ -55,7 +55,7 @@ def whole_clip(model, plan, frames, pcm):
     features = ClipFeatures(pixel_values=pixels, grid_thw=tuple(int(v) for v in grid), mel=log_mel(pcm, model.spec))
     pieces = build_prompt(model.tokenizer, QUESTION, system=DEFAULT_SYSTEM_PROMPT, spec=model.spec)
     prefill = whole_clip_prefill(model, features, pieces.prefix_ids, pieces.suffix_ids,
-                                 CompressionConfig(plan["rho_video"], plan["rho_audio"]))
+                                 CompressionConfig(plan.rho_video, plan.rho_audio))
     tokens = list(greedy_decode(model, prefill, max_new_tokens=5, stop_ids=[model.spec.tokens.im_end,
                                                                             model.spec.tokens.endoftext]))
     return prefill, tokens

@@ -16,6 +16,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable
 
+from omnisift_edge.artifact.records import DECODER, DECODER_GQA, DECODER_SCATTER
 from omnisift_edge.artifact.tensors import GraphSpec, decoder_graph, decoder_gqa_graph, decoder_scatter_graph
 
 CACHE_AXES = ("batch_size", "kv_heads", "cache_length", "head_dim")
@@ -62,14 +63,14 @@ class DecoderForm:
 
 
 PAST_PRESENT = DecoderForm(
-    graph="decoder", kind="past_present", spec=decoder_graph, runtimes=("tensorrt",),
+    graph=DECODER, kind="past_present", spec=decoder_graph, runtimes=("tensorrt",),
     cache_axes=("batch_size", "kv_heads", "past_sequence_length", "head_dim"),
     logits="last row of every call", module="past_present")
 GQA = DecoderForm(
-    graph="decoder_gqa", kind="shared_buffer", spec=decoder_gqa_graph, runtimes=("onnxruntime",),
+    graph=DECODER_GQA, kind="shared_buffer", spec=decoder_gqa_graph, runtimes=("onnxruntime",),
     cache_axes=CACHE_AXES, logits=IN_PLACE_LOGITS, module="gqa")
 SCATTER = DecoderForm(
-    graph="decoder_scatter", kind="in_place_scatter", spec=decoder_scatter_graph,
+    graph=DECODER_SCATTER, kind="in_place_scatter", spec=decoder_scatter_graph,
     runtimes=("tensorrt>=10.15", "tensorrt_rtx"), cache_axes=CACHE_AXES, logits=IN_PLACE_LOGITS,
     module="scatter", opset=24)
 
