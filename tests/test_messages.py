@@ -62,7 +62,7 @@ def test_zero_sample_rate_is_named_not_blamed_on_the_clip(export_copy, tmp_path)
     manifest["layout"]["sample_rate"] = 0
     path.write_text(json.dumps(manifest))
     result = invoke("profile", export_copy, "--seconds", "4", "--ratios", "1", "-o", tmp_path / "p")
-    one_line_error(result, "sample_rate must be a positive number", "export again", absent=("chunk",))
+    one_line_error(result, "layout.sample_rate is 0", "export again", absent=("chunk",))
 
 
 def test_unknown_engine_target_does_not_suggest_building_it(exported):
@@ -100,10 +100,10 @@ def test_doctor_does_not_promise_tensorrt_from_an_extra():
 
 
 def test_export_counts_every_onnx_file_it_wrote(exported):
-    from omnisift_edge.artifact.manifest import read_manifest
+    from omnisift_edge.artifact.manifest import load_manifest
     from omnisift_edge.export.config import ExportArtifact
 
-    artifact = ExportArtifact(exported, read_manifest(exported, verify=False))
+    artifact = ExportArtifact(exported, load_manifest(exported, verify=False))
     assert sorted(artifact.onnx_files) == sorted(p.name for p in exported.glob("*.onnx"))
 
 
