@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from omnisift_edge.runtime import trt_flavour as flavours
-from omnisift_edge.engines.kv_form import build_graphs, decoder_form, static_sizes
+from omnisift_edge.engines.kv_form import build_graphs, decoder_form, static_sizes, trt10_form_applies
+from omnisift_edge.engines.profiles import SCATTER
 from omnisift_edge.engines.presets import PRECISIONS, PRESETS, TARGETS, Target, get_target, resolve_target
 from omnisift_edge.engines.profiles import DEFAULT_MAX_PROMPT, Profile, decoder_limits, graph_profiles
 from omnisift_edge.engines.store import PLAN_FILE, engine_dir, engine_path, write_side_file
@@ -337,7 +338,7 @@ def plan_build(cfg: BuildConfig, *, manifest: dict | None = None, target: Target
     from omnisift_edge.engines.memory import plan_export
 
     memory = plan_export(cfg.folder, manifest, precision=precision, max_context=limits.max_context,
-                         prefill=limits.max_sequence, kv_in_place=form[0] != "decoder")
+                         prefill=limits.max_sequence, kv_in_place=form[0] == SCATTER)
     plan = BuildPlan(cfg.folder, target, precision, tensorrt, limits.max_context, limits.max_sequence,
                      limits.main_ratio, workspace, timing_cache,
                      tuple(engines), tuple(warnings), installed=installed, memory=memory, decoder_form=form)
@@ -358,7 +359,7 @@ def weights_form_problem(manifest: dict, tensorrt: str, flavour: str = "tensorrt
     (TensorRT-RTX 1.7 builds it: checked on the CPU, docs/quantization.md).
     """
     weights = manifest.get("weights") or {}
-    if weights.get("form") != "qdq" or flavour == "tensorrt_rtx":
+    if weights.get("form") != "qdq" or flavour == "tensorrt_rtx" or trt10_form_applies(manifest, tensorrt):
         return None
     try:
         version = tuple(int(p) for p in tensorrt.split(".")[:2])
@@ -367,6 +368,8 @@ def weights_form_problem(manifest: dict, tensorrt: str, flavour: str = "tensorrt
     if version >= QDQ_TENSORRT_MIN:
         return None
     need = ".".join(map(str, QDQ_TENSORRT_MIN))
+    older = "this export has no decoder_trt10 form (export again for TensorRT 10.0-10.5); " \
+        if version >= (10, 0) else f"TensorRT {tensorrt} has no INT4 importer either (needs >= 10.0); "
     return (f"the decoder has {weights.get('mode')} weight-only Q/DQ (opset 21), which TensorRT {tensorrt} "
-            f"cannot parse (needs >= {need} or TensorRT-RTX); build on a newer TensorRT, or export "
+            f"cannot parse (needs >= {need} or TensorRT-RTX); {older}build on a newer TensorRT, or export "
             "--weights fp16 for this target")

@@ -129,9 +129,13 @@ def build_folder(cfg: ExportConfig, folder: Path, progress: Callable[[str], None
     progress("decoder")
     decoder_path = export_decoder(thinker, dims, folder / "decoder.onnx", dtype=dtype, opset=opset,
                                   max_context=cfg.max_context)
-    weights = _DequantizedWeights(thinker, None)
+    weights, trt_form = _DequantizedWeights(thinker, None), {}
     if cfg.quantized:   # weight-only int8/int4: checked against PyTorch running the same dequantized weights
         from omnisift_edge.export.quantize import quantize_decoder
+        from omnisift_edge.export.trt_int4 import export_trt_form
+
+        progress(f"decoder, {cfg.weights} form for TensorRT 10.0-10.5 (JetPack 6)")
+        trt_form = export_trt_form(folder, decoder_path, cfg.quant_config(), dims, dtype)
 
         progress(f"decoder weights to {cfg.weights} (weight-only Q/DQ, round-to-nearest)")
         weights = _DequantizedWeights(thinker, quantize_decoder(decoder_path, decoder_path, cfg.quant_config()))
@@ -145,6 +149,7 @@ def build_folder(cfg: ExportConfig, folder: Path, progress: Callable[[str], None
     kv_cache = _export_inplace_decoder(model, dims, folder, cfg, checks, weights)
     progress("decoder, in-place KV form for TensorRT (TensorScatter, opset 24)")
     kv_cache.update(_export_scatter_decoder(model, dims, folder, cfg, checks, weights))
+    kv_cache.update(trt_form)
 
     progress("text embeddings and tokenizer")
     save_file = require("safetensors.numpy").save_file
@@ -169,7 +174,7 @@ def build_folder(cfg: ExportConfig, folder: Path, progress: Callable[[str], None
         "text_embeddings": {"file": EMBED_FILE, "tensor": EMBED_TENSOR, "shape": list(table.shape),
                             "dtype": "float16" if dtype == "fp16" else "float32"},
         "tokenizer": {"folder": TOKENIZER_DIR, "files": tokenizer_files},
-        "weights": weights.record(dtype),
+        "weights": weights.record(dtype, kv_cache),
         "thinker_shape": _thinker_shape(model),
         "stop_token_ids": [model.spec.tokens.im_end, model.spec.tokens.endoftext],
         "tools": tool_versions(),
@@ -235,14 +240,16 @@ class _DequantizedWeights:
 
         return QDQ_OPSET if self.report is not None else opset
 
-    def record(self, dtype: str) -> dict:
+    def record(self, dtype: str, kv_cache: dict) -> dict:
         """The manifest's `weights`: mode, form, bits, block size, method and the graph file per backend."""
         if self.report is None:
             return {"mode": dtype, "form": "float", "bits": 16 if dtype == "fp16" else 32,
                     "graphs": {"onnxruntime": "decoder.onnx", "tensorrt": "decoder.onnx"}}
         from omnisift_edge.export.quantize import backend_graphs
+        from omnisift_edge.export.trt_int4 import tensorrt_forms
 
-        return {**self.report.record(), "graphs": backend_graphs("decoder.onnx")}
+        return {**self.report.record(), "graphs": backend_graphs("decoder.onnx"),
+                "tensorrt_forms": tensorrt_forms("decoder.onnx", "decoder_scatter" in kv_cache)}
 
 
 def _thinker_shape(model) -> dict:

@@ -238,8 +238,7 @@ def quantize_decoder(src: Path, dst: Path, cfg: QuantConfig, *, metadata: dict[s
     External data (graphs over 2 GB) goes to `<dst>.data`, written before the graph that names it.
     """
     onnx = require("onnx", extra="export")
-    from omnisift_edge.atomic import atomic_path
-    from omnisift_edge.export.decoder import DATA_SUFFIX, _set_metadata
+    from omnisift_edge.export.decoder import _set_metadata
 
     src, dst = Path(src), Path(dst)
     model = onnx.load(str(src))
@@ -247,6 +246,17 @@ def quantize_decoder(src: Path, dst: Path, cfg: QuantConfig, *, metadata: dict[s
     meta = {"weights": cfg.weights, "weights_form": FORM, "opset": str(QDQ_OPSET),
             **({"block_size": str(cfg.block_size)} if cfg.bits == 4 else {}), **(metadata or {})}
     _set_metadata(model, meta)
+    save_graph(model, dst)
+    return report
+
+
+def save_graph(model, dst: Path) -> None:
+    """Write `model` to `dst`, whole: embedded when under EMBED_LIMIT, else with its weights in
+    `<dst>.data`, written before the graph that names it."""
+    onnx = require("onnx", extra="export")
+    from omnisift_edge.atomic import atomic_path
+    from omnisift_edge.export.decoder import DATA_SUFFIX
+
     data = dst.with_name(dst.name + DATA_SUFFIX)
     if model.ByteSize() < EMBED_LIMIT:
         with atomic_path(dst) as tmp:
@@ -266,7 +276,6 @@ def quantize_decoder(src: Path, dst: Path, cfg: QuantConfig, *, metadata: dict[s
             import shutil
 
             shutil.rmtree(staging, ignore_errors=True)
-    return report
 
 
 @contextlib.contextmanager
