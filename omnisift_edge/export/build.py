@@ -101,6 +101,7 @@ def build_folder(cfg: ExportConfig, folder: Path, progress: Callable[[str], None
         from omnisift_edge.export.quantize import check_widths
 
         check_widths(model.thinker.config.to_dict(), cfg.quant_config())
+    awq = _calibrate(model, cfg, plan, progress)   # awq: scales folded into the thinker before any graph is written
     checks: dict = {}
     graphs: dict = {}
     thinker, opset, dtype = model.thinker, cfg.opset, cfg.dtype
@@ -174,7 +175,7 @@ def build_folder(cfg: ExportConfig, folder: Path, progress: Callable[[str], None
         "text_embeddings": {"file": EMBED_FILE, "tensor": EMBED_TENSOR, "shape": list(table.shape),
                             "dtype": "float16" if dtype == "fp16" else "float32"},
         "tokenizer": {"folder": TOKENIZER_DIR, "files": tokenizer_files},
-        "weights": weights.record(dtype, kv_cache),
+        "weights": {**weights.record(dtype, kv_cache), **({"calibration": awq.record()} if awq else {})},
         "thinker_shape": _thinker_shape(model),
         "stop_token_ids": [model.spec.tokens.im_end, model.spec.tokens.endoftext],
         "tools": tool_versions(),
@@ -200,6 +201,21 @@ def build_folder(cfg: ExportConfig, folder: Path, progress: Callable[[str], None
     manifest.update(validation=checks, lint=lint)
     write_manifest(folder, manifest)
     return ExportArtifact(folder=folder, manifest=manifest, checks=checks, lint=lint)
+
+
+def _calibrate(model, cfg: ExportConfig, plan: list[dict], progress):
+    """--calibration awq: activation-aware scales from the export's own clips, folded into the thinker
+    (export/awq.py); None for rtn and float exports."""
+    if not cfg.quantized or cfg.calibration != "awq":
+        return None
+    from omnisift_edge.export.awq import apply_awq, calibration_clips, collect_inputs
+
+    progress("int4 calibration (AWQ): activations of the calibration clips through the PyTorch stream")
+    clips, record = calibration_clips(model, cfg.resolution, cfg.calibration_data)
+    inputs = collect_inputs(model, clips, cfg.resolution, plan[0]["rho_video"], plan[0]["rho_audio"])
+    record["rows"] = int(next(iter(inputs.values())).shape[0])
+    progress("int4 calibration (AWQ): per-group scale search, folded into the norms and up_proj")
+    return apply_awq(model.thinker, inputs, cfg.block_size, record)
 
 
 def _share_weights(folder: Path, manifest: dict) -> None:

@@ -47,6 +47,7 @@ class QuantConfig:
     weights: str = "int4"
     block_size: int = DEFAULT_BLOCK       # int4 only: rows of W [K, N] sharing one scale; must divide K
     lm_head: bool = False
+    method: str = METHOD                  # rtn, or awq: scales folded into the thinker first (export/awq.py)
 
     def __post_init__(self):
         if self.weights not in BITS:
@@ -61,7 +62,7 @@ class QuantConfig:
 
     def record(self) -> dict:
         """The manifest's `weights` entry (without the per-graph sizes)."""
-        return {"mode": self.weights, "bits": self.bits, "form": FORM, "method": METHOD,
+        return {"mode": self.weights, "bits": self.bits, "form": FORM, "method": self.method,
                 "granularity": "block-wise along K (axis 0)" if self.bits == 4 else "per output channel (axis 1)",
                 "block_size": self.block_size if self.bits == 4 else None, "symmetric": True,
                 "lm_head_quantized": self.lm_head, "opset": QDQ_OPSET}
