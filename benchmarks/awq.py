@@ -131,6 +131,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=8)
     parser.add_argument("--block", type=int, default=32)
     parser.add_argument("--outliers", type=int, default=8)
+    parser.add_argument("--only-outliers", action="store_true", help="skip the plain random model")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"{dt.date.today()} {platform.processor() or platform.machine()}, torch {torch.__version__}, "
@@ -138,7 +139,8 @@ def main() -> None:
           f"{args.calib} calibration clips", flush=True)
     model = build_model(args.size, "cpu", torch.float32)
     with torch.inference_mode(False):
-        run(model, args, f"{args.size} random")
+        if not args.only_outliers:
+            run(model, args, f"{args.size} random")
         if args.outliers:
             plant_outliers(model.thinker, args.outliers)
             run(model, args, f"{args.size} + {args.outliers} outlier ch.")
