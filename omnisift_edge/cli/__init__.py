@@ -336,6 +336,9 @@ def plan(config, weights, dtype, block_size, quantize_lm_head, max_context, wind
                          lm_head_quantized=quantize_lm_head, max_context=max_context, window=window,
                          resolution=parse_resolution(resolution))
     click.echo(result.summary())
+    from omnisift_edge.engines.host_memory import summary as host_summary
+
+    click.echo(host_summary(result.config.shape, "fp16" if dtype == "fp16" else "fp32"))
     if json_out is not None:
         write_plan_json(result, json_out)
 
