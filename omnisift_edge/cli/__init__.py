@@ -79,7 +79,7 @@ def demo(model_dir, compressor, compressor_heads, model_seed, video, audio, seco
 @click.option("--max-context", type=int, default=8192, show_default=True, help="Longest KV cache to plan for.")
 @click.option("--opset", type=int, default=17, show_default=True)
 @click.option("--weights", type=click.Choice(["fp32", "fp16", "int8", "int4"]), default=None,
-              help="Decoder linear layers: int8 (per channel) / int4 (block-wise) weight-only Q/DQ, round-to-nearest. "
+              help="Decoder linear layers: int8 (per channel) / int4 (block-wise) weight-only Q/DQ (int4: AWQ-calibrated, see --calibration). "
                    "Default: as --dtype.")
 @click.option("--block-size", type=int, default=32, show_default=True, help="int4: weight rows sharing one scale.")
 @click.option("--quantize-lm-head", is_flag=True, help="int8/int4: quantize the LM head too (default: kept in float).")

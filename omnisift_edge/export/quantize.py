@@ -35,7 +35,7 @@ QMAX = {8: 127, 4: 7}                 # symmetric: int8 [-127, 127], int4 [-7, 7
 QDQ_OPSET = 21                        # DequantizeLinear with int4 inputs and block_size
 INT4_IR_VERSION = 10                  # int4 tensors need IR version 10
 FORM = "qdq"                          # the portable weight-only Q/DQ form (one graph for ORT and TensorRT)
-METHOD = "rtn"                        # round-to-nearest; see docs/quantization.md for why not AWQ
+METHOD = "rtn"                        # round-to-nearest of the weights as given (awq: export/awq.py scales them first)
 DEFAULT_BLOCK = 32
 EMBED_LIMIT = 2**31 - 2**26           # graphs this big or bigger keep their weights in <name>.onnx.data
 
