@@ -96,7 +96,6 @@ def fake_quant(w, block_size: int):
 
 def search_group(thinker, group: AwqGroup, x, block_size: int):
     """(s [K], group with alpha and errors): the scaling that minimizes the group's output error on x [T, K]."""
-    torch = require("torch")
     weights = [thinker.get_submodule(name).weight.detach().float() for name in group.linears]   # [N, K] each
     target = [x @ w.T for w in weights]                                                          # [T, N] each
     x_mean = x.abs().mean(dim=0).clamp(min=1e-8)                                                 # [K]

@@ -11,7 +11,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from omnisift_edge.errors import UsageError  # noqa: E402
 from omnisift_edge.export import awq  # noqa: E402
 
 SIZE = (112, 84)
