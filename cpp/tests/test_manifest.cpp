@@ -106,6 +106,8 @@ const char* const kManifestCases = R"([
   {"name": "wrong_size", "patch": [{"op": "replace", "path": "/files/decoder.graph/bytes", "value": 1}], "expect": "DATA_LOSS"},
   {"name": "decoder_in_place", "patch": [{"op": "replace", "path": "/kv_cache/decoder/kind", "value": "shared_buffer"}], "expect": "DATA_LOSS"},
   {"name": "kv_cache_no_decoder", "patch": [{"op": "remove", "path": "/kv_cache/decoder"}], "expect": "DATA_LOSS"},
+  {"name": "trt10_form_ignored", "patch": [{"op": "add", "path": "/kv_cache/decoder_trt10", "value": {"graph": "decoder_trt10", "file": "decoder.graph", "kind": "past_present", "replaces": "decoder", "runtimes": ["tensorrt >= 10.0, < 10.6"], "cache_axes": ["batch_size", "kv_heads", "past_sequence_length", "head_dim"], "weights_node": "trt::TRT_INT4DequantizeLinear", "opset": 17, "quantized_matmuls": 14, "logits": "last row of every call"}}], "expect": "OK"},
+  {"name": "trt10_form_outside", "patch": [{"op": "add", "path": "/kv_cache/decoder_trt10", "value": {"graph": "decoder_trt10", "file": "../decoder_trt10.onnx", "kind": "past_present", "runtimes": [], "cache_axes": []}}], "expect": "DATA_LOSS"},
   {"name": "kv_cache_absent", "patch": [{"op": "remove", "path": "/kv_cache"}, {"op": "remove", "path": "/builds/golden-rtx"}], "expect": "OK"},
   {"name": "rtx_build_without_scatter_record", "patch": [{"op": "remove", "path": "/kv_cache/decoder_scatter"}], "expect": "DATA_LOSS"},
   {"name": "missing_file", "patch": [{"op": "add", "path": "/files/gone.graph", "value": {"sha256": "00", "bytes": 1}}], "expect": "NOT_FOUND"},

@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from omnisift_edge.artifact import checks as c
-from omnisift_edge.artifact.records import (DECODER, DECODER_FORMS, DECODER_GQA, DECODER_SCATTER, DTYPES,  # noqa: F401
-                                            MAX_CONTEXT_LIMIT, Build, EngineEntry, FileEntry, GraphInfo, KvForm,
-                                            Layout, RatioPlan, Rope, SharedWeights, TensorInfo, TextEmbeddings,
-                                            Tokenizer, Weights)
+from omnisift_edge.artifact.records import (DECODER, DECODER_FORMS, DECODER_GQA, DECODER_SCATTER,  # noqa: F401
+                                            DECODER_TRT10, DTYPES, MAX_CONTEXT_LIMIT, Build, EngineEntry, FileEntry,
+                                            GraphInfo, KvForm, Layout, RatioPlan, Rope, SharedWeights, TensorInfo,
+                                            TextEmbeddings, Tokenizer, Weights)
 from omnisift_edge.atomic import atomic_path
 from omnisift_edge.errors import UsageError
 from omnisift_edge.artifact.tensors import DYNAMIC_AXES, Dims, GraphSpec

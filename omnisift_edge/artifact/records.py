@@ -18,7 +18,8 @@ from omnisift_edge.artifact import checks as c
 DECODER = "decoder"                   # past in, present out (TensorRT 10.3+)
 DECODER_GQA = "decoder_gqa"           # GroupQueryAttention on one shared buffer (ONNX Runtime)
 DECODER_SCATTER = "decoder_scatter"   # TensorScatter on a static cache (TensorRT-RTX, TensorRT >= 10.15)
-DECODER_FORMS = (DECODER, DECODER_GQA, DECODER_SCATTER)
+DECODER_TRT10 = "decoder_trt10"       # past/present with TensorRT's INT4 node at opset 17 (int8/int4, TensorRT 10.0-10.5)
+DECODER_FORMS = (DECODER, DECODER_GQA, DECODER_SCATTER, DECODER_TRT10)
 DTYPES = ("fp32", "fp16")
 MAX_CONTEXT_LIMIT = 1 << 20   # tokens: 32x Qwen2.5-Omni's 32768 positions; beyond it a KV cache is terabytes
 
@@ -137,13 +138,19 @@ class KvForm:
     write_index: str | None = None  # decoder_scatter: its input names
     logits_index: str | None = None
     update: str | None = None
-    entry: GraphInfo | None = None  # the in-place forms: the graph's entry (tensors)
+    entry: GraphInfo | None = None  # the in-place forms and decoder_trt10: the graph's entry (tensors)
+    replaces: str | None = None     # decoder_trt10: the graph whose engine it is built as (`decoder`)
+    weights_node: str | None = None  # decoder_trt10: trt::TRT_INT4DequantizeLinear | DequantizeLinear
+    opset: int | None = None        # decoder_trt10: its ONNX opset
+    quantized_matmuls: int | None = None   # decoder_trt10: MatMuls reading quantized weights
 
     @classmethod
     def from_dict(cls, key: str, raw, where: str) -> "KvForm":
         raw = c.obj(raw, where)
         opt = {k: c.text(raw[k], f"{where}.{k}") if raw.get(k) is not None else None
-               for k in ("attention", "write_index", "logits_index", "update")}
+               for k in ("attention", "write_index", "logits_index", "update", "replaces", "weights_node")}
+        opt.update({k: c.integer(raw[k], f"{where}.{k}", low=0, high=1 << 24) if raw.get(k) is not None else None
+                    for k in ("opset", "quantized_matmuls")})
         graph = c.name(c.key(raw, "graph", where), f"{where}.graph")
         return cls(graph, c.text(c.key(raw, "kind", where), f"{where}.kind"),
                    c.strings(c.key(raw, "runtimes", where), f"{where}.runtimes"),
@@ -155,10 +162,11 @@ class KvForm:
                    entry=GraphInfo.from_dict(graph, raw["entry"], f"{where}.entry") if raw.get("entry") is not None else None)
 
     def to_dict(self) -> dict:
-        return _emit(("graph", self.graph), ("file", self.file), ("kind", self.kind), ("runtimes", list(self.runtimes)),
-                     ("cache_axes", list(self.cache_axes)), ("max_context", self.max_context),
-                     ("attention", self.attention), ("write_index", self.write_index),
-                     ("logits_index", self.logits_index), ("update", self.update), ("logits", self.logits),
+        return _emit(("graph", self.graph), ("file", self.file), ("kind", self.kind), ("replaces", self.replaces),
+                     ("runtimes", list(self.runtimes)), ("cache_axes", list(self.cache_axes)),
+                     ("max_context", self.max_context), ("attention", self.attention), ("write_index", self.write_index),
+                     ("logits_index", self.logits_index), ("update", self.update), ("weights_node", self.weights_node),
+                     ("opset", self.opset), ("quantized_matmuls", self.quantized_matmuls), ("logits", self.logits),
                      ("entry", self.entry.to_dict() if self.entry is not None else None))
 
 
@@ -286,6 +294,46 @@ class FileEntry:
 
 
 @dataclass(frozen=True)
+class TensorrtForm:
+    """One row of `weights.tensorrt_forms`: which TensorRT builds which decoder file (a quantized export)."""
+
+    tensorrt: str                   # "TensorRT-RTX" | ">= 10.6" | ">= 10.0, < 10.6 (JetPack 6: 10.3)"
+    graph: str                      # the decoder file it builds (with a note for >= 10.15)
+
+    @classmethod
+    def from_dict(cls, raw, where: str) -> "TensorrtForm":
+        raw = c.obj(raw, where)
+        return cls(c.text(c.key(raw, "tensorrt", where), f"{where}.tensorrt"),
+                   c.text(c.key(raw, "graph", where), f"{where}.graph"))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """`weights.calibration` (export/decoder/awq.py): what calibrated the int4 scales and what it chose."""
+
+    method: str                     # "awq"
+    source: str                     # "generated" | "files"
+    clips: tuple[str, ...]          # the calibration inputs (file names, or the generated clips' seeds)
+    rows: int                       # calibration rows per scaled linear (before the MAX_ROWS cut)
+    grid: int = 0                   # alpha grid points
+    alpha_mean: float | None = None
+    output_error_ratio: float | None = None   # AWQ / RTN on the calibration rows
+
+    @classmethod
+    def from_dict(cls, raw, where: str = "weights.calibration") -> "Calibration":
+        raw = c.obj(raw, where)
+        inputs = c.obj(c.key(raw, "calibration", where), f"{where}.calibration")
+        ratio, alpha = raw.get("output_error_ratio"), raw.get("alpha_mean")
+        return cls(c.text(c.key(raw, "method", where), f"{where}.method"),
+                   c.text(c.key(inputs, "source", f"{where}.calibration"), f"{where}.calibration.source"),
+                   c.strings(c.key(inputs, "clips", f"{where}.calibration"), f"{where}.calibration.clips"),
+                   c.integer(inputs.get("rows", 0), f"{where}.calibration.rows", low=0),
+                   c.integer(raw.get("grid", 0), f"{where}.grid", low=0, high=1 << 16),
+                   c.number(alpha, f"{where}.alpha_mean") if alpha is not None else None,
+                   c.number(ratio, f"{where}.output_error_ratio") if ratio is not None else None)
+
+
+@dataclass(frozen=True)
 class Weights:
     """`weights`: the decoder's weight form (float, or weight-only int8/int4 Q/DQ) and each backend's graph."""
 
@@ -296,19 +344,27 @@ class Weights:
     block_size: int | None = None
     lm_head_quantized: bool = False
     quantized_weight_bytes: int = 0
+    method: str | None = None       # quantized: "rtn" | "awq" (scales folded into the thinker first)
+    calibration: Calibration | None = None        # awq: its inputs and choices
+    tensorrt_forms: tuple[TensorrtForm, ...] = ()  # quantized: which TensorRT builds which decoder file
     record: dict = field(default_factory=dict, repr=False, compare=False)   # the whole section, as written
 
     @classmethod
     def from_dict(cls, raw, where: str = "weights") -> "Weights":
         raw = c.obj(raw, where)
         graphs = c.obj(c.key(raw, "graphs", where), f"{where}.graphs")
-        block = raw.get("block_size")
+        block, method, calibration = raw.get("block_size"), raw.get("method"), raw.get("calibration")
+        forms = c.lst(raw.get("tensorrt_forms") or [], f"{where}.tensorrt_forms")
         return cls(c.text(c.key(raw, "mode", where), f"{where}.mode"), c.text(c.key(raw, "form", where), f"{where}.form"),
                    c.integer(c.key(raw, "bits", where), f"{where}.bits", low=1, high=64),
                    {c.text(k, f"{where}.graphs"): c.relative(v, f"{where}.graphs.{k}") for k, v in graphs.items()},
                    c.positive(block, f"{where}.block_size", high=1 << 20) if block is not None else None,
                    c.flag(raw.get("lm_head_quantized", False), f"{where}.lm_head_quantized"),
-                   c.integer(raw.get("quantized_weight_bytes", 0), f"{where}.quantized_weight_bytes", low=0), dict(raw))
+                   c.integer(raw.get("quantized_weight_bytes", 0), f"{where}.quantized_weight_bytes", low=0),
+                   c.text(method, f"{where}.method") if method is not None else None,
+                   Calibration.from_dict(calibration, f"{where}.calibration") if calibration is not None else None,
+                   tuple(TensorrtForm.from_dict(f, f"{where}.tensorrt_forms[{i}]") for i, f in enumerate(forms)),
+                   dict(raw))
 
     def to_dict(self) -> dict:
         return dict(self.record)

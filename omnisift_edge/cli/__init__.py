@@ -80,17 +80,22 @@ def demo(model_dir, compressor, compressor_heads, model_seed, video, audio, seco
 @click.option("--max-context", type=int, default=8192, show_default=True, help="Longest KV cache to plan for.")
 @click.option("--opset", type=int, default=17, show_default=True)
 @click.option("--weights", type=click.Choice(["fp32", "fp16", "int8", "int4"]), default=None,
-              help="Decoder linear layers: int8 (per channel) / int4 (block-wise) weight-only Q/DQ, round-to-nearest. "
+              help="Decoder linear layers: int8 (per channel) / int4 (block-wise) weight-only Q/DQ (int4: AWQ-calibrated, see --calibration). "
                    "Default: as --dtype.")
 @click.option("--block-size", type=int, default=32, show_default=True, help="int4: weight rows sharing one scale.")
 @click.option("--quantize-lm-head", is_flag=True, help="int8/int4: quantize the LM head too (default: kept in float).")
+@click.option("--calibration", type=click.Choice(["awq", "rtn"]), default=None,
+              help="int4 scales: awq (activation-aware, folded into the norms; default) or rtn (round-to-nearest).")
+@click.option("--calibration-data", type=click.Path(path_type=Path), multiple=True,
+              help="awq: a clip to calibrate on (repeat for several); default: generated clips.")
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True, help="Export folder to create.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder (only once the new export passed).")
 @click.option("--default-chat-template", is_flag=True,
               help="A --model folder without a chat template: use Qwen2.5-Omni's built-in one (else refused).")
 @_user_errors(interrupted="interrupted; nothing was written (the output folder is as it was)")
 def export(model_dir, compressor, compressor_heads, model_seed, ratio, ratios, video_drop, audio_drop, resolution,
-           dtype, max_context, opset, weights, block_size, quantize_lm_head, out, overwrite, default_chat_template):
+           dtype, max_context, opset, weights, block_size, quantize_lm_head, calibration, calibration_data, out,
+           overwrite, default_chat_template):
     """Export ONNX graphs + manifest.json for the per-chunk streaming pipeline, validated and linted."""
     from omnisift_edge.export.stage import ExportConfig, export as run_export
     from omnisift_edge.model.load import ModelSource
@@ -102,7 +107,8 @@ def export(model_dir, compressor, compressor_heads, model_seed, ratio, ratios, v
                        ratios=_parse_ratios(ratio, ratios), resolution=parse_resolution(resolution), dtype=dtype,
                        max_context=max_context, video_drop=video_drop, audio_drop=audio_drop,
                        overwrite=overwrite, opset=opset, weights=weights, block_size=block_size,
-                       quantize_lm_head=quantize_lm_head)
+                       quantize_lm_head=quantize_lm_head, calibration=calibration,
+                       calibration_data=tuple(calibration_data))
     artifact = run_export(cfg, progress=lambda step: click.echo(f"- {step}", err=True))
     for entry in artifact.manifest.ratios:
         click.echo(f"ratio {entry.ratio:g}: video drop {entry.rho_video:.4f}, audio drop {entry.rho_audio:.4f}, "
@@ -344,6 +350,7 @@ def plan(config, weights, dtype, block_size, quantize_lm_head, max_context, wind
          json_out):
     """Device memory per part for a Qwen2.5-Omni config.json or an export folder (no weights needed), which
     targets it fits, and with --target the predicted stage times, TTFT, decode speed and real-time factor."""
+    from omnisift_edge.engines.host_memory import summary as host_summary
     from omnisift_edge.engines.memory import plan_config, write_plan_json
     from omnisift_edge.engines.speed import export_memory, is_export, speed_for_config, speed_for_export
     from omnisift_edge.runtime.demo import parse_resolution
@@ -361,6 +368,7 @@ def plan(config, weights, dtype, block_size, quantize_lm_head, max_context, wind
     click.echo(result.summary())
     for speed in speeds:
         click.echo(speed.summary())
+    click.echo(host_summary(result.config.shape, "fp16" if dtype == "fp16" else "fp32"))
     if json_out is not None:
         write_plan_json(result, json_out, speeds=speeds)
 

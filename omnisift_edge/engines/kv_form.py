@@ -8,6 +8,10 @@ second needs the KVCacheUpdate layer: TensorRT-RTX (1.7 builds it on this CPU) a
 JetPack 6 ships TensorRT 10.3, so Jetson builds keep the past/present fallback. A build holds one of
 the two, never both.
 
+A weight-only int8/int4 export adds a third: `decoder_trt10` (export/decoder/trt_int4.py), the past/present
+decoder with TensorRT's own INT4 node at opset 17, for TensorRT 10.0-10.5, whose parsers cannot read
+the opset-21 Q/DQ `decoder`. It has `decoder`'s inputs and outputs and is built as the `decoder` engine.
+
 TensorRT refuses a KV cache whose sequence axis is dynamic in the network ("The KV cache tensor must
 have a static sequence length dimension", TensorRT-RTX 1.7), while the ONNX graph keeps
 `cache_length` dynamic so one export serves any `--max-context`. So the build parses a copy of the
@@ -19,10 +23,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omnisift_edge.artifact.manifest import DECODER, GraphInfo, Manifest, as_manifest
+from omnisift_edge.artifact.manifest import DECODER, DECODER_TRT10, GraphInfo, Manifest, as_manifest
 from omnisift_edge.engines.profiles import SCATTER
 
 FALLBACK = DECODER
+TRT10 = DECODER_TRT10                    # export/decoder/trt_int4.GRAPH: quantized past/present form before opset 21
+QDQ_TENSORRT = (10, 6)                   # the first TensorRT that parses the opset-21 Q/DQ decoder
+TRT_INT4_TENSORRT = (10, 0)              # the first TensorRT that imports TRT_INT4DequantizeLinear
 KV_CACHE_UPDATE_TENSORRT = (10, 15)      # the first TensorRT with IKVCacheUpdateLayer and its ONNX TensorScatter import
 
 
@@ -35,9 +42,14 @@ def _version(text: str) -> tuple[int, ...]:
 
 def decoder_form(manifest: Manifest, flavour: str, tensorrt: str) -> tuple[str, str]:
     """(graph, why): `decoder_scatter` where this TensorRT has KVCacheUpdate and the export has the graph,
-    else `decoder`."""
+    `decoder_trt10` for a quantized export on TensorRT 10.0-10.5, else `decoder`."""
     need = ".".join(map(str, KV_CACHE_UPDATE_TENSORRT))
-    if SCATTER not in as_manifest(manifest).kv_cache:
+    manifest = as_manifest(manifest)
+    if flavour != "tensorrt_rtx" and trt10_form_applies(manifest, tensorrt):
+        return TRT10, (f"past/present with TensorRT's INT4 node at opset 17: TensorRT {tensorrt} parses neither the "
+                       "opset-21 Q/DQ decoder (needs >= 10.6) nor KVCacheUpdate (needs >= "
+                       f"{need}); the runtime copies the presents back into its cache on the device")
+    if SCATTER not in manifest.kv_cache:
         return FALLBACK, ("past/present: this export has no decoder_scatter (made before the in-place TensorRT form); "
                           "export again for an in-place KV cache")
     if flavour == "tensorrt_rtx":
@@ -48,12 +60,23 @@ def decoder_form(manifest: Manifest, flavour: str, tensorrt: str) -> tuple[str, 
                       "ships 10.3); the runtime copies the presents back into its cache on the device")
 
 
+def trt10_form_applies(manifest: Manifest, tensorrt: str) -> bool:
+    """A quantized (Q/DQ) export with a `decoder_trt10` form, on a TensorRT 10.0-10.5."""
+    manifest = as_manifest(manifest)
+    quantized = manifest.weights is not None and manifest.weights.form == "qdq"
+    return quantized and TRT10 in manifest.kv_cache and TRT_INT4_TENSORRT <= _version(tensorrt) < QDQ_TENSORRT
+
+
 def build_graphs(manifest: Manifest, form: str) -> dict[str, GraphInfo]:
-    """graph -> manifest entry of everything a build holds: `graphs`, with `decoder` swapped for `form`."""
+    """graph -> manifest entry of everything a build holds: `graphs`, with `decoder` swapped for `form`
+    (`decoder_trt10` keeps the engine name `decoder`: same inputs and outputs, other weight nodes)."""
     from omnisift_edge.engines.profiles import graph_entry
 
+    manifest = as_manifest(manifest)
+    if form == TRT10:
+        return {graph: graph_entry(manifest, TRT10 if graph == FALLBACK else graph) for graph in manifest.graphs}
     return {(form if graph == FALLBACK else graph): graph_entry(manifest, form if graph == FALLBACK else graph)
-            for graph in as_manifest(manifest).graphs}
+            for graph in manifest.graphs}
 
 
 def static_sizes(graph: str, max_context: int) -> dict[str, int]:

@@ -83,6 +83,7 @@ class Fit:
     need_gb: float
     fits: bool
     max_context: int                   # largest context that fits (0: not even an empty cache)
+    decoder_form: str = ""             # the decoder graph this target builds (kv_form.decoder_form; exports only)
 
 
 @dataclass(frozen=True)
@@ -126,10 +127,13 @@ class MemoryPlan:
         lines.append(f"  KV cache ({kind})".ljust(28) + f"{self.kv_cache / GB:8.2f} GB  ({self.kv_per_token / 1024:.0f} KiB/token)")
         for graph, size in self.activations.items():
             lines.append(f"  activations {graph:<14} {size / GB:8.2f} GB")
-        lines.append(f"  {'target':<12} {'memory':>7} {'usable':>7} {'needs':>7}  fits  largest max context")
+        forms = any(f.decoder_form for f in self.fits)
+        lines.append(f"  {'target':<12} {'memory':>7} {'usable':>7} {'needs':>7}  fits  largest max context"
+                     + ("  decoder form" if forms else ""))
         for f in self.fits:
             lines.append(f"  {f.target:<12} {f.memory_gb:6.0f}G {f.usable_gb:6.1f}G {f.need_gb:6.1f}G  "
-                         f"{'yes ' if f.fits else 'NO  '}  {f.max_context if f.max_context else 'none'}")
+                         f"{'yes ' if f.fits else 'NO  '}  {f.max_context if f.max_context else 'none':<19}"
+                         + (f"  {f.decoder_form}" if forms else ""))
         lines.append(f"  (needs = weights + KV + largest activations + the target's workspace; usable = memory minus "
                      f"{RESERVE_GB['jetson']:g} GB on Jetson, {RESERVE_GB['datacenter']:g} GB elsewhere)")
         return "\n".join(lines)
@@ -334,7 +338,24 @@ def plan_export(folder, manifest: dict, *, precision: str, max_context: int, pre
         fixed = quant.quantized_weight_bytes if part == "decoder" and quant is not None else 0   # packed ints stay as they are
         size = int((size - fixed) * scale + fixed)   # file sizes, not the protos: planning imports no onnx
         weights[part] = max(weights.get(part, 0), size) if part == "compressor" else size   # one compressor runs
-    return plan_memory(cfg, weights=weights)
+    return with_forms(plan_memory(cfg, weights=weights), manifest)
+
+
+def with_forms(plan: MemoryPlan, manifest) -> MemoryPlan:
+    """The plan with each target's decoder form (engines/kv_form.py): which graph its TensorRT builds."""
+    from dataclasses import replace
+
+    from omnisift_edge.engines.kv_form import decoder_form
+    from omnisift_edge.engines.presets import get_target
+
+    fits = []
+    for fit in plan.fits:
+        target = _fit_target(fit.target, get_target)
+        newest = target.tensorrt[-1].rstrip(".")     # a datacenter preset takes any 10.x/11.x: plan the newest
+        form, _ = decoder_form(manifest, target.flavour, newest)
+        rtx = "-RTX" if target.flavour == "tensorrt_rtx" else ""
+        fits.append(replace(fit, decoder_form=f"{form} (TensorRT{rtx} {' or '.join(p.rstrip('.') for p in target.tensorrt)})"))
+    return replace(plan, fits=tuple(fits))
 
 
 ORT_ATTENTION_COPIES, ORT_MASK_BYTES = 4, 12   # calibration: see ort_cpu_decoder_peak

@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from omnisift_edge.runtime import trt_flavour as flavours
-from omnisift_edge.engines.kv_form import build_graphs, decoder_form, static_sizes
+from omnisift_edge.engines.kv_form import build_graphs, decoder_form, static_sizes, trt10_form_applies
 from omnisift_edge.engines.presets import PRECISIONS, PRESETS, TARGETS, Target, get_target, resolve_target
-from omnisift_edge.engines.profiles import DEFAULT_MAX_PROMPT, Profile, decoder_limits, graph_profiles
+from omnisift_edge.engines.profiles import DEFAULT_MAX_PROMPT, SCATTER, Profile, decoder_limits, graph_profiles
 from omnisift_edge.engines.store import PLAN_FILE, engine_dir, engine_path, write_side_file
 from omnisift_edge.artifact.limits import check_max_context
 from omnisift_edge.errors import UsageError
@@ -378,7 +378,7 @@ def plan_build(cfg: BuildConfig, *, manifest=None, env: BuildEnv | None = None,
     timing_cache = None if flavour.builds_without_gpu else cfg.timing_cache or default_timing_cache(target.name,
                                                                                                    env.tensorrt)
     memory = plan_export(cfg.folder, manifest, precision=precision, max_context=limits.max_context,
-                         prefill=limits.max_sequence, kv_in_place=form[0] != "decoder")
+                         prefill=limits.max_sequence, kv_in_place=form[0] == SCATTER)
     plan = BuildPlan(cfg.folder, env, precision, limits.max_context, limits.max_sequence, limits.main_ratio,
                      workspace, timing_cache, engines, _warnings(cfg, env, engines, problem), memory=memory,
                      decoder_form=form, weights_problem=problem)
@@ -432,8 +432,9 @@ def weights_form_problem(manifest, tensorrt: str, flavour: str = "tensorrt") -> 
     """
     from omnisift_edge.artifact.manifest import as_manifest
 
-    weights = as_manifest(manifest).weights
-    if weights is None or weights.form != "qdq" or flavour == "tensorrt_rtx":
+    manifest = as_manifest(manifest)
+    weights = manifest.weights
+    if weights is None or weights.form != "qdq" or flavour == "tensorrt_rtx" or trt10_form_applies(manifest, tensorrt):
         return None
     try:
         version = tuple(int(p) for p in tensorrt.split(".")[:2])
@@ -442,6 +443,8 @@ def weights_form_problem(manifest, tensorrt: str, flavour: str = "tensorrt") -> 
     if version >= QDQ_TENSORRT_MIN:
         return None
     need = ".".join(map(str, QDQ_TENSORRT_MIN))
+    older = "this export has no decoder_trt10 form (export again for TensorRT 10.0-10.5); " \
+        if version >= (10, 0) else f"TensorRT {tensorrt} has no INT4 importer either (needs >= 10.0); "
     return (f"the decoder has {weights.mode} weight-only Q/DQ (opset 21), which TensorRT {tensorrt} "
-            f"cannot parse (needs >= {need} or TensorRT-RTX); build on a newer TensorRT, or export "
+            f"cannot parse (needs >= {need} or TensorRT-RTX); {older}build on a newer TensorRT, or export "
             "--weights fp16 for this target")

@@ -18,9 +18,9 @@ from typing import Callable
 import numpy as np
 
 from omnisift_edge.errors import UsageError, require
-from omnisift_edge.artifact.manifest import (DECODER, TIE_RULE, GraphInfo, KvForm, Layout, Manifest, RatioPlan, Rope,
-                                            SharedWeights, TextEmbeddings, Tokenizer, Weights, graph_entry,
-                                            tool_versions, write_manifest)
+from omnisift_edge.artifact.manifest import (DECODER, DECODER_SCATTER, TIE_RULE, GraphInfo, KvForm, Layout, Manifest,
+                                            RatioPlan, Rope, SharedWeights, TextEmbeddings, Tokenizer, Weights,
+                                            graph_entry, tool_versions, write_manifest)
 from omnisift_edge.export.config import ExportArtifact, ExportConfig, ExportValidationError, config_summary
 from omnisift_edge.artifact.tensors import AUDIO_ENCODER, COMPRESSOR, VISION_ENCODER, Dims, decoder_graph
 
@@ -88,17 +88,19 @@ def build_folder(cfg: ExportConfig, folder: Path, progress: Callable[[str], None
     dims = model_dims(model, cfg.resolution)
     plan = ratio_plan(cfg, dims)
     _check_model(cfg, model, plan)
+    awq = _calibrate(model, cfg, plan, progress)   # awq: scales folded into the thinker before any graph is written
     checks: dict = {}
     graphs = _export_encoders(cfg, model, dims, plan, folder, checks, progress)
-    decoder, weights = _export_decoder(cfg, model, dims, folder, checks, progress)
+    decoder, weights, trt_form = _export_decoder(cfg, model, dims, folder, checks, progress)
     graphs[DECODER] = decoder
     progress("decoder, in-place KV form for ONNX Runtime")
     kv_cache = _export_inplace_decoder(model, dims, folder, cfg, checks, weights)
     progress("decoder, in-place KV form for TensorRT (TensorScatter, opset 24)")
     kv_cache.update(_export_scatter_decoder(model, dims, folder, cfg, checks, weights))
+    kv_cache.update(trt_form)
     progress("text embeddings and tokenizer")
     embeddings, tokenizer = _write_tables(model, cfg.dtype, folder)
-    manifest = _manifest(cfg, model, dims, plan, graphs, kv_cache, embeddings, tokenizer, weights)
+    manifest = _manifest(cfg, model, dims, plan, graphs, kv_cache, embeddings, tokenizer, weights, awq)
 
     progress("end-to-end check: greedy answers through the graphs vs the PyTorch stream")
     from omnisift_edge.export.e2e import end_to_end_check
@@ -158,25 +160,29 @@ def _export_encoders(cfg: ExportConfig, model, dims: Dims, plan: tuple[RatioPlan
 
 
 def _export_decoder(cfg: ExportConfig, model, dims: Dims, folder: Path, checks: dict,
-                    progress: Callable[[str], None]) -> tuple[GraphInfo, "_DequantizedWeights"]:
-    """decoder.onnx (past in, present out), quantized for --weights int8/int4, validated against PyTorch."""
+                    progress: Callable[[str], None]) -> tuple[GraphInfo, "_DequantizedWeights", dict[str, KvForm]]:
+    """decoder.onnx (past in, present out), quantized for --weights int8/int4, validated against PyTorch;
+    int8/int4 also write decoder_trt10.onnx from the float graph first (its `kv_cache` entry is returned)."""
     from omnisift_edge.export.decoder.past_present import export_decoder, validate_decoder
 
     progress("decoder")
     thinker, dtype = model.thinker, cfg.dtype
     decoder_path = export_decoder(thinker, dims, folder / f"{DECODER}.onnx", dtype=dtype, opset=cfg.opset,
                                   max_context=cfg.max_context)
-    weights = _DequantizedWeights(thinker, None)
+    weights, trt_form = _DequantizedWeights(thinker, None), {}
     if cfg.quantized:   # weight-only int8/int4: checked against PyTorch running the same dequantized weights
         from omnisift_edge.export.decoder.quantize import quantize_decoder
+        from omnisift_edge.export.decoder.trt_int4 import export_decoder_trt10
 
-        progress(f"decoder weights to {cfg.weights} (weight-only Q/DQ, round-to-nearest)")
+        progress(f"decoder, {cfg.weights} form for TensorRT 10.0-10.5 (JetPack 6)")
+        trt_form = export_decoder_trt10(folder, decoder_path, cfg.quant_config(), dims, dtype)
+        progress(f"decoder weights to {cfg.weights} (weight-only Q/DQ, {cfg.calibration} scales)")
         weights = _DequantizedWeights(thinker, quantize_decoder(decoder_path, decoder_path, cfg.quant_config()))
     with weights:
         _check(DECODER, validate_decoder(decoder_path, thinker, dtype=dtype), checks)
     entry = graph_entry(decoder_graph(dims.num_layers), dims, f"{DECODER}.onnx", weights.opset(cfg.opset), dtype,
                         external_data=(folder / f"{DECODER}.onnx.data").exists())
-    return _typed(DECODER, entry), weights
+    return _typed(DECODER, entry), weights, trt_form
 
 
 def _write_tables(model, dtype: str, folder: Path) -> tuple[TextEmbeddings, Tokenizer]:
@@ -191,14 +197,15 @@ def _write_tables(model, dtype: str, folder: Path) -> tuple[TextEmbeddings, Toke
 
 def _manifest(cfg: ExportConfig, model, dims: Dims, plan: tuple[RatioPlan, ...], graphs: dict[str, GraphInfo],
               kv_cache: dict[str, KvForm], embeddings: TextEmbeddings, tokenizer: Tokenizer,
-              weights: "_DequantizedWeights") -> Manifest:
+              weights: "_DequantizedWeights", awq=None) -> Manifest:
     """The export's manifest, all but the checksums (write_manifest adds them) and the checks' results."""
     source = "embedded default" if model.source.is_default else str(model.source.path.resolve())
     return Manifest(
         dtype=cfg.dtype, resolution=tuple(cfg.resolution), max_context=cfg.max_context, dims=dims,
         layout=Layout.from_dict(asdict(model.spec)), rope=Rope.from_dict(_rope_settings(model)), ratios=plan,
         graphs=graphs, kv_cache=kv_cache, text_embeddings=embeddings, tokenizer=tokenizer,
-        weights=Weights.from_dict(weights.record(cfg.dtype)),
+        weights=Weights.from_dict({**weights.record(cfg.dtype, kv_cache),
+                                   **({"calibration": awq.record()} if awq else {})}),
         stop_token_ids=(model.spec.tokens.im_end, model.spec.tokens.endoftext),
         sections={"model": dict(model.identity, source=source), "selector": _selector_record(model),
                   "tie_rule": TIE_RULE, "thinker_shape": _thinker_shape(model), "tools": tool_versions(),
@@ -218,6 +225,21 @@ def _lint(folder: Path) -> dict:
     if has_errors(findings):
         raise UsageError("the graphs use what TensorRT 10.3 cannot build:\n" + format_findings(findings))
     return {graph: [asdict(f) for f in items] for graph, items in findings.items()}
+
+
+def _calibrate(model, cfg: ExportConfig, plan: tuple[RatioPlan, ...], progress: Callable[[str], None]):
+    """--calibration awq: activation-aware scales from the export's own clips, folded into the thinker
+    (export/decoder/awq.py); its AwqReport, or None for rtn and float exports."""
+    if not cfg.quantized or cfg.calibration != "awq":
+        return None
+    from omnisift_edge.export.decoder.awq import apply_awq, calibration_clips, collect_inputs
+
+    progress("int4 calibration (AWQ): activations of the calibration clips through the PyTorch stream")
+    clips, record = calibration_clips(model, cfg.resolution, cfg.calibration_data)
+    inputs = collect_inputs(model, clips, cfg.resolution, plan[0].rho_video, plan[0].rho_audio)
+    record["rows"] = int(next(iter(inputs.values())).shape[0])
+    progress("int4 calibration (AWQ): per-group scale search, folded into the norms and up_proj")
+    return apply_awq(model.thinker, inputs, cfg.block_size, record)
 
 
 def _share_weights(folder: Path, manifest: Manifest) -> Manifest:
@@ -261,14 +283,16 @@ class _DequantizedWeights:
 
         return QDQ_OPSET if self.report is not None else opset
 
-    def record(self, dtype: str) -> dict:
+    def record(self, dtype: str, kv_cache: dict[str, KvForm]) -> dict:
         """The manifest's `weights`: mode, form, bits, block size, method and the graph file per backend."""
         if self.report is None:
             return {"mode": dtype, "form": "float", "bits": 16 if dtype == "fp16" else 32,
                     "graphs": {"onnxruntime": "decoder.onnx", "tensorrt": "decoder.onnx"}}
         from omnisift_edge.export.decoder.quantize import backend_graphs
+        from omnisift_edge.export.decoder.trt_int4 import tensorrt_forms
 
-        return {**self.report.record(), "graphs": backend_graphs("decoder.onnx")}
+        return {**self.report.record(), "graphs": backend_graphs("decoder.onnx"),
+                "tensorrt_forms": tensorrt_forms("decoder.onnx", DECODER_SCATTER in kv_cache)}
 
 
 def _thinker_shape(model) -> dict:

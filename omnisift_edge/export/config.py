@@ -32,6 +32,8 @@ class ExportConfig:
     weights: str | None = None                      # decoder linear layers: fp32 | fp16 | int8 | int4 (None: dtype)
     block_size: int = 32                            # int4: rows of a weight sharing one scale
     quantize_lm_head: bool = False                  # int8/int4: the LM head too
+    calibration: str | None = None                  # int4: awq (default) | rtn; int8: rtn (export/decoder/awq.py)
+    calibration_data: tuple[Path, ...] = ()         # awq: clips to calibrate on (default: generated clips)
 
     def __post_init__(self):
         from omnisift_edge.paths import check_output_dir
@@ -60,6 +62,7 @@ class ExportConfig:
         if self.weights in ("fp32", "fp16") and self.weights != self.dtype:
             raise UsageError(f"--weights {self.weights} needs --dtype {self.weights} (float weights are the graph's "
                              f"dtype); or --weights int8/int4")
+        _check_calibration(self)
         if self.quantized:
             self.quant_config()   # validates the block size
         elif self.weights not in ("fp32", "fp16"):
@@ -79,7 +82,27 @@ class ExportConfig:
         """The decoder's `quantize.QuantConfig` (int8/int4 exports only)."""
         from omnisift_edge.export.decoder.quantize import QuantConfig
 
-        return QuantConfig(self.weights, block_size=self.block_size, lm_head=self.quantize_lm_head)
+        return QuantConfig(self.weights, block_size=self.block_size, lm_head=self.quantize_lm_head,
+                           method=self.calibration or "rtn")
+
+
+def _check_calibration(cfg: ExportConfig) -> None:
+    """--calibration awq|rtn: awq (the default) for int4 only; --calibration-data files exist (checked up front)."""
+    from omnisift_edge.export.decoder.awq import METHODS, check_calibration_files
+
+    if cfg.calibration is not None and cfg.calibration not in METHODS:
+        raise UsageError(f"--calibration must be {' or '.join(METHODS)} (got {cfg.calibration!r})")
+    if cfg.calibration is not None and not cfg.quantized:
+        raise UsageError(f"--calibration {cfg.calibration} is for --weights int4 (or int8 with rtn); "
+                         f"this export keeps {cfg.weights} weights")
+    if cfg.calibration == "awq" and cfg.weights != "int4":
+        raise UsageError("--calibration awq is for --weights int4; int8 per channel uses rtn (leave --calibration out)")
+    if cfg.calibration is None and cfg.quantized:
+        object.__setattr__(cfg, "calibration", "awq" if cfg.weights == "int4" else "rtn")
+    object.__setattr__(cfg, "calibration_data", tuple(Path(p) for p in cfg.calibration_data))
+    if cfg.calibration_data and cfg.calibration != "awq":
+        raise UsageError("--calibration-data calibrates --calibration awq (int4); leave it out for rtn")
+    check_calibration_files(cfg.calibration_data)
 
 
 @dataclass
@@ -100,6 +123,7 @@ class ExportArtifact:
 def config_summary(cfg: ExportConfig) -> dict:
     summary = asdict(cfg)
     summary["out"] = str(cfg.out)
+    summary["calibration_data"] = [str(p) for p in cfg.calibration_data]
     # resolved: `run/profile --backend torch` reload the model from any working folder (issue 13.12)
     summary["source"] = {k: (str(v.resolve()) if isinstance(v, Path) else v) for k, v in asdict(cfg.source).items()}
     return summary

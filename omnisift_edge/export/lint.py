@@ -351,6 +351,12 @@ class _Linter:
             self.add("warning", label, op, f"{domain}::{op} is not an ONNX op; the parser maps it to the "
                      f"TensorRT plugin {op!r}: load libnvinfer_plugin (initLibNvInferPlugins) when "
                      "building and running")
+        elif op in trt_ops.TRT_INT4_OPS:   # TensorRT's INT4 node (export/decoder/trt_int4.py): builds, ONNX Runtime cannot run it
+            for severity, message in trt_ops.trt_int4_check(node, self, self.opset or 0):
+                self.add(severity, label, op, message)
+            self.add("warning", "", op, f"{domain}::{op} is TensorRT's own INT4 node (TensorRT >= "
+                     f"{trt_ops.WEIGHT_FORMS['trt_int4']['tensorrt_min']}, TensorRT-RTX): ONNX Runtime cannot run "
+                     "this graph; it runs the Q/DQ decoder.onnx")
         elif op == "MatMulNBits":
             self.add("error", label, op, f"{domain}::{op} runs only in ONNX Runtime (TensorRT has no importer "
                      "and the plugin is not shipped); TensorRT takes the weight-only Q/DQ form that "

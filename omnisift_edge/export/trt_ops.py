@@ -69,7 +69,31 @@ ADDED_LATER = {"BlackmanWindow": "10.4", "HammingWindow": "10.4", "HannWindow": 
 WEIGHT_FORMS = {
     "qdq": {"opset": 21, "onnxruntime": True, "tensorrt_min": "10.6", "tensorrt_rtx": True},
     "matmulnbits": {"opset": None, "onnxruntime": True, "tensorrt_min": None, "tensorrt_rtx": False},
+    # TensorRT's own INT4 weight node at opset 17 (export/decoder/trt_int4.py): what TensorRT 10.0-10.5 build
+    "trt_int4": {"opset": 17, "onnxruntime": False, "tensorrt_min": "10.0", "tensorrt_rtx": True},
 }
+
+# TensorRT's INT4 Q/DQ nodes (onnx-tensorrt onnxOpImporters.cpp, 10.0 GA on; any domain): an INT4
+# initializer, scales whose shape gives the block along one axis, zero point zero, even last dimension
+TRT_INT4_OPS = frozenset({"TRT_INT4DequantizeLinear", "TRT_INT4QuantizeLinear"})
+
+
+def trt_int4_check(node, g, opset: int) -> Iterator[Issue]:
+    """What the parser needs of a TRT_INT4DequantizeLinear over a weight (the form export writes)."""
+    q, scale = g.const(_input(node, 0)), g.const(_input(node, 1))
+    if node.op_type == "TRT_INT4DequantizeLinear" and g.elem_type(_input(node, 0)) not in (None, 22):
+        yield ("error", f"{node.op_type} input must be an INT4 initializer (got {dtype_name(g.elem_type(_input(node, 0)))})")
+    if len(node.input) > 2 and node.input[2]:
+        zero = g.const(node.input[2])
+        if zero is None or zero.any():
+            yield ("error", f"{node.op_type} zero point must be a constant 0 (symmetric INT4 only)")
+    if q is not None and scale is not None:
+        if q.ndim != scale.ndim or any(a % b for a, b in zip(q.shape, scale.shape)) or \
+                sum(a != b for a, b in zip(q.shape, scale.shape)) > 1:
+            yield ("error", f"{node.op_type} scale shape {list(scale.shape)} must match the weight {list(q.shape)} "
+                   "but on one blocked axis, whose size it divides")
+        if q.shape[-1] % 2:
+            yield ("error", f"{node.op_type} weight's last dimension {q.shape[-1]} must be even (INT4 packs two a byte)")
 
 # data-dependent output shapes: forbidden in our static per-chunk engines (docs/architecture.md)
 DATA_DEPENDENT_OPS = frozenset({"NonZero", "Unique", "NonMaxSuppression", "Compress"})

@@ -178,3 +178,49 @@ def test_commands_refuse_a_path_out_of_the_export_with_exit_1(export, tmp_path, 
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1 and "graphs.decoder.file" in errors[0] and "outside the export folder" in errors[0]
     assert "Traceback" not in result.output + result.stderr
+
+
+def _int4(raw: dict) -> None:
+    """An int4 export's fields (issue 21) on the golden manifest: decoder_trt10, weights with AWQ."""
+    decoder = raw["graphs"]["decoder"]
+    raw["kv_cache"]["decoder_trt10"] = {
+        "graph": "decoder_trt10", "file": decoder["file"], "kind": "past_present", "replaces": "decoder",
+        "runtimes": ["tensorrt >= 10.0, < 10.6"], "cache_axes": ["batch_size", "kv_heads", "past_sequence_length",
+                                                               "head_dim"],
+        "weights_node": "trt::TRT_INT4DequantizeLinear", "opset": 17, "quantized_matmuls": 14,
+        "logits": "last row of every call", "entry": dict(decoder)}
+    raw["weights"] = {"mode": "int4", "bits": 4, "form": "qdq", "method": "awq", "block_size": 32,
+                      "graphs": {"onnxruntime": decoder["file"], "tensorrt": decoder["file"]},
+                      "tensorrt_forms": [{"tensorrt": "TensorRT-RTX", "graph": "decoder_scatter.onnx"},
+                                         {"tensorrt": ">= 10.0, < 10.6 (JetPack 6: 10.3)", "graph": "decoder_trt10.onnx"}],
+                      "calibration": {"method": "awq", "grid": 20, "alpha_mean": 0.25, "output_error_ratio": 0.9,
+                                      "calibration": {"source": "generated", "clips": ["a", "b"], "rows": 40}}}
+
+
+def test_the_int4_fields_are_typed_and_round_trip(export):
+    _edit(export, _int4)
+    manifest = load_manifest(export)
+    form = manifest.kv_cache["decoder_trt10"]
+    assert (form.replaces, form.opset, form.quantized_matmuls) == ("decoder", 17, 14)
+    assert form.weights_node == "trt::TRT_INT4DequantizeLinear" and form.entry.file == manifest.graphs["decoder"].file
+    weights = manifest.weights
+    assert (weights.method, weights.block_size, weights.calibration.source, weights.calibration.rows) == \
+        ("awq", 32, "generated", 40)
+    assert [f.graph for f in weights.tensorrt_forms] == ["decoder_scatter.onnx", "decoder_trt10.onnx"]
+    before = json.loads((export / MANIFEST).read_text())
+    write_manifest(export, manifest)
+    after = json.loads((export / MANIFEST).read_text())
+    assert after["kv_cache"]["decoder_trt10"] == before["kv_cache"]["decoder_trt10"]
+    assert after["weights"] == before["weights"]
+
+
+@pytest.mark.parametrize("change, where", [
+    (lambda m: m["kv_cache"]["decoder_trt10"].update(opset="17"), "kv_cache.decoder_trt10.opset"),
+    (lambda m: m["weights"]["tensorrt_forms"][0].update(graph=3), "weights.tensorrt_forms[0].graph"),
+    (lambda m: m["weights"]["calibration"].pop("calibration"), "weights.calibration.calibration"),
+    (lambda m: m["weights"]["calibration"]["calibration"].update(rows=-1), "weights.calibration.calibration.rows"),
+    (lambda m: m["weights"].update(method=4), "weights.method"),
+])
+def test_bad_int4_fields_are_one_line(export, change, where):
+    _edit(export, lambda m: (_int4(m), change(m)))
+    _refused(export, where)

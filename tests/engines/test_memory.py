@@ -155,13 +155,15 @@ def test_build_plan_prints_the_memory_of_an_export(small_export):
     plan = plan_build(BuildConfig(folder, target="orin-nx"))
     assert plan.memory is not None
     assert plan.memory.weights["decoder"] == pytest.approx(graph_weight_bytes(folder / "decoder.onnx", 2), rel=0.02)
-    assert any("opset 21" in w for w in plan.warnings)         # TensorRT 10.3 cannot parse the Q/DQ decoder
+    # TensorRT 10.3 cannot parse the Q/DQ decoder: it gets the TRT_INT4DequantizeLinear form (export/decoder/trt_int4.py)
+    assert not any("opset 21" in w for w in plan.warnings) and plan.decoder_form[0] == "decoder_trt10"
     assert "memory plan: int4" in plan.summary()
-    # build_engines refuses what the plan warns about; TensorRT-RTX and TensorRT >= 10.6 take the form
+    # build_engines refuses what the plan warns about; TensorRT-RTX and TensorRT >= 10.6 take the Q/DQ form
     from omnisift_edge.artifact.manifest import read_manifest
     from omnisift_edge.engines.plan import weights_form_problem
 
     manifest = read_manifest(folder)
-    assert "cannot parse" in weights_form_problem(manifest, "10.3.0")
+    assert weights_form_problem(manifest, "10.3.0") is None
+    assert "cannot parse" in weights_form_problem(manifest, "8.6.1")
     assert weights_form_problem(manifest, "10.6.0") is None
     assert weights_form_problem(manifest, "1.7.1", "tensorrt_rtx") is None

@@ -7,7 +7,8 @@ export. The exporter and validator are named, not imported, so reading the table
 
 A new form: its `GraphSpec` in `artifact/tensors.py`, a module here with `export_<graph>` and
 `validate_<graph>` (starting with `checks.check_export`, validated with `checks`' helpers), and
-one `DecoderForm` in `FORMS`.
+one `DecoderForm` in `FORMS`. `TRT10` (decoder_trt10, TensorRT 10.0-10.5) is not traced: an int8/int4
+export writes it from the float `decoder.onnx` (trt_int4.py), so it sits in `QUANTIZED_FORMS`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable
 
-from omnisift_edge.artifact.records import DECODER, DECODER_GQA, DECODER_SCATTER
+from omnisift_edge.artifact.records import DECODER, DECODER_GQA, DECODER_SCATTER, DECODER_TRT10
 from omnisift_edge.artifact.tensors import GraphSpec, decoder_graph, decoder_gqa_graph, decoder_scatter_graph
 
 CACHE_AXES = ("batch_size", "kv_heads", "cache_length", "head_dim")
@@ -74,9 +75,14 @@ SCATTER = DecoderForm(
     runtimes=("tensorrt>=10.15", "tensorrt_rtx"), cache_axes=CACHE_AXES, logits=IN_PLACE_LOGITS,
     module="scatter", opset=24)
 
-FORMS = {form.graph: form for form in (PAST_PRESENT, GQA, SCATTER)}
+TRT10 = DecoderForm(   # int8/int4 exports only: written from the float decoder, not traced (trt_int4.py)
+    graph=DECODER_TRT10, kind="past_present", spec=decoder_graph, runtimes=("tensorrt >= 10.0, < 10.6",),
+    cache_axes=PAST_PRESENT.cache_axes, logits=PAST_PRESENT.logits, module="trt_int4")
+
+FORMS = {form.graph: form for form in (PAST_PRESENT, GQA, SCATTER)}   # traced by every export
+QUANTIZED_FORMS = {TRT10.graph: TRT10}                                 # added by a weight-only int8/int4 export
 
 
 def form(graph: str) -> DecoderForm:
     """The form whose graph is `graph` (a bug, not the user's, if there is none)."""
-    return FORMS[graph]
+    return FORMS[graph] if graph in FORMS else QUANTIZED_FORMS[graph]

@@ -35,7 +35,7 @@ QMAX = {8: 127, 4: 7}                 # symmetric: int8 [-127, 127], int4 [-7, 7
 QDQ_OPSET = 21                        # DequantizeLinear with int4 inputs and block_size
 INT4_IR_VERSION = 10                  # int4 tensors need IR version 10
 FORM = "qdq"                          # the portable weight-only Q/DQ form (one graph for ORT and TensorRT)
-METHOD = "rtn"                        # round-to-nearest; see docs/quantization.md for why not AWQ
+METHOD = "rtn"                        # round-to-nearest of the weights as given (awq: export/decoder/awq.py scales them first)
 DEFAULT_BLOCK = 32
 EMBED_LIMIT = 2**31 - 2**26           # graphs this big or bigger keep their weights in <name>.onnx.data
 
@@ -47,6 +47,7 @@ class QuantConfig:
     weights: str = "int4"
     block_size: int = DEFAULT_BLOCK       # int4 only: rows of W [K, N] sharing one scale; must divide K
     lm_head: bool = False
+    method: str = METHOD                  # rtn, or awq: scales folded into the thinker first (export/decoder/awq.py)
 
     def __post_init__(self):
         if self.weights not in BITS:
@@ -61,7 +62,7 @@ class QuantConfig:
 
     def record(self) -> dict:
         """The manifest's `weights` entry (without the per-graph sizes)."""
-        return {"mode": self.weights, "bits": self.bits, "form": FORM, "method": METHOD,
+        return {"mode": self.weights, "bits": self.bits, "form": FORM, "method": self.method,
                 "granularity": "block-wise along K (axis 0)" if self.bits == 4 else "per output channel (axis 1)",
                 "block_size": self.block_size if self.bits == 4 else None, "symmetric": True,
                 "lm_head_quantized": self.lm_head, "opset": QDQ_OPSET}

@@ -1,0 +1,150 @@
+"""Calibrated (AWQ-style) INT4 against round-to-nearest, measured side by side in one run (issue 21).
+
+On the mid-size random thinker (`pipeline.py --size mid`: 896 wide x 8 layers, vocab 152064) the
+decoder's linear layers are int4 (block 32, symmetric) in two ways, both in PyTorch with the exact
+dequantized weights the exported graphs hold (the export checks graph == PyTorch on them):
+
+- rtn: round-to-nearest of the weights as they are (export/decoder/quantize.py);
+- awq: scales from the calibration clips folded into the norms / up_proj first (export/decoder/awq.py).
+
+Calibration: --calib generated clips (seeds 100...); evaluation: --clips other generated clips
+(seeds 200...), each streamed through the compressor with the real prompt, then a question: the
+relative first-token logit error ||l - l_fp32|| / ||l_fp32|| and greedy agreement (share of the
+first --tokens free-running greedy tokens equal to fp32's, position by position).
+
+Random weights have no activation outliers, so `--outliers N` also plants N outlier channels the
+way trained LLMs have them (a norm's weight x20 on N hidden channels, the columns of the linears
+reading it /20): the fp32 model computes exactly the same function, its activations now have
+outliers, and the question is whether calibration finds them.
+
+    python benchmarks/awq.py [--size mid] [--calib 3] [--clips 4] [--tokens 8] [--outliers 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import platform
+import time
+
+import numpy as np
+import torch
+
+from benchmarks.pipeline import build_model
+from omnisift_edge.export.decoder.awq import apply_awq, collect_inputs, fake_quant, layer_groups
+from omnisift_edge.model.synthetic import synthetic_clip
+from omnisift_edge.runtime.torch_pipeline import CompressionConfig
+
+SIZE = (112, 112)
+
+
+def quantize_in_place(thinker, block: int) -> None:
+    """Every decoder-layer linear's weight -> its int4 RTN dequantization (the LM head stays float)."""
+    with torch.no_grad():
+        for name, module in thinker.named_modules():
+            if isinstance(module, torch.nn.Linear) and ".layers." in name and name.startswith("model."):
+                module.weight.copy_(fake_quant(module.weight, block).to(module.weight.dtype))
+
+
+def plant_outliers(thinker, n: int, factor: float = 20.0, seed: int = 0) -> None:
+    """Outlier input channels without changing the function: norm weight x factor, reader columns / factor."""
+    rng = np.random.default_rng(seed)
+    groups, _ = layer_groups(thinker)
+    with torch.no_grad():
+        for group in groups:
+            prev = thinker.get_submodule(group.prev)
+            if prev.weight.dim() != 1:
+                continue
+            channels = torch.from_numpy(rng.choice(prev.weight.shape[0], n, replace=False))
+            prev.weight[channels] *= factor
+            for name in group.linears:
+                thinker.get_submodule(name).weight[:, channels] /= factor
+
+
+def answer(model, clip, tokens: int):
+    """(first-token logits [V], greedy ids) of one clip: chunks through the compressor, then the question."""
+    from omnisift_edge.model.preprocess import log_mel, video_patches
+    from omnisift_edge.model.prompt import build_prompt
+    from omnisift_edge.runtime.torch_pipeline import TorchStream
+
+    spec = model.spec
+    pieces = build_prompt(model.tokenizer, "What happens when the sound plays?", spec=spec)
+    pixels, grid = video_patches(clip.frames, spec, size=SIZE)
+    mel = log_mel(clip.pcm, spec)
+    h, w = int(grid[1]), int(grid[2])
+    comp = CompressionConfig.for_ratio(0.25, spec.tokens_per_frame(*SIZE))
+    stream = TorchStream(model, pieces.prefix_ids, grid_hw=(h, w), compression=comp)
+    per_chunk = h * w * spec.grids_per_chunk
+    for j in range(int(grid[0]) // spec.grids_per_chunk):
+        stream.push(pixels[j * per_chunk:(j + 1) * per_chunk], spec.grids_per_chunk, mel[:, j * 200:(j + 1) * 200])
+    logits = []
+    hook = model.thinker.lm_head.register_forward_hook(lambda m, a, out: logits.append(out[0, -1].float().clone()))
+    try:
+        ids = list(stream.ask(pieces.suffix_ids, max_new_tokens=tokens))
+    finally:
+        hook.remove()
+    return logits[0], ids
+
+
+def evaluate(model, clips, tokens):
+    return [answer(model, clip, tokens) for clip in clips]
+
+
+def compare(ref, got) -> tuple[float, float]:
+    errors = [float((g[0] - r[0]).norm() / r[0].norm()) for r, g in zip(ref, got)]
+    agree = [np.mean([a == b for a, b in zip(r[1], g[1])]) if r[1] else 1.0 for r, g in zip(ref, got)]
+    return float(np.mean(errors)), float(np.mean(agree))
+
+
+def run(model, args, label: str) -> dict:
+    spec = model.spec
+    calib = [synthetic_clip(4.0, *SIZE, fps=spec.fps, sample_rate=spec.sample_rate, seed=100 + i) for i in range(args.calib)]
+    evals = [synthetic_clip(4.0, *SIZE, fps=spec.fps, sample_rate=spec.sample_rate, seed=200 + i) for i in range(args.clips)]
+    ref = evaluate(model, evals, args.tokens)
+    rtn = copy.deepcopy(model)
+    quantize_in_place(rtn.thinker, args.block)
+    rtn_scores = compare(ref, evaluate(rtn, evals, args.tokens))
+    del rtn
+    awq = copy.deepcopy(model)
+    comp = CompressionConfig.for_ratio(0.25, spec.tokens_per_frame(*SIZE))
+    start = time.perf_counter()
+    inputs = collect_inputs(awq, [(c.frames, c.pcm) for c in calib], SIZE, comp.rho_video, comp.rho_audio)
+    report = apply_awq(awq.thinker, inputs, args.block)
+    seconds = time.perf_counter() - start
+    quantize_in_place(awq.thinker, args.block)
+    awq_scores = compare(ref, evaluate(awq, evals, args.tokens))
+    result = {"model": label, "rtn_error": rtn_scores[0], "rtn_agree": rtn_scores[1], "awq_error": awq_scores[0],
+              "awq_agree": awq_scores[1], "ratio": awq_scores[0] / rtn_scores[0], "calib_seconds": seconds,
+              **{k: v for k, v in report.record().items() if k in ("alpha_mean", "output_error_ratio")}}
+    print(f"{label:<28} rtn err {rtn_scores[0]:.4f} agree {rtn_scores[1]:.2f} | awq err {awq_scores[0]:.4f} "
+          f"agree {awq_scores[1]:.2f} | awq/rtn {result['ratio']:.2f} | alpha mean {result['alpha_mean']} "
+          f"calib out-err ratio {result['output_error_ratio']} | calibration {seconds:.0f}s", flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="mid")
+    parser.add_argument("--calib", type=int, default=3)
+    parser.add_argument("--clips", type=int, default=4)
+    parser.add_argument("--tokens", type=int, default=8)
+    parser.add_argument("--block", type=int, default=32)
+    parser.add_argument("--outliers", type=int, default=8)
+    parser.add_argument("--only-outliers", action="store_true", help="skip the plain random model")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    print(f"{dt.date.today()} {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; int4 block {args.block}, {args.clips} eval clips, "
+          f"{args.calib} calibration clips", flush=True)
+    model = build_model(args.size, "cpu", torch.float32)
+    with torch.inference_mode(False):
+        if not args.only_outliers:
+            run(model, args, f"{args.size} random")
+        if args.outliers:
+            plant_outliers(model.thinker, args.outliers)
+            run(model, args, f"{args.size} + {args.outliers} outlier ch.")
+
+
+if __name__ == "__main__":
+    main()
