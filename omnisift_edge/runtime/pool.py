@@ -30,6 +30,10 @@ from omnisift_edge.runtime.session import OmniSession, RuntimeConfig
 from omnisift_edge.runtime.slots import SlotBuffers, SlotCache, decode_rows
 
 
+class PoolFullError(UsageError):
+    """Every slot of the pool holds an open stream."""
+
+
 class _SharedExport:
     """The pool's export folder with its embedding table loaded once (every stream reads the same array)."""
 
@@ -151,7 +155,7 @@ class StreamPool:
         with self._lock:
             slot = self.slots.take()
             if slot is None:
-                raise UsageError(f"the pool is full: all {self.max_streams} streams are open; close one, or open "
+                raise PoolFullError(f"the pool is full: all {self.max_streams} streams are open; close one, or open "
                                  "the pool with a larger max_streams (--max-streams)")
             stream_id, self._next_id = self._next_id, self._next_id + 1
         try:

@@ -72,3 +72,28 @@ def test_outputs_fill_every_declared_tensor():
     assert list(out) == [t.name for t in OUTPUTS]
     assert out["TEXT"].tobytes().decode() == "é" and out["KEPT_AUDIO"].tolist() == [13, 12]
     assert all(v.flags.writeable and v.dtype == np.dtype(t.dtype) for t, v in zip(OUTPUTS, out.values()))
+
+
+def test_a_pool_serves_cameras_up_to_max_streams_then_says_full(serving_export):
+    from omnisift_edge.serving.model import open_streams
+
+    clock = Clock()
+    table = StreamTable(open_streams(RuntimeConfig(serving_export), 2), idle_seconds=5, clock=clock)
+    clip = synthetic_clip(2.0, *RES, seed=4)
+    for sid in (1, 2):
+        list(table.handle(sid, start=True, frames=clip.frames, pcm=clip.pcm))
+    with pytest.raises(UsageError, match="the server is full: all 2 camera streams"):
+        list(table.handle(3, start=True, frames=clip.frames, pcm=clip.pcm))
+    answers = {sid: list(table.handle(sid, question="What happens?", max_new_tokens=4))[-1].token_ids
+               for sid in (1, 2)}                                   # the others keep being served
+    session = OmniSession(RuntimeConfig(serving_export))
+    session.append_chunk(clip.frames, clip.pcm)
+    assert answers[1] == answers[2] == list(session.ask_ids("What happens?", max_new_tokens=4))
+    list(table.handle(1, start=True, frames=clip.frames, pcm=clip.pcm))   # START again: its own slot reused
+    list(table.handle(2, end=True))                                       # END frees a slot
+    list(table.handle(3, start=True, frames=clip.frames, pcm=clip.pcm))
+    clock.now = 10.0                                                      # eviction frees theirs
+    assert sorted(table.evict_idle()) == [1, 3]
+    list(table.handle(4, start=True, frames=clip.frames, pcm=clip.pcm))
+    list(table.handle(5, start=True, frames=clip.frames, pcm=clip.pcm))
+    assert len(table) == 2
