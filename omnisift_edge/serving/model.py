@@ -20,6 +20,7 @@ arrive garbled, outputs empty); DLPack does not depend on numpy's ABI.
 from __future__ import annotations
 
 import json
+import queue
 import threading
 import time
 import traceback
@@ -122,6 +123,40 @@ class StreamTable:
         yield Reply(token_ids=ids, kept=kept, final=True, open_streams=len(self))
 
 
+class Lanes:
+    """One worker thread per camera: a camera's requests run in order, different cameras' at the same
+    time (so a pool batches their decode steps; runtime/scheduler.py). A lane ends after `idle`
+    seconds without work. `run` must not raise (the model's `_serve` turns every error into a reply)."""
+
+    def __init__(self, run: Callable[[Any], None], idle: float):
+        self._run, self._idle = run, idle
+        self._lanes: dict[int, queue.Queue] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._lanes)
+
+    def submit(self, key: int, item: Any) -> None:
+        with self._lock:
+            lane = self._lanes.get(key)
+            if lane is None:
+                lane = self._lanes[key] = queue.Queue()
+                threading.Thread(target=self._work, args=(key, lane), daemon=True).start()
+            lane.put(item)
+
+    def _work(self, key: int, lane: queue.Queue) -> None:
+        while True:
+            try:
+                item = lane.get(timeout=self._idle)
+            except queue.Empty:
+                with self._lock:                 # submit() puts under this lock: nothing is lost
+                    if lane.empty():
+                        del self._lanes[key]
+                        return
+                continue
+            self._run(item)
+
+
 def open_streams(runtime, max_streams: int) -> Callable[[], Any]:
     """What opens a camera's session: a stream of one pool (onnxruntime on the cpu: the graphs loaded
     once, `max_streams` KV slots), else a session of its own. Fails at load (a bad export, missing
@@ -176,6 +211,7 @@ class TritonPythonModel:
         self.max_new_tokens = int(params.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
         idle = EVICT_AFTER * int(config["sequence_batching"]["max_sequence_idle_microseconds"]) / 1e6
         self.table = StreamTable(open_streams(runtime, int(params.get("max_streams", 8))), idle)
+        self.lanes = Lanes(self._serve, idle)
         self._stop = threading.Event()
         self._reaper = threading.Thread(target=self._reap, args=(min(1.0, idle / 4),), daemon=True)
         self._reaper.start()
@@ -194,8 +230,9 @@ class TritonPythonModel:
         return self.pb.InferenceResponse(output_tensors=tensors)
 
     def execute(self, requests: list) -> None:
+        """Hand each request to its camera's lane and return (decoupled: the lanes send the responses)."""
         for request in requests:
-            self._serve(request)
+            self.lanes.submit(int(self._input(request, "CORRID").reshape(-1)[0]), request)
         return None
 
     def _serve(self, request) -> None:

@@ -97,3 +97,33 @@ def test_a_pool_serves_cameras_up_to_max_streams_then_says_full(serving_export):
     list(table.handle(4, start=True, frames=clip.frames, pcm=clip.pcm))
     list(table.handle(5, start=True, frames=clip.frames, pcm=clip.pcm))
     assert len(table) == 2
+
+
+def test_lanes_keep_a_cameras_order_and_run_cameras_side_by_side():
+    import threading
+    import time
+
+    from omnisift_edge.serving.model import Lanes
+
+    seen, lock, b_ran = [], threading.Lock(), threading.Event()
+
+    def run(item):
+        key, n = item
+        if item == ("a", 0):
+            assert b_ran.wait(10)                # a's first request waits for b's: they run at once
+        with lock:
+            seen.append(item)
+        if key == "b":
+            b_ran.set()
+
+    lanes = Lanes(run, idle=0.2)
+    for n in range(3):
+        lanes.submit("a", ("a", n))
+    lanes.submit("b", ("b", 0))
+    deadline = time.monotonic() + 10
+    while len(seen) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert seen[0] == ("b", 0) and [x for x in seen if x[0] == "a"] == [("a", 0), ("a", 1), ("a", 2)]
+    while len(lanes) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(lanes) == 0                       # idle lanes end
