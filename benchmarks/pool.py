@@ -27,7 +27,8 @@ import time
 import numpy as np
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]      # this checkout's omnisift_edge; streaming.py
 QUESTION = "What happens in the video?"
 
 
@@ -63,9 +64,11 @@ def child(mode: str, n: int, folder: str, max_context: int) -> None:
 
 
 def measure_rss(mode: str, n: int, folder: Path, max_context: int) -> float:
-    out = subprocess.run([sys.executable, __file__, "--child", mode, str(n), str(folder), str(max_context)],
-                         check=True, capture_output=True, text=True).stdout
-    return float(out.strip().splitlines()[-1])
+    done = subprocess.run([sys.executable, __file__, "--child", mode, str(n), str(folder), str(max_context)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"the {mode} child with {n} streams failed:\n{done.stderr[-3000:]}")
+    return float(done.stdout.strip().splitlines()[-1])
 
 
 def decode_rate(folder: Path, max_context: int, tokens: int, answering: int) -> tuple[float, dict]:

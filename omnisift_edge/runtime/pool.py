@@ -57,7 +57,9 @@ class SlotStream(OrtStream):
                          context=pool.cfg.context, kv_form="shared_buffer", open_graph=pool.graph)
 
     def _open_cache(self, export, inplace_entry, max_context, providers):
-        return SlotCache(self.pool.slots, self.slot, self.sessions["decoder"], inplace_entry, export.manifest.rope)
+        """The slot's cache, zeroed between two model calls (a batched call may span a free slot)."""
+        return self.pool.scheduler.call(lambda: SlotCache(self.pool.slots, self.slot, self.sessions["decoder"],
+                                                          inplace_entry, export.manifest.rope))
 
     def _step(self, embeds, positions, want_logits=True):
         if want_logits and embeds.shape[1] == 1:             # one answer token: batched with the others'
