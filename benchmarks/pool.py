@@ -123,8 +123,9 @@ def export_model(name: str, work: Path, resolution, max_context: int) -> Path:
 def report(name: str, folder: Path, args, counts) -> None:
     slot = kv_slot_mib(folder, args.max_context)
     print(f"\n### {name}: KV slot {slot:.1f} MiB per stream (planned)")
-    print("| open streams | separate sessions RSS | pool RSS | pool: MiB per added stream |")
-    print("|---|---|---|---|")
+    if counts:
+        print("| open streams | separate sessions RSS | pool RSS | pool: MiB per added stream |")
+        print("|---|---|---|---|")
     first = None
     for n in counts:
         pooled = measure_rss("pool", n, folder, args.max_context)
@@ -152,7 +153,7 @@ def main() -> None:
     parser.add_argument("--separate-max", type=int, default=8, help="largest N run as separate sessions")
     args = parser.parse_args()
     resolution = tuple(int(x) for x in args.resolution.split("x"))
-    counts = [int(x) for x in args.streams.split(",")]
+    counts = [int(x) for x in args.streams.split(",") if x]      # --streams "": decode throughput only
     print(f"{platform.node()}, {platform.processor() or platform.machine()}, python {platform.python_version()}, "
           f"{dt.date.today()}, onnxruntime cpu, {args.resolution}, ratio 0.25, max_context {args.max_context}")
     with tempfile.TemporaryDirectory(prefix="pool-bench-") as tmp:

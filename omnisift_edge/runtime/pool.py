@@ -94,6 +94,14 @@ class PoolStream(OmniSession):
         self.pool, self.id, self.slot = pool, stream_id, slot
         self._begin(SlotStream(pool, slot, self._prefix_ids))
 
+    def ask_ids(self, question: str, *, max_new_tokens: int = 64):
+        """`OmniSession.ask_ids`, counted as answering: the scheduler gathers its decode steps with the others'."""
+        self.pool.scheduler.begin_answer()
+        try:
+            yield from super().ask_ids(question, max_new_tokens=max_new_tokens)
+        finally:
+            self.pool.scheduler.end_answer()
+
     def _check_open(self) -> None:
         if self._closed:
             raise UsageError(f"stream {self.id} was closed; open a new one (pool.open_stream())")

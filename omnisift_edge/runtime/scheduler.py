@@ -6,7 +6,10 @@ any other call (an encoder, the compressor, a prefill: run alone). Whoever submi
 queue until its own job is done, running other streams' jobs on the way (one runner at a time; a
 combining queue, no extra thread). The rule, kept simple:
 
-- all pending decode steps go together in one batched call (`run_decodes`);
+- all pending decode steps go together in one batched call (`run_decodes`); while fewer steps are
+  pending than streams are answering (`begin_answer`/`end_answer`), the runner waits for the
+  missing ones, at most `gather_seconds` (their host work between two steps is short; a caller
+  that stops reading its answer only delays the others by that much);
 - decode batches and other calls alternate: after a decode batch, at most one other call runs
   before the next batch (so an answer waits for at most one prefill call, never for a chunk's
   whole prefill queue), and other calls run first-come first-served (no stream's chunk starves).
@@ -17,6 +20,7 @@ A job's error goes to its own caller only; a failed decode batch fails the steps
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from typing import Any, Callable, Sequence
 
@@ -32,8 +36,11 @@ class _Job:
 class Scheduler:
     """One runner at a time over a queue of decode steps (batched) and other calls (FIFO)."""
 
-    def __init__(self, run_decodes: Callable[[Sequence[tuple]], Sequence[Any]]):
+    def __init__(self, run_decodes: Callable[[Sequence[tuple]], Sequence[Any]], *, gather_seconds: float = 0.005):
         self._run_decodes = run_decodes          # [args of each step] -> [result of each step]
+        self.gather_seconds = gather_seconds
+        self.answering = 0                       # streams inside an answer (their next decode step is coming)
+        self._gather_until: float | None = None  # when the pending decodes stop waiting for the others
         self._cv = threading.Condition()
         self._decodes: list[_Job] = []
         self._others: deque[_Job] = deque()
@@ -53,14 +60,33 @@ class Scheduler:
         job = _Job(None, args)
         with self._cv:
             self._decodes.append(job)
+            self._cv.notify_all()                # a runner gathering a batch may be waiting for this one
         return self._drive(job)
+
+    def begin_answer(self) -> None:
+        with self._cv:
+            self.answering += 1
+
+    def end_answer(self) -> None:
+        with self._cv:
+            self.answering -= 1
+            self._cv.notify_all()
+
+    def _gather_wait(self) -> float:
+        """Seconds to wait for the decode steps still missing from the next batch (0: run now)."""
+        if not self._decodes or (self._others and self._after_decode) or len(self._decodes) >= self.answering:
+            return 0.0
+        now = time.monotonic()
+        if self._gather_until is None:
+            self._gather_until = now + self.gather_seconds
+        return max(0.0, self._gather_until - now)
 
     def _take(self) -> list[_Job]:
         if self._others and (self._after_decode or not self._decodes):
             self._after_decode = False
             return [self._others.popleft()]
         batch, self._decodes = self._decodes, []
-        self._after_decode = True
+        self._after_decode, self._gather_until = True, None
         return batch
 
     def _drive(self, job: _Job) -> Any:
@@ -68,6 +94,10 @@ class Scheduler:
             while not job.done:
                 if self._running:
                     self._cv.wait()
+                    continue
+                wait = self._gather_wait()
+                if wait > 0:
+                    self._cv.wait(wait)
                     continue
                 self._running = True
                 work = self._take()
