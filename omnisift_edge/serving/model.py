@@ -232,7 +232,12 @@ class TritonPythonModel:
     def execute(self, requests: list) -> None:
         """Hand each request to its camera's lane and return (decoupled: the lanes send the responses)."""
         for request in requests:
-            self.lanes.submit(int(self._input(request, "CORRID").reshape(-1)[0]), request)
+            try:
+                corrid = int(self._input(request, "CORRID").reshape(-1)[0])
+            except Exception:                    # no usable CORRID: _serve answers with the error
+                self._serve(request)
+                continue
+            self.lanes.submit(corrid, request)
         return None
 
     def _serve(self, request) -> None:
