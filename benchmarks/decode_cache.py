@@ -86,8 +86,9 @@ def main(argv=None) -> None:
 
     import onnxruntime as ort
 
-    from omnisift_edge.export.decoder import decoder_dims, export_decoder
-    from omnisift_edge.export.decoder_gqa import export_decoder_gqa
+    from omnisift_edge.export.decoder import decoder_dims
+    from omnisift_edge.export.decoder.past_present import export_decoder
+    from omnisift_edge.export.decoder.gqa import export_decoder_gqa
     from omnisift_edge.artifact.manifest import graph_entry
     from omnisift_edge.artifact.tensors import Dims, decoder_graph, decoder_gqa_graph
     from omnisift_edge.runtime.kv_buffers import OrtInPlaceCache

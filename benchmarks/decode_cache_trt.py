@@ -62,8 +62,8 @@ def measure(flavour: str, thinker, dims, folder: Path, lengths, tokens: int, rep
 
     from omnisift_edge.artifact.tensors import decoder_graph, decoder_scatter_graph
     from omnisift_edge.engines.kv_form import parse_static
-    from omnisift_edge.export.decoder import export_decoder
-    from omnisift_edge.export.decoder_scatter import export_decoder_scatter
+    from omnisift_edge.export.decoder.past_present import export_decoder
+    from omnisift_edge.export.decoder.scatter import export_decoder_scatter
     from omnisift_edge.runtime.trt_env import require_tensorrt
     from omnisift_edge.runtime.trt_kv import DeviceKV, StaticDeviceKV
 

@@ -30,9 +30,10 @@ import numpy as np
 import torch
 
 from omnisift_edge.engines.memory import GB, graph_weight_bytes, ort_cpu_decoder_peak
-from omnisift_edge.export.decoder import decoder_dims, export_decoder
-from omnisift_edge.export.decoder_config import gapped_positions
-from omnisift_edge.export.quantize import QuantConfig, quantize_decoder
+from omnisift_edge.export.decoder import decoder_dims
+from omnisift_edge.export.decoder.checks import gapped_positions
+from omnisift_edge.export.decoder.past_present import export_decoder
+from omnisift_edge.export.decoder.quantize import QuantConfig, quantize_decoder
 from omnisift_edge.artifact.tensors import Dims, decoder_graph
 from omnisift_edge.model.shape import ThinkerShape
 from omnisift_edge.profiling.ort_memory import measure_decoder_peak

@@ -135,8 +135,8 @@ def answer(session, tokens: int) -> tuple[float, float, int]:
 
 
 def kv_mb(session, tokens: int) -> float:
-    dims = session.manifest["dims"]
-    return tokens * dims["num_layers"] * 2 * dims["kv_heads"] * dims["head_dim"] * 4 / 2**20
+    dims = session.manifest.dims
+    return tokens * dims.num_layers * 2 * dims.kv_heads * dims.head_dim * 4 / 2**20
 
 
 def stage_median(session, stage: str, skip: int = 1) -> float:

@@ -93,6 +93,19 @@ def targets() -> list[str]:
     return lines
 
 
+# modules no extra installs (they come with the platform), and how to get them
+OUTSIDE_EXTRAS = {"tensorrt": "no extra installs TensorRT: on Jetson sudo apt install python3-libnvinfer (JetPack), "
+                               "elsewhere pip install tensorrt"}
+
+
+def _install_hint(missing: list[str], extra: str) -> str:
+    """How to install what `missing` lists: the extra for what it holds, the platform's way for the rest."""
+    hints = [OUTSIDE_EXTRAS[m] for m in missing if m in OUTSIDE_EXTRAS]
+    if any(m not in OUTSIDE_EXTRAS for m in missing):
+        hints.append(f"pip install 'omnisift-edge[{extra}]'")
+    return "; ".join(hints)
+
+
 def report() -> str:
     probes = probe_all()
     found = {p.name for p in probes if p.found}
@@ -107,7 +120,6 @@ def report() -> str:
         extra = {"export": "export", "lint": "export", "run": "export", "profile": "profile",
                  "build / verify": "engines", "build --target rtx": "rtx",
                  "train --llm lora": "train"}.get(command, "model")
-        status = "ready" if not missing else "missing " + ", ".join(missing) + \
-            f" (pip install 'omnisift-edge[{extra}]')"
+        status = "ready" if not missing else "missing " + ", ".join(missing) + f" ({_install_hint(missing, extra)})"
         lines.append(f"  omnisift-edge {command:<20} {status}")
     return "\n".join(lines)

@@ -3,6 +3,16 @@
 //
 //   camera_app EXPORT_DIR [--ratio R] [--seconds S] [--question Q] [--ask-every S] [--target T] [--stub]
 //              [--context-policy error|sliding] [--window-seconds N] [--max-context N]
+//              [--gst PIPELINE [--require-audio] [--drop-policy oldest|thin] [--queue N] [--events FILE]
+//               [--read-timeout S] [--process-delay-ms N]]
+//
+// --gst PIPELINE reads a live source through GStreamer instead of the synthetic one (built when
+// GStreamer's development packages are found; live_app.cpp, docs/cpp.md "Live cameras with
+// GStreamer"): the pipeline links its video into `video.` and its audio into `audio.`, e.g.
+//   --gst "v4l2src device=/dev/video0 ! video.  pulsesrc ! audio."
+// 2-second chunks (2 fps sampled by timestamp, 16 kHz mono audio on the video's clock) go through a
+// bounded queue with docs/live.md's drop policy; --events writes its JSON lines. --seconds counts
+// source seconds (default: until the stream ends or Ctrl-C).
 //
 // --ask-every S asks the question every S seconds of capture while the stream goes on (each answer
 // ends a user turn; the media after it opens the next); the question is asked once more at the end.
@@ -25,6 +35,9 @@
 #include "omnisift/session.h"
 #include "omnisift/stub_backend.h"
 #include "omnisift/trt_backend.h"
+#ifdef OMNISIFT_HAVE_GSTREAMER
+#include "live_app.h"
+#endif
 
 namespace {
 
@@ -39,6 +52,12 @@ struct Args {
   std::string policy = "error";
   double window_seconds = 0;     // 0: none given
   long max_context = 0;          // 0: the export's
+  bool seconds_given = false;
+  bool gst = false;
+  std::string pipeline, drop_policy = "oldest", events;
+  bool require_audio = false;
+  int queue = 2, process_delay_ms = 0;
+  double read_timeout = 5;
 };
 
 bool parse(int argc, char** argv, Args& a) {
@@ -48,7 +67,14 @@ bool parse(int argc, char** argv, Args& a) {
     const char* v = nullptr;
     if (k == "--stub") a.stub = true;
     else if (k == "--ratio" && (v = next())) a.ratio = std::atof(v);
-    else if (k == "--seconds" && (v = next())) a.seconds = std::atof(v);
+    else if (k == "--seconds" && (v = next())) a.seconds = std::atof(v), a.seconds_given = true;
+    else if (k == "--gst" && (v = next())) a.pipeline = v, a.gst = true;
+    else if (k == "--require-audio") a.require_audio = true;
+    else if (k == "--drop-policy" && (v = next())) a.drop_policy = v;
+    else if (k == "--queue" && (v = next())) a.queue = std::atoi(v);
+    else if (k == "--events" && (v = next())) a.events = v;
+    else if (k == "--read-timeout" && (v = next())) a.read_timeout = std::atof(v);
+    else if (k == "--process-delay-ms" && (v = next())) a.process_delay_ms = std::atoi(v);
     else if (k == "--question" && (v = next())) a.question = v;
     else if (k == "--target" && (v = next())) a.target = v;
     else if (k == "--ask-every" && (v = next())) a.ask_every = std::atof(v);
@@ -120,9 +146,18 @@ int main(int argc, char** argv) {
   Args args;
   if (!parse(argc, argv, args)) {
     std::cerr << "usage: camera_app EXPORT_DIR [--ratio R] [--seconds S] [--question Q] [--ask-every S] [--target T] "
-                 "[--stub] [--context-policy error|sliding] [--window-seconds N] [--max-context N]\n";
+                 "[--stub] [--context-policy error|sliding] [--window-seconds N] [--max-context N] [--gst PIPELINE "
+                 "[--require-audio] [--drop-policy oldest|thin] [--queue N] [--events FILE] [--read-timeout S] "
+                 "[--process-delay-ms N]]\n";
     return 2;
   }
+#ifndef OMNISIFT_HAVE_GSTREAMER
+  if (args.gst) {
+    std::cerr << "camera_app: built without GStreamer, so --gst is not available; install libgstreamer1.0-dev and "
+                 "libgstreamer-plugins-base1.0-dev, then rebuild (cmake -DOMNISIFT_WITH_GSTREAMER=ON)\n";
+    return 1;
+  }
+#endif
   auto policy = omnisift::parse_context_policy(args.policy);
   if (!policy.ok()) return fail(policy.status());
   // 1. open the export: manifest (schema + checksums), tokenizer, chat prompt, embeddings
@@ -158,6 +193,24 @@ int main(int argc, char** argv) {
   auto session = omnisift::Session::create(*folder, *backend, options);
   if (!session.ok()) return fail(session.status());
 
+#ifdef OMNISIFT_HAVE_GSTREAMER
+  if (args.gst) {   // a live source instead of the synthetic one below
+    LiveArgs live;
+    live.pipeline = args.pipeline;
+    live.require_audio = args.require_audio;
+    live.drop_policy = args.drop_policy;
+    live.queue = args.queue;
+    live.events = args.events;
+    live.read_timeout = args.read_timeout;
+    live.seconds = args.seconds_given ? args.seconds : 0;
+    live.ask_every = args.ask_every;
+    live.question = args.question;
+    live.process_delay_ms = args.process_delay_ms;
+    live.backend = dynamic_cast<omnisift::StubBackend*>(backend.get()) ? "stub" : "tensorrt";
+    live.ratio = options.ratio;
+    return run_live(live, **session, **folder);
+  }
+#endif
   // 4. the capture loop: a frame every 500 ms, PCM every 100 ms; chunks run as they complete; with
   //    --ask-every, a question every S seconds while the video goes on (the next media opens a new turn)
   SyntheticCamera camera(m.height, m.width);

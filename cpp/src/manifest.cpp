@@ -3,6 +3,7 @@
 #include <openssl/evp.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -260,17 +261,25 @@ void check_consistency(const Manifest& m) {
   if (dec.inputs.size() != 3 + 2 * static_cast<size_t>(d.num_layers) ||
       dec.outputs.size() != 1 + 2 * static_cast<size_t>(d.num_layers))
     throw FieldError("graphs.decoder does not have 3 + 2*num_layers inputs and 1 + 2*num_layers outputs");
-  for (const char* key : {"vision_encoder", "audio_encoder"}) {
-    const GraphInfo& g = m.graphs.at(key);
-    if (g.inputs.size() != 1 || g.outputs.size() != 1) throw FieldError(std::string("graphs.") + key + " is not one input, one output");
-  }
+  // the audio graph and the compressors take a clip's short last chunk through valid-length inputs since
+  // issue 25 (audio: + valid_frames; compressor: + valid_grids, valid_audio_tokens -> + kept_count); older
+  // exports have neither, and an export has both or none
+  const bool valid_inputs = m.graphs.at("audio_encoder").inputs.size() == 2;
+  const GraphInfo& vision = m.graphs.at("vision_encoder");
+  if (vision.inputs.size() != 1 || vision.outputs.size() != 1)
+    throw FieldError("graphs.vision_encoder is not one input, one output");
+  const GraphInfo& audio = m.graphs.at("audio_encoder");
+  if (audio.inputs.size() != (valid_inputs ? 2u : 1u) || audio.outputs.size() != 1)
+    throw FieldError("graphs.audio_encoder is not one input (+ valid_frames), one output");
   if (m.ratios.empty()) throw FieldError("ratios is empty");
   for (const RatioPlan& p : m.ratios) {
     auto it = m.graphs.find(p.graph);
     if (it == m.graphs.end()) throw FieldError("ratios names graph " + p.graph + ", which graphs does not list");
     const GraphInfo& g = it->second;
-    if (g.inputs.size() != 3 || g.outputs.size() != 3 || g.outputs[0].shape.size() != 3)
-      throw FieldError("graphs." + p.graph + " is not the compressor's 3 inputs, 3 outputs");
+    const size_t n_in = valid_inputs ? 5 : 3, n_out = valid_inputs ? 4 : 3;
+    if (g.inputs.size() != n_in || g.outputs.size() != n_out || g.outputs[0].shape.size() != 3)
+      throw FieldError("graphs." + p.graph + " is not the compressor's " + std::to_string(n_in) + " inputs, " +
+                       std::to_string(n_out) + " outputs (as its audio_encoder)");
     if (g.outputs[0].shape[1] != p.kept_total || p.kept_video + p.kept_audio != p.kept_total)
       throw FieldError("graphs." + p.graph + " keeps " + std::to_string(g.outputs[0].shape[1]) +
                        " tokens but its ratio plan says " + std::to_string(p.kept_total));
@@ -287,6 +296,59 @@ void check_consistency(const Manifest& m) {
   for (const auto& [target, build] : m.builds) check_build_decoder(m, build);
   if (m.embeddings_shape.size() != 2 || m.embeddings_shape[0] != d.vocab || m.embeddings_shape[1] != d.hidden)
     throw FieldError("text_embeddings.shape is not [dims.vocab, dims.hidden]");
+}
+
+bool safe_relative(const std::string& name) {
+  fs::path p(name);
+  if (name.empty() || p.is_absolute() || name.find('\\') != std::string::npos || name.find(':') != std::string::npos)
+    return false;
+  for (const fs::path& part : p)
+    if (part == "..") return false;
+  return true;
+}
+
+// Graph keys and build targets form file names (engines/<target>/<graph>.engine): letters, digits, _ . -
+bool plain_name(const std::string& name) {
+  if (name.empty() || name.size() > 128 || name == "." || name == ".." || name[0] == '.' || name[0] == '-') return false;
+  for (char ch : name)
+    if (!(std::isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '.' || ch == '-')) return false;
+  return true;
+}
+
+// (key, path) of the files a runtime opens: graphs, in-place decoder forms, embeddings, tokenizer files.
+std::vector<std::pair<std::string, std::string>> opened_files(const Manifest& m) {
+  std::vector<std::pair<std::string, std::string>> found;
+  for (const auto& [key, g] : m.graphs) found.emplace_back("graphs." + key + ".file", g.file);
+  for (const auto& [key, f] : m.kv_cache) {
+    if (!f.file.empty()) found.emplace_back("kv_cache." + key + ".file", f.file);
+    if (!f.entry.key.empty()) found.emplace_back("kv_cache." + key + ".entry.file", f.entry.file);
+  }
+  found.emplace_back("text_embeddings.file", m.embeddings_file);
+  for (const std::string& f : m.tokenizer_files) found.emplace_back("tokenizer.files", m.tokenizer_folder + "/" + f);
+  return found;
+}
+
+// Every path the manifest names, for the containment checks.
+std::vector<std::pair<std::string, std::string>> all_paths(const Manifest& m) {
+  std::vector<std::pair<std::string, std::string>> found = opened_files(m);
+  found.emplace_back("tokenizer.folder", m.tokenizer_folder);
+  for (const auto& [name, entry] : m.files) found.emplace_back("files." + name, name);
+  for (const auto& [target, b] : m.builds)
+    for (const auto& [graph, e] : b.engines) found.emplace_back("builds." + target + ".engines." + graph + ".file", e.file);
+  return found;
+}
+
+// Paths relative and without `..`, graph keys and build targets plain names (no folder needed).
+void check_paths(const Manifest& m) {
+  for (const auto& [key, g] : m.graphs)
+    if (!plain_name(key)) throw FieldError("graphs names '" + key + "', not a plain name (it could form a path outside the export folder)");
+  for (const auto& [target, b] : m.builds) {
+    if (!plain_name(target)) throw FieldError("builds names '" + target + "', not a plain name (it could form a path outside the export folder)");
+    for (const auto& [graph, e] : b.engines)
+      if (!plain_name(graph)) throw FieldError("builds." + target + ".engines names '" + graph + "', not a plain name");
+  }
+  for (const auto& [key, path] : all_paths(m))
+    if (!safe_relative(path)) throw FieldError(key + " is '" + path + "', a path outside the export folder");
 }
 
 Manifest parse_manifest_fields(const json& j) {
@@ -365,15 +427,8 @@ Manifest parse_manifest_fields(const json& j) {
     for (auto it = builds->begin(); it != builds->end(); ++it) m.builds[it.key()] = parse_build(it.key(), it.value());
   }
   check_consistency(m);
+  check_paths(m);
   return m;
-}
-
-bool safe_relative(const std::string& name) {
-  fs::path p(name);
-  if (name.empty() || p.is_absolute()) return false;
-  for (const fs::path& part : p)
-    if (part == "..") return false;
-  return true;
 }
 
 }  // namespace
@@ -440,6 +495,25 @@ Status verify_files(const std::string& folder, const Manifest& manifest) {
   return Status::Ok();
 }
 
+Status check_contained(const std::string& folder, const Manifest& manifest) {
+  std::error_code ec;
+  const fs::path root = fs::weakly_canonical(fs::absolute(folder, ec), ec);
+  if (ec) return NotFound("cannot resolve " + folder);
+  for (const auto& [key, path] : all_paths(manifest)) {
+    if (!safe_relative(path)) return DataLoss("manifest.json: " + key + " is '" + path + "', a path outside the export folder");
+    const fs::path resolved = fs::weakly_canonical(root / path, ec);
+    if (ec) return DataLoss("manifest.json: " + key + " (" + path + ") cannot be resolved: " + ec.message());
+    const auto rel = resolved.lexically_relative(root);
+    if (rel.empty() || *rel.begin() == "..")
+      return DataLoss("manifest.json: " + key + " (" + path + ") resolves to " + resolved.string() +
+                      ", outside the export folder (a symlink?); copy the export without links that point out of it");
+  }
+  for (const auto& [key, path] : opened_files(manifest))
+    if (!manifest.files.count(path))
+      return DataLoss("manifest.json: " + key + " names " + path + ", which files (the checksums) does not cover; export again");
+  return Status::Ok();
+}
+
 Result<Manifest> read_manifest(const std::string& folder, bool verify) {
   const std::string path = (fs::path(folder) / "manifest.json").string();
   std::error_code ec;
@@ -447,6 +521,7 @@ Result<Manifest> read_manifest(const std::string& folder, bool verify) {
     return NotFound(folder + " has no manifest.json; it is not a complete export (run omnisift-edge export)");
   OMNISIFT_ASSIGN_OR_RETURN(std::string text, read_file(path));
   OMNISIFT_ASSIGN_OR_RETURN(Manifest manifest, parse_manifest(text));
+  OMNISIFT_RETURN_IF_ERROR(check_contained(folder, manifest));
   if (verify) OMNISIFT_RETURN_IF_ERROR(verify_files(folder, manifest));
   return manifest;
 }

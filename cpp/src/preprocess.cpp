@@ -138,8 +138,9 @@ int StreamingLogMel::finish() {
 std::vector<double> StreamingLogMel::log_spec(int64_t f0, int n, int64_t n_total) const {
   const int hop = spec_.hop_length, half = spec_.n_fft / 2, n_fft = spec_.n_fft, n_freq = 1 + n_fft / 2;
   const int n_mels = spec_.n_mels;
-  // Whisper pads the clip with zeros to 30 s (or keeps a longer one whole), then reflects at its end
-  const int64_t padded = std::max<int64_t>(n_total, static_cast<int64_t>(30) * spec_.sample_rate);
+  // Qwen2.5-Omni's extractor (chunk_length 300) pads the clip with zeros to 300 s (or keeps a longer one whole),
+  // then reflects at its end
+  const int64_t padded = std::max<int64_t>(n_total, static_cast<int64_t>(300) * spec_.sample_rate);
   std::vector<double> out(static_cast<size_t>(n_mels) * n);
   std::vector<double> frame(static_cast<size_t>(n_fft)), power(static_cast<size_t>(n_freq));
   for (int f = 0; f < n; ++f) {
@@ -178,7 +179,7 @@ void StreamingLogMel::emit(int n, int64_t n_total) {
   if (n_total >= 0) {
     const int64_t n_valid = (n_total + hop - 1) / hop;
     if (f0 + n == n_valid) {   // Whisper's max also covers the frames past the valid ones that still read the clip
-      const int64_t padded = std::max<int64_t>(n_total, static_cast<int64_t>(30) * spec_.sample_rate);
+      const int64_t padded = std::max<int64_t>(n_total, static_cast<int64_t>(300) * spec_.sample_rate);
       const int64_t n_tail = std::min(padded / hop, (n_total + half + hop - 1) / hop) - n_valid;
       if (n_tail > 0)
         for (double v : log_spec(n_valid, static_cast<int>(n_tail), n_total)) running_max_ = std::max(running_max_, v);

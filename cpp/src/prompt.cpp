@@ -71,30 +71,42 @@ Result<ChatPrompt> ChatPrompt::create(const Tokenizer& tokenizer, const LayoutSp
 
 ChatPrompt ChatPrompt::unchecked(const Tokenizer& tokenizer, const LayoutSpec& spec) { return ChatPrompt(tokenizer, spec); }
 
-Result<std::vector<int64_t>> ChatPrompt::encode_text(const std::string& text, const char* what) const {
-  OMNISIFT_ASSIGN_OR_RETURN(std::vector<int64_t> ids, tokenizer_->encode(text));
+// Template text (control tokens are control) and untrusted text (a question, a system prompt: its
+// control tokens are text, Tokenizer::encode's split_special_tokens), tokenized piece by piece. Each
+// untrusted piece is given with the template text around it up to the nearest control token, so
+// the ids equal tokenizing the whole rendering when it holds no control tokens (Python's
+// prompt._encode_untrusted; golden cases check both).
+Result<std::vector<int64_t>> ChatPrompt::encode_parts(const std::vector<TextPart>& parts, const char* what) const {
+  std::vector<int64_t> ids;
+  for (const TextPart& part : parts) {
+    OMNISIFT_ASSIGN_OR_RETURN(std::vector<int64_t> piece, tokenizer_->encode(part.text, part.untrusted));
+    ids.insert(ids.end(), piece.begin(), piece.end());
+  }
   Status st = check_text_ids(spec_, ids, what);
   if (!st.ok())
-    return InvalidArgument(std::string("the ") + what + " contains media tokens such as <|AUDIO|>; remove them "
-                           "(the layout places media tokens itself)");
+    return InvalidArgument(std::string("the ") + what + " has media tokens such as <|AUDIO|> around the video; the "
+                           "C++ prompt renders only Qwen2.5-Omni's chat template");
   return ids;
 }
 
 Result<std::vector<int64_t>> ChatPrompt::prefix_ids(const std::optional<std::string>& system) const {
-  return encode_text(prefix_text(system), "system prompt");
+  return encode_parts({{"<|im_start|>", false},
+                       {"system\n" + (system ? *system : std::string(kTemplateDefaultSystem)), true},
+                       {"<|im_end|>\n<|im_start|>user\n", false}}, "system prompt");
 }
 Result<std::vector<int64_t>> ChatPrompt::suffix_ids(const std::string& question) const {
-  return encode_text(suffix_text(question), "question");
+  return encode_parts({{question, true}, {"<|im_end|>\n<|im_start|>assistant\n", false}}, "question");
 }
 Result<std::vector<int64_t>> ChatPrompt::followup_ids(const std::string& question) const {
-  return encode_text(followup_text(question), "question");
+  return encode_parts({{"<|im_end|>\n<|im_start|>", false}, {"user\n" + question, true},
+                       {"<|im_end|>\n<|im_start|>assistant\n", false}}, "question");
 }
 
 Result<std::vector<int64_t>> ChatPrompt::turn_prefix_ids() const {
-  return encode_text(turn_prefix_text(), "turn text");
+  return encode_parts({{turn_prefix_text(), false}}, "turn text");
 }
 Result<std::vector<int64_t>> ChatPrompt::turn_suffix_ids(const std::string& question) const {
-  return encode_text(suffix_text(question), "question");   // the template writes a turn's question as the first's
+  return suffix_ids(question);   // the template writes a turn's question as the first's
 }
 
 }  // namespace omnisift

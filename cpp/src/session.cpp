@@ -150,13 +150,34 @@ Status Session::open_turn() {
 Status Session::push_chunk(const std::vector<float>& pixel_values, const std::vector<float>& mel) {
   OMNISIFT_RETURN_IF_ERROR(guard());
   OMNISIFT_RETURN_IF_ERROR(begin_media());
-  return run_chunk(pixel_values, mel);
+  const Dims& d = folder_->manifest().dims;
+  return run_chunk(pixel_values, mel, d.grids_per_chunk, d.window_frames);
 }
 
-Status Session::run_chunk(const std::vector<float>& pixel_values, const std::vector<float>& mel) {
+namespace {
+
+// Exports since issue 25 take a clip's short last chunk through valid-length inputs (audio_encoder's
+// valid_frames, the compressor's valid_grids / valid_audio_tokens); older ones take whole chunks only.
+bool takes_short_chunks(const Manifest& m) {
+  const auto audio = m.graphs.find("audio_encoder");
+  return audio != m.graphs.end() && audio->second.inputs.size() > 1;
+}
+
+// A short chunk in whole-chunk shapes: the real rows first, then `copies` of them (pixels: the vision
+// tower attends within one grid step) or zeros (audio embeddings, positions).
+std::vector<float> tiled(const std::vector<float>& real, size_t total) {
+  std::vector<float> out(total);
+  for (size_t i = 0; i < total; ++i) out[i] = real[i % real.size()];
+  return out;
+}
+
+}  // namespace
+
+Status Session::run_chunk(const std::vector<float>& pixel_values, const std::vector<float>& mel, int grids,
+                          int mel_frames) {
   const Dims& d = folder_->manifest().dims;
-  const size_t want_pixels = static_cast<size_t>(d.chunk_patches()) * d.patch_dim;
-  const size_t want_mel = static_cast<size_t>(d.n_mels) * d.window_frames;
+  const size_t want_pixels = static_cast<size_t>(grids) * d.grid_h * d.grid_w * d.patch_dim;
+  const size_t want_mel = static_cast<size_t>(d.n_mels) * mel_frames;
   if (pixel_values.size() != want_pixels || mel.size() != want_mel)
     return InvalidArgument("the exported graphs take whole chunks: pixel patches [" + std::to_string(d.chunk_patches()) +
                            ", " + std::to_string(d.patch_dim) + "] and a log-mel window [" + std::to_string(d.n_mels) +
@@ -166,48 +187,66 @@ Status Session::run_chunk(const std::vector<float>& pixel_values, const std::vec
     for (float x : *v)
       if (!std::isfinite(x)) return InvalidArgument("the chunk's pixels or audio features contain NaN or Inf");
   const std::string what = "chunk " + std::to_string(chunks());
-  const int64_t k = budget_.kept_per_chunk;
+  const int64_t k = budget_.kept_per_chunk;   // a short chunk keeps at most this many
+  const int64_t audio_tokens = ((mel_frames - 1) / 2 + 1) / 2;   // conv2 (stride 2), then pairs
   if (layout_.closed()) OMNISIFT_RETURN_IF_ERROR(open_turn());   // the first chunk after an answer
   OMNISIFT_RETURN_IF_ERROR(check_room(k, SegmentKind::kChunk, what));   // before the encoders run
+  std::vector<float> padded_mel(static_cast<size_t>(d.n_mels) * d.window_frames, 0.0f);   // [n_mels, 200], zeros after
+  for (int r = 0; r < d.n_mels; ++r)
+    std::copy_n(mel.begin() + static_cast<std::ptrdiff_t>(r) * mel_frames, mel_frames,
+                padded_mel.begin() + static_cast<std::ptrdiff_t>(r) * d.window_frames);
   std::vector<float> video, audio;
-  OMNISIFT_RETURN_IF_ERROR(backend_.encode_video(pixel_values, video));
-  OMNISIFT_RETURN_IF_ERROR(backend_.encode_audio(mel, audio));
+  OMNISIFT_RETURN_IF_ERROR(backend_.encode_video(tiled(pixel_values, static_cast<size_t>(d.chunk_patches()) * d.patch_dim), video));
+  OMNISIFT_RETURN_IF_ERROR(backend_.encode_audio(padded_mel, mel_frames, audio));
   if (video.size() != static_cast<size_t>(d.chunk_video_tokens()) * d.hidden ||
       audio.size() != static_cast<size_t>(d.window_audio_tokens) * d.hidden)
     return BackendError("an encoder returned embeddings of the wrong size");
-  OMNISIFT_ASSIGN_OR_RETURN(ChunkLayout chunk, layout_.next_chunk(d.grids_per_chunk, d.window_audio_tokens));
+  const size_t real_video = static_cast<size_t>(grids) * d.tokens_per_frame() * d.hidden;
+  std::fill(audio.begin() + audio_tokens * d.hidden, audio.end(), 0.0f);   // padding rows: zeros, as Python feeds
+  OMNISIFT_ASSIGN_OR_RETURN(ChunkLayout chunk, layout_.next_chunk(grids, audio_tokens));
+  Positions padded_positions{static_cast<int64_t>(d.chunk_tokens()), std::vector<int64_t>(3 * static_cast<size_t>(d.chunk_tokens()), 0)};
+  for (int row = 0; row < 3; ++row)
+    for (int64_t i = 0; i < chunk.positions.n; ++i) padded_positions.data[static_cast<size_t>(row * d.chunk_tokens() + i)] = chunk.positions.at(row, i);
   CompressorOutput kept;
-  OMNISIFT_RETURN_IF_ERROR(backend_.compress(video, audio, chunk.positions, kept));
-  if (static_cast<int64_t>(kept.kept_index.size()) != k || kept.kept_embeds.size() != static_cast<size_t>(k) * d.hidden)
-    return BackendError("the compressor kept " + std::to_string(kept.kept_index.size()) + " tokens, the ratio plan says " +
-                        std::to_string(k));
+  OMNISIFT_RETURN_IF_ERROR(backend_.compress(tiled(std::vector<float>(video.begin(), video.begin() + real_video), video.size()),
+                                             audio, padded_positions, grids, audio_tokens, kept));
+  const int64_t n = static_cast<int64_t>(kept.kept_index.size());
+  if (n > k || (n != k && grids == d.grids_per_chunk && mel_frames == d.window_frames) ||
+      kept.kept_embeds.size() != static_cast<size_t>(n) * d.hidden)
+    return BackendError("the compressor kept " + std::to_string(n) + " tokens, the ratio plan says " + std::to_string(k));
   // positions of the kept tokens: the chunk's, gathered by kept_index (as Python's ChunkStream.push)
   Positions positions;
-  positions.n = k;
-  positions.data.resize(static_cast<size_t>(3 * k));
-  for (int64_t i = 0; i < k; ++i) {
+  positions.n = n;
+  positions.data.resize(static_cast<size_t>(3 * n));
+  for (int64_t i = 0; i < n; ++i) {
     const int64_t idx = kept.kept_index[static_cast<size_t>(i)];
     if (idx < 0 || idx >= chunk.positions.n)
       return BackendError("the compressor returned kept index " + std::to_string(idx) + " outside the chunk");
-    for (int row = 0; row < 3; ++row) positions.data[static_cast<size_t>(row * k + i)] = chunk.positions.at(row, idx);
+    for (int row = 0; row < 3; ++row) positions.data[static_cast<size_t>(row * n + i)] = chunk.positions.at(row, idx);
   }
-  if (kept.kept_positions.n == k && kept.kept_positions.data != positions.data)
+  if (kept.kept_positions.n == n && kept.kept_positions.data != positions.data)
     return BackendError("the compressor's kept_position_ids disagree with its kept_index");
   OMNISIFT_ASSIGN_OR_RETURN(Plan p, plan(positions, SegmentKind::kChunk, what));   // nothing changed so far
-  OMNISIFT_RETURN_IF_ERROR(layout_.chunk(d.grids_per_chunk, d.window_audio_tokens).status());
-  return run(std::move(p), SegmentKind::kChunk, kept.kept_embeds, positions, nullptr);   // no logits on a chunk
+  OMNISIFT_RETURN_IF_ERROR(layout_.chunk(grids, audio_tokens).status());
+  OMNISIFT_RETURN_IF_ERROR(run(std::move(p), SegmentKind::kChunk, kept.kept_embeds, positions, nullptr));   // no logits on a chunk
+  last_kept_index_ = std::move(kept.kept_index);
+  return Status::Ok();
 }
 
 Status Session::run_ready_chunks(bool finishing) {
   const Manifest& m = folder_->manifest();
   const size_t per_chunk = static_cast<size_t>(m.layout.raw_frames_per_chunk());
-  while (frames_.size() >= per_chunk && mel_.ready()) {
-    if (mel_.front_frames() != m.dims.window_frames) return Internal("a partial log-mel window reached a chunk");
+  // a clip's short last chunk (fewer frames, a short window) only once the media ended
+  while ((frames_.size() >= per_chunk || (finishing && !frames_.empty())) && mel_.ready()) {
+    const int mel_frames = mel_.front_frames();
+    if (mel_frames != m.dims.window_frames && !finishing) return Internal("a partial log-mel window reached a chunk");
+    const size_t take = std::min(per_chunk, frames_.size());
     std::vector<FrameView> views;
-    for (size_t i = 0; i < per_chunk; ++i) views.push_back({frames_[i].data(), m.height, m.width});
+    for (size_t i = 0; i < take; ++i) views.push_back({frames_[i].data(), m.height, m.width});
     OMNISIFT_ASSIGN_OR_RETURN(std::vector<float> pixels, chunk_patches(views, m.layout, m.height, m.width));
-    frames_.erase(frames_.begin(), frames_.begin() + static_cast<std::ptrdiff_t>(per_chunk));
-    OMNISIFT_RETURN_IF_ERROR(run_chunk(pixels, mel_.pop()));
+    frames_.erase(frames_.begin(), frames_.begin() + static_cast<std::ptrdiff_t>(take));
+    const int tp = m.layout.temporal_patch_size;
+    OMNISIFT_RETURN_IF_ERROR(run_chunk(pixels, mel_.pop(), (static_cast<int>(take) + tp - 1) / tp, mel_frames));
   }
   if (finishing) mel_.clear();   // audio beyond the video is dropped
   return Status::Ok();
@@ -241,15 +280,20 @@ Status Session::finish() {
   OMNISIFT_RETURN_IF_ERROR(guard());
   if (finished_) return Status::Ok();
   finished_ = true;
-  if (frames_.empty()) {   // no partial chunk to pad; audio beyond the video is dropped
+  if (frames_.empty()) {   // no partial chunk; audio beyond the video is dropped
     mel_.clear();
     return Status::Ok();
   }
   const LayoutSpec& spec = folder_->manifest().layout;
   const size_t per_chunk = static_cast<size_t>(spec.raw_frames_per_chunk());
-  while (!frames_.empty() && frames_.size() % per_chunk) frames_.push_back(frames_.back());   // repeat the last frame
-  const int64_t turn_chunks = chunks() - turn_start_ + static_cast<int64_t>(frames_.size() / per_chunk);
-  const int64_t want = turn_chunks * spec.samples_per_chunk();
+  int64_t want = 0;
+  if (takes_short_chunks(folder_->manifest())) {   // the tail as it is: audio to the video's length
+    const int64_t frames = (chunks() - turn_start_) * static_cast<int64_t>(per_chunk) + static_cast<int64_t>(frames_.size());
+    want = frames * spec.samples_per_chunk() / static_cast<int64_t>(per_chunk);
+  } else {   // older exports: pad to a whole chunk
+    while (!frames_.empty() && frames_.size() % per_chunk) frames_.push_back(frames_.back());   // repeat the last frame
+    want = (chunks() - turn_start_ + static_cast<int64_t>(frames_.size() / per_chunk)) * spec.samples_per_chunk();
+  }
   if (want > mel_.samples_received()) {
     const std::vector<float> zeros(static_cast<size_t>(want - mel_.samples_received()), 0.0f);
     OMNISIFT_ASSIGN_OR_RETURN(int completed, mel_.push(zeros.data(), zeros.size()));
@@ -278,7 +322,7 @@ Result<Answer> Session::ask_ids(const std::vector<int64_t>& ids, const TokenCall
   OMNISIFT_RETURN_IF_ERROR(guard());
   std::vector<float> logits;
   if (!layout_.closed()) {
-    OMNISIFT_RETURN_IF_ERROR(finish());   // pads and runs a trailing partial chunk
+    OMNISIFT_RETURN_IF_ERROR(finish());   // runs a trailing partial chunk (padded for older exports)
     if (layout_.chunks().empty())
       return FailedPrecondition("no chunk was pushed; OmniSIFT needs video with audio before a question");
     OMNISIFT_RETURN_IF_ERROR(window_.check_fits(static_cast<int64_t>(ids.size()) + 2, "question"));

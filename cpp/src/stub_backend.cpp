@@ -1,5 +1,6 @@
 #include "omnisift/stub_backend.h"
 
+#include <algorithm>
 #include <string>
 
 namespace omnisift {
@@ -14,23 +15,27 @@ Status StubBackend::encode_video(const std::vector<float>& pixel_values, std::ve
   return Status::Ok();
 }
 
-Status StubBackend::encode_audio(const std::vector<float>& mel, std::vector<float>& audio_embeds) {
-  if (mel.size() != static_cast<size_t>(dims_.n_mels) * dims_.window_frames)
+Status StubBackend::encode_audio(const std::vector<float>& mel, int64_t valid_frames, std::vector<float>& audio_embeds) {
+  if (mel.size() != static_cast<size_t>(dims_.n_mels) * dims_.window_frames || valid_frames < 1 ||
+      valid_frames > dims_.window_frames)
     return InvalidArgument("stub audio encoder: input_features of the wrong size");
   audio_embeds.assign(static_cast<size_t>(dims_.window_audio_tokens) * dims_.hidden, 0.0f);
   return Status::Ok();
 }
 
 Status StubBackend::compress(const std::vector<float>&, const std::vector<float>&, const Positions& chunk_positions,
-                             CompressorOutput& out) {
-  if (chunk_positions.n < kept_) return InvalidArgument("stub compressor: chunk shorter than K");
-  out.kept_embeds.assign(static_cast<size_t>(kept_) * dims_.hidden, 0.0f);
-  out.kept_positions.n = kept_;
+                             int64_t valid_grids, int64_t valid_audio_tokens, CompressorOutput& out) {
+  const int64_t real = valid_grids * dims_.tokens_per_frame() + valid_audio_tokens;
+  const int k = static_cast<int>(std::min<int64_t>(kept_, real));   // a short last chunk keeps fewer
+  if (chunk_positions.n < kept_ || valid_grids < 1 || valid_grids > dims_.grids_per_chunk)
+    return InvalidArgument("stub compressor: chunk shorter than K");
+  out.kept_embeds.assign(static_cast<size_t>(k) * dims_.hidden, 0.0f);
+  out.kept_positions.n = k;
   out.kept_positions.data.clear();
   for (int row = 0; row < 3; ++row)
-    for (int i = 0; i < kept_; ++i) out.kept_positions.data.push_back(chunk_positions.at(row, i));
+    for (int i = 0; i < k; ++i) out.kept_positions.data.push_back(chunk_positions.at(row, i));
   out.kept_index.clear();
-  for (int i = 0; i < kept_; ++i) out.kept_index.push_back(i);
+  for (int i = 0; i < k; ++i) out.kept_index.push_back(i);
   return Status::Ok();
 }
 

@@ -68,8 +68,11 @@ struct Tokenizer::Impl {
   std::unordered_set<int64_t> special;
   int64_t max_id = -1;
 
-  // Split `text` at added tokens (leftmost, then longest): (text, -1) pieces and (token, id).
-  static std::vector<std::pair<std::string, int64_t>> split_added(const std::string& text, const std::vector<Added>& added) {
+  // Split `text` at added tokens (leftmost, then longest): (text, -1) pieces and (token, id). With
+  // `special_as_text`, a special token's match stays text (its span consumed, as the tokenizers
+  // library skips the match under encode_special_tokens); non-special added tokens still split.
+  std::vector<std::pair<std::string, int64_t>> split_added(const std::string& text, const std::vector<Added>& added,
+                                                           bool special_as_text = false) const {
     std::vector<std::pair<std::string, int64_t>> out;
     size_t start = 0, i = 0;
     while (i < text.size()) {
@@ -79,6 +82,7 @@ struct Tokenizer::Impl {
             text.compare(i, a.content.size(), a.content) == 0)
           best = &a;
       if (!best) { ++i; continue; }
+      if (special_as_text && special.count(best->id)) { i += best->content.size(); continue; }
       if (i > start) out.emplace_back(text.substr(start, i - start), -1);
       out.emplace_back(best->content, best->id);
       i += best->content.size();
@@ -287,15 +291,17 @@ Result<Tokenizer> Tokenizer::from_file(const std::string& path) {
   return from_json(text);
 }
 
-Result<std::vector<int64_t>> Tokenizer::encode(const std::string& text) const {
+Result<std::vector<int64_t>> Tokenizer::encode(const std::string& text) const { return encode(text, false); }
+
+Result<std::vector<int64_t>> Tokenizer::encode(const std::string& text, bool split_special_tokens) const {
   std::vector<char32_t> cps;
   if (!detail::utf8_to_codepoints(text, cps)) return InvalidArgument("text to tokenize is not valid UTF-8");
   std::vector<int64_t> ids;
-  for (const auto& [segment, id] : Impl::split_added(text, impl_->raw_added)) {
+  for (const auto& [segment, id] : impl_->split_added(text, impl_->raw_added, split_special_tokens)) {
     if (id >= 0) { ids.push_back(id); continue; }
     std::string norm = segment;
     if (impl_->nfc && !detail::nfc_normalize(segment, norm)) return Internal("ICU NFC normalization failed");
-    for (const auto& [sub, sub_id] : Impl::split_added(norm, impl_->normalized_added)) {
+    for (const auto& [sub, sub_id] : impl_->split_added(norm, impl_->normalized_added, split_special_tokens)) {
       if (sub_id >= 0) { ids.push_back(sub_id); continue; }
       for (const std::string& piece : detail::pre_tokenize(sub, impl_->pattern))
         OMNISIFT_RETURN_IF_ERROR(impl_->bpe(piece, ids));

@@ -122,11 +122,16 @@ class TrtBackend : public Backend {
   Status encode_video(const std::vector<float>& pixels, std::vector<float>& out) override {
     return run_static(*vision_, {&pixels}, {}, out);
   }
-  Status encode_audio(const std::vector<float>& mel, std::vector<float>& out) override {
-    return run_static(*audio_, {&mel}, {}, out);
+  Status encode_audio(const std::vector<float>& mel, int64_t valid_frames, std::vector<float>& out) override {
+    if (audio_->graph->inputs.size() < 2) {   // an export before issue 25: whole windows only
+      if (valid_frames != manifest_.dims.window_frames) return InvalidArgument("these engines take whole chunks only");
+      return run_static(*audio_, {&mel}, {}, out);
+    }
+    const std::vector<int64_t> valid{valid_frames};
+    return run_static(*audio_, {&mel}, {&valid}, out);
   }
   Status compress(const std::vector<float>& video, const std::vector<float>& audio, const Positions& chunk_positions,
-                  CompressorOutput& out) override;
+                  int64_t valid_grids, int64_t valid_audio_tokens, CompressorOutput& out) override;
   Status decode(const std::vector<float>& embeds, const Positions& positions, std::vector<float>* logits) override;
   Status drop_kv(int64_t start, int64_t stop) override { return kv_.drop(start, stop); }
   Status rotate_kv(int64_t delta, const std::vector<double>& inv_freq) override { return kv_.rotate(delta, inv_freq); }
@@ -249,10 +254,27 @@ Status TrtBackend::run_static(Engine& e, std::vector<const std::vector<float>*> 
 }
 
 Status TrtBackend::compress(const std::vector<float>& video, const std::vector<float>& audio,
-                            const Positions& chunk_positions, CompressorOutput& out) {
+                            const Positions& chunk_positions, int64_t valid_grids, int64_t valid_audio_tokens,
+                            CompressorOutput& out) {
   std::vector<std::vector<int64_t>> ints;
-  OMNISIFT_RETURN_IF_ERROR(run_static(*compressor_, {&video, &audio}, {&chunk_positions.data}, out.kept_embeds, &ints));
-  if (ints.size() != 2) return BackendError("the compressor engine did not return kept positions and indices");
+  const std::vector<int64_t> grids{valid_grids}, audio_tokens{valid_audio_tokens};
+  const bool valid_inputs = compressor_->graph->inputs.size() > 3;   // exports since issue 25
+  if (!valid_inputs && (valid_grids != manifest_.dims.grids_per_chunk || valid_audio_tokens != manifest_.dims.window_audio_tokens))
+    return InvalidArgument("these engines take whole chunks only");
+  std::vector<const std::vector<int64_t>*> int_inputs{&chunk_positions.data};
+  if (valid_inputs) int_inputs.insert(int_inputs.end(), {&grids, &audio_tokens});
+  OMNISIFT_RETURN_IF_ERROR(run_static(*compressor_, {&video, &audio}, int_inputs, out.kept_embeds, &ints));
+  if (ints.size() != (valid_inputs ? 3u : 2u)) return BackendError("the compressor engine did not return kept positions and indices");
+  if (valid_inputs) {   // the first kept_count rows are real: [3, 1, K] positions keep each row's first kept_count
+    const int64_t full = static_cast<int64_t>(ints[1].size()), count = ints[2].empty() ? -1 : ints[2][0];
+    if (count < 0 || count > full) return BackendError("the compressor engine returned a kept count outside [0, K]");
+    std::vector<int64_t> positions;
+    for (int row = 0; row < 3; ++row)
+      positions.insert(positions.end(), ints[0].begin() + row * full, ints[0].begin() + row * full + count);
+    ints[0] = std::move(positions);
+    ints[1].resize(static_cast<size_t>(count));
+    out.kept_embeds.resize(static_cast<size_t>(count) * manifest_.dims.hidden);
+  }
   const int64_t k = static_cast<int64_t>(ints[1].size());
   out.kept_positions.n = k;
   out.kept_positions.data = std::move(ints[0]);   // [3, 1, K] has the layout of [3, K]

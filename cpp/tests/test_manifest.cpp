@@ -108,7 +108,16 @@ const char* const kManifestCases = R"([
   {"name": "kv_cache_no_decoder", "patch": [{"op": "remove", "path": "/kv_cache/decoder"}], "expect": "DATA_LOSS"},
   {"name": "kv_cache_absent", "patch": [{"op": "remove", "path": "/kv_cache"}, {"op": "remove", "path": "/builds/golden-rtx"}], "expect": "OK"},
   {"name": "rtx_build_without_scatter_record", "patch": [{"op": "remove", "path": "/kv_cache/decoder_scatter"}], "expect": "DATA_LOSS"},
-  {"name": "missing_file", "patch": [{"op": "add", "path": "/files/gone.graph", "value": {"sha256": "00", "bytes": 1}}], "expect": "NOT_FOUND"}
+  {"name": "missing_file", "patch": [{"op": "add", "path": "/files/gone.graph", "value": {"sha256": "00", "bytes": 1}}], "expect": "NOT_FOUND"},
+  {"name": "graph_absolute", "patch": [{"op": "replace", "path": "/graphs/decoder/file", "value": "/etc/passwd"}], "expect": "DATA_LOSS"},
+  {"name": "graph_dotdot", "patch": [{"op": "replace", "path": "/graphs/decoder/file", "value": "../other/decoder.graph"}], "expect": "DATA_LOSS"},
+  {"name": "graph_not_checksummed", "patch": [{"op": "replace", "path": "/graphs/decoder/file", "value": "tokenizer"}], "expect": "DATA_LOSS"},
+  {"name": "graph_key_path", "patch": [{"op": "move", "from": "/graphs/audio_encoder", "path": "/graphs/..~1..~1x"}], "expect": "DATA_LOSS"},
+  {"name": "build_target_path", "patch": [{"op": "move", "from": "/builds/golden-sm00", "path": "/builds/..~1t"}], "expect": "DATA_LOSS"},
+  {"name": "engine_absolute", "patch": [{"op": "replace", "path": "/builds/golden-sm00/engines/decoder/file", "value": "/tmp/e.engine"}], "expect": "DATA_LOSS"},
+  {"name": "tokenizer_outside", "patch": [{"op": "replace", "path": "/tokenizer/folder", "value": "/tmp"}], "expect": "DATA_LOSS"},
+  {"name": "embeddings_outside", "patch": [{"op": "replace", "path": "/text_embeddings/file", "value": "../../embed.safetensors"}], "expect": "DATA_LOSS"},
+  {"name": "scatter_file_outside", "patch": [{"op": "replace", "path": "/kv_cache/decoder_scatter/file", "value": "/x/decoder_scatter.graph"}], "expect": "DATA_LOSS"}
 ])";
 
 TEST(bad_manifests) {
@@ -247,6 +256,19 @@ TEST(damaged_folders) {
     CHECK_CODE(m.status(), StatusCode::kDataLoss);
     CHECK(m.status().message().find("decoder.graph") != std::string::npos);
     fs::remove_all(dir);
+  }
+  {  // a graph that is a symlink out of the export: same bytes, same checksum, refused all the same
+    const fs::path dir = copy_mini("symlink_out");
+    const fs::path outside = fs::temp_directory_path() / "omnisift_manifest_test_outside.graph";
+    fs::remove(outside);
+    fs::copy_file(dir / "decoder.graph", outside);
+    fs::remove(dir / "decoder.graph");
+    fs::create_symlink(outside, dir / "decoder.graph");
+    auto m = read_manifest(dir.string(), /*verify=*/false);
+    CHECK_CODE(m.status(), StatusCode::kDataLoss);
+    CHECK(m.status().message().find("outside the export folder") != std::string::npos);
+    fs::remove_all(dir);
+    fs::remove(outside);
   }
   CHECK_CODE(read_manifest("/nonexistent/omnisift").status(), StatusCode::kNotFound);
 }

@@ -34,12 +34,14 @@ class RecordingBackend : public StubBackend {
     pixel_sha256.push_back(sha256_hex(pixels.data(), pixels.size() * 4));
     return StubBackend::encode_video(pixels, out);
   }
-  Status encode_audio(const std::vector<float>& mel, std::vector<float>& out) override {
+  Status encode_audio(const std::vector<float>& mel, int64_t valid_frames, std::vector<float>& out) override {
     mels.push_back(mel);
-    return StubBackend::encode_audio(mel, out);
+    mel_frames.push_back(valid_frames);
+    return StubBackend::encode_audio(mel, valid_frames, out);
   }
   std::vector<std::string> pixel_sha256;
   std::vector<std::vector<float>> mels;
+  std::vector<int64_t> mel_frames;   // a short last window: fewer real frames (zeros after them)
 };
 
 void compare_calls(const std::vector<BackendCall>& got, const json& want) {
@@ -84,7 +86,8 @@ void compare_chunk_inputs(const RecordingBackend& backend, const json& inputs) {
     CHECK_NEAR(sum, inputs[c]["mel_sum"].get<double>(), 1e-2);
     for (int k = 0; k < 128; ++k) {
       CHECK_NEAR(mel[static_cast<size_t>(k) * 200], inputs[c]["mel_first_frame"][k].get<double>(), 2e-5);
-      CHECK_NEAR(mel[static_cast<size_t>(k) * 200 + 199], inputs[c]["mel_last_frame"][k].get<double>(), 2e-5);
+      const size_t last = static_cast<size_t>(backend.mel_frames[c] - 1);
+      CHECK_NEAR(mel[static_cast<size_t>(k) * 200 + last], inputs[c]["mel_last_frame"][k].get<double>(), 2e-5);
     }
   }
 }
@@ -374,7 +377,8 @@ TEST(media_after_finish_and_backend_failures) {
   class Failing : public StubBackend {
    public:
     using StubBackend::StubBackend;
-    Status compress(const std::vector<float>&, const std::vector<float>&, const Positions&, CompressorOutput&) override {
+    Status compress(const std::vector<float>&, const std::vector<float>&, const Positions&, int64_t, int64_t,
+                    CompressorOutput&) override {
       return BackendError("engine execution failed");
     }
   } failing(folder->manifest(), 19, {104});

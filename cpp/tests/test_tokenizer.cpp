@@ -32,6 +32,11 @@ void check_cases(const std::string& name) {
     if (*ids != c["ids"].get<std::vector<int64_t>>())
       harness::fail(__FILE__, __LINE__, name + " encode " + quoted(text) + ": got " + json(*ids).dump() +
                                             ", Python " + c["ids"].dump());
+    auto plain = tok.encode(text, /*split_special_tokens=*/true);   // untrusted text: control tokens as text
+    CHECK_RESULT(plain);
+    if (plain.ok() && *plain != c["ids_split_special"].get<std::vector<int64_t>>())
+      harness::fail(__FILE__, __LINE__, name + " encode(split_special_tokens) " + quoted(text) + ": got " +
+                                            json(*plain).dump() + ", Python " + c["ids_split_special"].dump());
     if (tok.decode(*ids) != c["decoded"].get<std::string>())
       harness::fail(__FILE__, __LINE__, name + " decode " + quoted(text) + ": got " + quoted(tok.decode(*ids)));
     if (tok.decode(*ids, true) != c["decoded_skip_special"].get<std::string>())

@@ -52,6 +52,8 @@ class StubStream(ChunkStream):
         d = self.d = manifest["dims"]
         self.kept = next(p["kept_per_chunk"]["total"] for p in manifest["ratios"] if p["ratio"] == ratio)
         self.log, self.script, self.length = log, script, 0
+        # as runtime.exported.ExportedStream: graphs with valid-length inputs take a short last chunk as it is
+        self.takes_short_chunks = len(manifest["graphs"]["audio_encoder"]["inputs"]) > 1
         layout = manifest["layout"]
         spec = OmniSpec(**{**layout, "tokens": TokenIds(**layout["tokens"])})
         super().__init__(spec, prefix_ids, (d["grid_h"], d["grid_w"]), max_context=max_context or manifest["max_context"],
@@ -62,11 +64,13 @@ class StubStream(ChunkStream):
 
     def _check_chunk(self, pixel_values, n_grids, mel):
         super()._check_chunk(pixel_values, n_grids, mel)
-        if n_grids != self.d["grids_per_chunk"] or mel.shape[1] != self.d["window_frames"]:
+        whole = n_grids == self.d["grids_per_chunk"] and mel.shape[1] == self.d["window_frames"]
+        if not (whole or self.takes_short_chunks):
             raise UsageError("the stub backend takes whole chunks, as the exported graphs do")
 
     def _encode_video(self, pixel_values, n_grids):
-        x = np.ascontiguousarray(pixel_values, "<f4")
+        # what the vision graph is fed (runtime.exported.ExportedStream.video_feed): a one-step chunk repeated
+        x = np.ascontiguousarray(np.tile(pixel_values, (self.d["grids_per_chunk"] // n_grids, 1)), "<f4")
         self.log["chunks"].append({"pixel_sha256": hashlib.sha256(x.tobytes()).hexdigest()})
         return np.zeros((n_grids * self.tokens_per_frame, self.d["hidden"]), np.float32)
 
@@ -74,10 +78,11 @@ class StubStream(ChunkStream):
         mel = mel.astype(np.float32).astype(np.float64)
         self.log["chunks"][-1].update(mel_sum=float(mel.sum()), mel_first_frame=mel[:, 0].tolist(),
                                       mel_last_frame=mel[:, -1].tolist())
-        return np.zeros((self.d["window_audio_tokens"], self.d["hidden"]), np.float32)
+        return np.zeros((((mel.shape[1] - 1) // 2 + 1) // 2, self.d["hidden"]), np.float32)   # a short window: fewer
 
     def _compress(self, video, audio, n_grids, chunk_positions):
-        return np.zeros((1, self.kept, self.d["hidden"]), np.float32), np.arange(self.kept)
+        k = min(self.kept, video.shape[0] + audio.shape[0])     # a short last chunk: the first of its real tokens
+        return np.zeros((1, k, self.d["hidden"]), np.float32), np.arange(k)
 
     def _step(self, embeds, positions, want_logits=True):
         n, log = embeds.shape[1], self.log
@@ -113,12 +118,12 @@ class StubSession(OmniSession):
         super().__init__(cfg)
 
     def _open_backend(self, prefix_ids):
-        return StubStream(self.manifest, self.ratio, prefix_ids, self._log, self._script,
+        return StubStream(self.manifest.to_dict(), self.ratio, prefix_ids, self._log, self._script,
                           max_context=self.cfg.max_context, context=self.cfg.context)
 
 
 SCHEDULE_QUESTIONS = ("What is happening in this video?", "And then?")
-MEDIA_FRAMES, MEDIA_SAMPLES = 9, 68800     # 4.5 s of video, 4.3 s of audio: the third chunk is padded
+MEDIA_FRAMES, MEDIA_SAMPLES = 9, 68800     # 4.5 s of video, 4.3 s of audio: the third chunk is short (a tail)
 MEDIA_SPLITS = ((0, 3, 0, 20000), (3, 7, 20000, 50000), (7, 9, 50000, MEDIA_SAMPLES))   # frames, samples per append
 
 

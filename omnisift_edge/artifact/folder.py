@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from omnisift_edge.artifact.manifest import GraphInfo, Manifest, RatioPlan, load_manifest
+from omnisift_edge.artifact.manifest import DECODER, Build, GraphInfo, Manifest, RatioPlan, load_manifest
 from omnisift_edge.errors import UsageError, require
 
 ROLES = ("vision_encoder", "audio_encoder", "compressor", "decoder")
@@ -31,12 +31,8 @@ class ExportFolder:
         path = Path(path)
         manifest = load_manifest(path, verify=verify)
         if check_version:
-            check_writer_version(manifest.raw)
+            check_writer_version(manifest)
         return cls(path, manifest)
-
-    @property
-    def raw(self) -> dict:
-        return self.manifest.raw
 
     @property
     def float_type(self) -> type:
@@ -45,7 +41,7 @@ class ExportFolder:
     def graphs_for(self, ratio: float | None) -> dict[str, GraphInfo]:
         """role -> graph: the encoders, the decoder and the compressor of `ratio`."""
         m = self.manifest
-        keys = {"vision_encoder": "vision_encoder", "audio_encoder": "audio_encoder", "decoder": "decoder",
+        keys = {"vision_encoder": "vision_encoder", "audio_encoder": "audio_encoder", "decoder": DECODER,
                 "compressor": m.ratio_plan(ratio).graph}
         return {role: m.graph(key) for role, key in keys.items()}
 
@@ -65,12 +61,12 @@ class ExportFolder:
     def tokenizer_path(self) -> Path:
         return self.path / self.manifest.tokenizer_folder
 
-    def build(self, target: str | None) -> tuple[str, dict]:
+    def build(self, target: str | None) -> tuple[str, Build]:
         """(target, build report) of the engines to run: `target`, or the only build there is."""
         return choose_build(self.manifest.builds, target, self.path)
 
 
-def choose_build(builds: dict, target: str | None, folder: Path) -> tuple[str, dict]:
+def choose_build(builds: dict[str, Build], target: str | None, folder: Path) -> tuple[str, Build]:
     """(target, build report) from a manifest's `builds`: `target`, or the only one; a one-line error if not."""
     if not builds:
         raise UsageError(f"no engines built for this export; run omnisift-edge build {folder} --target ... "
@@ -85,11 +81,12 @@ def choose_build(builds: dict, target: str | None, folder: Path) -> tuple[str, d
     return target, builds[target]
 
 
-def check_writer_version(manifest: dict) -> None:
+def check_writer_version(manifest: Manifest) -> None:
     """Exports are read by the omnisift-edge minor version that wrote them."""
     from omnisift_edge import __version__
 
-    wrote = str(manifest.get("tools", {}).get("omnisift_edge", ""))
+    tools = manifest.section("tools", {})
+    wrote = str(tools.get("omnisift_edge", "") if isinstance(tools, dict) else "")
     if wrote.split(".")[:2] != __version__.split(".")[:2]:
         raise UsageError(f"this export was written by omnisift-edge {wrote or 'unknown'}, this is {__version__}; "
                          "export again with this version")

@@ -23,13 +23,17 @@ class Case:
     outputs: dict = field(default_factory=dict)
 
 
-def load_reference(folder: Path, manifest: dict, graph: str) -> list[Case]:
+def load_reference(folder: Path, manifest, graph: str) -> list[Case]:
     """The recorded cases of `graph`, inputs and ONNX Runtime outputs, in recording order."""
-    entry = manifest.get("reference", {}).get("graphs", {}).get(graph)
+    from omnisift_edge.artifact.manifest import as_manifest
+
+    entry = as_manifest(manifest).section("reference", {}).get("graphs", {}).get(graph)
     if entry is None:
         raise UsageError(f"{folder} has no reference outputs for {graph}; record them on the export machine: "
                          "omnisift-edge verify DIR --record")
-    with np.load(Path(folder) / entry["file"], allow_pickle=False) as data:
+    from omnisift_edge.artifact.checks import contained
+
+    with np.load(contained(folder, entry["file"], f"reference.graphs.{graph}.file"), allow_pickle=False) as data:
         arrays = {key: data[key] for key in data.files}
     cases = []
     for meta in entry["cases"]:

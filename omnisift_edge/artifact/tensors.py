@@ -10,6 +10,7 @@ static per chunk.
 
 from __future__ import annotations
 
+from omnisift_edge.artifact.records import DECODER, DECODER_GQA, DECODER_SCATTER
 from dataclasses import dataclass
 
 # axes that stay dynamic in the graphs (named as Optimum names them)
@@ -103,7 +104,8 @@ VISION_ENCODER = GraphSpec(
 
 AUDIO_ENCODER = GraphSpec(
     "audio_encoder",
-    inputs=(_t("input_features", "float", "n_mels", "window_frames"),),
+    inputs=(_t("input_features", "float", "n_mels", "window_frames"),
+            _t("valid_frames", "int64", "one")),             # frames of the window that are audio (<= 200)
     outputs=(_t("audio_embeds", "float", "window_audio_tokens", "hidden"),),
 )
 
@@ -113,11 +115,14 @@ COMPRESSOR = GraphSpec(
         _t("video_embeds", "float", "chunk_batch", "frames_per_chunk", "tokens_per_frame", "hidden"),
         _t("audio_embeds", "float", "chunk_batch", "window_audio_tokens", "hidden"),
         _t("chunk_position_ids", "int64", "rope_rows", "chunk_tokens"),
+        _t("valid_grids", "int64", "one"),             # real grid steps (2; 1 in a clip's short last chunk)
+        _t("valid_audio_tokens", "int64", "one"),      # real audio tokens (window_audio_tokens; fewer at the end)
     ),
     outputs=(
         _t("kept_embeds", "float", "chunk_batch", "kept_tokens", "hidden"),
         _t("kept_position_ids", "int64", "rope_rows", "chunk_batch", "kept_tokens"),
         _t("kept_index", "int64", "chunk_batch", "kept_tokens"),
+        _t("kept_count", "int64", "one"),              # the first kept_count rows are real (all in a whole chunk)
     ),
 )
 
@@ -132,7 +137,7 @@ def decoder_graph(num_layers: int) -> GraphSpec:
             present.append(_t(f"present.{i}.{kind}", "float", "batch_size", "kv_heads",
                               "total_sequence_length", "head_dim"))
     return GraphSpec(
-        "decoder",
+        DECODER,
         inputs=(
             _t("inputs_embeds", "float", "batch_size", "sequence_length", "hidden"),
             _t("position_ids", "int64", "rope_rows", "batch_size", "sequence_length"),
@@ -159,7 +164,7 @@ def decoder_gqa_graph(num_layers: int) -> GraphSpec:
                              "head_dim"),
                           _t(f"present.{i}.{kind}", "float", "batch_size", "kv_heads", "cache_length", "head_dim")))
     return GraphSpec(
-        "decoder_gqa",
+        DECODER_GQA,
         inputs=(
             _t("inputs_embeds", "float", "batch_size", "sequence_length", "hidden"),
             _t("position_ids", "int64", "rope_rows", "batch_size", "sequence_length"),
@@ -187,7 +192,7 @@ def decoder_scatter_graph(num_layers: int) -> GraphSpec:
                              "head_dim"),
                           _t(f"present.{i}.{kind}", "float", "batch_size", "kv_heads", "cache_length", "head_dim")))
     return GraphSpec(
-        "decoder_scatter",
+        DECODER_SCATTER,
         inputs=(
             _t("inputs_embeds", "float", "batch_size", "sequence_length", "hidden"),
             _t("position_ids", "int64", "rope_rows", "batch_size", "sequence_length"),

@@ -13,7 +13,8 @@ from pathlib import Path
 import click
 
 from omnisift_edge import __version__
-from omnisift_edge.cli.options import (_parse_ratios, _precisions, _targets, _user_errors, model_options,
+from omnisift_edge.artifact.onnx_runtime import DEFAULT_THREAD_POLICY, THREAD_POLICIES
+from omnisift_edge.cli.options import (_parse_ratios, _precisions, _targets, _user_errors, built_target, model_options,
                                        resolution_option)
 from omnisift_edge.errors import UsageError
 
@@ -103,12 +104,12 @@ def export(model_dir, compressor, compressor_heads, model_seed, ratio, ratios, v
                        overwrite=overwrite, opset=opset, weights=weights, block_size=block_size,
                        quantize_lm_head=quantize_lm_head)
     artifact = run_export(cfg, progress=lambda step: click.echo(f"- {step}", err=True))
-    for entry in artifact.manifest["ratios"]:
-        kept = entry["kept_per_chunk"]
-        click.echo(f"ratio {entry['ratio']:g}: video drop {entry['rho_video']:.4f}, audio drop {entry['rho_audio']:.4f}, "
-                   f"{kept['total']} tokens kept per chunk ({kept['video']} video + {kept['audio']} audio), "
-                   f"achieved {entry['achieved']:.3f}")
-    click.echo(f"exported {len(artifact.manifest['graphs'])} graphs to {artifact.folder} in {artifact.seconds:.0f}s "
+    for entry in artifact.manifest.ratios:
+        click.echo(f"ratio {entry.ratio:g}: video drop {entry.rho_video:.4f}, audio drop {entry.rho_audio:.4f}, "
+                   f"{entry.kept_total} tokens kept per chunk ({entry.kept_video} video + {entry.kept_audio} audio), "
+                   f"achieved {entry.achieved:.3f}")
+    files = artifact.onnx_files
+    click.echo(f"exported {len(files)} ONNX graphs ({', '.join(files)}) to {artifact.folder} in {artifact.seconds:.0f}s "
                "(validated in ONNX Runtime, TensorRT lint clean)")
 
 
@@ -200,7 +201,8 @@ def lint(folder):
               help="A question; repeat for follow-up questions on the same context.")
 @click.option("--backend", type=click.Choice(["onnxruntime", "torch", "tensorrt"]), default="onnxruntime",
               show_default=True)
-@click.option("--target", default=None, help="tensorrt: which built engines (default: the only one built).")
+@click.option("--target", default=None, callback=built_target,
+              help="tensorrt: which built engines (default: the only one built).")
 @click.option("--ratio", type=float, default=None,
               help="One of the export's ratios (needed when it has several; printed either way).")
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
@@ -212,15 +214,21 @@ def lint(folder):
               help="error (refuse when the context is full) or sliding (evict the oldest chunks; docs/runtime.md).")
 @click.option("--window-seconds", type=float, default=None,
               help="sliding: seconds of media kept (default: what --max-context holds).")
+@click.option("--ort-threads", type=click.Choice(THREAD_POLICIES), default=DEFAULT_THREAD_POLICY, show_default=True,
+              help="onnxruntime: how the graphs' sessions share the CPU: quiet (own pools, no spinning), spin "
+              "(ONNX Runtime's default), shared (one process-wide pool), decoder-spin (only the decoder spins).")
+@click.option("--prefill-chunks", type=int, default=None,
+              help="Chunks per decoder prefill call (default: the file's all at once; 1: chunk by chunk).")
 @_user_errors
 def run(folder, video, audio, questions, backend, target, ratio, model_dir, device, max_new_tokens, max_context,
-        context_policy, window_seconds):
+        context_policy, window_seconds, ort_threads, prefill_chunks):
     """Stream a video through an export folder chunk by chunk, then answer questions (streamed)."""
     from omnisift_edge.runtime.session import RuntimeConfig, open_session
 
     session = open_session(RuntimeConfig(folder=folder, backend=backend, ratio=ratio, device=device,
                                          max_context=max_context, target=target, context_policy=context_policy,
-                                         window_seconds=window_seconds, model=model_dir))
+                                         window_seconds=window_seconds, model=model_dir, ort_threads=ort_threads,
+                                         prefill_chunks=prefill_chunks))
     reports = session.append_file(video, audio_path=audio)
     kept = sum(r.kept_video + r.kept_audio for r in reports)
     total = sum(r.video_tokens + r.audio_tokens for r in reports)
@@ -246,7 +254,7 @@ def run(folder, video, audio, questions, backend, target, ratio, model_dir, devi
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--backend", type=click.Choice(["onnxruntime", "torch", "tensorrt"]), default="onnxruntime",
               show_default=True)
-@click.option("--engine", "target", default=None, help="tensorrt: the target whose engines to profile (e.g. orin-agx, rtx); "
+@click.option("--engine", "target", default=None, callback=built_target, help="tensorrt: the target whose engines to profile (e.g. orin-agx, rtx); "
               "implies --backend tensorrt.")
 @click.option("--ratios", default=None, help="Comma-separated ratios to profile (default: every ratio the export has).")
 @click.option("--seconds", type=float, default=30.0, show_default=True, help="Length of the generated clip.")
@@ -254,15 +262,20 @@ def run(folder, video, audio, questions, backend, target, ratio, model_dir, devi
 @click.option("--max-new-tokens", type=click.IntRange(2, 4096), default=16, show_default=True)
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), default=None,
               help="Folder for profile.json/.md/.png (default: FOLDER/profile).")
+@click.option("--overwrite", is_flag=True, help="Replace profile.json/.md/.png there even if a previous `profile` "
+              "did not write them.")
 @click.option("--context-policy", default="error", show_default=True,
               help="error (the clip must fit the context) or sliding (evict the oldest chunks; docs/runtime.md).")
 @click.option("--window-seconds", type=float, default=None,
               help="sliding: seconds of media kept (default: what the export's max context holds).")
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
               help="torch: the model folder (default: the one recorded at export).")
+@click.option("--ort-threads", type=click.Choice(THREAD_POLICIES), default=DEFAULT_THREAD_POLICY, show_default=True,
+              help="onnxruntime: how the graphs' sessions share the CPU: quiet (own pools, no spinning), spin "
+              "(ONNX Runtime's default), shared (one process-wide pool), decoder-spin (only the decoder spins).")
 @_user_errors
-def profile(folder, backend, target, ratios, seconds, device, max_new_tokens, out, context_policy, window_seconds,
-            model_dir):
+def profile(folder, backend, target, ratios, seconds, device, max_new_tokens, out, overwrite, context_policy,
+            window_seconds, model_dir, ort_threads):
     """Measure per-stage latency, TTFT, decode speed and memory at each ratio, side by side."""
     from omnisift_edge.profiling.profile import ProfileConfig, markdown, profile as run_profile
 
@@ -270,7 +283,8 @@ def profile(folder, backend, target, ratios, seconds, device, max_new_tokens, ou
         backend = "tensorrt"
     cfg = ProfileConfig(folder=folder, backend=backend, ratios=_parse_ratios(None, ratios) if ratios else None,
                         seconds=seconds, device=device, max_new_tokens=max_new_tokens, out=out, target=target,
-                        context_policy=context_policy, window_seconds=window_seconds, model=model_dir)
+                        context_policy=context_policy, window_seconds=window_seconds, model=model_dir,
+                        overwrite=overwrite, ort_threads=ort_threads)
     report = run_profile(cfg)
     click.echo(markdown(report))
     click.echo(f"wrote {report.files['json']}, {report.files['markdown']}, {report.files['plot']}", err=True)
@@ -319,24 +333,41 @@ def build(folder, target, precision, max_context, workspace_gb, compute_capabili
 @click.option("--max-context", type=int, default=8192, show_default=True, help="Longest KV cache.")
 @click.option("--window", type=int, default=None, help="Sliding window: the cache holds this many tokens.")
 @click.option("--resolution", default="448x448", show_default=True, help="Frame HxW, multiples of 28.")
+@click.option("--target", "targets", multiple=True,
+              help="Also predict speed on this target (repeatable): an Orin/RTX/datacenter preset, or cpu "
+                   "(this machine, measured once by a probe). docs/engines.md.")
+@click.option("--ratio", "ratios", type=float, multiple=True,
+              help="With --target: a ratio to predict (repeatable; default 1, 0.5, 0.25; an export: its ratios).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the plan as JSON.")
 @_user_errors
-def plan(config, weights, dtype, block_size, quantize_lm_head, max_context, window, resolution, json_out):
-    """Device memory per part for a Qwen2.5-Omni config.json (no weights needed), and which targets it fits."""
+def plan(config, weights, dtype, block_size, quantize_lm_head, max_context, window, resolution, targets, ratios,
+         json_out):
+    """Device memory per part for a Qwen2.5-Omni config.json or an export folder (no weights needed), which
+    targets it fits, and with --target the predicted stage times, TTFT, decode speed and real-time factor."""
     from omnisift_edge.engines.memory import plan_config, write_plan_json
+    from omnisift_edge.engines.speed import export_memory, is_export, speed_for_config, speed_for_export
     from omnisift_edge.runtime.demo import parse_resolution
 
-    result = plan_config(config, dtype=dtype, weights=weights, block_size=block_size,
-                         lm_head_quantized=quantize_lm_head, max_context=max_context, window=window,
-                         resolution=parse_resolution(resolution))
+    if is_export(config):
+        result = export_memory(config)
+        speeds = [speed_for_export(config, target=t, ratios=ratios or None) for t in targets]
+    else:
+        size = parse_resolution(resolution)
+        result = plan_config(config, dtype=dtype, weights=weights, block_size=block_size,
+                             lm_head_quantized=quantize_lm_head, max_context=max_context, window=window, resolution=size)
+        speeds = [speed_for_config(config, target=t, ratios=ratios or (1.0, 0.5, 0.25), resolution=size, dtype=dtype,
+                                   weights=weights, block_size=block_size, lm_head_quantized=quantize_lm_head,
+                                   max_context=window or max_context) for t in targets]
     click.echo(result.summary())
+    for speed in speeds:
+        click.echo(speed.summary())
     if json_out is not None:
-        write_plan_json(result, json_out)
+        write_plan_json(result, json_out, speeds=speeds)
 
 
 @main.command()
 @click.argument("folder", type=click.Path(path_type=Path))
-@click.option("--target", default=None, help="Engines of this target (default: the built one).")
+@click.option("--target", default=None, callback=built_target, help="Engines of this target (default: the built one).")
 @click.option("--record", is_flag=True, help="Record ONNX Runtime reference outputs (on the export machine).")
 @_user_errors
 def verify(folder, target, record):
@@ -383,7 +414,8 @@ def selftest(target):
 @click.option("--idle-timeout", type=float, default=60.0, show_default=True,
               help="Seconds without a request after which a camera's state is freed.")
 @click.option("--instances", type=int, default=1, show_default=True, help="Model instances (processes).")
-@click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
+@click.option("--overwrite", is_flag=True, help="Replace the omnisift model a previous `triton` wrote there "
+              "(other models of the repository stay).")
 @_user_errors
 def triton(folder, out, backend, ratio, device, max_streams, idle_timeout, instances, overwrite):
     """Write a Triton model repository that serves camera streams from an export folder (docs/serving.md)."""
@@ -413,3 +445,8 @@ def tiny_model(folder, kind, seed):
         raise UsageError(f"{folder} exists and is not an empty folder; choose a new folder")
     write_tiny_checkpoint(folder, kind, seed)
     click.echo(f"wrote the embedded default (seed {seed}) as a {kind} checkpoint to {folder}")
+
+
+from omnisift_edge.cli.watch import watch as _watch  # noqa: E402  (its own module: this one stays small)
+
+main.add_command(_watch)

@@ -75,6 +75,20 @@ def _targets() -> list[str]:
     return list(TARGETS)
 
 
+def built_target(ctx, param, value):
+    """Click callback for a --target/--engine naming built engines: a preset, or `sm_XY` (what `build
+    --target auto` records on a GPU without a preset); anything else is refused before the export is read,
+    so no message suggests building a target that does not exist."""
+    import re
+
+    from omnisift_edge.engines.presets import PRESETS
+
+    if value is None or value in PRESETS or re.fullmatch(r"sm_\d+", value):
+        return value
+    raise click.ClickException(f"unknown --target {value!r}; engines are built for one of {', '.join(PRESETS)} "
+                             "(or sm_XY, what build --target auto records on a GPU without a preset)")
+
+
 def _precisions() -> list[str]:
     from omnisift_edge.engines.presets import PRECISIONS
 

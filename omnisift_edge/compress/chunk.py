@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from omnisift_edge.compress.ratio import audio_keep_count, check_rho, drop_count, kept_per_chunk
-from omnisift_edge.compress.select import compact_indices, select_indices, share_identical_scores
+from omnisift_edge.compress.select import compact_indices, select_indices, select_mask, share_identical_scores
 from omnisift_edge.compress.selector import fp32_selector
 from omnisift_edge.compress.stvp import keep_unchecked
 from omnisift_edge.errors import UsageError
@@ -69,6 +69,42 @@ class ChunkCompressor(nn.Module):
         kept = torch.cat((context, kept_audio), dim=1)                        # [B, K, D]
         kept_index = torch.cat((v_index, a_index + F * P), dim=1)             # [B, K]
         return kept, kept_index
+
+    def forward_valid(self, video: torch.Tensor, audio: torch.Tensor, grids: torch.Tensor,
+                      audio_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A whole chunk's static shapes of which only the first `grids` [1] frames and `audio_tokens`
+        [1] audio tokens are real (a clip's short last chunk) -> kept [B, K, D], kept_index [B, K],
+        kept_count [1]: the first kept_count rows are exactly what `forward` keeps of the real part
+        alone, the rest padding. Frame 0's selection never reads frame 1 (STVP), audio queries never
+        attend to each other (VGAS), so padding is masked out of the context and ranked last.
+        """
+        B, F, P, D = self._check(video, audio)
+        La = audio.shape[1]
+        n_vk = P - drop_count(P, self.rho_video)                              # video kept per frame
+        keep = keep_unchecked(video, P - n_vk, method=self.method)            # [B, F, P]
+        slots = compact_indices(keep, n_vk)                                   # [B, F, n_vk] ascending
+        offsets = (torch.arange(F, device=video.device) * P).view(1, F, 1)
+        v_index = (slots + offsets).reshape(B, F * n_vk)                      # [B, Nv] into [F*P]
+        context = video.reshape(B, F * P, D).gather(1, v_index.unsqueeze(-1).expand(B, F * n_vk, D))   # [B, Nv, D]
+        v_valid = torch.arange(F * n_vk, device=video.device).view(1, -1) < grids * n_vk   # [1, Nv]
+        a_slot = torch.arange(La, device=video.device).view(1, -1)           # [1, La]
+        n_ka_max = audio_keep_count(La, self.rho_audio, 1)
+        if self.rho_audio > 0 and n_ka_max < La:
+            table = torch.tensor([audio_keep_count(n, self.rho_audio, 1) for n in range(La + 1)], device=video.device)
+            n_ka = table.index_select(0, audio_tokens)                        # [1] kept of the real audio
+            scores = self.selector(context.float(), audio.float(), video_valid=v_valid.expand(B, -1))   # [B, La]
+            scores = share_identical_scores(scores, audio)                    # a padding row never comes first
+            scores = torch.where(a_slot < audio_tokens, scores, float("-inf"))   # padding ranks last
+            chosen = select_mask(scores, n_ka.expand(B), method=self.method, check=False)   # [B, La]
+            a_index = compact_indices(chosen, n_ka_max)                       # [B, n_ka_max] chosen first
+        else:   # nothing to drop: every real audio token
+            n_ka, a_index = audio_tokens, a_slot.expand(B, La)
+        kept_audio = audio.gather(1, a_index.unsqueeze(-1).expand(B, a_index.shape[1], D))
+        index = torch.cat((v_index, a_index + grids * P), dim=1)             # [B, K] audio after the real frames
+        real = torch.cat((v_valid, torch.arange(a_index.shape[1], device=video.device).view(1, -1) < n_ka), dim=1)
+        order = compact_indices(real.expand(B, -1), index.shape[1])           # [B, K] real slots first, in order
+        kept = torch.cat((context, kept_audio), dim=1).gather(1, order.unsqueeze(-1).expand(B, -1, D))
+        return kept, index.gather(1, order), grids * n_vk + n_ka
 
     def _apply(self, fn, recurse=True):
         """`.to(fp16)` / `.half()` convert the module but the selector stays fp32 (see forward)."""

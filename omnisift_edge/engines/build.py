@@ -55,7 +55,7 @@ class BuildArtifact:
     target: Target
     plan: BuildPlan
     engines: dict[str, Path]
-    report: dict                       # what went into manifest["builds"][target]
+    report: dict                       # what went into the manifest's builds.<target>
     seconds: float = 0.0
     manifest: dict = field(default_factory=dict, repr=False)
 
@@ -134,10 +134,10 @@ def resolve_env(cfg: BuildConfig) -> BuildEnv:
 def build_engines(cfg: BuildConfig, progress: Callable[[str], None] = lambda _: None) -> BuildArtifact:
     """Build every graph of the export for `cfg.target`: resolve the environment, plan (`plan.plan_build`
     says what, anywhere), execute the plan, record the plan plus what happened in the manifest."""
-    from omnisift_edge.artifact.manifest import read_manifest, write_manifest
+    from omnisift_edge.artifact.manifest import Build, load_manifest, write_manifest
 
     started = time.perf_counter()
-    manifest = read_manifest(cfg.folder, verify=False)   # schema / corrupt JSON first: no machine fixes those
+    manifest = load_manifest(cfg.folder, verify=False)   # schema / corrupt JSON first: no machine fixes those
     env = resolve_env(cfg)
     # the plan first: a precision or workspace the build cannot honour is one line before hashing the export
     plan = plan_build(cfg, manifest=manifest, env=env, write=False)
@@ -153,7 +153,7 @@ def build_engines(cfg: BuildConfig, progress: Callable[[str], None] = lambda _: 
     entries = _execute(plan, env, progress)
     plan = dataclasses.replace(plan, path=engine_dir(cfg.folder, env.target.name) / PLAN_FILE)
     report = build_report(plan, env, entries)
-    manifest = dict(manifest, builds={**manifest.get("builds", {}), env.target.name: report})
+    manifest = manifest.with_build(Build.from_dict(env.target.name, report, f"builds.{env.target.name}"))
     write_manifest(cfg.folder, manifest, known=checksums)
     progress(f"wrote {len(entries)} engines to {plan.engines[0].engine.parent}")
     engines = {ep.graph: ep.engine for ep in plan.engines}

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from omnisift_edge.artifact.manifest import DECODER, GraphInfo, Manifest, as_manifest
 from omnisift_edge.engines.profiles import SCATTER
 
-FALLBACK = "decoder"
+FALLBACK = DECODER
 KV_CACHE_UPDATE_TENSORRT = (10, 15)      # the first TensorRT with IKVCacheUpdateLayer and its ONNX TensorScatter import
 
 
@@ -32,11 +33,11 @@ def _version(text: str) -> tuple[int, ...]:
         return (0,)
 
 
-def decoder_form(manifest: dict, flavour: str, tensorrt: str) -> tuple[str, str]:
+def decoder_form(manifest: Manifest, flavour: str, tensorrt: str) -> tuple[str, str]:
     """(graph, why): `decoder_scatter` where this TensorRT has KVCacheUpdate and the export has the graph,
     else `decoder`."""
     need = ".".join(map(str, KV_CACHE_UPDATE_TENSORRT))
-    if SCATTER not in (manifest.get("kv_cache") or {}):
+    if SCATTER not in as_manifest(manifest).kv_cache:
         return FALLBACK, ("past/present: this export has no decoder_scatter (made before the in-place TensorRT form); "
                           "export again for an in-place KV cache")
     if flavour == "tensorrt_rtx":
@@ -47,12 +48,12 @@ def decoder_form(manifest: dict, flavour: str, tensorrt: str) -> tuple[str, str]
                       "ships 10.3); the runtime copies the presents back into its cache on the device")
 
 
-def build_graphs(manifest: dict, form: str) -> dict[str, dict]:
+def build_graphs(manifest: Manifest, form: str) -> dict[str, GraphInfo]:
     """graph -> manifest entry of everything a build holds: `graphs`, with `decoder` swapped for `form`."""
     from omnisift_edge.engines.profiles import graph_entry
 
     return {(form if graph == FALLBACK else graph): graph_entry(manifest, form if graph == FALLBACK else graph)
-            for graph in manifest["graphs"]}
+            for graph in as_manifest(manifest).graphs}
 
 
 def static_sizes(graph: str, max_context: int) -> dict[str, int]:

@@ -58,12 +58,14 @@ class MemoryConfig:
             object.__setattr__(self, "weights", self.dtype)
         if self.weights not in ("fp32", "fp16", "int8", "int4"):
             raise UsageError(f"--weights must be fp32, fp16, int8 or int4 (got {self.weights!r})")
+        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1:
+            raise UsageError(f"--block-size must be a whole number of weight rows >= 1, e.g. 32 (got {self.block_size!r})")
         if self.weights == "int4":
             bad = sorted({k for k, _ in decoder_linear_shapes(self.shape.text) if k % self.block_size})
             if bad:
                 raise UsageError(f"int4 block size {self.block_size} does not divide the layer width "
                                  f"{', '.join(map(str, bad))}; pass a --block-size that divides it (e.g. 32)")
-        if not 1 <= self.max_context <= self.shape.text.max_position:
+        if not 1 <= self.max_context <= self.shape.text.max_position:   # internal plans; the CLI's rule: plan_config
             raise UsageError(f"--max-context must be in 1..{self.shape.text.max_position} (the model's "
                              f"max_position_embeddings); got {self.max_context}")
         if self.window is not None and not 1 <= self.window <= self.max_context:
@@ -261,16 +263,25 @@ def read_config(path) -> ThinkerShape:
 
 def plan_config(path, **settings) -> MemoryPlan:
     """`omnisift-edge plan CONFIG.json`: the memory plan of a model from its config alone (no weights)."""
-    return plan_memory(MemoryConfig(read_config(path), **settings))
+    from omnisift_edge.artifact.limits import check_max_context
+
+    shape = read_config(path)
+    check_max_context(settings.get("max_context", 8192), most=shape.text.max_position,
+                      fix="the model's max_position_embeddings")
+    return plan_memory(MemoryConfig(shape, **settings))
 
 
-def write_plan_json(plan: MemoryPlan, path) -> None:
+def write_plan_json(plan: MemoryPlan, path, *, speeds=()) -> None:
+    """The memory plan as JSON, with the speed predictions (engines/speed.py) under "speed" when given."""
     import json
 
     from omnisift_edge.atomic import atomic_path
 
+    record = plan.to_dict()
+    if speeds:
+        record["speed"] = [s.to_dict() for s in speeds]
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
 
 
 ONNX_BYTES = {1: 4, 2: 1, 3: 1, 6: 4, 7: 8, 9: 1, 10: 2, 16: 2, 21: 0.5, 22: 0.5}   # TensorProto type -> bytes
@@ -301,24 +312,26 @@ def plan_export(folder, manifest: dict, *, precision: str, max_context: int, pre
     """
     from pathlib import Path
 
-    from omnisift_edge.artifact.manifest import graph_file_bytes
+    from omnisift_edge.artifact.manifest import as_manifest, graph_file_bytes
 
-    record = manifest.get("thinker_shape")
+    manifest = as_manifest(manifest)
+    record = manifest.section("thinker_shape")
     if record is None:
         return None
     shape = ThinkerShape.from_record(record)
     dtype = "fp32" if precision == "fp32" else "fp16"     # what the engines hold weights, cache and activations in
-    quant = manifest.get("weights") or {}
-    cfg = MemoryConfig(shape, dtype=dtype, weights=quant.get("mode") if quant.get("bits") in (4, 8) else dtype,
-                       block_size=quant.get("block_size") or 32, lm_head_quantized=bool(quant.get("lm_head_quantized")),
+    quant = manifest.weights
+    quantized = quant is not None and quant.bits in (4, 8)
+    cfg = MemoryConfig(shape, dtype=dtype, weights=quant.mode if quantized else dtype,
+                       block_size=(quant and quant.block_size) or 32, lm_head_quantized=bool(quant and quant.lm_head_quantized),
                        max_context=min(max_context, shape.text.max_position),
-                       resolution=tuple(manifest["resolution"]), prefill=prefill, kv_in_place=kv_in_place)
+                       resolution=manifest.resolution, prefill=prefill, kv_in_place=kv_in_place)
     weights: dict[str, int] = {}
-    scale = FLOAT_BYTES[dtype] / FLOAT_BYTES[manifest.get("dtype", "fp32")]   # float weights: graph -> engine dtype
-    for graph, entry in manifest["graphs"].items():
+    scale = FLOAT_BYTES[dtype] / FLOAT_BYTES[manifest.dtype]   # float weights: graph -> engine dtype
+    for graph, entry in manifest.graphs.items():
         part = graph if graph in ("vision_encoder", "audio_encoder", "decoder") else "compressor"
-        size = graph_file_bytes(Path(folder), manifest, entry["file"])
-        fixed = quant.get("quantized_weight_bytes", 0) if part == "decoder" else 0   # packed ints stay as they are
+        size = graph_file_bytes(Path(folder), manifest, entry.file)
+        fixed = quant.quantized_weight_bytes if part == "decoder" and quant is not None else 0   # packed ints stay as they are
         size = int((size - fixed) * scale + fixed)   # file sizes, not the protos: planning imports no onnx
         weights[part] = max(weights.get(part, 0), size) if part == "compressor" else size   # one compressor runs
     return plan_memory(cfg, weights=weights)

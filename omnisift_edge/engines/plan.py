@@ -34,6 +34,7 @@ from omnisift_edge.engines.kv_form import build_graphs, decoder_form, static_siz
 from omnisift_edge.engines.presets import PRECISIONS, PRESETS, TARGETS, Target, get_target, resolve_target
 from omnisift_edge.engines.profiles import DEFAULT_MAX_PROMPT, Profile, decoder_limits, graph_profiles
 from omnisift_edge.engines.store import PLAN_FILE, engine_dir, engine_path, write_side_file
+from omnisift_edge.artifact.limits import check_max_context
 from omnisift_edge.errors import UsageError
 
 
@@ -64,9 +65,8 @@ class BuildConfig:
         if self.compute_capabilities is not None:
             object.__setattr__(self, "compute_capabilities", flavours.parse_compute_capabilities(
                 self.compute_capabilities, flavours.get_flavour(self.flavour)))
-        if self.max_context is not None and (isinstance(self.max_context, bool) or not isinstance(self.max_context, int)
-                                             or self.max_context < 2):
-            raise UsageError(f"--max-context must be a whole number of tokens >= 2 (got {self.max_context!r})")
+        if self.max_context is not None:
+            check_max_context(self.max_context)
         if self.workspace_gb is not None and not 0 < float(self.workspace_gb) <= 1024:
             raise UsageError(f"--workspace must be a positive number of GB (got {self.workspace_gb})")
         if self.max_prompt < 1:
@@ -350,20 +350,20 @@ def _major(version: str) -> int:
         return 10
 
 
-def plan_build(cfg: BuildConfig, *, manifest: dict | None = None, env: BuildEnv | None = None,
+def plan_build(cfg: BuildConfig, *, manifest=None, env: BuildEnv | None = None,
                tensorrt: str | None = None, write: bool = True) -> BuildPlan:
     """The build plan for `cfg` in `env` (default `BuildEnv.for_plan(cfg, tensorrt)`: nothing installed needed);
     written to DIR/engines/<target>/build_plan.json when `write`.
 
     Reads the manifest without re-hashing the graphs (the build verifies every checksum).
     """
-    from omnisift_edge.artifact.manifest import read_manifest
+    from omnisift_edge.artifact.manifest import as_manifest, load_manifest
     from omnisift_edge.engines.memory import plan_export
 
-    manifest = manifest if manifest is not None else read_manifest(cfg.folder, verify=False)
+    manifest = as_manifest(manifest) if manifest is not None else load_manifest(cfg.folder, verify=False)
     env = env or BuildEnv.for_plan(cfg, tensorrt)
     target, flavour = env.target, env.flavour
-    graph_dtype = manifest.get("dtype", "fp32")
+    graph_dtype = manifest.dtype
     precision = cfg.precision or default_precision(flavour, graph_dtype)
     if cfg.target == "auto":   # a named target's precision was checked by BuildConfig; auto's target is known now
         target.check_precision(precision)
@@ -388,16 +388,16 @@ def plan_build(cfg: BuildConfig, *, manifest: dict | None = None, env: BuildEnv 
     return plan
 
 
-def _engine_plans(folder: Path, manifest: dict, env: BuildEnv, decoder: str, graph_dtype: str, precision: str,
+def _engine_plans(folder: Path, manifest, env: BuildEnv, decoder: str, graph_dtype: str, precision: str,
                   limits) -> tuple[EnginePlan, ...]:
     """One EnginePlan per graph the build turns into an engine (`decoder`: the decoder form's graph)."""
     from omnisift_edge.artifact.manifest import graph_file_bytes
 
     engines = []
     for graph, entry in build_graphs(manifest, decoder).items():
-        size = graph_file_bytes(folder, manifest, entry["file"])   # weights maybe in shared_weights.data
+        size = graph_file_bytes(folder, manifest, entry.file)   # weights maybe in shared_weights.data
         mode = precision_mode(graph, graph_dtype, precision, _major(env.tensorrt), env.flavour.strongly_typed_only)
-        engines.append(EnginePlan(graph, folder / entry["file"], engine_path(folder, env.target.name, graph),
+        engines.append(EnginePlan(graph, folder / entry.file, engine_path(folder, env.target.name, graph),
                                   graph_dtype, mode, graph_profiles(manifest, graph, limits),
                                   size // 2 if graph_dtype == "fp32" and mode.precision != "fp32" else size,
                                   static_sizes(graph, limits.max_context)))
@@ -424,14 +424,16 @@ def _warnings(cfg: BuildConfig, env: BuildEnv, engines, weights_problem: str | N
 QDQ_TENSORRT_MIN = (10, 6)
 
 
-def weights_form_problem(manifest: dict, tensorrt: str, flavour: str = "tensorrt") -> str | None:
+def weights_form_problem(manifest, tensorrt: str, flavour: str = "tensorrt") -> str | None:
     """Why TensorRT `tensorrt` cannot build this export's decoder weights, or None.
 
     A weight-only int8/int4 decoder (opset 21 Q/DQ) needs a TensorRT whose parser takes opset 21
     (TensorRT-RTX 1.7 builds it: checked on the CPU, docs/quantization.md).
     """
-    weights = manifest.get("weights") or {}
-    if weights.get("form") != "qdq" or flavour == "tensorrt_rtx":
+    from omnisift_edge.artifact.manifest import as_manifest
+
+    weights = as_manifest(manifest).weights
+    if weights is None or weights.form != "qdq" or flavour == "tensorrt_rtx":
         return None
     try:
         version = tuple(int(p) for p in tensorrt.split(".")[:2])
@@ -440,6 +442,6 @@ def weights_form_problem(manifest: dict, tensorrt: str, flavour: str = "tensorrt
     if version >= QDQ_TENSORRT_MIN:
         return None
     need = ".".join(map(str, QDQ_TENSORRT_MIN))
-    return (f"the decoder has {weights.get('mode')} weight-only Q/DQ (opset 21), which TensorRT {tensorrt} "
+    return (f"the decoder has {weights.mode} weight-only Q/DQ (opset 21), which TensorRT {tensorrt} "
             f"cannot parse (needs >= {need} or TensorRT-RTX); build on a newer TensorRT, or export "
             "--weights fp16 for this target")

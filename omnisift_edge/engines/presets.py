@@ -36,6 +36,13 @@ class Target:
     compute_capabilities: tuple[CC, ...] = ()   # tensorrt_rtx: what the engines are compiled for
 
     @property
+    def figures(self):
+        """Bandwidth, math rates and their source (engines/hardware.py), or None for a detected GPU without a preset."""
+        from omnisift_edge.engines.hardware import FIGURES
+
+        return FIGURES.get(self.name)
+
+    @property
     def sm(self) -> str:
         return ",".join(f"sm_{a}{b}" for a, b in self.runs_on)
 

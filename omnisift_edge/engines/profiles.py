@@ -1,6 +1,6 @@
 """TensorRT optimization profiles, derived from the manifest's graph entries.
 
-Nothing here spells a tensor name: each input's shape comes from `manifest["graphs"][g]["inputs"]`
+Nothing here spells a tensor name: each input's shape comes from the manifest's `graphs.<g>.inputs`
 (ints for fixed axes, the axis name for dynamic ones, as declared in artifact/tensors.py) and only
 the dynamic axes get ranges. Graphs without dynamic axes (vision_encoder, audio_encoder,
 compressor_r*) get one fixed profile. The decoder gets two:
@@ -25,6 +25,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from omnisift_edge.errors import UsageError
+from omnisift_edge.artifact.manifest import DECODER_SCATTER, GraphInfo, Manifest, as_manifest  # noqa: F401
 from omnisift_edge.artifact.tensors import DYNAMIC_AXES
 
 DEFAULT_MAX_PROMPT = 512      # longest text prefill (system prompt + question) the decoder profile covers
@@ -75,20 +76,21 @@ class DecoderLimits:
     main_ratio: float
 
 
-def kept_tokens(manifest: dict) -> dict[str, int]:
+def kept_tokens(manifest: Manifest) -> dict[str, int]:
     """K of every compressor graph, read from its outputs' `kept_tokens` axis."""
     found = {}
-    for name, entry in manifest["graphs"].items():
-        for tensor in entry["outputs"]:
-            if "kept_tokens" in tensor.get("axes", ()):
-                found[name] = int(tensor["shape"][tensor["axes"].index("kept_tokens")])
+    for name, entry in as_manifest(manifest).graphs.items():
+        for tensor in entry.outputs:
+            if "kept_tokens" in tensor.axes:
+                found[name] = int(tensor.shape[tensor.axes.index("kept_tokens")])
                 break
     return found
 
 
-def main_ratio(manifest: dict, ratio: float | None = None) -> tuple[float, str]:
+def main_ratio(manifest: Manifest, ratio: float | None = None) -> tuple[float, str]:
     """(ratio, compressor graph) the decoder's prefill is tuned for: `ratio`, else the export's smallest."""
-    graphs = {float(r["ratio"]): r["graph"] for r in manifest.get("ratios", []) if r["graph"] in manifest["graphs"]}
+    manifest = as_manifest(manifest)
+    graphs = {float(r.ratio): r.graph for r in manifest.ratios if r.graph in manifest.graphs}
     if not graphs:
         raise UsageError("this export has no compressor graph; export again with --ratios")
     if ratio is None:
@@ -99,11 +101,12 @@ def main_ratio(manifest: dict, ratio: float | None = None) -> tuple[float, str]:
     return float(ratio), graphs[float(ratio)]
 
 
-def decoder_limits(manifest: dict, *, max_context: int | None = None, ratio: float | None = None,
+def decoder_limits(manifest: Manifest, *, max_context: int | None = None, ratio: float | None = None,
                    max_prompt: int = DEFAULT_MAX_PROMPT) -> DecoderLimits:
     """The decoder's ranges, validated against the manifest (whose max_context the export checked against
     the model's max_position_embeddings)."""
-    exported = int(manifest["max_context"])
+    manifest = as_manifest(manifest)
+    exported = manifest.max_context
     ratio, graph = main_ratio(manifest, ratio)
     ks = kept_tokens(manifest)
     if max_prompt < 1:
@@ -114,8 +117,11 @@ def decoder_limits(manifest: dict, *, max_context: int | None = None, ratio: flo
     if isinstance(max_context, bool) or not isinstance(max_context, int):
         raise UsageError(f"--max-context must be a whole number of tokens (got {max_context!r})")
     if max_context > exported:
-        raise UsageError(f"--max-context {max_context} is longer than the export's {exported}; export again with "
-                         f"--max-context {max_context} (the export checks it against the model's max_position_embeddings)")
+        positions = (manifest.rope and manifest.rope.max_position_embeddings) or 32768
+        fix = (f"export again with --max-context {max_context}" if max_context <= positions else
+               f"the model has {positions} positions, so an export holds at most that: export again with "
+               f"--max-context {positions} or less")
+        raise UsageError(f"--max-context {max_context} is longer than the export's {exported}; {fix}")
     if max_context <= s_max:
         raise UsageError(f"--max-context {max_context} leaves no room after one prefill of {s_max} tokens "
                          f"(the largest kept count or prompt); use at least {s_max + 1}")
@@ -138,41 +144,39 @@ def axis_ranges(limits: DecoderLimits) -> dict[str, dict[str, Range]]:
     }
 
 
-def _graph_dynamic_axes(manifest: dict, entry: dict) -> set[str]:
-    declared = set(manifest.get("dynamic_axes", DYNAMIC_AXES))
+def _graph_dynamic_axes(manifest: Manifest, entry: GraphInfo) -> set[str]:
+    declared = set(manifest.dynamic_axes or DYNAMIC_AXES)
     unknown = declared - set(DYNAMIC_AXES)
     if unknown:
         raise UsageError(f"the manifest declares dynamic axes {sorted(unknown)} this omnisift-edge has no profile "
                          "ranges for; build with the omnisift-edge that exported it")
-    return {d for t in entry["inputs"] for d in t["shape"] if isinstance(d, str) and d in declared}
+    return {d for t in entry.inputs for d in t.shape if isinstance(d, str) and d in declared}
 
 
-def _profile(name: str, entry: dict, ranges: dict[str, Range]) -> Profile:
+def _profile(name: str, entry: GraphInfo, ranges: dict[str, Range]) -> Profile:
     inputs, dynamic = [], set()
-    for tensor in entry["inputs"]:
+    for tensor in entry.inputs:
         dims = []
-        for d in tensor["shape"]:
+        for d in tensor.shape:
             if isinstance(d, int):
                 dims.append((d, d, d))
             elif d in ranges:
                 dims.append(ranges[d])
-                dynamic.add(tensor["name"])
+                dynamic.add(tensor.name)
             else:
-                raise UsageError(f"input {tensor['name']} has an axis {d!r} with no range; the manifest is damaged "
+                raise UsageError(f"input {tensor.name} has an axis {d!r} with no range; the manifest is damaged "
                                  "or from another omnisift-edge version")
-        inputs.append((tensor["name"], ShapeRange(*(tuple(x[i] for x in dims) for i in range(3)))))
-    used = sorted({d for t in entry["inputs"] for d in t["shape"] if isinstance(d, str)})
+        inputs.append((tensor.name, ShapeRange(*(tuple(x[i] for x in dims) for i in range(3)))))
+    used = sorted({d for t in entry.inputs for d in t.shape if isinstance(d, str)})
     return Profile(name, tuple(inputs), tuple((a, ranges[a]) for a in used), frozenset(dynamic))
 
 
-SCATTER = "decoder_scatter"     # the in-place form's key in the manifest's kv_cache
+SCATTER = DECODER_SCATTER     # the in-place form's key in the manifest's kv_cache
 
 
-def graph_entry(manifest: dict, graph: str) -> dict:
+def graph_entry(manifest: Manifest, graph: str) -> GraphInfo:
     """A graph's manifest entry: from `graphs`, or the in-place decoder's from `kv_cache`."""
-    if graph in manifest["graphs"]:
-        return manifest["graphs"][graph]
-    return manifest["kv_cache"][graph]["entry"]
+    return as_manifest(manifest).form_entry(graph)
 
 
 def in_place_ranges(limits: DecoderLimits) -> dict[str, Range]:
@@ -182,17 +186,18 @@ def in_place_ranges(limits: DecoderLimits) -> dict[str, Range]:
             "cache_length": (c, c, c)}
 
 
-def in_place_profile(manifest: dict, limits: DecoderLimits) -> Profile:
+def in_place_profile(manifest: Manifest, limits: DecoderLimits) -> Profile:
     """The one profile of `decoder_scatter`, with the value range of its write_index input."""
     c, s_max = limits.max_context, limits.max_sequence
     profile = _profile("in_place", graph_entry(manifest, SCATTER), in_place_ranges(limits))
-    write_index = manifest["kv_cache"][SCATTER]["write_index"]
+    write_index = as_manifest(manifest).kv_cache[SCATTER].write_index
     return dataclasses.replace(profile, values=((write_index, (0, (c - s_max) // 2, c - 1)),))
 
 
-def graph_profiles(manifest: dict, graph: str, limits: DecoderLimits | None = None) -> tuple[Profile, ...]:
+def graph_profiles(manifest: Manifest, graph: str, limits: DecoderLimits | None = None) -> tuple[Profile, ...]:
     """The profiles of one graph: one fixed profile, prefill + decode for a graph with dynamic axes, or
     the in-place decoder's one profile."""
+    manifest = as_manifest(manifest)
     entry = graph_entry(manifest, graph)
     if graph == SCATTER:
         return (in_place_profile(manifest, limits or decoder_limits(manifest)),)
@@ -202,8 +207,9 @@ def graph_profiles(manifest: dict, graph: str, limits: DecoderLimits | None = No
     return tuple(_profile(name, entry, ranges) for name, ranges in axis_ranges(limits).items())
 
 
-def engine_profiles(manifest: dict, *, max_context: int | None = None, ratio: float | None = None,
+def engine_profiles(manifest: Manifest, *, max_context: int | None = None, ratio: float | None = None,
                     max_prompt: int = DEFAULT_MAX_PROMPT) -> dict[str, tuple[Profile, ...]]:
     """graph -> its profiles, for every graph in the manifest."""
+    manifest = as_manifest(manifest)
     limits = decoder_limits(manifest, max_context=max_context, ratio=ratio, max_prompt=max_prompt)
-    return {graph: graph_profiles(manifest, graph, limits) for graph in manifest["graphs"]}
+    return {graph: graph_profiles(manifest, graph, limits) for graph in manifest.graphs}

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-import time
 from pathlib import Path
 
-from omnisift_edge.atomic import atomic_write, umask
+from omnisift_edge.atomic import atomic_write, new_staging, publish_folder
 from omnisift_edge.errors import UsageError
-from omnisift_edge.artifact.manifest import ENGINES_DIR, MANIFEST, read_manifest, sha256, write_manifest
+from omnisift_edge.artifact.manifest import ENGINES_DIR, MANIFEST, as_manifest, load_manifest, sha256, write_manifest
 
 PLAN_FILE = "build_plan.json"
 ENGINE_SUFFIX = ".engine"
@@ -32,11 +28,11 @@ def write_side_file(folder: Path, relative: str, data: bytes, manifest: dict) ->
     just written (the next `write_manifest` records it).
     """
     folder, path = Path(folder), Path(folder) / relative
-    listed = relative in manifest.get("files", {})
+    listed = relative in as_manifest(manifest).files
     if listed and path.is_file() and path.read_bytes() == data:
         return path
     if listed:
-        manifest = read_manifest(folder, verify=True)
+        manifest = load_manifest(folder, verify=True)
     atomic_write(path, data)
     if listed:
         write_manifest(folder, manifest)
@@ -48,36 +44,26 @@ def verify_sources(folder: Path, manifest: dict) -> dict[str, dict]:
     have replaced those; the build rewrites them and the manifest). Returns what was verified, name ->
     {sha256, bytes, mtime_ns}, for `write_manifest(known=...)`: each file is hashed once per build."""
     verified = {}
-    for name, entry in manifest.get("files", {}).items():
+    for name, entry in as_manifest(manifest).files.items():
         if name.startswith(ENGINES_DIR + "/"):
             continue
         file = Path(folder) / name
         if not file.is_file():
             raise UsageError(f"{file} is missing from the export; copy the whole folder or export again")
         stat = file.stat()
-        if stat.st_size != entry["bytes"] or sha256(file) != entry["sha256"]:
+        if stat.st_size != entry.bytes or sha256(file) != entry.sha256:
             raise UsageError(f"{file} does not match its checksum in {MANIFEST} (modified or partly copied); "
                              "copy it again or export again")
-        verified[name] = {"sha256": entry["sha256"], "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        verified[name] = {"sha256": entry.sha256, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     return verified
 
 
 def staging_dir(folder: Path, target: str) -> Path:
-    """A hidden folder beside DIR/engines/<target> to build into; leftovers of interrupted builds are removed."""
-    parent = Path(folder) / ENGINES_DIR
-    parent.mkdir(parents=True, exist_ok=True)
-    for stale in (*parent.glob(f".{target}.partial-*"), *parent.glob(f".{target}.old-*")):
-        shutil.rmtree(stale, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target}.partial-", dir=parent))
+    """A hidden folder beside DIR/engines/<target> to build into (`atomic.new_staging`): leftovers of
+    interrupted builds are removed, a staging folder another running build is writing is left alone."""
+    return new_staging(engine_dir(folder, target))
 
 
 def publish(staging: Path, final: Path) -> None:
-    """Swap the finished engines in: the previous ones are removed only after the rename."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{time.time_ns()}")
-        final.rename(old)
-    os.chmod(staging, 0o777 & ~umask())
-    staging.rename(final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """Swap the finished engines in (`atomic.publish_folder`): the previous ones are removed only after the swap."""
+    publish_folder(staging, final)

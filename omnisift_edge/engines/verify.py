@@ -193,22 +193,22 @@ def _polygraphy_compare(cases: list[Case], got: list[dict], checks: list[OutputC
 
 def verify_engines(cfg: VerifyConfig, progress: Callable[[str], None] = lambda _: None) -> VerifyReport:
     """Compare the engines of one build in the manifest with the recorded ONNX Runtime outputs."""
-    from omnisift_edge.artifact.manifest import read_manifest
+    from omnisift_edge.artifact.manifest import load_manifest
 
     report = VerifyReport(cfg.folder)
     if cfg.record:
         report.reference = cfg.folder / REFERENCE_DIR
-    manifest = read_manifest(cfg.folder, verify=False)
-    builds = manifest.get("builds", {})
+    manifest = load_manifest(cfg.folder, verify=False)
+    builds = manifest.builds
     if cfg.record and not builds:
         report.notes.append("no engines built in this folder yet; copy it to the engine machine, "
                             "run omnisift-edge build DIR there, then omnisift-edge verify DIR")
         return report
-    if "reference" not in manifest:
+    if manifest.section("reference") is None:
         raise UsageError(f"{cfg.folder} has no ONNX Runtime reference outputs; on the export machine run "
                          "omnisift-edge verify DIR --record, then copy the folder here")
     target, build = choose_build(builds, cfg.target, cfg.folder)
-    flavour = get_flavour(build.get("flavour", "tensorrt"))
+    flavour = get_flavour(build.flavour)
     try:
         trt = require_tensorrt(flavour.name)
     except UsageError:
@@ -225,18 +225,18 @@ def verify_engines(cfg: VerifyConfig, progress: Callable[[str], None] = lambda _
             return report
         raise
     check_compatible(build, str(trt.__version__), device, cfg.folder)
-    if device.name != build.get("device") and build.get("device"):
-        report.notes.append(f"built on {build.get('device')}, running on {device.name} (same compute capability)")
-    manifest = read_manifest(cfg.folder, verify=True)   # engines and reference files intact
+    if device.name != build.device and build.device:
+        report.notes.append(f"built on {build.device}, running on {device.name} (same compute capability)")
+    manifest = load_manifest(cfg.folder, verify=True)   # engines and reference files intact
     report.target, report.tensorrt, report.device = target, str(trt.__version__), device.name
-    for graph, engine in build["engines"].items():
-        if graph not in manifest["graphs"]:   # decoder_scatter: its static cache is the build's, not the reference's
+    for graph, engine in build.engines.items():
+        if graph not in manifest.graphs:   # decoder_scatter: its static cache is the build's, not the reference's
             report.notes.append(f"{graph} has no recorded reference (its cache length is the build's max_context); "
                                 "compare a stream with ONNX Runtime: omnisift-edge run --backend tensorrt")
             continue
         progress(f"verifying {graph}")
         cases = load_reference(cfg.folder, manifest, graph)
-        profiles = [p["name"] for p in engine["profiles"]]
-        got = _run_engine(cfg.folder / engine["file"], cases, profiles)
-        report.graphs[graph] = compare(graph, engine["precision"], cases, got)
+        profiles = [p["name"] for p in engine.profiles]
+        got = _run_engine(cfg.folder / engine.file, cases, profiles)
+        report.graphs[graph] = compare(graph, engine.precision, cases, got)
     return report

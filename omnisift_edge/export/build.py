@@ -8,6 +8,7 @@ graph is linted for TensorRT 10.3; the manifest is written last.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import shutil
 from dataclasses import asdict
@@ -17,7 +18,9 @@ from typing import Callable
 import numpy as np
 
 from omnisift_edge.errors import UsageError, require
-from omnisift_edge.artifact.manifest import TIE_RULE, graph_entry, tool_versions, write_manifest
+from omnisift_edge.artifact.manifest import (DECODER, TIE_RULE, GraphInfo, KvForm, Layout, Manifest, RatioPlan, Rope,
+                                            SharedWeights, TextEmbeddings, Tokenizer, Weights, graph_entry,
+                                            tool_versions, write_manifest)
 from omnisift_edge.export.config import ExportArtifact, ExportConfig, ExportValidationError, config_summary
 from omnisift_edge.artifact.tensors import AUDIO_ENCODER, COMPRESSOR, VISION_ENCODER, Dims, decoder_graph
 
@@ -34,7 +37,7 @@ def model_dims(model, resolution: tuple[int, int]) -> Dims:
     return decoder_dims(model.thinker, encoder_dims(model.thinker, *resolution))
 
 
-def ratio_plan(cfg: ExportConfig, dims: Dims) -> list[dict]:
+def ratio_plan(cfg: ExportConfig, dims: Dims) -> tuple[RatioPlan, ...]:
     """For each compressor graph: the target, the drops and what they achieve (integer rounding)."""
     from omnisift_edge.compress.ratio import achieved_ratio, drops_for_ratio, kept_per_chunk
 
@@ -47,11 +50,9 @@ def ratio_plan(cfg: ExportConfig, dims: Dims) -> list[dict]:
     for target, rho_v, rho_a in pairs:
         kept = kept_per_chunk(dims.tokens_per_frame, rho_v, rho_a, dims.window_audio_tokens, dims.grids_per_chunk)
         achieved = achieved_ratio(dims.tokens_per_frame, rho_v, rho_a, dims.window_audio_tokens, dims.grids_per_chunk)
-        name = f"compressor_r{(target if target is not None else round(achieved, 3)):g}"
-        plan.append({"graph": name, "ratio": target if target is not None else round(achieved, 3),
-                     "rho_video": rho_v, "rho_audio": rho_a, "achieved": achieved,
-                     "kept_per_chunk": {"video": kept.video, "audio": kept.audio, "total": kept.total}})
-    return plan
+        ratio = target if target is not None else round(achieved, 3)
+        plan.append(RatioPlan(f"compressor_r{ratio:g}", ratio, rho_v, rho_a, achieved, kept.video, kept.audio, kept.total))
+    return tuple(plan)
 
 
 def _check(name: str, result, checks: dict) -> None:
@@ -77,139 +78,164 @@ def _copy_tokenizer(model, target: Path) -> list[str]:
 
 
 def build_folder(cfg: ExportConfig, folder: Path, progress: Callable[[str], None]) -> ExportArtifact:
+    """Export, validate and lint every graph into `folder`, then write its manifest (last)."""
     require("onnx", extra="export")
     require("onnxruntime", extra="export")
-    from omnisift_edge.export.compressor import export_compressor, validate_compressor
-    from omnisift_edge.export.decoder import export_decoder, validate_decoder
-    from omnisift_edge.export.encoders import (
-        export_audio_encoder,
-        export_vision_encoder,
-        validate_audio_encoder,
-        validate_vision_encoder,
-    )
-    from omnisift_edge.export.lint import has_errors, lint_folder, format_findings
     from omnisift_edge.model.load import load_model
 
     progress("loading the model")
     model = load_model(cfg.source)
     dims = model_dims(model, cfg.resolution)
     plan = ratio_plan(cfg, dims)
-    if model.selector is None and any(p["rho_audio"] > 0 for p in plan):
-        raise UsageError("this model has no OmniSIFT compressor; pass --compressor FILE (the OmniSIFT checkpoint's, "
-                         "or one trained with omnisift-edge train), or export --ratio 1")
-    if cfg.quantized:   # a block size that does not divide the widths fails here, before any export
-        from omnisift_edge.export.quantize import check_widths
-
-        check_widths(model.thinker.config.to_dict(), cfg.quant_config())
+    _check_model(cfg, model, plan)
     checks: dict = {}
-    graphs: dict = {}
-    thinker, opset, dtype = model.thinker, cfg.opset, cfg.dtype
-
-    progress("vision encoder")
-    export_vision_encoder(thinker, dims, folder / "vision_encoder.onnx", dtype=dtype, opset=opset)
-    _check("vision_encoder", validate_vision_encoder(folder / "vision_encoder.onnx", thinker, dims, dtype=dtype), checks)
-    graphs["vision_encoder"] = graph_entry(VISION_ENCODER, dims, "vision_encoder.onnx", opset, dtype)
-
-    progress("audio encoder")
-    export_audio_encoder(thinker, dims, folder / "audio_encoder.onnx", dtype=dtype, opset=opset)
-    _check("audio_encoder", validate_audio_encoder(folder / "audio_encoder.onnx", thinker, dims, dtype=dtype), checks)
-    graphs["audio_encoder"] = graph_entry(AUDIO_ENCODER, dims, "audio_encoder.onnx", opset, dtype)
-
-    for entry in plan:
-        progress(f"compressor at ratio {entry['ratio']:g}")
-        file = f"{entry['graph']}.onnx"
-        export_compressor(model.selector, dims, entry["rho_video"], entry["rho_audio"], folder / file,
-                          dtype=dtype, opset=opset)
-        _check(entry["graph"], validate_compressor(folder / file, model.selector, dims, entry["rho_video"],
-                                                   entry["rho_audio"], dtype=dtype), checks)
-        kept_dims = Dims(**{**asdict(dims), "kept_tokens": entry["kept_per_chunk"]["total"]})
-        graphs[entry["graph"]] = graph_entry(COMPRESSOR, kept_dims, file, opset, dtype,
-                                             rho_video=entry["rho_video"], rho_audio=entry["rho_audio"])
-
-    progress("decoder")
-    decoder_path = export_decoder(thinker, dims, folder / "decoder.onnx", dtype=dtype, opset=opset,
-                                  max_context=cfg.max_context)
-    weights = _DequantizedWeights(thinker, None)
-    if cfg.quantized:   # weight-only int8/int4: checked against PyTorch running the same dequantized weights
-        from omnisift_edge.export.quantize import quantize_decoder
-
-        progress(f"decoder weights to {cfg.weights} (weight-only Q/DQ, round-to-nearest)")
-        weights = _DequantizedWeights(thinker, quantize_decoder(decoder_path, decoder_path, cfg.quant_config()))
-    with weights:
-        _check("decoder", validate_decoder(decoder_path, thinker, dtype=dtype), checks)
-    graphs["decoder"] = graph_entry(decoder_graph(dims.num_layers), dims, "decoder.onnx",
-                                    weights.opset(opset), dtype,
-                                    external_data=(folder / "decoder.onnx.data").exists())
-
+    graphs = _export_encoders(cfg, model, dims, plan, folder, checks, progress)
+    decoder, weights = _export_decoder(cfg, model, dims, folder, checks, progress)
+    graphs[DECODER] = decoder
     progress("decoder, in-place KV form for ONNX Runtime")
     kv_cache = _export_inplace_decoder(model, dims, folder, cfg, checks, weights)
     progress("decoder, in-place KV form for TensorRT (TensorScatter, opset 24)")
     kv_cache.update(_export_scatter_decoder(model, dims, folder, cfg, checks, weights))
-
     progress("text embeddings and tokenizer")
-    save_file = require("safetensors.numpy").save_file
-    table = thinker.get_input_embeddings().weight.detach().float().numpy()
-    save_file({EMBED_TENSOR: table.astype(np.float16 if dtype == "fp16" else np.float32)}, str(folder / EMBED_FILE))
-    tokenizer_files = _copy_tokenizer(model, folder / TOKENIZER_DIR)
-
-    manifest = {
-        "model": dict(model.identity, source="embedded default" if model.source.is_default
-                      else str(model.source.path.resolve())),
-        "selector": _selector_record(model),
-        "dtype": dtype,
-        "resolution": list(cfg.resolution),
-        "max_context": cfg.max_context,
-        "dims": asdict(dims),
-        "layout": asdict(model.spec),
-        "rope": _rope_settings(model),
-        "tie_rule": TIE_RULE,
-        "ratios": plan,
-        "graphs": graphs,
-        "kv_cache": kv_cache,
-        "text_embeddings": {"file": EMBED_FILE, "tensor": EMBED_TENSOR, "shape": list(table.shape),
-                            "dtype": "float16" if dtype == "fp16" else "float32"},
-        "tokenizer": {"folder": TOKENIZER_DIR, "files": tokenizer_files},
-        "weights": weights.record(dtype),
-        "thinker_shape": _thinker_shape(model),
-        "stop_token_ids": [model.spec.tokens.im_end, model.spec.tokens.endoftext],
-        "tools": tool_versions(),
-        "export_config": config_summary(cfg),
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+    embeddings, tokenizer = _write_tables(model, cfg.dtype, folder)
+    manifest = _manifest(cfg, model, dims, plan, graphs, kv_cache, embeddings, tokenizer, weights)
 
     progress("end-to-end check: greedy answers through the graphs vs the PyTorch stream")
     from omnisift_edge.export.e2e import end_to_end_check
 
     with weights:   # quantized: the PyTorch stream runs the graph's dequantized weights
         for entry in plan:
-            _check(f"end_to_end_{entry['graph']}", end_to_end_check(model, folder, manifest, entry), checks)
-
+            _check(f"end_to_end_{entry.graph}", end_to_end_check(model, folder, manifest, entry), checks)
     progress("one copy of the weights the graphs share")
-    _share_weights(folder, manifest)
-
+    manifest = _share_weights(folder, manifest)
     progress("TensorRT lint")
-    findings = lint_folder(folder)
-    lint = {graph: [asdict(f) for f in items] for graph, items in findings.items()}
-    if has_errors(findings):
-        raise UsageError("the graphs use what TensorRT 10.3 cannot build:\n" + format_findings(findings))
-    manifest.update(validation=checks, lint=lint)
+    lint = _lint(folder)
+    manifest = manifest.replace(validation=checks, lint=lint)
     write_manifest(folder, manifest)
     return ExportArtifact(folder=folder, manifest=manifest, checks=checks, lint=lint)
 
 
-def _share_weights(folder: Path, manifest: dict) -> None:
+def _check_model(cfg: ExportConfig, model, plan: tuple[RatioPlan, ...]) -> None:
+    """What the model must have for this export, refused before any graph is written."""
+    if model.selector is None and any(p.rho_audio > 0 for p in plan):
+        raise UsageError("this model has no OmniSIFT compressor; pass --compressor FILE (the OmniSIFT checkpoint's, "
+                         "or one trained with omnisift-edge train), or export --ratio 1")
+    if cfg.quantized:   # a block size that does not divide the widths fails here, before any export
+        from omnisift_edge.export.decoder.quantize import check_widths
+
+        check_widths(model.thinker.config.to_dict(), cfg.quant_config())
+
+
+def _export_encoders(cfg: ExportConfig, model, dims: Dims, plan: tuple[RatioPlan, ...], folder: Path, checks: dict,
+                     progress: Callable[[str], None]) -> dict[str, GraphInfo]:
+    """The vision and audio encoders and one compressor per ratio, each validated against PyTorch."""
+    from omnisift_edge.export.compressor import export_compressor, validate_compressor
+    from omnisift_edge.export.encoders import (
+        export_audio_encoder,
+        export_vision_encoder,
+        validate_audio_encoder,
+        validate_vision_encoder,
+    )
+
+    thinker, opset, dtype = model.thinker, cfg.opset, cfg.dtype
+    graphs = {}
+    for key, spec, export, validate in (("vision_encoder", VISION_ENCODER, export_vision_encoder, validate_vision_encoder),
+                                        ("audio_encoder", AUDIO_ENCODER, export_audio_encoder, validate_audio_encoder)):
+        progress(key.replace("_", " "))
+        export(thinker, dims, folder / f"{key}.onnx", dtype=dtype, opset=opset)
+        _check(key, validate(folder / f"{key}.onnx", thinker, dims, dtype=dtype), checks)
+        graphs[key] = _typed(key, graph_entry(spec, dims, f"{key}.onnx", opset, dtype))
+    for entry in plan:
+        progress(f"compressor at ratio {entry.ratio:g}")
+        file = f"{entry.graph}.onnx"
+        export_compressor(model.selector, dims, entry.rho_video, entry.rho_audio, folder / file, dtype=dtype, opset=opset)
+        _check(entry.graph, validate_compressor(folder / file, model.selector, dims, entry.rho_video,
+                                                entry.rho_audio, dtype=dtype), checks)
+        kept_dims = Dims(**{**asdict(dims), "kept_tokens": entry.kept_total})
+        graphs[entry.graph] = _typed(entry.graph, graph_entry(COMPRESSOR, kept_dims, file, opset, dtype,
+                                                              rho_video=entry.rho_video, rho_audio=entry.rho_audio))
+    return graphs
+
+
+def _export_decoder(cfg: ExportConfig, model, dims: Dims, folder: Path, checks: dict,
+                    progress: Callable[[str], None]) -> tuple[GraphInfo, "_DequantizedWeights"]:
+    """decoder.onnx (past in, present out), quantized for --weights int8/int4, validated against PyTorch."""
+    from omnisift_edge.export.decoder.past_present import export_decoder, validate_decoder
+
+    progress("decoder")
+    thinker, dtype = model.thinker, cfg.dtype
+    decoder_path = export_decoder(thinker, dims, folder / f"{DECODER}.onnx", dtype=dtype, opset=cfg.opset,
+                                  max_context=cfg.max_context)
+    weights = _DequantizedWeights(thinker, None)
+    if cfg.quantized:   # weight-only int8/int4: checked against PyTorch running the same dequantized weights
+        from omnisift_edge.export.decoder.quantize import quantize_decoder
+
+        progress(f"decoder weights to {cfg.weights} (weight-only Q/DQ, round-to-nearest)")
+        weights = _DequantizedWeights(thinker, quantize_decoder(decoder_path, decoder_path, cfg.quant_config()))
+    with weights:
+        _check(DECODER, validate_decoder(decoder_path, thinker, dtype=dtype), checks)
+    entry = graph_entry(decoder_graph(dims.num_layers), dims, f"{DECODER}.onnx", weights.opset(cfg.opset), dtype,
+                        external_data=(folder / f"{DECODER}.onnx.data").exists())
+    return _typed(DECODER, entry), weights
+
+
+def _write_tables(model, dtype: str, folder: Path) -> tuple[TextEmbeddings, Tokenizer]:
+    """The text embedding table (safetensors) and the tokenizer files the runtimes read."""
+    save_file = require("safetensors.numpy").save_file
+    table = model.thinker.get_input_embeddings().weight.detach().float().numpy()
+    save_file({EMBED_TENSOR: table.astype(np.float16 if dtype == "fp16" else np.float32)}, str(folder / EMBED_FILE))
+    files = _copy_tokenizer(model, folder / TOKENIZER_DIR)
+    return (TextEmbeddings(EMBED_FILE, EMBED_TENSOR, tuple(table.shape), "float16" if dtype == "fp16" else "float32"),
+            Tokenizer(TOKENIZER_DIR, tuple(files)))
+
+
+def _manifest(cfg: ExportConfig, model, dims: Dims, plan: tuple[RatioPlan, ...], graphs: dict[str, GraphInfo],
+              kv_cache: dict[str, KvForm], embeddings: TextEmbeddings, tokenizer: Tokenizer,
+              weights: "_DequantizedWeights") -> Manifest:
+    """The export's manifest, all but the checksums (write_manifest adds them) and the checks' results."""
+    source = "embedded default" if model.source.is_default else str(model.source.path.resolve())
+    return Manifest(
+        dtype=cfg.dtype, resolution=tuple(cfg.resolution), max_context=cfg.max_context, dims=dims,
+        layout=Layout.from_dict(asdict(model.spec)), rope=Rope.from_dict(_rope_settings(model)), ratios=plan,
+        graphs=graphs, kv_cache=kv_cache, text_embeddings=embeddings, tokenizer=tokenizer,
+        weights=Weights.from_dict(weights.record(cfg.dtype)),
+        stop_token_ids=(model.spec.tokens.im_end, model.spec.tokens.endoftext),
+        sections={"model": dict(model.identity, source=source), "selector": _selector_record(model),
+                  "tie_rule": TIE_RULE, "thinker_shape": _thinker_shape(model), "tools": tool_versions(),
+                  "export_config": config_summary(cfg),
+                  "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+
+
+def _typed(key: str, entry: dict) -> GraphInfo:
+    return GraphInfo.from_dict(key, entry, f"graphs.{key}")
+
+
+def _lint(folder: Path) -> dict:
+    """The TensorRT 10.3 lint of every graph (export/lint.py); an error stops the export."""
+    from omnisift_edge.export.lint import format_findings, has_errors, lint_folder
+
+    findings = lint_folder(folder)
+    if has_errors(findings):
+        raise UsageError("the graphs use what TensorRT 10.3 cannot build:\n" + format_findings(findings))
+    return {graph: [asdict(f) for f in items] for graph, items in findings.items()}
+
+
+def _share_weights(folder: Path, manifest: Manifest) -> Manifest:
     """Store each weight the graphs share once (export/shared_weights.py; the decoder forms hold the same
     LLM) and record it: `shared_weights`, and `external_data` on the graph entries that now point there."""
     from omnisift_edge.export.shared_weights import share_weights
 
     shared = share_weights(folder)
     if shared is None:
-        return
-    manifest["shared_weights"] = shared.record()
-    forms = [form["entry"] for form in manifest["kv_cache"].values() if "entry" in form]
-    for entry in [*manifest["graphs"].values(), *forms]:
-        if entry["file"] in shared.graphs:
-            entry["external_data"] = True
+        return manifest
+
+    def point(entry: GraphInfo) -> GraphInfo:
+        return dataclasses.replace(entry, external_data=True) if entry.file in shared.graphs else entry
+
+    forms = {k: dataclasses.replace(f, entry=point(f.entry)) if f.entry is not None else f
+             for k, f in manifest.kv_cache.items()}
+    return manifest.replace(shared_weights=SharedWeights.from_dict(shared.record()),
+                            graphs={k: point(g) for k, g in manifest.graphs.items()}, kv_cache=forms)
 
 
 class _DequantizedWeights:
@@ -220,7 +246,7 @@ class _DequantizedWeights:
 
     def __enter__(self):
         if self.report is not None:
-            from omnisift_edge.export.quantize import dequantized_weights
+            from omnisift_edge.export.decoder.quantize import dequantized_weights
 
             self._context = dequantized_weights(self.thinker, self.report)
             self._context.__enter__()
@@ -231,7 +257,7 @@ class _DequantizedWeights:
         return context.__exit__(*exc) if context is not None else False
 
     def opset(self, opset: int) -> int:
-        from omnisift_edge.export.quantize import QDQ_OPSET
+        from omnisift_edge.export.decoder.quantize import QDQ_OPSET
 
         return QDQ_OPSET if self.report is not None else opset
 
@@ -240,7 +266,7 @@ class _DequantizedWeights:
         if self.report is None:
             return {"mode": dtype, "form": "float", "bits": 16 if dtype == "fp16" else 32,
                     "graphs": {"onnxruntime": "decoder.onnx", "tensorrt": "decoder.onnx"}}
-        from omnisift_edge.export.quantize import backend_graphs
+        from omnisift_edge.export.decoder.quantize import backend_graphs
 
         return {**self.report.record(), "graphs": backend_graphs("decoder.onnx")}
 
@@ -253,18 +279,18 @@ def _thinker_shape(model) -> dict:
 
 
 def _export_inplace_decoder(model, dims: Dims, folder: Path, cfg: ExportConfig, checks: dict,
-                            weights: _DequantizedWeights) -> dict:
+                            weights: _DequantizedWeights) -> dict[str, KvForm]:
     """decoder_gqa.onnx (ONNX Runtime's in-place KV form), with the same weights as decoder.onnx (quantized
     the same way for --weights int8/int4), validated; returns the manifest's `kv_cache`. Not in `graphs`:
     those are what TensorRT builds, and it cannot parse GroupQueryAttention."""
     from omnisift_edge.artifact.tensors import decoder_gqa_graph
-    from omnisift_edge.export.decoder_gqa import GRAPH, export_decoder_gqa, kv_cache_record, validate_decoder_gqa
+    from omnisift_edge.export.decoder.gqa import GRAPH, export_decoder_gqa, kv_cache_record, validate_decoder_gqa
 
     file = f"{GRAPH}.onnx"
     path = export_decoder_gqa(model.thinker, dims, folder / file, dtype=cfg.dtype, opset=cfg.opset,
                               max_context=cfg.max_context)
     if cfg.quantized:
-        from omnisift_edge.export.quantize import quantize_decoder
+        from omnisift_edge.export.decoder.quantize import quantize_decoder
 
         quantize_decoder(path, path, cfg.quant_config())
     entry = graph_entry(decoder_gqa_graph(dims.num_layers), dims, file, weights.opset(cfg.opset), cfg.dtype,
@@ -273,27 +299,27 @@ def _export_inplace_decoder(model, dims: Dims, folder: Path, cfg: ExportConfig, 
         _check(GRAPH, validate_decoder_gqa(path, model.thinker, entry, _rope_settings(model)), checks)
     record = kv_cache_record(dims, cfg.max_context, file)
     record[GRAPH]["entry"] = entry
-    return record
+    return {key: KvForm.from_dict(key, form, f"kv_cache.{key}") for key, form in record.items()}
 
 
 def _export_scatter_decoder(model, dims: Dims, folder: Path, cfg: ExportConfig, checks: dict,
-                            weights: _DequantizedWeights) -> dict:
+                            weights: _DequantizedWeights) -> dict[str, KvForm]:
     """decoder_scatter.onnx (TensorRT's in-place KV form: TensorScatter, opset 24), the same weights as
     decoder.onnx (quantized the same way), validated; returns its `kv_cache` entry. Not in `graphs`
     either: the engines stage builds it instead of `decoder` where the target's TensorRT has KVCacheUpdate."""
-    from omnisift_edge.export.decoder_scatter import (GRAPH, SCATTER_OPSET, export_decoder_scatter, graph_entry_for,
+    from omnisift_edge.export.decoder.scatter import (GRAPH, SCATTER_OPSET, export_decoder_scatter, graph_entry_for,
                                                       kv_cache_record, validate_decoder_scatter)
 
     file = f"{GRAPH}.onnx"
     path = export_decoder_scatter(model.thinker, dims, folder / file, dtype=cfg.dtype, max_context=cfg.max_context)
     if cfg.quantized:
-        from omnisift_edge.export.quantize import quantize_decoder
+        from omnisift_edge.export.decoder.quantize import quantize_decoder
 
         quantize_decoder(path, path, cfg.quant_config(), metadata={"opset": str(SCATTER_OPSET)})
     entry = graph_entry_for(dims, file, cfg.dtype, (folder / f"{file}.data").exists())
     with weights:
         _check(GRAPH, validate_decoder_scatter(path, model.thinker, entry), checks)
-    return {GRAPH: kv_cache_record(cfg.max_context, file, entry)}
+    return {GRAPH: KvForm.from_dict(GRAPH, kv_cache_record(cfg.max_context, file, entry), f"kv_cache.{GRAPH}")}
 
 
 def _rope_settings(model) -> dict:

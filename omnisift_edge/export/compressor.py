@@ -22,16 +22,20 @@ from omnisift_edge.artifact.tensors import COMPRESSOR, Dims
 
 
 class CompressorGraph(nn.Module):
-    """video [1, 2, n_p, D], audio [1, La, D], chunk positions [3, n] -> kept, positions, index."""
+    """video [1, 2, n_p, D], audio [1, La, D], chunk positions [3, n], valid grids [1], valid audio
+    tokens [1] -> kept, positions, index, kept count. A whole chunk has 2 grids and La audio tokens; a
+    clip's short last chunk fewer (padding after them): its first `kept count` outputs are what the
+    per-chunk module keeps of the real part alone (`ChunkCompressor.forward_valid`)."""
 
     def __init__(self, selector: nn.Module, rho_video: float, rho_audio: float):
         super().__init__()
         self.chunk = ChunkCompressor(selector, rho_video, rho_audio, method="pairwise")
 
-    def forward(self, video_embeds, audio_embeds, chunk_position_ids):
-        kept, kept_index = self.chunk(video_embeds, audio_embeds)          # [1, K, D], [1, K]
+    def forward(self, video_embeds, audio_embeds, chunk_position_ids, valid_grids, valid_audio_tokens):
+        kept, kept_index, count = self.chunk.forward_valid(video_embeds, audio_embeds, valid_grids,
+                                                           valid_audio_tokens)   # [1, K, D], [1, K], [1]
         positions = gather_positions(chunk_position_ids, kept_index)       # [3, 1, K]
-        return kept, positions, kept_index
+        return kept, positions, kept_index, count
 
 
 def compressor_file(ratio: float) -> str:
@@ -51,7 +55,12 @@ def example_inputs(dims: Dims, dtype: torch.dtype, seed: int = 0, *, ties: str |
         audio = audio[:, :1].expand_as(audio).clone()
     n = dims.size("chunk_tokens")
     positions = torch.from_numpy(np.stack([np.arange(n) // 7, np.arange(n) % 5, np.arange(n) % 3]).astype(np.int64))
-    return video.to(dtype), audio.to(dtype), positions + 100
+    valid = torch.tensor([dims.grids_per_chunk]), torch.tensor([dims.window_audio_tokens])   # a whole chunk
+    return video.to(dtype), audio.to(dtype), positions + 100, *valid
+
+
+# (valid grids, valid audio tokens) of the short last chunks the graph's check also runs
+SHORT_CHUNKS = ((1, 13), (1, 1), (2, 25))
 
 
 def export_compressor(selector: nn.Module, dims: Dims, rho_video: float, rho_audio: float, path: Path, *,
@@ -88,15 +97,30 @@ def validate_compressor(path: Path, selector: nn.Module, dims: Dims, rho_video: 
     session = ort_session(path)
     index_equal = positions_equal = True
     max_abs, cases = 0.0, 0
-    for ties in (None, "frames", "silence", "both"):
-        for seed in range(seeds if ties is None else 1):
-            inputs = example_inputs(dims, torch_dtype, seed, ties=ties)
-            with torch.no_grad():
-                kept, positions, index = graph(*inputs)
-            feeds = dict(zip(COMPRESSOR.input_names, (t.numpy() for t in inputs)))
-            o_kept, o_positions, o_index = session.run(COMPRESSOR.output_names, feeds)
-            index_equal &= bool(np.array_equal(o_index, index.numpy()))
-            positions_equal &= bool(np.array_equal(o_positions, positions.numpy()))
-            max_abs = max(max_abs, float(np.abs(o_kept.astype(np.float32) - kept.float().numpy()).max()))
-            cases += 1
+    short = [(None, 0, valid) for valid in SHORT_CHUNKS]
+    for ties, seed, valid in [(t, s, None) for t in (None, "frames", "silence", "both")
+                              for s in range(seeds if t is None else 1)] + short:
+        inputs = example_inputs(dims, torch_dtype, seed, ties=ties)
+        if valid is not None:                          # a short last chunk: padding after the real part
+            inputs = (*inputs[:3], torch.tensor([valid[0]]), torch.tensor([valid[1]]))
+        with torch.no_grad():
+            kept, positions, index = _reference(graph, inputs)
+        feeds = dict(zip(COMPRESSOR.input_names, (t.numpy() for t in inputs)))
+        o_kept, o_positions, o_index, o_count = session.run(COMPRESSOR.output_names, feeds)
+        n = int(o_count[0])
+        o_kept, o_positions, o_index = o_kept[:, :n], o_positions[..., :n], o_index[:, :n]
+        index_equal &= bool(np.array_equal(o_index, index.numpy()))
+        positions_equal &= bool(np.array_equal(o_positions, positions.numpy()))
+        diff = np.abs(o_kept.astype(np.float32) - kept.float().numpy()) if o_kept.shape == kept.shape else [np.inf]
+        max_abs = max(max_abs, float(np.max(diff)))
+        cases += 1
     return CompressorCheck(cases, index_equal, positions_equal, max_abs)
+
+
+def _reference(graph: CompressorGraph, inputs):
+    """What the per-chunk module keeps of the inputs' real part alone (the contract the graph keeps)."""
+    video, audio, positions, grids, audio_tokens = inputs
+    f, la = int(grids[0]), int(audio_tokens[0])
+    real = positions[:, :f * video.shape[2] + la]          # the real chunk's positions come first, as its tokens do
+    kept, index = graph.chunk(video[:, :f], audio[:, :la])                    # [1, K', D], [1, K']
+    return kept, gather_positions(real, index), index

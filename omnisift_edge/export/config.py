@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from omnisift_edge.artifact.manifest import Manifest
 from omnisift_edge.errors import UsageError
 from omnisift_edge.model.load import ModelSource
 
@@ -63,8 +64,9 @@ class ExportConfig:
             self.quant_config()   # validates the block size
         elif self.weights not in ("fp32", "fp16"):
             raise UsageError(f"--weights must be fp32, fp16, int8 or int4 (got {self.weights!r})")
-        if self.max_context < 1024:
-            raise UsageError(f"--max-context must be at least 1024 tokens (got {self.max_context})")
+        from omnisift_edge.artifact.limits import check_max_context
+
+        check_max_context(self.max_context)      # the model's positions: checked where the model is loaded
         if isinstance(self.opset, bool) or not isinstance(self.opset, int) or not OPSETS[0] <= self.opset <= OPSETS[1]:
             raise UsageError(f"--opset must be {OPSETS[0]}..{OPSETS[1]} (got {self.opset}); the default 17 suits "
                              "TensorRT 10.3 and ONNX Runtime")
@@ -75,7 +77,7 @@ class ExportConfig:
 
     def quant_config(self):
         """The decoder's `quantize.QuantConfig` (int8/int4 exports only)."""
-        from omnisift_edge.export.quantize import QuantConfig
+        from omnisift_edge.export.decoder.quantize import QuantConfig
 
         return QuantConfig(self.weights, block_size=self.block_size, lm_head=self.quantize_lm_head)
 
@@ -83,10 +85,16 @@ class ExportConfig:
 @dataclass
 class ExportArtifact:
     folder: Path
-    manifest: dict
+    manifest: Manifest                 # artifact.manifest.Manifest, as written
     checks: dict = field(default_factory=dict)
     lint: dict = field(default_factory=dict)
     seconds: float = 0.0
+
+    @property
+    def onnx_files(self) -> list[str]:
+        """Every ONNX graph file the export wrote: the pipeline's graphs and the decoder forms (kv_cache)."""
+        files = [g.file for g in self.manifest.graphs.values()]
+        return files + [k.file for k in (self.manifest.kv_cache or {}).values() if k.file and k.file not in files]
 
 
 def config_summary(cfg: ExportConfig) -> dict:

@@ -17,9 +17,6 @@ file is not copied. See docs/export-encoders.md.
 from __future__ import annotations
 
 import copy
-import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,7 +97,7 @@ class SegmentAttention(_Fp32Tables):
             self.scatter = torch.tensor(scatter, device=device)
             self.key_bias = torch.tensor(bias, dtype=torch.float32, device=device)
 
-    def forward(self, q, k, v, scaling: float):                  # each [seq, H, hd]
+    def forward(self, q, k, v, scaling: float, extra_bias=None):  # each [seq, H, hd]; extra_bias [L] float32
         heads, hd = q.shape[1], q.shape[2]
         if self.gather is not None:
             q, k, v = (t.index_select(0, self.gather) for t in (q, k, v))      # [n*L, H, hd]
@@ -108,6 +105,8 @@ class SegmentAttention(_Fp32Tables):
         scores = (torch.matmul(q, k.transpose(2, 3)) * scaling).float()       # [n, H, L, L]
         if self.key_bias is not None:
             scores = scores + self.key_bias
+        if extra_bias is not None:                                              # keys past a valid length
+            scores = scores + extra_bias
         probs = scores.softmax(dim=-1).to(v.dtype)
         out = torch.matmul(probs, v).transpose(1, 2).reshape(self.n * self.L, heads * hd)   # [n*L, H*hd]
         if self.scatter is not None:
@@ -184,11 +183,15 @@ class VisionChunkEncoder(_Fp32Tables):
 
 
 class AudioWindowEncoder(nn.Module):
-    """input_features [n_mels, window_frames] -> audio_embeds [tokens, D] for one audio window.
+    """input_features [n_mels, window_frames] (+ valid_frames [1]) -> audio_embeds [tokens, D] for one window.
 
     Equals the tower on that window alone, and the window's slice of whole-clip features. The
     default is a full window (2 * n_window = 200 frames -> 50 tokens); a shorter last window can be
-    built in torch (`window_frames=n`), but the exported graph is the full window only.
+    built in torch (`window_frames=n`). The exported graph takes a full window and `valid_frames`
+    n <= 200: frames from n on are zeroed before and after conv1 and their keys masked, which is
+    what transformers does to a clip's last, short window (padded to the longest, masked after
+    conv1), so the first ((n - 1) // 2 + 1) // 2 output rows equal the short window's; the rest are
+    padding.
     """
 
     def __init__(self, audio_tower: nn.Module, *, window_frames: int | None = None):
@@ -203,25 +206,34 @@ class AudioWindowEncoder(nn.Module):
         self.after_cnn = (frames - 1) // 2 + 1                     # frames after conv2 (stride 2)
         positions = audio_tower.positional_embedding.positional_embedding[: self.after_cnn]
         self.register_buffer("positions", positions.detach().clone(), persistent=False)   # [T, d]
+        self.register_buffer("frame_index", torch.arange(frames, device=positions.device), persistent=False)
+        self.register_buffer("cnn_index", torch.arange(self.after_cnn, device=positions.device), persistent=False)
         self.attend = SegmentAttention([0, self.after_cnn], positions.device)     # the whole window
 
     @property
     def tokens(self) -> int:
         return self.after_cnn // 2
 
-    def _attention(self, attn: nn.Module, x):                      # [T, d]
+    def _attention(self, attn: nn.Module, x, bias):                # [T, d]
         q, k, v = (proj(x).reshape(self.after_cnn, attn.num_heads, -1)          # [T, H, hd]
                    for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
-        return attn.out_proj(self.attend(q, k, v, attn.scaling))   # [T, d]
+        return attn.out_proj(self.attend(q, k, v, attn.scaling, bias))   # [T, d]
 
-    def forward(self, input_features):                             # [n_mels, frames]
+    def forward(self, input_features, valid_frames=None):         # [n_mels, frames], [1] int64
         tower = self.tower
         x = input_features.to(tower.conv1.weight.dtype)[None]      # [1, n_mels, frames]
-        x = F.gelu(tower.conv1(x))                                 # [1, d, frames]
+        bias = None
+        if valid_frames is not None:
+            keep = (self.frame_index < valid_frames).to(x.dtype)   # [frames]
+            x = F.gelu(tower.conv1(x * keep)) * keep               # [1, d, frames], padding zeroed
+            after = (valid_frames - 1) // 2 + 1                    # [1] valid frames after conv2
+            bias = (self.cnn_index >= after).float() * _MASKED     # [T]: 0 for real frames, _MASKED after
+        else:
+            x = F.gelu(tower.conv1(x))                             # [1, d, frames]
         x = F.gelu(tower.conv2(x))                                 # [1, d, T]
         x = x[0].transpose(0, 1) + self.positions.to(x.dtype)      # [T, d]
         for layer in tower.layers:
-            x = x + self._attention(layer.self_attn, layer.self_attn_layer_norm(x))
+            x = x + self._attention(layer.self_attn, layer.self_attn_layer_norm(x), bias)
             h = layer.activation_fn(layer.fc1(layer.final_layer_norm(x)))
             x = x + layer.fc2(h)                                   # [T, d]
             if x.dtype == torch.float16:                           # as the stock layer does
@@ -247,37 +259,27 @@ def _in_dtype(module: nn.Module, dtype: torch.dtype) -> nn.Module:
 
 def _write_onnx(module: nn.Module, example, spec: GraphSpec, dims: Dims, path: Path, *,
                 opset: int, external_data: bool) -> Path:
-    """Trace `module` into `path` atomically: temp folder beside `path`, then os.replace."""
+    """Trace `module` into `path` atomically: staged beside `path`, data file first (export.onnx_io)."""
     onnx = require("onnx", extra="export")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        traced = tmp / "traced.onnx"
+    from omnisift_edge.export.onnx_io import staged_graph, write_graph
+
+    with staged_graph(path) as final:
+        traced = final.parent / "traced.onnx"
         with torch.no_grad(), warnings.catch_warnings():
             # the dynamo exporter needs onnxscript (not a dependency); TorchScript tracing is exact here
             warnings.filterwarnings("ignore", category=DeprecationWarning)
-            torch.onnx.export(module, (example,), str(traced), input_names=spec.input_names,
+            torch.onnx.export(module, example if isinstance(example, tuple) else (example,), str(traced),
+                              input_names=spec.input_names,
                               output_names=spec.output_names, opset_version=opset, dynamo=False,
                               do_constant_folding=True)
         proto = onnx.load(str(traced))                            # external data (if torch wrote any) loaded
         proto.graph.name = spec.name
         _check_io(proto, spec, dims, onnx.helper.tensor_dtype_to_np_dtype)
-        external = external_data or _param_bytes(module, example.dtype) > TWO_GB - (64 << 20)
-        final = tmp / path.name
-        data_name = f"{path.name}.data"
-        if external:
-            onnx.save_model(proto, str(final), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_name, size_threshold=1024)
-        else:
-            onnx.save_model(proto, str(final))
+        float_example = example[0] if isinstance(example, tuple) else example
+        external = external_data or _param_bytes(module, float_example.dtype) > TWO_GB - (64 << 20)
+        write_graph(proto, final, external_data=external)
         onnx.checker.check_model(str(final))
-        if external:
-            os.replace(tmp / data_name, path.parent / data_name)  # data first: the .onnx appears last
-        os.replace(final, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
+    return Path(path)
 
 
 def _check_io(proto, spec: GraphSpec, dims: Dims, np_dtype) -> None:
@@ -287,9 +289,9 @@ def _check_io(proto, spec: GraphSpec, dims: Dims, np_dtype) -> None:
         want = [(t.name, t.shape(dims)) for t in declared]
         if got != want:
             raise RuntimeError(f"{spec.name}: traced graph has {got}, tensors.py declares {want}")
-        for t in actual:
-            if np.dtype(np_dtype(t.type.tensor_type.elem_type)).kind != "f":
-                raise RuntimeError(f"{spec.name}: {t.name} is not a float tensor")
+        for t, d in zip(actual, declared):
+            if (np.dtype(np_dtype(t.type.tensor_type.elem_type)).kind == "f") != (d.dtype == "float"):
+                raise RuntimeError(f"{spec.name}: {t.name} is not a {d.dtype} tensor")
 
 
 def _torch_dtype(dtype: str) -> torch.dtype:
@@ -328,7 +330,8 @@ def export_audio_encoder(thinker, dims: Dims, path: Path, *, dtype: str = "fp32"
         raise UsageError(f"the audio tower attends within {2 * tower.n_window} mel frames but dims say "
                          f"{dims.window_frames}; build Dims with encoder_dims(thinker, H, W)")
     module = AudioWindowEncoder(tower).eval()
-    example = example_features(dims, torch_dtype, device=next(module.parameters()).device)
+    device = next(module.parameters()).device
+    example = (example_features(dims, torch_dtype, device=device), torch.tensor([dims.window_frames], device=device))
     return _write_onnx(module, example, AUDIO_ENCODER, dims, path, opset=opset, external_data=external_data)
 
 
@@ -352,22 +355,29 @@ class EncoderCheck:
 
 
 def validate_encoder(onnx_path: Path, torch_module: nn.Module, example_input, *, atol: float, rtol: float,
-                     relative_atol: bool = False) -> EncoderCheck:
+                     relative_atol: bool = False, valid: int | None = None, rows: int | None = None) -> EncoderCheck:
     """Run the graph on `example_input` in ONNX Runtime's CPU provider and compare with `torch_module`.
 
     Both see the input rounded to the graph's input dtype. `relative_atol`: atol is a fraction of
-    max |torch| (real models' embeddings are 100x the tiny default's).
+    max |torch| (real models' embeddings are 100x the tiny default's). `valid`: the graph's second
+    input (a valid-length count; the torch module sees the input cropped to it), `rows`: the output
+    rows compared (the valid ones).
     """
     from omnisift_edge.artifact.onnx_runtime import ort_session
 
     session = ort_session(onnx_path)
-    (graph_input,), (graph_output,) = session.get_inputs(), session.get_outputs()
+    graph_input, graph_output = session.get_inputs()[0], session.get_outputs()[0]
     feed_dtype = np.float16 if graph_input.type == "tensor(float16)" else np.float32
     feed = torch.as_tensor(example_input).detach().cpu().numpy().astype(feed_dtype)   # both see these values
+    feeds = {graph_input.name: feed}
+    if len(session.get_inputs()) > 1:                              # a valid-length input: the whole input by default
+        feeds[session.get_inputs()[1].name] = np.array([valid or feed.shape[-1]], np.int64)
     param = next(torch_module.parameters())
+    cropped = feed if valid is None else feed[..., :valid]
     with torch.no_grad():
-        want = torch_module(torch.from_numpy(feed).to(param.device, param.dtype)).float().cpu().numpy()
-    got = session.run([graph_output.name], {graph_input.name: feed})[0]
+        want = torch_module(torch.from_numpy(np.ascontiguousarray(cropped)).to(param.device, param.dtype))
+    want = want.float().cpu().numpy()[:rows]
+    got = session.run([graph_output.name], feeds)[0][:len(want)]
     ref_max = float(np.abs(want).max())
     atol = atol * ref_max if relative_atol else atol
     diff = np.abs(got.astype(np.float32) - want) if got.shape == want.shape else np.full(1, np.inf)
@@ -412,4 +422,13 @@ def validate_audio_encoder(path: Path, thinker, dims: Dims, *, dtype: str = "fp3
     """The exported audio graph against `AudioWindowEncoder` on random and generated log-mel."""
     module = AudioWindowEncoder(thinker.audio_tower).eval()
     inputs = (example_features(dims, seed=1), clip_inputs(thinker, dims)[1])
-    return _validate(path, module, inputs, dtype)
+    check = _validate(path, module, inputs, dtype)
+    atol, rtol = TOLERANCES[dtype]
+    for n in SHORT_WINDOWS:     # a clip's last, short window: valid_frames against the tower on n frames alone
+        short = AudioWindowEncoder(thinker.audio_tower, window_frames=n).eval()
+        check = check.worst(validate_encoder(path, short, inputs[1], atol=atol, rtol=rtol, relative_atol=True,
+                                             valid=n, rows=short.tokens))
+    return check
+
+
+SHORT_WINDOWS = (5, 101, 150)   # valid log-mel frames the audio graph's check also runs (odd, even, both halves)

@@ -88,6 +88,9 @@ def lint_folder(folder: str | os.PathLike) -> dict[str, list[Finding]]:
     """Lint every `*.onnx` file in a folder (not recursive) for TensorRT 10.3, but the decoder forms it never
     builds: decoder_gqa (ONNX Runtime only) and decoder_scatter (TensorRT >= 10.15 / TensorRT-RTX); keys are stems."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{folder} is a file; lint takes the export folder that holds it "
+                         f"(omnisift-edge lint {folder.parent})")
     if not folder.is_dir():
         raise UsageError(f"no such folder: {folder}; pass the export directory (omnisift-edge export -o DIR)")
     files = sorted(folder.glob("*.onnx"))
@@ -102,14 +105,14 @@ def lint_export(folder: str | os.PathLike) -> dict[str, list[Finding]]:
     """`lint_folder` for an export: a manifest that is present must be readable and every graph it
     lists present (its `graphs` and the decoder forms in `kv_cache`), and the shared weights file they point into (a UsageError otherwise, so `lint`
     never says "no findings" about a broken export, nor one finding per weight of a missing file)."""
-    from omnisift_edge.artifact.manifest import MANIFEST, read_manifest
+    from omnisift_edge.artifact.manifest import MANIFEST, load_manifest
 
     folder = Path(folder)
-    if (folder / MANIFEST).exists():
-        manifest = read_manifest(folder, verify=False)
-        files = [g["file"] for g in manifest.get("graphs", {}).values()]
-        files += [k["file"] for k in manifest.get("kv_cache", {}).values() if "file" in k and k["file"] not in files]
-        files += [manifest["shared_weights"]["file"]] if manifest.get("shared_weights") else []
+    if (folder / MANIFEST).exists():   # validated, every path inside the folder and covered by the checksums
+        manifest = load_manifest(folder, verify=False)
+        files = [g.file for g in manifest.graphs.values()]
+        files += [k.file for k in manifest.kv_cache.values() if k.file is not None and k.file not in files]
+        files += [manifest.shared_weights.file] if manifest.shared_weights is not None else []
         missing = [file for file in files if not (folder / file).is_file()]
         if missing:
             raise UsageError(f"{folder} lacks {', '.join(missing)} listed in its {MANIFEST}; "

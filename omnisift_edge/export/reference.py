@@ -17,22 +17,20 @@ from typing import Callable
 
 import numpy as np
 
-from omnisift_edge.artifact.manifest import REFERENCE_DIR
+from omnisift_edge.artifact.manifest import REFERENCE_DIR, Manifest
 from omnisift_edge.atomic import atomic_write
 from omnisift_edge.artifact.reference import Case
 from omnisift_edge.errors import UsageError, require
 
 
-def _inputs(manifest: dict, graph: str, session, ratio_k: int) -> list[Case]:
+def _inputs(manifest: Manifest, graph: str, session, ratio_k: int) -> list[Case]:
     """The generated inputs of one graph (decoder cases are chained: each feeds the last presents back)."""
     torch = require("torch")
-    from omnisift_edge.artifact.tensors import Dims
-
-    dims = Dims(**manifest["dims"])
-    fp16 = manifest["dtype"] == "fp16"
+    dims = manifest.dims
+    fp16 = manifest.dtype == "fp16"
     tdt, ndt = (torch.float16, np.float16) if fp16 else (torch.float32, np.float32)
-    entry = manifest["graphs"][graph]
-    names = [t["name"] for t in entry["inputs"]]
+    entry = manifest.graph(graph)
+    names = entry.input_names
     if graph == "vision_encoder":
         from omnisift_edge.export.encoders import example_pixels
 
@@ -40,7 +38,10 @@ def _inputs(manifest: dict, graph: str, session, ratio_k: int) -> list[Case]:
     if graph == "audio_encoder":
         from omnisift_edge.export.encoders import example_features
 
-        return [Case(f"seed{s}", "static", {names[0]: example_features(dims, tdt, seed=s).numpy()}) for s in (0, 1)]
+        return [Case(label, "static", {names[0]: example_features(dims, tdt, seed=s).numpy(),
+                                       **({names[1]: np.array([valid], np.int64)} if len(names) > 1 else {})})
+                for label, s, valid in (("seed0", 0, dims.window_frames), ("seed1", 1, dims.window_frames),
+                                        ("short_window", 1, dims.window_frames // 2 + 1))]
     if graph.startswith("compressor"):
         from omnisift_edge.export.compressor import example_inputs
 
@@ -49,13 +50,17 @@ def _inputs(manifest: dict, graph: str, session, ratio_k: int) -> list[Case]:
                                   ("ties_silence", 0, "silence"), ("ties_both", 0, "both")):
             tensors = example_inputs(dims, tdt, seed, ties=ties)
             cases.append(Case(label, "static", {n: t.numpy() for n, t in zip(names, tensors)}))
+        from omnisift_edge.export.compressor import SHORT_CHUNKS
+
+        tensors = example_inputs(dims, tdt, 2)[:3] + tuple(torch.tensor([v]) for v in SHORT_CHUNKS[0])
+        cases.append(Case("short_chunk", "static", {n: t.numpy() for n, t in zip(names, tensors)}))
         return cases
     if graph == "decoder":
-        from omnisift_edge.export.decoder_config import gapped_positions
+        from omnisift_edge.export.decoder.checks import gapped_positions
 
         rng = np.random.Generator(np.random.PCG64(0))
         past = {n: np.zeros((1, dims.kv_heads, 0, dims.head_dim), ndt) for n in names[3:]}   # [1, kv, 0, hd]
-        outputs = [t["name"] for t in entry["outputs"]]
+        outputs = entry.output_names
         cases, position, total = [], 3, 0
         for label, profile, n in (("prefill_empty_past", "prefill", ratio_k), ("prefill", "prefill", ratio_k),
                                   ("decode", "decode", 1)):
@@ -76,19 +81,19 @@ def record_reference(folder: Path, progress: Callable[[str], None] = lambda _: N
 
     Returns the reference folder. The manifest gets a `reference` section and fresh checksums.
     """
-    from omnisift_edge.artifact.manifest import read_manifest, write_manifest
+    from omnisift_edge.artifact.manifest import load_manifest, write_manifest
     from omnisift_edge.artifact.onnx_runtime import ort_session
 
     folder = Path(folder)
-    manifest = read_manifest(folder, verify=True)
+    manifest = load_manifest(folder, verify=True)
     ort = require("onnxruntime", extra="export")
     require("torch")
-    k = min(manifest["ratios"], key=lambda r: r["ratio"])["kept_per_chunk"]["total"]   # K of the main ratio
+    k = min(manifest.ratios, key=lambda r: r.ratio).kept_total   # K of the main ratio
     graphs = {}
-    for graph, entry in manifest["graphs"].items():
+    for graph, entry in manifest.graphs.items():
         progress(f"reference outputs of {graph} in ONNX Runtime")
-        session = ort_session(folder / entry["file"])
-        outputs = [t["name"] for t in entry["outputs"]]
+        session = ort_session(folder / entry.file)
+        outputs = entry.output_names
         cases = _inputs(manifest, graph, session, k)
         arrays = {}
         for case in cases:
@@ -100,8 +105,8 @@ def record_reference(folder: Path, progress: Callable[[str], None] = lambda _: N
         relative = f"{REFERENCE_DIR}/{graph}.npz"
         atomic_write(folder / relative, buffer.getvalue())
         graphs[graph] = {"file": relative, "cases": [{"name": c.name, "profile": c.profile} for c in cases]}
-    manifest["reference"] = {"runtime": f"onnxruntime {ort.__version__} (CPUExecutionProvider)", "seeded": True,
-                             "decoder_tokens": k, "graphs": graphs,
-                             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    manifest = manifest.replace(reference={"runtime": f"onnxruntime {ort.__version__} (CPUExecutionProvider)",
+                                           "seeded": True, "decoder_tokens": k, "graphs": graphs,
+                                           "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
     write_manifest(folder, manifest)
     return folder / REFERENCE_DIR

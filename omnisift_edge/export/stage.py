@@ -1,8 +1,9 @@
 """The export stage: model + ratios -> validated ONNX graphs and `manifest.json` in one folder.
 
 `export(ExportConfig) -> ExportArtifact`. Everything is written into a hidden temporary folder
-beside the output and renamed at the very end, after validation and lint passed: an interrupted
-or failed export never leaves a folder that looks complete.
+beside the output and swapped in at the very end (`omnisift_edge.atomic`'s staged-folder rules),
+after validation and lint passed: an interrupted or failed export never leaves a folder that looks
+complete, and never replaces a folder that is not a previous export.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ def _prepare_output(cfg: ExportConfig) -> Path:
 
 
 def _publish(staging: Path, out: Path) -> None:
-    """Swap the finished folder in: atomically; the old one (if any) is removed only after the swap."""
+    """Swap the finished folder in (synced, plain modes): atomically; the old one (if any) is removed
+    only after the swap; `out` a symlink: the export it points to is replaced."""
     from omnisift_edge.export.replace import publish
 
-    _share(staging)
     publish(staging, out)
 
 
@@ -50,9 +51,3 @@ def export(cfg: ExportConfig, progress: Callable[[str], None] = lambda _: None) 
     artifact.seconds = time.perf_counter() - started
     return artifact
 
-
-def _share(folder: Path) -> None:
-    """Give the staged files the modes a plain write would (temp files are created private), synced."""
-    from omnisift_edge.atomic import finish_tree
-
-    finish_tree(folder)

@@ -131,6 +131,9 @@ def _load_default(source: ModelSource) -> OmniModel:
 
 def read_folder_config(folder: Path) -> tuple[dict, str]:
     """(thinker config dict, weight-name prefix of the thinker) of a model folder."""
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--model {folder} is a file, not a model folder; pass --model DIR, the folder holding "
+                         "config.json and the weights (or leave --model out for the embedded default)")
     if not folder.is_dir():
         raise UsageError(f"model folder {folder} does not exist; pass --model DIR with a local "
                          "Qwen2.5-Omni checkpoint, or leave --model out for the embedded default")
@@ -176,65 +179,16 @@ def weight_files(folder: Path) -> list[Path]:
 
 
 def _load_folder(source: ModelSource, dtype) -> OmniModel:
-    torch = require("torch")
-    transformers = require("transformers")
-    safetensors = require("safetensors")
-    from transformers.modeling_utils import no_init_weights
-
+    """A model folder: its config and tokenizer checked first, the thinker built empty in `dtype`, then
+    filled from the safetensors files (the selector's tensors, if any, set aside for the selector)."""
     from omnisift_edge.model.tokenizer import load_tokenizer
 
     folder = source.path
     thinker_cfg_dict, prefix = read_folder_config(folder)
     files = weight_files(folder)
     tokenizer = load_tokenizer(folder, default_template=source.default_chat_template)   # before the weights
-    try:
-        config = transformers.Qwen2_5OmniThinkerConfig(**{k: v for k, v in thinker_cfg_dict.items()
-                                                          if k != "model_type"})
-    except (TypeError, ValueError, KeyError) as exc:
-        raise UsageError(f"{folder}/config.json has an invalid thinker config ({exc}); re-copy it") from None
-    config._attn_implementation = "sdpa"
-    old_default = torch.get_default_dtype()
-    try:
-        torch.set_default_dtype(dtype)   # allocate in the target dtype: no fp32 detour for 7B
-        with no_init_weights():
-            thinker = transformers.Qwen2_5OmniThinkerForConditionalGeneration(config)
-    finally:
-        torch.set_default_dtype(old_default)
-    params = dict(thinker.named_parameters())
-    params.update(dict(thinker.named_buffers()))
-    loaded: set[str] = set()
-    compressor_state: dict[str, Any] = {}
-    compressor_prefix = prefix + "compressor."
-    for file in files:
-        try:
-            handle = safetensors.safe_open(str(file), framework="pt")
-        except Exception as exc:  # safetensors raises its own error types for truncated files
-            raise UsageError(f"cannot read {file} ({exc}); the file is corrupt or partial, re-copy it") from None
-        with handle:
-            for key in handle.keys():
-                if key.startswith(compressor_prefix):
-                    compressor_state[key[len(compressor_prefix):]] = handle.get_tensor(key)
-                    continue
-                if not key.startswith(prefix):
-                    continue   # talker / token2wav: never read
-                name = key[len(prefix):]
-                target = params.get(name)
-                if target is None:
-                    continue
-                tensor = handle.get_tensor(key)
-                if tuple(tensor.shape) != tuple(target.shape):
-                    raise UsageError(f"{file.name}: {key} has shape {tuple(tensor.shape)} but config.json "
-                                     f"says {tuple(target.shape)}; config and weights do not match")
-                with torch.no_grad():
-                    target.copy_(tensor)
-                loaded.add(name)
-    if "lm_head.weight" not in loaded and config.text_config.tie_word_embeddings:
-        thinker.tie_weights()
-        loaded.add("lm_head.weight")
-    missing = sorted(set(dict(thinker.named_parameters())) - loaded)
-    if missing:
-        raise UsageError(f"checkpoint {folder} is missing {len(missing)} thinker weights (first: "
-                         f"{prefix}{missing[0]}); the folder is partial or not a Qwen2.5-Omni checkpoint")
+    thinker = _empty_thinker(folder, thinker_cfg_dict, dtype)
+    compressor_state = _fill_weights(thinker, files, folder, prefix)
     selector = None
     if compressor_state and source.compressor is None:
         from omnisift_edge.compress.selector import load_selector_state
@@ -249,6 +203,77 @@ def _load_folder(source: ModelSource, dtype) -> OmniModel:
         source=source,
         identity={"name": folder.name, "config_sha256": _config_hash(thinker_cfg_dict)},
     )
+
+
+def _empty_thinker(folder: Path, thinker_cfg_dict: dict, dtype):
+    """The thinker of `thinker_cfg_dict`, allocated in `dtype` without initializing its weights."""
+    torch = require("torch")
+    transformers = require("transformers")
+    from transformers.modeling_utils import no_init_weights
+
+    try:
+        config = transformers.Qwen2_5OmniThinkerConfig(**{k: v for k, v in thinker_cfg_dict.items()
+                                                          if k != "model_type"})
+    except (TypeError, ValueError, KeyError) as exc:
+        raise UsageError(f"{folder}/config.json has an invalid thinker config ({exc}); re-copy it") from None
+    config._attn_implementation = "sdpa"
+    old_default = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(dtype)   # allocate in the target dtype: no fp32 detour for 7B
+        with no_init_weights():
+            return transformers.Qwen2_5OmniThinkerForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(old_default)
+
+
+def _fill_weights(thinker, files: list[Path], folder: Path, prefix: str) -> dict[str, Any]:
+    """Copy every thinker tensor of `files` (keys under `prefix`) into `thinker`, tie or refuse what is
+    missing; returns the selector's tensors (under `prefix + "compressor."`), names without the prefix."""
+    params = dict(thinker.named_parameters())
+    params.update(dict(thinker.named_buffers()))
+    loaded: set[str] = set()
+    compressor_state: dict[str, Any] = {}
+    for file in files:
+        loaded |= _read_weight_file(file, params, prefix, compressor_state)
+    if "lm_head.weight" not in loaded and thinker.config.text_config.tie_word_embeddings:
+        thinker.tie_weights()
+        loaded.add("lm_head.weight")
+    missing = sorted(set(dict(thinker.named_parameters())) - loaded)
+    if missing:
+        raise UsageError(f"checkpoint {folder} is missing {len(missing)} thinker weights (first: "
+                         f"{prefix}{missing[0]}); the folder is partial or not a Qwen2.5-Omni checkpoint")
+    return compressor_state
+
+
+def _read_weight_file(file: Path, params: dict, prefix: str, compressor_state: dict) -> set[str]:
+    """Copy one safetensors file's thinker tensors into `params` (shapes checked); returns their names.
+    Talker / token2wav tensors are never read; the selector's go to `compressor_state`."""
+    torch = require("torch")
+    safetensors = require("safetensors")
+
+    compressor_prefix = prefix + "compressor."
+    loaded = set()
+    try:
+        handle = safetensors.safe_open(str(file), framework="pt")
+    except Exception as exc:  # safetensors raises its own error types for truncated files
+        raise UsageError(f"cannot read {file} ({exc}); the file is corrupt or partial, re-copy it") from None
+    with handle:
+        for key in handle.keys():
+            if key.startswith(compressor_prefix):
+                compressor_state[key[len(compressor_prefix):]] = handle.get_tensor(key)
+                continue
+            name = key[len(prefix):] if key.startswith(prefix) else None
+            target = params.get(name) if name is not None else None
+            if target is None:
+                continue
+            tensor = handle.get_tensor(key)
+            if tuple(tensor.shape) != tuple(target.shape):
+                raise UsageError(f"{file.name}: {key} has shape {tuple(tensor.shape)} but config.json "
+                                 f"says {tuple(target.shape)}; config and weights do not match")
+            with torch.no_grad():
+                target.copy_(tensor)
+            loaded.add(name)
+    return loaded
 
 
 def _folder_selector_heads(folder: Path) -> int:

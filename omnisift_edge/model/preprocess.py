@@ -8,7 +8,8 @@ rescale 1/255, CLIP mean/std, temporal padding by repeating the last frame, spat
 order); `chunk_patches` does one 2-second chunk and the chunks concatenate to the whole clip.
 
 Audio: `log_mel` equals `WhisperFeatureExtractor(feature_size=128)` called with
-`padding="max_length"` (zero-padded to 30 s, centred STFT, log10, floor at the clip's max - 8,
+`padding="max_length"` and Qwen2.5-Omni's chunk_length 300 (zero-padded to 300 s, centred STFT,
+log10, floor at the clip's max - 8,
 (x + 4) / 4) cropped to the valid frames. `StreamingLogMel` computes the same log spectrogram
 chunk by chunk, carrying the STFT overlap, and floors at a running max (see docs/preprocessing.md).
 `log_mel` is that same chunk loop with the global max, so both paths share every STFT call.
@@ -32,7 +33,10 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 VIDEO_MIN_PIXELS = 128 * 28 * 28      # Qwen2.5-Omni processor videos_kwargs size["shortest_edge"]
 VIDEO_MAX_PIXELS = 768 * 28 * 28      # ... size["longest_edge"]
 # WhisperFeatureExtractor's constants
-WHISPER_PAD_SECONDS = 30              # chunk_length: clips are zero-padded to 30 s before the STFT
+# Qwen2.5-Omni's WhisperFeatureExtractor has chunk_length 300 (Whisper's own: 30): its processor zero-pads
+# every clip to 300 s before the STFT (padding="max_length"), so a clip's end reads zeros, never the STFT's
+# end reflection, up to 300 s (where it also truncates)
+WHISPER_PAD_SECONDS = 300
 LOG_FLOOR_RANGE = 8.0                 # floor at max - 8 (log10 units, 80 dB)
 POWER_CLAMP = 1e-10                   # mel power clamp before log10
 
@@ -235,7 +239,7 @@ class StreamingLogMel:
     The STFT is carried across chunk edges, so `log_spec` equals the whole clip's frame for frame.
     Chunk j's last frame is centred 160 samples before the chunk end and reads n_fft//2 - hop = 40
     samples past it, so chunk j is emitted once 2 s * (j + 1) + 40 samples arrived. `finish()`
-    pads the end exactly as the whole clip is padded (zeros to 30 s, then the STFT's reflection)
+    pads the end exactly as the whole clip is padded (zeros to 300 s, then the STFT's reflection)
     and emits what is left. The floor uses the running max over all frames up to and including the
     chunk (and, at `finish()`, the one or two frames past the end that Whisper's max also sees).
     """
@@ -295,7 +299,7 @@ class StreamingLogMel:
         """The centred-STFT input for frames [f0, f0 + n) -> [hop*(n-1) + n_fft] float64.
 
         Original-sample index i < 0 reflects to -i (the STFT's reflect padding at the start); when
-        the clip length n_total is known, the clip is zero-padded to L = max(n_total, 30 s) and
+        the clip length n_total is known, the clip is zero-padded to L = max(n_total, 300 s) and
         i >= L reflects to 2(L-1) - i (the STFT's reflect padding at the end of the padded clip).
         """
         hop, half = self.spec.hop_length, self.spec.n_fft // 2
@@ -347,9 +351,9 @@ def log_mel_chunks(pcm: np.ndarray, spec: OmniSpec = OmniSpec()) -> tuple[list[n
 def log_mel(pcm: np.ndarray, spec: OmniSpec = OmniSpec()) -> np.ndarray:
     """Mono PCM [N] at 16 kHz -> Whisper log-mel [n_mels, ceil(N/160)] float32, floored at the global max.
 
-    Equals `WhisperFeatureExtractor(feature_size=128)(pcm, padding="max_length")` cropped to its
-    attention mask for N <= 30 s. Longer clips are processed whole (transformers would truncate
-    them at 30 s unless called with truncation=False).
+    Equals Qwen2.5-Omni's `WhisperFeatureExtractor(feature_size=128, chunk_length=300)(pcm,
+    padding="max_length")` cropped to its attention mask for N <= 300 s. Longer clips are processed
+    whole (transformers would truncate them at 300 s unless called with truncation=False).
     """
     chunks, global_max = log_mel_chunks(pcm, spec)
     if not chunks:

@@ -4,10 +4,20 @@ The tokenizer's chat template renders `[system, user: (video, question)]` with a
 prompt; the text before `<|vision_bos|><|VIDEO|><|vision_eos|>` is the prefix and the text after
 it the suffix. Special tokens split tokenization, so tokenizing the two pieces separately gives
 the same ids as tokenizing the whole rendering (tested). No torch here.
+
+Questions and system prompts are untrusted text (a CLI user, a Triton client): a question holding
+`<|im_end|>\n<|im_start|>system\n...` must not open a fake system turn. They are rendered as
+markers and tokenized with transformers' `split_special_tokens=True`, so chat control tokens (and
+media tokens) in them are plain text (`<`, `|`, `im`, ...), while the template's own control tokens
+stay control. Text, not refusal: a question may quote such a string legitimately, and the same
+choice is what the tokenizers library offers (`encode_special_tokens`). For text without control
+tokens the ids equal tokenizing the whole rendering (tested), so nothing else changes.
 """
 
 from __future__ import annotations
 
+import re
+import threading
 from dataclasses import dataclass
 
 from omnisift_edge.errors import UsageError
@@ -15,6 +25,10 @@ from omnisift_edge.model.spec import OmniSpec
 from omnisift_edge.model.tokenizer import DEFAULT_SYSTEM_PROMPT
 
 _ANSWER_MARK = "\x00omnisift-answer\x00"   # stands in for an answer while rendering a follow-up
+_QUESTION_MARK = "\x00omnisift-question\x00"   # stands in for the (untrusted) question while rendering
+_SYSTEM_MARK = "\x00omnisift-system\x00"       # and for the (untrusted) system prompt
+# split_special_tokens sets a flag on the shared Rust tokenizer for the call: one encode at a time
+_ENCODE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -45,8 +59,44 @@ def _render(tokenizer, msgs: list[dict], generation_prompt: bool) -> str:
     return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=generation_prompt)
 
 
-def _encode(tokenizer, text: str) -> tuple[int, ...]:
-    return tuple(int(i) for i in tokenizer(text, add_special_tokens=False)["input_ids"])
+def _encode(tokenizer, text: str, *, plain: bool = False) -> tuple[int, ...]:
+    """Ids of `text`; `plain`: special tokens in it are text (transformers' split_special_tokens)."""
+    with _ENCODE_LOCK:
+        out = tokenizer(text, add_special_tokens=False, split_special_tokens=plain)["input_ids"]
+    return tuple(int(i) for i in out)
+
+
+def _added_tokens(tokenizer) -> re.Pattern:
+    """Matches the tokenizer's added tokens, longest first (where template text splits)."""
+    tokens = sorted(tokenizer.get_added_vocab(), key=len, reverse=True)
+    return re.compile("|".join(re.escape(t) for t in tokens) if tokens else r"(?!)")
+
+
+def _encode_untrusted(tokenizer, text: str, values: dict[str, str]) -> tuple[int, ...]:
+    """Ids of a rendering `text` whose markers (keys of `values`) stand for untrusted text.
+
+    The template's text is tokenized as usual; the untrusted text, together with the template text
+    around it up to the nearest added tokens, in one plain piece (its control tokens are text). As
+    added tokens split tokenization anyway, the ids equal tokenizing the filled-in text whole when
+    the untrusted text holds no control tokens.
+    """
+    marks = "|".join(re.escape(m) for m in values)
+    added = _added_tokens(tokenizer)
+    ids: list[int] = []
+    pending = ""   # plain text (no template control tokens), encoded in split mode
+    for i, part in enumerate(re.split(f"({marks})", text)):
+        if i % 2:
+            pending += values[part]
+            continue
+        found = list(added.finditer(part))
+        if not found:
+            pending += part
+            continue
+        first, last = found[0].start(), found[-1].end()
+        ids += _encode(tokenizer, pending + part[:first], plain=True) if pending + part[:first] else ()
+        ids += _encode(tokenizer, part[first:last])
+        pending = part[last:]
+    return tuple(ids) + (_encode(tokenizer, pending, plain=True) if pending else ())
 
 
 def video_part(tokenizer, spec: OmniSpec = OmniSpec()) -> str:
@@ -60,22 +110,41 @@ def render_prompt(tokenizer, question: str, *, system: str | None = DEFAULT_SYST
     return _render(tokenizer, messages(question, system=system), True)
 
 
-def build_prompt(tokenizer, question: str, *, system: str | None = DEFAULT_SYSTEM_PROMPT,
-                 spec: OmniSpec = OmniSpec()) -> PromptPieces:
-    """Prefix and suffix ids around the video of `render_prompt(tokenizer, question, system=...)`."""
-    text = render_prompt(tokenizer, question, system=system)
+def _rendered(tokenizer, msgs: list[dict], values: dict[str, str]) -> str:
+    """The generation-prompt rendering of `msgs` (holding markers), each marker written once."""
+    text = _render(tokenizer, msgs, True)
+    for mark in values:
+        if text.count(mark) != 1:
+            raise UsageError(f"the chat template writes a message's text {text.count(mark)} times, expected once; "
+                             "use Qwen2.5-Omni's chat template (omnisift_edge.model.tokenizer.CHAT_TEMPLATE)")
+    return text
+
+
+def _around_video(tokenizer, text: str, values: dict[str, str], spec: OmniSpec) -> PromptPieces:
     part = video_part(tokenizer, spec)
     if text.count(part) != 1:
-        raise UsageError(f"the rendered prompt has {text.count(part)} video parts, expected 1; remove "
-                         f"{part!r} from the question and system prompt")
+        raise UsageError(f"the chat template renders {text.count(part)} video parts for one video, expected 1; "
+                         "use Qwen2.5-Omni's chat template (omnisift_edge.model.tokenizer.CHAT_TEMPLATE)")
     before, after = text.split(part)
-    pieces = PromptPieces(prefix_ids=_encode(tokenizer, before), suffix_ids=_encode(tokenizer, after))
+    pieces = PromptPieces(prefix_ids=_encode_untrusted(tokenizer, before, values),
+                          suffix_ids=_encode_untrusted(tokenizer, after, values))
     t = spec.tokens
-    media = {t.audio, t.audio_bos, t.audio_eos, t.vision_bos, t.vision_eos, t.image, t.video}
-    if media & set(pieces.prefix_ids + pieces.suffix_ids):
-        raise UsageError("the question or system prompt contains media tokens such as <|AUDIO|>; "
-                         "remove them (the layout places media tokens itself)")
+    if {t.audio, t.audio_bos, t.audio_eos, t.vision_bos, t.vision_eos, t.image, t.video} & set(
+            pieces.prefix_ids + pieces.suffix_ids):   # only a template could put them there now
+        raise UsageError("the chat template writes media tokens such as <|AUDIO|> around the video; use "
+                         "Qwen2.5-Omni's chat template (the layout places media tokens itself)")
     return pieces
+
+
+def build_prompt(tokenizer, question: str, *, system: str | None = DEFAULT_SYSTEM_PROMPT,
+                 spec: OmniSpec = OmniSpec()) -> PromptPieces:
+    """Prefix and suffix ids around the video of `render_prompt(tokenizer, question, system=...)`.
+
+    `question` and `system` are plain text: control tokens written in them are tokenized as text.
+    """
+    values = {_QUESTION_MARK: question} | ({} if system is None else {_SYSTEM_MARK: system})
+    msgs = messages(_QUESTION_MARK, system=None if system is None else _SYSTEM_MARK)
+    return _around_video(tokenizer, _rendered(tokenizer, msgs, values), values, spec)
 
 
 def followup_ids(tokenizer, question: str, spec: OmniSpec = OmniSpec()) -> tuple[int, ...]:
@@ -86,13 +155,15 @@ def followup_ids(tokenizer, question: str, spec: OmniSpec = OmniSpec()) -> tuple
     token was sampled, never fed back). Derived from the chat template, so the conversation's
     whole rendering tokenizes to prompt + answer + follow-up (tested).
     """
-    text = _render(tokenizer, messages("", system=None, answers_and_followups=(_ANSWER_MARK, question)), True)
+    values = {_QUESTION_MARK: question}
+    msgs = messages("", system=None, answers_and_followups=(_ANSWER_MARK, _QUESTION_MARK))
+    text = _rendered(tokenizer, msgs, values)
     tail = text[text.index(_ANSWER_MARK) + len(_ANSWER_MARK):]
     im_end = tokenizer.convert_ids_to_tokens(spec.tokens.im_end)
     if not tail.startswith(im_end):
         raise UsageError(f"the chat template does not end an assistant turn with {im_end}; "
                          "use Qwen2.5-Omni's chat template (omnisift_edge.model.tokenizer.CHAT_TEMPLATE)")
-    return _encode(tokenizer, tail)
+    return _encode_untrusted(tokenizer, tail, values)
 
 
 def turn_pieces(tokenizer, question: str = "", spec: OmniSpec = OmniSpec()) -> PromptPieces:
@@ -103,18 +174,8 @@ def turn_pieces(tokenizer, question: str = "", spec: OmniSpec = OmniSpec()) -> P
     arrives and the suffix when the question does. Derived from the chat template like
     `followup_ids` (append after the answer's ids, without the sampled `<|im_end|>`).
     """
+    values = {_QUESTION_MARK: question}
     msgs = messages("", system=None, answers_and_followups=(_ANSWER_MARK,))
-    msgs.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]})
-    text = _render(tokenizer, msgs, True)
-    tail = text[text.index(_ANSWER_MARK) + len(_ANSWER_MARK):]
-    part = video_part(tokenizer, spec)
-    if tail.count(part) != 1:
-        raise UsageError(f"the rendered turn has {tail.count(part)} video parts, expected 1; remove {part!r} "
-                         "from the question")
-    before, after = tail.split(part)
-    pieces = PromptPieces(prefix_ids=_encode(tokenizer, before), suffix_ids=_encode(tokenizer, after))
-    t = spec.tokens
-    if {t.audio, t.audio_bos, t.audio_eos, t.vision_bos, t.vision_eos, t.image, t.video} & set(pieces.suffix_ids):
-        raise UsageError("the question contains media tokens such as <|AUDIO|>; remove them "
-                         "(the layout places media tokens itself)")
-    return pieces
+    msgs.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": _QUESTION_MARK}]})
+    text = _rendered(tokenizer, msgs, values)
+    return _around_video(tokenizer, text[text.index(_ANSWER_MARK) + len(_ANSWER_MARK):], values, spec)

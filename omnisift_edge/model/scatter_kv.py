@@ -7,7 +7,7 @@ which TensorRT's ONNX parser (TensorRT >= 10.15, TensorRT-RTX) turns into an IKV
 output IS the cache input: bound to one device buffer, the engine writes only the new rows.
 
 The TorchScript exporter stops at opset 20, so while tracing `TensorScatter.symbolic` emits a node of
-our own domain (`SCATTER_DOMAIN::TensorScatter`); `export.decoder_scatter` converts the graph to opset
+our own domain (`SCATTER_DOMAIN::TensorScatter`); `export.decoder.scatter` converts the graph to opset
 24 and renames that node to the standard op. `ValidRows.symbolic` emits one ONNX `Slice` whose end is
 the tensor write_index + S (the valid length), so the traced graph reads only the valid rows.
 

@@ -72,32 +72,11 @@ class ThinkerShape:
         if kind != "qwen2_5_omni_thinker":
             raise UsageError(f"{source} is a {kind or 'config without model_type'}, not Qwen2.5-Omni "
                              f"(model_type {' or '.join(OMNI_TYPES)}); pass a Qwen2.5-Omni (or OmniSIFT) config.json")
-        t, v, a = config.get("text_config") or {}, config.get("vision_config") or {}, config.get("audio_config") or {}
-        dt, dv, da = TextShape(), VisionShape(), AudioShape()
-        hidden = int(t.get("hidden_size", dt.hidden))
-        heads = int(t.get("num_attention_heads", dt.heads))
-        tied = t.get("tie_word_embeddings", config.get("tie_word_embeddings", dt.tied))
-        text = TextShape(hidden=hidden, intermediate=int(t.get("intermediate_size", dt.intermediate)),
-                         layers=int(t.get("num_hidden_layers", dt.layers)), heads=heads,
-                         kv_heads=int(t.get("num_key_value_heads", dt.kv_heads)),
-                         head_dim=int(t.get("head_dim") or hidden // heads), vocab=int(t.get("vocab_size", dt.vocab)),
-                         tied=bool(tied), max_position=int(t.get("max_position_embeddings", dt.max_position)),
-                         sliding_window=(int(t["sliding_window"]) if t.get("use_sliding_window") and t.get("sliding_window")
-                                         else None))
-        vision = VisionShape(depth=int(v.get("depth", dv.depth)), hidden=int(v.get("hidden_size", dv.hidden)),
-                             intermediate=int(v.get("intermediate_size", dv.intermediate)),
-                             heads=int(v.get("num_heads", dv.heads)), out_hidden=int(v.get("out_hidden_size", hidden)),
-                             patch=int(v.get("patch_size", dv.patch)),
-                             temporal_patch=int(v.get("temporal_patch_size", dv.temporal_patch)),
-                             merge=int(v.get("spatial_merge_size", dv.merge)),
-                             in_channels=int(v.get("in_channels", v.get("in_chans", dv.in_channels))))
-        audio = AudioShape(d_model=int(a.get("d_model", da.d_model)), layers=int(a.get("encoder_layers", da.layers)),
-                           heads=int(a.get("encoder_attention_heads", da.heads)), ffn=int(a.get("encoder_ffn_dim", da.ffn)),
-                           n_mels=int(a.get("num_mel_bins", da.n_mels)), output_dim=int(a.get("output_dim", hidden)))
-        if text.hidden <= 0 or text.layers <= 0 or text.heads % max(text.kv_heads, 1):
-            raise UsageError(f"{source}: text_config sizes are inconsistent (hidden {text.hidden}, layers {text.layers}, "
-                             f"heads {text.heads}, kv heads {text.kv_heads}); check the config")
-        return cls(text, vision, audio)
+        try:
+            return _shape_from(config, source)
+        except (TypeError, ValueError, ZeroDivisionError, AttributeError) as exc:
+            raise UsageError(f"{source}: a size is not a positive whole number ({type(exc).__name__}: {exc}); "
+                             "check the config") from None
 
     def record(self) -> dict:
         return asdict(self)
@@ -105,6 +84,40 @@ class ThinkerShape:
     @classmethod
     def from_record(cls, record: dict) -> "ThinkerShape":
         return cls(TextShape(**record["text"]), VisionShape(**record["vision"]), AudioShape(**record["audio"]))
+
+
+def _shape_from(config: dict, source: str) -> "ThinkerShape":
+    """The sizes of a thinker config dict (missing fields: the 7B's); every one positive, or a UsageError."""
+    t, v, a = config.get("text_config") or {}, config.get("vision_config") or {}, config.get("audio_config") or {}
+    dt, dv, da = TextShape(), VisionShape(), AudioShape()
+    hidden = int(t.get("hidden_size", dt.hidden))
+    heads = int(t.get("num_attention_heads", dt.heads))
+    tied = t.get("tie_word_embeddings", config.get("tie_word_embeddings", dt.tied))
+    text = TextShape(hidden=hidden, intermediate=int(t.get("intermediate_size", dt.intermediate)),
+                     layers=int(t.get("num_hidden_layers", dt.layers)), heads=heads,
+                     kv_heads=int(t.get("num_key_value_heads", dt.kv_heads)),
+                     head_dim=int(t.get("head_dim") or hidden // heads), vocab=int(t.get("vocab_size", dt.vocab)),
+                     tied=bool(tied), max_position=int(t.get("max_position_embeddings", dt.max_position)),
+                     sliding_window=(int(t["sliding_window"]) if t.get("use_sliding_window") and t.get("sliding_window")
+                                     else None))
+    vision = VisionShape(depth=int(v.get("depth", dv.depth)), hidden=int(v.get("hidden_size", dv.hidden)),
+                         intermediate=int(v.get("intermediate_size", dv.intermediate)),
+                         heads=int(v.get("num_heads", dv.heads)), out_hidden=int(v.get("out_hidden_size", hidden)),
+                         patch=int(v.get("patch_size", dv.patch)),
+                         temporal_patch=int(v.get("temporal_patch_size", dv.temporal_patch)),
+                         merge=int(v.get("spatial_merge_size", dv.merge)),
+                         in_channels=int(v.get("in_channels", v.get("in_chans", dv.in_channels))))
+    audio = AudioShape(d_model=int(a.get("d_model", da.d_model)), layers=int(a.get("encoder_layers", da.layers)),
+                       heads=int(a.get("encoder_attention_heads", da.heads)), ffn=int(a.get("encoder_ffn_dim", da.ffn)),
+                       n_mels=int(a.get("num_mel_bins", da.n_mels)), output_dim=int(a.get("output_dim", hidden)))
+    for part, record in (("text_config", text), ("vision_config", vision), ("audio_config", audio)):
+        for name, value in asdict(record).items():
+            if name != "sliding_window" and not isinstance(value, bool) and value <= 0:
+                raise UsageError(f"{source}: {part} {name} is {value}; sizes must be positive, check the config")
+    if text.heads % max(text.kv_heads, 1):
+        raise UsageError(f"{source}: text_config sizes are inconsistent (hidden {text.hidden}, layers {text.layers}, "
+                         f"heads {text.heads}, kv heads {text.kv_heads}); check the config")
+    return ThinkerShape(text, vision, audio)
 
 
 def decoder_linear_shapes(text: TextShape) -> list[tuple[int, int]]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from omnisift_edge.errors import UsageError
+
 
 @dataclass(frozen=True)
 class TokenIds:
@@ -61,6 +63,15 @@ class OmniSpec:
     n_fft: int = 400
     hop_length: int = 160             # 100 mel frames per second
     audio_window_frames: int = 200    # the audio tower attends within 2 s windows (n_window * 2)
+
+    def __post_init__(self):
+        """Every size and rate is positive: a zero sample rate or fps would make empty chunks that a
+        later step blames on the clip (or a loop that never ends), so it is named here instead."""
+        for name in ("patch_size", "temporal_patch_size", "spatial_merge_size", "fps", "position_id_per_seconds",
+                     "seconds_per_chunk", "sample_rate", "n_mels", "n_fft", "hop_length", "audio_window_frames"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise UsageError(f"{name} must be a positive number (got {value!r})")
 
     @property
     def merge_pixels(self) -> int:

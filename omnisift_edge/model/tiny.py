@@ -93,10 +93,10 @@ def seeded_fill_(module, seed: int, std: float = 0.02) -> None:
 def build_tiny_thinker(seed: int = 0):
     """The tiny thinker (`Qwen2_5OmniThinkerForConditionalGeneration`, fp32, eval mode)."""
     transformers = require("transformers")
+    transformers.logging.set_verbosity_error()   # rope-config chatter (the config warns as it is made)
     config = transformers.Qwen2_5OmniThinkerConfig(**{
         k: v for k, v in tiny_thinker_config_dict().items() if k != "model_type"})
     config._attn_implementation = "sdpa"
-    transformers.logging.set_verbosity_error()   # rope-config chatter
     from transformers.modeling_utils import no_init_weights
 
     with no_init_weights():   # every parameter is overwritten below
@@ -117,6 +117,20 @@ def build_tiny_selector(seed: int = 0):
 CHECKPOINT_KINDS = ("full", "thinker", "omnisift")
 
 
+def _save_shard(save_file, tensors: dict, path, shown) -> None:
+    """safetensors' save_file; its SafetensorError on a full disk or a file-size limit (not an OSError)
+    becomes the one line the other writers give, naming the file (`shown`: where it was going)."""
+    try:
+        save_file(tensors, str(path), metadata={"format": "pt"})
+    except Exception as exc:
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        from omnisift_edge.errors import UsageError
+
+        raise UsageError(f"cannot write {shown} ({exc}); free some space or write elsewhere "
+                         "(nothing was written)") from None
+
+
 def write_tiny_checkpoint(folder, kind: str = "full", seed: int = 0, shard_bytes: int = 16 << 20):
     """Write the embedded default as a model folder of `kind`, in the real checkpoints' format.
 
@@ -125,33 +139,23 @@ def write_tiny_checkpoint(folder, kind: str = "full", seed: int = 0, shard_bytes
     - omnisift: full plus the selector under `thinker.compressor.`;
     - thinker: a thinker-only folder (weights unprefixed, selector under `compressor.`).
     Weights are sharded at `shard_bytes` with a `model.safetensors.index.json`, as large
-    checkpoints are. The folder is written under a hidden temporary name and renamed at the end,
-    so an interrupted write never leaves a folder that looks complete.
+    checkpoints are. The folder is written under a hidden temporary name and swapped in at the end
+    (`atomic.staged_folder`), so an interrupted write never leaves a folder that looks complete.
     """
-    import shutil
-    import tempfile
     from pathlib import Path
+
+    from omnisift_edge.atomic import staged_folder
 
     if kind not in CHECKPOINT_KINDS:
         raise ValueError(f"kind must be one of {CHECKPOINT_KINDS}")
     final = Path(folder)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        _write_checkpoint_files(staging, kind, seed, shard_bytes)
-        from omnisift_edge.atomic import finish_tree
-
-        finish_tree(staging)   # plain modes (not mkdtemp's 0700), bytes on disk before the rename
-        if final.exists():
-            final.rmdir()   # only an empty folder may be replaced (the CLI checks)
-        staging.rename(final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    # only an empty folder may be replaced (the CLI says so first); a failure leaves `folder` as it was
+    with staged_folder(final, refuse="{folder} is not empty; choose another folder for the model") as staging:
+        _write_checkpoint_files(staging, kind, seed, shard_bytes, final)
     return final
 
 
-def _write_checkpoint_files(folder, kind: str, seed: int, shard_bytes: int) -> None:
+def _write_checkpoint_files(folder, kind: str, seed: int, shard_bytes: int, final) -> None:
     import json
 
     torch = require("torch")
@@ -190,7 +194,7 @@ def _write_checkpoint_files(folder, kind: str, seed: int, shard_bytes: int) -> N
     weight_map = {}
     for i, shard in enumerate(shards):
         name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(folder / name), metadata={"format": "pt"})
+        _save_shard(save_file, shard, folder / name, final / name)
         weight_map.update({k: name for k in shard})
     (folder / "model.safetensors.index.json").write_text(json.dumps(
         {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in state.values())},

@@ -47,6 +47,8 @@ class ProfileConfig:
     context_policy: str = "error"                # error | sliding (runtime/context.py)
     window_seconds: float | None = None          # sliding: seconds of media kept
     model: Path | None = None                    # torch: the model folder (default: the manifest's record)
+    overwrite: bool = False                      # replace output files a previous profile did not write
+    ort_threads: str = "quiet"                   # onnxruntime: how the sessions share the CPU (artifact.onnx_runtime)
 
     def __post_init__(self):
         object.__setattr__(self, "folder", Path(self.folder))
@@ -126,7 +128,8 @@ def _profile_ratio(cfg: ProfileConfig, ratio: float, bar) -> RatioProfile:
 
     session = OmniSession(RuntimeConfig(cfg.folder, backend=cfg.backend, ratio=ratio, device=cfg.device,
                                         target=cfg.target, context_policy=cfg.context_policy,
-                                        window_seconds=cfg.window_seconds, model=cfg.model))
+                                        window_seconds=cfg.window_seconds, model=cfg.model,
+                                        ort_threads=cfg.ort_threads))
     gpu = None
     if cfg.backend == "torch" and cfg.device.startswith("cuda"):
         import torch
@@ -165,14 +168,14 @@ def _profile_ratio(cfg: ProfileConfig, ratio: float, bar) -> RatioProfile:
         import torch
 
         gpu = torch.cuda.max_memory_allocated() / 2**20
-    dims = session.manifest["dims"]
-    width = 2 if session.manifest["dtype"] == "fp16" else 4
-    kv_bytes = session.stream.kv_length() * dims["num_layers"] * 2 * dims["kv_heads"] * dims["head_dim"] * width
+    dims = session.manifest.dims
+    width = 2 if session.manifest.dtype == "fp16" else 4
+    kv_bytes = session.stream.kv_length() * dims.num_layers * 2 * dims.kv_heads * dims.head_dim * width
     decode = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 and stamps[-1] > stamps[0] else 0.0
     chunk_stats = _stats(chunk_seconds[cfg.warmup_chunks:])
     rest = [c - sum(r.seconds.values()) for c, r in zip(chunk_seconds[cfg.warmup_chunks:], measured)]
     return RatioProfile(
-        ratio=ratio, achieved=session.plan["achieved"], chunks=len(session.reports),
+        ratio=ratio, achieved=session.plan.achieved, chunks=len(session.reports),
         stage_ms={stage: _stats([r.seconds[stage] for r in measured]) for stage in STAGES},
         chunk_ms=chunk_stats, real_time_factor=chunk_stats["median"] / 1e3 / session.spec.seconds_per_chunk,
         ttft_ms=(stamps[0] - start) * 1e3, decode_tokens_per_s=decode,
@@ -230,6 +233,27 @@ def _plot(report: ProfileReport, path: Path) -> None:
     plt.close(fig)
 
 
+OUTPUTS = ("profile.json", "profile.md", "profile.png")
+
+
+def is_our_profile(folder: Path) -> bool:
+    """`folder/profile.json` was written by `profile` (a JSON object with its keys)."""
+    try:
+        report = json.loads((folder / OUTPUTS[0]).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and {"machine", "config", "ratios", "graph_bytes"} <= report.keys()
+
+
+def check_outputs(out: Path, overwrite: bool) -> None:
+    """Refuse to overwrite profile.json/.md/.png in `out` that a previous `profile` did not write, unless
+    `overwrite` (a user's own profile.md in the folder they named is not ours to replace)."""
+    existing = [name for name in OUTPUTS if (out / name).exists()]
+    if existing and not overwrite and not is_our_profile(out):
+        raise UsageError(f"{out} already holds {', '.join(existing)} that `profile` did not write; pass --overwrite "
+                         "to replace them, or choose another -o")
+
+
 def _write(path: Path, write) -> None:
     with atomic_path(path) as tmp:
         write(tmp)
@@ -240,20 +264,21 @@ def context_check(cfg: ProfileConfig, manifest: dict, ratios) -> list[str]:
     sliding policy? A UsageError naming the fix when it does not (instead of failing minutes later)."""
     from omnisift_edge.model.prompt import build_prompt
     from omnisift_edge.model.tokenizer import load_tokenizer
-    from omnisift_edge.artifact.manifest import Manifest
+    from omnisift_edge.artifact.manifest import as_manifest
     from omnisift_edge.runtime.exported import spec_from_layout
 
-    spec = spec_from_layout(manifest["layout"])
-    tokenizer = load_tokenizer(cfg.folder / manifest["tokenizer"]["folder"])
+    manifest = as_manifest(manifest)
+    spec = spec_from_layout(manifest.layout)
+    tokenizer = load_tokenizer(cfg.folder / manifest.tokenizer.folder)
     pieces = build_prompt(tokenizer, cfg.question, spec=spec)
     chunks = -(-int(round(cfg.seconds * spec.fps)) // spec.raw_frames_per_chunk)
-    limit = int(manifest["max_context"])
-    positions = int((manifest.get("rope") or {}).get("max_position_embeddings") or 32768)
+    limit = manifest.max_context
+    positions = (manifest.rope and manifest.rope.max_position_embeddings) or 32768
     text = len(pieces.prefix_ids) + 4 + len(pieces.suffix_ids) + cfg.max_new_tokens
     last_position = text + chunks * spec.time_ids_per_chunk
     lines = []
     for ratio in ratios:
-        per_chunk = Manifest.from_dict(manifest).ratio_plan(ratio).kept_total
+        per_chunk = manifest.ratio_plan(ratio).kept_total
         need = text + chunks * per_chunk
         if cfg.context_policy == "sliding":
             lines.append(f"ratio {ratio:g}: {cfg.seconds:g} s needs {need} tokens; sliding window in max_context "
@@ -271,29 +296,29 @@ def context_check(cfg: ProfileConfig, manifest: dict, ratios) -> list[str]:
 
 def profile(cfg: ProfileConfig, *, bar: bool = True) -> ProfileReport:
     """Stream a generated clip through the export at each ratio and measure every stage (docs/runtime.md)."""
-    from omnisift_edge.artifact.manifest import read_manifest
+    from omnisift_edge.artifact.manifest import PROFILE_DIR, load_manifest
 
     from omnisift_edge.paths import check_output_dir
 
     tqdm = require("tqdm").tqdm
     require("matplotlib", extra="profile")           # the plot is written last: fail before measuring
-    manifest = read_manifest(cfg.folder)
-    check_output_dir(cfg.out or cfg.folder / "profile")
-    ratios = cfg.ratios or tuple(e["ratio"] for e in manifest["ratios"])
+    manifest = load_manifest(cfg.folder)
+    check_output_dir(cfg.out or cfg.folder / PROFILE_DIR)
+    check_outputs(cfg.out or cfg.folder / PROFILE_DIR, cfg.overwrite)     # before minutes of measuring
+    ratios = cfg.ratios or manifest.ratio_values
     fits = context_check(cfg, manifest, ratios)
     chunks = -(-int(round(cfg.seconds * 2)) // 4)
     report = ProfileReport(machine=_machine(cfg.backend, cfg.device),
                            config={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-                           graph_bytes={g["file"]: manifest["files"][g["file"]]["bytes"]
-                                        for g in manifest["graphs"].values()})
+                           graph_bytes={g.file: manifest.files[g.file].bytes for g in manifest.graphs.values()})
     report.config["context_check"] = fits
+    for line in fits if bar else ():       # before the bar starts: a log or pipe gets them on lines of their own
+        print(line, file=sys.stderr, flush=True)
     with tqdm(total=chunks * len(ratios), desc="profiling", unit="chunk", disable=not bar) as chunk_bar:
-        for line in fits if bar else ():
-            chunk_bar.write(line, file=sys.stderr)
         for ratio in ratios:
             chunk_bar.set_postfix(ratio=f"{ratio:g}")
             report.ratios.append(asdict(_profile_ratio(cfg, ratio, chunk_bar)))
-    out = cfg.out or cfg.folder / "profile"
+    out = cfg.out or cfg.folder / PROFILE_DIR
     out.mkdir(parents=True, exist_ok=True)
     report.files = {"json": str(out / "profile.json"), "markdown": str(out / "profile.md"),
                     "plot": str(out / "profile.png")}

@@ -23,6 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
+from omnisift_edge.artifact.manifest import DECODER_GQA
 from omnisift_edge.errors import UsageError
 from omnisift_edge.runtime.ort_pipeline import OrtStream
 from omnisift_edge.runtime.scheduler import Scheduler
@@ -54,12 +55,18 @@ class SlotStream(OrtStream):
     def __init__(self, pool: "StreamPool", slot: int, prefix_ids: Sequence[int]):
         self.pool, self.slot = pool, slot
         super().__init__(pool.export, pool.ratio, prefix_ids, max_context=pool.max_context,
-                         context=pool.cfg.context, kv_form="shared_buffer", open_graph=pool.graph)
+                         context=pool.cfg.context, kv_form="shared_buffer")
+
+    def _open_graph(self, path, role, providers, threads):
+        return self.pool.graph(path, role, threads)
 
     def _open_cache(self, export, inplace_entry, max_context, providers):
         """The slot's cache, zeroed between two model calls (a batched call may span a free slot)."""
+        from omnisift_edge.artifact.manifest import Rope
+
+        rope = (export.manifest.rope or Rope()).to_dict()
         return self.pool.scheduler.call(lambda: SlotCache(self.pool.slots, self.slot, self.sessions["decoder"],
-                                                          inplace_entry, export.manifest.rope))
+                                                          inplace_entry.to_dict(), rope))
 
     def _step(self, embeds, positions, want_logits=True):
         if want_logits and embeds.shape[1] == 1:             # one answer token: batched with the others'
@@ -124,13 +131,13 @@ class StreamPool:
                              f"{cfg.device}); use --backend onnxruntime --device cpu, or one session per stream")
         template = OmniSession.__new__(OmniSession)
         template._load(cfg)
-        if template.export.manifest.kv_cache.get("decoder_gqa") is None:
+        if template.export.manifest.kv_cache.get(DECODER_GQA) is None:
             raise UsageError(f"{cfg.folder} has no in-place decoder (decoder_gqa) for a pool; export again")
         self.cfg, self.max_streams = cfg, max_streams
         self.export = template.export = _SharedExport(template.export)
         self.shared = dict(template.__dict__)
         self.ratio = template.ratio
-        self.max_context = cfg.max_context or template.manifest["max_context"]
+        self.max_context = cfg.max_context or template.manifest.max_context
         self._graphs: dict[str, object] = {}
         self._streams: dict[int, PoolStream] = {}
         self._next_id = 0
@@ -146,14 +153,15 @@ class StreamPool:
         return SlotBuffers(names, self.max_streams, dims.kv_heads, self.max_context, dims.head_dim,
                            self.export.float_type)
 
-    def graph(self, path, *, providers=("CPUExecutionProvider",)):
+    def graph(self, path, role: str, threads: str):
         """The pool's one ONNX Runtime session of the graph at `path` (opened on first use)."""
         from omnisift_edge.artifact.onnx_runtime import ort_session
 
         key = str(path)
-        if key not in self._graphs:
-            self._graphs[key] = ort_session(path, providers=providers)
-        return self._graphs[key]
+        with self._lock:
+            if key not in self._graphs:
+                self._graphs[key] = ort_session(path, threads=threads, spins=role == "decoder")
+            return self._graphs[key]
 
     def _run_decodes(self, steps):
         caches, embeds, positions = zip(*steps)

@@ -9,9 +9,10 @@ from, chunk compressor included).
 
 Rules (also in docs/runtime.md):
 - frames must have the export's resolution; PCM is mono float at 16 kHz;
-- a trailing partial chunk goes to the torch backend as it is (what transformers computes on the
-  unpadded clip); exported graphs and engines take whole chunks, so for them it is padded to 2
-  seconds (last frame repeated, audio zero-padded) when the stream ends or a question arrives;
+- a trailing partial chunk goes to every backend as it is (what transformers computes on the
+  unpadded clip) when the stream ends or a question arrives: graphs and engines take it through
+  valid-length inputs; exports made before them get it padded to 2 seconds (last frame repeated,
+  audio zero-padded);
 - context policy `error` (default): when the KV cache would exceed max_context, `ContextFullError`
   (a UsageError) is raised and nothing is appended: never a silently truncated context; `sliding`
   evicts the oldest chunks instead (runtime/context.py, docs/runtime.md);
@@ -50,7 +51,9 @@ class RuntimeConfig:
     window_seconds: float | None = None   # sliding: seconds of media kept; None: what max_context holds
     position_limit: int | None = None     # None: the model's max_position_embeddings (re-base before it)
     model: Path | None = None             # torch: the model folder (default: the one the manifest records)
-    pad_tail: bool | None = None          # pad a short last chunk to 2 s; None: only where the backend needs it
+    pad_tail: bool | None = None          # pad a short last chunk to 2 s; None: only where the graphs need it
+    ort_threads: str = "quiet"            # onnxruntime: how the sessions share the CPU (artifact.onnx_runtime)
+    prefill_chunks: int | None = None     # chunks per prefill call; None: a file's all at once, live ones 1 each
 
     def __post_init__(self):
         object.__setattr__(self, "folder", Path(self.folder))
@@ -58,11 +61,16 @@ class RuntimeConfig:
             raise UsageError(f"--backend must be one of {', '.join(BACKENDS)} (got {self.backend!r})")
         if self.device != "cpu" and not self.device.startswith("cuda"):
             raise UsageError(f"--device must be cpu or cuda (got {self.device!r})")
-        if self.pad_tail is False and self.backend != "torch":
-            raise UsageError(f"the {self.backend} backend takes whole 2-second chunks only; leave pad_tail unset")
-        if self.max_context is not None and self.max_context < 256:
-            raise UsageError(f"--max-context must be at least 256 tokens (got {self.max_context})")
+        if self.max_context is not None:
+            from omnisift_edge.artifact.limits import check_max_context
+
+            check_max_context(self.max_context)    # the export's limit: checked once its manifest is read
         self.context                      # validates the policy
+        if self.prefill_chunks is not None and self.prefill_chunks < 1:
+            raise UsageError(f"--prefill-chunks must be at least 1 (got {self.prefill_chunks})")
+        from omnisift_edge.artifact.onnx_runtime import check_thread_policy
+
+        check_thread_policy(self.ort_threads)
 
     @property
     def context(self):
@@ -87,18 +95,19 @@ class OmniSession:
 
         self.cfg = cfg
         self.export = ExportFolder.open(cfg.folder)
-        self.manifest = manifest = self.export.raw
+        self.manifest = manifest = self.export.manifest        # artifact.manifest.Manifest
         self.spec = spec_from_layout(self.export.manifest.layout)
         self.resolution = self.export.manifest.resolution
         ratio_plan = self.export.ratio_plan(_pick_ratio(manifest, cfg.ratio))
         self.ratio = ratio_plan.ratio
-        self.plan = next(e for e in manifest["ratios"] if e["graph"] == ratio_plan.graph)
+        self.plan = ratio_plan
         self.tokenizer = load_tokenizer(self.export.tokenizer_path)
         self.stop_ids = list(self.export.manifest.stop_token_ids)
+        _check_context_limit(cfg, manifest)
         prefix = build_prompt(self.tokenizer, "", system=cfg.system_prompt, spec=self.spec).prefix_ids
         check_window(cfg.context, spec=self.spec, prompt_tokens=len(prefix) + 2,
-                     chunk_tokens=self.plan["kept_per_chunk"]["total"],
-                     max_context=cfg.max_context or manifest["max_context"])
+                     chunk_tokens=self.plan.kept_total,
+                     max_context=cfg.max_context or manifest.max_context)
         self._prefix_ids = prefix
 
     def _begin(self, stream) -> None:
@@ -106,6 +115,7 @@ class OmniSession:
         from omnisift_edge.model.preprocess import StreamingLogMel
 
         self.stream = stream
+        self.stream.prefill_chunks = self.cfg.prefill_chunks or 1      # live media: chunk by chunk unless asked
         self._mel = StreamingLogMel(self.spec)
         self._frames: deque = deque()       # frames waiting for their audio window (4 per chunk)
         self._windows: deque = deque()      # audio windows waiting for their frames
@@ -117,14 +127,14 @@ class OmniSession:
         self._preprocess = 0.0              # host preprocessing seconds not yet booked to a chunk
 
     def _open_backend(self, prefix_ids: Sequence[int]):
-        max_context = self.cfg.max_context or self.manifest["max_context"]
+        max_context = self.cfg.max_context or self.manifest.max_context
         if self.cfg.backend == "onnxruntime":
             from omnisift_edge.runtime.ort_pipeline import OrtStream
 
             providers = ("CUDAExecutionProvider", "CPUExecutionProvider") if self.cfg.device.startswith("cuda") \
                 else ("CPUExecutionProvider",)
             return OrtStream(self.export, self.ratio, prefix_ids, providers=providers, max_context=max_context,
-                             context=self.cfg.context)
+                             context=self.cfg.context, threads=self.cfg.ort_threads)
         if self.cfg.backend == "tensorrt":
             from omnisift_edge.runtime.trt_pipeline import TrtStream
 
@@ -133,16 +143,16 @@ class OmniSession:
         from omnisift_edge.model.load import ModelSource, load_model
         from omnisift_edge.runtime.torch_pipeline import CompressionConfig, TorchStream
 
-        source = self.manifest["export_config"]["source"]
+        source = self.manifest.section("export_config", {})["source"]
         path = self.cfg.model if self.cfg.model is not None else source["path"]   # resolved at export
         model = load_model(ModelSource(path=path, compressor=source["compressor"], seed=source["seed"],
-                                       dtype=self.manifest["dtype"], selector_heads=source["selector_heads"],
+                                       dtype=self.manifest.dtype, selector_heads=source["selector_heads"],
                                        default_chat_template=source.get("default_chat_template", False),
                                        device=self.cfg.device))
-        if model.identity.get("config_sha256") != self.manifest["model"].get("config_sha256"):
+        if model.identity.get("config_sha256") != self.manifest.section("model", {}).get("config_sha256"):
             raise UsageError("the model folder changed since the export (config hash differs); export again")
-        grid_hw = (self.manifest["dims"]["grid_h"], self.manifest["dims"]["grid_w"])
-        compression = CompressionConfig(self.plan["rho_video"], self.plan["rho_audio"])
+        grid_hw = (self.manifest.dims.grid_h, self.manifest.dims.grid_w)
+        compression = CompressionConfig(self.plan.rho_video, self.plan.rho_audio)
         return TorchStream(model, prefix_ids, grid_hw=grid_hw, compression=compression, max_context=max_context,
                            context=self.cfg.context)
 
@@ -193,18 +203,23 @@ class OmniSession:
             frames = resize_frames(frames, self.resolution)
         pcm = fit_audio_to_video(media.pcm, len(frames), self.spec)
         per_chunk, samples = self.spec.raw_frames_per_chunk, self.spec.samples_per_chunk
-        reports = []
-        for j in range(-(-len(frames) // per_chunk)):
-            reports += self.append_chunk(frames[j * per_chunk:(j + 1) * per_chunk], pcm[j * samples:(j + 1) * samples])
-        return reports + self.finish()
+        reports, chunks = [], -(-len(frames) // per_chunk)
+        live, self.stream.prefill_chunks = self.stream.prefill_chunks, self.cfg.prefill_chunks or chunks   # grouped
+        try:
+            for j in range(chunks):
+                reports += self.append_chunk(frames[j * per_chunk:(j + 1) * per_chunk],
+                                             pcm[j * samples:(j + 1) * samples])
+            return reports + self.finish()
+        finally:
+            self.stream.prefill_chunks = live
 
     def finish(self) -> list[ChunkReport]:
         """End the media: process a trailing partial chunk.
 
-        The torch backend takes it as it is (1 grid step, a short audio window): the same as
-        transformers on the unpadded clip. Exported graphs and engines take whole chunks only, so
-        for them it is padded to 2 s (last frame repeated, silence); docs/streaming.md measures
-        what that padding moves.
+        Every backend takes it as it is (1 grid step, a short audio window): the same as
+        transformers on the unpadded clip. Exports without valid-length inputs (before issue 25)
+        take whole chunks only, so for them it is padded to 2 s (last frame repeated, silence);
+        docs/streaming.md measures what that padding moves.
         """
         if self._finished:
             return []
@@ -223,14 +238,19 @@ class OmniSession:
             windows += self._mel.push(np.zeros(want - self._samples, np.float32))
         windows += self._mel.finish()
         self._preprocess += time.perf_counter() - start
-        return self._drain(windows)
+        reports = self._drain(windows)
+        start = time.perf_counter()
+        self.stream.flush()                 # a grouped prefill's last call: the media ended
+        if reports and self.stream.prefill_chunks > 1:
+            reports[-1].seconds["prefill"] += time.perf_counter() - start
+        return reports
 
     @property
     def _partial_tail(self) -> bool:
         """Whether the backend takes a short last chunk (PyTorch) or only whole ones (graphs, engines)."""
         if self.cfg.pad_tail is not None:
             return not self.cfg.pad_tail
-        return self.cfg.backend == "torch"
+        return getattr(self.stream, "takes_short_chunks", True)   # torch, and graphs with valid-length inputs
 
     def _drain(self, windows) -> list[ChunkReport]:
         from omnisift_edge.model.preprocess import video_patches
@@ -262,6 +282,8 @@ class OmniSession:
 
         if not isinstance(question, str):
             raise UsageError(f"the question must be a str; got {type(question).__name__}")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise UsageError(f"max_new_tokens must be a whole number of tokens >= 1 (got {max_new_tokens!r})")
         self._check_open()
         if not question.strip():
             raise UsageError("the question is empty; ask something about the video")
@@ -303,6 +325,23 @@ class OmniSession:
             close()
 
 
+def _check_context_limit(cfg: RuntimeConfig, manifest) -> None:
+    """--max-context within what the export's graphs were made for (their caches are sized at export;
+    the torch backend runs the model itself: up to its positions)."""
+    from omnisift_edge.artifact.limits import check_max_context
+
+    if cfg.max_context is None:
+        return
+    positions = (manifest.rope and manifest.rope.max_position_embeddings) or 32768
+    exported = manifest.max_context
+    if cfg.backend == "torch":
+        check_max_context(cfg.max_context, most=positions, fix="the model's max_position_embeddings")
+    else:
+        check_max_context(cfg.max_context, most=exported,
+                          fix=f"this export's graphs hold {exported} tokens; use at most that, or export again with "
+                              f"--max-context up to {positions} (the model's positions)")
+
+
 def check_window(policy, *, spec, prompt_tokens: int, chunk_tokens: int, max_context: int) -> None:
     """Refuse at open a sliding window that cannot hold its chunks beside the prompt, or spans more
     positions than the model was trained on: one line with the longest window that fits."""
@@ -319,9 +358,9 @@ def check_window(policy, *, spec, prompt_tokens: int, chunk_tokens: int, max_con
                          f"--window-seconds {fit * spec.seconds_per_chunk:g} or less, or raise --max-context")
 
 
-def _pick_ratio(manifest: dict, ratio: float | None) -> float:
+def _pick_ratio(manifest, ratio: float | None) -> float:
     """The ratio to run: the one asked for, else the export's only one; several need a choice."""
-    have = [e["ratio"] for e in manifest["ratios"]]
+    have = list(manifest.ratio_values)
     if ratio is None and len(have) > 1:
         raise UsageError(f"this export has ratios {', '.join(f'{r:g}' for r in have)}; pick one with --ratio "
                          f"(e.g. --ratio {min(have):g})")

@@ -55,9 +55,12 @@ class ChunkStream(ABC):
         self.layout = StreamingLayout(spec, list(prefix_ids), grid_hw=self.grid_hw)
         self.reports: list[ChunkReport] = []
         self.kept_positions: list[np.ndarray] = []
+        self.kept_indices: list[np.ndarray] = []    # per chunk: kept_index [K] into its token order (video, then audio)
         self.closed = False
         self.question_logits: Any = None
         self.full = False               # set once the context overflowed: the stream refuses more input
+        self.prefill_chunks = 1         # chunks per prefill call; > 1: grouped prefill (files; not under sliding)
+        self._pending: list = []        # (kept [1, K, D], positions [3, K]) of chunks waiting for their prefill
         self.window = KVWindow(context or ContextPolicy(), max_context=max_context,
                                seconds_per_chunk=spec.seconds_per_chunk, position_limit=position_limit)
         ids, pos = self.layout.prefix()
@@ -174,21 +177,56 @@ class ChunkStream(ABC):
         kept, kept_index = self._compress(video, audio, n_grids, np.asarray(chunk.position_ids))
         lap("compressor")
         positions = np.asarray(chunk.position_ids)[:, kept_index]                  # [3, K]
-        self._append(kept, positions, "chunk", want_logits=False)      # nobody reads a chunk's logits
+        if self.prefill_chunks > 1 and not self.window.sliding:     # grouped: prefilled with the next ones
+            self._hold(kept, positions)
+        else:
+            self._append(kept, positions, "chunk", want_logits=False)  # nobody reads a chunk's logits
         lap("prefill")
         n_video = n_grids * self.tokens_per_frame
         kept_video = int((kept_index < n_video).sum())
         self.kept_positions.append(positions)
+        self.kept_indices.append(np.asarray(kept_index))
         report = ChunkReport(len(self.reports), n_video, int(audio.shape[0]), kept_video,
                              len(kept_index) - kept_video, seconds)
         self.reports.append(report)
         return report
+
+    def _concat(self, parts: list) -> Any:
+        """[1, sum K, D] from chunks' kept embeddings (numpy; the torch backend concatenates tensors)."""
+        return np.concatenate(parts, axis=1)
+
+    def _hold(self, kept: Any, positions: np.ndarray) -> None:
+        """Queue a compressed chunk for a grouped prefill (refused at once when the context cannot take it)."""
+        held = sum(p.shape[1] for _, p in self._pending)
+        if self.max_context is not None and self.kv_length() + held + positions.shape[1] > self.max_context:
+            self.flush()
+            self._append(kept, positions, "chunk", want_logits=False)   # raises ContextFullError as ever
+            return
+        self._pending.append((kept, positions))
+        if len(self._pending) >= self.prefill_chunks:
+            self.flush()
+
+    def flush(self) -> None:
+        """Prefill the queued chunks in one decoder call (grouped prefill): the same cache as one call per
+        chunk, since the decoder is causal; each chunk stays a segment of its own in the window."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        positions = np.concatenate([p for _, p in pending], axis=1)                 # [3, sum K]
+        delta = self.window.rebase_delta(int(positions.max()))
+        if delta:
+            self._rotate_kv(delta)
+            self.window.rebased(delta)
+        self._step(self._concat([k for k, _ in pending]), positions - self.window.base, want_logits=False)
+        for _, p in pending:
+            self.window.record("chunk", p.shape[1], p)
 
     def ask(self, question_ids: Sequence[int], *, max_new_tokens: int = 32,
             stop_ids: Sequence[int] = ()) -> Iterator[int]:
         """Append a question (closing the video span first) and yield greedy answer tokens."""
         if max_new_tokens < 1:
             raise UsageError(f"max new tokens must be at least 1 (got {max_new_tokens})")
+        self.flush()
         if self.full:
             raise ContextFullError("the context filled up earlier; start a new stream")
         if not self.closed:

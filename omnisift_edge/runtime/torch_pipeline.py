@@ -261,6 +261,13 @@ class TorchStream(ChunkStream):
     def _step(self, embeds, positions, want_logits=True):
         return self.kv.step(embeds, positions, want_logits)
 
+    def _concat(self, parts):
+        return torch.cat(parts, dim=1)                                                  # [1, sum K, D]
+
+    @torch.inference_mode()
+    def flush(self):
+        super().flush()
+
     def _encode_video(self, pixel_values, n_grids):
         return encode_video_chunk(self.model, pixel_values, (n_grids, *self.grid_hw))   # [n_grids*n_p, D]
 

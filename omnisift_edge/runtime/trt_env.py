@@ -101,7 +101,7 @@ def require_device() -> DeviceInfo:
 
 
 def require_device_for(build: dict) -> DeviceInfo:
-    """The GPU that runs a build's engines (`manifest["builds"][target]`), or one line saying what is missing."""
+    """The GPU that runs a build's engines (the manifest's `builds.<target>`, artifact.records.Build), or one line saying what is missing."""
     flavour = get_flavour(build.get("flavour", TENSORRT.name))
     if not flavour.builds_without_gpu:
         return require_device()

@@ -27,28 +27,29 @@ import numpy as np
 
 from omnisift_edge.artifact.folder import ExportFolder
 from omnisift_edge.errors import UsageError, require
+from omnisift_edge.artifact.manifest import DECODER, DECODER_SCATTER, Build
 from omnisift_edge.runtime.exported import ExportedStream, rope_freqs
 from omnisift_edge.runtime.stream import ContextFullError
 
 
-SCATTER = "decoder_scatter"     # the in-place decoder's engine key in a build report
+SCATTER = DECODER_SCATTER     # the in-place decoder's engine key in a build report
 
 
-def scatter_limits(build: dict) -> tuple[int, int]:
+def scatter_limits(build: Build) -> tuple[int, int]:
     """(longest call, cache rows) of the in-place decoder engine, from its build report."""
-    entry = build["engines"][SCATTER]
-    profile = entry["profiles"][0]
-    seq, cache = profile.get("axes", {}).get("sequence_length"), entry.get("static_axes", {}).get("cache_length")
+    entry = build.engines[SCATTER]
+    profile = entry.profiles[0] if entry.profiles else {}
+    seq, cache = profile.get("axes", {}).get("sequence_length"), (entry.static_axes or {}).get("cache_length")
     if seq is None or cache is None:
         raise UsageError("the decoder_scatter engine's build report has no sequence_length range or cache_length; "
                          "rebuild the engines with this omnisift-edge")
     return int(seq[2]), int(cache)
 
 
-def decoder_profiles(build: dict) -> list[tuple[str, tuple[int, int], tuple[int, int]]]:
+def decoder_profiles(build: Build) -> list[tuple[str, tuple[int, int], tuple[int, int]]]:
     """The decoder engine's profiles in build order: (name, (min, max) sequence_length, (min, max) past)."""
     found = []
-    for profile in build["engines"]["decoder"]["profiles"]:
+    for profile in build.engines[DECODER].profiles:
         axes = profile.get("axes", {})
         seq, past = axes.get("sequence_length"), axes.get("past_sequence_length")
         if seq is None or past is None:
@@ -89,7 +90,7 @@ class TrtStream(ExportedStream):
         self.folder = export.path
         self.target, self.build = export.build(target)
         graphs = export.graphs_for(ratio)
-        engines = self.build.get("engines", {})
+        engines = self.build.engines
         self.in_place = SCATTER in engines
         files = {}
         for role, graph in graphs.items():
@@ -97,12 +98,12 @@ class TrtStream(ExportedStream):
             if key not in engines:
                 raise UsageError(f"the {self.target} build has no {key} engine; rebuild: "
                                  f"omnisift-edge build {self.folder} --target {self.target}")
-            files[role] = self.folder / engines[key]["file"]
+            files[role] = self.folder / engines[key].file
         missing = [str(p) for p in files.values() if not p.is_file()]
         if missing:
             raise UsageError(f"engine file(s) missing: {', '.join(missing)}; copy the whole folder or rebuild: "
                              f"omnisift-edge build {self.folder} --target {self.target}")
-        trt = require_tensorrt(self.build.get("flavour", "tensorrt"))   # the build's flavour: tensorrt | tensorrt_rtx
+        trt = require_tensorrt(self.build.flavour)   # the build's flavour: tensorrt | tensorrt_rtx
         require("polygraphy", extra="engines")
         device = require_device_for(self.build)
         check_compatible(self.build, str(trt.__version__), device, self.folder)
@@ -125,7 +126,7 @@ class TrtStream(ExportedStream):
             self.close()
             raise
 
-        limit = int(self.build.get("max_context") or export.manifest.max_context)   # the engines' profiles end there
+        limit = self.build.max_context or export.manifest.max_context   # the engines' profiles end there
         kv = self._open_cache(export, ratio, limit)
         max_context = min(max_context or kv.capacity, kv.capacity)
         super().__init__(export, ratio, prefix_ids, what="the engines", kv=kv, max_context=max_context, context=context)
@@ -139,11 +140,10 @@ class TrtStream(ExportedStream):
         shape = dict(kv_heads=dims.kv_heads, head_dim=dims.head_dim, float_type=export.float_type,
                      inv_freq=rope_freqs(export))
         if self.in_place:
-            entry = export.manifest.kv_cache[SCATTER]["entry"]
-            self.scatter_inputs = [t["name"] for t in entry["inputs"][:4]]   # embeds, positions, write_index, logits_index
+            entry = export.manifest.form_entry(SCATTER)
+            self.scatter_inputs = entry.input_names[:4]   # embeds, positions, write_index, logits_index
             self.max_call, limit = scatter_limits(self.build)
-            self.kv = trt_kv.StaticDeviceKV([t["name"] for t in entry["inputs"][4:]],
-                                            [t["name"] for t in entry["outputs"][1:]], capacity=limit, **shape)
+            self.kv = trt_kv.StaticDeviceKV(entry.input_names[4:], entry.output_names[1:], capacity=limit, **shape)
         else:
             decoder = export.graphs_for(ratio)["decoder"]
             self.kv = trt_kv.DeviceKV(decoder.input_names[3:], decoder.output_names[1:], capacity=limit, **shape)
@@ -217,17 +217,19 @@ class TrtStream(ExportedStream):
 
     def _encode_video(self, pixel_values, n_grids):
         g = self.graphs["vision_encoder"]
-        out = self._run(self.runners["vision_encoder"],
-                        {g.inputs[0].name: np.ascontiguousarray(pixel_values, dtype=self.float_type)})
-        return out[g.outputs[0].name]                                               # [2*n_p, D]
+        out = self._run(self.runners["vision_encoder"], {g.inputs[0].name: self.video_feed(pixel_values, n_grids)})
+        return out[g.outputs[0].name][:n_grids * self.tokens_per_frame]             # [n_grids*n_p, D]
 
     def _encode_audio(self, mel):
         g = self.graphs["audio_encoder"]
-        out = self._run(self.runners["audio_encoder"],
-                        {g.inputs[0].name: np.ascontiguousarray(mel, dtype=self.float_type)})
-        return out[g.outputs[0].name]                                               # [La, D]
+        feeds, tokens = self.audio_feeds(mel)
+        return self._run(self.runners["audio_encoder"], feeds)[g.outputs[0].name][:tokens]   # [La, D]
 
     def _compress(self, video, audio, n_grids, chunk_positions):
-        kept_name, _, index_name = self.graphs["compressor"].output_names
+        names = self.graphs["compressor"].output_names
         out = self._run(self.runners["compressor"], self.compressor_feeds(video, audio, n_grids, chunk_positions))
-        return out[kept_name], out[index_name][0].astype(np.int64)
+        kept, index = out[names[0]], out[names[2]][0].astype(np.int64)
+        if len(names) > 3:                                                          # the real rows first
+            count = int(np.asarray(out[names[3]]).reshape(-1)[0])
+            kept, index = kept[:, :count], index[:count]
+        return kept, index

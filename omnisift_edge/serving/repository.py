@@ -5,17 +5,18 @@
 camera (START / END / CORRID controls), the camera's `OmniSession` as its state, freed after
 `max_sequence_idle_microseconds` of silence, answers streamed back token by token (decoupled
 mode). Tensor names and types come from serving/protocol.py, the frame size from the manifest.
-The repository appears whole or not at all (written in a hidden folder, then renamed); its
-model.py imports omnisift_edge, it does not copy it. Details: docs/serving.md.
+The repository appears whole or not at all (`atomic.staged_folder`); in an existing model
+repository `--overwrite` replaces only the model this command wrote, never the other models or an
+unrelated folder. Its model.py imports omnisift_edge, it does not copy it. Details: docs/serving.md.
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from omnisift_edge.artifact.manifest import as_manifest
+from omnisift_edge.atomic import staged_folder
 from omnisift_edge.errors import UsageError
 from omnisift_edge.serving.protocol import CONTROLS, DEFAULT_MAX_NEW_TOKENS, INPUTS, MODEL_NAME, OUTPUTS
 
@@ -68,9 +69,9 @@ def _pbtxt_tensors(tensors, resolution, *, optional: bool) -> str:
     return ",\n".join(rows)
 
 
-def config_pbtxt(cfg: TritonConfig, manifest: dict, ratio: float) -> str:
+def config_pbtxt(cfg: TritonConfig, manifest, ratio: float) -> str:
     """The model's config.pbtxt: tensors from protocol.py, the frame size from the manifest."""
-    resolution = tuple(manifest["resolution"])
+    resolution = as_manifest(manifest).resolution
     controls = []
     for name, kind in CONTROLS:
         detail = "data_type: TYPE_UINT64" if kind == "CONTROL_SEQUENCE_CORRID" else "int32_false_true: [ 0, 1 ]"
@@ -120,8 +121,8 @@ from omnisift_edge.serving.model import TritonPythonModel  # noqa: E402,F401
 '''
 
 
-def _ratio(manifest: dict, ratio: float | None) -> float:
-    ratios = [e["ratio"] for e in manifest["ratios"]]
+def _ratio(manifest, ratio: float | None) -> float:
+    ratios = list(manifest.ratio_values)
     if ratio is None:
         return ratios[0]
     if not any(abs(r - ratio) < 1e-9 for r in ratios):
@@ -130,36 +131,57 @@ def _ratio(manifest: dict, ratio: float | None) -> float:
     return ratio
 
 
-def triton(cfg: TritonConfig) -> TritonRepository:
-    """Write the model repository for `cfg.export` at `cfg.out` (atomically)."""
-    from omnisift_edge.artifact.manifest import read_manifest
+NOT_OURS = ("{folder} is a model that `omnisift-edge triton` did not write; --overwrite replaces only its own "
+            "model: move that model away or choose another -o")
 
-    if not (cfg.export / "manifest.json").is_file():
-        raise UsageError(f"{cfg.export} is not an export folder (no manifest.json); run `omnisift-edge export` first")
-    manifest = read_manifest(cfg.export)
-    ratio = _ratio(manifest, cfg.ratio)
+
+def is_our_model(folder: Path) -> bool:
+    """A model folder this command wrote (its model.py starts with our header)."""
+    try:
+        return (folder / "1" / "model.py").read_text().startswith(MODEL_PY[:40])
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _repository_folder(cfg: TritonConfig) -> Path:
+    """`cfg.out` if the repository may be written there: absent, empty, or (with --overwrite) a model
+    repository (every visible entry a model folder with config.pbtxt); else one line naming the fix."""
     out = cfg.out
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} exists and is not a folder; choose another -o")
-    if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
-        raise UsageError(f"{out} is not empty; pass --overwrite to replace it, or choose another -o")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        model = staging / MODEL_NAME
-        (model / "1").mkdir(parents=True)
-        (model / "config.pbtxt").write_text(config_pbtxt(cfg, manifest, ratio))
-        (model / "1" / "model.py").write_text(MODEL_PY)
-        staging.chmod(0o755)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            staging.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    if not out.is_dir() or not any(out.iterdir()):
+        return out
+    if not cfg.overwrite:
+        raise UsageError(f"{out} is not empty; pass --overwrite to replace the {MODEL_NAME} model there, "
+                         "or choose another -o")
+    strays = sorted(p.name for p in out.iterdir()
+                    if not p.name.startswith(".") and not (p.is_dir() and (p / "config.pbtxt").is_file()))
+    if strays:
+        raise UsageError(f"{out} is not a Triton model repository (it holds {', '.join(strays[:3])}); --overwrite "
+                         f"only replaces the {MODEL_NAME} model of a repository: choose another -o")
+    return out
+
+
+def _write_model(model: Path, cfg: TritonConfig, manifest: dict, ratio: float) -> None:
+    (model / "1").mkdir(parents=True)
+    (model / "config.pbtxt").write_text(config_pbtxt(cfg, manifest, ratio))
+    (model / "1" / "model.py").write_text(MODEL_PY)
+
+
+def triton(cfg: TritonConfig) -> TritonRepository:
+    """Write the model repository for `cfg.export` at `cfg.out` (atomically)."""
+    from omnisift_edge.artifact.manifest import load_manifest
+
+    if not (cfg.export / "manifest.json").is_file():
+        raise UsageError(f"{cfg.export} is not an export folder (no manifest.json); run `omnisift-edge export` first")
+    manifest = load_manifest(cfg.export)
+    ratio = _ratio(manifest, cfg.ratio)
+    out = _repository_folder(cfg)
+    if out.is_dir() and any(out.iterdir()):   # replace our model only: other models and files stay
+        with staged_folder(out / MODEL_NAME, owned=is_our_model, refuse=NOT_OURS) as staging:
+            _write_model(staging, cfg, manifest, ratio)
+    else:
+        with staged_folder(out) as staging:
+            _write_model(staging / MODEL_NAME, cfg, manifest, ratio)
     return TritonRepository(folder=out, model=MODEL_NAME, config_path=out / MODEL_NAME / "config.pbtxt",
-                            resolution=tuple(manifest["resolution"]), ratio=ratio)
+                            resolution=manifest.resolution, ratio=ratio)

@@ -15,7 +15,8 @@ Layout of the output folder:
         state.pt                 optimizer, scheduler, step, RNG states: what resume needs
       compressor.safetensors     the final selector (and compressor.json, llm.safetensors / adapter/)
 
-A step folder is written under a hidden temporary name and renamed into place; `latest.json`
+A step folder is written under a hidden temporary name and swapped into place (`atomic.staged_folder`,
+synced before `latest.json` can name it); `latest.json`
 and the final files are written to a temporary file and `os.replace`d. So `latest.json` always
 names a complete folder, and a crash at any point leaves the previous checkpoint usable.
 """
@@ -23,14 +24,12 @@ names a complete folder, and a crash at any point leaves the previous checkpoint
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from omnisift_edge.atomic import atomic_path, fsync_file, umask
+from omnisift_edge.atomic import atomic_path, remove_folder, staged_folder
 from omnisift_edge.errors import UsageError, require
 
 COMPRESSOR_PREFIX = "thinker.compressor."
@@ -82,24 +81,11 @@ def save_checkpoint(out: Path, step: int, *, selector, info: dict, llm: str, llm
                     trainer_state: dict, keep: int) -> Path:
     """Write `out/step-N/` atomically, point `latest.json` at it, drop all but the newest `keep`."""
     final = out / step_folder_name(step)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=out))
-    try:
-        os.chmod(staging, 0o777 & ~umask())      # mkdtemp's owner-only mode is not for the final folder
+    # a step folder already there was left by a crash after its swap, before latest.json named it: ours
+    with staged_folder(final, owned=lambda folder: True) as staging:
         _write_weights(staging, selector, info, llm_state, llm, lora_config)
         rng = {"torch": torch.get_rng_state()}
         torch.save({**trainer_state, "rng": rng, "step": step}, staging / "state.pt")
-        for path in staging.rglob("*"):        # on disk before latest.json can name them (power loss)
-            if path.is_file():
-                fsync_file(path)
-        if final.exists():                       # left by a crash after the rename, before latest.json
-            trash = out / f".{final.name}.old"
-            shutil.rmtree(trash, ignore_errors=True)
-            final.rename(trash)
-            shutil.rmtree(trash, ignore_errors=True)
-        staging.rename(final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     write_json(out / "latest.json", {"step": step, "folder": final.name})
     older = sorted(n for n, _ in step_folders(out) if n < step)
     for n in older[:max(0, len(older) - (keep - 1))]:    # keep this one and the newest keep - 1 before it
@@ -117,14 +103,6 @@ def step_folders(out: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def remove_folder(folder: Path) -> None:
-    """Rename to a hidden name, then delete: a half-deleted folder must not look like a checkpoint."""
-    trash = folder.with_name(f".{folder.name}.old")
-    shutil.rmtree(trash, ignore_errors=True)
-    folder.rename(trash)
-    shutil.rmtree(trash, ignore_errors=True)
-
-
 def publish_final(out: Path, folder: Path, llm: str) -> tuple[Path, Path | None]:
     """Copy a checkpoint's weights to the top of `out` (each file replaced atomically)."""
     for name in ("compressor.safetensors", "compressor.json") + (("llm.safetensors",) if llm == "full" else ()):
@@ -132,12 +110,8 @@ def publish_final(out: Path, folder: Path, llm: str) -> tuple[Path, Path | None]
     extra = out / "llm.safetensors" if llm == "full" else None
     if llm == "lora":
         target = out / "adapter"
-        staging = Path(tempfile.mkdtemp(prefix=".adapter.partial-", dir=out))
-        shutil.rmtree(staging)
-        shutil.copytree(folder / "adapter", staging)
-        if target.exists():
-            remove_folder(target)
-        staging.rename(target)
+        with staged_folder(target, owned=lambda adapter: True) as staging:     # the run's own adapter/
+            shutil.copytree(folder / "adapter", staging, dirs_exist_ok=True)
         extra = target
     return out / "compressor.safetensors", extra
 

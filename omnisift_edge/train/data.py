@@ -56,6 +56,9 @@ class Example:
 def read_records(path: Path) -> tuple[list[Record], list[BadLine]]:
     """Parse and check every line of the JSONL at `path`; blank lines are ignored."""
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"--data {path} is a folder; pass the JSONL file inside it, with one "
+                         '{"video", "audio"?, "question", "answer"} object per line')
     if not path.is_file():
         raise UsageError(f"training data {path} does not exist; pass a JSONL file with one "
                          '{"video", "audio"?, "question", "answer"} object per line')

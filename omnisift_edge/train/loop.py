@@ -64,8 +64,8 @@ def _prepare_out(cfg: TrainConfig):
     latest = latest_checkpoint(out)
     if not cfg.resume and any(out.iterdir()):
         raise UsageError(f"{out} is not empty; pass --resume to continue the run in it, or choose an empty folder")
-    for stale in (*out.glob(".step-*.partial-*"), *out.glob(".step-*.old"), *out.glob(".adapter.partial-*"),
-                  *out.glob(".adapter.old")):
+    for stale in (*out.glob(".step-*.partial-*"), *out.glob(".step-*.old*"), *out.glob(".adapter.partial-*"),
+                  *out.glob(".adapter.old*")):
         shutil.rmtree(stale, ignore_errors=True)       # a killed run's half-written folders: never named by latest.json
     for step, folder in step_folders(out):
         if latest is None or step > latest[0]:          # written by a run killed before latest.json named it
@@ -132,6 +132,8 @@ def train(cfg: TrainConfig, *, progress: Callable[[str], None] = print, bar: boo
     if cfg.llm == "lora":
         require("peft", extra="train")                 # before anything is written (issue 13.16)
     latest = _prepare_out(cfg)
+    if latest is None and cfg.resume:
+        progress(f"--resume: no checkpoint in {cfg.out} yet; starting a new run from step 0")
     from omnisift_edge.model.load import load_model
     from omnisift_edge.train.feeder import Feeder
     from omnisift_edge.train.step import seed_everything
@@ -148,14 +150,61 @@ def train(cfg: TrainConfig, *, progress: Callable[[str], None] = print, bar: boo
 
 def _train(cfg, model, feeder, records, bad, latest, started, progress, bar, on_step) -> TrainArtifact:
     """`train` once the model is loaded: check the data, build the trainer, resume, run the steps."""
-    import torch
-    from tqdm import tqdm
-
-    from omnisift_edge.compress.ratio import drops_for_ratio
     from omnisift_edge.train import checkpoint as ckpt
-    from omnisift_edge.train.step import Trainer
 
     good, bad = scan(cfg, feeder, records, bad, progress, bar)
+    run = _build_run(cfg, model, good)
+    _check_good_lines(cfg, good, resuming=latest is not None)   # the first writes: every option was usable
+    with _writing(cfg.out, "bad_lines.jsonl"):
+        _write_bad_lines(cfg.out, bad)
+    resumed_from = _resume(cfg, run, latest, progress) if latest is not None else None
+    if latest is None:
+        for name in ("log.jsonl", "latest.json"):
+            (cfg.out / name).unlink(missing_ok=True)
+    with _writing(cfg.out, "train_config.json"):
+        ckpt.write_json(cfg.out / "train_config.json", cfg.fingerprint())
+    totals = _Totals(folder=latest[1] if latest else None)
+    _run_steps(cfg, run, feeder, good, bad, totals, progress, bar, on_step)
+    with _writing(cfg.out, "the final weights", saving=True):
+        _write_bad_lines(cfg.out, bad)
+        compressor, extra = ckpt.publish_final(cfg.out, totals.folder, cfg.llm)
+    return TrainArtifact(out=cfg.out, compressor=compressor, llm_weights=extra, log=cfg.out / "log.jsonl",
+                         steps=run.trainer.steps_done, good_lines=len(good),
+                         bad_lines=sorted(bad, key=lambda b: b.line), rho_video=run.rho_video,
+                         rho_audio=run.rho_audio, first_loss=totals.first_loss, last_loss=totals.last_loss,
+                         kept_ratio=totals.kept / totals.media if totals.media else None, resumed_from=resumed_from,
+                         seconds=time.perf_counter() - started)
+
+
+@dataclasses.dataclass
+class _Run:
+    """What the steps work with: the trainer, the selector it trains, the drop rates, the step count."""
+
+    trainer: object
+    selector: object
+    rho_video: float
+    rho_audio: float
+    total: int
+
+
+@dataclasses.dataclass
+class _Totals:
+    """Running sums over the steps, and the newest checkpoint folder (what the final weights copy)."""
+
+    folder: Path | None = None
+    first_loss: float | None = None
+    last_loss: float | None = None
+    media: int = 0
+    kept: int = 0
+
+
+def _build_run(cfg: TrainConfig, model, good: list) -> _Run:
+    """The selector (the model's, or a new one) in fp32, the drop rates, the step count and the Trainer."""
+    import torch
+
+    from omnisift_edge.compress.ratio import drops_for_ratio
+    from omnisift_edge.train.step import Trainer
+
     selector = model.selector if model.selector is not None else _new_selector(cfg, model.hidden_size)
     selector = selector.to(model.device, torch.float32)        # the selector trains in fp32 (small, new)
     if cfg.ratio is not None:
@@ -168,66 +217,76 @@ def _train(cfg, model, feeder, records, bad, latest, started, progress, bar, on_
                       rho_video=rho_video, rho_audio=rho_audio, weight_decay=cfg.weight_decay,
                       max_grad_norm=cfg.max_grad_norm,
                       lora={"rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout})
-    _check_good_lines(cfg, good, resuming=latest is not None)   # the first writes: every option was usable
-    with _writing(cfg.out, "bad_lines.jsonl"):
-        _write_bad_lines(cfg.out, bad)
-    log_path = cfg.out / "log.jsonl"
-    resumed_from = None
-    if latest is not None:
-        step0, folder = latest
-        sel_state, llm_state, state = ckpt.load_checkpoint(folder, cfg.llm)
-        selector.load_state_dict(sel_state)
-        if llm_state:
-            trainer.load_llm_state(llm_state)
-        trainer.load_state_dict(state)
-        torch.set_rng_state(state["rng"]["torch"])
-        resumed_from = step0
-        progress(f"resuming from {folder} (step {step0} of {total})")
-        if step0 >= total:
-            progress(f"this run already finished; to train longer, start a new run from its result: "
+    return _Run(trainer, selector, rho_video, rho_audio, total)
+
+
+def _resume(cfg: TrainConfig, run: _Run, latest: tuple[int, Path], progress) -> int:
+    """Load the newest checkpoint into the selector, LLM, trainer and RNG; cut the log back to its step."""
+    import torch
+
+    from omnisift_edge.train import checkpoint as ckpt
+
+    step0, folder = latest
+    sel_state, llm_state, state = ckpt.load_checkpoint(folder, cfg.llm)
+    run.selector.load_state_dict(sel_state)
+    if llm_state:
+        run.trainer.load_llm_state(llm_state)
+    run.trainer.load_state_dict(state)
+    torch.set_rng_state(state["rng"]["torch"])
+    progress(f"resuming from {folder} (step {step0} of {run.total})")
+    if step0 >= run.total:
+        progress(f"this run already finished; to train longer, start a new run from its result: "
                  f"--compressor {cfg.out / 'compressor.safetensors'} -o NEW_FOLDER")
-        kept_lines = _log_lines_until(log_path, step0)
-        with _writing(cfg.out, "log.jsonl"):
-            ckpt.write_atomic(log_path, lambda p: p.write_text("".join(kept_lines), encoding="utf-8"))
-    else:
-        for name in ("log.jsonl", "latest.json"):
-            (cfg.out / name).unlink(missing_ok=True)
-    with _writing(cfg.out, "train_config.json"):
-        ckpt.write_json(cfg.out / "train_config.json", cfg.fingerprint())
+    log_path = cfg.out / "log.jsonl"
+    kept_lines = _log_lines_until(log_path, step0)
+    with _writing(cfg.out, "log.jsonl"):
+        ckpt.write_atomic(log_path, lambda p: p.write_text("".join(kept_lines), encoding="utf-8"))
+    return step0
 
-    first_loss = last_loss = None
-    media = kept = 0
-    folder = latest[1] if latest else None
-    steps_bar = tqdm(total=total, initial=trainer.steps_done, desc="train", unit="step", disable=not bar,
-               file=sys.stderr)
-    with open(log_path, "a", encoding="utf-8") as log:
-        def records_of(step: int) -> list:
-            return [good[i] for _, i in example_positions(step, cfg.global_batch, len(good), cfg.seed)]
 
-        while trainer.steps_done < total:
+def _step_examples(cfg: TrainConfig, feeder, records: list, bad: list, step: int, progress) -> list:
+    """The decoded examples of `step`; a line that passed the check but fails now is skipped (listed once
+    in `bad`) or, with --on-bad-line stop, one line naming it."""
+    examples = []
+    for record, example, exc in feeder.take(step, records):
+        if exc is None:
+            examples.append(example)
+            continue
+        # passed the check, failed now: the file changed under us
+        if cfg.on_bad_line == "stop":
+            raise UsageError(f"line {record.line} failed during training ({exc}); it passed the "
+                             "check before training, so the file changed") from None
+        if all(b.line != record.line for b in bad):          # listed once, skipped every time
+            bad.append(BadLine(record.line, f"during training: {exc}"))
+        progress(f"skipping line {record.line} in step {step + 1}: {exc}")
+    return examples
+
+
+def _run_steps(cfg: TrainConfig, run: _Run, feeder, good: list, bad: list, totals: _Totals, progress, bar,
+               on_step) -> None:
+    """The optimizer steps from where the trainer stands to `run.total`: one log line each, checkpoints."""
+    from tqdm import tqdm
+
+    def records_of(step: int) -> list:
+        return [good[i] for _, i in example_positions(step, cfg.global_batch, len(good), cfg.seed)]
+
+    trainer = run.trainer
+    steps_bar = tqdm(total=run.total, initial=trainer.steps_done, desc="train", unit="step", disable=not bar,
+                     file=sys.stderr)
+    with open(cfg.out / "log.jsonl", "a", encoding="utf-8") as log:
+        while trainer.steps_done < run.total:
             step = trainer.steps_done
-            examples = []
-            for record, example, exc in feeder.take(step, records_of(step)):
-                if exc is None:
-                    examples.append(example)
-                    continue
-                # passed the check, failed now: the file changed under us
-                if cfg.on_bad_line == "stop":
-                    raise UsageError(f"line {record.line} failed during training ({exc}); it passed the "
-                                     "check before training, so the file changed") from None
-                if all(b.line != record.line for b in bad):          # listed once, skipped every time
-                    bad.append(BadLine(record.line, f"during training: {exc}"))
-                progress(f"skipping line {record.line} in step {step + 1}: {exc}")
-            if step + 1 < total:
+            examples = _step_examples(cfg, feeder, records_of(step), bad, step, progress)
+            if step + 1 < run.total:
                 feeder.queue(step + 1, records_of(step + 1))      # decodes while this step trains
             micro = [examples[k:k + cfg.batch_size] for k in range(0, len(examples), cfg.batch_size)]
             if not micro:
                 raise UsageError(f"every example of step {step + 1} failed to load; check the data files")
             t0 = time.perf_counter()
             stats = trainer.step(micro)
-            first_loss = stats.loss if first_loss is None else first_loss
-            last_loss = stats.loss
-            media, kept = media + stats.media_tokens, kept + stats.media_kept
+            totals.first_loss = stats.loss if totals.first_loss is None else totals.first_loss
+            totals.last_loss = stats.loss
+            totals.media, totals.kept = totals.media + stats.media_tokens, totals.kept + stats.media_kept
             entry = {"step": stats.step, "epoch": round(((step + 1) * cfg.global_batch) / len(good), 4),
                      "loss": stats.loss, "kept_ratio": stats.kept_ratio, "lr": stats.lr, "tokens": stats.tokens,
                      "grad_norm": stats.grad_norm, "seconds": round(time.perf_counter() - t0, 4)}
@@ -236,19 +295,11 @@ def _train(cfg, model, feeder, records, bad, latest, started, progress, bar, on_
                 log.flush()
             steps_bar.update(1)
             steps_bar.set_postfix(loss=f"{stats.loss:.4f}", kept=f"{stats.kept_ratio:.3f}", lr=f"{stats.lr:.2e}")
-            if (cfg.save_every and stats.step % cfg.save_every == 0) or stats.step == total:
-                folder = _save(cfg, trainer, selector, rho_video, rho_audio, stats.step)
+            if (cfg.save_every and stats.step % cfg.save_every == 0) or stats.step == run.total:
+                totals.folder = _save(cfg, trainer, run.selector, run.rho_video, run.rho_audio, stats.step)
             if on_step is not None:
                 on_step(stats)
     steps_bar.close()
-    with _writing(cfg.out, "the final weights", saving=True):
-        _write_bad_lines(cfg.out, bad)
-        compressor, extra = ckpt.publish_final(cfg.out, folder, cfg.llm)
-    return TrainArtifact(out=cfg.out, compressor=compressor, llm_weights=extra, log=log_path,
-                         steps=trainer.steps_done, good_lines=len(good), bad_lines=sorted(bad, key=lambda b: b.line),
-                         rho_video=rho_video, rho_audio=rho_audio, first_loss=first_loss, last_loss=last_loss,
-                         kept_ratio=kept / media if media else None, resumed_from=resumed_from,
-                         seconds=time.perf_counter() - started)
 
 
 def _save(cfg, trainer, selector, rho_video, rho_audio, step) -> Path:

@@ -80,9 +80,12 @@ def test_engine_build_choice(folder):
     export = ExportFolder.open(folder)
     with pytest.raises(UsageError, match="no engines built for this export"):
         export.build(None)
-    two = ExportFolder(export.path, Manifest.from_dict({**export.raw, "builds": {"l4": {"x": 1}, "orin-agx": {"x": 2}}}))
+    report = {"tensorrt": "10.3.0", "compute_capability": "8.7", "engines": {}}
+    builds = {"l4": dict(report, x=1), "orin-agx": dict(report, x=2)}
+    two = ExportFolder(export.path, Manifest.from_dict({**read_manifest(export.path), "builds": builds}))
     with pytest.raises(UsageError, match="has engines for l4, orin-agx; pick one with --target"):
         two.build(None)
-    assert two.build("orin-agx") == ("orin-agx", {"x": 2})
+    target, build = two.build("orin-agx")
+    assert (target, build.get("x"), build.compute_capability) == ("orin-agx", 2, "8.7")
     with pytest.raises(UsageError, match=r"no engines for h100 \(it has l4, orin-agx\)"):
         two.build("h100")

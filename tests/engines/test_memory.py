@@ -88,8 +88,9 @@ def test_cli_plan_for_a_config_that_is_not_omni_exits_1(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_decoders(tiny_model, tmp_path_factory):
     pytest.importorskip("optimum.exporters.onnx")
-    from omnisift_edge.export.decoder import decoder_dims, export_decoder
-    from omnisift_edge.export.quantize import QuantConfig, quantize_decoder
+    from omnisift_edge.export.decoder import decoder_dims
+    from omnisift_edge.export.decoder.past_present import export_decoder
+    from omnisift_edge.export.decoder.quantize import QuantConfig, quantize_decoder
     from omnisift_edge.artifact.tensors import Dims
 
     base = Dims(hidden=64, patch_dim=1176, grid_h=8, grid_w=6, spatial_merge=2, grids_per_chunk=2, n_mels=128,

@@ -90,7 +90,8 @@ def test_prompt_and_ratio_overrides(engine_manifest):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(max_context=10**6), r"longer than the export's 8192; export again with --max-context 1000000"),
+    (dict(max_context=10**6), r"longer than the export's 8192; the model has 32768 positions.*--max-context 32768 or less"),
+    (dict(max_context=16384), r"longer than the export's 8192; export again with --max-context 16384"),
     (dict(max_context=100), r"leaves no room after one prefill of 512 tokens.*at least 513"),
     (dict(max_context=512), r"at least 513"),
     (dict(max_context="2048"), r"whole number"),

@@ -22,7 +22,7 @@ def test_reference_files_are_recorded_with_checksums(recorded_export):
         assert entry["file"] == f"reference/{graph}.npz" and entry["file"] in manifest["files"]
         assert (recorded_export / entry["file"]).is_file()
     assert [c["name"] for c in ref["graphs"]["compressor_r0.25"]["cases"]] == [
-        "seed0", "seed1", "ties_frames", "ties_silence", "ties_both"]
+        "seed0", "seed1", "ties_frames", "ties_silence", "ties_both", "short_chunk"]
     assert [(c["name"], c["profile"]) for c in ref["graphs"]["decoder"]["cases"]] == [
         ("prefill_empty_past", "prefill"), ("prefill", "prefill"), ("decode", "decode")]
 
@@ -47,8 +47,10 @@ def test_reference_inputs_are_the_promised_cases(recorded_export):
     audio = cases["ties_silence"].inputs["audio_embeds"]
     assert (audio == audio[:, :1]).all()
     for case in cases.values():
+        real = int(case.outputs["kept_count"][0])                         # a short last chunk: fewer real rows
+        assert (real == k) == (case.name != "short_chunk") and 0 < real <= k
         index = case.outputs["kept_index"][0]
-        assert index.shape == (k,) and (np.diff(index) > 0).all()          # kept in original order
+        assert index.shape == (k,) and (np.diff(index[:real]) > 0).all()   # kept in original order
     prefill0, prefill1, decode = load_reference(recorded_export, manifest, "decoder")
     assert prefill0.inputs["past_key_values.0.key"].shape[2] == 0 and prefill0.inputs["inputs_embeds"].shape[1] == k
     np.testing.assert_array_equal(prefill1.inputs["past_key_values.1.value"], prefill0.outputs["present.1.value"])
@@ -92,7 +94,8 @@ def test_comparison_catches_a_changed_index_and_a_drift(recorded_export):
     got[2]["kept_index"][0, -1] -= 1                                          # one kept token differs
     check = compare("compressor_r0.25", "fp16", cases, got)
     assert not check.ok and not check.polygraphy_passed
-    assert {o.name: o.ok for o in check.outputs} == {"kept_embeds": True, "kept_position_ids": True, "kept_index": False}
+    assert {o.name: o.ok for o in check.outputs} == {"kept_embeds": True, "kept_position_ids": True, "kept_index": False,
+                                                   "kept_count": True}
 
     cases = load_reference(recorded_export, manifest, "audio_encoder")
     scale = max(float(np.abs(c.outputs["audio_embeds"]).max()) for c in cases)

@@ -11,6 +11,7 @@ pytest.importorskip("onnxruntime")
 
 from omnisift_edge.compress.selector import AudioSelector, SelectorConfig  # noqa: E402
 from omnisift_edge.export.compressor import (  # noqa: E402
+    SHORT_CHUNKS,
     CompressorGraph,
     example_inputs,
     export_compressor,
@@ -35,7 +36,7 @@ def selector():
 def test_onnx_keeps_the_same_tokens_as_torch(selector, tmp_path, drops):
     path = export_compressor(selector, DIMS, *drops, tmp_path / "c.onnx")
     check = validate_compressor(path, selector, DIMS, *drops)
-    assert check.cases == 6 and check.ok, check
+    assert check.cases == 6 + len(SHORT_CHUNKS) and check.ok, check     # whole chunks, then short last ones
 
 
 def test_graph_matches_the_declaration_and_is_static(selector, tmp_path):
@@ -56,9 +57,11 @@ def test_graph_matches_the_declaration_and_is_static(selector, tmp_path):
 def test_tie_inputs_keep_the_lowest_indices(selector, tmp_path):
     """Black static frames and silence: every score ties, so the lowest indices win, in ORT too."""
     path = export_compressor(selector, DIMS, 0.5, 0.5, tmp_path / "c.onnx")
-    video, audio, positions = example_inputs(DIMS, torch.float32, ties="both")
+    video, audio, positions, grids, audio_tokens = example_inputs(DIMS, torch.float32, ties="both")
     out = ort_session(path).run(["kept_index"], {"video_embeds": video.numpy(), "audio_embeds": audio.numpy(),
-                                                 "chunk_position_ids": positions.numpy()})[0][0]
+                                                 "chunk_position_ids": positions.numpy(),
+                                                 "valid_grids": grids.numpy(),
+                                                 "valid_audio_tokens": audio_tokens.numpy()})[0][0]
     n_p = DIMS.tokens_per_frame
     # STVP drops the k_v MOST similar: all tie, so the lowest indices are dropped, the highest kept
     k_v = int(n_p * 0.5)
@@ -95,10 +98,11 @@ def test_fp16_graph_keeps_the_torch_set_on_near_ties(selector, tmp_path):
     graph = CompressorGraph(selector, 0.5, 0.6).to(torch.float16).eval()
     session = ort_session(path)
     for seed in range(3):
-        video, audio, positions = example_inputs(DIMS, torch.float16, seed)
+        video, audio, positions, *valid = example_inputs(DIMS, torch.float16, seed)
         gen = torch.Generator().manual_seed(seed)
         audio = (audio[:, :1].float() + 0.01 * torch.randn(audio.shape, generator=gen)).half()
         with torch.no_grad():
-            _, _, index = graph(video, audio, positions)
-        feeds = dict(zip(COMPRESSOR.input_names, (video.numpy(), audio.numpy(), positions.numpy())))
+            _, _, index, _ = graph(video, audio, positions, *valid)
+        feeds = dict(zip(COMPRESSOR.input_names, (video.numpy(), audio.numpy(), positions.numpy(),
+                                                  *(v.numpy() for v in valid))))
         assert np.array_equal(session.run(["kept_index"], feeds)[0], index.numpy())

@@ -13,8 +13,9 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("optimum.exporters.onnx")
 
 from omnisift_edge.errors import UsageError  # noqa: E402
-from omnisift_edge.export import decoder_config  # noqa: E402
-from omnisift_edge.export.decoder import decoder_dims, export_decoder, validate_decoder  # noqa: E402
+from omnisift_edge.export.decoder import past_present_config as decoder_config  # noqa: E402
+from omnisift_edge.export.decoder import decoder_dims  # noqa: E402
+from omnisift_edge.export.decoder.past_present import export_decoder, validate_decoder  # noqa: E402
 from omnisift_edge.artifact.onnx_runtime import ort_session  # noqa: E402
 from omnisift_edge.artifact.tensors import DYNAMIC_AXES, Dims, decoder_graph  # noqa: E402
 

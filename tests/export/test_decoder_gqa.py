@@ -10,9 +10,9 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("optimum.exporters.onnx")
 
-from omnisift_edge.export.decoder import _embed, decoder_dims  # noqa: E402
-from omnisift_edge.export.decoder_config import gapped_positions  # noqa: E402
-from omnisift_edge.export.decoder_gqa import export_decoder_gqa, validate_decoder_gqa  # noqa: E402
+from omnisift_edge.export.decoder import decoder_dims  # noqa: E402
+from omnisift_edge.export.decoder.checks import embed, gapped_positions  # noqa: E402
+from omnisift_edge.export.decoder.gqa import export_decoder_gqa, validate_decoder_gqa  # noqa: E402
 from omnisift_edge.export.lint import lint_folder  # noqa: E402
 from omnisift_edge.artifact.manifest import graph_entry  # noqa: E402
 from omnisift_edge.artifact.onnx_runtime import ort_session  # noqa: E402
@@ -79,7 +79,7 @@ def _prefill(cache, thinker, rng, lengths, start):
 def _decode(cache, thinker, position, token=5, steps=3):
     logits = []
     for i in range(steps):
-        out = cache.step(_embed(thinker, [token]).astype(np.float32), np.full((3, 1, 1), position + i), True)
+        out = cache.step(embed(thinker, [token]).astype(np.float32), np.full((3, 1, 1), position + i), True)
         logits.append(out)
         token = int(out.argmax())
     return np.stack(logits)

@@ -12,7 +12,7 @@ pytest.importorskip("optimum.exporters.onnx")
 
 from omnisift_edge.artifact.tensors import Dims, decoder_scatter_graph  # noqa: E402
 from omnisift_edge.export.decoder import decoder_dims  # noqa: E402
-from omnisift_edge.export.decoder_scatter import (SCATTER_OPSET, export_decoder_scatter,  # noqa: E402
+from omnisift_edge.export.decoder.scatter import (SCATTER_OPSET, export_decoder_scatter,  # noqa: E402
                                                   graph_entry_for, validate_decoder_scatter)
 from omnisift_edge.export.lint import lint_folder  # noqa: E402
 

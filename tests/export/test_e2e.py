@@ -31,4 +31,4 @@ def test_fp16_export_below_ratio_1_passes(tmp_path, resolution, ratios):
     for check in checks.values():
         assert check["kept_equal"] and check["tokens_equal"] and check["ok"]
         assert isinstance(check["pipelines_kept_equal"], bool)
-    assert artifact.manifest["dtype"] == "fp16"
+    assert artifact.manifest.dtype == "fp16"

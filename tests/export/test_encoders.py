@@ -55,8 +55,11 @@ def _io(path):
 
 
 def _declared(spec, dims, elem_type):
-    return ([(t.name, elem_type, t.shape(dims)) for t in spec.inputs],
-            [(t.name, elem_type, t.shape(dims)) for t in spec.outputs])
+    def elem(t):
+        return elem_type if t.dtype == "float" else onnx.TensorProto.INT64
+
+    return ([(t.name, elem(t), t.shape(dims)) for t in spec.inputs],
+            [(t.name, elem(t), t.shape(dims)) for t in spec.outputs])
 
 
 @pytest.mark.parametrize("size", RESOLUTIONS, ids=lambda s: f"{s[0]}x{s[1]}")
@@ -165,6 +168,20 @@ def test_audio_graph_matches_torch_in_ort(thinker, tmp_path):
         check = validate_encoder(path, wrapper, x, atol=ATOL, rtol=RTOL)
         assert check.ok, check
     assert validate_audio_encoder(path, thinker, dims).ok
+
+
+@pytest.mark.parametrize("valid", [3, 5, 101, 150, 199])
+def test_audio_graph_takes_a_short_window(thinker, tmp_path_factory, valid):
+    """valid_frames n: the first tokens equal the tower on the n frames alone (a clip's last window),
+    whatever the padding frames hold."""
+    dims = encoder_dims(thinker, 56, 84)
+    path = tmp_path_factory.getbasetemp() / "short_audio_encoder.onnx"
+    if not path.exists():
+        export_audio_encoder(thinker, dims, path)
+    short = AudioWindowEncoder(thinker.audio_tower, window_frames=valid).eval()
+    check = validate_encoder(path, short, example_features(dims, seed=valid), atol=ATOL, rtol=RTOL, valid=valid,
+                             rows=short.tokens)
+    assert check.ok, check
 
 
 def test_fp16_graphs_run_in_ort(thinker, tmp_path):

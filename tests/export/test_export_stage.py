@@ -45,18 +45,18 @@ def test_folder_holds_every_graph_and_a_verified_manifest(exported):
 
 
 def test_ratio_plan_records_what_was_achieved(exported):
-    plan = {p["graph"]: p for p in exported.manifest["ratios"]}
+    plan = {p["graph"]: p for p in exported.manifest.to_dict()["ratios"]}
     assert plan["compressor_r1"]["rho_video"] == 0 and plan["compressor_r1"]["achieved"] == 1
     for name, target in (("compressor_r0.35", 0.35), ("compressor_r0.25", 0.25)):
         assert abs(plan[name]["achieved"] - target) < 0.05
         kept = plan[name]["kept_per_chunk"]
         assert kept["total"] == kept["video"] + kept["audio"]
-        shape = exported.manifest["graphs"][name]["outputs"][0]["shape"]
+        shape = exported.manifest.graph(name).outputs[0].shape
         assert shape[1] == kept["total"]                                 # K is baked into the graph
 
 
 def test_every_check_passed_and_lint_is_clean(exported):
-    checks = exported.manifest["validation"]
+    checks = exported.manifest.section("validation")
     assert {"vision_encoder", "audio_encoder", "decoder", "end_to_end_compressor_r0.25"} <= set(checks)
     assert all(c["ok"] for c in checks.values())
     e2e = checks["end_to_end_compressor_r0.25"]
@@ -93,7 +93,7 @@ def test_non_empty_output_needs_overwrite(tmp_path):
 
 
 def test_interrupted_export_leaves_nothing(tmp_path, monkeypatch):
-    import omnisift_edge.export.decoder as decoder
+    import omnisift_edge.export.decoder.past_present as decoder
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -87,6 +87,9 @@ def test_golden_covers_the_cases(fresh):
     tok = json.loads((fresh / "tokenizer_cases.json").read_text())
     texts = [c["text"] for c in tok["bpe"]["encode"]]
     assert any("<|im_start|>" in t for t in texts) and any(ord(ch) > 0xFFFF for t in texts for ch in t)
+    assert any(c["ids_split_special"] != c["ids"] for c in tok["bpe"]["encode"])   # control tokens as text differ
+    prompts = json.loads((fresh / "prompt_cases.json").read_text())["bpe"]
+    assert any("<|im_start|>" in c["question"] and c["suffix_ids"].count(151644) == 1 for c in prompts)   # the template's only
     assert any("  " in t for t in texts) and any(ch.isdigit() for t in texts for ch in t)
     merges = json.loads((fresh / "tokenizer_bpe" / "tokenizer.json").read_text())["model"]["merges"]
     assert len(merges) > 100                                               # a tokenizer WITH merges

@@ -11,9 +11,10 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("optimum.exporters.onnx")
 
 from omnisift_edge.errors import UsageError  # noqa: E402
-from omnisift_edge.export.decoder import decoder_dims, export_decoder, validate_decoder  # noqa: E402
+from omnisift_edge.export.decoder import decoder_dims  # noqa: E402
+from omnisift_edge.export.decoder.past_present import export_decoder, validate_decoder  # noqa: E402
 from omnisift_edge.export.lint import lint_model  # noqa: E402
-from omnisift_edge.export.quantize import (  # noqa: E402
+from omnisift_edge.export.decoder.quantize import (  # noqa: E402
     QDQ_OPSET,
     QuantConfig,
     dequantize_weight,
@@ -209,7 +210,7 @@ def test_cli_bad_block_size_is_one_line_before_any_export(tmp_path, block, match
 
 def test_big_graphs_keep_their_weights_in_external_data(float_graph, int4, tmp_path, monkeypatch):
     """Above the protobuf limit the quantized graph goes to decoder.onnx + decoder.onnx.data (forced here)."""
-    from omnisift_edge.export import quantize
+    from omnisift_edge.export.decoder import quantize
     from omnisift_edge.artifact.onnx_runtime import ort_session
 
     monkeypatch.setattr(quantize, "EMBED_LIMIT", 0)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from omnisift_edge.errors import UsageError
-from omnisift_edge.export import replace
+from omnisift_edge import atomic
 from omnisift_edge.export.replace import OWNER, prepare_staging, publish
 
 
@@ -71,8 +71,8 @@ def test_the_swap_never_leaves_neither(tmp_path, monkeypatch, exchange):
     out = _export(tmp_path / "art", "old")
     staging = _staged(out, "new")
     if not exchange:
-        monkeypatch.setattr(replace, "_exchange", lambda a, b: False)
-    elif not replace._exchange(staging, staging):   # probe: same path, a no-op where supported
+        monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
+    elif not atomic._exchange(staging, staging):   # probe: same path, a no-op where supported
         pytest.skip("renameat2(RENAME_EXCHANGE) is not available on this filesystem")
     real_rename = Path.rename
 

@@ -121,8 +121,10 @@ CLIPS = {
 
 @pytest.fixture(scope="module")
 def whisper():
+    """Qwen2.5-Omni's feature extractor: Whisper's with chunk_length 300 (zero padding to 300 s)."""
     transformers = pytest.importorskip("transformers")
-    return transformers.WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, hop_length=160, n_fft=400)
+    return transformers.WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, hop_length=160, n_fft=400,
+                                                chunk_length=300)
 
 
 def _whisper_valid(fe, pcm, **kw):
@@ -149,13 +151,12 @@ def test_global_max_covers_the_frames_past_the_end():
     assert global_max > np.concatenate(chunks, 1).max() + 0.1     # set by a frame past the valid ones
 
 
-def test_log_mel_over_30s_is_whole_clip(whisper):
+def test_log_mel_over_30s_follows_qwen_omnis_extractor(whisper):
+    """Past 30 s the clip's end reads zeros (chunk_length 300), not Whisper's 30-s end reflection."""
     pcm = np.concatenate([_noise(20.0, seed=4), _sweep(15.3)])          # 35.3 s
     out = log_mel(pcm, SPEC)
     assert out.shape == (128, SPEC.mel_frames_for_samples(pcm.shape[0]))
-    truncated = _whisper_valid(whisper, pcm)                             # transformers' default: 30 s
-    assert truncated.shape == (128, 3000)
-    whole = _whisper_valid(whisper, pcm, truncation=False)
+    whole = _whisper_valid(whisper, pcm)
     assert whole.shape == out.shape
     np.testing.assert_allclose(out, whole, rtol=0, atol=1e-4)
 

@@ -165,7 +165,7 @@ def test_onnxruntime_rebased_stream_gives_the_same_logits(folder):
         bases.append(session.stream.window.base)
         assert session.stream.window.evicted_chunks == 6 and session.stream.window.chunks == 2
     assert bases[0] == 0 and bases[1] > 0
-    assert session.manifest["rope"]["max_position_embeddings"] == 32768      # the default limit, from the export
+    assert session.manifest.rope.max_position_embeddings == 32768      # the default limit, from the export
     assert OmniSession(RuntimeConfig(folder, ratio=0.25)).stream.window.position_limit == 32768
     np.testing.assert_allclose(logits[1], logits[0], atol=2e-4, rtol=1e-4)
     assert tokens[0] == tokens[1]

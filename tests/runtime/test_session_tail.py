@@ -1,5 +1,6 @@
-"""The clip's last partial chunk (issue 13.8): the torch session gives transformers' whole-clip
-result on the unpadded clip; the padding the exported graphs need is what moves it."""
+"""The clip's last partial chunk (issues 13.8 and 25): the torch session gives transformers' whole-clip
+result on the unpadded clip, and the exported graphs (valid-length inputs) give the torch session's;
+padding the tail (still available) is what moves it."""
 
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from omnisift_edge.runtime.torch_pipeline import (  # noqa: E402
     greedy_decode,
     whole_clip_prefill,
 )
-from omnisift_edge.errors import UsageError  # noqa: E402
 
 RES = (112, 84)
 QUESTION = "What happens?"
@@ -55,7 +55,7 @@ def whole_clip(model, plan, frames, pcm):
     features = ClipFeatures(pixel_values=pixels, grid_thw=tuple(int(v) for v in grid), mel=log_mel(pcm, model.spec))
     pieces = build_prompt(model.tokenizer, QUESTION, system=DEFAULT_SYSTEM_PROMPT, spec=model.spec)
     prefill = whole_clip_prefill(model, features, pieces.prefix_ids, pieces.suffix_ids,
-                                 CompressionConfig(plan["rho_video"], plan["rho_audio"]))
+                                 CompressionConfig(plan.rho_video, plan.rho_audio))
     tokens = list(greedy_decode(model, prefill, max_new_tokens=5, stop_ids=[model.spec.tokens.im_end,
                                                                             model.spec.tokens.endoftext]))
     return prefill, tokens
@@ -84,6 +84,23 @@ def test_padding_the_tail_is_what_moves_the_answer(folder):
     assert float(torch.nn.functional.cosine_similarity(a, b, dim=-1)) < 1 - 1e-6
 
 
-def test_only_torch_takes_a_short_tail(folder):
-    with pytest.raises(UsageError, match="takes whole 2-second chunks only"):
-        RuntimeConfig(folder, backend="onnxruntime", pad_tail=False)
+@pytest.mark.parametrize("seconds", [5.0, 7.0, 9.0, 6.5])
+def test_onnxruntime_tail_equals_torch(folder, seconds):
+    """The graphs take a short last chunk as it is (valid-length inputs): the same tokens in the cache,
+    first-token logits within 1e-4 of the torch backend's (fp32), the same greedy answer."""
+    frames, pcm = tail_clip(seconds)
+    exact, tokens = session_answer(folder, frames, pcm, backend="torch")
+    graphs, graph_tokens = session_answer(folder, frames, pcm, backend="onnxruntime")
+    assert graphs.reports[-1].video_tokens == exact.reports[-1].video_tokens
+    assert [r.audio_tokens for r in graphs.reports] == [r.audio_tokens for r in exact.reports]
+    assert graphs.stream.kv_length() == exact.stream.kv_length()
+    np.testing.assert_allclose(np.asarray(graphs.stream.question_logits).reshape(-1),
+                               exact.stream.question_logits.float().numpy().reshape(-1), rtol=0, atol=1e-4)
+    assert graph_tokens == tokens
+
+
+def test_padding_on_request_still_pads_the_graphs(folder):
+    frames, pcm = tail_clip(5.0)
+    exact, _ = session_answer(folder, frames, pcm, backend="onnxruntime")
+    padded, _ = session_answer(folder, frames, pcm, backend="onnxruntime", pad_tail=True)
+    assert padded.stream.kv_length() > exact.stream.kv_length()

@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from omnisift_edge.errors import UsageError  # noqa: E402
-from omnisift_edge.export.decoder_config import gapped_positions  # noqa: E402
+from omnisift_edge.export.decoder.checks import gapped_positions  # noqa: E402
 from omnisift_edge.runtime.torch_kv import TorchInPlaceCache  # noqa: E402
 
 

@@ -25,11 +25,17 @@ class Backend {
   virtual ~Backend() = default;
   // vision_encoder: pixel_values [chunk_patches, patch_dim] -> video_embeds [chunk_video_tokens, hidden]
   virtual Status encode_video(const std::vector<float>& pixel_values, std::vector<float>& video_embeds) = 0;
-  // audio_encoder: input_features [n_mels, window_frames] -> audio_embeds [window_audio_tokens, hidden]
-  virtual Status encode_audio(const std::vector<float>& mel, std::vector<float>& audio_embeds) = 0;
-  // compressor of the session's ratio: one whole chunk -> K kept tokens and their positions
+  // audio_encoder: input_features [n_mels, window_frames] (zero-padded after `valid_frames` real frames) ->
+  // audio_embeds [window_audio_tokens, hidden], of which the first ((valid - 1) / 2 + 1) / 2 are real. Graphs
+  // without a valid_frames input (exports before issue 25) only ever see valid_frames == window_frames.
+  virtual Status encode_audio(const std::vector<float>& mel, int64_t valid_frames, std::vector<float>& audio_embeds) = 0;
+  // compressor of the session's ratio: one chunk's whole-chunk shapes (video [grids_per_chunk, n_p, hidden],
+  // audio [window_audio_tokens, hidden], chunk_positions [3, chunk_tokens]) of which the first `valid_grids`
+  // frames and `valid_audio_tokens` audio tokens are real (a clip's short last chunk: fewer) -> the kept
+  // tokens of the real part and their positions (K of a whole chunk, fewer for a short one)
   virtual Status compress(const std::vector<float>& video_embeds, const std::vector<float>& audio_embeds,
-                          const Positions& chunk_positions, CompressorOutput& out) = 0;
+                          const Positions& chunk_positions, int64_t valid_grids, int64_t valid_audio_tokens,
+                          CompressorOutput& out) = 0;
   // decoder: append n tokens (embeds [n, hidden] at positions [3, n]) to the KV cache. `logits`:
   // nullptr on a chunk prefill (nothing reads them, so none are computed or copied), else it gets
   // [vocab] of the last token. Every cached row is attended (the cache holds only valid rows).

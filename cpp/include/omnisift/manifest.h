@@ -149,8 +149,14 @@ struct Manifest {
 // Parse manifest text: schema version, every key the runtime reads, consistency. No file access.
 Result<Manifest> parse_manifest(const std::string& json_text);
 
-// Read `folder/manifest.json`; with `verify`, check every listed file's size and SHA-256.
+// Read `folder/manifest.json`, check its paths stay inside `folder` (check_contained); with `verify`, check
+// every listed file's size and SHA-256.
 Result<Manifest> read_manifest(const std::string& folder, bool verify = true);
+
+// Every path the manifest names resolves inside `folder` (symlinks resolved) and every file a runtime
+// opens (graphs, in-place decoder forms, embeddings, tokenizer files) is covered by `files`; read_manifest
+// checks this before anything else touches the folder (DataLoss naming the key otherwise).
+Status check_contained(const std::string& folder, const Manifest& manifest);
 
 // Check the files of a parsed manifest against `folder` (size, then SHA-256).
 Status verify_files(const std::string& folder, const Manifest& manifest);

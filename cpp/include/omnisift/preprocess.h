@@ -29,7 +29,7 @@ Result<std::vector<float>> chunk_patches(const std::vector<FrameView>& frames, c
 // PCM in blocks of any size -> one [n_mels, 200] log-mel window per 2-second chunk, equal to
 // Python's StreamingLogMel: the STFT carried across chunk edges, the floor at the running max - 8.
 // Window j is ready once 2 s * (j + 1) + 40 samples arrived; finish() pads the end as the whole
-// clip is padded (zeros to 30 s, then the STFT's reflection) and emits what is left, the last
+// clip is padded (zeros to 300 s: Qwen2.5-Omni's chunk_length, then the STFT's reflection) and emits what is left, the last
 // window possibly shorter than 200 frames.
 class StreamingLogMel {
  public:

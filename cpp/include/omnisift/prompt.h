@@ -9,6 +9,9 @@
 //   follow-up: <|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n
 //   new turn with video (Python's turn_pieces): prefix <|im_end|>\n<|im_start|>user\n, then the
 //   turn's video, then the suffix {question}<|im_end|>\n<|im_start|>assistant\n
+// {system} and {question} are untrusted text (an app's user, a network client): control tokens
+// written in them (<|im_end|>, <|im_start|>, <|AUDIO|>, ...) are tokenized as their characters,
+// so a question cannot open a fake system turn (Tokenizer::encode's split_special_tokens).
 #pragma once
 
 #include <cstdint>
@@ -53,7 +56,11 @@ class ChatPrompt {
 
  private:
   ChatPrompt(const Tokenizer& tokenizer, const LayoutSpec& spec) : tokenizer_(&tokenizer), spec_(spec) {}
-  Result<std::vector<int64_t>> encode_text(const std::string& text, const char* what) const;
+  struct TextPart {
+    std::string text;
+    bool untrusted;   // control tokens in it are text
+  };
+  Result<std::vector<int64_t>> encode_parts(const std::vector<TextPart>& parts, const char* what) const;
   const Tokenizer* tokenizer_;
   LayoutSpec spec_;
 };

@@ -116,6 +116,9 @@ class Session {
   const StreamingLayout& layout() const { return layout_; }
   int64_t waiting_frames() const { return static_cast<int64_t>(frames_.size()); }
   bool closed() const { return layout_.closed(); }
+  // What the compressor kept of the last chunk: ascending indices into its tokens (video first,
+  // then audio; layout().chunks().back() has the counts). For apps that show or count what was kept.
+  const std::vector<int64_t>& last_kept_index() const { return last_kept_index_; }
 
  private:
   Session(std::shared_ptr<const ExportFolder> folder, Backend& backend, SessionOptions options,
@@ -138,7 +141,8 @@ class Session {
                      const std::string& what, const std::function<Status()>& advance, std::vector<float>* logits);
   Status begin_media();
   Status open_turn();
-  Status run_chunk(const std::vector<float>& pixel_values, const std::vector<float>& mel);
+  // one chunk of `grids` temporal grid steps and `mel_frames` log-mel frames (a clip's last: fewer)
+  Status run_chunk(const std::vector<float>& pixel_values, const std::vector<float>& mel, int grids, int mel_frames);
   Status run_ready_chunks(bool finishing = false);
   Status guard() const;
 
@@ -155,6 +159,7 @@ class Session {
   int questions_ = 0;
   bool finished_ = false;                      // the turn's media ended (finish() or a question)
   bool broken_ = false;
+  std::vector<int64_t> last_kept_index_;
 };
 
 }  // namespace omnisift

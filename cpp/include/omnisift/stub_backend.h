@@ -1,7 +1,7 @@
 // A deterministic stand-in backend: no model, the pipeline's bookkeeping only.
 //
 // Encoders return zeros of the manifest's shapes; the compressor keeps the first K tokens of a
-// chunk (positions = the chunk's first K positions); the decoder returns, when logits are asked
+// chunk (positions = the chunk's first K positions; a short last chunk: the first min(K, real tokens)); the decoder returns, when logits are asked
 // for, logits whose argmax is script[k % script.size()], k counting the decoder calls since the
 // last prefill (a call of more than one token, which gives k = 0): so every answer starts at
 // script[0]. Every decoder call, drop_kv and rotate_kv is recorded in order (calls()).
@@ -36,9 +36,10 @@ class StubBackend : public Backend {
   StubBackend(const Manifest& manifest, int kept_per_chunk, std::vector<int64_t> script);
 
   Status encode_video(const std::vector<float>& pixel_values, std::vector<float>& video_embeds) override;
-  Status encode_audio(const std::vector<float>& mel, std::vector<float>& audio_embeds) override;
+  Status encode_audio(const std::vector<float>& mel, int64_t valid_frames, std::vector<float>& audio_embeds) override;
   Status compress(const std::vector<float>& video_embeds, const std::vector<float>& audio_embeds,
-                  const Positions& chunk_positions, CompressorOutput& out) override;
+                  const Positions& chunk_positions, int64_t valid_grids, int64_t valid_audio_tokens,
+                  CompressorOutput& out) override;
   Status decode(const std::vector<float>& embeds, const Positions& positions, std::vector<float>* logits) override;
   Status drop_kv(int64_t start, int64_t stop) override;
   Status rotate_kv(int64_t delta, const std::vector<double>& inv_freq) override;

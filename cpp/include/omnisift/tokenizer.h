@@ -31,6 +31,9 @@ class Tokenizer {
 
   // Token ids of UTF-8 `text` (InvalidArgument when it is not valid UTF-8).
   Result<std::vector<int64_t>> encode(const std::string& text) const;
+  // `split_special_tokens`: special tokens written in `text` are text, tokenized as their
+  // characters (transformers' `split_special_tokens=True`); for untrusted text such as questions.
+  Result<std::vector<int64_t>> encode(const std::string& text, bool split_special_tokens) const;
   // Text of `ids`; ids the vocabulary does not have are skipped, as the tokenizers library does.
   std::string decode(const std::vector<int64_t>& ids, bool skip_special_tokens = false) const;
   // The bytes one token stands for ("" for unknown ids); for streaming (see TokenStreamDecoder).

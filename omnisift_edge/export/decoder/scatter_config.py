@@ -11,14 +11,14 @@ from __future__ import annotations
 import numpy as np
 
 from omnisift_edge.artifact.tensors import decoder_scatter_graph
-from omnisift_edge.export.decoder_config import (
+from omnisift_edge.export.decoder.past_present_config import (
     DUMMY_SHAPES,
     ThinkerDecoderInputGenerator,
     ThinkerDecoderOnnxConfig,
     gapped_positions,
     text_config,
 )
-from omnisift_edge.export.decoder_gqa_config import in_framework, static_cache
+from omnisift_edge.export.decoder.gqa_config import in_framework, static_cache
 
 # roles of the tensors, read from the declaration
 _ONE_LAYER = decoder_scatter_graph(1)
@@ -53,7 +53,7 @@ class ScatterDecoderInputGenerator(ThinkerDecoderInputGenerator):
 
 class ScatterDecoderOnnxConfig(ThinkerDecoderOnnxConfig):
     """OnnxConfig of `ScatterDecoder`: names and axes from `decoder_scatter_graph`; traced at opset 17 with
-    one custom-domain node per cache update (`export.decoder_scatter` rewrites the graph to opset 24)."""
+    one custom-domain node per cache update (`export.decoder.scatter` rewrites the graph to opset 24)."""
 
     DUMMY_INPUT_GENERATOR_CLASSES = (ScatterDecoderInputGenerator,)
     DUMMY_PKV_GENERATOR_CLASS = ScatterDecoderInputGenerator

@@ -26,6 +26,7 @@ from packaging import version
 from torch import nn
 
 from omnisift_edge.artifact.tensors import DYNAMIC_AXES, GraphSpec, decoder_graph
+from omnisift_edge.export.decoder.checks import gapped_positions, head_dim, text_config  # noqa: F401 (re-exported)
 
 MODEL_TYPE = "qwen2_5_omni_thinker"    # transformers' model_type of the thinker config
 TASK = "text-generation-with-past"     # one graph: prefill (past may be empty) and decode
@@ -37,16 +38,6 @@ PAST = _ONE_LAYER.inputs[3].name.split(".")[0]
 LOGITS, PRESENT = _ONE_LAYER.outputs[0].name, _ONE_LAYER.outputs[1].name.split(".")[0]
 # dummy shapes for tracing: all different, and different from every fixed width of the tiny model
 DUMMY_SHAPES = {"batch_size": 2, "sequence_length": 5, "past_sequence_length": 7}
-
-
-def text_config(config):
-    """The LLM's config (`Qwen2_5OmniTextConfig`) of a thinker config, or the config itself."""
-    return getattr(config, "text_config", config)
-
-
-def head_dim(config) -> int:
-    cfg = text_config(config)
-    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
 
 
 class ThinkerDecoder(nn.Module):
@@ -138,16 +129,6 @@ class ThinkerDecoderInputGenerator(DummyInputGenerator):
         if isinstance(value, list):
             return [tuple(torch.from_numpy(t) for t in kv) for kv in value]
         return torch.from_numpy(value)
-
-
-def gapped_positions(batch: int, length: int, *, start: int, rng: np.random.Generator) -> np.ndarray:
-    """int64 [3, B, S] TMRoPE-like positions: increasing temporal row with gaps (dropped tokens),
-    height/width rows that differ from it, as kept video tokens of a compressed chunk have."""
-    steps = rng.integers(1, 4, size=(batch, length))                                   # gaps of 0-2
-    t = start + np.cumsum(steps, axis=1) - steps[:, :1]                                # [B, S]
-    h = t + rng.integers(0, 3, size=(batch, length))
-    w = t + rng.integers(0, 5, size=(batch, length))
-    return np.stack([t, h, w]).astype(np.int64)                                        # [3, B, S]
 
 
 class ThinkerDecoderOnnxConfig(TextDecoderWithPositionIdsOnnxConfig):

@@ -238,34 +238,17 @@ def quantize_decoder(src: Path, dst: Path, cfg: QuantConfig, *, metadata: dict[s
     External data (graphs over 2 GB) goes to `<dst>.data`, written before the graph that names it.
     """
     onnx = require("onnx", extra="export")
-    from omnisift_edge.atomic import atomic_path
-    from omnisift_edge.export.decoder import DATA_SUFFIX, _set_metadata
+    from omnisift_edge.export.decoder.trace import set_metadata
+    from omnisift_edge.export.onnx_io import staged_graph, write_graph
 
     src, dst = Path(src), Path(dst)
     model = onnx.load(str(src))
     report = quantize_model(model, cfg)
     meta = {"weights": cfg.weights, "weights_form": FORM, "opset": str(QDQ_OPSET),
             **({"block_size": str(cfg.block_size)} if cfg.bits == 4 else {}), **(metadata or {})}
-    _set_metadata(model, meta)
-    data = dst.with_name(dst.name + DATA_SUFFIX)
-    if model.ByteSize() < EMBED_LIMIT:
-        with atomic_path(dst) as tmp:
-            onnx.save_model(model, str(tmp))
-        data.unlink(missing_ok=True)   # the float graph's external data, if any, is no longer named
-    else:
-        import tempfile
-
-        staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-        try:
-            staged = staging / dst.name
-            onnx.save_model(model, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data.name, size_threshold=1024)
-            (staging / data.name).replace(data)
-            staged.replace(dst)
-        finally:
-            import shutil
-
-            shutil.rmtree(staging, ignore_errors=True)
+    set_metadata(model, meta)
+    with staged_graph(dst) as staged:     # a float graph's data file that is no longer named goes
+        write_graph(model, staged, external_data=model.ByteSize() >= EMBED_LIMIT)
     return report
 
 

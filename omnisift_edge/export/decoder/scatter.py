@@ -7,7 +7,7 @@ present.{i}.key/value [1, kv, cache_length, hd]. Each layer's cache update is ON
 TensorRT's ONNX parser (>= 10.15, TensorRT-RTX 1.7) turns the scatter into an IKVCacheUpdateLayer whose
 output aliases its cache input, so a call writes the new rows and copies nothing else.
 
-Exported through Optimum as the other decoder forms are (`export.decoder.export_staged`, our OnnxConfig,
+Exported through Optimum as the other decoder forms are (`export.decoder.trace.export_staged`, our OnnxConfig,
 Optimum's ModelPatcher); the attention patch is `model.scatter_kv`. The TorchScript exporter cannot emit
 opset 24, so the traced graph holds one custom-domain node per update and `to_tensor_scatter` (a graph
 pass on the staged file, weights never loaded) converts the graph to opset 24 and renames those nodes
@@ -22,24 +22,24 @@ from pathlib import Path
 import numpy as np
 
 from omnisift_edge.artifact.onnx_runtime import ort_session
-from omnisift_edge.artifact.tensors import Dims, decoder_scatter_graph
-from omnisift_edge.errors import UsageError, require
-from omnisift_edge.export.decoder import TOLERANCES, _check_dims, _set_metadata, export_staged, module_in_dtype
-from omnisift_edge.export.decoder_gqa import InPlaceCheck, check_in_place
+from omnisift_edge.artifact.tensors import Dims
+from omnisift_edge.errors import require
+from omnisift_edge.export.decoder.checks import InPlaceCheck, check_capacity, check_export, check_in_place
+from omnisift_edge.export.decoder.forms import SCATTER
+from omnisift_edge.export.decoder.trace import export_staged, metadata, module_in_dtype, set_metadata
 
-GRAPH = "decoder_scatter"
-SCATTER_OPSET = 24            # the first opset with TensorScatter
-RUNTIMES = ["tensorrt>=10.15", "tensorrt_rtx"]
+GRAPH = SCATTER.graph
+SCATTER_OPSET = SCATTER.opset     # the first opset with TensorScatter
+RUNTIMES = list(SCATTER.runtimes)
 
 
 def kv_cache_record(max_context: int, file: str, entry: dict) -> dict:
     """The manifest's `kv_cache.decoder_scatter` (contract: docs/export-decoder.md)."""
-    return {"graph": GRAPH, "file": file, "kind": "in_place_scatter", "runtimes": RUNTIMES,
-            "cache_axes": ["batch_size", "kv_heads", "cache_length", "head_dim"], "max_context": max_context,
-            "write_index": entry["inputs"][2]["name"], "logits_index": entry["inputs"][3]["name"],
-            "update": f"ONNX TensorScatter (opset {SCATTER_OPSET}, axis 2, mode linear); present aliases past",
-            "logits": "rows in logits_index: none on a chunk prefill, the last for a question or decode",
-            "entry": entry}
+    return SCATTER.kv_cache_entry(
+        file=file, max_context=max_context, write_index=entry["inputs"][2]["name"],
+        logits_index=entry["inputs"][3]["name"],
+        update=f"ONNX TensorScatter (opset {SCATTER_OPSET}, axis 2, mode linear); present aliases past",
+        logits=SCATTER.logits, entry=entry)
 
 
 def to_tensor_scatter(path: Path) -> None:
@@ -67,8 +67,7 @@ def to_tensor_scatter(path: Path) -> None:
     del model.opset_import[:]
     model.opset_import.extend(kept)
     model.ir_version = max(model.ir_version, helper.find_min_ir_version_for(list(model.opset_import), True))
-    _set_metadata(model, {**{p.key.split(".", 1)[1]: p.value for p in model.metadata_props
-                             if p.key.startswith("omnisift_edge.")}, "opset": str(SCATTER_OPSET)})
+    set_metadata(model, {**metadata(model), "opset": str(SCATTER_OPSET)})
     onnx.save_model(model, str(path))
     onnx.checker.check_model(str(path))     # by path: external data is checked where it lies, never loaded
 
@@ -78,16 +77,11 @@ def export_decoder_scatter(thinker, dims: Dims, path, *, dtype: str = "fp32", ma
     """Export the scatter form to `path` through Optimum, then the opset-24 pass; atomic (staged beside `path`)."""
     for module in ("onnx", "onnxruntime", "optimum.exporters.onnx"):
         require(module, extra="export")
-    from omnisift_edge.export.decoder_config import text_config
-    from omnisift_edge.export.decoder_scatter_config import onnx_config_for
+    from omnisift_edge.export.decoder.scatter_config import onnx_config_for
     from omnisift_edge.model.scatter_kv import ScatterDecoder
 
     path = Path(path)
-    if dtype not in TOLERANCES:
-        raise UsageError(f"decoder dtype must be one of {', '.join(TOLERANCES)} (got {dtype!r})")
-    _check_dims(thinker, dims)
-    limit = text_config(thinker.config).max_position_embeddings
-    max_context = limit if max_context is None else int(max_context)
+    max_context = check_export(thinker, dims, dtype, max_context)
     module = module_in_dtype(ScatterDecoder(thinker), thinker, dtype)
     return export_staged(module, onnx_config_for(thinker, dtype), path, graph=GRAPH, dtype=dtype, opset=17,
                          max_context=max_context, external_data=external_data, rewrite=to_tensor_scatter)
@@ -129,8 +123,7 @@ def validate_decoder_scatter(onnx_path, thinker, manifest_entry: dict, *, capaci
     """Chunk prefills without logits, a question (logits of its last row), greedy decode steps, through
     `decoder_scatter.onnx` in ONNX Runtime on a `capacity`-row cache and through PyTorch on a DynamicCache:
     logits and valid cache rows after every call, and the rows past the valid length untouched."""
-    if sum(chunk_lengths) + decode_steps > capacity:
-        raise UsageError(f"capacity {capacity} is too small for chunks {chunk_lengths} + {decode_steps} steps")
+    check_capacity(capacity, chunk_lengths, decode_steps)
     cache = OrtScatterCache(ort_session(Path(onnx_path)), manifest_entry, capacity)
     return check_in_place(cache, thinker, manifest_entry, lambda: cache.logits_rows, capacity=capacity,
                           chunk_lengths=chunk_lengths, decode_steps=decode_steps, seed=seed, atol=atol, rtol=rtol)
@@ -140,5 +133,5 @@ def graph_entry_for(dims: Dims, file: str, dtype: str, external_data: bool) -> d
     """The graph entry (names, shapes, dtypes from the declaration) of the scatter form, always opset 24."""
     from omnisift_edge.artifact.manifest import graph_entry
 
-    return graph_entry(decoder_scatter_graph(dims.num_layers), dims, file, SCATTER_OPSET, dtype,
+    return graph_entry(SCATTER.spec(dims.num_layers), dims, file, SCATTER_OPSET, dtype,
                        external_data=external_data)

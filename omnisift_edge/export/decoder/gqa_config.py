@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from omnisift_edge.export.decoder_config import (
+from omnisift_edge.export.decoder.past_present_config import (
     DUMMY_SHAPES,
     ThinkerDecoderInputGenerator,
     ThinkerDecoderOnnxConfig,
