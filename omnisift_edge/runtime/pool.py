@@ -55,7 +55,7 @@ class SlotStream(OrtStream):
     def __init__(self, pool: "StreamPool", slot: int, prefix_ids: Sequence[int]):
         self.pool, self.slot = pool, slot
         super().__init__(pool.export, pool.ratio, prefix_ids, max_context=pool.max_context,
-                         context=pool.cfg.context, kv_form="shared_buffer")
+                         context=pool.cfg.context, kv_form="shared_buffer", threads=pool.cfg.ort_threads)
 
     def _open_graph(self, path, role, providers, threads):
         return self.pool.graph(path, role, threads)
