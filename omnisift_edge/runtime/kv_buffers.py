@@ -71,6 +71,10 @@ class OrtInPlaceCache(KVCache):
                 self.values[name] = ort.OrtValue.ortvalue_from_numpy(self.arrays[name])   # wraps, no copy
             else:
                 self.values[name] = ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, self.float_type), self.device, 0)
+        self._bind_buffers()
+
+    def _bind_buffers(self) -> None:
+        """A fresh IOBinding with every buffer in `values` bound as its past input and its present output."""
         self.binding = self.session.io_binding()
         self.binding.bind_output(self.logits_name, "cpu")   # first: get_outputs()[0] (rebinding keeps the slot)
         for past, present in zip(self.past_names, self.present_names):

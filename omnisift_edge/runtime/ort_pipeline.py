@@ -27,8 +27,6 @@ class OrtStream(ExportedStream):
         (decoder: the cache copied in and out on every call; exports before the in-place form), or "auto"
         (shared_buffer when the manifest declares it). threads: how the sessions share the CPU
         (artifact.onnx_runtime.THREAD_POLICIES; the decoder is the session that may keep spinning)."""
-        from omnisift_edge.artifact.onnx_runtime import ort_session
-
         inplace = export.manifest.kv_cache.get(DECODER_GQA)
         if kv_form not in ("auto", "shared_buffer", "past_present"):
             raise UsageError(f"kv_form must be auto, shared_buffer or past_present (got {kv_form!r})")
@@ -38,12 +36,18 @@ class OrtStream(ExportedStream):
         files = {role: g.file for role, g in export.graphs_for(ratio).items()}
         if entry is not None:
             files["decoder"] = entry.file
-        self.sessions = {role: ort_session(export.file(file), providers=providers, threads=threads,
-                                           spins=role == "decoder") for role, file in files.items()}
+        self.sessions = {role: self._open_graph(export.file(file), role, providers, threads)
+                         for role, file in files.items()}
         max_context = max_context or export.manifest.max_context
         kv = self._open_cache(export, entry, max_context, providers)
         super().__init__(export, ratio, prefix_ids, what="the exported graphs", kv=kv, max_context=max_context,
                          context=context)
+
+    def _open_graph(self, path, role: str, providers, threads: str):
+        """The ONNX Runtime session of one graph (a stream pool hands out its shared ones instead)."""
+        from omnisift_edge.artifact.onnx_runtime import ort_session
+
+        return ort_session(path, providers=providers, threads=threads, spins=role == "decoder")
 
     def _open_cache(self, export: ExportFolder, inplace_entry, max_context: int, providers):
         """The decoder's KV cache: in place ([1, kv, max_context, hd] per layer, decoder_gqa) or packed (decoder)."""

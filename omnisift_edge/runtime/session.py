@@ -83,8 +83,12 @@ class OmniSession:
     """Stream media in, ask questions, get streamed answers (see the module docstring)."""
 
     def __init__(self, cfg: RuntimeConfig):
+        self._load(cfg)
+        self._begin(self._open_backend(self._prefix_ids))
+
+    def _load(self, cfg: RuntimeConfig) -> None:
+        """What every stream of one export shares (runtime/pool.py loads it once): export, tokenizer, prompt."""
         from omnisift_edge.artifact.folder import ExportFolder
-        from omnisift_edge.model.preprocess import StreamingLogMel
         from omnisift_edge.model.prompt import build_prompt
         from omnisift_edge.model.tokenizer import load_tokenizer
         from omnisift_edge.runtime.exported import spec_from_layout
@@ -104,8 +108,14 @@ class OmniSession:
         check_window(cfg.context, spec=self.spec, prompt_tokens=len(prefix) + 2,
                      chunk_tokens=self.plan.kept_total,
                      max_context=cfg.max_context or manifest.max_context)
-        self.stream = self._open_backend(prefix)
-        self.stream.prefill_chunks = cfg.prefill_chunks or 1      # live media: chunk by chunk unless asked
+        self._prefix_ids = prefix
+
+    def _begin(self, stream) -> None:
+        """This stream's own state: its backend stream (KV cache, layout) and the media waiting for a chunk."""
+        from omnisift_edge.model.preprocess import StreamingLogMel
+
+        self.stream = stream
+        self.stream.prefill_chunks = self.cfg.prefill_chunks or 1      # live media: chunk by chunk unless asked
         self._mel = StreamingLogMel(self.spec)
         self._frames: deque = deque()       # frames waiting for their audio window (4 per chunk)
         self._windows: deque = deque()      # audio windows waiting for their frames

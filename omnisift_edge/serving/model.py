@@ -1,7 +1,9 @@
 """The Triton Python-backend model: one `OmniSession` per camera sequence, answers streamed back.
 
 `StreamTable` is the logic and knows nothing of Triton: CORRID -> session, opened on START,
-dropped on END or after `EVICT_AFTER` x the idle timeout without a request. Triton forgets the
+closed on END or after `EVICT_AFTER` x the idle timeout without a request. On ONNX Runtime (CPU) a
+model instance opens the export once, as a stream pool of `max_streams` KV slots (runtime/pool.py):
+every camera's session is a stream of it, and a camera beyond the pool gets "the server is full". Triton forgets the
 sequence at 1x (a later request without START is refused by Triton itself), but the model is not
 told, and a request can wait in the instance's queue behind other cameras' work while Triton
 already counts it as delivered: the extra half is slack so a live stream is never dropped. Each request yields `Reply`s:
@@ -18,6 +20,7 @@ arrive garbled, outputs empty); DLPack does not depend on numpy's ABI.
 from __future__ import annotations
 
 import json
+import queue
 import threading
 import time
 import traceback
@@ -70,7 +73,7 @@ class StreamTable:
         with self._lock:
             gone = [cid for cid, s in self._streams.items() if not s.busy and now - s.last > self.idle_seconds]
             for cid in gone:
-                del self._streams[cid]
+                self._streams.pop(cid).session.close()          # a pool stream frees its slot
         return gone
 
     def handle(self, corrid: int, *, start: bool = False, end: bool = False, frames: np.ndarray | None = None,
@@ -79,6 +82,10 @@ class StreamTable:
         """Serve one request of sequence `corrid`: open/close it, append a chunk, answer a question."""
         self.evict_idle()
         if start:
+            with self._lock:                    # a new START starts a live stream over: free its slot first
+                old = self._streams.pop(corrid, None)
+            if old is not None:
+                old.session.close()
             session = self._open()              # outside the lock: opening loads graphs
             with self._lock:
                 self._streams[corrid] = _Stream(session, self._clock())
@@ -94,8 +101,8 @@ class StreamTable:
             with self._lock:
                 stream.busy = False
                 stream.last = self._clock()
-                if end:
-                    self._streams.pop(corrid, None)
+                if end and self._streams.get(corrid) is stream:
+                    self._streams.pop(corrid).session.close()
 
     def _serve(self, stream: _Stream, frames, pcm, question, max_new_tokens) -> Iterator[Reply]:
         session = stream.session
@@ -114,6 +121,64 @@ class StreamTable:
             ids = list(session.last_answer_ids)
         kept = [(r.kept_video, r.kept_audio) for r in session.reports[before:]]
         yield Reply(token_ids=ids, kept=kept, final=True, open_streams=len(self))
+
+
+class Lanes:
+    """One worker thread per camera: a camera's requests run in order, different cameras' at the same
+    time (so a pool batches their decode steps; runtime/scheduler.py). A lane ends after `idle`
+    seconds without work. `run` must not raise (the model's `_serve` turns every error into a reply)."""
+
+    def __init__(self, run: Callable[[Any], None], idle: float):
+        self._run, self._idle = run, idle
+        self._lanes: dict[int, queue.Queue] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._lanes)
+
+    def submit(self, key: int, item: Any) -> None:
+        with self._lock:
+            lane = self._lanes.get(key)
+            if lane is None:
+                lane = self._lanes[key] = queue.Queue()
+                threading.Thread(target=self._work, args=(key, lane), daemon=True).start()
+            lane.put(item)
+
+    def _work(self, key: int, lane: queue.Queue) -> None:
+        while True:
+            try:
+                item = lane.get(timeout=self._idle)
+            except queue.Empty:
+                with self._lock:                 # submit() puts under this lock: nothing is lost
+                    if lane.empty():
+                        del self._lanes[key]
+                        return
+                continue
+            self._run(item)
+
+
+def open_streams(runtime, max_streams: int) -> Callable[[], Any]:
+    """What opens a camera's session: a stream of one pool (onnxruntime on the cpu: the graphs loaded
+    once, `max_streams` KV slots), else a session of its own. Fails at load (a bad export, missing
+    engines), not on the first camera."""
+    from omnisift_edge.runtime.session import open_session
+
+    if runtime.backend != "onnxruntime" or runtime.device != "cpu":
+        open_session(runtime).close()
+        return lambda: open_session(runtime)
+    from omnisift_edge.runtime.pool import PoolFullError, open_pool
+
+    pool = open_pool(runtime, max_streams=max_streams)
+
+    def open_stream():
+        try:
+            return pool.open_stream()
+        except PoolFullError:
+            raise UsageError(f"the server is full: all {max_streams} camera streams of this model instance are "
+                             "open; end one (sequence_end), or serve with a larger --max-streams or --instances") \
+                from None
+
+    return open_stream
 
 
 def _outputs(reply: Reply) -> dict[str, np.ndarray]:
@@ -136,7 +201,7 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         import triton_python_backend_utils as pb_utils
 
-        from omnisift_edge.runtime.session import RuntimeConfig, open_session
+        from omnisift_edge.runtime.session import RuntimeConfig
 
         self.pb = pb_utils
         config = json.loads(args["model_config"])
@@ -145,8 +210,8 @@ class TritonPythonModel:
                                 device=params.get("device", "cpu"))
         self.max_new_tokens = int(params.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
         idle = EVICT_AFTER * int(config["sequence_batching"]["max_sequence_idle_microseconds"]) / 1e6
-        open_session(runtime)                   # fail at load (bad export, missing engines), not on the first camera
-        self.table = StreamTable(lambda: open_session(runtime), idle)
+        self.table = StreamTable(open_streams(runtime, int(params.get("max_streams", 8))), idle)
+        self.lanes = Lanes(self._serve, idle)
         self._stop = threading.Event()
         self._reaper = threading.Thread(target=self._reap, args=(min(1.0, idle / 4),), daemon=True)
         self._reaper.start()
@@ -165,8 +230,14 @@ class TritonPythonModel:
         return self.pb.InferenceResponse(output_tensors=tensors)
 
     def execute(self, requests: list) -> None:
+        """Hand each request to its camera's lane and return (decoupled: the lanes send the responses)."""
         for request in requests:
-            self._serve(request)
+            try:
+                corrid = int(self._input(request, "CORRID").reshape(-1)[0])
+            except Exception:                    # no usable CORRID: _serve answers with the error
+                self._serve(request)
+                continue
+            self.lanes.submit(corrid, request)
         return None
 
     def _serve(self, request) -> None:

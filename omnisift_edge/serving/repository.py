@@ -77,7 +77,7 @@ def config_pbtxt(cfg: TritonConfig, manifest, ratio: float) -> str:
         detail = "data_type: TYPE_UINT64" if kind == "CONTROL_SEQUENCE_CORRID" else "int32_false_true: [ 0, 1 ]"
         controls.append(f'    {{ name: "{name}" control [ {{ kind: {kind} {detail} }} ] }}')
     params = {"export": str(cfg.export), "backend": cfg.backend, "ratio": repr(ratio), "device": cfg.device,
-              "max_new_tokens": str(cfg.max_new_tokens)}
+              "max_new_tokens": str(cfg.max_new_tokens), "max_streams": str(cfg.max_streams)}
     control_rows = ",\n".join(controls)
     parameters = ",\n".join(f'  {{ key: "{k}" value {{ string_value: "{v}" }} }}' for k, v in params.items())
     return f"""# Written by `omnisift-edge triton` from {cfg.export / 'manifest.json'}; regenerate rather than edit.

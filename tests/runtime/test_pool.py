@@ -1,0 +1,156 @@
+"""The stream pool: many streams on one copy of the graphs, KV slots, decode steps batched across streams."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("optimum.exporters.onnx")
+
+from omnisift_edge.errors import UsageError  # noqa: E402
+from omnisift_edge.model.synthetic import synthetic_clip  # noqa: E402
+from omnisift_edge.runtime.pool import open_pool  # noqa: E402
+from omnisift_edge.runtime.session import OmniSession, RuntimeConfig  # noqa: E402
+
+RES = (112, 84)
+
+
+@pytest.fixture(scope="module")
+def cfg(small_export):
+    return RuntimeConfig(small_export(resolution=RES), ratio=0.25)
+
+
+def _record_logits(session) -> list:
+    """Keep every logits row the stream's backend returns (question prefill and each decode step)."""
+    seen, step = [], session.stream._step
+
+    def recording(embeds, positions, want_logits=True):
+        logits = step(embeds, positions, want_logits)
+        if logits is not None:
+            seen.append(np.array(logits, dtype=np.float32))
+        return logits
+
+    session.stream._step = recording
+    return seen
+
+
+def _script(session, plan, *, pause=0.0):
+    """Run one camera: chunks of `seconds`, then questions; returns answers and recorded logits."""
+    seconds, seed, questions = plan
+    logits = _record_logits(session)
+    clip = synthetic_clip(seconds, *RES, seed=seed)
+    per_frame = int(session.spec.sample_rate / session.spec.fps)
+    answers = []
+    for j in range(0, len(clip.frames), 4):
+        session.append_chunk(clip.frames[j:j + 4], clip.pcm[j * per_frame:(j + 4) * per_frame])
+        time.sleep(pause)
+    for question, tokens in questions:
+        answers.append(list(session.ask_ids(question, max_new_tokens=tokens)))
+    session.close()
+    return answers, logits
+
+
+PLANS = [(2.0, 1, [("What happens?", 6)]),
+         (4.0, 2, [("What happens?", 9), ("And then?", 4)]),
+         (6.0, 3, [("Describe it.", 7)]),
+         (2.0, 4, [("Who speaks?", 12)])]
+
+
+def test_four_streams_in_a_pool_match_four_separate_sessions(cfg):
+    alone = [_script(OmniSession(cfg), plan) for plan in PLANS]
+    pool = open_pool(cfg, max_streams=4)
+    got, errors = {}, []
+
+    def camera(i):
+        try:
+            time.sleep(0.15 * i)                 # streams start, ask and end at different times
+            got[i] = _script(pool.open_stream(), PLANS[i], pause=0.02 * i)
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=camera, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i in range(4):
+        assert got[i][0] == alone[i][0]                                   # greedy answers
+        assert len(got[i][1]) == len(alone[i][1])
+        for pooled, single in zip(got[i][1], alone[i][1]):
+            np.testing.assert_allclose(pooled, single, atol=1e-5, rtol=0)
+    calls = pool.scheduler.calls
+    questions = sum(len(plan[2]) for plan in PLANS)
+    assert calls["decode_steps"] == sum(len(got[i][1]) for i in range(4)) - questions      # every step went through
+    assert calls["decode_batches"] < calls["decode_steps"]                # some steps shared a call
+    assert pool.open_streams == 0 and pool.free_slots == 4
+
+
+def test_batched_decode_rows_equal_lone_steps(cfg):
+    """The batched call itself, with a stream between them that is not decoding (it rides along)."""
+    pool = open_pool(cfg, max_streams=3)
+    streams = [pool.open_stream() for _ in range(3)]
+    for i, s in enumerate(streams):
+        clip = synthetic_clip(2.0 * (i + 1), *RES, seed=10 + i)
+        s.append_chunk(clip.frames, clip.pcm)
+        s.finish()
+    lone = OmniSession(cfg)
+    clip = synthetic_clip(6.0, *RES, seed=12)
+    lone.append_chunk(clip.frames, clip.pcm)
+    lone.finish()
+    idle_before = streams[1].stream.kv.valid()
+    rng = np.random.default_rng(0)
+    embeds = [rng.standard_normal((1, 1, lone.stream.embed_table.shape[1])).astype(np.float32) for _ in range(2)]
+    caches = [streams[0].stream.kv, streams[2].stream.kv]
+    positions = [np.full((3, 1, 1), c.length + 3) for c in caches]
+    batched = pool._run_decodes(list(zip(caches, embeds, positions)))
+    single = lone.stream.kv.step(embeds[1], positions[1], True)
+    np.testing.assert_allclose(batched[1], single, atol=1e-5, rtol=0)
+    assert [a.shape for a in streams[1].stream.kv.valid()] == [a.shape for a in idle_before]
+    for after, before in zip(streams[1].stream.kv.valid(), idle_before):
+        np.testing.assert_array_equal(after, before)                      # the idle row's cache is untouched
+    np.testing.assert_array_equal(streams[2].stream.kv.valid()[0], lone.stream.kv.valid()[0])
+    pool.close()
+
+
+def test_bad_input_reaches_only_its_caller_and_slots_are_counted(cfg):
+    pool = open_pool(cfg, max_streams=2)
+    a, b = pool.open_stream(), pool.open_stream()
+    assert pool.free_slots == 0 and pool.open_streams == 2
+    with pytest.raises(UsageError, match="the pool is full: all 2 streams are open"):
+        pool.open_stream()
+    with pytest.raises(UsageError, match="stream 7 is not open"):
+        pool.stream(7)
+    assert pool.stream(a.id) is a
+    clip = synthetic_clip(2.0, *RES, seed=5)
+    with pytest.raises(UsageError, match="frames are"):
+        b.append_chunk(clip.frames[:, :50], clip.pcm)                    # wrong size: b's error alone
+    a.append_chunk(clip.frames, clip.pcm)
+    answer = list(a.ask_ids("What happens?", max_new_tokens=4))
+    b.append_chunk(clip.frames, clip.pcm)                                # b is still usable
+    assert list(b.ask_ids("What happens?", max_new_tokens=4)) == answer  # same media, same answer
+    b.close()
+    assert pool.free_slots == 1 and pool.open_streams == 1
+    with pytest.raises(UsageError, match=f"stream {b.id} was closed"):
+        b.append_chunk(clip.frames, clip.pcm)
+    with pytest.raises(UsageError, match=f"stream {b.id} is not open"):
+        pool.stream(b.id)
+    c = pool.open_stream()                                               # the freed slot, zeroed
+    assert c.slot == b.slot and pool.free_slots == 0
+    c.append_chunk(clip.frames, clip.pcm)
+    assert list(c.ask_ids("What happens?", max_new_tokens=4)) == answer
+    pool.close()
+    assert pool.free_slots == 2 and pool.open_streams == 0
+
+
+def test_pool_refuses_what_it_cannot_run(cfg):
+    with pytest.raises(UsageError, match="max-streams must be a whole number"):
+        open_pool(cfg, max_streams=0)
+    torch_cfg = RuntimeConfig(cfg.folder, backend="torch", ratio=0.25)
+    with pytest.raises(UsageError, match="onnxruntime backend on the cpu"):
+        open_pool(torch_cfg, max_streams=2)

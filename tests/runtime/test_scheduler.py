@@ -1,0 +1,69 @@
+"""The pool's scheduler: decode steps batched, answers first without starving other calls, errors to their caller."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from omnisift_edge.runtime.scheduler import Scheduler
+
+
+def _wait_for(condition, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_pending_decodes_share_one_call_and_alternate_with_other_calls():
+    order, release = [], threading.Event()
+
+    def run_decodes(steps):
+        order.append(("decode", sorted(s[0] for s in steps)))
+        if any(s[0] == "bad" for s in steps):
+            raise ValueError("a failed batch")
+        return [s[0] * 2 for s in steps]
+
+    scheduler = Scheduler(run_decodes)
+    results, errors = {}, {}
+
+    def other(name, wait=False):
+        def fn():
+            if wait:
+                assert release.wait(10)
+            order.append(("other", name))
+            if name == "broken":
+                raise RuntimeError("only mine")
+            return name
+        try:
+            results[name] = scheduler.call(fn)
+        except RuntimeError as error:
+            errors[name] = str(error)
+
+    def decode(value):
+        results[value] = scheduler.decode(value)
+
+    threads = [threading.Thread(target=other, args=("prefill0", True))]
+    threads[0].start()
+    _wait_for(lambda: scheduler._running)                      # the first call holds the runner
+    for queued, name in enumerate(("broken", "prefill2"), 1):
+        threads.append(threading.Thread(target=other, args=(name,)))
+        threads[-1].start()
+        _wait_for(lambda: len(scheduler._others) == queued)   # queued in this order
+    for value in ("a", "b", "c"):
+        threads.append(threading.Thread(target=decode, args=(value,)))
+        threads[-1].start()
+    _wait_for(lambda: len(scheduler._decodes) == 3 and len(scheduler._others) == 2)
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert order == [("other", "prefill0"), ("decode", ["a", "b", "c"]), ("other", "broken"),
+                     ("other", "prefill2")]                   # answers first; then the others, in arrival order
+    assert results == {"prefill0": "prefill0", "prefill2": "prefill2", "a": "aa", "b": "bb", "c": "cc"}
+    assert errors == {"broken": "only mine"}                   # one caller's error, the others served
+    assert scheduler.calls == {"decode_batches": 1, "decode_steps": 3, "other": 3}
+    with pytest.raises(ValueError, match="a failed batch"):
+        scheduler.decode("bad")
+    assert scheduler.call(lambda: 7) == 7                      # still serving after a failed batch
