@@ -131,7 +131,7 @@ class Capture(threading.Thread):
                 continue
             self.reconnects += 1
             self.emit({"event": "gap", "seconds": round(time.monotonic() - lost_at + cfg.read_timeout, 3),
-                       "reason": reason, "reconnects": self.reconnects})
+                       "reason": reason, "reconnects": self.reconnects, "new_turn": True})   # live/loop.py
             return True
         if not self.stop.is_set():
             self.error = UsageError(f"{cfg.url} stopped ({reason}) and did not come back within "

@@ -42,6 +42,7 @@ class Chunk:
     frames: np.ndarray          # [4, H, W, 3] uint8 at the export's resolution
     pcm: np.ndarray             # [32000 + 40] float32 16 kHz mono: its 2 s and the next chunk's first 40 samples
     captured: float             # time.monotonic() when its last frame and sample had arrived
+    connection: int = 0         # the source connection it came from (+1 per reconnect): a new one opens a new turn
 
 
 class ChunkAssembler:
@@ -59,6 +60,7 @@ class ChunkAssembler:
         self.samples_per_chunk = int(spec.sample_rate * spec.seconds_per_chunk)    # 32000
         self.lookahead = lookahead(spec)                                           # 40
         self.index = 0                            # next chunk's capture index
+        self.connection = 0                       # reconnects so far (chunks carry it)
         self.origin: float | None = None          # stream time of chunk-clock 0 (per connection)
         self._sizes_seen: set = set()
         self._reset_buffers()
@@ -75,6 +77,7 @@ class ChunkAssembler:
     def reconnected(self) -> float:
         """A new connection: the open chunk is discarded; returns the seconds it had (0 if none)."""
         lost = len(self.frames) / self.spec.fps
+        self.connection += 1
         self.origin = None
         self._reset_buffers()
         return lost
@@ -156,7 +159,7 @@ class ChunkAssembler:
             self._append_pcm(np.zeros(want - self.samples, np.float32))          # late or no audio: silence
         pcm = np.concatenate(self.audio)
         chunk = Chunk(self.index, self.index * self.spec.seconds_per_chunk, np.stack(self.frames[:self.per_chunk]),
-                      pcm[:want], time.monotonic())
+                      pcm[:want], time.monotonic(), self.connection)
         rest = pcm[self.samples_per_chunk:]
         self.index += 1
         self.frames = self.frames[self.per_chunk:]

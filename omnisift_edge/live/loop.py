@@ -28,6 +28,7 @@ class LiveLoop:
         self.next_ask = cfg.ask_every
         self.last_index: int | None = None
         self.turn_open = False              # the session's current turn has media (its log-mel runs on)
+        self.connection = 0                 # the source connection of the last chunk processed
 
     # -- setup ---------------------------------------------------------------------------------
     def _open(self) -> None:
@@ -111,6 +112,11 @@ class LiveLoop:
     def _process(self, chunk) -> None:
         from omnisift_edge.live.chunker import lookahead
 
+        if chunk.connection != self.connection:      # the source came back after a gap: a new user turn
+            self.connection = chunk.connection
+            if self.turn_open:
+                self.session.new_turn()
+                self.turn_open = False
         # a turn's first chunk brings all its samples; later ones skip the lookahead already pushed
         pcm = chunk.pcm[lookahead(self.session.spec):] if self.turn_open else chunk.pcm
         reports = self.session.append_chunk(chunk.frames, pcm)
@@ -123,7 +129,8 @@ class LiveLoop:
         self.last_index = chunk.index
         report = reports[-1]
         kept_index = self.session.stream.kept_indices[-1]
-        event = chunk_event(chunk, report, kept_index, lag_ms, self.capture.queue.dropped, self.report.processed)
+        event = chunk_event(chunk, report, kept_index, lag_ms, self.capture.queue.dropped, self.report.processed,
+                            self.session.turn)
         self.events.emit(event, **({"frames": jpeg_frames(chunk.frames)} if self.view is not None else {}))
         end = chunk.start + self.session.spec.seconds_per_chunk
         if self.next_ask is not None and end >= self.next_ask:

@@ -145,7 +145,8 @@ def stdin_questions(put: Callable[[str, str], None]) -> threading.Thread:
     return thread
 
 
-def chunk_event(chunk: Chunk, report, kept_index: np.ndarray, lag_ms: float, dropped: int, processed: int) -> dict:
+def chunk_event(chunk: Chunk, report, kept_index: np.ndarray, lag_ms: float, dropped: int, processed: int,
+                turn: int = 0) -> dict:
     """The `chunk` event (docs/live.md): kept positions split into video and audio token order."""
     idx = np.sort(np.asarray(kept_index).reshape(-1))                                 # [K]
     video = idx[idx < report.video_tokens]
@@ -154,7 +155,7 @@ def chunk_event(chunk: Chunk, report, kept_index: np.ndarray, lag_ms: float, dro
             "video_tokens": report.video_tokens, "audio_tokens": report.audio_tokens,
             "kept_video": report.kept_video, "kept_audio": report.kept_audio,
             "kept_video_index": video.tolist(), "kept_audio_index": audio.tolist(),
-            "lag_ms": round(lag_ms, 1), "dropped": dropped, "processed": processed}
+            "lag_ms": round(lag_ms, 1), "dropped": dropped, "processed": processed, "turn": turn}
 
 
 def jpeg_frames(frames: np.ndarray) -> list[str]:

@@ -179,3 +179,30 @@ def turn_pieces(tokenizer, question: str = "", spec: OmniSpec = OmniSpec()) -> P
     msgs.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": _QUESTION_MARK}]})
     text = _rendered(tokenizer, msgs, values)
     return _around_video(tokenizer, text[text.index(_ANSWER_MARK) + len(_ANSWER_MARK):], values, spec)
+
+
+def gap_pieces(tokenizer, note: str = "", spec: OmniSpec = OmniSpec()) -> PromptPieces:
+    """Ids between the videos of two user turns with no answer between them (a live source that came
+    back after a gap): suffix `{note}` ends the first turn's message after its video, prefix
+    `<|im_end|>\\n<|im_start|>user\\n` opens the next turn before its video.
+
+    Derived from the chat template's rendering of `user: (video, note), user: (video, ...)`, split at
+    the `<|im_end|>` that ends the note (a special token splits tokenization, so the two pieces are
+    exact); the prefix equals `turn_pieces(...).prefix_ids` with Qwen2.5-Omni's template.
+    """
+    values = {_QUESTION_MARK: note}
+    msgs = messages(_QUESTION_MARK, system=None)
+    msgs.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": ""}]})
+    text = _rendered(tokenizer, msgs, values)
+    part = video_part(tokenizer, spec)
+    if text.count(part) != 2:
+        raise UsageError(f"the chat template renders {text.count(part)} video parts for two videos, expected 2; "
+                         "use Qwen2.5-Omni's chat template (omnisift_edge.model.tokenizer.CHAT_TEMPLATE)")
+    between = text.split(part)[1]
+    im_end = tokenizer.convert_ids_to_tokens(spec.tokens.im_end)
+    cut = between.find(im_end, between.index(_QUESTION_MARK) + len(_QUESTION_MARK))
+    if cut < 0:
+        raise UsageError(f"the chat template does not end a user turn with {im_end}; "
+                         "use Qwen2.5-Omni's chat template (omnisift_edge.model.tokenizer.CHAT_TEMPLATE)")
+    return PromptPieces(prefix_ids=_encode_untrusted(tokenizer, between[cut:], values),
+                        suffix_ids=_encode_untrusted(tokenizer, between[:cut], values))

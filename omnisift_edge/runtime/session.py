@@ -16,7 +16,8 @@ Rules (also in docs/runtime.md):
 - context policy `error` (default): when the KV cache would exceed max_context, `ContextFullError`
   (a UsageError) is raised and nothing is appended: never a silently truncated context; `sliding`
   evicts the oldest chunks instead (runtime/context.py, docs/runtime.md);
-- media appended after an answer continues the stream in a new user turn (its own video span).
+- media appended after an answer continues the stream in a new user turn (its own video span);
+  `new_turn()` does the same without a question (a live source back after a gap).
 """
 
 from __future__ import annotations
@@ -122,6 +123,7 @@ class OmniSession:
         self._samples = 0
         self._finished = False              # a question ended this turn's media; more media opens a new turn
         self._turn_start = 0                # reports before this turn's first chunk
+        self._turn = 0                      # the user turn the media goes to (0: the first)
         self._questions = 0
         self._closed = False
         self._preprocess = 0.0              # host preprocessing seconds not yet booked to a chunk
@@ -177,20 +179,57 @@ class OmniSession:
                              f"resize them (omnisift_edge.model.preprocess.resize_frames) or export at that size")
         if self._finished and not self.stream.closed:
             raise UsageError("the media ended (finish() or append_file) and no question followed; ask one first "
-                             "(more media then opens a new user turn), or open a new session")
+                             "or call new_turn() (more media then opens a new user turn), or open a new session")
         if self._finished:                  # a question ended the last turn's media: this opens the next
-            from omnisift_edge.model.preprocess import StreamingLogMel
-
-            self._mel = StreamingLogMel(self.spec)
-            self._samples = 0
-            self._turn_start = len(self.stream.reports)
-            self._finished = False
+            self._restart_media()
         start = time.perf_counter()
         windows = self._mel.push(pcm)        # checks the PCM first: a refused chunk changes nothing
         self._preprocess += time.perf_counter() - start
         self._frames.extend(frames)
         self._samples += len(pcm)
         return self._drain(windows)
+
+    def _restart_media(self) -> None:
+        """A new turn's media: a fresh log-mel stream, its chunks counted from here."""
+        from omnisift_edge.model.preprocess import StreamingLogMel
+
+        self._mel = StreamingLogMel(self.spec)
+        self._samples = 0
+        self._turn_start = len(self.stream.reports)
+        self._finished = False
+
+    @property
+    def turn(self) -> int:
+        """The user turn media goes to: 0 at first, +1 for each turn opened (after an answer, new_turn)."""
+        return self._turn
+
+    def new_turn(self, note: str | None = None) -> list[ChunkReport]:
+        """End this turn's media without a question; the chunks that follow are a new user turn.
+
+        For a live source back after a gap: its chunks do not continue the video before it. The turn
+        ends as the chat template ends a user message with a video and no answer follows:
+        `<|audio_eos|><|vision_eos|>{note}<|im_end|>\\n<|im_start|>user\\n<|vision_bos|><|audio_bos|>`
+        (model.prompt.gap_pieces; `note` is plain text, None writes none). A trailing partial chunk
+        is processed first, as a question would (its reports are returned). With no media in this
+        turn (none yet, or an answer ended it) nothing changes: the next chunk opens the turn as ever.
+        """
+        self._check_open()
+        if note is not None and not isinstance(note, str):
+            raise UsageError(f"the note must be a str or None; got {type(note).__name__}")
+        if self.stream.closed:              # an answer ended the media: the next chunk opens a new turn
+            return []
+        reports = self.finish()
+        if len(self.stream.reports) == self._turn_start:   # no chunk in this turn: nothing to end
+            self._restart_media()
+            return reports
+        from omnisift_edge.model.prompt import gap_pieces
+
+        pieces = gap_pieces(self.tokenizer, note or "", self.spec)
+        self.stream.end_turn(pieces.suffix_ids)
+        self.stream.open_turn(pieces.prefix_ids)
+        self._turn += 1
+        self._restart_media()
+        return reports
 
     def append_file(self, path: Path, *, audio_path: Path | None = None) -> list[ChunkReport]:
         """Decode a file (video + its audio track, or a separate audio file) and append it whole."""
@@ -267,6 +306,7 @@ class OmniSession:
                 from omnisift_edge.model.prompt import turn_pieces
 
                 self.stream.open_turn(turn_pieces(self.tokenizer, "", self.spec).prefix_ids)
+                self._turn += 1
             report = self.stream.push(pixels, int(grid_thw[0]), self._windows.popleft().features)
             report.seconds["preprocess"] = self._preprocess       # the log-mel and patches this chunk waited for
             self._preprocess = 0.0
@@ -289,7 +329,7 @@ class OmniSession:
             raise UsageError("the question is empty; ask something about the video")
         if not self._finished:
             self.finish()
-        if self._questions == 0:
+        if self._questions == 0 and self._turn == 0:
             ids = build_prompt(self.tokenizer, question, system=self.cfg.system_prompt, spec=self.spec).suffix_ids
         elif not self.stream.closed:        # this turn has new media: the question closes its video span
             ids = turn_pieces(self.tokenizer, question, self.spec).suffix_ids

@@ -6,7 +6,8 @@ it. The stream owns the backend's KV cache through one protocol (runtime/kv_cach
 and for the sliding context policy (runtime/context.py) dropping cached tokens and re-basing the
 cached keys' positions by a RoPE rotation. `ChunkStream` does the rest the
 same way for all of them, so they keep the same tokens at the same positions and answer with the
-same greedy loop. After an answer, `open_turn` continues the stream in a new user turn.
+same greedy loop. After an answer (or `end_turn`, without one), `open_turn` continues the stream in a
+new user turn.
 """
 
 from __future__ import annotations
@@ -257,6 +258,20 @@ class ChunkStream(ABC):
         finally:
             # positions continue after the tokens actually in the cache (also when the caller stops early)
             self.layout.text(fed)
+
+    def end_turn(self, text_ids: Sequence[int]) -> None:
+        """Close the video span without a question: `<|audio_eos|><|vision_eos|>` and `text_ids` (the
+        rest of the user message, `model.prompt.gap_pieces(...).suffix_ids`); `open_turn` then starts
+        the next user turn (a live source back after a gap: OmniSession.new_turn)."""
+        self.flush()
+        if self.full:
+            raise ContextFullError("the context filled up earlier; start a new stream, or use --context-policy sliding")
+        if self.closed:
+            raise UsageError("the video span is closed already; open_turn starts the next user turn")
+        self.window.check_fits(len(text_ids) + 2, "turn text")
+        ids, pos = self.layout.close(list(text_ids))
+        self._append(self._embed(ids), pos, want_logits=False)
+        self.closed = True
 
     def open_turn(self, turn_ids: Sequence[int]) -> None:
         """After an answer, continue the stream in a new user turn: append `turn_ids` (the text that

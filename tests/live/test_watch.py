@@ -134,7 +134,7 @@ def _has_chunk(path) -> bool:
 def test_a_source_that_dies_is_reconnected_and_the_stream_goes_on(live_export, tmp_path):
     port, events = free_port(), tmp_path / "events.jsonl"
     cfg = _config(live_export, f"udp://127.0.0.1:{port}", events, seconds=8, read_timeout=1.0, retry_seconds=20,
-                  open_timeout=20)
+                  open_timeout=20, question="What happens?")
     with udp_stream(port):
         thread, box = _watch_in_thread(cfg)
         assert _wait_for(lambda: _has_chunk(events), 60)
@@ -146,8 +146,13 @@ def test_a_source_that_dies_is_reconnected_and_the_stream_goes_on(live_export, t
     _check_chunks(log)
     gaps = [e for e in log if e["event"] == "gap"]
     assert len(gaps) == 1 and gaps[0]["reconnects"] == 1 and box["report"].reconnects == 1
+    assert gaps[0]["new_turn"] is True
+    before = [e for e in log[:log.index(gaps[0])] if e["event"] == "chunk"]
     after = [e for e in log[log.index(gaps[0]):] if e["event"] == "chunk"]
     assert after and log[-1]["reason"] == "seconds"
+    assert {e["turn"] for e in before} == {0} and {e["turn"] for e in after} == {1}   # the chunks after it: turn 1
+    answers = [e for e in log if e["event"] == "answer"]                  # asked at the end, in the new turn
+    assert len(answers) == 1 and answers[0]["tokens"] >= 1 and log.index(answers[0]) > log.index(after[-1])
 
 
 def test_a_source_that_never_comes_back_is_one_error(live_export, tmp_path):

@@ -366,3 +366,32 @@ def test_turn_errors():
         s.chunk(0, 50)                               # a turn's first chunk needs both, like a clip's
     c = s.chunk(2, 50)
     assert c.index == 0 and c.time_start == pos[0, -1] + 1
+
+
+@pytest.mark.parametrize("note", ["", "(the camera was off for 3 s)"])
+def test_a_gap_turn_matches_transformers_conversation(tokenizer, reference, note):
+    """A live source back after a gap (OmniSession.new_turn): two user videos with no answer between,
+    closed with gap_pieces; ids and positions are transformers' for the rendered conversation."""
+    from omnisift_edge.model.prompt import gap_pieces, messages, turn_pieces
+
+    grid_hw = grid_hw_for_pixels(SPEC, 112, 84)
+    question = "What happened?"
+    msgs = messages(note, system=DEFAULT_SYSTEM_PROMPT)
+    msgs.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]})
+    text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    videos = [(4, grid_hw, 4 * SPEC.sample_rate), (3, grid_hw, int(2.5 * SPEC.sample_rate))]
+    ids, pos = hf_conversation(reference, tokenizer, text, videos)
+
+    first = build_prompt(tokenizer, note)
+    gap = gap_pieces(tokenizer, note)
+    s = StreamingLayout(SPEC, first.prefix_ids, grid_hw=grid_hw)
+    pieces = [s.prefix()]
+    for i, (n_grids, _, n_samples) in enumerate(videos):
+        if i:
+            pieces.append(s.open_turn(gap.prefix_ids))
+        for g, a in chunk_counts(SPEC, n_grids, SPEC.audio_tokens_for_samples(n_samples)):
+            c = s.chunk(g, a)
+            pieces.append((c.input_ids, c.position_ids))
+        pieces.append(s.close(gap.suffix_ids if i == 0 else turn_pieces(tokenizer, question).suffix_ids))
+    np.testing.assert_array_equal(np.concatenate([p[0] for p in pieces]), ids)
+    np.testing.assert_array_equal(np.concatenate([p[1] for p in pieces], axis=1), pos)

@@ -153,6 +153,44 @@ def test_questions_while_the_video_goes_on(folder):
     assert got["onnxruntime"] == got["torch"]
 
 
+def test_a_new_turn_without_a_question(folder):
+    """Chunks, new_turn (a live source back after a gap), chunks, a question: two user turns, the text fed
+    equal to the chat template's rendering of two user videos with no answer between them; both backends
+    agree (positions: tests/model/test_layout.py checks the gap turn against get_rope_index)."""
+    from omnisift_edge.model.prompt import gap_pieces, messages, turn_pieces
+
+    clip = synthetic_clip(8.0, *RES, seed=8)
+    note, question = "(the camera was off for 3 s)", "What happens?"
+    got = {}
+    for backend in ("onnxruntime", "torch"):
+        session = OmniSession(RuntimeConfig(folder, ratio=0.25, backend=backend))
+        fed, embed = [], session.stream._embed
+        session.stream._embed = lambda ids, embed=embed, fed=fed: (fed.append([int(i) for i in ids]), embed(ids))[1]
+        _chunks(session, clip, 0, 2)
+        assert session.turn == 0 and len(session.reports) == 1      # chunk 1's log-mel waits for 40 samples past it
+        assert [r.index for r in session.new_turn(note)] == [1] and session.turn == 1   # ended as a question ends it
+        assert session.new_turn() == [] and session.turn == 1                   # no media in the new turn: no change
+        _chunks(session, clip, 2, 2)
+        asked = len(fed)
+        got[backend] = list(session.ask_ids(question, max_new_tokens=3))
+        layout, tok = session.stream.layout, session.tokenizer
+        gap = gap_pieces(tok, note)
+        assert gap.prefix_ids == turn_pieces(tok, "").prefix_ids                # the same turn opening as after an answer
+        assert [c.index for c in layout.chunks] == [0, 1, 0, 1]
+        assert layout.chunks[2].start == layout.chunks[1].end + 2 + len(gap.suffix_ids) + len(gap.prefix_ids) + 2
+        assert [s.kind for s in session.stream.window.segments] == ["pinned", "chunk", "chunk", "text", "text",
+                                                                    "chunk", "chunk", "text"]
+        msgs = messages(note) + [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+        text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        t = session.spec.tokens
+        media = "".join(tok.convert_ids_to_tokens([t.vision_bos, t.audio_bos, t.audio_eos, t.vision_eos]))
+        want = tok(text.replace("".join(tok.convert_ids_to_tokens([t.vision_bos, t.video, t.vision_eos])), media),
+                   add_special_tokens=False)["input_ids"]
+        prefix = session.stream.layout.prefix()[0].tolist()                     # fed when the stream opened
+        assert prefix + sum(fed[:asked + 1], []) == want   # every text id fed up to the question, in order
+    assert got["onnxruntime"] == got["torch"] and len(got["torch"]) > 0
+
+
 def test_onnxruntime_rebased_stream_gives_the_same_logits(folder):
     clip = synthetic_clip(16.0, *RES, seed=7)
     logits, tokens, bases = [], [], []
