@@ -77,13 +77,13 @@ def build_memory_problem(peak: BuildPeak, target, machine_gb: float | None = Non
         return None
     fixes = []
     if int4_peak is not None and int4_peak.total / GB <= usable_gb(memory):
-        fixes.append(f"export with --weights int4 (its build needs about {int4_peak.total / GB:.1f} GB)")
+        fixes.append(f"export again with --weights int4 (its build needs about {int4_peak.total / GB:.1f} GB)")
     larger = larger_orin(peak, memory)
     if larger is not None:
-        fixes.append(f"build on a {larger.description} with the same JetPack (`build --target {target.name}` there, "
-                     f"about {peak.total / GB:.1f} GB of its {usable_gb(larger.memory_gb):.1f} usable) and copy the "
-                     f"export folder with engines/{target.name}/ back: an engine built for compute capability 8.7 "
-                     "with the same TensorRT runs on any Orin")
+        fixes.append(f"build on a {larger.description}, same JetPack (`build --target {target.name}` there needs "
+                     f"about {peak.total / GB:.1f} of its {usable_gb(larger.memory_gb):.1f} GB usable), then copy the "
+                     f"export folder with engines/{target.name}/ back (an engine built for compute capability 8.7 "
+                     "with the same TensorRT runs on any Orin)")
     fix = " or ".join(fixes) or "no Orin holds this build: export with --weights int4 or a smaller model"
     return (f"building the {peak.graph} engine for {target.name} needs about {peak.total / GB:.1f} GB "
             f"({peak.terms()}; docs/engines.md) but this board has {usable_gb(memory):.1f} GB usable of its "
