@@ -131,6 +131,19 @@ def resolve_env(cfg: BuildConfig) -> BuildEnv:
     return BuildEnv(target, flavour, str(trt.__version__), installed=True, device=device, module=trt)
 
 
+def refuse_build_memory(cfg: BuildConfig, manifest) -> None:
+    """A named unified-memory (Jetson) target whose build peak exceeds the board: one line naming the fix
+    (engines/build_memory.py), before TensorRT is imported or any graph parsed. The board measured is this
+    machine's when it is an Orin (a larger Orin may build a smaller one's engines), else the target's."""
+    from omnisift_edge.engines.build_memory import check_build_memory
+    from omnisift_edge.engines.presets import get_target
+
+    if cfg.target == "auto" or not get_target(cfg.target).jetson:
+        return
+    plan = plan_build(cfg, manifest=manifest, env=BuildEnv.for_plan(cfg), write=False)
+    check_build_memory(plan, detect_device())
+
+
 def build_engines(cfg: BuildConfig, progress: Callable[[str], None] = lambda _: None) -> BuildArtifact:
     """Build every graph of the export for `cfg.target`: resolve the environment, plan (`plan.plan_build`
     says what, anywhere), execute the plan, record the plan plus what happened in the manifest."""
@@ -138,11 +151,13 @@ def build_engines(cfg: BuildConfig, progress: Callable[[str], None] = lambda _: 
 
     started = time.perf_counter()
     manifest = load_manifest(cfg.folder, verify=False)   # schema / corrupt JSON first: no machine fixes those
+    refuse_build_memory(cfg, manifest)                   # a named Jetson target: before TensorRT is imported
     env = resolve_env(cfg)
     # the plan first: a precision or workspace the build cannot honour is one line before hashing the export
     plan = plan_build(cfg, manifest=manifest, env=env, write=False)
-    if plan.weights_problem:
-        raise UsageError(plan.weights_problem)
+    for problem in (plan.weights_problem, plan.memory_problem):   # memory: `auto` on the board itself
+        if problem:
+            raise UsageError(problem)
     progress("verifying the export's checksums")
     checksums = verify_sources(cfg.folder, manifest)      # hashed once: write_manifest reuses them
     if plan.timing_cache is not None:

@@ -6,8 +6,8 @@ parameters in the export dtype: what the export loads). The fit's two constants 
 the run they came from (docs/benchmarks.md, "Real-size export cost"). The export holds the
 PyTorch model, traces each graph form, validates each in ONNX Runtime (which on the CPU keeps fp32
 copies of fp16 weights) and shares the weights at the end, so its peak is several times the weights.
-The build's host memory (TensorRT's parser and builder) is not measured here (no TensorRT board):
-`plan` says so rather than print a number.
+The build's memory (TensorRT's parser and builder) is not measured here (no TensorRT board): it is
+the memory plan's stated formula (engines/build_memory.py, the `build` column), not a measured fit.
 """
 
 from __future__ import annotations
@@ -37,5 +37,5 @@ def export_peak_bytes(shape: ThinkerShape, dtype: str = "fp16") -> int:
 def summary(shape: ThinkerShape, dtype: str = "fp16") -> str:
     weights = thinker_bytes(shape, dtype)
     return (f"host memory: export --dtype {dtype} needs about {export_peak_bytes(shape, dtype) / GB:.1f} GB "
-            f"(thinker weights {weights / GB:.1f} GB; measured fit, {MEASURED}); the TensorRT build's host "
-            "memory is not measured yet (on Jetson it shares the board's memory)")
+            f"(thinker weights {weights / GB:.1f} GB; measured fit, {MEASURED}); the TensorRT build's peak "
+            "is the plan's `build` column (a stated formula, not measured; on Jetson it shares the board's memory)")

@@ -84,6 +84,8 @@ class Fit:
     fits: bool
     max_context: int                   # largest context that fits (0: not even an empty cache)
     decoder_form: str = ""             # the decoder graph this target builds (kv_form.decoder_form; exports only)
+    build_gb: float = 0.0              # the largest engine build's peak (engines/build_memory.py)
+    build_fits: bool | None = None     # unified memory (Jetson): the build fits usable; None: discrete GPU, not checked
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ class MemoryPlan:
     activations: dict[str, int]        # graph -> bytes at its largest profile shape
     cache_tokens: int                  # max_context, or the window
     fits: tuple[Fit, ...] = field(default=())
+    onnx_weights: dict[str, int] | None = None   # graph -> bytes as the ONNX files store them (None: = weights)
 
     @property
     def weights_total(self) -> int:
@@ -113,7 +116,8 @@ class MemoryPlan:
                 "weights_bytes": self.weights, "text_embeddings_bytes": self.host_tables,
                 "kv_cache_bytes": self.kv_cache, "kv_bytes_per_token": self.kv_per_token,
                 "activations_bytes": self.activations,
-                "fits": [f.__dict__ for f in self.fits], "reserve_gb": RESERVE_GB}
+                "fits": [f.__dict__ for f in self.fits], "reserve_gb": RESERVE_GB,
+                "build_peak": "parser (ONNX bytes) + builder (weights) + workspace + engine (weights), largest graph"}
 
     def summary(self) -> str:
         c = self.config
@@ -129,13 +133,17 @@ class MemoryPlan:
             lines.append(f"  activations {graph:<14} {size / GB:8.2f} GB")
         forms = any(f.decoder_form for f in self.fits)
         lines.append(f"  {'target':<12} {'memory':>7} {'usable':>7} {'needs':>7}  fits  largest max context"
-                     + ("  decoder form" if forms else ""))
+                     f"  {'build':>6}  builds" + ("  decoder form" if forms else ""))
         for f in self.fits:
+            builds = "host" if f.build_fits is None else "yes " if f.build_fits else "NO  "
             lines.append(f"  {f.target:<12} {f.memory_gb:6.0f}G {f.usable_gb:6.1f}G {f.need_gb:6.1f}G  "
                          f"{'yes ' if f.fits else 'NO  '}  {f.max_context if f.max_context else 'none':<19}"
-                         + (f"  {f.decoder_form}" if forms else ""))
+                         f"  {f.build_gb:5.1f}G  {builds}" + (f"  {f.decoder_form}" if forms else ""))
         lines.append(f"  (needs = weights + KV + largest activations + the target's workspace; usable = memory minus "
                      f"{RESERVE_GB['jetson']:g} GB on Jetson, {RESERVE_GB['datacenter']:g} GB elsewhere)")
+        lines.append("  (build = the largest engine's build peak: parser (ONNX bytes) + builder (weights) + workspace + "
+                     "engine (weights), docs/engines.md; on Jetson it shares the board's memory and must fit usable; "
+                     "host = discrete GPU, host RAM not checked)")
         return "\n".join(lines)
 
 
@@ -198,23 +206,30 @@ def kv_per_token(cfg: MemoryConfig) -> int:
     return buffers * (2 * t.layers * t.kv_heads * t.head_dim * FLOAT_BYTES[cfg.dtype])   # (K + V) x buffers
 
 
-def plan_memory(cfg: MemoryConfig, *, targets=FIT_TARGETS, weights: dict[str, int] | None = None) -> MemoryPlan:
-    """The plan; `weights` (graph -> bytes) replaces the analytic weights when the graphs exist."""
+def plan_memory(cfg: MemoryConfig, *, targets=FIT_TARGETS, weights: dict[str, int] | None = None,
+                onnx_weights: dict[str, int] | None = None) -> MemoryPlan:
+    """The plan; `weights` (graph -> bytes) replaces the analytic weights when the graphs exist, and
+    `onnx_weights` gives their bytes as stored (the build's parser term; default: `weights`)."""
+    from omnisift_edge.engines.build_memory import build_peak
     from omnisift_edge.engines.presets import get_target
 
     analytic, host = weight_bytes(cfg)
     weights = dict(weights) if weights is not None else analytic
     cache = cfg.window or cfg.max_context
     per_token = kv_per_token(cfg)
-    plan = MemoryPlan(cfg, weights, host, per_token * cache, per_token, activation_bytes(cfg, cache), cache)
+    plan = MemoryPlan(cfg, weights, host, per_token * cache, per_token, activation_bytes(cfg, cache), cache,
+                      onnx_weights=onnx_weights)
+    stored = onnx_weights or weights
     fits = []
     for name in targets:
         target = _fit_target(name, get_target)
         jetson = target.jetson
         usable = target.memory_gb - RESERVE_GB["jetson" if jetson else "datacenter"]
         need = plan.device_bytes(jetson, target.workspace_gb) / GB
+        build = build_peak({g: (stored.get(g, b), b) for g, b in weights.items()}, target.workspace_gb).total / GB
         fits.append(Fit(target.name, target.memory_gb, usable, round(need, 2), need <= usable,
-                        _largest_context(cfg, weights, host, jetson, target.workspace_gb, usable)))
+                        _largest_context(cfg, weights, host, jetson, target.workspace_gb, usable),
+                        build_gb=round(build, 2), build_fits=build <= usable if jetson else None))
     return MemoryPlan(**{**plan.__dict__, "fits": tuple(fits)})
 
 
@@ -331,14 +346,16 @@ def plan_export(folder, manifest: dict, *, precision: str, max_context: int, pre
                        max_context=min(max_context, shape.text.max_position),
                        resolution=manifest.resolution, prefill=prefill, kv_in_place=kv_in_place)
     weights: dict[str, int] = {}
+    stored: dict[str, int] = {}
     scale = FLOAT_BYTES[dtype] / FLOAT_BYTES[manifest.dtype]   # float weights: graph -> engine dtype
     for graph, entry in manifest.graphs.items():
         part = graph if graph in ("vision_encoder", "audio_encoder", "decoder") else "compressor"
-        size = graph_file_bytes(Path(folder), manifest, entry.file)
+        size = file = graph_file_bytes(Path(folder), manifest, entry.file)
         fixed = quant.quantized_weight_bytes if part == "decoder" and quant is not None else 0   # packed ints stay as they are
         size = int((size - fixed) * scale + fixed)   # file sizes, not the protos: planning imports no onnx
         weights[part] = max(weights.get(part, 0), size) if part == "compressor" else size   # one compressor runs
-    return with_forms(plan_memory(cfg, weights=weights), manifest)
+        stored[part] = max(stored.get(part, 0), file) if part == "compressor" else file
+    return with_forms(plan_memory(cfg, weights=weights, onnx_weights=stored), manifest)
 
 
 def with_forms(plan: MemoryPlan, manifest) -> MemoryPlan:

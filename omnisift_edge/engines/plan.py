@@ -170,6 +170,7 @@ class EnginePlan:
     profiles: tuple[Profile, ...]
     weight_bytes: int              # ONNX file + its weights' data file(s): the weights TensorRT will hold
     static: dict = field(default_factory=dict)   # axes fixed before parsing (kv_form.static_sizes): the static cache
+    onnx_bytes: int = 0            # ONNX file + its weights' data as stored (what the parser holds; build_memory.py)
 
     @property
     def dynamic(self) -> bool:
@@ -227,6 +228,7 @@ class BuildPlan:
     decoder_form: tuple[str, str] = ("decoder", "")   # (graph, why): kv_form.decoder_form
     memory: object = field(default=None, compare=False)   # engines.memory.MemoryPlan (None: export predates it)
     weights_problem: str | None = None   # why this TensorRT cannot build the decoder's weights (build refuses)
+    memory_problem: str | None = None    # why the build cannot fit the target's unified memory (build refuses)
 
     @property
     def target(self) -> Target:
@@ -281,6 +283,7 @@ class BuildPlan:
             "timing_cache": self.timing_cache and str(self.timing_cache), "warnings": list(self.warnings),
             "decoder_form": {"graph": self.decoder_form[0], "why": self.decoder_form[1]},
             "memory": self.memory.to_dict() if self.memory is not None else None,
+            "build_peak": self.build_peak_record(),
             "engines": [{"graph": e.graph, "onnx": str(e.onnx), "engine": str(e.engine), "graph_dtype": e.graph_dtype,
                          "precision": e.mode.precision, "strongly_typed": e.mode.strongly_typed,
                          "flags": list(e.mode.flags), "why": e.mode.why, "weight_bytes": e.weight_bytes,
@@ -288,6 +291,15 @@ class BuildPlan:
                          "trtexec": self.trtexec(e),
                          "polygraphy": self.polygraphy(e)} for e in self.engines],
         }
+
+    def build_peak_record(self) -> dict:
+        """The largest engine build's memory, term by term (engines/build_memory.py)."""
+        from omnisift_edge.engines.build_memory import plan_peak
+
+        peak = plan_peak(self)
+        return {"graph": peak.graph, "parser_bytes": peak.parser, "builder_bytes": peak.builder,
+                "workspace_bytes": peak.workspace, "engine_bytes": peak.engine, "total_bytes": peak.total,
+                "unified_memory": self.target.jetson, "refused": self.memory_problem}
 
     def trtexec(self, e: EnginePlan) -> list[str]:
         """The trtexec line; none for TensorRT-RTX (its SDK's `tensorrt_rtx` tool is not in the wheel; use the polygraphy line)."""
@@ -322,10 +334,22 @@ class BuildPlan:
             lines.append("    " + shlex.join(self.polygraphy(e)))
         if self.memory is not None:
             lines += ["  " + line for line in self.memory.summary().splitlines()]
+        lines.append(self._build_memory_line())
         lines += [f"  warning: {w}" for w in self.warnings]
         if self.path is not None:
             lines.append(f"  written to {self.path}")
         return "\n".join(lines)
+
+
+    def _build_memory_line(self) -> str:
+        from omnisift_edge.engines.build_memory import GB, plan_peak
+
+        peak = plan_peak(self)
+        where = (f"in {self.target.name}'s {self.target.memory_gb:g} GB shared by CPU and GPU" if self.target.jetson
+                 else "host RAM (builder, parser, engine) and GPU (workspace); not checked")
+        verdict = f"REFUSED: {self.memory_problem}" if self.memory_problem else "fits" if self.target.jetson else ""
+        return (f"  build memory: peak about {peak.total / GB:.1f} GB building {peak.graph} ({peak.terms()}), "
+                f"{where}" + (f"; {verdict}" if verdict else ""))
 
 
 NO_TIMING_CACHE = ("none: TensorRT-RTX writes an empty timing cache and will not read it back (checked 1.7); "
@@ -382,6 +406,7 @@ def plan_build(cfg: BuildConfig, *, manifest=None, env: BuildEnv | None = None,
     plan = BuildPlan(cfg.folder, env, precision, limits.max_context, limits.max_sequence, limits.main_ratio,
                      workspace, timing_cache, engines, _warnings(cfg, env, engines, problem), memory=memory,
                      decoder_form=form, weights_problem=problem)
+    plan = dataclasses.replace(plan, memory_problem=memory_problem(plan, env.device))
     if write:
         path = write_side_file(cfg.folder, plan.relative_path, plan.json_bytes(), manifest)
         plan = dataclasses.replace(plan, path=path)
@@ -400,7 +425,7 @@ def _engine_plans(folder: Path, manifest, env: BuildEnv, decoder: str, graph_dty
         engines.append(EnginePlan(graph, folder / entry.file, engine_path(folder, env.target.name, graph),
                                   graph_dtype, mode, graph_profiles(manifest, graph, limits),
                                   size // 2 if graph_dtype == "fp32" and mode.precision != "fp32" else size,
-                                  static_sizes(graph, limits.max_context)))
+                                  static_sizes(graph, limits.max_context), size))
     return tuple(engines)
 
 
@@ -418,6 +443,17 @@ def _warnings(cfg: BuildConfig, env: BuildEnv, engines, weights_problem: str | N
     if env.flavour.builds_without_gpu and cfg.timing_cache is not None:
         warnings.append(f"timing_cache {cfg.timing_cache} ignored: {NO_TIMING_CACHE}")
     return tuple(warnings + ([weights_problem] if weights_problem else []))
+
+
+def memory_problem(plan: BuildPlan, device=None) -> str | None:
+    """Why `plan`'s build cannot fit its Jetson's unified memory (one line naming the fix), or None."""
+    from omnisift_edge.engines.build_memory import check_build_memory
+
+    try:
+        check_build_memory(plan, device)
+    except UsageError as exc:
+        return str(exc)
+    return None
 
 
 # the first TensorRT whose ONNX parser takes opset 21 (weight-only Q/DQ decoders); export/trt_ops.py has the why

@@ -113,3 +113,39 @@ def test_a_build_hashes_each_export_file_once(export_copy):
     os.utime(export_copy / name, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))   # touched since: hashed again
     write_manifest(export_copy, manifest, known=stale)
     assert read_manifest(export_copy, verify=False)["files"][name]["sha256"] == manifest["files"][name]["sha256"]
+
+
+def test_a_jetson_build_that_cannot_fit_is_refused_before_tensorrt(export_copy, no_tensorrt):
+    """The tiny export with a 15 GB workspace on a 16 GB NX: the build peak exceeds the board; refused
+    with the memory line, not TensorRT's install message (the check runs before TensorRT is imported)."""
+    with pytest.raises(UsageError) as info:
+        build_engines(BuildConfig(export_copy, target="orin-nx", workspace_gb=15))
+    message = str(info.value)
+    assert message.startswith("building the ") and "shared by CPU and GPU" in message and "\n" not in message
+    assert "Jetson AGX Orin 32 GB" in message and "copy" in message
+    assert not (export_copy / "engines" / "orin-nx").exists()
+    plan = plan_build(BuildConfig(export_copy, target="orin-nx", workspace_gb=15), write=False)
+    assert plan.memory_problem == message
+    assert f"REFUSED: {message}" in plan.summary()
+    assert plan.to_dict()["build_peak"]["refused"] == message
+
+
+def test_the_build_memory_rule_leaves_fitting_and_discrete_gpu_builds_alone(export_copy, no_tensorrt):
+    plan = plan_build(BuildConfig(export_copy, target="orin-nx"), write=False)
+    assert plan.memory_problem is None and "build memory: peak about" in plan.summary()
+    peak = plan.to_dict()["build_peak"]
+    assert peak["total_bytes"] == peak["parser_bytes"] + peak["builder_bytes"] + peak["workspace_bytes"] \
+        + peak["engine_bytes"] and peak["unified_memory"]
+    big = plan_build(BuildConfig(export_copy, target="a100", workspace_gb=79.5), write=False)
+    assert big.memory_problem is None and "not checked" in big.summary()
+    with pytest.raises(UsageError, match="^TensorRT is not installed"):    # the memory rule let it through
+        build_engines(BuildConfig(export_copy, target="a100", workspace_gb=79.5))
+
+
+def test_the_cli_refuses_the_jetson_build_in_one_line(export_copy, no_tensorrt):
+    from omnisift_edge.cli import main
+
+    result = CliRunner().invoke(main, ["build", str(export_copy), "--target", "orin-nx", "--workspace", "15"])
+    assert result.exit_code == 1 and result.output.count("\n") == 1 and "shared by CPU and GPU" in result.output
+    result = CliRunner().invoke(main, ["build", str(export_copy), "--target", "orin-nx", "--workspace", "15", "--plan"])
+    assert result.exit_code == 0 and "build memory: peak about" in result.output and "REFUSED" in result.output

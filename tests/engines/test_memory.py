@@ -167,3 +167,68 @@ def test_build_plan_prints_the_memory_of_an_export(small_export):
     assert "cannot parse" in weights_form_problem(manifest, "8.6.1")
     assert weights_form_problem(manifest, "10.6.0") is None
     assert weights_form_problem(manifest, "1.7.1", "tensorrt_rtx") is None
+
+
+# --- build memory on Jetson (engines/build_memory.py) ---------------------------------------------
+
+
+def test_7b_fp16_build_exceeds_orin_nx_and_is_refused_naming_the_fix():
+    from omnisift_edge.engines.build_memory import build_memory_problem, build_peak, int4_alternative
+    from omnisift_edge.engines.presets import get_target
+
+    plan = plan_config(SEVEN_B, weights="fp16")
+    nx = _fit(plan, "orin-nx")
+    assert nx.build_gb > nx.memory_gb and nx.build_fits is False
+    assert nx.build_gb > nx.need_gb                      # the build needs more than the run
+    assert "builds" in plan.summary() and f"{nx.build_gb:5.1f}G  NO" in plan.summary()
+    peak = build_peak({g: (b, b) for g, b in plan.weights.items()}, 2)
+    assert peak.graph == "decoder" and peak.total == 3 * plan.weights["decoder"] + 2 * GB
+    problem = build_memory_problem(peak, get_target("orin-nx"), int4_peak=int4_alternative(plan, 2))
+    assert problem.startswith("building the decoder engine for orin-nx needs about")
+    assert "\n" not in problem and "shared by CPU and GPU" in problem
+    # the only Orin that holds a 7B fp16 build is the 64 GB AGX: build there, copy the engine
+    assert "Jetson AGX Orin 64 GB" in problem and "compute capability 8.7" in problem
+    assert _fit(plan, "orin-agx").build_fits and not _fit(plan, "orin-agx-32").build_fits
+
+
+def test_7b_int4_build_on_orin_nx_states_why_not_and_int4_is_offered_where_it_fits():
+    import dataclasses
+
+    from omnisift_edge.engines.build_memory import build_memory_problem, build_peak, int4_alternative
+    from omnisift_edge.engines.presets import get_target
+
+    int4 = plan_config(SEVEN_B, weights="int4")
+    nx = _fit(int4, "orin-nx")
+    assert nx.fits                                        # the run fits the NX ...
+    assert nx.build_fits is False and nx.usable_gb < nx.build_gb < nx.memory_gb   # ... its 3-copy build just does not
+    peak = build_peak({g: (b, b) for g, b in int4.weights.items()}, 2)
+    problem = build_memory_problem(peak, get_target("orin-nx"), int4_peak=int4_alternative(int4, 2))
+    assert "--weights int4" not in problem and "Jetson AGX Orin 32 GB" in problem   # next larger Orin
+    assert _fit(int4, "orin-agx-32").build_fits
+    # fp16 on a 32 GB AGX: int4 is the fix named first (its build fits there)
+    fp16 = plan_config(SEVEN_B, weights="fp16")
+    agx32 = dataclasses.replace(get_target("orin-agx"), memory_gb=32)
+    problem = build_memory_problem(build_peak({g: (b, b) for g, b in fp16.weights.items()}, 4), agx32,
+                                   int4_peak=int4_alternative(fp16, 4))
+    assert "export again with --weights int4 (its build needs about" in problem and "AGX Orin 64 GB" in problem
+
+
+@pytest.mark.parametrize("target", ["l4", "a100", "h100"])
+def test_discrete_gpus_are_not_refused_by_the_build_memory_rule(target):
+    from omnisift_edge.engines.build_memory import build_memory_problem, build_peak
+    from omnisift_edge.engines.presets import get_target
+
+    plan = plan_config(SEVEN_B, weights="fp16")
+    huge = build_peak({"decoder": (500 * GB, 500 * GB)}, 8)
+    assert build_memory_problem(huge, get_target(target)) is None
+    fit = _fit(plan, target)
+    assert fit.build_fits is None and fit.build_gb > 0
+
+
+def test_a_larger_detected_orin_may_build_a_smaller_ones_engines():
+    from omnisift_edge.engines.build_memory import build_memory_problem, build_peak
+    from omnisift_edge.engines.presets import get_target
+
+    peak = build_peak({"decoder": (13 * GB, 13 * GB)}, 2)
+    assert build_memory_problem(peak, get_target("orin-nx")) is not None
+    assert build_memory_problem(peak, get_target("orin-nx"), machine_gb=64) is None
