@@ -2,7 +2,7 @@
 // microphone PCM as they arrive, ask questions while the video goes on, stream the answers.
 //
 //   camera_app EXPORT_DIR [--ratio R] [--seconds S] [--question Q] [--ask-every S] [--target T] [--stub]
-//              [--context-policy error|sliding] [--window-seconds N] [--max-context N]
+//              [--context-policy error|sliding] [--window-seconds N] [--max-context N] [--cameras N]
 //              [--gst PIPELINE [--require-audio] [--drop-policy oldest|thin] [--queue N] [--events FILE]
 //               [--read-timeout S] [--process-delay-ms N]]
 //
@@ -19,6 +19,10 @@
 // --context-policy sliding keeps the last --window-seconds of media (or what max_context holds) and
 // runs for as long as the camera does (docs/cpp.md, "Context policies").
 //
+// --cameras N runs N synthetic cameras, a session and a capture thread each, on one set of engines
+// loaded once (SharedEngines: each session has its own execution contexts and KV cache); each
+// camera's question is asked at the end and the answers printed when all are done.
+//
 // The media here is synthetic (a moving colour gradient at 2 fps, a 440 Hz tone with bursts),
 // delivered the way a capture loop would: one frame every 500 ms, PCM in 100 ms blocks. With
 // TensorRT compiled in and engines built (`omnisift-edge build EXPORT_DIR`), the engines run;
@@ -30,6 +34,7 @@
 #include <iostream>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "omnisift/session.h"
@@ -58,6 +63,7 @@ struct Args {
   bool require_audio = false;
   int queue = 2, process_delay_ms = 0;
   double read_timeout = 5;
+  int cameras = 1;
 };
 
 bool parse(int argc, char** argv, Args& a) {
@@ -81,16 +87,18 @@ bool parse(int argc, char** argv, Args& a) {
     else if (k == "--context-policy" && (v = next())) a.policy = v;
     else if (k == "--window-seconds" && (v = next())) a.window_seconds = std::atof(v);
     else if (k == "--max-context" && (v = next())) a.max_context = std::atol(v);
+    else if (k == "--cameras" && (v = next())) a.cameras = std::atoi(v);
     else if (!k.empty() && k[0] != '-' && a.folder.empty()) a.folder = k;
     else return false;
   }
-  return !a.folder.empty();
+  return !a.folder.empty() && a.cameras >= 1;
 }
 
 // A camera: RGB frames of the export's size, a gradient that drifts with time.
 class SyntheticCamera {
  public:
-  SyntheticCamera(int height, int width) : h_(height), w_(width), rgb_(static_cast<size_t>(height) * width * 3) {}
+  SyntheticCamera(int height, int width, int start = 0)
+      : h_(height), w_(width), t_(start), rgb_(static_cast<size_t>(height) * width * 3) {}
   omnisift::FrameView next() {
     for (int y = 0; y < h_; ++y)
       for (int x = 0; x < w_; ++x) {
@@ -104,7 +112,7 @@ class SyntheticCamera {
   }
 
  private:
-  int h_, w_, t_ = 0;
+  int h_, w_, t_;
   std::vector<uint8_t> rgb_;
 };
 
@@ -140,6 +148,48 @@ omnisift::Result<omnisift::Answer> ask(omnisift::Session& session, const std::st
   return answer;
 }
 
+// --cameras N: one session per camera on `engines` (loaded once), a capture thread each (camera k's
+// gradient starts k frames later), the question asked at the end; answers printed when all are done.
+int run_cameras(const Args& args, const std::shared_ptr<const omnisift::ExportFolder>& folder,
+                const omnisift::SessionOptions& options, omnisift::SharedEngines& engines, const std::string& loads) {
+  const omnisift::Manifest& m = folder->manifest();
+  std::vector<std::unique_ptr<omnisift::Session>> sessions;
+  for (int k = 0; k < args.cameras; ++k) {
+    auto session = omnisift::Session::create(folder, engines, options);
+    if (!session.ok()) return fail(session.status());
+    sessions.push_back(std::move(session).value());
+  }
+  std::vector<omnisift::Status> status(sessions.size());
+  std::vector<omnisift::Answer> answers(sessions.size());
+  std::vector<std::thread> threads;
+  for (size_t k = 0; k < sessions.size(); ++k)
+    threads.emplace_back([&, k] {
+      omnisift::Session& session = *sessions[k];
+      SyntheticCamera camera(m.height, m.width, static_cast<int>(k));
+      SyntheticMicrophone mic;
+      for (int step = 0; step < static_cast<int>(args.seconds * 10) && status[k].ok(); ++step) {
+        if (step % 5 == 0) status[k] = session.push_frame(camera.next());
+        const std::vector<float> pcm = mic.next(1600);
+        if (status[k].ok()) status[k] = session.push_audio(pcm.data(), pcm.size());
+      }
+      if (!status[k].ok()) return;
+      auto answer = session.ask(args.question);
+      if (answer.ok()) answers[k] = *answer;
+      else status[k] = answer.status();
+    });
+  for (std::thread& t : threads) t.join();
+  int64_t kv = 0;
+  for (size_t k = 0; k < sessions.size(); ++k) {
+    if (!status[k].ok()) return fail(status[k]);
+    std::cout << "camera " << k << ": chunks " << sessions[k]->chunks() << ", KV " << sessions[k]->kv_length()
+              << " tokens\nQ: " << args.question << "\nA: " << answers[k].text << "\n";
+    kv += sessions[k]->kv_length();
+  }
+  std::cout << sessions.size() << " cameras on one set of engines (" << loads << "), " << kv
+            << " KV tokens in all, one KV cache per session\n";
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -148,7 +198,7 @@ int main(int argc, char** argv) {
     std::cerr << "usage: camera_app EXPORT_DIR [--ratio R] [--seconds S] [--question Q] [--ask-every S] [--target T] "
                  "[--stub] [--context-policy error|sliding] [--window-seconds N] [--max-context N] [--gst PIPELINE "
                  "[--require-audio] [--drop-policy oldest|thin] [--queue N] [--events FILE] [--read-timeout S] "
-                 "[--process-delay-ms N]]\n";
+                 "[--process-delay-ms N]] [--cameras N]\n";
     return 2;
   }
 #ifndef OMNISIFT_HAVE_GSTREAMER
@@ -158,6 +208,10 @@ int main(int argc, char** argv) {
     return 1;
   }
 #endif
+  if (args.gst && args.cameras > 1) {
+    std::cerr << "camera_app: --cameras N runs N synthetic cameras; --gst reads one live source (give one or the other)\n";
+    return 1;
+  }
   auto policy = omnisift::parse_context_policy(args.policy);
   if (!policy.ok()) return fail(policy.status());
   // 1. open the export: manifest (schema + checksums), tokenizer, chat prompt, embeddings
@@ -171,14 +225,16 @@ int main(int argc, char** argv) {
   options.context.policy = *policy;
   if (args.window_seconds > 0) options.context.window_seconds = args.window_seconds;
 
-  // 2. a backend: TensorRT engines when built with TensorRT, else the stand-in
-  std::unique_ptr<omnisift::Backend> backend;
-  if (!args.stub && omnisift::trt_available()) {
+  // 2. the engines, loaded once: TensorRT engines when built with TensorRT, else the stand-in;
+  //    each session gets its own backend on them (execution contexts, KV cache)
+  std::shared_ptr<omnisift::SharedEngines> engines;
+  const bool stub = args.stub || !omnisift::trt_available();
+  if (!stub) {
     omnisift::TrtOptions trt;
     trt.target = args.target;
-    auto made = omnisift::create_trt_backend(args.folder, m, options.ratio, trt);
-    if (!made.ok()) return fail(made.status());
-    backend = std::move(made).value();
+    auto loaded = omnisift::load_trt_engines(args.folder, m, options.ratio, trt);
+    if (!loaded.ok()) return fail(loaded.status());
+    engines = std::move(loaded).value();
   } else {
     auto budget = omnisift::ChunkBudget::create(m, options.ratio);
     if (!budget.ok()) return fail(budget.status());
@@ -186,11 +242,14 @@ int main(int argc, char** argv) {
     if (!script.ok()) return fail(script.status());
     script->push_back(m.stop_token_ids.front());
     std::cerr << "camera_app: stub backend (" << (args.stub ? "--stub" : "built without TensorRT") << ")\n";
-    backend = std::make_unique<omnisift::StubBackend>(m, budget->kept_per_chunk, *script);
+    engines = omnisift::StubEngines::load(m, budget->kept_per_chunk, *script);
   }
+  if (args.cameras > 1)
+    return run_cameras(args, *folder, options, *engines,
+                       stub ? "stub engine loads: " + std::to_string(omnisift::StubEngines::loads()) : "TensorRT engines loaded once");
 
-  // 3. a session: the system prompt is prefilled now
-  auto session = omnisift::Session::create(*folder, *backend, options);
+  // 3. a session on its own backend: the system prompt is prefilled now
+  auto session = omnisift::Session::create(*folder, *engines, options);
   if (!session.ok()) return fail(session.status());
 
 #ifdef OMNISIFT_HAVE_GSTREAMER
@@ -206,7 +265,7 @@ int main(int argc, char** argv) {
     live.ask_every = args.ask_every;
     live.question = args.question;
     live.process_delay_ms = args.process_delay_ms;
-    live.backend = dynamic_cast<omnisift::StubBackend*>(backend.get()) ? "stub" : "tensorrt";
+    live.backend = stub ? "stub" : "tensorrt";
     live.ratio = options.ratio;
     return run_live(live, **session, **folder);
   }

@@ -64,6 +64,20 @@ Result<std::unique_ptr<Session>> Session::create(std::shared_ptr<const ExportFol
   return s;
 }
 
+Result<std::unique_ptr<Session>> Session::create(std::shared_ptr<const ExportFolder> folder,
+                                                 std::unique_ptr<Backend> backend, SessionOptions options) {
+  if (!backend) return InvalidArgument("no backend");
+  OMNISIFT_ASSIGN_OR_RETURN(std::unique_ptr<Session> s, create(std::move(folder), *backend, std::move(options)));
+  s->owned_backend_ = std::move(backend);   // backend_ refers to the same object, now owned here
+  return s;
+}
+
+Result<std::unique_ptr<Session>> Session::create(std::shared_ptr<const ExportFolder> folder, SharedEngines& engines,
+                                                 SessionOptions options) {
+  OMNISIFT_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, engines.open_backend());
+  return create(std::move(folder), std::move(backend), std::move(options));
+}
+
 Status Session::guard() const {
   if (broken_)
     return FailedPrecondition("an earlier backend error left this session's KV cache out of step; start a new session");

@@ -5,8 +5,26 @@
 
 namespace omnisift {
 
+std::atomic<int64_t> StubEngines::loads_{0};
+
+StubEngines::StubEngines(const Manifest& manifest, int kept_per_chunk, std::vector<int64_t> script)
+    : dims(manifest.dims), kept(kept_per_chunk), script(std::move(script)) {
+  ++loads_;
+}
+
+std::shared_ptr<StubEngines> StubEngines::load(const Manifest& manifest, int kept_per_chunk, std::vector<int64_t> script) {
+  return std::make_shared<StubEngines>(manifest, kept_per_chunk, std::move(script));
+}
+
+Result<std::unique_ptr<Backend>> StubEngines::open_backend() {
+  return std::unique_ptr<Backend>(std::make_unique<StubBackend>(shared_from_this()));
+}
+
 StubBackend::StubBackend(const Manifest& manifest, int kept_per_chunk, std::vector<int64_t> script)
-    : dims_(manifest.dims), kept_(kept_per_chunk), script_(std::move(script)) {}
+    : StubBackend(StubEngines::load(manifest, kept_per_chunk, std::move(script))) {}
+
+StubBackend::StubBackend(std::shared_ptr<const StubEngines> engines)
+    : engines_(std::move(engines)), dims_(engines_->dims), kept_(engines_->kept), script_(engines_->script) {}
 
 Status StubBackend::encode_video(const std::vector<float>& pixel_values, std::vector<float>& video_embeds) {
   if (pixel_values.size() != static_cast<size_t>(dims_.chunk_patches()) * dims_.patch_dim)

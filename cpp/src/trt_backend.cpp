@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <iostream>
 #include <map>
+#include <mutex>
 #include <optional>
 
 #include "omnisift/embeddings.h"
@@ -55,23 +56,21 @@ size_t dtype_bytes(DataType t) {
   }
 }
 
-// One deserialized engine, its execution context and the manifest's view of its tensors.
-struct Engine {
+// One deserialized engine (its weights: loaded once, shared by the sessions) and the manifest's
+// view of its tensors.
+struct LoadedEngine {
   std::unique_ptr<nvinfer1::ICudaEngine> engine;
-  std::unique_ptr<nvinfer1::IExecutionContext> context;
   const GraphInfo* graph = nullptr;
   std::map<std::string, DataType> types;
 
-  static Result<std::unique_ptr<Engine>> load(nvinfer1::IRuntime& runtime, const std::string& path, const GraphInfo& graph) {
+  static Result<std::unique_ptr<LoadedEngine>> load(nvinfer1::IRuntime& runtime, const std::string& path, const GraphInfo& graph) {
     OMNISIFT_ASSIGN_OR_RETURN(std::string blob, read_file(path));
-    auto e = std::make_unique<Engine>();
+    auto e = std::make_unique<LoadedEngine>();
     e->graph = &graph;
     e->engine.reset(runtime.deserializeCudaEngine(blob.data(), blob.size()));
     if (!e->engine)
       return BackendError("TensorRT could not deserialize " + path + " (built for another GPU or TensorRT version?); "
                           "build the engines on this device with omnisift-edge build");
-    e->context.reset(e->engine->createExecutionContext());
-    if (!e->context) return BackendError("TensorRT could not create an execution context for " + path);
     for (const auto* list : {&graph.inputs, &graph.outputs}) {
       const bool input = list == &graph.inputs;
       for (const TensorInfo& t : *list) {
@@ -85,6 +84,24 @@ struct Engine {
         e->types[t.name] = dt;
       }
     }
+    return e;
+  }
+};
+
+// One session's execution context on a shared engine (its activations; the weights are the engine's).
+struct Engine {
+  nvinfer1::ICudaEngine* engine = nullptr;   // LoadedEngine's
+  std::unique_ptr<nvinfer1::IExecutionContext> context;
+  const GraphInfo* graph = nullptr;
+  std::map<std::string, DataType> types;
+
+  static Result<std::unique_ptr<Engine>> open(LoadedEngine& loaded) {
+    auto e = std::make_unique<Engine>();
+    e->engine = loaded.engine.get();
+    e->graph = loaded.graph;
+    e->types = loaded.types;
+    e->context.reset(loaded.engine->createExecutionContext());
+    if (!e->context) return BackendError("TensorRT could not create an execution context for " + loaded.graph->key);
     return e;
   }
 
@@ -115,9 +132,44 @@ Result<std::vector<int64_t>> fixed_shape(const TensorInfo& t) {
   return t.shape;
 }
 
+// What is loaded once (SharedEngines): the runtime, the four engines, their profiles and checks.
+// Sessions' TrtBackends share it through a shared_ptr; it is read-only once loaded, but for
+// createExecutionContext, which the mutex serializes.
+class TrtEngines : public SharedEngines, public std::enable_shared_from_this<TrtEngines> {
+ public:
+  Status load(const std::string& dir, const Manifest& m, double ratio, const TrtOptions& options);
+  Result<std::unique_ptr<Backend>> open_backend() override;
+  Result<std::unique_ptr<Engine>> open_context(LoadedEngine& loaded) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return Engine::open(loaded);
+  }
+
+  Manifest manifest;   // the engines' graph entries point into it
+  Logger logger;
+  std::unique_ptr<nvinfer1::IRuntime> runtime;   // before the engines: outlives them
+  std::unique_ptr<LoadedEngine> vision, audio, compressor, decoder;
+  const EngineBuild* build = nullptr;              // manifest.builds' entry
+  std::optional<DecoderProfiles> profiles;         // decoder (past/present)
+  std::optional<trt::ScatterProfiles> scatter;     // decoder_scatter (in place)
+  int device = 0;
+  int64_t capacity = 0;      // usable context: min(manifest, build)
+  int64_t cache_rows = 0;    // decoder_scatter: the engine's static cache_length (the build's max_context)
+  // write_index / logits_index: whether the engine wants them on the host (TensorLocation kHOST)
+  bool indices_on_host[2] = {false, false};
+
+ private:
+  Status check_in_place();
+  std::mutex mutex_;
+};
+
+// One session's backend: execution contexts, I/O buffers, KV cache and CUDA stream of its own, on
+// shared engines.
 class TrtBackend : public Backend {
  public:
-  Status init(const std::string& dir, const Manifest& m, double ratio, const TrtOptions& options);
+  explicit TrtBackend(std::shared_ptr<TrtEngines> shared)
+      : shared_(std::move(shared)), manifest_(shared_->manifest), profiles_(shared_->profiles),
+        scatter_(shared_->scatter), dims_(manifest_.dims), capacity_(shared_->capacity), cache_rows_(shared_->cache_rows) {}
+  Status open();
 
   Status encode_video(const std::vector<float>& pixels, std::vector<float>& out) override {
     return run_static(*vision_, {&pixels}, {}, out);
@@ -163,26 +215,22 @@ class TrtBackend : public Backend {
   Status feed_tokens(const std::vector<float>& embeds, const Positions& positions, int64_t start, int64_t take);
   Status decode_scatter(const std::vector<float>& embeds, const Positions& positions, std::vector<float>* logits);
   Status decode_past_present(const std::vector<float>& embeds, const Positions& positions, std::vector<float>* logits);
-  Status init_decoder(const EngineBuild& build);
-  Status check_in_place(const EngineBuild& build);
+  Status init_decoder();
 
-  Manifest manifest_;   // the engines' graph entries point into it
-  Logger logger_;
-  std::unique_ptr<nvinfer1::IRuntime> runtime_;
-  std::unique_ptr<Engine> vision_, audio_, compressor_, decoder_;
-  std::optional<DecoderProfiles> profiles_;        // decoder (past/present)
-  std::optional<trt::ScatterProfiles> scatter_;    // decoder_scatter (in place)
+  std::shared_ptr<TrtEngines> shared_;   // first: released after everything below
+  const Manifest& manifest_;
+  const std::optional<DecoderProfiles>& profiles_;
+  const std::optional<trt::ScatterProfiles>& scatter_;
+  const Dims dims_;
+  const int64_t capacity_, cache_rows_;
+  std::unique_ptr<Engine> vision_, audio_, compressor_, decoder_;   // this session's execution contexts
   cudaStream_t stream_ = nullptr;
-  Dims dims_;
-  int64_t capacity_ = 0;      // usable context: min(manifest, build)
-  int64_t cache_rows_ = 0;    // decoder_scatter: the engine's static cache_length (the build's max_context)
   int current_profile_ = 0;
   std::map<std::string, std::unique_ptr<DeviceBuffer>> io_;   // per tensor name, static engines
   DeviceBuffer embeds_, positions_, mask_, logits_, write_index_, logits_index_;
   // write_index / logits_index: fed from device memory, or from here where the engine wants them on
   // the host (TensorLocation kHOST: TensorRT reads them when enqueueV3 is called)
   int64_t write_index_host_[1] = {0}, logits_index_host_[1] = {0};
-  bool indices_on_host_[2] = {false, false};
   DeviceKv kv_;
   std::vector<uint16_t> half_staging_;
 };
@@ -328,13 +376,13 @@ Status TrtBackend::decode_scatter(const std::vector<float>& embeds, const Positi
     logits_index_host_[0] = take - 1;      // the piece's last row; no row at all when logits_rows is 0
     OMNISIFT_RETURN_IF_ERROR(use_profile(piece.profile));
     OMNISIFT_RETURN_IF_ERROR(feed_tokens(embeds, positions, start, take));
-    if (!indices_on_host_[0]) OMNISIFT_RETURN_IF_ERROR(upload_ints(write_index_host_, 1, write_index_.ptr));
-    if (!indices_on_host_[1] && piece.logits_rows > 0)
+    if (!shared_->indices_on_host[0]) OMNISIFT_RETURN_IF_ERROR(upload_ints(write_index_host_, 1, write_index_.ptr));
+    if (!shared_->indices_on_host[1] && piece.logits_rows > 0)
       OMNISIFT_RETURN_IF_ERROR(upload_ints(logits_index_host_, 1, logits_index_.ptr));
     OMNISIFT_RETURN_IF_ERROR(e.set_shape(in[2], {1}));
     OMNISIFT_RETURN_IF_ERROR(e.set_shape(in[3], {piece.logits_rows}));
-    OMNISIFT_RETURN_IF_ERROR(e.bind(in[2], indices_on_host_[0] ? static_cast<void*>(write_index_host_) : write_index_.ptr));
-    OMNISIFT_RETURN_IF_ERROR(e.bind(in[3], indices_on_host_[1] ? static_cast<void*>(logits_index_host_) : logits_index_.ptr));
+    OMNISIFT_RETURN_IF_ERROR(e.bind(in[2], shared_->indices_on_host[0] ? static_cast<void*>(write_index_host_) : write_index_.ptr));
+    OMNISIFT_RETURN_IF_ERROR(e.bind(in[3], shared_->indices_on_host[1] ? static_cast<void*>(logits_index_host_) : logits_index_.ptr));
     for (size_t i = 0; i + 4 < in.size(); ++i) {   // past i and present i: one buffer, written in place
       OMNISIFT_RETURN_IF_ERROR(e.set_shape(in[4 + i], {1, dims_.kv_heads, cache_rows_, dims_.head_dim}));
       OMNISIFT_RETURN_IF_ERROR(e.bind(in[4 + i], kv_.past(i)));
@@ -381,41 +429,43 @@ Status TrtBackend::decode_past_present(const std::vector<float>& embeds, const P
 
 // decoder_scatter's engine must write every present into its past (the same memory) and hold a
 // static cache of the build's max_context rows; a library without aliasing cannot run it.
-Status TrtBackend::check_in_place(const EngineBuild& build) {
+Status TrtEngines::check_in_place() {
+  const EngineBuild& b = *build;
 #if OMNISIFT_TRT_ALIASING
-  const nvinfer1::ICudaEngine& engine = *decoder_->engine;
-  const auto& in = decoder_->graph->inputs;
-  const auto& outs = decoder_->graph->outputs;
+  const nvinfer1::ICudaEngine& engine = *decoder->engine;
+  const auto& in = decoder->graph->inputs;
+  const auto& outs = decoder->graph->outputs;
   for (int k = 0; k < 2; ++k)   // write_index, logits_index
-    indices_on_host_[k] = engine.getTensorLocation(in[2 + k].name.c_str()) == nvinfer1::TensorLocation::kHOST;
+    indices_on_host[k] = engine.getTensorLocation(in[2 + k].name.c_str()) == nvinfer1::TensorLocation::kHOST;
   for (size_t i = 0; i + 4 < in.size(); ++i) {
     const char* aliased = engine.getAliasedInputTensor(outs[1 + i].name.c_str());
     if (aliased == nullptr || in[4 + i].name != aliased)
-      return Unsupported("the " + build.target + " decoder_scatter engine does not write " + outs[1 + i].name +
+      return Unsupported("the " + b.target + " decoder_scatter engine does not write " + outs[1 + i].name +
                          " in place of " + in[4 + i].name + " (TensorRT aliases it to " +
                          (aliased ? aliased : std::string("no input")) + "); build the engines again with omnisift-edge build");
     const nvinfer1::Dims shape = engine.getTensorShape(in[4 + i].name.c_str());
-    bool fixed = shape.nbDims == 4 && shape.d[2] == cache_rows_;
+    bool fixed = shape.nbDims == 4 && shape.d[2] == cache_rows;
     if (shape.nbDims == 4 && shape.d[2] < 0) {   // dynamic in the ONNX graph: every profile pins it
       fixed = true;
       for (int p = 0; p < engine.getNbOptimizationProfiles(); ++p)
         for (auto select : {nvinfer1::OptProfileSelector::kMIN, nvinfer1::OptProfileSelector::kMAX})
-          fixed = fixed && engine.getProfileShape(in[4 + i].name.c_str(), p, select).d[2] == cache_rows_;
+          fixed = fixed && engine.getProfileShape(in[4 + i].name.c_str(), p, select).d[2] == cache_rows;
     }
     if (!fixed)
-      return DataLoss("the " + build.target + " decoder_scatter engine's " + in[4 + i].name + " does not hold the build's " +
-                      std::to_string(cache_rows_) + " cache rows; build the engines again");
+      return DataLoss("the " + b.target + " decoder_scatter engine's " + in[4 + i].name + " does not hold the build's " +
+                      std::to_string(cache_rows) + " cache rows; build the engines again");
   }
   return Status::Ok();
 #else
-  return Unsupported("the " + build.target + " engines keep the KV cache in place (decoder_scatter), which needs TensorRT "
+  return Unsupported("the " + b.target + " engines keep the KV cache in place (decoder_scatter), which needs TensorRT "
                      ">= 10.15 or TensorRT-RTX; this omnisift library was compiled against TensorRT " +
                      std::to_string(NV_TENSORRT_MAJOR) + "." + std::to_string(NV_TENSORRT_MINOR) +
                      ": build the engines with this TensorRT (they then hold decoder)");
 #endif
 }
 
-Status TrtBackend::init_decoder(const EngineBuild& build) {
+Status TrtBackend::init_decoder() {
+  const EngineBuild& build = *shared_->build;
   const Engine& dec = *decoder_;
   const auto& in = dec.graph->inputs;
   const bool in_place = scatter_.has_value();
@@ -431,8 +481,6 @@ Status TrtBackend::init_decoder(const EngineBuild& build) {
     return Unsupported("the decoder's KV cache is neither fp32 nor fp16");
   const size_t tensors = in.size() - first_cache;
   if (in_place) {
-    cache_rows_ = build.max_context;
-    OMNISIFT_RETURN_IF_ERROR(check_in_place(build));
     OMNISIFT_RETURN_IF_ERROR(write_index_.allocate(8));
     OMNISIFT_RETURN_IF_ERROR(logits_index_.allocate(8));
     OMNISIFT_RETURN_IF_ERROR(kv_.allocate(DeviceKv::Form::kInPlace, tensors, dims_.kv_heads, cache_rows_, dims_.head_dim,
@@ -450,65 +498,92 @@ Status TrtBackend::init_decoder(const EngineBuild& build) {
   return cuda(cudaStreamSynchronize(stream_), "init");
 }
 
-Status TrtBackend::init(const std::string& dir, const Manifest& manifest, double ratio, const TrtOptions& options) {
-  manifest_ = manifest;
-  const Manifest& m = manifest_;
-  dims_ = m.dims;
+Status TrtEngines::load(const std::string& dir, const Manifest& given, double ratio, const TrtOptions& options) {
+  manifest = given;
+  const Manifest& m = manifest;
   if (m.builds.empty()) return NotFound("this export has no TensorRT engines (manifest builds is empty); run omnisift-edge build");
   if (options.target.empty() && m.builds.size() > 1) return InvalidArgument("the export has engines for several targets; name one");
   auto bit = options.target.empty() ? m.builds.begin() : m.builds.find(options.target);
   if (bit == m.builds.end()) return NotFound("no engines for target " + options.target + "; run omnisift-edge build --target " + options.target);
-  const EngineBuild& build = bit->second;
-  OMNISIFT_RETURN_IF_ERROR(trt::check_library(build, OMNISIFT_TRT_RTX, getInferLibMajorVersion(), getInferLibMinorVersion()));
+  build = &bit->second;
+  OMNISIFT_RETURN_IF_ERROR(trt::check_library(*build, OMNISIFT_TRT_RTX, getInferLibMajorVersion(), getInferLibMinorVersion()));
+  device = options.device;
   OMNISIFT_RETURN_IF_ERROR(cuda(cudaSetDevice(options.device), "cudaSetDevice"));
   if (options.check_device) {
     cudaDeviceProp prop{};
     OMNISIFT_RETURN_IF_ERROR(cuda(cudaGetDeviceProperties(&prop, options.device), "cudaGetDeviceProperties"));
     const std::string cc = std::to_string(prop.major) + "." + std::to_string(prop.minor);
-    OMNISIFT_RETURN_IF_ERROR(trt::check_compute_capability(build, prop.name, cc));
+    OMNISIFT_RETURN_IF_ERROR(trt::check_compute_capability(*build, prop.name, cc));
   }
-  runtime_.reset(nvinfer1::createInferRuntime(logger_));
-  if (!runtime_) return BackendError("createInferRuntime failed");
-  OMNISIFT_RETURN_IF_ERROR(cuda(cudaStreamCreate(&stream_), "cudaStreamCreate"));
+  runtime.reset(nvinfer1::createInferRuntime(logger));
+  if (!runtime) return BackendError("createInferRuntime failed");
   OMNISIFT_ASSIGN_OR_RETURN(RatioPlan plan, m.ratio_plan(ratio));
   // the in-place decoder when the build has it (TensorRT >= 10.15, TensorRT-RTX), else past/present
-  const std::string decoder_key = build.engines.count("decoder_scatter") ? "decoder_scatter" : "decoder";
-  const std::pair<std::unique_ptr<Engine>*, std::string> wanted[] = {
-      {&vision_, "vision_encoder"}, {&audio_, "audio_encoder"}, {&compressor_, plan.graph}, {&decoder_, decoder_key}};
+  const std::string decoder_key = build->engines.count("decoder_scatter") ? "decoder_scatter" : "decoder";
+  const std::pair<std::unique_ptr<LoadedEngine>*, std::string> wanted[] = {
+      {&vision, "vision_encoder"}, {&audio, "audio_encoder"}, {&compressor, plan.graph}, {&decoder, decoder_key}};
   for (const auto& [slot, key] : wanted) {
-    auto entry = build.engines.find(key);
-    if (entry == build.engines.end()) return NotFound("no engine for " + key + " in builds." + build.target);
+    auto entry = build->engines.find(key);
+    if (entry == build->engines.end()) return NotFound("no engine for " + key + " in builds." + build->target);
     OMNISIFT_ASSIGN_OR_RETURN(const GraphInfo* graph, m.graph(key));
-    OMNISIFT_ASSIGN_OR_RETURN(*slot, Engine::load(*runtime_, (fs::path(dir) / entry->second.file).string(), *graph));
+    OMNISIFT_ASSIGN_OR_RETURN(*slot, LoadedEngine::load(*runtime, (fs::path(dir) / entry->second.file).string(), *graph));
+  }
+  capacity = std::min(m.max_context, build->max_context);
+  if (decoder_key == "decoder_scatter") {
+    OMNISIFT_ASSIGN_OR_RETURN(trt::ScatterProfiles p, trt::ScatterProfiles::create(build->engines.at(decoder_key)));
+    scatter.emplace(std::move(p));
+    cache_rows = build->max_context;
+    return check_in_place();
+  }
+  OMNISIFT_ASSIGN_OR_RETURN(DecoderProfiles p, DecoderProfiles::create(build->engines.at(decoder_key)));
+  profiles.emplace(std::move(p));
+  return Status::Ok();
+}
+
+Result<std::unique_ptr<Backend>> TrtEngines::open_backend() {
+  auto backend = std::make_unique<TrtBackend>(shared_from_this());
+  OMNISIFT_RETURN_IF_ERROR(backend->open());
+  return std::unique_ptr<Backend>(std::move(backend));
+}
+
+// This session's part: a CUDA stream, an execution context per engine, I/O buffers, the KV cache.
+Status TrtBackend::open() {
+  OMNISIFT_RETURN_IF_ERROR(cuda(cudaSetDevice(shared_->device), "cudaSetDevice"));   // this thread's device
+  OMNISIFT_RETURN_IF_ERROR(cuda(cudaStreamCreate(&stream_), "cudaStreamCreate"));
+  const std::pair<std::unique_ptr<Engine>*, LoadedEngine*> wanted[] = {{&vision_, shared_->vision.get()},
+                                                                      {&audio_, shared_->audio.get()},
+                                                                      {&compressor_, shared_->compressor.get()},
+                                                                      {&decoder_, shared_->decoder.get()}};
+  for (const auto& [slot, loaded] : wanted) {
+    OMNISIFT_ASSIGN_OR_RETURN(*slot, shared_->open_context(*loaded));
     if (slot == &decoder_) continue;
-    for (const auto* list : {&graph->inputs, &graph->outputs})
+    const GraphInfo& graph = *loaded->graph;
+    for (const auto* list : {&graph.inputs, &graph.outputs})
       for (const TensorInfo& t : *list) {
         OMNISIFT_ASSIGN_OR_RETURN(std::vector<int64_t> shape, fixed_shape(t));
         auto buf = std::make_unique<DeviceBuffer>();
         OMNISIFT_RETURN_IF_ERROR(buf->allocate(static_cast<size_t>(volume(shape)) * dtype_bytes((*slot)->types.at(t.name))));
-        io_[key + "/" + t.name] = std::move(buf);
+        io_[graph.key + "/" + t.name] = std::move(buf);
       }
   }
-  capacity_ = std::min(m.max_context, build.max_context);
-  if (decoder_key == "decoder_scatter") {
-    OMNISIFT_ASSIGN_OR_RETURN(trt::ScatterProfiles profiles, trt::ScatterProfiles::create(build.engines.at(decoder_key)));
-    scatter_.emplace(std::move(profiles));
-  } else {
-    OMNISIFT_ASSIGN_OR_RETURN(DecoderProfiles profiles, DecoderProfiles::create(build.engines.at(decoder_key)));
-    profiles_.emplace(std::move(profiles));
-  }
-  return init_decoder(build);
+  return init_decoder();
 }
 
 }  // namespace
 
 bool trt_available() { return true; }
 
+Result<std::shared_ptr<SharedEngines>> load_trt_engines(const std::string& export_dir, const Manifest& manifest,
+                                                        double ratio, const TrtOptions& options) {
+  auto engines = std::make_shared<TrtEngines>();
+  OMNISIFT_RETURN_IF_ERROR(engines->load(export_dir, manifest, ratio, options));
+  return std::shared_ptr<SharedEngines>(std::move(engines));
+}
+
 Result<std::unique_ptr<Backend>> create_trt_backend(const std::string& export_dir, const Manifest& manifest, double ratio,
                                                    const TrtOptions& options) {
-  auto backend = std::make_unique<TrtBackend>();
-  OMNISIFT_RETURN_IF_ERROR(backend->init(export_dir, manifest, ratio, options));
-  return std::unique_ptr<Backend>(std::move(backend));
+  OMNISIFT_ASSIGN_OR_RETURN(std::shared_ptr<SharedEngines> engines, load_trt_engines(export_dir, manifest, ratio, options));
+  return engines->open_backend();
 }
 
 }  // namespace omnisift

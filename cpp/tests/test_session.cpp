@@ -8,6 +8,8 @@
 #include "omnisift/session.h"
 #include "omnisift/stub_backend.h"
 
+#include <thread>
+
 using namespace omnisift;
 using nlohmann::json;
 
@@ -212,13 +214,7 @@ namespace {
 
 // golden/schedule.json STREAMS: media appends, finish() and questions replayed through push_frame,
 // push_audio, finish and ask; every backend call, answer and the window's state compared.
-void replay_stream(const std::string& name) {
-  const json s = scenario(harness::load_json(harness::golden("schedule.json")), name);
-  auto folder = mini_folder();
-  const Manifest& m = folder->manifest();
-  auto budget = ChunkBudget::create(m, s["ratio"]);
-  CHECK_RESULT(budget);
-  RecordingBackend backend(m, budget->kept_per_chunk, s["script"].get<std::vector<int64_t>>());
+SessionOptions stream_options(const json& s) {
   SessionOptions options;
   options.ratio = s["ratio"];
   options.max_new_tokens = s["max_new_tokens"];
@@ -228,42 +224,86 @@ void replay_stream(const std::string& name) {
   options.context.policy = *parse_context_policy(ctx["policy"]);
   if (ctx.contains("window_seconds")) options.context.window_seconds = ctx["window_seconds"].get<double>();
   if (ctx.contains("position_limit")) options.context.position_limit = ctx["position_limit"].get<int64_t>();
-  auto session = Session::create(folder, backend, options);
-  CHECK_RESULT(session);
-  if (!session.ok()) return;
-  const std::vector<uint8_t> frames = golden_media::frames(s["frames"], m.height, m.width);
-  const int64_t per_frame = m.layout.sample_rate / static_cast<int64_t>(m.layout.fps);
-  const std::vector<float> pcm = golden_media::pcm(s["frames"].get<int64_t>() * per_frame);
-  const size_t frame_bytes = static_cast<size_t>(m.height) * m.width * 3;
-  size_t q = 0;
-  for (const json& op : s["ops"]) {
+  return options;
+}
+
+// One stream replayed op by op (so that several can interleave, or run on threads): what the
+// session returned is recorded by step() and compared by check(), on the test's thread.
+class StreamReplay {
+ public:
+  StreamReplay(const json& s, const Manifest& m, Session& session)
+      : s_(s), m_(m), session_(session), frames_(golden_media::frames(s["frames"], m.height, m.width)),
+        per_frame_(m.layout.sample_rate / static_cast<int64_t>(m.layout.fps)),
+        pcm_(golden_media::pcm(s["frames"].get<int64_t>() * per_frame_)) {}
+
+  // Runs the next op; false when there is none.
+  bool step() {
+    if (op_ >= s_["ops"].size()) return false;
+    const json& op = s_["ops"][op_++];
+    const size_t frame_bytes = static_cast<size_t>(m_.height) * m_.width * 3;
     if (op[0] == "media") {
       const int f0 = op[1], f1 = op[2];
       for (int f = f0; f < f1; ++f) {   // a capture loop: each frame with its half second of PCM
-        CHECK_OK((*session)->push_frame({frames.data() + f * frame_bytes, m.height, m.width}));
-        CHECK_OK((*session)->push_audio(pcm.data() + f * per_frame, static_cast<size_t>(per_frame)));
+        record(session_.push_frame({frames_.data() + f * frame_bytes, m_.height, m_.width}));
+        record(session_.push_audio(pcm_.data() + f * per_frame_, static_cast<size_t>(per_frame_)));
       }
     } else if (op[0] == "finish") {
-      CHECK_OK((*session)->finish());
+      record(session_.finish());
     } else {
-      auto answer = (*session)->ask(op[1]);
-      CHECK_RESULT(answer);
-      if (answer.ok() && q < s["answers"].size()) {
-        CHECK(answer->ids == s["answers"][q].get<std::vector<int64_t>>());
-        CHECK_EQ(answer->text, s["answer_texts"][q].get<std::string>());
-      }
-      ++q;
+      auto answer = session_.ask(op[1]);
+      record(answer.status());
+      if (answer.ok()) answers_.push_back(*answer);
     }
+    return true;
   }
-  CHECK_EQ(q, s["answers"].size());
-  compare_calls(backend.calls(), s["calls"]);
-  const KvWindow& w = (*session)->window();
-  CHECK_EQ((*session)->kv_length(), s["kv_length"].get<int64_t>());
-  CHECK_EQ(backend.kv_length(), s["kv_length"].get<int64_t>());
-  CHECK_EQ(w.evicted_chunks(), s["evicted_chunks"].get<int64_t>());
-  CHECK_EQ(w.base(), s["base"].get<int64_t>());
-  CHECK_EQ((*session)->chunks(), s["chunks"].get<int>());
-  CHECK_EQ((*session)->layout().next_position(), s["next_position"].get<int64_t>());
+
+  void check(const StubBackend& backend) const {
+    for (const std::string& e : errors_) harness::fail(__FILE__, __LINE__, s_["name"].get<std::string>() + ": " + e);
+    CHECK_EQ(answers_.size(), s_["answers"].size());
+    for (size_t q = 0; q < answers_.size() && q < s_["answers"].size(); ++q) {
+      CHECK(answers_[q].ids == s_["answers"][q].get<std::vector<int64_t>>());
+      CHECK_EQ(answers_[q].text, s_["answer_texts"][q].get<std::string>());
+    }
+    compare_calls(backend.calls(), s_["calls"]);
+    const KvWindow& w = session_.window();
+    CHECK_EQ(session_.kv_length(), s_["kv_length"].get<int64_t>());
+    CHECK_EQ(backend.kv_length(), s_["kv_length"].get<int64_t>());
+    CHECK_EQ(w.evicted_chunks(), s_["evicted_chunks"].get<int64_t>());
+    CHECK_EQ(w.base(), s_["base"].get<int64_t>());
+    CHECK_EQ(session_.chunks(), s_["chunks"].get<int>());
+    CHECK_EQ(session_.layout().next_position(), s_["next_position"].get<int64_t>());
+  }
+
+ private:
+  void record(const Status& st) {
+    if (!st.ok()) errors_.push_back("op " + std::to_string(op_ - 1) + ": " + st.to_string());
+  }
+
+  const json& s_;
+  const Manifest& m_;
+  Session& session_;
+  std::vector<uint8_t> frames_;
+  int64_t per_frame_;
+  std::vector<float> pcm_;
+  size_t op_ = 0;
+  std::vector<Answer> answers_;
+  std::vector<std::string> errors_;
+};
+
+void replay_stream(const std::string& name) {
+  const json s = scenario(harness::load_json(harness::golden("schedule.json")), name);
+  auto folder = mini_folder();
+  const Manifest& m = folder->manifest();
+  auto budget = ChunkBudget::create(m, s["ratio"]);
+  CHECK_RESULT(budget);
+  RecordingBackend backend(m, budget->kept_per_chunk, s["script"].get<std::vector<int64_t>>());
+  auto session = Session::create(folder, backend, stream_options(s));
+  CHECK_RESULT(session);
+  if (!session.ok()) return;
+  StreamReplay replay(s, m, **session);
+  while (replay.step()) {
+  }
+  replay.check(backend);
   if (s.contains("chunk_inputs")) compare_chunk_inputs(backend, s["chunk_inputs"]);   // each turn's own log-mel
   for (const BackendCall& c : backend.calls())
     if (c.kind == BackendCall::Kind::kRotate) {   // the manifest's rope theta and head_dim, as Python's inv_freq
@@ -273,11 +313,70 @@ void replay_stream(const std::string& name) {
     }
 }
 
+// `n` sessions of stream `name` on one StubEngines, each with its own backend: the engines load
+// once, and every session's calls, answers and window equal the golden stream run alone. `threads`:
+// each session on its own thread; else interleaved op by op, session k starting k ops late.
+void shared_sessions(const std::string& name, int n, bool threads) {
+  const json s = scenario(harness::load_json(harness::golden("schedule.json")), name);
+  auto folder = mini_folder();
+  const Manifest& m = folder->manifest();
+  auto budget = ChunkBudget::create(m, s["ratio"]);
+  CHECK_RESULT(budget);
+  if (!budget.ok()) return;
+  const int64_t loads_before = StubEngines::loads();
+  std::shared_ptr<StubEngines> engines = StubEngines::load(m, budget->kept_per_chunk, s["script"].get<std::vector<int64_t>>());
+  std::vector<std::unique_ptr<Session>> sessions;
+  std::vector<std::unique_ptr<StreamReplay>> replays;
+  for (int k = 0; k < n; ++k) {
+    auto session = Session::create(folder, *engines, stream_options(s));
+    CHECK_RESULT(session);
+    if (!session.ok()) return;
+    sessions.push_back(std::move(session).value());
+    replays.push_back(std::make_unique<StreamReplay>(s, m, *sessions.back()));
+  }
+  CHECK_EQ(StubEngines::loads() - loads_before, 1);
+  CHECK_EQ(engines.use_count(), n + 1);   // each session's backend holds the engines
+  if (threads) {
+    std::vector<std::thread> workers;
+    for (auto& r : replays) workers.emplace_back([&r] { while (r->step()) {} });
+    for (std::thread& t : workers) t.join();
+  } else {
+    for (int t = 0, running = n; running > 0; ++t) {
+      running = 0;
+      for (int k = 0; k < n; ++k)
+        if (t < k || replays[k]->step()) ++running;   // session k starts at op time k
+    }
+  }
+  for (int k = 0; k < n; ++k) {
+    const auto* backend = dynamic_cast<const StubBackend*>(&sessions[k]->backend());
+    CHECK(backend != nullptr && backend->engines() == engines);
+    if (backend) replays[k]->check(*backend);
+  }
+  CHECK_EQ(StubEngines::loads() - loads_before, 1);
+  sessions.clear();   // the sessions' backends let go of the engines
+  CHECK_EQ(engines.use_count(), 1);
+}
+
 }  // namespace
 
 TEST(golden_stream_new_turns_after_answers) { replay_stream("turns"); }
 TEST(golden_stream_sliding_window) { replay_stream("sliding"); }
 TEST(golden_stream_rebased_positions) { replay_stream("rebase"); }
+TEST(shared_engines_interleaved_sessions_equal_separate_ones) {
+  shared_sessions("turns", 3, false);
+  shared_sessions("sliding", 3, false);
+}
+TEST(shared_engines_sessions_on_threads_equal_separate_ones) {
+  shared_sessions("rebase", 4, true);
+  shared_sessions("turns", 4, true);
+}
+TEST(standalone_stub_backends_load_each) {
+  auto folder = mini_folder();
+  const int64_t before = StubEngines::loads();
+  StubBackend a(folder->manifest(), 19, {1}), b(folder->manifest(), 19, {1});
+  CHECK_EQ(StubEngines::loads() - before, 2);
+  CHECK(a.engines() != b.engines());
+}
 
 namespace {
 SessionOptions sliding_options(std::optional<double> window, int64_t max_context) {

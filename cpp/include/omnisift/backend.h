@@ -4,9 +4,15 @@
 // tested without TensorRT. Implementations: TrtBackend (TensorRT 10 engines, built only where
 // TensorRT is found; trt_backend.h) and StubBackend (deterministic stand-in, stub_backend.h).
 // Shapes are the manifest's (dims): the backend never invents names or sizes.
+//
+// Loaded once, used by many sessions: SharedEngines holds what is loaded once per process (the
+// engines and their weights); each session gets its own Backend from it (execution contexts, KV
+// cache, bindings, a CUDA stream), so a robot with several cameras loads the model once. Each
+// call is still one session's: batching several sessions' steps into one call is not done in C++.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "omnisift/layout.h"
@@ -55,6 +61,17 @@ class Backend {
   virtual Status check_append(int64_t /*past*/, int64_t /*n*/) const { return Status::Ok(); }
   // The longest KV cache the backend holds (0: no limit of its own; the manifest's applies).
   virtual int64_t max_context() const { return 0; }
+};
+
+// What is loaded once and shared by the sessions of a process: engines / weights. A Backend it
+// opens owns only per-session state (execution contexts, KV cache, I/O buffers) and keeps the
+// shared engines alive (they are freed with the last of them). open_backend() may be called from
+// any thread; the backends it returns may run at the same time on different threads, each used by
+// one thread at a time (as a Session is).
+class SharedEngines {
+ public:
+  virtual ~SharedEngines() = default;
+  virtual Result<std::unique_ptr<Backend>> open_backend() = 0;
 };
 
 }  // namespace omnisift

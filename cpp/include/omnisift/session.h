@@ -89,7 +89,15 @@ struct Answer {
 
 class Session {
  public:
+  // On a backend the caller owns (it must outlive the session).
   static Result<std::unique_ptr<Session>> create(std::shared_ptr<const ExportFolder> folder, Backend& backend,
+                                                 SessionOptions options = {});
+  // On a backend the session owns: e.g. SharedEngines::open_backend()'s, so that several sessions
+  // (cameras) share one set of loaded engines, each with its own execution contexts and KV cache.
+  static Result<std::unique_ptr<Session>> create(std::shared_ptr<const ExportFolder> folder,
+                                                 std::unique_ptr<Backend> backend, SessionOptions options = {});
+  // The same on a new backend opened on `engines`.
+  static Result<std::unique_ptr<Session>> create(std::shared_ptr<const ExportFolder> folder, SharedEngines& engines,
                                                  SessionOptions options = {});
 
   // One RGB frame at the export resolution (frames at 2 fps, in order).
@@ -119,6 +127,7 @@ class Session {
   // What the compressor kept of the last chunk: ascending indices into its tokens (video first,
   // then audio; layout().chunks().back() has the counts). For apps that show or count what was kept.
   const std::vector<int64_t>& last_kept_index() const { return last_kept_index_; }
+  Backend& backend() const { return backend_; }
 
  private:
   Session(std::shared_ptr<const ExportFolder> folder, Backend& backend, SessionOptions options,
@@ -147,6 +156,7 @@ class Session {
   Status guard() const;
 
   std::shared_ptr<const ExportFolder> folder_;
+  std::unique_ptr<Backend> owned_backend_;     // set when the session owns its backend
   Backend& backend_;
   SessionOptions options_;
   StreamingLayout layout_;

@@ -8,9 +8,15 @@
 // Golden files record the same rule run through Python's runtime, so the two pipelines' decoder
 // calls can be compared.
 // Also what the example app runs when TensorRT is not built.
+// Sharing: StubEngines is what a stub "loads" once (dims, K, the script), counted process-wide
+// (StubEngines::loads()) so tests can show that N sessions on one StubEngines load once; each
+// StubBackend it opens keeps its own KV length and call record, as a TensorRT session keeps its
+// own execution context and KV cache.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "omnisift/backend.h"
@@ -31,9 +37,30 @@ struct BackendCall {
   std::vector<double> inv_freq;  // rotate
 };
 
+// The stub's "engines": loaded once, shared by the StubBackends opened on it.
+class StubEngines : public SharedEngines, public std::enable_shared_from_this<StubEngines> {
+ public:
+  // One load (counted by loads()).
+  static std::shared_ptr<StubEngines> load(const Manifest& manifest, int kept_per_chunk, std::vector<int64_t> script);
+  Result<std::unique_ptr<Backend>> open_backend() override;
+  // Loads so far in this process (each StubEngines::load, and each StubBackend made from a manifest).
+  static int64_t loads() { return loads_.load(); }
+
+  StubEngines(const Manifest& manifest, int kept_per_chunk, std::vector<int64_t> script);   // use load()
+  const Dims dims;
+  const int kept;
+  const std::vector<int64_t> script;
+
+ private:
+  static std::atomic<int64_t> loads_;
+};
+
 class StubBackend : public Backend {
  public:
+  // Loads its own engines (one load).
   StubBackend(const Manifest& manifest, int kept_per_chunk, std::vector<int64_t> script);
+  // A session's backend on shared engines (no load).
+  explicit StubBackend(std::shared_ptr<const StubEngines> engines);
 
   Status encode_video(const std::vector<float>& pixel_values, std::vector<float>& video_embeds) override;
   Status encode_audio(const std::vector<float>& mel, int64_t valid_frames, std::vector<float>& audio_embeds) override;
@@ -47,11 +74,13 @@ class StubBackend : public Backend {
   int64_t kv_length() const override { return kv_length_; }
 
   const std::vector<BackendCall>& calls() const { return calls_; }
+  const std::shared_ptr<const StubEngines>& engines() const { return engines_; }
 
  private:
-  Dims dims_;
-  int kept_;
-  std::vector<int64_t> script_;
+  std::shared_ptr<const StubEngines> engines_;
+  const Dims& dims_;
+  const int kept_;
+  const std::vector<int64_t>& script_;
   int64_t kv_length_ = 0;
   int64_t since_prefill_ = 0;
   std::vector<BackendCall> calls_;

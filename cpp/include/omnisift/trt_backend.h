@@ -16,7 +16,9 @@
 //   through the host;
 // - the optimization profile is chosen per step (decoder: DecoderProfiles; decoder_scatter: by
 //   sequence_length) and steps outside them are refused before anything changes;
-// - fp16 engines get fp16 inputs converted on the host; outputs come back as float32.
+// - fp16 engines get fp16 inputs converted on the host; outputs come back as float32;
+// - sharing: the engines (weights) are loaded once (load_trt_engines) and every session's backend
+//   has its own execution contexts, stream and KV cache on them (see SharedEngines, backend.h).
 #pragma once
 
 #include <memory>
@@ -37,7 +39,15 @@ struct TrtOptions {
 // True in builds compiled with TensorRT.
 bool trt_available();
 
-// The backend for `ratio`'s compressor; Unsupported in builds without TensorRT.
+// The engines for `ratio`'s compressor, loaded once (IRuntime + one ICudaEngine per graph, checked
+// as above) to be shared by several sessions: open_backend() gives each its own IExecutionContext
+// per engine, CUDA stream, I/O buffers and KV cache device buffers (contexts are created one at a
+// time under a mutex; the backends may then run on different threads at once). The engines are
+// freed with the last backend (and the returned pointer). Unsupported in builds without TensorRT.
+Result<std::shared_ptr<SharedEngines>> load_trt_engines(const std::string& export_dir, const Manifest& manifest,
+                                                        double ratio, const TrtOptions& options = {});
+
+// One session's backend on engines of its own: load_trt_engines + open_backend.
 Result<std::unique_ptr<Backend>> create_trt_backend(const std::string& export_dir, const Manifest& manifest,
                                                    double ratio, const TrtOptions& options = {});
 
