@@ -307,17 +307,20 @@ def profile(folder, backend, target, ratios, seconds, device, max_new_tokens, ou
               help="--target rtx: the GPUs to compile for, e.g. 8.6,8.9,12.0 (the default).")
 @click.option("--max-context", type=int, default=None, help="Longest KV cache for the decoder profiles (<= the export's).")
 @click.option("--workspace", "workspace_gb", type=float, default=None, help="Builder workspace in GB (default: the preset's).")
+@click.option("--prefill-chunks", type=int, default=1, show_default=True,
+              help="Chunks' kept tokens one decoder prefill call takes (grouped prefill of a file; the profiles and "
+              "the memory plan grow with it).")
 @click.option("--plan", "plan_only", is_flag=True, help="Print and write the profiles, flags and trtexec/polygraphy "
               "command lines without building (works without TensorRT).")
 @_user_errors
-def build(folder, target, precision, max_context, workspace_gb, compute_capabilities, plan_only):
+def build(folder, target, precision, max_context, workspace_gb, compute_capabilities, prefill_chunks, plan_only):
     """Build TensorRT engines (one per graph) for a target; --plan works anywhere, --target rtx builds anywhere."""
     from omnisift_edge.engines import BuildConfig, build_engines, plan_build
     from omnisift_edge.paths import check_writable_folder
 
     check_writable_folder(folder)
     cfg = BuildConfig(folder, target=target, precision=precision, max_context=max_context, workspace_gb=workspace_gb,
-                      compute_capabilities=compute_capabilities)
+                      compute_capabilities=compute_capabilities, prefill_chunks=prefill_chunks)
     if plan_only:
         click.echo(plan_build(cfg).summary())
         return
@@ -344,10 +347,12 @@ def build(folder, target, precision, max_context, workspace_gb, compute_capabili
                    "(this machine, measured once by a probe). docs/engines.md.")
 @click.option("--ratio", "ratios", type=float, multiple=True,
               help="With --target: a ratio to predict (repeatable; default 1, 0.5, 0.25; an export: its ratios).")
+@click.option("--prefill-chunks", type=int, default=1, show_default=True,
+              help="Chunks one decoder prefill call takes (grouped prefill of a file): its activations are counted.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the plan as JSON.")
 @_user_errors
 def plan(config, weights, dtype, block_size, quantize_lm_head, max_context, window, resolution, targets, ratios,
-         json_out):
+         prefill_chunks, json_out):
     """Device memory per part for a Qwen2.5-Omni config.json or an export folder (no weights needed), which
     targets it fits, and with --target the predicted stage times, TTFT, decode speed and real-time factor."""
     from omnisift_edge.engines.host_memory import summary as host_summary
@@ -356,12 +361,13 @@ def plan(config, weights, dtype, block_size, quantize_lm_head, max_context, wind
     from omnisift_edge.runtime.demo import parse_resolution
 
     if is_export(config):
-        result = export_memory(config)
+        result = export_memory(config, prefill_chunks=prefill_chunks)
         speeds = [speed_for_export(config, target=t, ratios=ratios or None) for t in targets]
     else:
         size = parse_resolution(resolution)
         result = plan_config(config, dtype=dtype, weights=weights, block_size=block_size,
-                             lm_head_quantized=quantize_lm_head, max_context=max_context, window=window, resolution=size)
+                             lm_head_quantized=quantize_lm_head, max_context=max_context, window=window, resolution=size,
+                             prefill_chunks=prefill_chunks)
         speeds = [speed_for_config(config, target=t, ratios=ratios or (1.0, 0.5, 0.25), resolution=size, dtype=dtype,
                                    weights=weights, block_size=block_size, lm_head_quantized=quantize_lm_head,
                                    max_context=window or max_context) for t in targets]

@@ -12,7 +12,8 @@ export recorded) and the run settings. Parts, in bytes:
 - KV cache at the max context (or at the sliding window): 2 (K, V) x layers x kv_heads x head_dim
   per token, twice over: the decoder graph takes the cache as `past` and returns it as `present`,
   so both buffers are live during a call.
-- activations at the profiles' largest shapes: the decoder's prefill of `prefill` tokens on a full
+- activations at the profiles' largest shapes: the decoder's prefill of `prefill` tokens (at least
+  `prefill_chunks` chunks' kept tokens: a grouped file prefill, `--prefill-chunks`) on a full
   cache (attention scores and probabilities [heads, S, T] in the graph's dtype, repeated K/V, MLP,
   last-position logits), the vision encoder on one chunk (full-attention layers: scores over a
   frame), the audio encoder on one window. Engines run one after another, so the largest counts.
@@ -50,8 +51,12 @@ class MemoryConfig:
     kept_per_chunk: int | None = None   # K of the compressor; None: every token of a chunk (ratio 1)
     prefill: int = 512                  # longest prefill call (prompt or one chunk's K)
     kv_in_place: bool = False           # the in-place decoder (decoder_scatter): one cache buffer, no present copy
+    prefill_chunks: int = 1             # chunks one prefill call takes (grouped prefill of a file)
 
     def __post_init__(self):
+        from omnisift_edge.engines.profiles import check_prefill_chunks
+
+        check_prefill_chunks(self.prefill_chunks)
         if self.dtype not in FLOAT_BYTES:
             raise UsageError(f"--dtype must be fp16 or fp32 (got {self.dtype!r})")
         if self.weights is None:
@@ -73,6 +78,20 @@ class MemoryConfig:
         h, w = self.resolution
         if h % 28 or w % 28 or h <= 0 or w <= 0:
             raise UsageError(f"--resolution must be multiples of 28 (got {h}x{w}); try 448x448")
+
+    @property
+    def chunk_tokens(self) -> int:
+        """Tokens of one chunk the decoder receives: the compressor's K, or every token (ratio 1)."""
+        if self.kept_per_chunk is not None:
+            return self.kept_per_chunk
+        h, w = self.resolution
+        v = self.shape.vision
+        return 2 * (h // v.patch) * (w // v.patch) // v.merge ** 2 + 50    # 2 grids per chunk + 50 audio tokens
+
+    @property
+    def prefill_rows(self) -> int:
+        """Rows of the largest prefill call: `prefill`, or more when a call takes several chunks."""
+        return max(self.prefill, self.prefill_chunks * self.chunk_tokens) if self.prefill_chunks > 1 else self.prefill
 
 
 @dataclass(frozen=True)
@@ -112,7 +131,7 @@ class MemoryPlan:
         c = self.config
         return {"dtype": c.dtype, "weights_mode": c.weights, "block_size": c.block_size if c.weights == "int4" else None,
                 "max_context": c.max_context, "window": c.window, "cache_tokens": self.cache_tokens,
-                "resolution": list(c.resolution), "prefill_tokens": c.prefill,
+                "resolution": list(c.resolution), "prefill_tokens": c.prefill_rows, "prefill_chunks": c.prefill_chunks,
                 "weights_bytes": self.weights, "text_embeddings_bytes": self.host_tables,
                 "kv_cache_bytes": self.kv_cache, "kv_bytes_per_token": self.kv_per_token,
                 "activations_bytes": self.activations,
@@ -130,7 +149,9 @@ class MemoryPlan:
         kind = "in place" if c.kv_in_place else "past + present"
         lines.append(f"  KV cache ({kind})".ljust(28) + f"{self.kv_cache / GB:8.2f} GB  ({self.kv_per_token / 1024:.0f} KiB/token)")
         for graph, size in self.activations.items():
-            lines.append(f"  activations {graph:<14} {size / GB:8.2f} GB")
+            lines.append(f"  activations {graph:<14} {size / GB:8.2f} GB"
+                         + (f"  (prefill of {c.prefill_rows} rows, {c.prefill_chunks} chunks per call)"
+                            if graph == "decoder" and c.prefill_chunks > 1 else ""))
         forms = any(f.decoder_form for f in self.fits)
         lines.append(f"  {'target':<12} {'memory':>7} {'usable':>7} {'needs':>7}  fits  largest max context"
                      f"  {'build':>6}  builds" + ("  decoder form" if forms else ""))
@@ -180,7 +201,7 @@ def activation_bytes(cfg: MemoryConfig, cache_tokens: int, *, attention_copies: 
     """
     s, b = cfg.shape, FLOAT_BYTES[cfg.dtype]
     t, v, a = s.text, s.vision, s.audio
-    seq = min(cfg.prefill, cache_tokens)
+    seq = min(cfg.prefill_rows, cache_tokens)
     total = cache_tokens                                                             # T = past + S at the largest call
     decoder = (attention_copies * t.heads * seq * total * b + mask_bytes * seq * total   # scores, probs [H, S, T]
                + 2 * t.heads * total * t.head_dim * b                                # K, V repeated to every head
@@ -287,7 +308,17 @@ def plan_config(path, **settings) -> MemoryPlan:
     shape = read_config(path)
     check_max_context(settings.get("max_context", 8192), most=shape.text.max_position,
                       fix="the model's max_position_embeddings")
-    return plan_memory(MemoryConfig(shape, **settings))
+    return plan_memory(check_prefill_fits(MemoryConfig(shape, **settings)))
+
+
+def check_prefill_fits(cfg: MemoryConfig) -> MemoryConfig:
+    """`cfg`, or a one-line UsageError when a grouped prefill call has more rows than the cache holds."""
+    cache = cfg.window or cfg.max_context
+    if cfg.prefill_chunks > 1 and cfg.prefill_rows >= cache:
+        raise UsageError(f"--prefill-chunks {cfg.prefill_chunks} needs {cfg.prefill_rows} rows per call "
+                         f"({cfg.chunk_tokens} per chunk), not less than the {cache}-token cache; "
+                         "use fewer chunks or a longer --max-context")
+    return cfg
 
 
 def write_plan_json(plan: MemoryPlan, path, *, speeds=()) -> None:
@@ -322,7 +353,7 @@ def graph_weight_bytes(path, float_bytes: int) -> int:
 
 
 def plan_export(folder, manifest: dict, *, precision: str, max_context: int, prefill: int,
-                kv_in_place: bool = False) -> MemoryPlan | None:
+                kv_in_place: bool = False, prefill_chunks: int = 1) -> MemoryPlan | None:
     """The memory plan of an export folder at a build's precision and profiles (`build --plan`).
 
     Weights are the graphs' file sizes at the engine's float precision (the int8/int4 bytes the
@@ -344,7 +375,9 @@ def plan_export(folder, manifest: dict, *, precision: str, max_context: int, pre
     cfg = MemoryConfig(shape, dtype=dtype, weights=quant.mode if quantized else dtype,
                        block_size=(quant and quant.block_size) or 32, lm_head_quantized=bool(quant and quant.lm_head_quantized),
                        max_context=min(max_context, shape.text.max_position),
-                       resolution=manifest.resolution, prefill=prefill, kv_in_place=kv_in_place)
+                       resolution=manifest.resolution, prefill=prefill, kv_in_place=kv_in_place,
+                       prefill_chunks=prefill_chunks, kept_per_chunk=_largest_kept(manifest))
+    check_prefill_fits(cfg)
     weights: dict[str, int] = {}
     stored: dict[str, int] = {}
     scale = FLOAT_BYTES[dtype] / FLOAT_BYTES[manifest.dtype]   # float weights: graph -> engine dtype
@@ -356,6 +389,11 @@ def plan_export(folder, manifest: dict, *, precision: str, max_context: int, pre
         weights[part] = max(weights.get(part, 0), size) if part == "compressor" else size   # one compressor runs
         stored[part] = max(stored.get(part, 0), file) if part == "compressor" else file
     return with_forms(plan_memory(cfg, weights=weights, onnx_weights=stored), manifest)
+
+
+def _largest_kept(manifest) -> int | None:
+    """The largest kept count per chunk among the export's ratios (what one chunk's prefill receives)."""
+    return max((r.kept_total for r in manifest.ratios), default=None)
 
 
 def with_forms(plan: MemoryPlan, manifest) -> MemoryPlan:

@@ -32,7 +32,8 @@ from pathlib import Path
 from omnisift_edge.runtime import trt_flavour as flavours
 from omnisift_edge.engines.kv_form import build_graphs, decoder_form, static_sizes, trt10_form_applies
 from omnisift_edge.engines.presets import PRECISIONS, PRESETS, TARGETS, Target, get_target, resolve_target
-from omnisift_edge.engines.profiles import DEFAULT_MAX_PROMPT, SCATTER, Profile, decoder_limits, graph_profiles
+from omnisift_edge.engines.profiles import (DEFAULT_MAX_PROMPT, SCATTER, Profile, check_prefill_chunks, decoder_limits,
+                                            graph_profiles)
 from omnisift_edge.engines.store import PLAN_FILE, engine_dir, engine_path, write_side_file
 from omnisift_edge.artifact.limits import check_max_context
 from omnisift_edge.errors import UsageError
@@ -49,6 +50,7 @@ class BuildConfig:
     max_prompt: int = DEFAULT_MAX_PROMPT # longest text prefill the decoder profile covers
     timing_cache: Path | None = None     # default ~/.cache/omnisift-edge/tensorrt/<target>-trt<version>.timing
     compute_capabilities: tuple | str | None = None   # TensorRT-RTX: "8.6,8.9,12.0" or ((8, 6), ...); default the target's
+    prefill_chunks: int = 1              # chunks' kept tokens one decoder prefill call takes (grouped file prefill)
 
     def __post_init__(self):
         object.__setattr__(self, "folder", Path(self.folder))
@@ -71,6 +73,7 @@ class BuildConfig:
             raise UsageError(f"--workspace must be a positive number of GB (got {self.workspace_gb})")
         if self.max_prompt < 1:
             raise UsageError(f"--max-prompt must be at least 1 token (got {self.max_prompt})")
+        check_prefill_chunks(self.prefill_chunks)
 
     @property
     def flavour(self) -> str:
@@ -229,6 +232,7 @@ class BuildPlan:
     memory: object = field(default=None, compare=False)   # engines.memory.MemoryPlan (None: export predates it)
     weights_problem: str | None = None   # why this TensorRT cannot build the decoder's weights (build refuses)
     memory_problem: str | None = None    # why the build cannot fit the target's unified memory (build refuses)
+    prefill_chunks: int = 1              # chunks per prefill call the decoder profiles take (max_sequence counts them)
 
     @property
     def target(self) -> Target:
@@ -251,7 +255,7 @@ class BuildPlan:
         """The plan's part of the build report (manifest `builds.<target>`); the build adds what happened."""
         return {"target": self.target.name, "flavour": self.flavour, "tensorrt": self.tensorrt,
                 "precision": self.precision, "max_context": self.max_context, "max_prefill_tokens": self.max_sequence,
-                "main_ratio": self.main_ratio, "workspace_gb": self.workspace_gb,
+                "prefill_chunks": self.prefill_chunks, "main_ratio": self.main_ratio, "workspace_gb": self.workspace_gb,
                 "decoder_form": {"graph": self.decoder_form[0], "why": self.decoder_form[1]},
                 "timing_cache": self.timing_cache and str(self.timing_cache), "warnings": list(self.warnings)}
 
@@ -279,7 +283,8 @@ class BuildPlan:
                                                    "compute_capabilities": [f"{a}.{b}" for a, b in t.runs_on]},
             "precision": self.precision, "flavour": self.flavour, "tensorrt_assumed": self.tensorrt,
             "max_context": self.max_context,
-            "max_prefill_tokens": self.max_sequence, "main_ratio": self.main_ratio, "workspace_gb": self.workspace_gb,
+            "max_prefill_tokens": self.max_sequence, "prefill_chunks": self.prefill_chunks,
+            "main_ratio": self.main_ratio, "workspace_gb": self.workspace_gb,
             "timing_cache": self.timing_cache and str(self.timing_cache), "warnings": list(self.warnings),
             "decoder_form": {"graph": self.decoder_form[0], "why": self.decoder_form[1]},
             "memory": self.memory.to_dict() if self.memory is not None else None,
@@ -316,7 +321,8 @@ class BuildPlan:
                  + (", built ahead of time (no GPU needed)" if flavour.builds_without_gpu else ""),
                  f"  workspace {self.workspace_gb:g} GB, timing cache {self.timing_cache or NO_TIMING_CACHE}",
                  f"  decoder: max context {self.max_context}, prefill up to {self.max_sequence} tokens "
-                 f"(tuned for K of ratio {self.main_ratio:g})",
+                 f"({self.prefill_chunks} chunk{'s' if self.prefill_chunks > 1 else ''} per call; "
+                 f"tuned for K of ratio {self.main_ratio:g})",
                  f"  decoder form: {self.decoder_form[0]}, {self.decoder_form[1]}"]
         for e in self.engines:
             kind = "strongly typed" if e.mode.strongly_typed else "+".join(e.mode.flags) + " flag"
@@ -395,17 +401,19 @@ def plan_build(cfg: BuildConfig, *, manifest=None, env: BuildEnv | None = None,
     if workspace > target.memory_gb:
         raise UsageError(f"--workspace {workspace:g} GB is more than {target.name}'s {target.memory_gb:g} GB; "
                          f"try {target.workspace_gb:g}")
-    limits = decoder_limits(manifest, max_context=cfg.max_context, ratio=cfg.ratio, max_prompt=cfg.max_prompt)
+    limits = decoder_limits(manifest, max_context=cfg.max_context, ratio=cfg.ratio, max_prompt=cfg.max_prompt,
+                            prefill_chunks=cfg.prefill_chunks)
     form = decoder_form(manifest, flavour.name, env.tensorrt)
     engines = _engine_plans(cfg.folder, manifest, env, form[0], graph_dtype, precision, limits)
     problem = weights_form_problem(manifest, env.tensorrt, flavour.name)   # build refuses it; the plan warns
     timing_cache = None if flavour.builds_without_gpu else cfg.timing_cache or default_timing_cache(target.name,
                                                                                                    env.tensorrt)
     memory = plan_export(cfg.folder, manifest, precision=precision, max_context=limits.max_context,
-                         prefill=limits.max_sequence, kv_in_place=form[0] == SCATTER)
+                         prefill=limits.max_sequence, kv_in_place=form[0] == SCATTER,
+                         prefill_chunks=limits.prefill_chunks)
     plan = BuildPlan(cfg.folder, env, precision, limits.max_context, limits.max_sequence, limits.main_ratio,
                      workspace, timing_cache, engines, _warnings(cfg, env, engines, problem), memory=memory,
-                     decoder_form=form, weights_problem=problem)
+                     decoder_form=form, weights_problem=problem, prefill_chunks=limits.prefill_chunks)
     plan = dataclasses.replace(plan, memory_problem=memory_problem(plan, env.device))
     if write:
         path = write_side_file(cfg.folder, plan.relative_path, plan.json_bytes(), manifest)

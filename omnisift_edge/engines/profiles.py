@@ -5,8 +5,9 @@ Nothing here spells a tensor name: each input's shape comes from the manifest's 
 the dynamic axes get ranges. Graphs without dynamic axes (vision_encoder, audio_encoder,
 compressor_r*) get one fixed profile. The decoder gets two:
 
-- prefill (profile 0): sequence_length 1 .. S_max with S_max = max(K of every compressor, the
-  longest prompt); opt = K of the main ratio. past_sequence_length 0 .. max_context - S_max.
+- prefill (profile 0): sequence_length 1 .. S_max with S_max = max(P x K of every compressor, the
+  longest prompt), P = `--prefill-chunks` (chunks a grouped file prefill puts in one call, default 1);
+  opt = K of the main ratio. past_sequence_length 0 .. max_context - S_max.
 - decode (profile 1): sequence_length 1; past_sequence_length 1 .. max_context - 1.
 
 total_sequence_length = past + sequence at min, opt and max, so each profile covers exactly the
@@ -74,6 +75,14 @@ class DecoderLimits:
     max_sequence: int           # S_max of a prefill
     opt_sequence: int           # K of the main ratio
     main_ratio: float
+    prefill_chunks: int = 1     # chunks' kept tokens one prefill call takes (grouped prefill of a file)
+
+
+def check_prefill_chunks(value) -> int:
+    """`--prefill-chunks` as a whole number >= 1, or a one-line UsageError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UsageError(f"--prefill-chunks must be a whole number of chunks, at least 1 (got {value!r})")
+    return value
 
 
 def kept_tokens(manifest: Manifest) -> dict[str, int]:
@@ -102,16 +111,17 @@ def main_ratio(manifest: Manifest, ratio: float | None = None) -> tuple[float, s
 
 
 def decoder_limits(manifest: Manifest, *, max_context: int | None = None, ratio: float | None = None,
-                   max_prompt: int = DEFAULT_MAX_PROMPT) -> DecoderLimits:
+                   max_prompt: int = DEFAULT_MAX_PROMPT, prefill_chunks: int = 1) -> DecoderLimits:
     """The decoder's ranges, validated against the manifest (whose max_context the export checked against
-    the model's max_position_embeddings)."""
+    the model's max_position_embeddings); a prefill call takes `prefill_chunks` chunks' kept tokens."""
     manifest = as_manifest(manifest)
     exported = manifest.max_context
     ratio, graph = main_ratio(manifest, ratio)
     ks = kept_tokens(manifest)
     if max_prompt < 1:
         raise UsageError(f"the longest prompt must be at least 1 token (got {max_prompt})")
-    s_max = max([*ks.values(), max_prompt])
+    chunks = check_prefill_chunks(prefill_chunks)
+    s_max = max(chunks * max(ks.values()), max_prompt)
     if max_context is None:
         max_context = exported
     if isinstance(max_context, bool) or not isinstance(max_context, int):
@@ -122,10 +132,15 @@ def decoder_limits(manifest: Manifest, *, max_context: int | None = None, ratio:
                f"the model has {positions} positions, so an export holds at most that: export again with "
                f"--max-context {positions} or less")
         raise UsageError(f"--max-context {max_context} is longer than the export's {exported}; {fix}")
+    if chunks > 1 and max_context <= chunks * max(ks.values()):
+        most = (max_context - 1) // max(ks.values())
+        raise UsageError(f"--prefill-chunks {chunks} needs {chunks * max(ks.values())} rows per call ({max(ks.values())} "
+                         f"kept per chunk), more than --max-context {max_context} leaves; use --prefill-chunks {most} "
+                         "or less, or a longer --max-context")
     if max_context <= s_max:
         raise UsageError(f"--max-context {max_context} leaves no room after one prefill of {s_max} tokens "
                          f"(the largest kept count or prompt); use at least {s_max + 1}")
-    return DecoderLimits(max_context, s_max, ks[graph], ratio)
+    return DecoderLimits(max_context, s_max, ks[graph], ratio, chunks)
 
 
 def axis_ranges(limits: DecoderLimits) -> dict[str, dict[str, Range]]:
@@ -208,8 +223,9 @@ def graph_profiles(manifest: Manifest, graph: str, limits: DecoderLimits | None 
 
 
 def engine_profiles(manifest: Manifest, *, max_context: int | None = None, ratio: float | None = None,
-                    max_prompt: int = DEFAULT_MAX_PROMPT) -> dict[str, tuple[Profile, ...]]:
+                    max_prompt: int = DEFAULT_MAX_PROMPT, prefill_chunks: int = 1) -> dict[str, tuple[Profile, ...]]:
     """graph -> its profiles, for every graph in the manifest."""
     manifest = as_manifest(manifest)
-    limits = decoder_limits(manifest, max_context=max_context, ratio=ratio, max_prompt=max_prompt)
+    limits = decoder_limits(manifest, max_context=max_context, ratio=ratio, max_prompt=max_prompt,
+                            prefill_chunks=prefill_chunks)
     return {graph: graph_profiles(manifest, graph, limits) for graph in manifest.graphs}

@@ -247,7 +247,7 @@ def is_export(path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
-def export_memory(folder):
+def export_memory(folder, prefill_chunks: int = 1):
     """`plan EXPORT`: the memory plan of an export at the engines' default precision (fp16), its max
     context, prefill up to its largest K (memory.plan_export)."""
     from omnisift_edge.artifact.manifest import load_manifest
@@ -256,7 +256,7 @@ def export_memory(folder):
     manifest = load_manifest(Path(folder), verify=False)
     prefill = max([r.kept_total for r in manifest.ratios] + [QUESTION_TOKENS])
     plan = plan_export(folder, manifest, precision="fp16", max_context=manifest.max_context, prefill=prefill,
-                       kv_in_place=True)
+                       kv_in_place=True, prefill_chunks=prefill_chunks)
     if plan is None:
         raise UsageError(f"{folder} predates recorded model sizes (thinker_shape); export again, or plan its config.json")
     return plan

@@ -61,6 +61,7 @@ class ChunkStream(ABC):
         self.question_logits: Any = None
         self.full = False               # set once the context overflowed: the stream refuses more input
         self.prefill_chunks = 1         # chunks per prefill call; > 1: grouped prefill (files; not under sliding)
+        self.max_prefill_rows: int | None = None   # rows one decoder call takes (an engine's profile); None: any
         self._pending: list = []        # (kept [1, K, D], positions [3, K]) of chunks waiting for their prefill
         self.window = KVWindow(context or ContextPolicy(), max_context=max_context,
                                seconds_per_chunk=spec.seconds_per_chunk, position_limit=position_limit)
@@ -199,6 +200,9 @@ class ChunkStream(ABC):
     def _hold(self, kept: Any, positions: np.ndarray) -> None:
         """Queue a compressed chunk for a grouped prefill (refused at once when the context cannot take it)."""
         held = sum(p.shape[1] for _, p in self._pending)
+        if self.max_prefill_rows is not None and held + positions.shape[1] > self.max_prefill_rows:
+            self.flush()                # the engine's profile takes no more: this call ends here
+            held = 0
         if self.max_context is not None and self.kv_length() + held + positions.shape[1] > self.max_context:
             self.flush()
             self._append(kept, positions, "chunk", want_logits=False)   # raises ContextFullError as ever

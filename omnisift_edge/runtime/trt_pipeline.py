@@ -46,6 +46,14 @@ def scatter_limits(build: Build) -> tuple[int, int]:
     return int(seq[2]), int(cache)
 
 
+def prefill_rows(build: Build) -> int:
+    """The most rows one decoder call of this build takes (its prefill profile's sequence_length max, as
+    `build --prefill-chunks` sized it): a grouped prefill holds no more chunks than fit."""
+    if SCATTER in build.engines:
+        return scatter_limits(build)[0]
+    return max(seq[1] for _, seq, _ in decoder_profiles(build))
+
+
 def decoder_profiles(build: Build) -> list[tuple[str, tuple[int, int], tuple[int, int]]]:
     """The decoder engine's profiles in build order: (name, (min, max) sequence_length, (min, max) past)."""
     found = []
@@ -130,6 +138,7 @@ class TrtStream(ExportedStream):
         kv = self._open_cache(export, ratio, limit)
         max_context = min(max_context or kv.capacity, kv.capacity)
         super().__init__(export, ratio, prefix_ids, what="the engines", kv=kv, max_context=max_context, context=context)
+        self.max_prefill_rows = prefill_rows(self.build)   # a grouped prefill: as many chunks as one call takes
 
     def _open_cache(self, export: ExportFolder, ratio: float | None, limit: int):
         """The decoder's device cache: in place ([1, kv, cache_length, hd] per past, the engine's static axis)

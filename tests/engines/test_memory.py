@@ -232,3 +232,31 @@ def test_a_larger_detected_orin_may_build_a_smaller_ones_engines():
     peak = build_peak({"decoder": (13 * GB, 13 * GB)}, 2)
     assert build_memory_problem(peak, get_target("orin-nx")) is not None
     assert build_memory_problem(peak, get_target("orin-nx"), machine_gb=64) is None
+
+
+def test_a_grouped_prefill_counts_k_chunks_of_decoder_activations():
+    """plan --prefill-chunks K: the decoder's activations are those of a K-chunk prefill call."""
+    one = plan_config(SEVEN_B, weights="int4", max_context=8192)
+    four = plan_config(SEVEN_B, weights="int4", max_context=8192, prefill_chunks=4)
+    eight = plan_config(SEVEN_B, weights="int4", max_context=8192, prefill_chunks=8)
+    assert four.config.prefill_rows == max(512, 4 * four.config.chunk_tokens) and eight.config.prefill_rows > 512
+    assert one.activations["decoder"] <= four.activations["decoder"] < eight.activations["decoder"]
+    assert one.activations["vision_encoder"] == eight.activations["vision_encoder"]
+    assert eight.to_dict()["prefill_chunks"] == 8 and "8 chunks per call" in eight.summary()
+    with pytest.raises(UsageError, match="--prefill-chunks 100 needs .*rows per call"):
+        plan_config(SEVEN_B, weights="int4", max_context=8192, prefill_chunks=100)
+    with pytest.raises(UsageError, match="--prefill-chunks must be a whole number"):
+        plan_config(SEVEN_B, weights="int4", prefill_chunks=0)
+
+
+def test_cli_plan_prints_the_grouped_prefill_and_refuses_a_bad_count():
+    from click.testing import CliRunner
+
+    from omnisift_edge.cli import main
+
+    ok = CliRunner().invoke(main, ["plan", str(SEVEN_B), "--prefill-chunks", "8"])
+    assert ok.exit_code == 0, ok.output
+    assert "chunks per call" in ok.output
+    bad = CliRunner().invoke(main, ["plan", str(SEVEN_B), "--prefill-chunks", "0"])
+    assert bad.exit_code == 1 and [line for line in bad.output.splitlines() if line.startswith("Error:")] == \
+        [line for line in bad.output.splitlines() if line.strip()], bad.output

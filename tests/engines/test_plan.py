@@ -221,3 +221,36 @@ def test_an_export_without_the_scatter_graph_keeps_the_fallback(export_copy):
     write_manifest(export_copy, manifest)
     plan = plan_build(BuildConfig(export_copy, target="rtx"), write=False)
     assert "decoder" in [e.graph for e in plan.engines] and "no decoder_scatter" in plan.decoder_form[1]
+
+
+def test_build_plan_prefill_chunks_sizes_the_profiles_the_report_and_the_memory(export_copy, engine_manifest):
+    """build --plan --prefill-chunks 4: the in-place decoder's profile takes 4 chunks' kept tokens per call
+    (the default 512-token prompt still counts), the report records it, the memory plan grows with it."""
+    from click.testing import CliRunner
+
+    from omnisift_edge.cli import main
+    from omnisift_edge.engines.profiles import kept_tokens
+
+    k_max = max(kept_tokens(engine_manifest).values())
+    one = plan_build(BuildConfig(export_copy, target="rtx", max_prompt=1), write=False)
+    four = plan_build(BuildConfig(export_copy, target="rtx", max_prompt=1, prefill_chunks=4), write=False)
+    rows = lambda plan: dict(plan.engine("decoder_scatter").profiles[0].axes)["sequence_length"][2]  # noqa: E731
+    assert (rows(one), rows(four)) == (k_max, 4 * k_max)
+    assert four.record()["prefill_chunks"] == 4 and four.record()["max_prefill_tokens"] == 4 * k_max
+    assert four.memory.activations["decoder"] > one.memory.activations["decoder"]
+    assert four.memory.to_dict()["prefill_tokens"] == 4 * k_max
+    result = CliRunner().invoke(main, ["build", str(export_copy), "--target", "rtx", "--plan", "--prefill-chunks", "4"])
+    assert result.exit_code == 0, result.output
+    assert f"prefill up to {max(4 * k_max, 512)} tokens (4 chunks per call" in result.output
+    assert json.loads((export_copy / "engines" / "rtx" / "build_plan.json").read_text())["prefill_chunks"] == 4
+
+
+@pytest.mark.parametrize("value, needle", [("0", "at least 1"), ("100000", "rows per call")])
+def test_build_bad_prefill_chunks_is_one_line_exit_1(export_copy, value, needle):
+    from click.testing import CliRunner
+
+    from omnisift_edge.cli import main
+
+    result = CliRunner().invoke(main, ["build", str(export_copy), "--target", "rtx", "--plan", "--prefill-chunks", value])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1 and needle in lines[0], result.output

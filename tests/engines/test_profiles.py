@@ -123,3 +123,29 @@ def test_an_axis_without_a_range_is_refused(engine_manifest):
     m["dynamic_axes"] = [*m["dynamic_axes"], "frames"]
     with pytest.raises(UsageError, match=r"dynamic axes \['frames'\]"):
         graph_profiles(m, "decoder")
+
+
+def test_prefill_chunks_multiplies_the_prefill_rows_of_both_decoder_forms(engine_manifest):
+    """build --prefill-chunks K: one prefill call takes K chunks' kept tokens (the largest K of the export);
+    the prompt still counts when it is longer; the opt point stays one chunk of the main ratio."""
+    from omnisift_edge.engines.profiles import SCATTER
+
+    k_max = max(kept_tokens(engine_manifest).values())
+    one = decoder_limits(engine_manifest, max_prompt=1)
+    four = decoder_limits(engine_manifest, max_prompt=1, prefill_chunks=4)
+    assert one.max_sequence == k_max and four.max_sequence == 4 * k_max and four.prefill_chunks == 4
+    assert four.opt_sequence == one.opt_sequence
+    (in_place,) = graph_profiles(engine_manifest, SCATTER, four)
+    assert dict(in_place.axes)["sequence_length"] == (1, four.opt_sequence, 4 * k_max)
+    prefill, _ = graph_profiles(engine_manifest, "decoder", four)
+    assert dict(prefill.axes)["sequence_length"][2] == 4 * k_max
+    assert dict(prefill.axes)["past_sequence_length"][2] == four.max_context - 4 * k_max
+    assert decoder_limits(engine_manifest, max_prompt=10 * k_max, prefill_chunks=4).max_sequence == 10 * k_max
+
+
+@pytest.mark.parametrize("chunks, match", [(0, "at least 1"), (-2, "at least 1"), (1.5, "whole number"),
+                                            ("4", "whole number"), (True, "whole number"),
+                                            (10**6, "rows per call .*use --prefill-chunks \\d+ or less")])
+def test_bad_prefill_chunks_are_one_line(engine_manifest, chunks, match):
+    with pytest.raises(UsageError, match=match):
+        decoder_limits(engine_manifest, prefill_chunks=chunks)

@@ -60,3 +60,37 @@ def test_live_media_stays_chunk_by_chunk_and_bad_values_are_one_line(folder):
     assert session.stream.prefill_chunks == 1
     with pytest.raises(UsageError, match="--prefill-chunks must be at least 1"):
         RuntimeConfig(folder, prefill_chunks=0)
+
+
+def test_a_grouped_prefill_holds_no_more_rows_than_one_call_takes(folder, clip):
+    """An engine's profile caps a call (TrtStream sets `max_prefill_rows` from its build report): the grouped
+    prefill then flushes before a chunk would overflow it, with the same cache as chunk by chunk."""
+    one, one_tokens, one_calls = _answer(folder, clip, "onnxruntime", 0.25, 1)
+    chunk_rows = one_calls[0]                                   # one whole chunk's kept tokens; 4 chunk calls
+    session = OmniSession(RuntimeConfig(folder, backend="onnxruntime", ratio=0.25, prefill_chunks=None))
+    session.stream.max_prefill_rows = 2 * chunk_rows             # two whole chunks per call at most
+    calls, step = [], session.stream._step
+    session.stream._step = lambda e, p, want_logits=True: (calls.append(p.shape[-1]), step(e, p, want_logits))[1]
+    session.append_file(clip)
+    assert calls == [sum(one_calls[0:2]), sum(one_calls[2:4])] and max(calls) <= 2 * chunk_rows   # 4 calls -> 2
+    assert list(session.ask_ids("What happens?", max_new_tokens=4)) == one_tokens
+    assert session.stream.kv_length() == one.stream.kv_length()
+
+
+def test_the_trt_stream_reads_its_call_limit_from_the_build_report():
+    from omnisift_edge.artifact.records import Build
+    from omnisift_edge.runtime.trt_pipeline import prefill_rows
+
+    def report(engines, chunks):
+        return Build.from_dict("rtx", {"tensorrt": "1.7", "compute_capability": "8.9", "prefill_chunks": chunks,
+                                       "engines": engines}, "builds.rtx")
+
+    scatter = {"decoder_scatter": {"file": "engines/rtx/d.engine", "static_axes": {"cache_length": 4096},
+                                   "profiles": [{"name": "in_place", "axes": {"sequence_length": [1, 45, 720]}}]}}
+    assert prefill_rows(report(scatter, 4)) == 720 and report(scatter, 4).prefill_chunks == 4
+    packed = {"decoder": {"file": "engines/orin/d.engine", "profiles": [
+        {"name": "prefill", "axes": {"sequence_length": [1, 45, 512], "past_sequence_length": [0, 10, 100]}},
+        {"name": "decode", "axes": {"sequence_length": [1, 1, 1], "past_sequence_length": [1, 10, 600]}}]}}
+    assert prefill_rows(report(packed, 1)) == 512
+    with pytest.raises(Exception, match="prefill_chunks"):
+        report(scatter, 0)
