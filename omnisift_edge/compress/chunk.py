@@ -49,12 +49,7 @@ class ChunkCompressor(nn.Module):
         """video [B, F, n_p, D], audio [B, La, D] -> kept [B, K, D], kept_index [B, K] int64 ascending."""
         B, F, P, D = self._check(video, audio)
         La = audio.shape[1]
-        n_vk = P - drop_count(P, self.rho_video)                              # video kept per frame
-        keep = keep_unchecked(video, P - n_vk, method=self.method)            # [B, F, P]
-        slots = compact_indices(keep, n_vk)                                   # [B, F, n_vk] ascending
-        offsets = (torch.arange(F, device=video.device) * P).view(1, F, 1)
-        v_index = (slots + offsets).reshape(B, F * n_vk)                      # [B, Nv] into [F*P]
-        context = video.reshape(B, F * P, D).gather(1, v_index.unsqueeze(-1).expand(B, F * n_vk, D))   # [B, Nv, D]
+        n_vk, v_index, context = self._prune_video(video)                     # [B, Nv], [B, Nv, D]
         n_ka = audio_keep_count(La, self.rho_audio, F * n_vk)
         if n_ka < La:
             # fp32 whatever the embeddings' dtype: fp16/bf16 scores round to exact ties that a backend's
@@ -80,12 +75,7 @@ class ChunkCompressor(nn.Module):
         """
         B, F, P, D = self._check(video, audio)
         La = audio.shape[1]
-        n_vk = P - drop_count(P, self.rho_video)                              # video kept per frame
-        keep = keep_unchecked(video, P - n_vk, method=self.method)            # [B, F, P]
-        slots = compact_indices(keep, n_vk)                                   # [B, F, n_vk] ascending
-        offsets = (torch.arange(F, device=video.device) * P).view(1, F, 1)
-        v_index = (slots + offsets).reshape(B, F * n_vk)                      # [B, Nv] into [F*P]
-        context = video.reshape(B, F * P, D).gather(1, v_index.unsqueeze(-1).expand(B, F * n_vk, D))   # [B, Nv, D]
+        n_vk, v_index, context = self._prune_video(video)                     # [B, Nv], [B, Nv, D]
         v_valid = torch.arange(F * n_vk, device=video.device).view(1, -1) < grids * n_vk   # [1, Nv]
         a_slot = torch.arange(La, device=video.device).view(1, -1)           # [1, La]
         n_ka_max = audio_keep_count(La, self.rho_audio, 1)
@@ -105,6 +95,18 @@ class ChunkCompressor(nn.Module):
         order = compact_indices(real.expand(B, -1), index.shape[1])           # [B, K] real slots first, in order
         kept = torch.cat((context, kept_audio), dim=1).gather(1, order.unsqueeze(-1).expand(B, -1, D))
         return kept, index.gather(1, order), grids * n_vk + n_ka
+
+    def _prune_video(self, video: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """STVP on [B, F, n_p, D]: (kept per frame n_vk, kept indices [B, F*n_vk] into [F*n_p] ascending,
+        the kept embeddings [B, F*n_vk, D]: the context VGAS scores audio against)."""
+        B, F, P, D = video.shape
+        n_vk = P - drop_count(P, self.rho_video)                              # video kept per frame
+        keep = keep_unchecked(video, P - n_vk, method=self.method)            # [B, F, P]
+        slots = compact_indices(keep, n_vk)                                   # [B, F, n_vk] ascending
+        offsets = (torch.arange(F, device=video.device) * P).view(1, F, 1)
+        v_index = (slots + offsets).reshape(B, F * n_vk)                      # [B, Nv] into [F*P]
+        context = video.reshape(B, F * P, D).gather(1, v_index.unsqueeze(-1).expand(B, F * n_vk, D))   # [B, Nv, D]
+        return n_vk, v_index, context
 
     def _apply(self, fn, recurse=True):
         """`.to(fp16)` / `.half()` convert the module but the selector stays fp32 (see forward)."""
