@@ -12,85 +12,55 @@ alone (tests/runtime/test_pool.py).
 
 Bad input is the caller's alone: a stream that is not open (`pool.stream(id)`), one stream more
 than `max_streams`, media for a closed stream, a wrong chunk: one `UsageError` to that caller; the
-other streams and the slot count are unaffected. Backend: onnxruntime on the CPU with the in-place
-decoder (`decoder_gqa`); TensorRT and torch pools are not built yet (docs/runtime.md).
+other streams and the slot count are unaffected.
+
+Backends (`BACKENDS`): what a pool needs of one is `PoolBackend` below. onnxruntime on the CPU with
+the in-place decoder (`decoder_gqa`) is runtime/pool_ort.py.
 """
 
 from __future__ import annotations
 
+import importlib
 import threading
-from typing import Sequence
+from typing import Any, Protocol, Sequence
 
-import numpy as np
-
-from omnisift_edge.artifact.manifest import DECODER_GQA
 from omnisift_edge.errors import UsageError
-from omnisift_edge.runtime.ort_pipeline import OrtStream
 from omnisift_edge.runtime.scheduler import Scheduler
 from omnisift_edge.runtime.session import OmniSession, RuntimeConfig
-from omnisift_edge.runtime.slots import SlotBuffers, SlotCache, decode_rows
+
+BACKENDS = {"onnxruntime": "omnisift_edge.runtime.pool_ort:OrtPoolBackend"}   # backend -> "module:class"
 
 
 class PoolFullError(UsageError):
     """Every slot of the pool holds an open stream."""
 
 
-class _SharedExport:
-    """The pool's export folder with its embedding table loaded once (every stream reads the same array)."""
+class PoolSlots(Protocol):
+    """A backend's KV storage for `max_streams` streams: slots handed out lowest first, given back on close."""
 
-    def __init__(self, export):
-        self._export = export
-        self._table = export.embed_table()                   # [V, D]
+    max_streams: int
 
-    def embed_table(self) -> np.ndarray:
-        return self._table
-
-    def __getattr__(self, name):
-        return getattr(self._export, name)
+    @property
+    def free(self) -> int: ...
+    def take(self) -> int | None: ...
+    def give(self, slot: int) -> None: ...
 
 
-class SlotStream(OrtStream):
-    """An `OrtStream` on the pool's graphs and KV slot; its model calls go through the pool's scheduler."""
+class PoolBackend(Protocol):
+    """What a pool needs of a backend: built as `Backend(pool, template)` (template: an `OmniSession` whose
+    `_load` ran; a backend may replace `template.export` with a shared wrapper), it owns the loaded graphs
+    and the slots, opens a stream's pipeline stream on a slot (its model calls go through
+    `pool.scheduler`) and runs a batch of decode steps (`Scheduler.decode` arguments) in one call."""
 
-    def __init__(self, pool: "StreamPool", slot: int, prefix_ids: Sequence[int]):
-        self.pool, self.slot = pool, slot
-        super().__init__(pool.export, pool.ratio, prefix_ids, max_context=pool.max_context,
-                         context=pool.cfg.context, kv_form="shared_buffer", threads=pool.cfg.ort_threads)
+    slots: PoolSlots
 
-    def _open_graph(self, path, role, providers, threads):
-        return self.pool.graph(path, role, threads)
+    def open_stream(self, slot: int, prefix_ids: Sequence[int]) -> Any: ...
+    def run_decodes(self, steps: Sequence[tuple]) -> Sequence[Any]: ...
 
-    def _open_cache(self, export, inplace_entry, max_context, providers):
-        """The slot's cache, zeroed between two model calls (a batched call may span a free slot)."""
-        from omnisift_edge.artifact.manifest import Rope
 
-        rope = (export.manifest.rope or Rope()).to_dict()
-        return self.pool.scheduler.call(lambda: SlotCache(self.pool.slots, self.slot, self.sessions["decoder"],
-                                                          inplace_entry.to_dict(), rope))
-
-    def _step(self, embeds, positions, want_logits=True):
-        if want_logits and embeds.shape[1] == 1:             # one answer token: batched with the others'
-            self.kv.reserve(1)
-            return self.pool.scheduler.decode(self.kv, embeds, positions.reshape(3, 1, 1))
-        return self.pool.scheduler.call(lambda: OrtStream._step(self, embeds, positions, want_logits))
-
-    def _encode_video(self, pixel_values, n_grids):
-        return self.pool.scheduler.call(lambda: OrtStream._encode_video(self, pixel_values, n_grids))
-
-    def _encode_audio(self, mel):
-        return self.pool.scheduler.call(lambda: OrtStream._encode_audio(self, mel))
-
-    def _compress(self, video, audio, n_grids, chunk_positions):
-        return self.pool.scheduler.call(lambda: OrtStream._compress(self, video, audio, n_grids, chunk_positions))
-
-    def _drop_kv(self, start, stop):          # the slot's rows must not move under a batched call
-        self.pool.scheduler.call(lambda: OrtStream._drop_kv(self, start, stop))
-
-    def _rotate_kv(self, delta):
-        self.pool.scheduler.call(lambda: OrtStream._rotate_kv(self, delta))
-
-    def close(self) -> None:
-        self.kv.close()
+def _backend_class(name: str):
+    module, cls = BACKENDS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 class PoolStream(OmniSession):
@@ -99,7 +69,7 @@ class PoolStream(OmniSession):
     def __init__(self, pool: "StreamPool", stream_id: int, slot: int):
         self.__dict__.update(pool.shared)                    # export, tokenizer, spec, prompt: loaded once
         self.pool, self.id, self.slot = pool, stream_id, slot
-        self._begin(SlotStream(pool, slot, self._prefix_ids))
+        self._begin(pool.backend.open_stream(slot, self._prefix_ids))
 
     def ask_ids(self, question: str, *, max_new_tokens: int = 64):
         """`OmniSession.ask_ids`, counted as answering: the scheduler gathers its decode steps with the others'."""
@@ -126,46 +96,22 @@ class StreamPool:
     def __init__(self, cfg: RuntimeConfig, max_streams: int):
         if isinstance(max_streams, bool) or not isinstance(max_streams, int) or max_streams < 1:
             raise UsageError(f"--max-streams must be a whole number of at least 1 (got {max_streams!r})")
-        if cfg.backend != "onnxruntime" or cfg.device != "cpu":
-            raise UsageError(f"a stream pool runs the onnxruntime backend on the cpu for now (got {cfg.backend} on "
-                             f"{cfg.device}); use --backend onnxruntime --device cpu, or one session per stream")
+        if cfg.backend not in BACKENDS:
+            raise UsageError(f"a stream pool runs the {' or '.join(BACKENDS)} backend for now (got {cfg.backend}); "
+                             f"use --backend {next(iter(BACKENDS))}, or one session per stream")
         template = OmniSession.__new__(OmniSession)
         template._load(cfg)
-        if template.export.manifest.kv_cache.get(DECODER_GQA) is None:
-            raise UsageError(f"{cfg.folder} has no in-place decoder (decoder_gqa) for a pool; export again")
         self.cfg, self.max_streams = cfg, max_streams
-        self.export = template.export = _SharedExport(template.export)
-        self.shared = dict(template.__dict__)
         self.ratio = template.ratio
         self.max_context = cfg.max_context or template.manifest.max_context
-        self._graphs: dict[str, object] = {}
         self._streams: dict[int, PoolStream] = {}
         self._next_id = 0
         self._lock = threading.Lock()
-        self.scheduler = Scheduler(self._run_decodes)
-        self.slots = self._allocate(template.export.manifest)
-
-    def _allocate(self, manifest) -> SlotBuffers:
-        from omnisift_edge.artifact.tensors import decoder_gqa_graph
-
-        dims = manifest.dims
-        names = decoder_gqa_graph(dims.num_layers).input_names[5:]
-        return SlotBuffers(names, self.max_streams, dims.kv_heads, self.max_context, dims.head_dim,
-                           self.export.float_type)
-
-    def graph(self, path, role: str, threads: str):
-        """The pool's one ONNX Runtime session of the graph at `path` (opened on first use)."""
-        from omnisift_edge.artifact.onnx_runtime import ort_session
-
-        key = str(path)
-        with self._lock:
-            if key not in self._graphs:
-                self._graphs[key] = ort_session(path, threads=threads, spins=role == "decoder")
-            return self._graphs[key]
-
-    def _run_decodes(self, steps):
-        caches, embeds, positions = zip(*steps)
-        return decode_rows(self.slots, caches, embeds, positions)
+        self.backend: PoolBackend = _backend_class(cfg.backend)(self, template)
+        self.export = template.export                       # the backend may have wrapped it (shared tables)
+        self.shared = dict(template.__dict__)
+        self.scheduler = Scheduler(self.backend.run_decodes)
+        self.slots = self.backend.slots
 
     # -- streams ---------------------------------------------------------------------------------
     def open_stream(self) -> PoolStream:

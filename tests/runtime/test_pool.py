@@ -143,7 +143,7 @@ def test_batched_decode_rows_equal_lone_steps(cfg):
     embeds = [rng.standard_normal((1, 1, lone.stream.embed_table.shape[1])).astype(np.float32) for _ in range(2)]
     caches = [streams[0].stream.kv, streams[2].stream.kv]
     positions = [np.full((3, 1, 1), c.length + 3) for c in caches]
-    batched = pool._run_decodes(list(zip(caches, embeds, positions)))
+    batched = pool.backend.run_decodes(list(zip(caches, embeds, positions)))
     single = lone.stream.kv.step(embeds[1], positions[1], True)
     np.testing.assert_allclose(batched[1], single, atol=1e-5, rtol=0)
     assert [a.shape for a in streams[1].stream.kv.valid()] == [a.shape for a in idle_before]
@@ -187,5 +187,7 @@ def test_pool_refuses_what_it_cannot_run(cfg):
     with pytest.raises(UsageError, match="max-streams must be a whole number"):
         open_pool(cfg, max_streams=0)
     torch_cfg = RuntimeConfig(cfg.folder, backend="torch", ratio=0.25)
-    with pytest.raises(UsageError, match="onnxruntime backend on the cpu"):
+    with pytest.raises(UsageError, match="stream pool runs the onnxruntime backend"):
         open_pool(torch_cfg, max_streams=2)
+    with pytest.raises(UsageError, match="onnxruntime stream pool runs on the cpu"):
+        open_pool(RuntimeConfig(cfg.folder, backend="onnxruntime", ratio=0.25, device="cuda:0"), max_streams=2)
