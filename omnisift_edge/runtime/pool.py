@@ -28,7 +28,8 @@ from omnisift_edge.errors import UsageError
 from omnisift_edge.runtime.scheduler import Scheduler
 from omnisift_edge.runtime.session import OmniSession, RuntimeConfig
 
-BACKENDS = {"onnxruntime": "omnisift_edge.runtime.pool_ort:OrtPoolBackend"}   # backend -> "module:class"
+BACKENDS = {"onnxruntime": "omnisift_edge.runtime.pool_ort:OrtPoolBackend",    # backend -> "module:class"
+            "torch": "omnisift_edge.runtime.pool_torch:TorchPoolBackend"}
 
 
 class PoolFullError(UsageError):
