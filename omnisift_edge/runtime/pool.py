@@ -16,6 +16,7 @@ other streams and the slot count are unaffected.
 
 Backends (`BACKENDS`): what a pool needs of one is `PoolBackend` below. onnxruntime on the CPU with
 the in-place decoder (`decoder_gqa`) is runtime/pool_ort.py.
+torch (the model the export was made from, KV slots of torch buffers) is runtime/pool_torch.py.
 """
 
 from __future__ import annotations
