@@ -105,8 +105,8 @@ class RowsKV(InPlaceKV):
 
     def rows_of(self, buf: torch.Tensor) -> torch.Tensor:
         """The decoding slots' rows [0, total) of `buf` [S, kv, M, hd] -> [B, kv, T, hd]."""
-        picked = buf[self.span] if self.span is not None else buf.index_select(0, self.rows)
-        return picked[:, :, :self.total]
+        valid = buf[:, :, :self.total]                                                 # [S, kv, T, hd] (a view)
+        return valid[self.span] if self.span is not None else valid.index_select(0, self.rows)   # copies B x T rows
 
 
 def rows_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, kv_cache=None, **kwargs):

@@ -172,3 +172,25 @@ def test_torch_pool_bad_input_reaches_only_its_caller_and_slots_are_counted(cfg)
     assert list(c.ask_ids("What happens?", max_new_tokens=6)) == answers["a"]
     pool.close()
     assert pool.free_slots == 2 and pool.open_streams == 0
+
+
+def test_sliding_streams_in_a_torch_pool_match_lone_sessions(cfg):
+    """Eviction (rows moved down) and re-basing (keys rotated) on slot views: two pool streams of different
+    lengths equal lone sessions, and each other's slots are untouched by them."""
+    sliding = RuntimeConfig(cfg.folder, backend="torch", ratio=0.25, max_context=256, context_policy="sliding",
+                            position_limit=512)
+    plans = [(24.0, 3, [("What happens?", 6)]), (10.0, 4, [("Who speaks?", 5), ("And then?", 3)])]
+    alone = [_run(OmniSession(sliding), plan) for plan in plans]
+    pool = open_pool(sliding, max_streams=2)
+    got = {}
+
+    def camera(i):
+        stream = pool.open_stream()
+        got[i] = _run(stream, plans[i])
+        got[i] += (stream.stream.window.base,)
+
+    _camera_threads(camera, 2)
+    assert got[0][3] > 0                                                       # the long one re-based
+    for i in range(2):
+        _assert_same(got[i], alone[i])
+    assert pool.free_slots == 2
