@@ -4,6 +4,7 @@ forward; each stream equals a lone torch `OmniSession` (answers, logits, kept se
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -61,8 +62,6 @@ def test_four_streams_in_a_torch_pool_match_four_separate_sessions(cfg):
     got = {}
 
     def camera(i):
-        import time
-
         time.sleep(0.15 * i)                     # streams start, ask and end at different times
         got[i] = _run(pool.open_stream(), PLANS[i], pause=0.02 * i)
 
