@@ -155,7 +155,7 @@ def build_engines(cfg: BuildConfig, progress: Callable[[str], None] = lambda _: 
     env = resolve_env(cfg)
     # the plan first: a precision or workspace the build cannot honour is one line before hashing the export
     plan = plan_build(cfg, manifest=manifest, env=env, write=False)
-    for problem in (plan.weights_problem, plan.memory_problem):   # memory: `auto` on the board itself
+    for problem in (plan.weights_problem, plan.memory_problem, plan.streams_problem):   # memory: `auto` on the board
         if problem:
             raise UsageError(problem)
     progress("verifying the export's checksums")
