@@ -149,6 +149,16 @@ def refuse_build_memory(cfg: BuildConfig, manifest) -> None:
     check_build_memory(plan, detect_device())
 
 
+def refuse_streams(cfg: BuildConfig, manifest) -> None:
+    """--max-streams beyond what a named target holds (engines/streams.py): one line naming the fix, before
+    TensorRT is imported or anything written (`auto` is checked once the GPU is known, still before any build)."""
+    if cfg.max_streams == 1 or cfg.target == "auto":
+        return
+    problem = plan_build(cfg, manifest=manifest, env=BuildEnv.for_plan(cfg), write=False).streams_problem
+    if problem:
+        raise UsageError(problem)
+
+
 def build_engines(cfg: BuildConfig, progress: Callable[[str], None] = lambda _: None) -> BuildArtifact:
     """Build every graph of the export for `cfg.target`: resolve the environment, plan (`plan.plan_build`
     says what, anywhere), execute the plan, record the plan plus what happened in the manifest."""
@@ -157,6 +167,7 @@ def build_engines(cfg: BuildConfig, progress: Callable[[str], None] = lambda _: 
     started = time.perf_counter()
     manifest = load_manifest(cfg.folder, verify=False)   # schema / corrupt JSON first: no machine fixes those
     refuse_build_memory(cfg, manifest)                   # a named Jetson target: before TensorRT is imported
+    refuse_streams(cfg, manifest)                        # --max-streams beyond a named target: likewise
     env = resolve_env(cfg)
     # the plan first: a precision or workspace the build cannot honour is one line before hashing the export
     plan = plan_build(cfg, manifest=manifest, env=env, write=False)

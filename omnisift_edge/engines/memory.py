@@ -255,7 +255,7 @@ def decode_activation_bytes(cfg: MemoryConfig, cache_tokens: int, streams: int) 
     return streams * activation_bytes(replace(cfg, prefill=1, prefill_chunks=1), cache_tokens)["decoder"]
 
 
-STREAMS_CAP = 4096   # the stream count search stops here ("4096+")
+STREAMS_CAP = 1 << 20   # the stream count search stops here (printed "1048576+")
 
 
 def largest_streams(cfg: MemoryConfig, weights: dict[str, int], host: int, jetson: bool, workspace_gb: float,

@@ -18,9 +18,9 @@ question); for a decode it is 1 .. N (opt N), N = `--max-streams` (default 1): a
 The in-place decoder (`decoder_scatter`, declared in the manifest's `kv_cache`) gets one profile,
 `in_place`: sequence_length 1 .. S_max (opt K), logits_length 0 .. 1 (none on a chunk prefill),
 cache_length fixed at max_context (the cache is static: TensorRT's KVCacheUpdate wants a static
-cache axis, see engines/kv_form.py), and the value range of `write_index`, 0 .. max_context - 1 (used
-where TensorRT makes it a shape tensor: exports before per-row write indices, whose [1] write_index + S
-sized the attention's slice; the per-row form's [B] write_index is data, its maximum sizes the slice).
+cache axis, see engines/kv_form.py), and the value range of `write_index`, 0 .. max_context - 1: with
+the batch fixed at 1 TensorRT makes it a shape tensor (max(write_index) + S sizes the attention's
+slice); with a dynamic batch (`--max-streams` > 1) it stays data and the range is not used.
 With `--max-streams N` > 1 it gets a second profile, `in_place_decode`: batch 1 .. N (opt N), one new
 row and one logits row per batch row, each row with its own write_index (the form takes one per row,
 artifact/tensors.py); batch 1 prefills keep profile 0 unchanged, and their activations do not grow.

@@ -298,8 +298,8 @@ def test_the_in_place_decoder_engine_updates_its_cache_in_place(built32):
     """The rtx build's decoder is the in-place form for real: TensorRT-RTX's parser made every cache update
     a KV_CACHE_UPDATE layer whose input is a past and whose output is that layer's present (the alias
     `engine.get_aliased_input_tensor` reports; reading it needs a GPU: the `trt` test in
-    tests/runtime/test_trt_pipeline.py does), and write_index (one per batch row) is data, not a shape tensor:
-    the valid length the attention slices to is its maximum + S."""
+    tests/runtime/test_trt_pipeline.py does), and write_index is a shape tensor (host memory): at batch 1 (the
+    default --max-streams 1) the valid length the attention slices to, max(write_index) + S, is a shape."""
     from polygraphy.backend import trt as polygraphy_trt
 
     from omnisift_edge.engines.build import require_tensorrt
@@ -311,14 +311,14 @@ def test_the_in_place_decoder_engine_updates_its_cache_in_place(built32):
     pairs = sorted((f"past_key_values.{i}.{k}", f"present.{i}.{k}") for i in range(layers) for k in ("key", "value"))
     report = artifact.report["engines"]["decoder_scatter"]
     assert sorted((u["cache"], u["output"]) for u in report["kv_cache_updates"]) == pairs
-    assert report["shape_inputs"] == [] and report["static_axes"]["cache_length"] == manifest["max_context"]
+    assert report["shape_inputs"] == ["write_index"] and report["static_axes"]["cache_length"] == manifest["max_context"]
     trt = require_tensorrt("tensorrt_rtx")                              # the same, read from the network again
     ep = artifact.plan.engine("decoder_scatter")
     _, network, _ = parse_static(trt, polygraphy_trt, ep.onnx, True, ep.static)
     updates = kv_cache_updates(trt, network)
     assert sorted((u["cache"], u["output"]) for u in updates) == pairs
     outputs = {network.get_output(i).name for i in range(network.num_outputs)}
-    assert {u["output"] for u in updates} <= outputs and shape_inputs(network) == set()
+    assert {u["output"] for u in updates} <= outputs and shape_inputs(network) == {"write_index"}
     past = next(network.get_input(i) for i in range(network.num_inputs) if network.get_input(i).name == pairs[0][0])
     assert tuple(past.shape) == (1, manifest["dims"]["kv_heads"], manifest["max_context"], manifest["dims"]["head_dim"])
 

@@ -53,7 +53,7 @@ def test_the_in_place_decoder_builds_with_a_four_stream_decode_profile(engine_ex
     builder, network, _ = parse_static(require_tensorrt("tensorrt_rtx"), polygraphy_trt, ep.onnx, True, ep.static)
     inputs = {network.get_input(i).name: network.get_input(i) for i in range(network.num_inputs)}
     assert inputs[past].shape[0] == -1 and inputs[past].shape[2] == artifact.plan.max_context
-    assert not shape_inputs(network)            # write_index [B] is data, not a shape tensor, in the per-row form
+    assert not shape_inputs(network)            # write_index [B], B dynamic: data, not a shape tensor (batch 1: one)
     one, four = (p.to_trt(builder, network) for p in trt_profiles(polygraphy_trt, ep, shape_inputs(network)))
     assert [tuple(s)[0] for s in one.get_shape(past)] == [1, 1, 1]
     assert [tuple(s)[0] for s in four.get_shape(past)] == [1, 4, 4]
