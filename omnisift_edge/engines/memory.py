@@ -461,7 +461,10 @@ def with_forms(plan: MemoryPlan, manifest) -> MemoryPlan:
         newest = target.tensorrt[-1].rstrip(".")     # a datacenter preset takes any 10.x/11.x: plan the newest
         form, _ = decoder_form(manifest, target.flavour, newest)
         rtx = "-RTX" if target.flavour == "tensorrt_rtx" else ""
-        fits.append(replace(fit, decoder_form=f"{form} (TensorRT{rtx} {' or '.join(p.rstrip('.') for p in target.tensorrt)})"))
+        streams = largest_streams(replace(plan.config, kv_in_place=form == "decoder_scatter"), plan.weights,   # its form's slots
+                                  plan.host_tables, target.jetson, target.workspace_gb, fit.usable_gb)
+        fits.append(replace(fit, decoder_form=f"{form} (TensorRT{rtx} {' or '.join(p.rstrip('.') for p in target.tensorrt)})",
+                            max_streams=streams))
     return replace(plan, fits=tuple(fits))
 
 
