@@ -15,7 +15,8 @@ than `max_streams`, media for a closed stream, a wrong chunk: one `UsageError` t
 other streams and the slot count are unaffected.
 
 Backends (`BACKENDS`): what a pool needs of one is `PoolBackend` below. onnxruntime on the CPU with
-the in-place decoder (`decoder_gqa`) is runtime/pool_ort.py.
+the in-place decoder (`decoder_gqa`) is runtime/pool_ort.py; TensorRT (engines loaded once, device KV
+slots, `build --max-streams N` engines) is runtime/pool_trt.py.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from omnisift_edge.errors import UsageError
 from omnisift_edge.runtime.scheduler import Scheduler
 from omnisift_edge.runtime.session import OmniSession, RuntimeConfig
 
-BACKENDS = {"onnxruntime": "omnisift_edge.runtime.pool_ort:OrtPoolBackend"}   # backend -> "module:class"
+BACKENDS = {"onnxruntime": "omnisift_edge.runtime.pool_ort:OrtPoolBackend",    # backend -> "module:class"
+            "tensorrt": "omnisift_edge.runtime.pool_trt:TrtPoolBackend"}
 
 
 class PoolFullError(UsageError):
