@@ -68,6 +68,9 @@ class HostMemory:
         self.allocated.append(nbytes)
         return buffer
 
+    def offset(self, buffer, nbytes):
+        return np.ascontiguousarray(buffer).view(np.uint8).reshape(-1)[nbytes:]    # the same memory
+
     def view(self, buffer, shape, dtype):
         n = int(np.prod(shape)) * np.dtype(dtype).itemsize
         return buffer[:n].view(dtype).reshape(shape)

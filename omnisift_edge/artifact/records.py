@@ -431,6 +431,7 @@ class Build:
     engines: dict[str, EngineEntry]
     record: dict = field(default_factory=dict, repr=False, compare=False)   # the whole report, as written
     prefill_chunks: int = 1         # chunks' kept tokens the decoder's prefill profile takes per call (build --prefill-chunks)
+    max_streams: int = 1            # decode rows one decoder call takes: a stream pool's streams (build --max-streams)
 
     @classmethod
     def from_dict(cls, target: str, raw, where: str) -> "Build":
@@ -446,7 +447,8 @@ class Build:
                    c.positive(limit, f"{where}.max_context", high=MAX_CONTEXT_LIMIT) if limit is not None else None,
                    {c.name(g, f"{where}.engines.{g}"): EngineEntry.from_dict(e, f"{where}.engines.{g}")
                     for g, e in engines.items()}, dict(raw),
-                   c.positive(raw.get("prefill_chunks", 1), f"{where}.prefill_chunks", high=MAX_CONTEXT_LIMIT))
+                   c.positive(raw.get("prefill_chunks", 1), f"{where}.prefill_chunks", high=MAX_CONTEXT_LIMIT),
+                   c.positive(raw.get("max_streams", 1), f"{where}.max_streams", high=MAX_CONTEXT_LIMIT))
 
     def get(self, name: str, default=None):
         """Any other field of the report (workspace_gb, warnings, decoder_form, created...)."""

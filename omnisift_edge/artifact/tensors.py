@@ -182,7 +182,8 @@ def decoder_scatter_graph(num_layers: int) -> GraphSpec:
 
     Each layer's past and present are ONE buffer [B, kv, cache_length, hd] (TensorRT aliases the present
     to its past: bind the same device address to both); the S new rows go to [write_index,
-    write_index + S) and attention reads the valid rows [0, write_index + S). Logits only for the rows
+    write_index + S) and attention reads the valid rows [0, write_index + S), per batch row (write_index
+    [B]: each row its own length, so a stream pool's decode steps go in one call). Logits only for the rows
     in `logits_index`. TensorRT >= 10.15 and TensorRT-RTX parse the scatter as a KV_CACHE_UPDATE layer.
     """
     cache = []
@@ -196,7 +197,7 @@ def decoder_scatter_graph(num_layers: int) -> GraphSpec:
         inputs=(
             _t("inputs_embeds", "float", "batch_size", "sequence_length", "hidden"),
             _t("position_ids", "int64", "rope_rows", "batch_size", "sequence_length"),
-            _t("write_index", "int64", "one"),
+            _t("write_index", "int64", "batch_size"),      # per batch row: each stream of a pool its own
             _t("logits_index", "int64", "logits_length"),
             *(past for past, _ in cache),
         ),

@@ -310,17 +310,21 @@ def profile(folder, backend, target, ratios, seconds, device, max_new_tokens, ou
 @click.option("--prefill-chunks", type=int, default=1, show_default=True,
               help="Chunks' kept tokens one decoder prefill call takes (grouped prefill of a file; the profiles and "
               "the memory plan grow with it).")
+@click.option("--max-streams", default="1", show_default=True,
+              help="Streams a stream pool runs on these engines: the decoder's decode profile takes up to this many rows "
+              "per call (the memory plan prints each target's most).")
 @click.option("--plan", "plan_only", is_flag=True, help="Print and write the profiles, flags and trtexec/polygraphy "
               "command lines without building (works without TensorRT).")
 @_user_errors
-def build(folder, target, precision, max_context, workspace_gb, compute_capabilities, prefill_chunks, plan_only):
+def build(folder, target, precision, max_context, workspace_gb, compute_capabilities, prefill_chunks, max_streams,
+          plan_only):
     """Build TensorRT engines (one per graph) for a target; --plan works anywhere, --target rtx builds anywhere."""
     from omnisift_edge.engines import BuildConfig, build_engines, plan_build
     from omnisift_edge.paths import check_writable_folder
 
     check_writable_folder(folder)
     cfg = BuildConfig(folder, target=target, precision=precision, max_context=max_context, workspace_gb=workspace_gb,
-                      compute_capabilities=compute_capabilities, prefill_chunks=prefill_chunks)
+                      compute_capabilities=compute_capabilities, prefill_chunks=prefill_chunks, max_streams=max_streams)
     if plan_only:
         click.echo(plan_build(cfg).summary())
         return

@@ -82,6 +82,21 @@ def _create_config(trt, polygraphy_trt, plan: BuildPlan, **kwargs):
     return polygraphy_trt.CreateConfig(**kwargs)
 
 
+def trt_profiles(polygraphy_trt, ep: EnginePlan, shape_tensors=frozenset()) -> list:
+    """The Polygraphy profiles the builder gets for `ep`, in order: each dynamic input's min/opt/max, and the
+    value range of each input TensorRT made a shape tensor (`shape_tensors`)."""
+    profiles = []
+    for profile in ep.profiles:
+        p = polygraphy_trt.Profile()
+        for name, r in profile.dynamic_inputs.items():
+            p.add(name, min=r.min, opt=r.opt, max=r.max)
+        for name, (lo, opt, hi) in profile.values:   # a shape tensor's value range, where TensorRT made it one
+            if name in shape_tensors:
+                p.add(name, min=(lo,), opt=(opt,), max=(hi,))
+        profiles.append(p)
+    return profiles
+
+
 def _build_one(trt, polygraphy_trt, ep: EnginePlan, plan: BuildPlan) -> tuple[bytes, dict]:
     """(serialized engine, facts about its network: the in-place form's KV_CACHE_UPDATE layers)."""
     network, shape_tensors, facts = None, set(), {}
@@ -91,17 +106,7 @@ def _build_one(trt, polygraphy_trt, ep: EnginePlan, plan: BuildPlan) -> tuple[by
         facts = {"kv_cache_updates": kv_cache_updates(trt, network[1]), "shape_inputs": sorted(shape_tensors)}
     else:           # parsed lazily by Polygraphy's loader
         network = polygraphy_trt.NetworkFromOnnxPath(str(ep.onnx), strongly_typed=ep.mode.strongly_typed)
-    profiles = None
-    if ep.dynamic:
-        profiles = []
-        for profile in ep.profiles:
-            p = polygraphy_trt.Profile()
-            for name, r in profile.dynamic_inputs.items():
-                p.add(name, min=r.min, opt=r.opt, max=r.max)
-            for name, (lo, opt, hi) in profile.values:   # a shape tensor's value range, where TensorRT made it one
-                if name in shape_tensors:
-                    p.add(name, min=(lo,), opt=(opt,), max=(hi,))
-            profiles.append(p)
+    profiles = trt_profiles(polygraphy_trt, ep, shape_tensors) if ep.dynamic else None
     config = _create_config(
         trt, polygraphy_trt, plan, fp16="FP16" in ep.mode.flags, bf16="BF16" in ep.mode.flags, tf32=False,
         profiles=profiles, memory_pool_limits={trt.MemoryPoolType.WORKSPACE: plan.workspace_mib << 20},
@@ -144,6 +149,16 @@ def refuse_build_memory(cfg: BuildConfig, manifest) -> None:
     check_build_memory(plan, detect_device())
 
 
+def refuse_streams(cfg: BuildConfig, manifest) -> None:
+    """--max-streams beyond what a named target holds (engines/streams.py): one line naming the fix, before
+    TensorRT is imported or anything written (`auto` is checked once the GPU is known, still before any build)."""
+    if cfg.max_streams == 1 or cfg.target == "auto":
+        return
+    problem = plan_build(cfg, manifest=manifest, env=BuildEnv.for_plan(cfg), write=False).streams_problem
+    if problem:
+        raise UsageError(problem)
+
+
 def build_engines(cfg: BuildConfig, progress: Callable[[str], None] = lambda _: None) -> BuildArtifact:
     """Build every graph of the export for `cfg.target`: resolve the environment, plan (`plan.plan_build`
     says what, anywhere), execute the plan, record the plan plus what happened in the manifest."""
@@ -152,10 +167,11 @@ def build_engines(cfg: BuildConfig, progress: Callable[[str], None] = lambda _: 
     started = time.perf_counter()
     manifest = load_manifest(cfg.folder, verify=False)   # schema / corrupt JSON first: no machine fixes those
     refuse_build_memory(cfg, manifest)                   # a named Jetson target: before TensorRT is imported
+    refuse_streams(cfg, manifest)                        # --max-streams beyond a named target: likewise
     env = resolve_env(cfg)
     # the plan first: a precision or workspace the build cannot honour is one line before hashing the export
     plan = plan_build(cfg, manifest=manifest, env=env, write=False)
-    for problem in (plan.weights_problem, plan.memory_problem):   # memory: `auto` on the board itself
+    for problem in (plan.weights_problem, plan.memory_problem, plan.streams_problem):   # memory: `auto` on the board
         if problem:
             raise UsageError(problem)
     progress("verifying the export's checksums")

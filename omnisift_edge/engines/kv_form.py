@@ -79,9 +79,13 @@ def build_graphs(manifest: Manifest, form: str) -> dict[str, GraphInfo]:
             for graph in manifest.graphs}
 
 
-def static_sizes(graph: str, max_context: int) -> dict[str, int]:
-    """Axes fixed in the network before parsing: the static cache of the in-place form (none for others)."""
-    return {"batch_size": 1, "cache_length": int(max_context)} if graph == SCATTER else {}
+def static_sizes(graph: str, max_context: int, max_streams: int = 1) -> dict[str, int]:
+    """Axes fixed in the network before parsing: the static cache of the in-place form (none for others),
+    and its batch of 1 unless a stream pool's batched decode needs 1 .. `max_streams` (then a profile axis:
+    TensorRT-RTX 1.7 builds KVCacheUpdate with a dynamic batch and per-row write indices, checked)."""
+    if graph != SCATTER:
+        return {}
+    return {**({"batch_size": 1} if max_streams == 1 else {}), "cache_length": int(max_context)}
 
 
 def parse_static(trt, polygraphy_trt, onnx_path: Path, strongly_typed: bool, sizes: dict[str, int]):

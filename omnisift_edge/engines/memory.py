@@ -20,6 +20,11 @@ export recorded) and the run settings. Parts, in bytes:
 - workspace: the target's builder workspace (the preset's default), and a fixed runtime reserve
   (CUDA context + TensorRT runtime; on Jetson also the OS) -- both stated, both assumptions.
 
+A stream pool (`streams` N > 1, `build --max-streams`): weights once, N KV slots (in place: one
+buffer each; past/present: the slot plus the batch gathered into past and present, three), and the
+activations of one decode call of N rows beside a stream's own prefill. Each target's largest stream
+count at the planned cache (`Fit.max_streams`) is solved as the largest context is.
+
 The decoder's activations and the KV cache grow with the context, so the largest max context that
 fits is solved from the rest. Checked against ONNX Runtime CPU peak memory (tests, benchmarks).
 """
@@ -52,11 +57,13 @@ class MemoryConfig:
     prefill: int = 512                  # longest prefill call (prompt or one chunk's K)
     kv_in_place: bool = False           # the in-place decoder (decoder_scatter): one cache buffer, no present copy
     prefill_chunks: int = 1             # chunks one prefill call takes (grouped prefill of a file)
+    streams: int = 1                    # a stream pool's streams (build --max-streams): N KV slots, N-row decodes
 
     def __post_init__(self):
-        from omnisift_edge.engines.profiles import check_prefill_chunks
+        from omnisift_edge.engines.profiles import check_max_streams, check_prefill_chunks
 
         check_prefill_chunks(self.prefill_chunks)
+        object.__setattr__(self, "streams", check_max_streams(self.streams))
         if self.dtype not in FLOAT_BYTES:
             raise UsageError(f"--dtype must be fp16 or fp32 (got {self.dtype!r})")
         if self.weights is None:
@@ -105,6 +112,7 @@ class Fit:
     decoder_form: str = ""             # the decoder graph this target builds (kv_form.decoder_form; exports only)
     build_gb: float = 0.0              # the largest engine build's peak (engines/build_memory.py)
     build_fits: bool | None = None     # unified memory (Jetson): the build fits usable; None: discrete GPU, not checked
+    max_streams: int = 0               # most pool streams that fit at the planned cache (0: not even one)
 
 
 @dataclass(frozen=True)
@@ -112,7 +120,7 @@ class MemoryPlan:
     config: MemoryConfig
     weights: dict[str, int]            # graph -> bytes
     host_tables: int                   # text embeddings (device memory on Jetson only)
-    kv_cache: int                      # past + present buffers (one when in place) at the planned cache length
+    kv_cache: int                      # past + present buffers (one when in place) at the planned cache, every stream
     kv_per_token: int                  # bytes per cached token, every buffer
     activations: dict[str, int]        # graph -> bytes at its largest profile shape
     cache_tokens: int                  # max_context, or the window
@@ -130,7 +138,7 @@ class MemoryPlan:
     def to_dict(self) -> dict:
         c = self.config
         return {"dtype": c.dtype, "weights_mode": c.weights, "block_size": c.block_size if c.weights == "int4" else None,
-                "max_context": c.max_context, "window": c.window, "cache_tokens": self.cache_tokens,
+                "max_context": c.max_context, "window": c.window, "streams": c.streams, "cache_tokens": self.cache_tokens,
                 "resolution": list(c.resolution), "prefill_tokens": c.prefill_rows, "prefill_chunks": c.prefill_chunks,
                 "weights_bytes": self.weights, "text_embeddings_bytes": self.host_tables,
                 "kv_cache_bytes": self.kv_cache, "kv_bytes_per_token": self.kv_per_token,
@@ -142,11 +150,13 @@ class MemoryPlan:
         c = self.config
         lines = [f"memory plan: {c.weights} decoder weights" + (f" (block {c.block_size})" if c.weights == "int4" else "")
                  + f", {c.dtype} elsewhere, cache {self.cache_tokens} tokens"
-                 + (f" (sliding window of max context {c.max_context})" if c.window else "")]
+                 + (f" (sliding window of max context {c.max_context})" if c.window else "")
+                 + (f", a pool of {c.streams} streams" if c.streams > 1 else "")]
         for graph, size in self.weights.items():
             lines.append(f"  weights {graph:<18} {size / GB:8.2f} GB")
         lines.append(f"  text embeddings (host)     {self.host_tables / GB:8.2f} GB  (device memory on Jetson)")
         kind = "in place" if c.kv_in_place else "past + present"
+        kind += f", {c.streams} slots" if c.streams > 1 else ""
         lines.append(f"  KV cache ({kind})".ljust(28) + f"{self.kv_cache / GB:8.2f} GB  ({self.kv_per_token / 1024:.0f} KiB/token)")
         for graph, size in self.activations.items():
             lines.append(f"  activations {graph:<14} {size / GB:8.2f} GB"
@@ -154,14 +164,16 @@ class MemoryPlan:
                             if graph == "decoder" and c.prefill_chunks > 1 else ""))
         forms = any(f.decoder_form for f in self.fits)
         lines.append(f"  {'target':<12} {'memory':>7} {'usable':>7} {'needs':>7}  fits  largest max context"
-                     f"  {'build':>6}  builds" + ("  decoder form" if forms else ""))
+                     f"  streams  {'build':>6}  builds" + ("  decoder form" if forms else ""))
         for f in self.fits:
             builds = "host" if f.build_fits is None else "yes " if f.build_fits else "NO  "
             lines.append(f"  {f.target:<12} {f.memory_gb:6.0f}G {f.usable_gb:6.1f}G {f.need_gb:6.1f}G  "
                          f"{'yes ' if f.fits else 'NO  '}  {f.max_context if f.max_context else 'none':<19}"
+                         f"  {f.max_streams if f.max_streams < STREAMS_CAP else f'{STREAMS_CAP}+':>7}"
                          f"  {f.build_gb:5.1f}G  {builds}" + (f"  {f.decoder_form}" if forms else ""))
         lines.append(f"  (needs = weights + KV + largest activations + the target's workspace; usable = memory minus "
-                     f"{RESERVE_GB['jetson']:g} GB on Jetson, {RESERVE_GB['datacenter']:g} GB elsewhere)")
+                     f"{RESERVE_GB['jetson']:g} GB on Jetson, {RESERVE_GB['datacenter']:g} GB elsewhere; streams = the "
+                     f"most pool streams at cache {self.cache_tokens}: build --max-streams)")
         lines.append("  (build = the largest engine's build peak: parser (ONNX bytes) + builder (weights) + workspace + "
                      "engine (weights), docs/engines.md; on Jetson it shares the board's memory and must fit usable; "
                      "host = discrete GPU, host RAM not checked)")
@@ -227,6 +239,42 @@ def kv_per_token(cfg: MemoryConfig) -> int:
     return buffers * (2 * t.layers * t.kv_heads * t.head_dim * FLOAT_BYTES[cfg.dtype])   # (K + V) x buffers
 
 
+def kv_bytes(cfg: MemoryConfig, cache_tokens: int, streams: int = 1) -> int:
+    """KV bytes of `streams` streams at `cache_tokens`: one stream as `kv_per_token` says; a pool's slots one
+    buffer each in place, three past/present (the slot, the gathered past, the present; runtime/pool_trt.py)."""
+    if streams == 1:
+        return kv_per_token(cfg) * cache_tokens
+    one = kv_per_token(cfg) // (1 if cfg.kv_in_place else 2)
+    return streams * one * cache_tokens * (1 if cfg.kv_in_place else 3)
+
+
+def decode_activation_bytes(cfg: MemoryConfig, cache_tokens: int, streams: int) -> int:
+    """The decoder's activations in one decode call of `streams` rows (one new token each) on a full cache."""
+    from dataclasses import replace
+
+    return streams * activation_bytes(replace(cfg, prefill=1, prefill_chunks=1), cache_tokens)["decoder"]
+
+
+STREAMS_CAP = 1 << 20   # the stream count search stops here (printed "1048576+")
+
+
+def largest_streams(cfg: MemoryConfig, weights: dict[str, int], host: int, jetson: bool, workspace_gb: float,
+                    usable_gb: float) -> int:
+    """The most pool streams (up to STREAMS_CAP) whose slots and batched decode fit `usable_gb` at cfg's cache."""
+    cache = cfg.window or cfg.max_context
+    acts = max(activation_bytes(cfg, cache).values())
+    fixed = sum(weights.values()) + (host if jetson else 0) + workspace_gb * GB
+
+    def fits(n: int) -> bool:
+        return (fixed + kv_bytes(cfg, cache, n) + max(acts, decode_activation_bytes(cfg, cache, n))) / GB <= usable_gb
+
+    lo, hi = 0, STREAMS_CAP
+    while lo < hi:   # the need grows with the streams: bisect
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
+
+
 def plan_memory(cfg: MemoryConfig, *, targets=FIT_TARGETS, weights: dict[str, int] | None = None,
                 onnx_weights: dict[str, int] | None = None) -> MemoryPlan:
     """The plan; `weights` (graph -> bytes) replaces the analytic weights when the graphs exist, and
@@ -238,7 +286,10 @@ def plan_memory(cfg: MemoryConfig, *, targets=FIT_TARGETS, weights: dict[str, in
     weights = dict(weights) if weights is not None else analytic
     cache = cfg.window or cfg.max_context
     per_token = kv_per_token(cfg)
-    plan = MemoryPlan(cfg, weights, host, per_token * cache, per_token, activation_bytes(cfg, cache), cache,
+    acts = activation_bytes(cfg, cache)
+    if cfg.streams > 1:
+        acts["decoder (decode x streams)"] = decode_activation_bytes(cfg, cache, cfg.streams)
+    plan = MemoryPlan(cfg, weights, host, kv_bytes(cfg, cache, cfg.streams), per_token, acts, cache,
                       onnx_weights=onnx_weights)
     stored = onnx_weights or weights
     fits = []
@@ -250,7 +301,8 @@ def plan_memory(cfg: MemoryConfig, *, targets=FIT_TARGETS, weights: dict[str, in
         build = build_peak({g: (stored.get(g, b), b) for g, b in weights.items()}, target.workspace_gb).total / GB
         fits.append(Fit(target.name, target.memory_gb, usable, round(need, 2), need <= usable,
                         _largest_context(cfg, weights, host, jetson, target.workspace_gb, usable),
-                        build_gb=round(build, 2), build_fits=build <= usable if jetson else None))
+                        build_gb=round(build, 2), build_fits=build <= usable if jetson else None,
+                        max_streams=largest_streams(cfg, weights, host, jetson, target.workspace_gb, usable)))
     return MemoryPlan(**{**plan.__dict__, "fits": tuple(fits)})
 
 
@@ -271,8 +323,8 @@ def _largest_context(cfg: MemoryConfig, weights: dict[str, int], host: int, jets
 
     def need(tokens: int) -> float:
         c = replace(cfg, max_context=max(tokens, 1), window=None)
-        acts = activation_bytes(c, tokens)
-        total = sum(weights.values()) + (host if jetson else 0) + kv_per_token(c) * tokens + max(acts.values())
+        acts = max(max(activation_bytes(c, tokens).values()), decode_activation_bytes(c, tokens, c.streams))
+        total = sum(weights.values()) + (host if jetson else 0) + kv_bytes(c, tokens, c.streams) + acts
         return (total + workspace_gb * GB) / GB
 
     if cfg.window is not None:   # the cache stops growing at the window: any context fits once the window does
@@ -353,7 +405,7 @@ def graph_weight_bytes(path, float_bytes: int) -> int:
 
 
 def plan_export(folder, manifest: dict, *, precision: str, max_context: int, prefill: int,
-                kv_in_place: bool = False, prefill_chunks: int = 1) -> MemoryPlan | None:
+                kv_in_place: bool = False, prefill_chunks: int = 1, streams: int = 1) -> MemoryPlan | None:
     """The memory plan of an export folder at a build's precision and profiles (`build --plan`).
 
     Weights are the graphs' file sizes at the engine's float precision (the int8/int4 bytes the
@@ -376,7 +428,7 @@ def plan_export(folder, manifest: dict, *, precision: str, max_context: int, pre
                        block_size=(quant and quant.block_size) or 32, lm_head_quantized=bool(quant and quant.lm_head_quantized),
                        max_context=min(max_context, shape.text.max_position),
                        resolution=manifest.resolution, prefill=prefill, kv_in_place=kv_in_place,
-                       prefill_chunks=prefill_chunks, kept_per_chunk=_largest_kept(manifest))
+                       prefill_chunks=prefill_chunks, kept_per_chunk=_largest_kept(manifest), streams=streams)
     check_prefill_fits(cfg)
     weights: dict[str, int] = {}
     stored: dict[str, int] = {}
@@ -409,7 +461,10 @@ def with_forms(plan: MemoryPlan, manifest) -> MemoryPlan:
         newest = target.tensorrt[-1].rstrip(".")     # a datacenter preset takes any 10.x/11.x: plan the newest
         form, _ = decoder_form(manifest, target.flavour, newest)
         rtx = "-RTX" if target.flavour == "tensorrt_rtx" else ""
-        fits.append(replace(fit, decoder_form=f"{form} (TensorRT{rtx} {' or '.join(p.rstrip('.') for p in target.tensorrt)})"))
+        streams = largest_streams(replace(plan.config, kv_in_place=form == "decoder_scatter"), plan.weights,   # its form's slots
+                                  plan.host_tables, target.jetson, target.workspace_gb, fit.usable_gb)
+        fits.append(replace(fit, decoder_form=f"{form} (TensorRT{rtx} {' or '.join(p.rstrip('.') for p in target.tensorrt)})",
+                            max_streams=streams))
     return replace(plan, fits=tuple(fits))
 
 

@@ -32,8 +32,8 @@ from pathlib import Path
 from omnisift_edge.runtime import trt_flavour as flavours
 from omnisift_edge.engines.kv_form import build_graphs, decoder_form, static_sizes, trt10_form_applies
 from omnisift_edge.engines.presets import PRECISIONS, PRESETS, TARGETS, Target, get_target, resolve_target
-from omnisift_edge.engines.profiles import (DEFAULT_MAX_PROMPT, SCATTER, Profile, check_prefill_chunks, decoder_limits,
-                                            graph_profiles)
+from omnisift_edge.engines.profiles import (DEFAULT_MAX_PROMPT, SCATTER, Profile, check_max_streams, check_prefill_chunks,
+                                            decoder_limits, graph_profiles)
 from omnisift_edge.engines.store import PLAN_FILE, engine_dir, engine_path, write_side_file
 from omnisift_edge.artifact.limits import check_max_context
 from omnisift_edge.errors import UsageError
@@ -51,6 +51,7 @@ class BuildConfig:
     timing_cache: Path | None = None     # default ~/.cache/omnisift-edge/tensorrt/<target>-trt<version>.timing
     compute_capabilities: tuple | str | None = None   # TensorRT-RTX: "8.6,8.9,12.0" or ((8, 6), ...); default the target's
     prefill_chunks: int = 1              # chunks' kept tokens one decoder prefill call takes (grouped file prefill)
+    max_streams: int = 1                 # decode rows one decoder call takes: a stream pool's streams (profiles.py)
 
     def __post_init__(self):
         object.__setattr__(self, "folder", Path(self.folder))
@@ -74,6 +75,7 @@ class BuildConfig:
         if self.max_prompt < 1:
             raise UsageError(f"--max-prompt must be at least 1 token (got {self.max_prompt})")
         check_prefill_chunks(self.prefill_chunks)
+        object.__setattr__(self, "max_streams", check_max_streams(self.max_streams))
 
     @property
     def flavour(self) -> str:
@@ -105,7 +107,7 @@ class BuildEnv:
         """Anywhere: the preset (`auto` detects the GPU), the installed version or the one the target expects."""
         target = with_compute_capabilities(resolve_target(cfg.target), cfg)
         flavour = flavours.get_flavour(target.flavour)
-        found = tensorrt or installed_tensorrt(flavour.name)
+        found = tensorrt or flavours.installed_version(flavour.name)   # package metadata, no import
         return cls(target, flavour, found or target.tensorrt[0].rstrip("."), installed=found is not None)
 
 
@@ -233,6 +235,8 @@ class BuildPlan:
     weights_problem: str | None = None   # why this TensorRT cannot build the decoder's weights (build refuses)
     memory_problem: str | None = None    # why the build cannot fit the target's unified memory (build refuses)
     prefill_chunks: int = 1              # chunks per prefill call the decoder profiles take (max_sequence counts them)
+    max_streams: int = 1                 # decode rows per call the decoder profiles take (a stream pool)
+    streams_problem: str | None = None   # why the target cannot hold max_streams streams (build refuses; streams.py)
 
     @property
     def target(self) -> Target:
@@ -255,8 +259,8 @@ class BuildPlan:
         """The plan's part of the build report (manifest `builds.<target>`); the build adds what happened."""
         return {"target": self.target.name, "flavour": self.flavour, "tensorrt": self.tensorrt,
                 "precision": self.precision, "max_context": self.max_context, "max_prefill_tokens": self.max_sequence,
-                "prefill_chunks": self.prefill_chunks, "main_ratio": self.main_ratio, "workspace_gb": self.workspace_gb,
-                "decoder_form": {"graph": self.decoder_form[0], "why": self.decoder_form[1]},
+                "prefill_chunks": self.prefill_chunks, "max_streams": self.max_streams, "main_ratio": self.main_ratio,
+                "workspace_gb": self.workspace_gb, "decoder_form": {"graph": self.decoder_form[0], "why": self.decoder_form[1]},
                 "timing_cache": self.timing_cache and str(self.timing_cache), "warnings": list(self.warnings)}
 
     @property
@@ -283,7 +287,7 @@ class BuildPlan:
                                                    "compute_capabilities": [f"{a}.{b}" for a, b in t.runs_on]},
             "precision": self.precision, "flavour": self.flavour, "tensorrt_assumed": self.tensorrt,
             "max_context": self.max_context,
-            "max_prefill_tokens": self.max_sequence, "prefill_chunks": self.prefill_chunks,
+            "max_prefill_tokens": self.max_sequence, "prefill_chunks": self.prefill_chunks, "max_streams": self.max_streams,
             "main_ratio": self.main_ratio, "workspace_gb": self.workspace_gb,
             "timing_cache": self.timing_cache and str(self.timing_cache), "warnings": list(self.warnings),
             "decoder_form": {"graph": self.decoder_form[0], "why": self.decoder_form[1]},
@@ -322,7 +326,9 @@ class BuildPlan:
                  f"  workspace {self.workspace_gb:g} GB, timing cache {self.timing_cache or NO_TIMING_CACHE}",
                  f"  decoder: max context {self.max_context}, prefill up to {self.max_sequence} tokens "
                  f"({self.prefill_chunks} chunk{'s' if self.prefill_chunks > 1 else ''} per call; "
-                 f"tuned for K of ratio {self.main_ratio:g})",
+                 f"tuned for K of ratio {self.main_ratio:g}), decode of up to {self.max_streams} stream"
+                 f"{'s' if self.max_streams > 1 else ''} per call" + (f"; REFUSED: {self.streams_problem}"
+                                                                     if self.streams_problem else ""),
                  f"  decoder form: {self.decoder_form[0]}, {self.decoder_form[1]}"]
         for e in self.engines:
             kind = "strongly typed" if e.mode.strongly_typed else "+".join(e.mode.flags) + " flag"
@@ -346,7 +352,6 @@ class BuildPlan:
             lines.append(f"  written to {self.path}")
         return "\n".join(lines)
 
-
     def _build_memory_line(self) -> str:
         from omnisift_edge.engines.build_memory import GB, plan_peak
 
@@ -368,11 +373,6 @@ def default_timing_cache(target: str, tensorrt: str) -> Path:
     return root / f"{target}-trt{tensorrt}.timing"
 
 
-def installed_tensorrt(flavour: str = "tensorrt") -> str | None:
-    """The installed version of `flavour` from package metadata, without importing it."""
-    return flavours.installed_version(flavour)
-
-
 def _major(version: str) -> int:
     try:
         return int(version.split(".")[0])
@@ -389,6 +389,7 @@ def plan_build(cfg: BuildConfig, *, manifest=None, env: BuildEnv | None = None,
     """
     from omnisift_edge.artifact.manifest import as_manifest, load_manifest
     from omnisift_edge.engines.memory import plan_export
+    from omnisift_edge.engines.streams import streams_problem
 
     manifest = as_manifest(manifest) if manifest is not None else load_manifest(cfg.folder, verify=False)
     env = env or BuildEnv.for_plan(cfg, tensorrt)
@@ -402,7 +403,7 @@ def plan_build(cfg: BuildConfig, *, manifest=None, env: BuildEnv | None = None,
         raise UsageError(f"--workspace {workspace:g} GB is more than {target.name}'s {target.memory_gb:g} GB; "
                          f"try {target.workspace_gb:g}")
     limits = decoder_limits(manifest, max_context=cfg.max_context, ratio=cfg.ratio, max_prompt=cfg.max_prompt,
-                            prefill_chunks=cfg.prefill_chunks)
+                            prefill_chunks=cfg.prefill_chunks, max_streams=cfg.max_streams)
     form = decoder_form(manifest, flavour.name, env.tensorrt)
     engines = _engine_plans(cfg.folder, manifest, env, form[0], graph_dtype, precision, limits)
     problem = weights_form_problem(manifest, env.tensorrt, flavour.name)   # build refuses it; the plan warns
@@ -410,11 +411,12 @@ def plan_build(cfg: BuildConfig, *, manifest=None, env: BuildEnv | None = None,
                                                                                                    env.tensorrt)
     memory = plan_export(cfg.folder, manifest, precision=precision, max_context=limits.max_context,
                          prefill=limits.max_sequence, kv_in_place=form[0] == SCATTER,
-                         prefill_chunks=limits.prefill_chunks)
+                         prefill_chunks=limits.prefill_chunks, streams=limits.max_streams)
     plan = BuildPlan(cfg.folder, env, precision, limits.max_context, limits.max_sequence, limits.main_ratio,
                      workspace, timing_cache, engines, _warnings(cfg, env, engines, problem), memory=memory,
-                     decoder_form=form, weights_problem=problem, prefill_chunks=limits.prefill_chunks)
-    plan = dataclasses.replace(plan, memory_problem=memory_problem(plan, env.device))
+                     decoder_form=form, weights_problem=problem, prefill_chunks=limits.prefill_chunks,
+                     max_streams=limits.max_streams)
+    plan = dataclasses.replace(plan, memory_problem=memory_problem(plan, env.device), streams_problem=streams_problem(plan))
     if write:
         path = write_side_file(cfg.folder, plan.relative_path, plan.json_bytes(), manifest)
         plan = dataclasses.replace(plan, path=path)
@@ -433,7 +435,7 @@ def _engine_plans(folder: Path, manifest, env: BuildEnv, decoder: str, graph_dty
         engines.append(EnginePlan(graph, folder / entry.file, engine_path(folder, env.target.name, graph),
                                   graph_dtype, mode, graph_profiles(manifest, graph, limits),
                                   size // 2 if graph_dtype == "fp32" and mode.precision != "fp32" else size,
-                                  static_sizes(graph, limits.max_context), size))
+                                  static_sizes(graph, limits.max_context, limits.max_streams), size))
     return tuple(engines)
 
 

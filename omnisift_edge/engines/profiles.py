@@ -11,13 +11,19 @@ compressor_r*) get one fixed profile. The decoder gets two:
 - decode (profile 1): sequence_length 1; past_sequence_length 1 .. max_context - 1.
 
 total_sequence_length = past + sequence at min, opt and max, so each profile covers exactly the
-calls whose cache ends within max_context. batch_size is 1 (one stream per context).
+calls whose cache ends within max_context. batch_size is 1 for a prefill (a stream's own chunk or
+question); for a decode it is 1 .. N (opt N), N = `--max-streams` (default 1): a stream pool
+(runtime/pool_trt.py) runs the decode steps of every answering stream in one call.
 
 The in-place decoder (`decoder_scatter`, declared in the manifest's `kv_cache`) gets one profile,
 `in_place`: sequence_length 1 .. S_max (opt K), logits_length 0 .. 1 (none on a chunk prefill),
 cache_length fixed at max_context (the cache is static: TensorRT's KVCacheUpdate wants a static
-cache axis, see engines/kv_form.py), and the value range of `write_index` (TensorRT makes it a
-shape tensor: the valid length write_index + S sizes the attention's slice): 0 .. max_context - 1.
+cache axis, see engines/kv_form.py), and the value range of `write_index`, 0 .. max_context - 1: with
+the batch fixed at 1 TensorRT makes it a shape tensor (max(write_index) + S sizes the attention's
+slice); with a dynamic batch (`--max-streams` > 1) it stays data and the range is not used.
+With `--max-streams N` > 1 it gets a second profile, `in_place_decode`: batch 1 .. N (opt N), one new
+row and one logits row per batch row, each row with its own write_index (the form takes one per row,
+artifact/tensors.py); batch 1 prefills keep profile 0 unchanged, and their activations do not grow.
 """
 
 from __future__ import annotations
@@ -76,6 +82,16 @@ class DecoderLimits:
     opt_sequence: int           # K of the main ratio
     main_ratio: float
     prefill_chunks: int = 1     # chunks' kept tokens one prefill call takes (grouped prefill of a file)
+    max_streams: int = 1        # decode rows one call takes: a stream pool's answering streams (build --max-streams)
+
+
+def check_max_streams(value) -> int:
+    """`--max-streams` as a whole number >= 1 (an int, or its text from the command line), or a one-line UsageError."""
+    text = str(value).strip()
+    if isinstance(value, bool) or isinstance(value, float) or not text.isdigit() or int(text) < 1:
+        raise UsageError(f"--max-streams must be a whole number of streams, at least 1 (got {value!r}); "
+                         "1 builds one stream per engine context, as before")
+    return int(text)
 
 
 def check_prefill_chunks(value) -> int:
@@ -111,9 +127,10 @@ def main_ratio(manifest: Manifest, ratio: float | None = None) -> tuple[float, s
 
 
 def decoder_limits(manifest: Manifest, *, max_context: int | None = None, ratio: float | None = None,
-                   max_prompt: int = DEFAULT_MAX_PROMPT, prefill_chunks: int = 1) -> DecoderLimits:
+                   max_prompt: int = DEFAULT_MAX_PROMPT, prefill_chunks: int = 1, max_streams: int = 1) -> DecoderLimits:
     """The decoder's ranges, validated against the manifest (whose max_context the export checked against
-    the model's max_position_embeddings); a prefill call takes `prefill_chunks` chunks' kept tokens."""
+    the model's max_position_embeddings); a prefill call takes `prefill_chunks` chunks' kept tokens, a
+    decode call up to `max_streams` rows."""
     manifest = as_manifest(manifest)
     exported = manifest.max_context
     ratio, graph = main_ratio(manifest, ratio)
@@ -140,7 +157,7 @@ def decoder_limits(manifest: Manifest, *, max_context: int | None = None, ratio:
     if max_context <= s_max:
         raise UsageError(f"--max-context {max_context} leaves no room after one prefill of {s_max} tokens "
                          f"(the largest kept count or prompt); use at least {s_max + 1}")
-    return DecoderLimits(max_context, s_max, ks[graph], ratio, chunks)
+    return DecoderLimits(max_context, s_max, ks[graph], ratio, chunks, check_max_streams(max_streams))
 
 
 def axis_ranges(limits: DecoderLimits) -> dict[str, dict[str, Range]]:
@@ -150,11 +167,12 @@ def axis_ranges(limits: DecoderLimits) -> dict[str, dict[str, Range]]:
     pre_seq = (1, k, s_max)
     dec_past = (1, (c - 1) // 2, c - 1)
     dec_seq = (1, 1, 1)
+    streams = limits.max_streams
     total = lambda past, seq: tuple(p + s for p, s in zip(past, seq))  # noqa: E731
     return {
         "prefill": {"batch_size": (1, 1, 1), "sequence_length": pre_seq, "past_sequence_length": pre_past,
                     "total_sequence_length": total(pre_past, pre_seq)},
-        "decode": {"batch_size": (1, 1, 1), "sequence_length": dec_seq, "past_sequence_length": dec_past,
+        "decode": {"batch_size": (1, streams, streams), "sequence_length": dec_seq, "past_sequence_length": dec_past,
                    "total_sequence_length": total(dec_past, dec_seq)},
     }
 
@@ -201,12 +219,22 @@ def in_place_ranges(limits: DecoderLimits) -> dict[str, Range]:
             "cache_length": (c, c, c)}
 
 
-def in_place_profile(manifest: Manifest, limits: DecoderLimits) -> Profile:
-    """The one profile of `decoder_scatter`, with the value range of its write_index input."""
-    c, s_max = limits.max_context, limits.max_sequence
-    profile = _profile("in_place", graph_entry(manifest, SCATTER), in_place_ranges(limits))
+def in_place_profiles(manifest: Manifest, limits: DecoderLimits) -> tuple[Profile, ...]:
+    """The profiles of `decoder_scatter`, with the value range of its write_index input: `in_place`, and
+    `in_place_decode` (batch 1 .. max_streams, one row each) for a stream pool's batched decode."""
+    c, s_max, n = limits.max_context, limits.max_sequence, limits.max_streams
+    entry = graph_entry(manifest, SCATTER)
     write_index = as_manifest(manifest).kv_cache[SCATTER].write_index
-    return dataclasses.replace(profile, values=((write_index, (0, (c - s_max) // 2, c - 1)),))
+    profile = _profile("in_place", entry, in_place_ranges(limits))
+    profiles = (dataclasses.replace(profile, values=((write_index, (0, (c - s_max) // 2, c - 1)),)),)
+    if n == 1:
+        return profiles
+    if "batch_size" not in next(t.shape for t in entry.inputs if t.name == write_index):
+        raise UsageError(f"this export's decoder_scatter takes one write_index per call, not one per stream (exported "
+                         f"before stream pools); export again for --max-streams {n}, or build with --max-streams 1")
+    ranges = {**in_place_ranges(limits), "batch_size": (1, n, n), "sequence_length": (1, 1, 1), "logits_length": (1, 1, 1)}
+    decode = _profile("in_place_decode", entry, ranges)
+    return profiles + (dataclasses.replace(decode, values=((write_index, (0, (c - 1) // 2, c - 1)),)),)
 
 
 def graph_profiles(manifest: Manifest, graph: str, limits: DecoderLimits | None = None) -> tuple[Profile, ...]:
@@ -215,7 +243,7 @@ def graph_profiles(manifest: Manifest, graph: str, limits: DecoderLimits | None 
     manifest = as_manifest(manifest)
     entry = graph_entry(manifest, graph)
     if graph == SCATTER:
-        return (in_place_profile(manifest, limits or decoder_limits(manifest)),)
+        return in_place_profiles(manifest, limits or decoder_limits(manifest))
     if not _graph_dynamic_axes(manifest, entry):
         return (_profile("static", entry, {}),)
     limits = limits or decoder_limits(manifest)
@@ -223,9 +251,10 @@ def graph_profiles(manifest: Manifest, graph: str, limits: DecoderLimits | None 
 
 
 def engine_profiles(manifest: Manifest, *, max_context: int | None = None, ratio: float | None = None,
-                    max_prompt: int = DEFAULT_MAX_PROMPT, prefill_chunks: int = 1) -> dict[str, tuple[Profile, ...]]:
+                    max_prompt: int = DEFAULT_MAX_PROMPT, prefill_chunks: int = 1,
+                    max_streams: int = 1) -> dict[str, tuple[Profile, ...]]:
     """graph -> its profiles, for every graph in the manifest."""
     manifest = as_manifest(manifest)
     limits = decoder_limits(manifest, max_context=max_context, ratio=ratio, max_prompt=max_prompt,
-                            prefill_chunks=prefill_chunks)
+                            prefill_chunks=prefill_chunks, max_streams=max_streams)
     return {graph: graph_profiles(manifest, graph, limits) for graph in manifest.graphs}

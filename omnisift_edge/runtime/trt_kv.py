@@ -26,6 +26,15 @@ from omnisift_edge.runtime.kv_buffers import compact, rotate_keys
 from omnisift_edge.runtime.kv_cache import KVCache, key_names
 
 
+class _Address:
+    """A device address inside an allocation: what `CudaMemory`'s views and copies read (`.ptr`)."""
+
+    __slots__ = ("ptr",)
+
+    def __init__(self, ptr: int):
+        self.ptr = ptr
+
+
 class CudaMemory:
     """Device allocation, views and copies through `polygraphy.cuda`."""
 
@@ -37,6 +46,10 @@ class CudaMemory:
 
     def allocate(self, nbytes: int):
         return self.cuda.DeviceArray.raw((nbytes,))
+
+    def offset(self, buffer, nbytes: int):
+        """The memory `nbytes` into `buffer` (a slot of a stream pool's buffer), usable wherever a buffer is."""
+        return _Address(int(buffer.ptr) + int(nbytes))
 
     def view(self, buffer, shape: tuple[int, ...], dtype):
         return self.cuda.DeviceView(buffer.ptr, shape, self.DataType.from_dtype(np.dtype(dtype)))

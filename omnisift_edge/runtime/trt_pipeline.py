@@ -88,6 +88,27 @@ def choose_profile(profiles, n: int, past: int) -> tuple[int, int]:
     return best[1], best[2]
 
 
+def open_runners(files: dict, folder, target: str) -> dict:
+    """role -> an activated Polygraphy TrtRunner of the engine at files[role]; the ones opened are released on error."""
+    from polygraphy.backend.common import BytesFromPath
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+    runners = {}
+    try:
+        for role, path in files.items():
+            engine = EngineFromBytes(BytesFromPath(str(path)))()
+            if engine is None:
+                raise UsageError(f"TensorRT could not load {path}; rebuild: omnisift-edge build {folder} --target {target}")
+            runner = TrtRunner(engine, name=f"trt-{role}")
+            runner.activate()
+            runners[role] = runner
+    except BaseException:
+        for runner in runners.values():
+            runner.deactivate()
+        raise
+    return runners
+
+
 class TrtStream(ExportedStream):
     """Push whole 2-second chunks (pixel patches, log-mel window), then ask questions."""
 
@@ -115,21 +136,11 @@ class TrtStream(ExportedStream):
         require("polygraphy", extra="engines")
         device = require_device_for(self.build)
         check_compatible(self.build, str(trt.__version__), device, self.folder)
-        from polygraphy.backend.common import BytesFromPath
-        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
-
         self.profiles = [] if self.in_place else decoder_profiles(self.build)
         self._profile: int | None = None
         self.runners = {}
         try:
-            for role, path in files.items():
-                engine = EngineFromBytes(BytesFromPath(str(path)))()
-                if engine is None:
-                    raise UsageError(f"TensorRT could not load {path}; rebuild: "
-                                     f"omnisift-edge build {self.folder} --target {self.target}")
-                runner = TrtRunner(engine, name=f"trt-{role}")
-                runner.activate()
-                self.runners[role] = runner
+            self.runners = self._open_runners(files)
         except BaseException:
             self.close()
             raise
@@ -139,6 +150,10 @@ class TrtStream(ExportedStream):
         max_context = min(max_context or kv.capacity, kv.capacity)
         super().__init__(export, ratio, prefix_ids, what="the engines", kv=kv, max_context=max_context, context=context)
         self.max_prefill_rows = prefill_rows(self.build)   # a grouped prefill: as many chunks as one call takes
+
+    def _open_runners(self, files: dict) -> dict:
+        """role -> an activated Polygraphy TrtRunner of the engine at files[role] (a stream pool shares one set)."""
+        return open_runners(files, self.folder, self.target)
 
     def _open_cache(self, export: ExportFolder, ratio: float | None, limit: int):
         """The decoder's device cache: in place ([1, kv, cache_length, hd] per past, the engine's static axis)
@@ -152,11 +167,15 @@ class TrtStream(ExportedStream):
             entry = export.manifest.form_entry(SCATTER)
             self.scatter_inputs = entry.input_names[:4]   # embeds, positions, write_index, logits_index
             self.max_call, limit = scatter_limits(self.build)
-            self.kv = trt_kv.StaticDeviceKV(entry.input_names[4:], entry.output_names[1:], capacity=limit, **shape)
+            self.kv = self._new_cache(trt_kv.StaticDeviceKV, entry.input_names[4:], entry.output_names[1:], limit, shape)
         else:
             decoder = export.graphs_for(ratio)["decoder"]
-            self.kv = trt_kv.DeviceKV(decoder.input_names[3:], decoder.output_names[1:], capacity=limit, **shape)
+            self.kv = self._new_cache(trt_kv.DeviceKV, decoder.input_names[3:], decoder.output_names[1:], limit, shape)
         return self.kv     # held before the stream's constructor runs: close() frees it if that fails
+
+    def _new_cache(self, kind, past_names, present_names, capacity: int, shape: dict):
+        """The stream's own device cache of `kind` (a stream pool's streams take a slot of its buffers instead)."""
+        return kind(past_names, present_names, capacity=capacity, **shape)
 
     def close(self) -> None:
         """Release the engines' execution contexts and device buffers."""

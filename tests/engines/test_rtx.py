@@ -298,7 +298,8 @@ def test_the_in_place_decoder_engine_updates_its_cache_in_place(built32):
     """The rtx build's decoder is the in-place form for real: TensorRT-RTX's parser made every cache update
     a KV_CACHE_UPDATE layer whose input is a past and whose output is that layer's present (the alias
     `engine.get_aliased_input_tensor` reports; reading it needs a GPU: the `trt` test in
-    tests/runtime/test_trt_pipeline.py does), and write_index is a shape tensor (host memory)."""
+    tests/runtime/test_trt_pipeline.py does), and write_index is a shape tensor (host memory): at batch 1 (the
+    default --max-streams 1) the valid length the attention slices to, max(write_index) + S, is a shape."""
     from polygraphy.backend import trt as polygraphy_trt
 
     from omnisift_edge.engines.build import require_tensorrt

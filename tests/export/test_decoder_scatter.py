@@ -15,6 +15,7 @@ from omnisift_edge.export.decoder import decoder_dims  # noqa: E402
 from omnisift_edge.export.decoder.scatter import (SCATTER_OPSET, export_decoder_scatter,  # noqa: E402
                                                   graph_entry_for, validate_decoder_scatter)
 from omnisift_edge.export.lint import lint_folder  # noqa: E402
+from omnisift_edge.artifact.onnx_runtime import ort_session  # noqa: E402
 
 BASE = Dims(hidden=64, patch_dim=1176, grid_h=8, grid_w=6, spatial_merge=2, grids_per_chunk=2, n_mels=128,
             window_frames=200, window_audio_tokens=50)
@@ -94,3 +95,71 @@ def test_graph_pass_leaves_external_data_alone(tiny_model, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["decoder_scatter.onnx", "decoder_scatter.onnx.data"]
     check = validate_decoder_scatter(path, thinker, graph_entry_for(dims, path.name, "fp32", True))
     assert check.ok, check
+
+
+def _row_alone(module, cfg, buffers, length: int, steps, row: int):
+    """PyTorch (the eager ScatterDecoder), batch 1: a random prefix of `length` rows, then each (embeds, positions)
+    of `steps` row `row` alone; returns the last row's logits [V] of every step. `buffers` are written in place."""
+    gen = torch.Generator().manual_seed(100 + row)
+    prefix = torch.randn(1, length, cfg.hidden_size, generator=gen)
+    with torch.inference_mode():
+        module(prefix, torch.arange(length).repeat(3, 1, 1), torch.tensor([0]), torch.tensor([], dtype=torch.int64),
+               buffers)
+        out, written = [], length
+        for embeds, positions in steps:
+            s = embeds.shape[1]
+            result = module(embeds[row:row + 1], positions[:, row:row + 1], torch.tensor([written]),
+                            torch.tensor([s - 1]), buffers)
+            out.append(result["logits"][0, -1].numpy())
+            written += s
+    return out
+
+
+def test_rows_at_different_lengths_are_one_call_equal_to_each_row_alone(graph, tiny_model):
+    """A stream pool's batch (runtime/pool_trt.py): three rows cached to 5, 11 and 2 rows, then ONNX Runtime
+    calls with write_index [5, 11, 2] (a 3-row prefill: the per-row causal mask) and [8, 14, 5] (a decode
+    step). Each row's logits and cache equal PyTorch's running that row alone, and no row writes another's."""
+    from omnisift_edge.model.scatter_kv import ScatterDecoder
+
+    path, entry = graph
+    thinker = tiny_model.thinker
+    cfg = thinker.config.text_config
+    hd, kv, capacity, lengths = cfg.hidden_size // cfg.num_attention_heads, cfg.num_key_value_heads, 24, (5, 11, 2)
+    module = ScatterDecoder(thinker).eval()
+    gen = torch.Generator().manual_seed(7)
+    steps = []
+    for s, done in ((3, 0), (1, 3)):
+        embeds = torch.randn(len(lengths), s, cfg.hidden_size, generator=gen)                      # [B, S, D]
+        positions = torch.stack([torch.arange(n + done, n + done + s) for n in lengths])[None].repeat(3, 1, 1)  # [3, B, S]
+        steps.append((embeds, positions))
+    alone, rows = [], []
+    for row, n in enumerate(lengths):
+        buffers = [tuple(torch.zeros(1, kv, capacity, hd) for _ in range(2)) for _ in range(cfg.num_hidden_layers)]
+        alone.append(_row_alone(module, cfg, buffers, n, steps, row))
+        rows.append(buffers)
+    names = [t["name"] for t in entry["inputs"]]
+    session = ort_session(path)
+    cache = {}                                         # the batch's starting cache: each row's prefix, from PyTorch
+    for i, name in enumerate(names[4:]):
+        layer, kind = divmod(i, 2)
+        start = []
+        for row, n in enumerate(lengths):
+            prefix = rows[row][layer][kind].clone()
+            prefix[:, :, n:] = 0                       # only the prefix rows (the buffers already hold the steps)
+            start.append(prefix)
+        cache[name] = torch.cat(start).numpy()                                                      # [B, kv, M, hd]
+    written = np.array(lengths, np.int64)
+    for step, (embeds, positions) in enumerate(steps):
+        s = embeds.shape[1]
+        feeds = {names[0]: embeds.numpy(), names[1]: positions.numpy(), names[2]: written,
+                 names[3]: np.array([s - 1], np.int64), **cache}
+        logits, *presents = session.run(None, feeds)                                               # [B, 1, V]
+        for row in range(len(lengths)):
+            np.testing.assert_allclose(logits[row, -1], alone[row][step], atol=2e-4, rtol=1e-4)
+        cache = dict(zip(names[4:], presents))
+        written = written + s
+    for i, name in enumerate(names[4:]):
+        layer, kind = divmod(i, 2)
+        for row, n in enumerate(written):
+            np.testing.assert_allclose(cache[name][row, :, :n], rows[row][layer][kind][0, :, :n].numpy(), atol=1e-5)
+            assert not cache[name][row, :, n:].any()                                    # nothing past its own rows

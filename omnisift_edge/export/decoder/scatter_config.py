@@ -3,7 +3,7 @@
 The same machinery as `decoder_gqa_config` (a `ThinkerDecoderOnnxConfig` subclass whose inputs/outputs
 come from `tensors.decoder_scatter_graph`, Optimum's `ModelPatcher` while tracing); attention is routed
 through `model.scatter_kv`'s `AttentionInterface` entry. Not registered with the TasksManager (that key
-names the `decoder` config); the exporter builds this one directly. Batch 1: `write_index` is [1].
+names the `decoder` config); the exporter builds this one directly. `write_index` is [B], one per row.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class ScatterDecoderInputGenerator(ThinkerDecoderInputGenerator):
         elif input_name == POSITIONS:
             value = gapped_positions(b, s, start=p, rng=rng)                                  # [3, 1, S]
         elif input_name == WRITE_INDEX:
-            value = np.array([p], dtype=np.int64)                                             # [1]
+            value = np.full((b,), p, dtype=np.int64)                                          # [B]
         elif input_name == LOGITS_INDEX:
             value = np.array([s - 2, s - 1], dtype=np.int64)                                  # [L]
         elif input_name == PAST:

@@ -1,0 +1,239 @@
+"""The stream pool's TensorRT backend (runtime/pool_trt.py).
+
+On the CPU: the slot bookkeeping, the copy plans of the past/present form's gather, and a whole pool of
+four streams against four separate TensorRT streams with TensorRT, the GPU and the engines stood in for
+by ONNX Runtime on the same graphs (tests/runtime/test_trt_pipeline.py's stand-ins: the engine file names
+its ONNX graph, device memory is host memory, a KV_CACHE_UPDATE's present is written into its past), for
+both decoder forms. With TensorRT and a GPU (`trt`), the same comparison on real engines built with
+`--max-streams 4`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import types
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("optimum.exporters.onnx")
+
+from omnisift_edge.artifact.manifest import write_manifest  # noqa: E402
+from omnisift_edge.errors import UsageError  # noqa: E402
+from omnisift_edge.model.synthetic import synthetic_clip  # noqa: E402
+from omnisift_edge.runtime.pool import open_pool  # noqa: E402
+from omnisift_edge.runtime.pool_trt import (SlotBook, batch_mask, gather_copies, scatter_copies,  # noqa: E402
+                                            span_feeds)
+from omnisift_edge.runtime.session import OmniSession, RuntimeConfig  # noqa: E402
+from tests.helpers import HostMemory  # noqa: E402
+from tests.runtime.test_trt_pipeline import _fake_build, _OrtEngineRunner  # noqa: E402
+
+RES = (112, 84)
+PLANS = [(2.0, 1, "What happens?", 6), (4.0, 2, "What happens?", 9), (6.0, 3, "Describe it.", 7),
+         (2.0, 4, "Who speaks?", 5)]
+
+
+@pytest.fixture(scope="module")
+def folder(small_export):
+    return small_export(ratios=(0.25,), resolution=RES)
+
+
+def test_slots_are_handed_out_lowest_first_and_taken_back():
+    book = SlotBook(3)
+    assert [book.take() for _ in range(3)] == [0, 1, 2] and book.take() is None and book.free == 0
+    book.give(1)
+    book.give(1)                                     # twice: harmless
+    book.give(0)
+    assert book.free == 2 and book.take() == 0 and book.take() == 1 and book.length(2) == 0
+
+
+def test_gather_and_scatter_copies_move_each_streams_rows():
+    """Slots packed [1, kv, L, hd] (trt_kv.DeviceKV's layout) -> batch past [B, kv, T, hd] -> a present
+    [B, kv, T + 1, hd] -> slots packed [1, kv, L + 1, hd]: each stream's own rows, then its new one."""
+    kv, hd, rows, itemsize = 2, 3, 8, 4
+    head_row, slot_bytes = hd * itemsize, kv * rows * hd * itemsize
+    rng = np.random.default_rng(0)
+    slots, lengths = [3, 0, 2], [5, 2, 7]
+    memory = np.zeros(4 * slot_bytes, np.uint8)
+    packed = {}
+    for slot, n in zip(slots, lengths):
+        packed[slot] = rng.standard_normal((kv, n, hd)).astype(np.float32)
+        memory[slot * slot_bytes:slot * slot_bytes + packed[slot].nbytes] = packed[slot].view(np.uint8).reshape(-1)
+    past = max(lengths)
+    batch = np.full(len(slots) * kv * past * hd, np.nan, np.float32).view(np.uint8)
+    for src, dst, n in gather_copies(slots, lengths, past, kv, head_row, slot_bytes):
+        batch[dst:dst + n] = memory[src:src + n]
+    batch = batch.view(np.float32).reshape(len(slots), kv, past, hd)
+    for b, (slot, n) in enumerate(zip(slots, lengths)):
+        np.testing.assert_array_equal(batch[b, :, :n], packed[slot])
+    present = rng.standard_normal((len(slots), kv, past + 1, hd)).astype(np.float32)
+    present[:, :, :past] = np.nan_to_num(batch)
+    raw = present.view(np.uint8).reshape(-1)
+    for src, dst, n in scatter_copies(slots, lengths, past, kv, head_row, slot_bytes):
+        memory[dst:dst + n] = raw[src:src + n]
+    for b, (slot, n) in enumerate(zip(slots, lengths)):
+        got = memory[slot * slot_bytes:slot * slot_bytes + kv * (n + 1) * head_row].view(np.float32).reshape(kv, n + 1, hd)
+        np.testing.assert_array_equal(got[:, :n], packed[slot])
+        np.testing.assert_array_equal(got[:, n], present[b, :, past])
+    mask = batch_mask(lengths, past)
+    assert mask.tolist()[1] == [1, 1, 0, 0, 0, 0, 0, 1] and mask[:, -1].all() and mask.sum() == sum(lengths) + 3
+
+
+def test_an_in_place_span_puts_each_step_on_its_slots_row():
+    embeds = [np.full((1, 1, 4), v, np.float32) for v in (1.0, 2.0)]
+    positions = [np.full((3, 1, 1), p, np.int64) for p in (40, 7)]
+    e, p, w = span_feeds([3, 1], embeds, positions, [9, 0, 6], np.float32)     # slots 1..3; slot 2 idle
+    assert e[:, 0, 0].tolist() == [2.0, 0.0, 1.0] and p[0, :, 0].tolist() == [7, 0, 40] and w.tolist() == [9, 0, 6]
+    with pytest.raises(UsageError, match="one decode step per stream"):
+        span_feeds([1, 1], embeds, positions, [9], np.float32)
+
+
+def _stand_ins(monkeypatch, built):
+    """TensorRT, the GPU and the engines stood in for (test_trt_pipeline's stand-ins), for the build in `built`."""
+    import polygraphy.backend.trt as polygraphy_trt
+
+    import omnisift_edge.runtime.trt_env as trt_env
+    from omnisift_edge.runtime import trt_kv
+    from omnisift_edge.runtime.trt_env import DeviceInfo
+
+    version = json.loads((built / "manifest.json").read_text())["builds"]["h100"]["tensorrt"]
+    monkeypatch.setattr(trt_env, "require_tensorrt", lambda *_: types.SimpleNamespace(__version__=version))
+    monkeypatch.setattr(trt_env, "require_device", lambda: DeviceInfo("NVIDIA H100", (9, 0), 80.0))
+    monkeypatch.setattr(polygraphy_trt, "EngineFromBytes", lambda data: lambda: str(built / data().decode()))
+    monkeypatch.setattr(polygraphy_trt, "TrtRunner", _OrtEngineRunner)
+    monkeypatch.setattr(trt_kv, "CudaMemory", HostMemory)
+    _OrtEngineRunner.log = []
+
+
+def _pool_build(folder, dst, *, in_place: bool, max_streams: int):
+    """A stand-in build recording `--max-streams`: the in-place form with its in_place_decode profile."""
+    built = _fake_build(folder, dst, in_place=in_place)
+    manifest = json.loads((built / "manifest.json").read_text())
+    build = manifest["builds"]["h100"]
+    build["max_streams"] = max_streams
+    if in_place and max_streams > 1:
+        first = build["engines"]["decoder_scatter"]["profiles"][0]
+        build["engines"]["decoder_scatter"]["profiles"].append(
+            {"name": "in_place_decode", "axes": {**first["axes"], "batch_size": [1, max_streams, max_streams],
+                                                 "sequence_length": [1, 1, 1], "logits_length": [1, 1, 1]},
+             "inputs": {}, "values": first["values"]})
+    write_manifest(built, manifest)
+    return built
+
+
+def _camera(session, plan):
+    """Append the plan's clip in 2-second chunks; the stream's logits are recorded from then on."""
+    seconds, seed, _, _ = plan
+    clip = synthetic_clip(seconds, *RES, seed=seed)
+    per_frame = int(session.spec.sample_rate / session.spec.fps)
+    for j in range(0, len(clip.frames), 4):
+        session.append_chunk(clip.frames[j:j + 4], clip.pcm[j * per_frame:(j + 4) * per_frame])
+    seen, step = [], session.stream._step
+
+    def recording(embeds, positions, want_logits=True):
+        logits = step(embeds, positions, want_logits)
+        if logits is not None:
+            seen.append(np.array(logits, dtype=np.float32))
+        return logits
+
+    session.stream._step = recording
+    return seen
+
+
+@pytest.mark.parametrize("in_place", [True, False], ids=["decoder_scatter", "decoder_past_present"])
+def test_four_pool_streams_match_four_separate_tensorrt_streams(folder, tmp_path, monkeypatch, in_place):
+    built = _pool_build(folder, tmp_path / "built", in_place=in_place, max_streams=4)
+    _stand_ins(monkeypatch, built)
+    cfg = RuntimeConfig(built, backend="tensorrt", ratio=0.25)
+    alone = []
+    for plan in PLANS:
+        session = OmniSession(cfg)
+        seen = _camera(session, plan)
+        alone.append((list(session.ask_ids(plan[2], max_new_tokens=plan[3])), seen))
+        session.close()
+    _OrtEngineRunner.log = []
+    pool = open_pool(cfg, max_streams=4)
+    pool.scheduler.gather_seconds = 2.0              # a loaded machine: wait long enough for the other steps
+    streams = [pool.open_stream() for _ in PLANS]
+    seen = [_camera(s, plan) for s, plan in zip(streams, PLANS)]
+    barrier, got, errors = threading.Barrier(4), {}, []
+
+    def ask(i):
+        try:
+            barrier.wait()
+            got[i] = list(streams[i].ask_ids(PLANS[i][2], max_new_tokens=PLANS[i][3]))
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i in range(4):
+        assert got[i] == alone[i][0]                                          # greedy answers
+        assert len(seen[i]) == len(alone[i][1])
+        for pooled, single in zip(seen[i], alone[i][1]):
+            np.testing.assert_allclose(pooled, single, atol=1e-4, rtol=0)
+    calls = pool.scheduler.calls
+    assert calls["decode_batches"] < calls["decode_steps"]                   # steps shared engine calls
+    runs = [e for e in _OrtEngineRunner.log if e[:2] == ("trt-decoder", "run")]
+    assert sum(e[1] == "activate" and e[0] == "trt-decoder" for e in _OrtEngineRunner.log) == 1   # loaded once
+    assert max(e[2] for e in runs) == (1 if in_place else 1)                 # the batched decode's profile ran
+    for stream in streams:
+        stream.close()
+    assert pool.free_slots == 4 and pool.open_streams == 0
+
+
+def test_a_pool_larger_than_the_engines_batch_is_one_line(folder, tmp_path, monkeypatch):
+    built = _pool_build(folder, tmp_path / "built", in_place=True, max_streams=2)
+    _stand_ins(monkeypatch, built)
+    with pytest.raises(UsageError) as exc:
+        open_pool(RuntimeConfig(built, backend="tensorrt", ratio=0.25), max_streams=4)
+    message = str(exc.value)
+    assert "\n" not in message and "take decode batches of up to 2 streams" in message
+    assert f"omnisift-edge build {built} --target h100 --max-streams 4" in message
+    pool = open_pool(RuntimeConfig(built, backend="tensorrt", ratio=0.25), max_streams=2)   # within the build: fine
+    assert pool.free_slots == 2
+
+
+@pytest.mark.trt
+@pytest.mark.gpu
+def test_four_pool_streams_on_real_engines_match_four_sessions(folder, tmp_path):
+    """The GPU check (docs/runtime.md): engines built here with --max-streams 4, four pool streams against
+    four separate TensorRT sessions: the same greedy answers, logits within fp32 engine noise."""
+    import shutil
+
+    from omnisift_edge.engines.build import build_engines
+    from omnisift_edge.engines.plan import BuildConfig
+
+    export = tmp_path / "export"
+    shutil.copytree(folder, export)
+    build_engines(BuildConfig(export, target="auto", precision="fp32", max_streams=4))
+    cfg = RuntimeConfig(export, backend="tensorrt", ratio=0.25)
+    alone = []
+    for plan in PLANS:
+        session = OmniSession(cfg)
+        seen = _camera(session, plan)
+        alone.append((list(session.ask_ids(plan[2], max_new_tokens=plan[3])), seen))
+        session.close()
+    pool = open_pool(cfg, max_streams=4)
+    pool.scheduler.gather_seconds = 1.0
+    streams = [pool.open_stream() for _ in PLANS]
+    seen = [_camera(s, plan) for s, plan in zip(streams, PLANS)]
+    got = {}
+    threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, list(streams[i].ask_ids(
+        PLANS[i][2], max_new_tokens=PLANS[i][3])))) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(4):
+        assert got[i] == alone[i][0]
+        for pooled, single in zip(seen[i], alone[i][1]):
+            np.testing.assert_allclose(pooled, single, atol=2e-3, rtol=0)
+    assert pool.scheduler.calls["decode_batches"] < pool.scheduler.calls["decode_steps"]
