@@ -11,6 +11,7 @@ benchmarks/streaming.py), exported once at --resolution, ratio 0.25, --max-conte
   share decoder calls) against one stream answering alone in the same pool, side by side.
 
     python benchmarks/pool.py [--models default,mid] [--resolution 224x224] [--max-context 1024] [--tokens 32]
+                              [--backend onnxruntime|torch]
 """
 
 from __future__ import annotations
@@ -47,12 +48,12 @@ def _feed(session, seed: int, resolution) -> None:
     session.finish()
 
 
-def child(mode: str, n: int, folder: str, max_context: int) -> None:
+def child(mode: str, n: int, folder: str, max_context: int, backend: str) -> None:
     """Open `n` streams (separate sessions or one pool), feed each a chunk, print the RSS in MiB."""
     from omnisift_edge.runtime.pool import open_pool
     from omnisift_edge.runtime.session import OmniSession, RuntimeConfig
 
-    cfg = RuntimeConfig(folder, max_context=max_context)
+    cfg = RuntimeConfig(folder, backend=backend, max_context=max_context)
     if mode == "pool":
         pool = open_pool(cfg, max_streams=8)
         streams = [pool.open_stream() for _ in range(n)]
@@ -63,20 +64,20 @@ def child(mode: str, n: int, folder: str, max_context: int) -> None:
     print(f"{rss_mib():.1f}")
 
 
-def measure_rss(mode: str, n: int, folder: Path, max_context: int) -> float:
-    done = subprocess.run([sys.executable, __file__, "--child", mode, str(n), str(folder), str(max_context)],
+def measure_rss(mode: str, n: int, folder: Path, max_context: int, backend: str) -> float:
+    done = subprocess.run([sys.executable, __file__, "--child", mode, str(n), str(folder), str(max_context), backend],
                           capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"the {mode} child with {n} streams failed:\n{done.stderr[-3000:]}")
     return float(done.stdout.strip().splitlines()[-1])
 
 
-def decode_rate(folder: Path, max_context: int, tokens: int, answering: int) -> tuple[float, dict]:
+def decode_rate(folder: Path, max_context: int, tokens: int, answering: int, backend: str) -> tuple[float, dict]:
     """Tokens/s of `answering` streams asking at once in one pool (their decode steps batched)."""
     from omnisift_edge.runtime.pool import open_pool
     from omnisift_edge.runtime.session import RuntimeConfig
 
-    pool = open_pool(RuntimeConfig(folder, max_context=max_context), max_streams=answering)
+    pool = open_pool(RuntimeConfig(folder, backend=backend, max_context=max_context), max_streams=answering)
     streams = [pool.open_stream() for _ in range(answering)]
     for i, s in enumerate(streams):
         _feed(s, i, s.resolution)
@@ -128,21 +129,22 @@ def report(name: str, folder: Path, args, counts) -> None:
         print("|---|---|---|---|")
     first = None
     for n in counts:
-        pooled = measure_rss("pool", n, folder, args.max_context)
-        separate = f"{measure_rss('separate', n, folder, args.max_context):.0f} MiB" if n <= args.separate_max \
+        pooled = measure_rss("pool", n, folder, args.max_context, args.backend)
+        separate = f"{measure_rss('separate', n, folder, args.max_context, args.backend):.0f} MiB" \
+            if n <= args.separate_max \
             else "(not run: memory of the shared machine)"
         first = pooled if first is None else first
         per = "" if n == counts[0] else f"{(pooled - first) / (n - counts[0]):.1f}"
         print(f"| {n} | {separate} | {pooled:.0f} MiB | {per} |", flush=True)
-    one, _ = decode_rate(folder, args.max_context, args.tokens, 1)
-    four, calls = decode_rate(folder, args.max_context, args.tokens, 4)
+    one, _ = decode_rate(folder, args.max_context, args.tokens, 1, args.backend)
+    four, calls = decode_rate(folder, args.max_context, args.tokens, 4, args.backend)
     print(f"\ndecode, {args.tokens} tokens per answer: 1 stream {one:.1f} tok/s; 4 streams at once {four:.1f} tok/s "
           f"(x{four / one:.2f}); 4 streams' {calls['decode_steps']} steps in {calls['decode_batches']} decoder calls")
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child(sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]))
+        child(sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), sys.argv[6])
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="default,mid")
@@ -150,12 +152,13 @@ def main() -> None:
     parser.add_argument("--max-context", type=int, default=1024)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--streams", default="1,2,4,8")
+    parser.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "torch"))
     parser.add_argument("--separate-max", type=int, default=8, help="largest N run as separate sessions")
     args = parser.parse_args()
     resolution = tuple(int(x) for x in args.resolution.split("x"))
     counts = [int(x) for x in args.streams.split(",") if x]      # --streams "": decode throughput only
     print(f"{platform.node()}, {platform.processor() or platform.machine()}, python {platform.python_version()}, "
-          f"{dt.date.today()}, onnxruntime cpu, {args.resolution}, ratio 0.25, max_context {args.max_context}")
+          f"{dt.date.today()}, {args.backend} cpu, {args.resolution}, ratio 0.25, max_context {args.max_context}")
     with tempfile.TemporaryDirectory(prefix="pool-bench-") as tmp:
         for name in args.models.split(","):
             folder = export_model(name, Path(tmp), resolution, args.max_context)

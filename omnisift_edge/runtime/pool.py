@@ -16,7 +16,8 @@ other streams and the slot count are unaffected.
 
 Backends (`BACKENDS`): what a pool needs of one is `PoolBackend` below. onnxruntime on the CPU with
 the in-place decoder (`decoder_gqa`) is runtime/pool_ort.py; TensorRT (engines loaded once, device KV
-slots, `build --max-streams N` engines) is runtime/pool_trt.py.
+slots, `build --max-streams N` engines) is runtime/pool_trt.py; torch (the model the export was made
+from, KV slots of torch buffers) is runtime/pool_torch.py.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from omnisift_edge.runtime.scheduler import Scheduler
 from omnisift_edge.runtime.session import OmniSession, RuntimeConfig
 
 BACKENDS = {"onnxruntime": "omnisift_edge.runtime.pool_ort:OrtPoolBackend",    # backend -> "module:class"
-            "tensorrt": "omnisift_edge.runtime.pool_trt:TrtPoolBackend"}
+            "tensorrt": "omnisift_edge.runtime.pool_trt:TrtPoolBackend",
+            "torch": "omnisift_edge.runtime.pool_torch:TorchPoolBackend"}
 
 
 class PoolFullError(UsageError):

@@ -142,20 +142,10 @@ class OmniSession:
 
             return TrtStream(self.export, self.ratio, prefix_ids, target=self.cfg.target, max_context=max_context,
                              context=self.cfg.context)
-        from omnisift_edge.model.load import ModelSource, load_model
-        from omnisift_edge.runtime.torch_pipeline import CompressionConfig, TorchStream
+        from omnisift_edge.runtime.torch_pipeline import TorchStream
 
-        source = self.manifest.section("export_config", {})["source"]
-        path = self.cfg.model if self.cfg.model is not None else source["path"]   # resolved at export
-        model = load_model(ModelSource(path=path, compressor=source["compressor"], seed=source["seed"],
-                                       dtype=self.manifest.dtype, selector_heads=source["selector_heads"],
-                                       default_chat_template=source.get("default_chat_template", False),
-                                       device=self.cfg.device))
-        if model.identity.get("config_sha256") != self.manifest.section("model", {}).get("config_sha256"):
-            raise UsageError("the model folder changed since the export (config hash differs); export again")
-        grid_hw = (self.manifest.dims.grid_h, self.manifest.dims.grid_w)
-        compression = CompressionConfig(self.plan.rho_video, self.plan.rho_audio)
-        return TorchStream(model, prefix_ids, grid_hw=grid_hw, compression=compression, max_context=max_context,
+        return TorchStream(load_export_model(self.cfg, self.manifest), prefix_ids,
+                           **torch_stream_options(self.manifest, self.plan), max_context=max_context,
                            context=self.cfg.context)
 
     # -- media in --------------------------------------------------------------------------------
@@ -363,6 +353,31 @@ class OmniSession:
         close = getattr(self.stream, "close", None)
         if close is not None:
             close()
+
+
+def load_export_model(cfg: RuntimeConfig, manifest):
+    """The torch backend's model: the one the export was made from (`cfg.model`, else the folder the
+    manifest records), its dtype and compressor, on `cfg.device`; refused if its config changed since.
+    One session loads it for itself, a stream pool (runtime/pool_torch.py) once for all its streams."""
+    from omnisift_edge.model.load import ModelSource, load_model
+
+    source = manifest.section("export_config", {})["source"]
+    path = cfg.model if cfg.model is not None else source["path"]   # resolved at export
+    model = load_model(ModelSource(path=path, compressor=source["compressor"], seed=source["seed"],
+                                   dtype=manifest.dtype, selector_heads=source["selector_heads"],
+                                   default_chat_template=source.get("default_chat_template", False),
+                                   device=cfg.device))
+    if model.identity.get("config_sha256") != manifest.section("model", {}).get("config_sha256"):
+        raise UsageError("the model folder changed since the export (config hash differs); export again")
+    return model
+
+
+def torch_stream_options(manifest, plan) -> dict:
+    """`TorchStream`'s export-given arguments: the patch grid and the ratio's drop fractions."""
+    from omnisift_edge.runtime.torch_pipeline import CompressionConfig
+
+    return {"grid_hw": (manifest.dims.grid_h, manifest.dims.grid_w),
+            "compression": CompressionConfig(plan.rho_video, plan.rho_audio)}
 
 
 def _check_context_limit(cfg: RuntimeConfig, manifest) -> None:

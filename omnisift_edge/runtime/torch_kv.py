@@ -18,20 +18,24 @@ from omnisift_edge.model.inplace_kv import InPlaceDecoder, rotate_keys
 INITIAL_CAPACITY = 2048
 
 
+def kv_geometry(thinker) -> tuple[int, int, int, torch.dtype, torch.device]:
+    """(layers, kv_heads, head_dim, dtype, device) of the thinker LLM's KV buffers."""
+    cfg = thinker.config.text_config
+    param = next(thinker.model.parameters())
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return cfg.num_hidden_layers, cfg.num_key_value_heads, head_dim, param.dtype, param.device
+
+
 class TorchInPlaceCache(KVCache):
     """runtime/kv_cache.py's protocol over torch buffers [1, kv, capacity, hd], one pair (key, value) per layer."""
 
     larger = "use a larger max context"
 
     def __init__(self, thinker, capacity: int | None):
-        cfg = thinker.config.text_config
-        param = next(thinker.model.parameters())
         self.decoder = InPlaceDecoder(thinker)
         self.growable = capacity is None
         self.capacity = INITIAL_CAPACITY if capacity is None else int(capacity)
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        self.kv_heads, self.layers = cfg.num_key_value_heads, cfg.num_hidden_layers
-        self.dtype, self.device = param.dtype, param.device
+        self.layers, self.kv_heads, self.head_dim, self.dtype, self.device = kv_geometry(thinker)
         self.inv_freq = thinker.model.rotary_emb.inv_freq.detach()                         # [hd/2]
         self.allocate()
 

@@ -228,6 +228,13 @@ def encode_audio_window(model: OmniModel, mel: np.ndarray) -> torch.Tensor:
     return out.last_hidden_state
 
 
+def chunk_compressor(model: OmniModel, compression: CompressionConfig):
+    """The static per-chunk compressor (compress/chunk.py) on the model's selector, in eval mode."""
+    from omnisift_edge.compress.chunk import ChunkCompressor
+
+    return ChunkCompressor(model.selector, compression.rho_video, compression.rho_audio).eval()
+
+
 class TorchStream(ChunkStream):
     """Streaming OmniSIFT in PyTorch (the reference backend): push chunks, then ask questions.
 
@@ -238,22 +245,25 @@ class TorchStream(ChunkStream):
 
     def __init__(self, model: OmniModel, prefix_ids: Sequence[int], *, grid_hw: tuple[int, int],
                  compression: CompressionConfig | None, max_context: int | None = None, context=None):
-        from omnisift_edge.runtime.torch_kv import TorchInPlaceCache
-
         if compression is not None and not compression.is_identity:
             _require_selector(model, compression)
         self.model = model
         self.compression = None if compression is None or compression.is_identity else compression
-        kv = TorchInPlaceCache(model.thinker, max_context)             # [1, kv, max_context, hd] per layer
-        self._chunk_compressor = None
-        if self.compression is not None:
-            from omnisift_edge.compress.chunk import ChunkCompressor
-
-            self._chunk_compressor = ChunkCompressor(model.selector, self.compression.rho_video,
-                                                     self.compression.rho_audio).eval()
+        kv = self._open_cache(max_context)                             # [1, kv, max_context, hd] per layer
+        self._chunk_compressor = None if self.compression is None else self._open_compressor(self.compression)
         with torch.inference_mode():
             super().__init__(model.spec, prefix_ids, grid_hw, max_context=max_context, context=context,
                              position_limit=model.thinker.config.text_config.max_position_embeddings, kv=kv)
+
+    def _open_cache(self, max_context: int | None):
+        """The stream's KV cache (a stream pool gives it a slot of its buffers instead: runtime/pool_torch.py)."""
+        from omnisift_edge.runtime.torch_kv import TorchInPlaceCache
+
+        return TorchInPlaceCache(self.model.thinker, max_context)
+
+    def _open_compressor(self, compression: CompressionConfig):
+        """The static per-chunk compressor (a stream pool shares one between its streams)."""
+        return chunk_compressor(self.model, compression)
 
     def _embed(self, ids):
         return _embed_text(self.model, ids)

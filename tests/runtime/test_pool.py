@@ -186,8 +186,5 @@ def test_bad_input_reaches_only_its_caller_and_slots_are_counted(cfg):
 def test_pool_refuses_what_it_cannot_run(cfg):
     with pytest.raises(UsageError, match="max-streams must be a whole number"):
         open_pool(cfg, max_streams=0)
-    torch_cfg = RuntimeConfig(cfg.folder, backend="torch", ratio=0.25)
-    with pytest.raises(UsageError, match="stream pool runs the onnxruntime"):
-        open_pool(torch_cfg, max_streams=2)
     with pytest.raises(UsageError, match="onnxruntime stream pool runs on the cpu"):
         open_pool(RuntimeConfig(cfg.folder, backend="onnxruntime", ratio=0.25, device="cuda:0"), max_streams=2)
