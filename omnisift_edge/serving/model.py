@@ -158,12 +158,13 @@ class Lanes:
 
 
 def open_streams(runtime, max_streams: int) -> Callable[[], Any]:
-    """What opens a camera's session: a stream of one pool (onnxruntime on the cpu: the graphs loaded
-    once, `max_streams` KV slots), else a session of its own. Fails at load (a bad export, missing
+    """What opens a camera's session: a stream of one pool (the graphs, engines or torch model loaded
+    once, `max_streams` KV slots; runtime/pool.py), else (onnxruntime on a GPU, which has no pool yet)
+    a session of its own. Fails at load (a bad export, missing
     engines), not on the first camera."""
     from omnisift_edge.runtime.session import open_session
 
-    if runtime.backend != "onnxruntime" or runtime.device != "cpu":
+    if runtime.backend == "onnxruntime" and runtime.device != "cpu":
         open_session(runtime).close()
         return lambda: open_session(runtime)
     from omnisift_edge.runtime.pool import PoolFullError, open_pool

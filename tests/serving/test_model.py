@@ -74,11 +74,12 @@ def test_outputs_fill_every_declared_tensor():
     assert all(v.flags.writeable and v.dtype == np.dtype(t.dtype) for t, v in zip(OUTPUTS, out.values()))
 
 
-def test_a_pool_serves_cameras_up_to_max_streams_then_says_full(serving_export):
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_a_pool_serves_cameras_up_to_max_streams_then_says_full(serving_export, backend):
     from omnisift_edge.serving.model import open_streams
 
     clock = Clock()
-    table = StreamTable(open_streams(RuntimeConfig(serving_export), 2), idle_seconds=5, clock=clock)
+    table = StreamTable(open_streams(RuntimeConfig(serving_export, backend=backend), 2), idle_seconds=5, clock=clock)
     clip = synthetic_clip(2.0, *RES, seed=4)
     for sid in (1, 2):
         list(table.handle(sid, start=True, frames=clip.frames, pcm=clip.pcm))
@@ -86,7 +87,7 @@ def test_a_pool_serves_cameras_up_to_max_streams_then_says_full(serving_export):
         list(table.handle(3, start=True, frames=clip.frames, pcm=clip.pcm))
     answers = {sid: list(table.handle(sid, question="What happens?", max_new_tokens=4))[-1].token_ids
                for sid in (1, 2)}                                   # the others keep being served
-    session = OmniSession(RuntimeConfig(serving_export))
+    session = OmniSession(RuntimeConfig(serving_export, backend=backend))
     session.append_chunk(clip.frames, clip.pcm)
     assert answers[1] == answers[2] == list(session.ask_ids("What happens?", max_new_tokens=4))
     list(table.handle(1, start=True, frames=clip.frames, pcm=clip.pcm))   # START again: its own slot reused
