@@ -188,7 +188,7 @@ def test_export_int4_runs_end_to_end_in_onnx_runtime(tmp_path, dtype, resolution
     manifest = read_manifest(artifact.folder)
     weights = manifest["weights"]
     assert (weights["mode"], weights["bits"], weights["form"], weights["method"], weights["block_size"]) == \
-        ("int4", 4, "qdq", "awq", 32)
+        ("int4", 4, "qdq", "awq+clip+gptq", 32)
     assert weights["graphs"]["onnxruntime"] == weights["graphs"]["tensorrt"] == manifest["graphs"]["decoder"]["file"]
     assert manifest["graphs"]["decoder"]["opset"] == QDQ_OPSET and manifest["graphs"]["vision_encoder"]["opset"] == 17
     assert manifest["validation"]["decoder"]["ok"]
