@@ -1,11 +1,19 @@
-"""Calibrated (AWQ-style) INT4 against round-to-nearest, measured side by side in one run (issue 21).
+"""Calibrated INT4 (AWQ scales, clip search, GPTQ rounding) against round-to-nearest, side by side (issue 21).
 
 On the mid-size random thinker (`pipeline.py --size mid`: 896 wide x 8 layers, vocab 152064) the
-decoder's linear layers are int4 (block 32, symmetric) in two ways, both in PyTorch with the exact
-dequantized weights the exported graphs hold (the export checks graph == PyTorch on them):
+decoder's linear layers are int4 (block 32, symmetric) in several ways, all in PyTorch with the exact
+dequantized weights (q * scale) the exported graphs hold (the export checks graph == PyTorch on them):
 
 - rtn: round-to-nearest of the weights as they are (export/decoder/quantize.py);
-- awq: scales from the calibration clips folded into the norms / up_proj first (export/decoder/awq.py).
+- gptq (no awq): GPTQ rounding of the unscaled weights with RTN's scales (export/decoder/gptq.py);
+- awq: the scales from the calibration clips folded into the norms / up_proj / v_proj, then RTN;
+- awq+clip: the same with the clip search of the block scales (`--calibration awq`);
+- awq+gptq: AWQ scales, RTN's block scales, GPTQ rounding;
+- awq+clip+gptq: all three (`--calibration gptq`, the export's default).
+
+The calibration is run once (rows collected, scales searched and folded), then each variant rounds
+the same folded weights; besides the logit numbers each prints the calibration rows' output error
+relative to RTN per linear kind (q/k/v/o/gate/up/down, summed over layers).
 
 Calibration: --calib generated clips (seeds 100...); evaluation: --clips other generated clips
 (seeds 200...), each streamed through the compressor with the real prompt, then a question: the
@@ -128,6 +136,7 @@ def run(model, args, label: str) -> dict:
     rtn = copy.deepcopy(model)
     quantize_in_place(rtn.thinker, args.block)
     scores = {"rtn": compare(ref, evaluate(rtn, evals, args.tokens)) + (1.0,)}
+    print(f"  {label} rtn: logit error {scores['rtn'][0]:.4f}, agreement {scores['rtn'][1]:.2f}", flush=True)
     del rtn
     cal = copy.deepcopy(model)
     comp = CompressionConfig.for_ratio(0.25, spec.tokens_per_frame(*SIZE))
@@ -151,7 +160,8 @@ def run(model, args, label: str) -> dict:
         rows = sum(e[_step(name)] for e in errors.values())
         scores[name] = (error, agree, rows / sum(e["rtn"] for e in errors.values()))
         per_linear = {k: round(e[_step(name)] / e["rtn"], 3) for k, e in errors.items()}
-        print(f"  {label} {name}: calibration-row output error / RTN per linear {per_linear}", flush=True)
+        print(f"  {label} {name}: logit error {error:.4f} ({error / scores['rtn'][0]:.3f} x RTN), agreement "
+              f"{agree:.2f}; calibration-row output error / RTN per linear {per_linear}", flush=True)
     print(f"{label}: seconds {({k: round(v) for k, v in seconds.items()})}; alpha mean "
           f"{np.mean([g.alpha for g in groups]):.3f}", flush=True)
     print(f"| {'variant':<16} | logit error | / RTN | greedy agreement | calib-row out-err / RTN |")
