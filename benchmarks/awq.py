@@ -1,11 +1,19 @@
-"""Calibrated (AWQ-style) INT4 against round-to-nearest, measured side by side in one run (issue 21).
+"""Calibrated INT4 (AWQ scales, clip search, GPTQ rounding) against round-to-nearest, side by side (issue 21).
 
 On the mid-size random thinker (`pipeline.py --size mid`: 896 wide x 8 layers, vocab 152064) the
-decoder's linear layers are int4 (block 32, symmetric) in two ways, both in PyTorch with the exact
-dequantized weights the exported graphs hold (the export checks graph == PyTorch on them):
+decoder's linear layers are int4 (block 32, symmetric) in several ways, all in PyTorch with the exact
+dequantized weights (q * scale) the exported graphs hold (the export checks graph == PyTorch on them):
 
 - rtn: round-to-nearest of the weights as they are (export/decoder/quantize.py);
-- awq: scales from the calibration clips folded into the norms / up_proj first (export/decoder/awq.py).
+- gptq (no awq): GPTQ rounding of the unscaled weights with RTN's scales (export/decoder/gptq.py);
+- awq: the scales from the calibration clips folded into the norms / up_proj / v_proj, then RTN;
+- awq+clip: the same with the clip search of the block scales (`--calibration awq`);
+- awq+gptq: AWQ scales, RTN's block scales, GPTQ rounding;
+- awq+clip+gptq: all three (`--calibration gptq`, the export's default).
+
+The calibration is run once (rows collected, scales searched and folded), then each variant rounds
+the same folded weights; besides the logit numbers each prints the calibration rows' output error
+relative to RTN per linear kind (q/k/v/o/gate/up/down, summed over layers).
 
 Calibration: --calib generated clips (seeds 100...); evaluation: --clips other generated clips
 (seeds 200...), each streamed through the compressor with the real prompt, then a question: the
@@ -23,6 +31,7 @@ outliers, and the question is whether calibration finds them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime as dt
 import platform
@@ -32,7 +41,8 @@ import numpy as np
 import torch
 
 from benchmarks.pipeline import build_model
-from omnisift_edge.export.decoder.awq import apply_awq, collect_inputs, fake_quant, layer_groups
+from omnisift_edge.export.decoder.awq import collect_inputs, fake_quant, fold_scales, layer_groups, round_linears
+from omnisift_edge.export.decoder.quantize import dequantize_weight
 from omnisift_edge.model.synthetic import synthetic_clip
 from omnisift_edge.runtime.torch_pipeline import CompressionConfig
 
@@ -97,30 +107,71 @@ def compare(ref, got) -> tuple[float, float]:
     return float(np.mean(errors)), float(np.mean(agree))
 
 
+@contextlib.contextmanager
+def int4_weights(thinker, ints: dict, block: int):
+    """The linears in `ints` run q * scale (what the exported graphs hold) while inside; restored on exit."""
+    saved = []
+    with torch.no_grad():
+        for name, (q, scale) in ints.items():
+            weight = thinker.get_submodule(name).weight                                   # [N, K]
+            saved.append((weight, weight.detach().clone()))
+            weight.copy_(torch.from_numpy(dequantize_weight(q, scale, 4, block).T.copy()))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for weight, old in saved:
+                weight.copy_(old)
+
+
+VARIANTS = (("awq", False, False), ("awq+clip", True, False), ("awq+gptq", False, True), ("awq+clip+gptq", True, True))
+
+
 def run(model, args, label: str) -> dict:
+    """Every variant side by side: logit error and agreement vs fp32, and the calibration rows' output error."""
     spec = model.spec
     calib = [synthetic_clip(4.0, *SIZE, fps=spec.fps, sample_rate=spec.sample_rate, seed=100 + i) for i in range(args.calib)]
     evals = [synthetic_clip(4.0, *SIZE, fps=spec.fps, sample_rate=spec.sample_rate, seed=200 + i) for i in range(args.clips)]
     ref = evaluate(model, evals, args.tokens)
     rtn = copy.deepcopy(model)
     quantize_in_place(rtn.thinker, args.block)
-    rtn_scores = compare(ref, evaluate(rtn, evals, args.tokens))
+    scores = {"rtn": compare(ref, evaluate(rtn, evals, args.tokens)) + (1.0,)}
+    print(f"  {label} rtn: logit error {scores['rtn'][0]:.4f}, agreement {scores['rtn'][1]:.2f}", flush=True)
     del rtn
-    awq = copy.deepcopy(model)
+    cal = copy.deepcopy(model)
     comp = CompressionConfig.for_ratio(0.25, spec.tokens_per_frame(*SIZE))
     start = time.perf_counter()
-    inputs = collect_inputs(awq, [(c.frames, c.pcm) for c in calib], SIZE, comp.rho_video, comp.rho_audio)
-    report = apply_awq(awq.thinker, inputs, args.block)
-    seconds = time.perf_counter() - start
-    quantize_in_place(awq.thinker, args.block)
-    awq_scores = compare(ref, evaluate(awq, evals, args.tokens))
-    result = {"model": label, "rtn_error": rtn_scores[0], "rtn_agree": rtn_scores[1], "awq_error": awq_scores[0],
-              "awq_agree": awq_scores[1], "ratio": awq_scores[0] / rtn_scores[0], "calib_seconds": seconds,
-              **{k: v for k, v in report.record().items() if k in ("alpha_mean", "output_error_ratio")}}
-    print(f"{label:<28} rtn err {rtn_scores[0]:.4f} agree {rtn_scores[1]:.2f} | awq err {awq_scores[0]:.4f} "
-          f"agree {awq_scores[1]:.2f} | awq/rtn {result['ratio']:.2f} | alpha mean {result['alpha_mean']} "
-          f"calib out-err ratio {result['output_error_ratio']} | calibration {seconds:.0f}s", flush=True)
-    return result
+    inputs = collect_inputs(cal, [(c.frames, c.pcm) for c in calib], SIZE, comp.rho_video, comp.rho_audio)
+    groups = layer_groups(cal.thinker)[0]
+    ones = [torch.ones(inputs[g.linears[0]].shape[1]) for g in groups]
+    seconds = {"collect": time.perf_counter() - start}
+    rounded = {"gptq (no awq)": round_linears(cal.thinker, inputs, groups, ones, args.block, clip=False, gptq_rounding=True)}
+    start = time.perf_counter()
+    groups, scales = fold_scales(cal.thinker, inputs, args.block)
+    seconds["awq search"] = time.perf_counter() - start
+    for name, clip, gptq in VARIANTS:
+        start = time.perf_counter()
+        rounded[name] = round_linears(cal.thinker, inputs, groups, scales, args.block, clip=clip, gptq_rounding=gptq)
+        seconds[name] = time.perf_counter() - start
+    for name, (ints, errors) in rounded.items():
+        model_for = model if name.startswith("gptq (no") else cal
+        with int4_weights(model_for.thinker, ints, args.block):
+            error, agree = compare(ref, evaluate(model_for, evals, args.tokens))
+        rows = sum(e[_step(name)] for e in errors.values())
+        scores[name] = (error, agree, rows / sum(e["rtn"] for e in errors.values()))
+        per_linear = {k: round(e[_step(name)] / e["rtn"], 3) for k, e in errors.items()}
+        print(f"  {label} {name}: logit error {error:.4f} ({error / scores['rtn'][0]:.3f} x RTN), agreement "
+              f"{agree:.2f}; calibration-row output error / RTN per linear {per_linear}", flush=True)
+    print(f"{label}: seconds {({k: round(v) for k, v in seconds.items()})}; alpha mean "
+          f"{np.mean([g.alpha for g in groups]):.3f}", flush=True)
+    print(f"| {'variant':<16} | logit error | / RTN | greedy agreement | calib-row out-err / RTN |")
+    for name, (error, agree, rows) in scores.items():
+        print(f"| {name:<16} | {error:.4f} | {error / scores['rtn'][0]:.3f} | {agree:.2f} | {rows:.3f} |", flush=True)
+    return scores
+
+
+def _step(name: str) -> str:
+    return "gptq" if "gptq" in name else "clip" if "clip" in name else "awq"
 
 
 def main() -> None:

@@ -311,13 +311,13 @@ class TensorrtForm:
 class Calibration:
     """`weights.calibration` (export/decoder/awq.py): what calibrated the int4 scales and what it chose."""
 
-    method: str                     # "awq"
+    method: str                     # "awq+clip" | "awq+clip+gptq": the steps that ran
     source: str                     # "generated" | "files"
     clips: tuple[str, ...]          # the calibration inputs (file names, or the generated clips' seeds)
     rows: int                       # calibration rows per scaled linear (before the MAX_ROWS cut)
     grid: int = 0                   # alpha grid points
     alpha_mean: float | None = None
-    output_error_ratio: float | None = None   # AWQ / RTN on the calibration rows
+    output_error_ratio: float | None = None   # calibrated / RTN output error on the calibration rows
 
     @classmethod
     def from_dict(cls, raw, where: str = "weights.calibration") -> "Calibration":
@@ -344,7 +344,7 @@ class Weights:
     block_size: int | None = None
     lm_head_quantized: bool = False
     quantized_weight_bytes: int = 0
-    method: str | None = None       # quantized: "rtn" | "awq" (scales folded into the thinker first)
+    method: str | None = None       # quantized: "rtn" | "awq+clip" | "awq+clip+gptq" (export/decoder/awq.py)
     calibration: Calibration | None = None        # awq: its inputs and choices
     tensorrt_forms: tuple[TensorrtForm, ...] = ()  # quantized: which TensorRT builds which decoder file
     record: dict = field(default_factory=dict, repr=False, compare=False)   # the whole section, as written

@@ -80,14 +80,15 @@ def demo(model_dir, compressor, compressor_heads, model_seed, video, audio, seco
 @click.option("--max-context", type=int, default=8192, show_default=True, help="Longest KV cache to plan for.")
 @click.option("--opset", type=int, default=17, show_default=True)
 @click.option("--weights", type=click.Choice(["fp32", "fp16", "int8", "int4"]), default=None,
-              help="Decoder linear layers: int8 (per channel) / int4 (block-wise) weight-only Q/DQ (int4: AWQ-calibrated, see --calibration). "
+              help="Decoder linear layers: int8 (per channel) / int4 (block-wise) weight-only Q/DQ (int4: calibrated, see --calibration). "
                    "Default: as --dtype.")
 @click.option("--block-size", type=int, default=32, show_default=True, help="int4: weight rows sharing one scale.")
 @click.option("--quantize-lm-head", is_flag=True, help="int8/int4: quantize the LM head too (default: kept in float).")
-@click.option("--calibration", type=click.Choice(["awq", "rtn"]), default=None,
-              help="int4 scales: awq (activation-aware, folded into the norms; default) or rtn (round-to-nearest).")
+@click.option("--calibration", type=click.Choice(["gptq", "awq", "rtn"]), default=None,
+              help="int4 ints: gptq (AWQ scales folded into the norms, clip search, GPTQ rounding; default), "
+                   "awq (scales + clip search, round-to-nearest) or rtn (round-to-nearest, no calibration).")
 @click.option("--calibration-data", type=click.Path(path_type=Path), multiple=True,
-              help="awq: a clip to calibrate on (repeat for several); default: generated clips.")
+              help="gptq/awq: a clip to calibrate on (repeat for several); default: generated clips.")
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True, help="Export folder to create.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder (only once the new export passed).")
 @click.option("--default-chat-template", is_flag=True,

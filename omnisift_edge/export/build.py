@@ -91,7 +91,7 @@ def build_folder(cfg: ExportConfig, folder: Path, progress: Callable[[str], None
     awq = _calibrate(model, cfg, plan, progress)   # awq: scales folded into the thinker before any graph is written
     checks: dict = {}
     graphs = _export_encoders(cfg, model, dims, plan, folder, checks, progress)
-    decoder, weights, trt_form = _export_decoder(cfg, model, dims, folder, checks, progress)
+    decoder, weights, trt_form = _export_decoder(cfg, model, dims, folder, checks, progress, awq)
     graphs[DECODER] = decoder
     progress("decoder, in-place KV form for ONNX Runtime")
     kv_cache = _export_inplace_decoder(model, dims, folder, cfg, checks, weights)
@@ -160,9 +160,10 @@ def _export_encoders(cfg: ExportConfig, model, dims: Dims, plan: tuple[RatioPlan
 
 
 def _export_decoder(cfg: ExportConfig, model, dims: Dims, folder: Path, checks: dict,
-                    progress: Callable[[str], None]) -> tuple[GraphInfo, "_DequantizedWeights", dict[str, KvForm]]:
+                    progress: Callable[[str], None], awq=None) -> tuple[GraphInfo, "_DequantizedWeights", dict[str, KvForm]]:
     """decoder.onnx (past in, present out), quantized for --weights int8/int4, validated against PyTorch;
-    int8/int4 also write decoder_trt10.onnx from the float graph first (its `kv_cache` entry is returned)."""
+    int8/int4 also write decoder_trt10.onnx from the float graph first (its `kv_cache` entry is returned).
+    Calibrated int4 (`awq`, an AwqReport): both take its ints, as the other decoder forms do after."""
     from omnisift_edge.export.decoder.past_present import export_decoder, validate_decoder
 
     progress("decoder")
@@ -175,9 +176,10 @@ def _export_decoder(cfg: ExportConfig, model, dims: Dims, folder: Path, checks: 
         from omnisift_edge.export.decoder.trt_int4 import export_decoder_trt10
 
         progress(f"decoder, {cfg.weights} form for TensorRT 10.0-10.5 (JetPack 6)")
-        trt_form = export_decoder_trt10(folder, decoder_path, cfg.quant_config(), dims, dtype)
-        progress(f"decoder weights to {cfg.weights} (weight-only Q/DQ, {cfg.calibration} scales)")
-        weights = _DequantizedWeights(thinker, quantize_decoder(decoder_path, decoder_path, cfg.quant_config()))
+        ints = awq.ints if awq is not None else None
+        trt_form = export_decoder_trt10(folder, decoder_path, cfg.quant_config(), dims, dtype, ints)
+        progress(f"decoder weights to {cfg.weights} (weight-only Q/DQ, {cfg.calibration} ints)")
+        weights = _DequantizedWeights(thinker, quantize_decoder(decoder_path, decoder_path, cfg.quant_config(), ints=ints))
     with weights:
         _check(DECODER, validate_decoder(decoder_path, thinker, dtype=dtype), checks)
     entry = graph_entry(decoder_graph(dims.num_layers), dims, f"{DECODER}.onnx", weights.opset(cfg.opset), dtype,
@@ -228,18 +230,20 @@ def _lint(folder: Path) -> dict:
 
 
 def _calibrate(model, cfg: ExportConfig, plan: tuple[RatioPlan, ...], progress: Callable[[str], None]):
-    """--calibration awq: activation-aware scales from the export's own clips, folded into the thinker
-    (export/decoder/awq.py); its AwqReport, or None for rtn and float exports."""
-    if not cfg.quantized or cfg.calibration != "awq":
+    """--calibration gptq | awq: activation-aware scales from the export's own clips, folded into the
+    thinker, then each linear's ints (clip search; GPTQ rounding for gptq) (export/decoder/awq.py,
+    gptq.py); its AwqReport, or None for rtn and float exports."""
+    if not cfg.quantized or cfg.calibration not in ("awq", "gptq"):
         return None
     from omnisift_edge.export.decoder.awq import apply_awq, calibration_clips, collect_inputs
 
-    progress("int4 calibration (AWQ): activations of the calibration clips through the PyTorch stream")
+    progress(f"int4 calibration ({cfg.calibration}): activations of the calibration clips through the PyTorch stream")
     clips, record = calibration_clips(model, cfg.resolution, cfg.calibration_data)
     inputs = collect_inputs(model, clips, cfg.resolution, plan[0].rho_video, plan[0].rho_audio)
     record["rows"] = int(next(iter(inputs.values())).shape[0])
-    progress("int4 calibration (AWQ): per-group scale search, folded into the norms and up_proj")
-    return apply_awq(model.thinker, inputs, cfg.block_size, record)
+    progress(f"int4 calibration ({cfg.calibration}): per-group scale search, folded into the norms, up_proj and "
+             "v_proj; then each linear's ints")
+    return apply_awq(model.thinker, inputs, cfg.block_size, record, cfg.calibration)
 
 
 def _share_weights(folder: Path, manifest: Manifest) -> Manifest:
@@ -316,7 +320,7 @@ def _export_inplace_decoder(model, dims: Dims, folder: Path, cfg: ExportConfig, 
     if cfg.quantized:
         from omnisift_edge.export.decoder.quantize import quantize_decoder
 
-        quantize_decoder(path, path, cfg.quant_config())
+        quantize_decoder(path, path, cfg.quant_config(), ints=weights.report.ints)
     entry = graph_entry(decoder_gqa_graph(dims.num_layers), dims, file, weights.opset(cfg.opset), cfg.dtype,
                         external_data=(folder / f"{file}.data").exists())
     with weights:
@@ -339,7 +343,8 @@ def _export_scatter_decoder(model, dims: Dims, folder: Path, cfg: ExportConfig, 
     if cfg.quantized:
         from omnisift_edge.export.decoder.quantize import quantize_decoder
 
-        quantize_decoder(path, path, cfg.quant_config(), metadata={"opset": str(SCATTER_OPSET)})
+        quantize_decoder(path, path, cfg.quant_config(), metadata={"opset": str(SCATTER_OPSET)},
+                         ints=weights.report.ints)
     entry = graph_entry_for(dims, file, cfg.dtype, (folder / f"{file}.data").exists())
     with weights:
         _check(GRAPH, validate_decoder_scatter(path, model.thinker, entry), checks)

@@ -32,7 +32,7 @@ class ExportConfig:
     weights: str | None = None                      # decoder linear layers: fp32 | fp16 | int8 | int4 (None: dtype)
     block_size: int = 32                            # int4: rows of a weight sharing one scale
     quantize_lm_head: bool = False                  # int8/int4: the LM head too
-    calibration: str | None = None                  # int4: awq (default) | rtn; int8: rtn (export/decoder/awq.py)
+    calibration: str | None = None                  # int4: gptq (default) | awq | rtn; int8: rtn (export/decoder/awq.py)
     calibration_data: tuple[Path, ...] = ()         # awq: clips to calibrate on (default: generated clips)
 
     def __post_init__(self):
@@ -87,21 +87,23 @@ class ExportConfig:
 
 
 def _check_calibration(cfg: ExportConfig) -> None:
-    """--calibration awq|rtn: awq (the default) for int4 only; --calibration-data files exist (checked up front)."""
-    from omnisift_edge.export.decoder.awq import METHODS, check_calibration_files
+    """--calibration gptq|awq|rtn: gptq (the default) and awq for int4 only; --calibration-data files exist
+    (checked up front)."""
+    from omnisift_edge.export.decoder.awq import DEFAULT_METHOD, METHODS, check_calibration_files
 
     if cfg.calibration is not None and cfg.calibration not in METHODS:
         raise UsageError(f"--calibration must be {' or '.join(METHODS)} (got {cfg.calibration!r})")
     if cfg.calibration is not None and not cfg.quantized:
         raise UsageError(f"--calibration {cfg.calibration} is for --weights int4 (or int8 with rtn); "
                          f"this export keeps {cfg.weights} weights")
-    if cfg.calibration == "awq" and cfg.weights != "int4":
-        raise UsageError("--calibration awq is for --weights int4; int8 per channel uses rtn (leave --calibration out)")
+    if cfg.calibration in ("awq", "gptq") and cfg.weights != "int4":
+        raise UsageError(f"--calibration {cfg.calibration} is for --weights int4; int8 per channel uses rtn "
+                         "(leave --calibration out)")
     if cfg.calibration is None and cfg.quantized:
-        object.__setattr__(cfg, "calibration", "awq" if cfg.weights == "int4" else "rtn")
+        object.__setattr__(cfg, "calibration", DEFAULT_METHOD if cfg.weights == "int4" else "rtn")
     object.__setattr__(cfg, "calibration_data", tuple(Path(p) for p in cfg.calibration_data))
-    if cfg.calibration_data and cfg.calibration != "awq":
-        raise UsageError("--calibration-data calibrates --calibration awq (int4); leave it out for rtn")
+    if cfg.calibration_data and cfg.calibration == "rtn":
+        raise UsageError("--calibration-data calibrates --calibration gptq or awq (int4); leave it out for rtn")
     check_calibration_files(cfg.calibration_data)
 
 

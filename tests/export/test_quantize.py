@@ -188,7 +188,7 @@ def test_export_int4_runs_end_to_end_in_onnx_runtime(tmp_path, dtype, resolution
     manifest = read_manifest(artifact.folder)
     weights = manifest["weights"]
     assert (weights["mode"], weights["bits"], weights["form"], weights["method"], weights["block_size"]) == \
-        ("int4", 4, "qdq", "awq", 32)
+        ("int4", 4, "qdq", "awq+clip+gptq", 32)
     assert weights["graphs"]["onnxruntime"] == weights["graphs"]["tensorrt"] == manifest["graphs"]["decoder"]["file"]
     assert manifest["graphs"]["decoder"]["opset"] == QDQ_OPSET and manifest["graphs"]["vision_encoder"]["opset"] == 17
     assert manifest["validation"]["decoder"]["ok"]
@@ -226,3 +226,54 @@ def test_big_graphs_keep_their_weights_in_external_data(float_graph, int4, tmp_p
              for i in sessions[0].get_inputs()}
     a, b = (s.run(None, feeds) for s in sessions)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def _calibrated_ints(thinker, ratio=0.8, block=32):
+    """Stand-in calibrated ints (clipped scales, not RTN's) for every decoder linear: module path -> (q, scale)."""
+    ints = {}
+    for name, module in thinker.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.startswith("model.layers."):
+            w = module.weight.detach().float().numpy().T                                # [K, N]
+            k, n = w.shape
+            scale = (np.abs(w.reshape(k // block, block, n)).max(axis=1) * ratio / 7).astype(np.float32)   # [K/B, N]
+            q = np.clip(np.rint(w / np.repeat(scale, block, axis=0)), -7, 7).astype(np.int8)             # [K, N]
+            ints[name] = (q, scale)
+    return ints
+
+
+def _graph_ints(path):
+    """MatMul node name -> (q, scale) read from the graph's int4 dequantize nodes (Q/DQ or TensorRT-10 form)."""
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {t.name: t for t in model.graph.initializer}
+    return {n.name.rsplit("/", 1)[0]: tuple(numpy_helper.to_array(inits[i]).astype(np.float32) for i in n.input[:2])
+            for n in model.graph.node if "Dequantize" in n.op_type and n.input[0] in inits}
+
+
+def test_calibrated_ints_go_into_every_form_and_the_reference_runs_them(float_graph, thinker, tmp_path):
+    from omnisift_edge.export.decoder.trt_int4 import write_trt_form
+
+    ints = _calibrated_ints(thinker)
+    cfg = QuantConfig("int4", block_size=32, method="gptq")
+    path = tmp_path / "decoder.onnx"
+    report = quantize_decoder(float_graph, path, cfg, ints=ints)
+    write_trt_form(float_graph, tmp_path / "decoder_trt10.onnx", cfg, ints)
+    qdq, trt10 = _graph_ints(path), _graph_ints(tmp_path / "decoder_trt10.onnx")
+    assert len(qdq) == len(ints) and qdq.keys() == trt10.keys()
+    for node, (q, scale) in qdq.items():
+        want_q, want_scale = ints[node.strip("/").rsplit("/", 1)[0].replace("/", ".")]
+        assert np.array_equal(q, want_q) and np.array_equal(scale, want_scale)
+        assert np.array_equal(trt10[node][0], q) and np.array_equal(trt10[node][1], scale)
+    quantize_decoder(float_graph, tmp_path / "rtn.onnx", QuantConfig("int4"))
+    rtn = {n: q for n, (q, _) in _graph_ints(tmp_path / "rtn.onnx").items()}
+    assert any(not np.array_equal(rtn[n], q) for n, (q, _) in qdq.items())          # not RTN's ints
+    with dequantized_weights(thinker, report):
+        assert validate_decoder(path, thinker).ok                                   # ORT == PyTorch on q * scale
+
+
+def test_a_graph_linear_without_calibrated_ints_is_an_error(float_graph, thinker, tmp_path):
+    ints = _calibrated_ints(thinker)
+    ints.pop(next(iter(ints)))
+    with pytest.raises(RuntimeError, match="no calibrated int4 weights"):
+        quantize_decoder(float_graph, tmp_path / "decoder.onnx", QuantConfig("int4"), ints=ints)

@@ -22,7 +22,7 @@ dequantized weights W' are returned per layer, so the check can run PyTorch with
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,8 @@ QMAX = {8: 127, 4: 7}                 # symmetric: int8 [-127, 127], int4 [-7, 7
 QDQ_OPSET = 21                        # DequantizeLinear with int4 inputs and block_size
 INT4_IR_VERSION = 10                  # int4 tensors need IR version 10
 FORM = "qdq"                          # the portable weight-only Q/DQ form (one graph for ORT and TensorRT)
-METHOD = "rtn"                        # round-to-nearest of the weights as given (awq: export/decoder/awq.py scales them first)
+METHOD = "rtn"                        # round-to-nearest of the weights as given (awq/gptq: export/decoder/awq.py calibrates)
+METHOD_STEPS = {"rtn": "rtn", "awq": "awq+clip", "gptq": "awq+clip+gptq"}   # --calibration -> what ran (manifest)
 DEFAULT_BLOCK = 32
 EMBED_LIMIT = 2**31 - 2**26           # graphs this big or bigger keep their weights in <name>.onnx.data
 
@@ -47,7 +48,7 @@ class QuantConfig:
     weights: str = "int4"
     block_size: int = DEFAULT_BLOCK       # int4 only: rows of W [K, N] sharing one scale; must divide K
     lm_head: bool = False
-    method: str = METHOD                  # rtn, or awq: scales folded into the thinker first (export/decoder/awq.py)
+    method: str = METHOD                  # --calibration: rtn, awq or gptq (export/decoder/awq.py calibrates first)
 
     def __post_init__(self):
         if self.weights not in BITS:
@@ -62,7 +63,8 @@ class QuantConfig:
 
     def record(self) -> dict:
         """The manifest's `weights` entry (without the per-graph sizes)."""
-        return {"mode": self.weights, "bits": self.bits, "form": FORM, "method": self.method,
+        return {"mode": self.weights, "bits": self.bits, "form": FORM, "method": METHOD_STEPS.get(self.method, self.method),
+                "calibration_option": self.method,
                 "granularity": "block-wise along K (axis 0)" if self.bits == 4 else "per output channel (axis 1)",
                 "block_size": self.block_size if self.bits == 4 else None, "symmetric": True,
                 "lm_head_quantized": self.lm_head, "opset": QDQ_OPSET}
@@ -82,6 +84,7 @@ class QuantReport:
     float_weight_bytes: int    # the quantized weights as they were (float)
     quant_weight_bytes: int    # the same weights quantized: packed ints + scales
     kept_float: tuple[str, ...]   # 2-D MatMul weights left in float (the LM head unless lm_head)
+    ints: dict | None = field(default=None, repr=False, compare=False)   # calibrated: module path -> (q, scale)
 
     def record(self) -> dict:
         return {**self.config.record(), "quantized_matmuls": len(self.layers), "kept_float": list(self.kept_float),
@@ -106,6 +109,21 @@ def quantize_weight(w: np.ndarray, bits: int, block_size: int) -> tuple[np.ndarr
         full = scale.astype(np.float32)[None, :]                                               # [1, N]
     q = np.clip(np.rint(w32 / full), -qmax, qmax).astype(np.int8)                              # [K, N]
     return q, scale
+
+
+def layer_ints(w: np.ndarray, cfg: QuantConfig, node: str, ints: dict | None) -> tuple[np.ndarray, np.ndarray]:
+    """(q [K, N], scale) of the MatMul `node` reading W [K, N]: the calibrated ints when the export has them
+    (export/decoder/awq.py: module path -> (q [K, N] int8, scale [K/B, N] float32), scale cast to W's dtype),
+    else RTN of W. Every decoder form and the PyTorch reference take their ints from here, so they agree."""
+    if ints is None:
+        return quantize_weight(w, cfg.bits, cfg.block_size)
+    path = _module_path(node)
+    if path not in ints:
+        raise RuntimeError(f"{node}: no calibrated int4 weights for {path}; the calibration and the graph disagree")
+    q, scale = ints[path]
+    if q.shape != w.shape or scale.shape != (w.shape[0] // cfg.block_size, w.shape[1]):
+        raise RuntimeError(f"{node}: calibrated ints {q.shape} / scales {scale.shape} do not fit the weight {w.shape}")
+    return q, scale.astype(w.dtype)
 
 
 def dequantize_weight(q: np.ndarray, scale: np.ndarray, bits: int, block_size: int) -> np.ndarray:
@@ -135,8 +153,9 @@ def _divisor_hint(k: int) -> int:
     return next((b for b in (128, 64, 32, 16) if k % b == 0), 16)
 
 
-def quantize_model(model, cfg: QuantConfig, *, logits: str = "logits") -> QuantReport:
-    """Rewrite `model` (an onnx ModelProto with its weights loaded) in place; see the module docstring."""
+def quantize_model(model, cfg: QuantConfig, *, logits: str = "logits", ints: dict | None = None) -> QuantReport:
+    """Rewrite `model` (an onnx ModelProto with its weights loaded) in place; see the module docstring.
+    `ints`: the calibrated int4 weights per module path (`layer_ints`), else RTN."""
     onnx = require("onnx", extra="export")
     from onnx import helper, numpy_helper, version_converter
 
@@ -166,7 +185,7 @@ def quantize_model(model, cfg: QuantConfig, *, logits: str = "logits") -> QuantR
         if consumers[init.name] != 1:
             raise RuntimeError(f"weight {init.name} feeds {consumers[init.name]} nodes; the pass expects one MatMul each")
         w = numpy_helper.to_array(init)                                                         # [K, N]
-        q, scale = quantize_weight(w, cfg.bits, cfg.block_size)
+        q, scale = layer_ints(w, cfg, node.name, ints)                                          # [K, N], [K/B, N] | [N]
         base = init.name
         q_tensor = _int_tensor(q, cfg.bits, f"{base}_q")
         s_tensor = numpy_helper.from_array(scale, f"{base}_scale")
@@ -184,7 +203,7 @@ def quantize_model(model, cfg: QuantConfig, *, logits: str = "logits") -> QuantR
                          "is this an exported decoder.onnx?")
     for i, dq in enumerate(new_nodes):   # DQ nodes read only initializers: put them first (topological order)
         graph.node.insert(i, dq)
-    return QuantReport(cfg, tuple(layers), before, after, tuple(kept))
+    return QuantReport(cfg, tuple(layers), before, after, tuple(kept), ints)
 
 
 def _convert_without_weights(model, version_converter) -> None:
@@ -233,7 +252,8 @@ def _int_tensor(q: np.ndarray, bits: int, name: str):
     return numpy_helper.from_array(q, name)
 
 
-def quantize_decoder(src: Path, dst: Path, cfg: QuantConfig, *, metadata: dict[str, str] | None = None) -> QuantReport:
+def quantize_decoder(src: Path, dst: Path, cfg: QuantConfig, *, metadata: dict[str, str] | None = None,
+                     ints: dict | None = None) -> QuantReport:
     """Quantize the decoder graph at `src` into `dst` (may be the same path); files appear whole.
 
     External data (graphs over 2 GB) goes to `<dst>.data`, written before the graph that names it.
@@ -244,7 +264,7 @@ def quantize_decoder(src: Path, dst: Path, cfg: QuantConfig, *, metadata: dict[s
 
     src, dst = Path(src), Path(dst)
     model = onnx.load(str(src))
-    report = quantize_model(model, cfg)
+    report = quantize_model(model, cfg, ints=ints)
     meta = {"weights": cfg.weights, "weights_form": FORM, "opset": str(QDQ_OPSET),
             **({"block_size": str(cfg.block_size)} if cfg.bits == 4 else {}), **(metadata or {})}
     set_metadata(model, meta)
@@ -259,8 +279,8 @@ def dequantized_weights(thinker, report: QuantReport):
 
     Maps a MatMul node name (/model/layers.0/mlp/up_proj/MatMul) to its module (model.layers.0.mlp.up_proj)
     and recomputes W' from that module's weight with the same RTN (deterministic; one layer at a
-    time, so a 7B needs no second copy): if the graph's weight was not that module's, the
-    ORT-vs-PyTorch check that follows fails.
+    time, so a 7B needs no second copy), or takes the calibrated ints the graph was written with
+    (`layer_ints`): if the graph's weight was not that module's, the ORT-vs-PyTorch check that follows fails.
     """
     torch = require("torch")
     _NUMPY.update({torch.float32: np.float32, torch.float16: np.float16})
@@ -274,7 +294,7 @@ def dequantized_weights(thinker, report: QuantReport):
                     raise RuntimeError(f"{layer.node}: graph weight {layer.shape} is not {_module_path(layer.node)}'s "
                                        f"{tuple(weight.shape)} transposed")
                 w = weight.detach().float().cpu().numpy().T.astype(_NUMPY[weight.dtype])           # [K, N]
-                q, scale = quantize_weight(w, report.config.bits, report.config.block_size)
+                q, scale = layer_ints(w, report.config, layer.node, report.ints)
                 back = dequantize_weight(q, scale, report.config.bits, report.config.block_size)  # [K, N]
                 new = torch.from_numpy(np.ascontiguousarray(back.T)).to(weight.device, weight.dtype)  # [N, K]
                 saved.append((weight, weight.detach().clone()))

@@ -11,7 +11,7 @@ opset (17 by default), every linear layer W [K, N] as
     int4: q [K, N] int4 -> trt::TRT_INT4DequantizeLinear(q, scale [K/B, N], axis 0) -> W' -> MatMul
     int8: q [K, N] int8 -> DequantizeLinear(q, scale [N], axis 1)            (opset 13+) -> W' -> MatMul
 
-with the same `quantize.quantize_weight` as the Q/DQ pass, so q and scale are the same bytes as in
+with the same `quantize.layer_ints` as the Q/DQ pass (RTN or the calibrated ints), so q and scale are the same bytes as in
 `decoder.onnx`: `shared_weights.data` stores them once (export/shared_weights.py). The graph's
 inputs and outputs are `decoder`'s (the same contract; the engines stage builds it as the `decoder`
 engine on TensorRT < 10.6, engines/kv_form.py). ONNX Runtime does not know the node: this form is
@@ -63,11 +63,12 @@ def tensorrt_forms(file_qdq: str, scatter: bool) -> list[dict]:
             {"tensorrt": f">= {TENSORRT_MIN}, < {QDQ_TENSORRT_MIN} (JetPack 6: 10.3)", "graph": FILE}]
 
 
-def write_trt_form(float_graph: Path, dst: Path, cfg) -> TrtFormReport:
+def write_trt_form(float_graph: Path, dst: Path, cfg, ints: dict | None = None) -> TrtFormReport:
     """Write `dst` (TensorRT-10.3 form) from the float past/present decoder at `float_graph`.
 
     `cfg` is the export's `quantize.QuantConfig`; the LM head stays float unless `cfg.lm_head`, as in
-    the Q/DQ pass. Large graphs keep their weights in `<dst>.data` (onnx's external data)."""
+    the Q/DQ pass; `ints`: the calibrated int4 weights (`quantize.layer_ints`), as the Q/DQ pass gets
+    them. Large graphs keep their weights in `<dst>.data` (onnx's external data)."""
     onnx = require("onnx", extra="export")
     from omnisift_edge.export import trt_ops
     from omnisift_edge.export.decoder import quantize
@@ -78,7 +79,7 @@ def write_trt_form(float_graph: Path, dst: Path, cfg) -> TrtFormReport:
     if opset > trt_ops.OPSET_MAX:
         raise UsageError(f"the float decoder is at opset {opset}; TensorRT 10.3 parses up to "
                          f"{trt_ops.OPSET_MAX}: export with --opset 17")
-    count = _rewrite(model, cfg)
+    count = _rewrite(model, cfg, ints)
     if cfg.bits == 4:
         model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, 1))
     model.ir_version = max(model.ir_version, quantize.INT4_IR_VERSION)   # int4 tensors need IR 10
@@ -93,7 +94,7 @@ def write_trt_form(float_graph: Path, dst: Path, cfg) -> TrtFormReport:
     return TrtFormReport(Path(dst).name, opset, count, f"{DOMAIN}::{OP}" if cfg.bits == 4 else "DequantizeLinear")
 
 
-def _rewrite(model, cfg) -> int:
+def _rewrite(model, cfg, ints: dict | None = None) -> int:
     """Every MatMul with a 2-D float initializer (not the LM head unless cfg.lm_head): W -> q + DQ node."""
     from onnx import TensorProto, helper, numpy_helper
 
@@ -110,7 +111,7 @@ def _rewrite(model, cfg) -> int:
         if node.name == head and not cfg.lm_head:
             continue
         w = numpy_helper.to_array(init)                                                          # [K, N]
-        q, scale = quantize.quantize_weight(w, cfg.bits, cfg.block_size)                         # [K, N], [K/B, N] | [N]
+        q, scale = quantize.layer_ints(w, cfg, node.name, ints)                                  # [K, N], [K/B, N] | [N]
         base = init.name
         q_tensor = quantize._int_tensor(q, cfg.bits, f"{base}_q")
         s_tensor = numpy_helper.from_array(scale, f"{base}_scale")
@@ -162,13 +163,14 @@ def dequantize_layers(trt, network) -> list[tuple[str, str]]:
             for i in range(network.num_layers) if network.get_layer(i).type == trt.LayerType.DEQUANTIZE]
 
 
-def export_decoder_trt10(folder: Path, float_graph: Path, cfg, dims, dtype: str) -> dict[str, KvForm]:
+def export_decoder_trt10(folder: Path, float_graph: Path, cfg, dims, dtype: str,
+                         ints: dict | None = None) -> dict[str, KvForm]:
     """Write `decoder_trt10.onnx` beside the float `decoder.onnx` (before the Q/DQ pass rewrites it);
     the manifest's `kv_cache` entry for it, with its graph entry (decoder's inputs and outputs)."""
     from omnisift_edge.artifact.manifest import graph_entry
     from omnisift_edge.artifact.tensors import decoder_graph
 
-    report = write_trt_form(float_graph, Path(folder) / FILE, cfg)
+    report = write_trt_form(float_graph, Path(folder) / FILE, cfg, ints)
     entry = graph_entry(decoder_graph(dims.num_layers), dims, FILE, report.opset, dtype,
                         external_data=(Path(folder) / f"{FILE}.data").exists())
     return {GRAPH: report.record(entry)}
