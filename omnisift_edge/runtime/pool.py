@@ -110,7 +110,7 @@ class StreamPool:
         self.backend: PoolBackend = _backend_class(cfg.backend)(self, template)
         self.export = template.export                       # the backend may have wrapped it (shared tables)
         self.shared = dict(template.__dict__)
-        self.scheduler = Scheduler(self.backend.run_decodes)
+        self.scheduler = Scheduler(self.backend.run_decodes, run_prefills=getattr(self.backend, "run_prefills", None))
         self.slots = self.backend.slots
 
     # -- streams ---------------------------------------------------------------------------------

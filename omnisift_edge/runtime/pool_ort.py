@@ -17,7 +17,7 @@ import numpy as np
 from omnisift_edge.artifact.manifest import DECODER_GQA
 from omnisift_edge.errors import UsageError
 from omnisift_edge.runtime.ort_pipeline import OrtStream
-from omnisift_edge.runtime.slots import SlotBuffers, SlotCache, decode_rows
+from omnisift_edge.runtime.slots import SlotBuffers, SlotCache, decode_rows, prefill_rows
 
 
 class _SharedExport:
@@ -54,9 +54,14 @@ class SlotStream(OrtStream):
                                                           inplace_entry.to_dict(), rope))
 
     def _step(self, embeds, positions, want_logits=True):
-        if want_logits and embeds.shape[1] == 1:             # one answer token: batched with the others'
+        n = embeds.shape[1]
+        if want_logits and n == 1:                           # one answer token: batched with the others'
             self.kv.reserve(1)
             return self.pool.scheduler.decode(self.kv, embeds, positions.reshape(3, 1, 1))
+        if not want_logits and n > 1 and self.kv.length == 0:   # the prompt prefix: batched with equal ones
+            self.kv.reserve(n)                               # (checked per stream, before any batching)
+            return self.pool.scheduler.prefill(n, self.kv, embeds, positions.reshape(3, 1, n))
+        # GroupQueryAttention takes S > 1 new rows over a past only at batch 1: a chunk's prefill runs alone
         return self.pool.scheduler.call(lambda: OrtStream._step(self, embeds, positions, want_logits))
 
     def _encode_video(self, pixel_values, n_grids):
@@ -119,3 +124,9 @@ class OrtPoolBackend:
     def run_decodes(self, steps):
         caches, embeds, positions = zip(*steps)
         return decode_rows(self.slots, caches, embeds, positions)
+
+    def run_prefills(self, prefills):
+        """Prompt prefixes of several new streams (empty caches), equal lengths: one decoder call per run of
+        consecutive slots (GroupQueryAttention batches S > 1 rows only without a past)."""
+        caches, embeds, positions = zip(*prefills)
+        return prefill_rows(self.slots, caches, embeds, positions)
