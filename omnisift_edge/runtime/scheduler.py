@@ -13,7 +13,11 @@ combining queue, no extra thread). The rule, kept simple:
   that stops reading its answer only delays the others by that much);
 - decode batches and other calls alternate: after a decode batch, at most one other call runs
   before the next batch (so an answer waits for at most one prefill call, never for a chunk's
-  whole prefill queue), and other calls run first-come first-served (no stream's chunk starves);
+  whole prefill queue), and other calls run first-come first-served by the arrival of the work they
+  serve (`rank`: a chunk's encoders, compressor and prefill all rank as the chunk's push), so an
+  earlier chunk finishes before a later one starts instead of all of them advancing call by call
+  together (earliest deadline first: every chunk's deadline is its arrival + one chunk length);
+  no stream's chunk starves;
 - a prefill at the head of that queue takes every pending prefill of the same key with it (one
   `run_prefills` call; the ones pulled forward are later arrivals, so nobody waits longer, and a
   pending decode batch still goes first). Which prefills a backend can batch is its own business:
@@ -28,16 +32,21 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+from bisect import insort
 from typing import Any, Callable, Sequence
 
 
 class _Job:
-    __slots__ = ("fn", "args", "key", "done", "result", "error")
+    __slots__ = ("fn", "args", "key", "rank", "done", "result", "error")
 
-    def __init__(self, fn: Callable | None, args: tuple = (), key: Any = None):
+    def __init__(self, fn: Callable | None, args: tuple = (), key: Any = None, rank: float | None = None):
         self.fn, self.args, self.key = fn, args, key      # key: a prefill's batch key (None: not a prefill)
+        self.rank = time.monotonic() if rank is None else rank   # its turn: when the work it serves arrived
         self.done, self.result, self.error = False, None, None
+
+
+def _rank(job: _Job) -> float:
+    return job.rank
 
 
 class Scheduler:
@@ -52,17 +61,18 @@ class Scheduler:
         self._gather_until: float | None = None  # when the pending decodes stop waiting for the others
         self._cv = threading.Condition()
         self._decodes: list[_Job] = []
-        self._others: deque[_Job] = deque()
+        self._others: list[_Job] = []           # by rank, then arrival (insort is stable)
         self._running = False
         self._after_decode = False               # the last run was a decode batch: another call may go next
         self.calls = {"decode_batches": 0, "decode_steps": 0, "prefill_batches": 0, "prefill_chunks": 0,
                       "prefill_retries": 0, "other": 0}
 
-    def call(self, fn: Callable[[], Any]) -> Any:
-        """Run `fn` (a model call that is not a decode step) in its turn; its result or its error."""
-        job = _Job(fn)
+    def call(self, fn: Callable[[], Any], *, rank: float | None = None) -> Any:
+        """Run `fn` (a model call that is not a decode step) in its turn; its result or its error. `rank`:
+        the `time.monotonic()` the work it serves arrived (a chunk's calls share its push's; None: now)."""
+        job = _Job(fn, rank=rank)
         with self._cv:
-            self._others.append(job)
+            insort(self._others, job, key=_rank)
         return self._drive(job)
 
     def decode(self, *args) -> Any:
@@ -73,14 +83,14 @@ class Scheduler:
             self._cv.notify_all()                # a runner gathering a batch may be waiting for this one
         return self._drive(job)
 
-    def prefill(self, key: Any, *args) -> Any:
+    def prefill(self, key: Any, *args, rank: float | None = None) -> Any:
         """One prefill (`run_prefills`' arguments for one stream), batched with the pending ones of the same
         `key` (equal shapes)."""
         if self._run_prefills is None:
             raise RuntimeError("this scheduler batches no prefills (no run_prefills); submit them with call()")
-        job = _Job(None, args, key)
+        job = _Job(None, args, key, rank)
         with self._cv:
-            self._others.append(job)
+            insort(self._others, job, key=_rank)
         return self._drive(job)
 
     def begin_answer(self) -> None:
@@ -104,7 +114,7 @@ class Scheduler:
     def _take(self) -> list[_Job]:
         if self._others and (self._after_decode or not self._decodes):
             self._after_decode = False
-            head = self._others.popleft()
+            head = self._others.pop(0)
             if head.key is None:
                 return [head]
             same = [job for job in self._others if job.key == head.key]     # later arrivals, pulled forward

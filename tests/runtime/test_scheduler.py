@@ -119,3 +119,24 @@ def test_pending_prefills_of_one_key_share_a_call_and_a_bad_one_fails_alone():
     assert scheduler.calls["prefill_batches"] == 2 and scheduler.calls["prefill_chunks"] == 4
     assert scheduler.calls["prefill_retries"] == 1
 
+
+
+def test_other_calls_run_by_the_arrival_of_the_work_they_serve():
+    """A chunk's later calls rank as the chunk: an earlier chunk's call goes before a later chunk's, whatever
+    order they were queued in (earliest deadline first); equal ranks keep their queue order."""
+    order, release = [], threading.Event()
+    scheduler = Scheduler(lambda steps: [None] * len(steps))
+    holder = threading.Thread(target=scheduler.call, args=(lambda: release.wait(10),))
+    holder.start()
+    _wait_for(lambda: scheduler._running)
+    early, late = time.monotonic() - 1.0, time.monotonic()
+    threads = []
+    for name, rank in (("late chunk: vision", late), ("early chunk: prefill", early), ("late chunk: audio", late)):
+        threads.append(threading.Thread(target=scheduler.call, args=(lambda n=name: order.append(n),),
+                                        kwargs={"rank": rank}))
+        threads[-1].start()
+        _wait_for(lambda: len(scheduler._others) == len(threads))
+    release.set()
+    for t in (holder, *threads):
+        t.join(10)
+    assert order == ["early chunk: prefill", "late chunk: vision", "late chunk: audio"]
