@@ -50,7 +50,8 @@ class PoolBackend(Protocol):
     """What a pool needs of a backend: built as `Backend(pool, template)` (template: an `OmniSession` whose
     `_load` ran; a backend may replace `template.export` with a shared wrapper), it owns the loaded graphs
     and the slots, opens a stream's pipeline stream on a slot (its model calls go through
-    `pool.scheduler`) and runs a batch of decode steps (`Scheduler.decode` arguments) in one call."""
+    `pool.scheduler`) and runs a batch of decode steps (`Scheduler.decode` arguments) in one call; it may
+    also run a batch of prefills (`run_prefills`, `Scheduler.prefill` arguments; pool_ort.py has one)."""
 
     slots: PoolSlots
 

@@ -13,7 +13,9 @@ that are not decoding (a stream between chunks, a free slot) ride along with a z
 their own length, so their write lands on row `length`, past their valid rows: the `+ 1` row of
 every slot is the scratch row a full stream's write lands on. Such a row costs one wasted decode
 row (attention over its own cached rows); slots are handed out lowest first to keep spans short.
-The pool runs ONNX Runtime on the CPU (the slot views wrap host memory).
+`prefill_rows` runs the first prefill (the prompt prefix) of several streams as one call per run of
+consecutive slots; GroupQueryAttention takes S > 1 new rows over a past only at batch 1, so a
+chunk's prefill runs alone. The pool runs ONNX Runtime on the CPU (the slot views wrap host memory).
 """
 
 from __future__ import annotations
