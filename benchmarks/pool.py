@@ -8,16 +8,29 @@ benchmarks/streaming.py), exported once at --resolution, ratio 0.25, --max-conte
   with N streams; the pool's KV slots are allocated up front, so its cost per stream is the
   activations and its slot, planned as kv bytes per token x (max_context + 1) x layers;
 - aggregate decode tokens/s of 4 streams answering at once (4 threads, one pool: their decode steps
-  share decoder calls) against one stream answering alone in the same pool, side by side.
+  share decoder calls) against one stream answering alone in the same pool, side by side;
+- with --cameras: the largest number of cameras held at real time, the pool against one
+  `OmniSession` per camera (today's way), searched side by side in one run: N camera threads, each
+  sending its 2-s chunks at real pace (chunk k due at start + offset + 2k s, offsets spread over
+  one chunk period) for --hold-seconds after one untimed warm-up chunk; N is held when every chunk
+  is processed (`append_chunk` returns) within 2 s of its due time, so no lag builds up. N doubles
+  until it fails, then bisects; each N runs in a fresh child process (its RSS is printed too).
 
     python benchmarks/pool.py [--models default,mid] [--resolution 224x224] [--max-context 1024] [--tokens 32]
                               [--backend onnxruntime|torch]
+    python benchmarks/pool.py --cameras --resolution 448x448 --max-context 2048 [--hold-seconds 20]
+
+--stages instead times one stream's chunk stages and 4 chunks' prefill in one decoder call against 4;
+--burst K the chunk throughput of 1 and 4 cameras pushing K chunks each as fast as taken, with the CPU
+seconds per chunk and the cores the process used (pool and separate sessions alternating).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
+import os
 import platform
 import subprocess
 import sys
@@ -83,6 +96,7 @@ def decode_rate(folder: Path, max_context: int, tokens: int, answering: int, bac
         _feed(s, i, s.resolution)
     counts = [0] * answering
     before = dict(pool.scheduler.calls)
+    in_place = _time_decode_calls(pool.scheduler)
 
     def answer(i):
         counts[i] = len(list(streams[i].ask_ids(QUESTION, max_new_tokens=tokens)))
@@ -95,8 +109,213 @@ def decode_rate(folder: Path, max_context: int, tokens: int, answering: int, bac
         t.join()
     wall = time.perf_counter() - start
     calls = {k: pool.scheduler.calls[k] - before[k] for k in before}
+    calls["in_place_ms"] = float(np.median(in_place.get(answering, [np.nan]))) * 1e3
+    calls["alone_ms"] = (_decode_call_alone(pool, streams) * 1e3 if backend == "onnxruntime"   # numpy steps
+                         else float("nan"))
     pool.close()
     return sum(counts) / wall, calls
+
+
+def _time_decode_calls(scheduler) -> dict[int, list[float]]:
+    """Seconds of each batched decode call the scheduler runs, by batch size (the call in place)."""
+    seconds: dict[int, list[float]] = {}
+    run = scheduler._run_decodes
+
+    def timed(steps):
+        start = time.perf_counter()
+        result = run(steps)
+        seconds.setdefault(len(steps), []).append(time.perf_counter() - start)
+        return result
+
+    scheduler._run_decodes = timed
+    return seconds
+
+
+def _decode_call_alone(pool, streams, repeats: int = 20) -> float:
+    """Median seconds of the same batched decode call (every stream one step) run alone, nothing else queued."""
+    width = streams[0].stream.embed_table.shape[1]
+    embeds = np.zeros((1, 1, width), np.float32)
+    seconds = []
+    for _ in range(repeats):
+        steps = [(s.stream.kv, embeds, np.full((3, 1, 1), s.stream.kv.length + 8)) for s in streams]
+        start = time.perf_counter()
+        pool.backend.run_decodes(steps)
+        seconds.append(time.perf_counter() - start)
+    return float(np.median(seconds))
+
+
+def hold_child(mode: str, n: int, folder: str, max_context: int, seconds: float) -> None:
+    """N cameras at real pace (see the module docstring); prints one JSON line: held, latencies, RSS."""
+    from omnisift_edge.model.synthetic import synthetic_clip
+    from omnisift_edge.runtime.pool import open_pool
+    from omnisift_edge.runtime.session import OmniSession, RuntimeConfig
+
+    cfg = RuntimeConfig(folder, max_context=max_context)
+    pool = open_pool(cfg, max_streams=n) if mode == "pool" else None
+    streams = [pool.open_stream() if pool else OmniSession(cfg) for _ in range(n)]
+    chunks = int(seconds // 2)
+    clips = [synthetic_clip(2.0 * (chunks + 1), *streams[0].resolution, seed=i) for i in range(min(n, 4))]
+    step = int(streams[0].spec.sample_rate * 2)
+    latencies: list[list[float]] = [[] for _ in range(n)]
+    errors: list[BaseException] = []
+
+    def camera(i: int, start: float) -> None:
+        clip = clips[i % len(clips)]
+        try:
+            for k in range(chunks + 1):
+                due = start + 2.0 * i / n + 2.0 * (k - 1)         # chunk 0: warm-up, before the clock
+                if k:
+                    time.sleep(max(0.0, due - time.perf_counter()))
+                streams[i].append_chunk(clip.frames[4 * k:4 * k + 4], clip.pcm[step * k:step * (k + 1)])
+                if k:
+                    latencies[i].append(time.perf_counter() - due)
+        except BaseException as error:  # noqa: BLE001 - reported by the parent
+            errors.append(error)
+
+    start = time.perf_counter() + 2.0 + 0.5 * n                   # warm-up chunks go first
+    threads = [threading.Thread(target=camera, args=(i, start)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    flat = np.array([x for per in latencies for x in per])
+    late = int((flat > 2.0).sum())
+    calls = pool.scheduler.calls if pool else {}
+    print(json.dumps({"held": late == 0, "late": late, "chunks": int(flat.size), "p50": float(np.median(flat)),
+                      "max": float(flat.max()), "rss": rss_mib(), "calls": calls}))
+
+
+def hold(mode: str, n: int, folder: Path, max_context: int, seconds: float) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--hold-child", mode, str(n), str(folder), str(max_context),
+                           str(seconds)], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"the {mode} camera child with {n} streams failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def burst_child(mode: str, n: int, folder: str, max_context: int, chunks: int) -> None:
+    """N cameras push `chunks` chunks each as fast as they are taken (after one warm-up chunk); prints one JSON
+    line: wall seconds, this process's CPU seconds (all threads) and the cores that makes."""
+    from omnisift_edge.model.synthetic import synthetic_clip
+    from omnisift_edge.runtime.pool import open_pool
+    from omnisift_edge.runtime.session import OmniSession, RuntimeConfig
+
+    cfg = RuntimeConfig(folder, max_context=max_context)
+    pool = open_pool(cfg, max_streams=n) if mode == "pool" else None
+    streams = [pool.open_stream() if pool else OmniSession(cfg) for _ in range(n)]
+    clip = synthetic_clip(2.0 * (chunks + 1), *streams[0].resolution, seed=0)
+    step = int(streams[0].spec.sample_rate * 2)
+
+    def camera(i: int, ks) -> None:
+        for k in ks:
+            streams[i].append_chunk(clip.frames[4 * k:4 * k + 4], clip.pcm[step * k:step * (k + 1)])
+
+    for phase in (range(1), range(1, chunks + 1)):                 # warm-up, then the timed chunks
+        threads = [threading.Thread(target=camera, args=(i, phase)) for i in range(n)]
+        wall, cpu = time.perf_counter(), sum(os.times()[:2])
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    wall, cpu = time.perf_counter() - wall, sum(os.times()[:2]) - cpu
+    print(json.dumps({"wall": wall, "cpu": cpu, "chunks_per_s": n * chunks / wall, "cores": cpu / wall}))
+
+
+def report_burst(name: str, folder: Path, args) -> None:
+    """Chunks/s of 1 and 4 cameras pushing as fast as they can, pool against separate sessions, alternating."""
+    print(f"\n### {name}: chunk throughput, cameras pushing {args.burst} chunks each as fast as taken")
+    print("| cameras | way | chunks/s | CPU s per chunk | cores used |\n|---|---|---|---|---|")
+    for n in (1, 4):
+        for mode in ("pool", "separate", "pool", "separate"):
+            done = subprocess.run([sys.executable, __file__, "--burst-child", mode, str(n), str(folder),
+                                   str(args.max_context), str(args.burst)], capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(f"the {mode} burst child failed:\n{done.stderr[-3000:]}")
+            r = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"| {n} | {mode} | {r['chunks_per_s']:.2f} | {r['cpu'] / (n * args.burst):.3f} | "
+                  f"{r['cores']:.2f} |", flush=True)
+
+
+class _Search:
+    """One way's search for the largest N held: doubling from --camera-start, then bisection to within 1/8."""
+
+    def __init__(self, mode: str, start: int, limit: int):
+        self.mode, self.limit, self.n = mode, limit, min(start, limit)
+        self.held, self.failed, self.done = 0, None, False
+
+    def record(self, held: bool) -> None:
+        if held:
+            self.held = self.n
+        else:
+            self.failed = self.n
+        if self.failed is None:
+            self.done = self.n >= self.limit
+            self.n = min(2 * self.n, self.limit)
+        elif self.failed - self.held <= max(1, self.held // 8):
+            self.done = True
+        else:
+            self.n = (self.held + self.failed) // 2
+
+
+def report_cameras(name: str, folder: Path, args) -> None:
+    """Both ways searched in lockstep: each round runs the pool's next trial and the separate sessions' back
+    to back (alternating which goes first), so the machine's load falls on both alike."""
+    print(f"\n### {name}: cameras held at real time ({args.hold_seconds:g} s of 2-s chunks at real pace each)")
+    print("| way | cameras | held | late chunks | p50 latency | max latency | RSS |")
+    print("|---|---|---|---|---|---|---|")
+    searches = [_Search("pool", args.camera_start, args.camera_limit),
+                _Search("separate", args.camera_start, args.separate_camera_limit)]
+    round_ = 0
+    while not all(s.done for s in searches):
+        for search in searches[::1 if round_ % 2 == 0 else -1]:
+            if search.done:
+                continue
+            result = hold(search.mode, search.n, folder, args.max_context, args.hold_seconds)
+            print(f"| {search.mode} | {search.n} | {'yes' if result['held'] else 'no'} | {result['late']}/"
+                  f"{result['chunks']} | {result['p50']:.2f} s | {result['max']:.2f} s | {result['rss']:.0f} MiB |",
+                  flush=True)
+            search.record(result["held"])
+        round_ += 1
+    pooled, separate = searches[0].held, searches[1].held
+    ratio = f"x{pooled / separate:.2f}" if separate else "(separate sessions held none)"
+    for search in searches:
+        if search.held == search.limit:
+            print(f"({search.mode}: held at the search limit {search.limit}; the real count may be higher)")
+    print(f"\n{name}: pool holds {pooled} cameras, one session per camera {separate}: {ratio} (goal: at least 2x)")
+
+
+def chunk_stages(folder: Path, max_context: int, repeats: int = 5) -> None:
+    """Where one stream's chunk time goes (median ms per stage), and what batching 4 chunks' prefills could
+    buy: one decoder call of 4 x K new rows over the past (batch 1: what GroupQueryAttention allows) against
+    4 calls of K rows, timed alternately on the same cache (its length put back after each)."""
+    from omnisift_edge.model.synthetic import synthetic_clip
+    from omnisift_edge.runtime.session import OmniSession, RuntimeConfig
+
+    session = OmniSession(RuntimeConfig(folder, max_context=max_context))
+    clip = synthetic_clip(2.0 * (repeats + 1), *session.resolution, seed=0)
+    session.append_chunk(clip.frames, clip.pcm)
+    stages = {k: np.median([r.seconds.get(k, 0.0) for r in session.reports[1:]]) * 1e3 for k in
+              session.reports[0].seconds}
+    kv, k = session.stream.kv, session.reports[-1].kept_video + session.reports[-1].kept_audio
+    width, length = session.stream.embed_table.shape[1], kv.length
+    embeds = np.random.default_rng(0).standard_normal((1, 4 * k, width)).astype(np.float32)
+    positions = np.arange(length, length + 4 * k).reshape(1, 1, -1).repeat(3, 0)          # [3, 1, 4K]
+    one, four = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        kv.step(embeds, positions, False)
+        one.append(time.perf_counter() - start)
+        kv.length = length
+        start = time.perf_counter()
+        for j in range(4):
+            kv.step(embeds[:, j * k:(j + 1) * k], positions[..., j * k:(j + 1) * k], False)
+        four.append(time.perf_counter() - start)
+        kv.length = length
+    print("chunk stages, median ms: " + ", ".join(f"{name} {ms:.1f}" for name, ms in stages.items()))
+    print(f"prefill of 4 chunks' {4 * k} kept tokens over a {length}-token past: one call {np.median(one) * 1e3:.1f} "
+          f"ms, 4 calls of {k} {np.median(four) * 1e3:.1f} ms (x{np.median(four) / np.median(one):.2f})")
 
 
 def kv_slot_mib(folder: Path, max_context: int) -> float:
@@ -117,6 +336,8 @@ def export_model(name: str, work: Path, resolution, max_context: int) -> Path:
 
         source = ModelSource(path=write_thinker_folder(work / "mid-model", FULL))
     out = work / f"{name}-export"
+    if (out / "manifest.json").exists():                     # --work: an export made by an earlier run
+        return out
     export(ExportConfig(out=out, source=source, ratios=(0.25,), resolution=resolution, max_context=max_context))
     return out
 
@@ -139,12 +360,19 @@ def report(name: str, folder: Path, args, counts) -> None:
     one, _ = decode_rate(folder, args.max_context, args.tokens, 1, args.backend)
     four, calls = decode_rate(folder, args.max_context, args.tokens, 4, args.backend)
     print(f"\ndecode, {args.tokens} tokens per answer: 1 stream {one:.1f} tok/s; 4 streams at once {four:.1f} tok/s "
-          f"(x{four / one:.2f}); 4 streams' {calls['decode_steps']} steps in {calls['decode_batches']} decoder calls")
+          f"(x{four / one:.2f}); 4 streams' {calls['decode_steps']} steps in {calls['decode_batches']} decoder calls; "
+          f"a 4-row decode call: {calls['in_place_ms']:.1f} ms in place (median), {calls['alone_ms']:.1f} ms alone")
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child(sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), sys.argv[6])
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--burst-child":
+        burst_child(sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6]))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--hold-child":
+        hold_child(sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), float(sys.argv[6]))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="default,mid")
@@ -154,6 +382,15 @@ def main() -> None:
     parser.add_argument("--streams", default="1,2,4,8")
     parser.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "torch"))
     parser.add_argument("--separate-max", type=int, default=8, help="largest N run as separate sessions")
+    parser.add_argument("--work", type=Path, default=None, help="keep (and reuse) the exports in this folder")
+    parser.add_argument("--stages", action="store_true", help="time a chunk's stages and a 4-chunk prefill instead")
+    parser.add_argument("--burst", type=int, default=0, help="chunk throughput (N chunks per camera) instead")
+    parser.add_argument("--cameras", action="store_true", help="search the cameras held at real time instead")
+    parser.add_argument("--hold-seconds", type=float, default=20.0, help="media per camera in a --cameras trial")
+    parser.add_argument("--camera-start", type=int, default=1, help="first N a --cameras search tries")
+    parser.add_argument("--camera-limit", type=int, default=64, help="largest N a --cameras search tries (pool)")
+    parser.add_argument("--separate-camera-limit", type=int, default=64,
+                        help="largest N tried as separate sessions (each holds its own graphs: memory)")
     args = parser.parse_args()
     resolution = tuple(int(x) for x in args.resolution.split("x"))
     counts = [int(x) for x in args.streams.split(",") if x]      # --streams "": decode throughput only
@@ -161,8 +398,17 @@ def main() -> None:
           f"{dt.date.today()}, {args.backend} cpu, {args.resolution}, ratio 0.25, max_context {args.max_context}")
     with tempfile.TemporaryDirectory(prefix="pool-bench-") as tmp:
         for name in args.models.split(","):
-            folder = export_model(name, Path(tmp), resolution, args.max_context)
-            report("embedded default" if name == "default" else "random thinker 512 x 12", folder, args, counts)
+            folder = export_model(name, args.work or Path(tmp), resolution, args.max_context)
+            title = "embedded default" if name == "default" else "random thinker 512 x 12"
+            if args.stages:
+                print(f"\n### {title}")
+                chunk_stages(folder, args.max_context)
+            elif args.burst:
+                report_burst(title, folder, args)
+            elif args.cameras:
+                report_cameras(title, folder, args)
+            else:
+                report(title, folder, args, counts)
 
 
 if __name__ == "__main__":

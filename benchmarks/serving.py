@@ -10,6 +10,11 @@ measured in the same run, first, as the reference (ratio served-1-stream / in-pr
 serving overhead).
 
     python benchmarks/serving.py [--resolution 448x448] [--seconds 20] [--streams 1,2,4,8] [--instances 1]
+
+--real-pace instead searches the largest N held at real time (as benchmarks/pool.py --cameras does
+in process): each camera sends a 2-s chunk every 2 s of wall time (offsets spread over one period,
+one untimed warm-up chunk first); N is held when every chunk is answered within 2 s of its due
+time. N doubles from --streams' first value until it fails, then bisects (to within 1/8).
 """
 
 from __future__ import annotations
@@ -74,6 +79,63 @@ def served_rtf(url: str, clips: list, seconds: float, first_id: int) -> float:
     return wall / seconds
 
 
+def paced_trial(url: str, clips: list, seconds: float, first_id: int) -> tuple[int, int, float, float]:
+    """N cameras at real pace through the server: (late chunks, chunks, p50 latency, max latency)."""
+    import numpy as np
+
+    n = len(clips)
+    cameras = [CameraClient(url, first_id + i, timeout=600) for i in range(n)]
+    for camera in cameras:
+        camera.request(start=True)
+    latencies, errors = [], []
+    start = time.perf_counter() + 2.0 + 0.5 * n
+
+    def run(i, camera, clip):
+        try:
+            for k, (frames, pcm) in enumerate(_chunks(clip)[:int(seconds // 2) + 1]):
+                due = start + 2.0 * i / n + 2.0 * (k - 1)          # chunk 0: warm-up, before the clock
+                if k:
+                    time.sleep(max(0.0, due - time.perf_counter()))
+                camera.chunk(frames, pcm)
+                if k:
+                    latencies.append(time.perf_counter() - due)
+            camera.end()
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i, *pair)) for i, pair in enumerate(zip(cameras, clips))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for camera in cameras:
+        camera.close()
+    if errors:
+        raise errors[0]
+    flat = np.array(latencies)
+    return int((flat > 2.0).sum()), int(flat.size), float(np.median(flat)), float(flat.max())
+
+
+def paced_search(url: str, clips: list, seconds: float, start: int) -> int:
+    held, failed, n, trial = 0, None, start, 0
+    print("| cameras | held | late chunks | p50 latency | max latency |\n|---|---|---|---|---|")
+    while n <= len(clips):
+        trial += 1
+        late, chunks, p50, worst = paced_trial(url, clips[:n], seconds, first_id=1000 * trial)
+        print(f"| {n} | {'yes' if not late else 'no'} | {late}/{chunks} | {p50:.2f} s | {worst:.2f} s |", flush=True)
+        held, failed = (n, failed) if not late else (held, n)
+        if failed is None:
+            if n == len(clips):
+                break
+            n = min(2 * n, len(clips))
+        elif failed - held <= max(1, held // 8):
+            break
+        else:
+            n = (held + failed) // 2
+    print(f"\nthrough Triton (pool): {held} cameras held at real time (search limit {len(clips)})")
+    return held
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--export", type=Path, default=None, help="An export folder (default: export the embedded default).")
@@ -81,6 +143,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="Media per camera.")
     parser.add_argument("--streams", default="1,2,4,8")
     parser.add_argument("--instances", type=int, default=1)
+    parser.add_argument("--real-pace", action="store_true", help="search the cameras held at real time instead")
+    parser.add_argument("--limit", type=int, default=32, help="--real-pace: the largest N tried (the pool's size)")
     args = parser.parse_args()
     counts = [int(n) for n in args.streams.split(",")]
     h, w = (int(v) for v in args.resolution.lower().split("x"))
@@ -91,12 +155,19 @@ def main() -> None:
 
         export = work / "export"
         run_export(ExportConfig(out=export, ratios=(0.25,), resolution=(h, w)))
-    repo = triton(TritonConfig(export=export, out=work / "repo", max_streams=max(counts),
+    streams = args.limit if args.real_pace else max(counts)
+    repo = triton(TritonConfig(export=export, out=work / "repo", max_streams=streams,
                                idle_timeout=600, instances=args.instances))
-    clips = [synthetic_clip(args.seconds, *repo.resolution, seed=i) for i in range(max(counts))]
+    seconds = args.seconds + 2.0 if args.real_pace else args.seconds        # + the warm-up chunk
+    clips = [synthetic_clip(seconds, *repo.resolution, seed=i) for i in range(min(streams, 4))]
+    clips = [clips[i % len(clips)] for i in range(streams)]
     print(f"# {platform.processor() or platform.machine()}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
           f"{repo.resolution[0]}x{repo.resolution[1]}, ratio {repo.ratio:g}, {args.seconds:g} s per camera, "
           f"{args.instances} instance(s)")
+    if args.real_pace:
+        with start_local_server(repo.folder) as server:
+            paced_search(server.grpc_url, clips, args.seconds, counts[0])
+        return
     reference = in_process_rtf(export, clips[0], args.seconds)
     print(f"in-process, 1 stream: RTF {reference:.3f}")
     print("| streams | RTF (wall / media s) | real time | vs in-process x N |")

@@ -10,6 +10,7 @@ pool's scheduler) and runs a batch of decode steps as one decoder call (`run_dec
 from __future__ import annotations
 
 import threading
+import time
 from typing import Sequence
 
 import numpy as np
@@ -17,7 +18,7 @@ import numpy as np
 from omnisift_edge.artifact.manifest import DECODER_GQA
 from omnisift_edge.errors import UsageError
 from omnisift_edge.runtime.ort_pipeline import OrtStream
-from omnisift_edge.runtime.slots import SlotBuffers, SlotCache, decode_rows
+from omnisift_edge.runtime.slots import SlotBuffers, SlotCache, decode_rows, prefill_rows
 
 
 class _SharedExport:
@@ -39,6 +40,7 @@ class SlotStream(OrtStream):
 
     def __init__(self, pool, slot: int, prefix_ids: Sequence[int]):
         self.pool, self.slot = pool, slot
+        self._rank: float | None = None                      # when the chunk being pushed began (None: none)
         super().__init__(pool.export, pool.ratio, prefix_ids, max_context=pool.max_context,
                          context=pool.cfg.context, kv_form="shared_buffer", threads=pool.cfg.ort_threads)
 
@@ -54,25 +56,41 @@ class SlotStream(OrtStream):
                                                           inplace_entry.to_dict(), rope))
 
     def _step(self, embeds, positions, want_logits=True):
-        if want_logits and embeds.shape[1] == 1:             # one answer token: batched with the others'
+        n = embeds.shape[1]
+        if want_logits and n == 1:                           # one answer token: batched with the others'
             self.kv.reserve(1)
             return self.pool.scheduler.decode(self.kv, embeds, positions.reshape(3, 1, 1))
-        return self.pool.scheduler.call(lambda: OrtStream._step(self, embeds, positions, want_logits))
+        if not want_logits and n > 1 and self.kv.length == 0:   # the prompt prefix: batched with equal ones
+            self.kv.reserve(n)                               # (checked per stream, before any batching)
+            return self.pool.scheduler.prefill(n, self.kv, embeds, positions.reshape(3, 1, n), rank=self._rank)
+        # GroupQueryAttention takes S > 1 new rows over a past only at batch 1: a chunk's prefill runs alone
+        return self.pool.scheduler.call(lambda: OrtStream._step(self, embeds, positions, want_logits), rank=self._rank)
+
+    def push(self, pixel_values, n_grids, mel):
+        """`ChunkStream.push`, its model calls ranked by when it began (the scheduler serves chunks in order)."""
+        self._rank = time.monotonic()
+        try:
+            return super().push(pixel_values, n_grids, mel)
+        finally:
+            self._rank = None
+
+    def _call(self, fn):
+        return self.pool.scheduler.call(fn, rank=self._rank)
 
     def _encode_video(self, pixel_values, n_grids):
-        return self.pool.scheduler.call(lambda: OrtStream._encode_video(self, pixel_values, n_grids))
+        return self._call(lambda: OrtStream._encode_video(self, pixel_values, n_grids))
 
     def _encode_audio(self, mel):
-        return self.pool.scheduler.call(lambda: OrtStream._encode_audio(self, mel))
+        return self._call(lambda: OrtStream._encode_audio(self, mel))
 
     def _compress(self, video, audio, n_grids, chunk_positions):
-        return self.pool.scheduler.call(lambda: OrtStream._compress(self, video, audio, n_grids, chunk_positions))
+        return self._call(lambda: OrtStream._compress(self, video, audio, n_grids, chunk_positions))
 
     def _drop_kv(self, start, stop):          # the slot's rows must not move under a batched call
-        self.pool.scheduler.call(lambda: OrtStream._drop_kv(self, start, stop))
+        self._call(lambda: OrtStream._drop_kv(self, start, stop))
 
     def _rotate_kv(self, delta):
-        self.pool.scheduler.call(lambda: OrtStream._rotate_kv(self, delta))
+        self._call(lambda: OrtStream._rotate_kv(self, delta))
 
     def close(self) -> None:
         self.kv.close()
@@ -119,3 +137,9 @@ class OrtPoolBackend:
     def run_decodes(self, steps):
         caches, embeds, positions = zip(*steps)
         return decode_rows(self.slots, caches, embeds, positions)
+
+    def run_prefills(self, prefills):
+        """Prompt prefixes of several new streams (empty caches), equal lengths: one decoder call per run of
+        consecutive slots (GroupQueryAttention batches S > 1 rows only without a past)."""
+        caches, embeds, positions = zip(*prefills)
+        return prefill_rows(self.slots, caches, embeds, positions)

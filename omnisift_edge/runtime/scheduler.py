@@ -1,8 +1,9 @@
 """The pool's scheduler: every model call of every stream goes through one queue, decode steps batched.
 
 Streams run in their callers' threads (a Triton instance's request threads, an app's camera
-threads). Each model call is a job: a decode step (one answer token of one stream: batchable) or
-any other call (an encoder, the compressor, a prefill: run alone). Whoever submits a job drives the
+threads). Each model call is a job: a decode step (one answer token of one stream: batchable), a
+chunk prefill (batchable with the other streams' prefills of the same key: same shapes), or any
+other call (an encoder, the compressor, a question: run alone). Whoever submits a job drives the
 queue until its own job is done, running other streams' jobs on the way (one runner at a time; a
 combining queue, no extra thread). The rule, kept simple:
 
@@ -12,47 +13,66 @@ combining queue, no extra thread). The rule, kept simple:
   that stops reading its answer only delays the others by that much);
 - decode batches and other calls alternate: after a decode batch, at most one other call runs
   before the next batch (so an answer waits for at most one prefill call, never for a chunk's
-  whole prefill queue), and other calls run first-come first-served (no stream's chunk starves).
+  whole prefill queue), and other calls run first-come first-served by the arrival of the work they
+  serve (`rank`: a chunk's encoders, compressor and prefill all rank as the chunk's push), so an
+  earlier chunk finishes before a later one starts instead of all of them advancing call by call
+  together (earliest deadline first: every chunk's deadline is its arrival + one chunk length);
+  no stream's chunk starves;
+- a prefill at the head of that queue takes every pending prefill of the same key with it (one
+  `run_prefills` call; the ones pulled forward are later arrivals, so nobody waits longer, and a
+  pending decode batch still goes first). Which prefills a backend can batch is its own business:
+  onnxruntime's GroupQueryAttention batches rows with S > 1 new tokens only into empty caches (a
+  stream's prompt prefix), so the ORT pool batches those and runs a chunk's prefill alone.
 
-A job's error goes to its own caller only; a failed decode batch fails the steps in it.
+A job's error goes to its own caller only: a failed decode batch fails the steps in it; a failed
+prefill batch is run again one prefill at a time, so a bad one fails only its own stream.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+from bisect import insort
 from typing import Any, Callable, Sequence
 
 
 class _Job:
-    __slots__ = ("fn", "args", "done", "result", "error")
+    __slots__ = ("fn", "args", "key", "rank", "done", "result", "error")
 
-    def __init__(self, fn: Callable | None, args: tuple = ()):
-        self.fn, self.args = fn, args
+    def __init__(self, fn: Callable | None, args: tuple = (), key: Any = None, rank: float | None = None):
+        self.fn, self.args, self.key = fn, args, key      # key: a prefill's batch key (None: not a prefill)
+        self.rank = time.monotonic() if rank is None else rank   # its turn: when the work it serves arrived
         self.done, self.result, self.error = False, None, None
+
+
+def _rank(job: _Job) -> float:
+    return job.rank
 
 
 class Scheduler:
     """One runner at a time over a queue of decode steps (batched) and other calls (FIFO)."""
 
-    def __init__(self, run_decodes: Callable[[Sequence[tuple]], Sequence[Any]], *, gather_seconds: float = 0.005):
+    def __init__(self, run_decodes: Callable[[Sequence[tuple]], Sequence[Any]], *, gather_seconds: float = 0.005,
+                 run_prefills: Callable[[Sequence[tuple]], Sequence[Any]] | None = None):
         self._run_decodes = run_decodes          # [args of each step] -> [result of each step]
+        self._run_prefills = run_prefills        # [args of each prefill] -> [result of each]; None: one by one
         self.gather_seconds = gather_seconds
         self.answering = 0                       # streams inside an answer (their next decode step is coming)
         self._gather_until: float | None = None  # when the pending decodes stop waiting for the others
         self._cv = threading.Condition()
         self._decodes: list[_Job] = []
-        self._others: deque[_Job] = deque()
+        self._others: list[_Job] = []           # by rank, then arrival (insort is stable)
         self._running = False
         self._after_decode = False               # the last run was a decode batch: another call may go next
-        self.calls = {"decode_batches": 0, "decode_steps": 0, "other": 0}
+        self.calls = {"decode_batches": 0, "decode_steps": 0, "prefill_batches": 0, "prefill_chunks": 0,
+                      "prefill_retries": 0, "other": 0}
 
-    def call(self, fn: Callable[[], Any]) -> Any:
-        """Run `fn` (a model call that is not a decode step) in its turn; its result or its error."""
-        job = _Job(fn)
+    def call(self, fn: Callable[[], Any], *, rank: float | None = None) -> Any:
+        """Run `fn` (a model call that is not a decode step) in its turn; its result or its error. `rank`:
+        the `time.monotonic()` the work it serves arrived (a chunk's calls share its push's; None: now)."""
+        job = _Job(fn, rank=rank)
         with self._cv:
-            self._others.append(job)
+            insort(self._others, job, key=_rank)
         return self._drive(job)
 
     def decode(self, *args) -> Any:
@@ -61,6 +81,16 @@ class Scheduler:
         with self._cv:
             self._decodes.append(job)
             self._cv.notify_all()                # a runner gathering a batch may be waiting for this one
+        return self._drive(job)
+
+    def prefill(self, key: Any, *args, rank: float | None = None) -> Any:
+        """One prefill (`run_prefills`' arguments for one stream), batched with the pending ones of the same
+        `key` (equal shapes)."""
+        if self._run_prefills is None:
+            raise RuntimeError("this scheduler batches no prefills (no run_prefills); submit them with call()")
+        job = _Job(None, args, key, rank)
+        with self._cv:
+            insort(self._others, job, key=_rank)
         return self._drive(job)
 
     def begin_answer(self) -> None:
@@ -84,7 +114,13 @@ class Scheduler:
     def _take(self) -> list[_Job]:
         if self._others and (self._after_decode or not self._decodes):
             self._after_decode = False
-            return [self._others.popleft()]
+            head = self._others.pop(0)
+            if head.key is None:
+                return [head]
+            same = [job for job in self._others if job.key == head.key]     # later arrivals, pulled forward
+            for job in same:
+                self._others.remove(job)
+            return [head, *same]
         batch, self._decodes = self._decodes, []
         self._after_decode, self._gather_until = True, None
         return batch
@@ -116,14 +152,34 @@ class Scheduler:
         try:
             if work[0].fn is not None:
                 self.calls["other"] += 1
-                work[0].result = work[0].fn()
+                results = [work[0].fn()]
+            elif work[0].key is not None:
+                results = self._prefills(work)
             else:
                 self.calls["decode_batches"] += 1
                 self.calls["decode_steps"] += len(work)
-                for job, result in zip(work, self._run_decodes([j.args for j in work])):
-                    job.result = result
+                results = self._run_decodes([j.args for j in work])
+            for job, result in zip(work, results):
+                job.result = result
         except BaseException as error:           # noqa: BLE001 - handed to each caller of the work
             for job in work:
                 job.error = error
         for job in work:
             job.done = True
+
+    def _prefills(self, work: list[_Job]) -> list[Any]:
+        """One `run_prefills` call for the batch; if it fails, each prefill alone (an error stays its stream's)."""
+        self.calls["prefill_batches"] += 1
+        self.calls["prefill_chunks"] += len(work)
+        try:
+            return list(self._run_prefills([j.args for j in work]))
+        except Exception:
+            if len(work) == 1:
+                raise
+        self.calls["prefill_retries"] += 1
+        for job in work:
+            try:
+                job.result = self._run_prefills([job.args])[0]
+            except Exception as error:  # noqa: BLE001 - its caller's alone
+                job.error = error
+        return [job.result for job in work]

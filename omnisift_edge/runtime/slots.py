@@ -13,7 +13,9 @@ that are not decoding (a stream between chunks, a free slot) ride along with a z
 their own length, so their write lands on row `length`, past their valid rows: the `+ 1` row of
 every slot is the scratch row a full stream's write lands on. Such a row costs one wasted decode
 row (attention over its own cached rows); slots are handed out lowest first to keep spans short.
-The pool runs ONNX Runtime on the CPU (the slot views wrap host memory).
+`prefill_rows` runs the first prefill (the prompt prefix) of several streams as one call per run of
+consecutive slots; GroupQueryAttention takes S > 1 new rows over a past only at batch 1, so a
+chunk's prefill runs alone. The pool runs ONNX Runtime on the CPU (the slot views wrap host memory).
 """
 
 from __future__ import annotations
@@ -84,6 +86,26 @@ class SlotCache(OrtInPlaceCache):
         self.buffers.give(self.slot)
 
 
+def _run_span(buffers: SlotBuffers, first: SlotCache, lo: int, embeds: np.ndarray, positions: np.ndarray,
+              seqlens: np.ndarray, logits_index: np.ndarray) -> np.ndarray | None:
+    """One `decoder_gqa` call on the slots [lo, lo + B): embeds [B, S, D], positions [3, B, S], seqlens [B]
+    (each row's valid length after the call, minus 1); the logits [B, len(logits_index), V] or None."""
+    hi = lo + embeds.shape[0]
+    binding = first.session.io_binding()
+    binding.bind_output(first.logits_name, "cpu")
+    for past, present in zip(first.past_names, first.present_names):
+        value = first.ort.OrtValue.ortvalue_from_numpy(buffers.arrays[past][lo:hi])          # [B, kv, M + 1, hd]
+        binding.bind_ortvalue_input(past, value)
+        binding.bind_ortvalue_output(present, value)
+    binding.bind_cpu_input(first.embeds_name, np.ascontiguousarray(embeds, dtype=first.float_type))
+    binding.bind_cpu_input(first.positions_name, np.ascontiguousarray(positions, dtype=np.int64))
+    binding.bind_cpu_input(first.seqlens_name, seqlens.astype(np.int32))
+    binding.bind_cpu_input(first.total_name, np.array([int(seqlens.max()) + 1], np.int32))
+    binding.bind_cpu_input(first.logits_index_name, logits_index.astype(np.int64))
+    first.session.run_with_iobinding(binding)
+    return binding.get_outputs()[0].numpy() if len(logits_index) else None
+
+
 def decode_rows(buffers: SlotBuffers, caches: Sequence[SlotCache], embeds: Sequence[np.ndarray],
                 positions: Sequence[np.ndarray]) -> list[np.ndarray]:
     """One decoder call for one decode token per cache: embeds [1, 1, D], positions [3, 1, 1] each;
@@ -102,19 +124,47 @@ def decode_rows(buffers: SlotBuffers, caches: Sequence[SlotCache], embeds: Seque
     for row, i in rows.items():
         batch_embeds[row] = embeds[i][0]
         batch_positions[:, row] = np.asarray(positions[i]).reshape(3, 1)
-    binding = first.session.io_binding()
-    binding.bind_output(first.logits_name, "cpu")
-    for past, present in zip(first.past_names, first.present_names):
-        value = first.ort.OrtValue.ortvalue_from_numpy(buffers.arrays[past][lo:hi])          # [B, kv, M + 1, hd]
-        binding.bind_ortvalue_input(past, value)
-        binding.bind_ortvalue_output(present, value)
-    binding.bind_cpu_input(first.embeds_name, batch_embeds)
-    binding.bind_cpu_input(first.positions_name, batch_positions)
-    binding.bind_cpu_input(first.seqlens_name, seqlens)                                      # new row at `length`
-    binding.bind_cpu_input(first.total_name, np.array([int(seqlens.max()) + 1], np.int32))
-    binding.bind_cpu_input(first.logits_index_name, np.array([0], np.int64))
-    first.session.run_with_iobinding(binding)
-    logits = binding.get_outputs()[0].numpy()                                               # [B, 1, V]
+    logits = _run_span(buffers, first, lo, batch_embeds, batch_positions, seqlens, np.array([0]))  # [B, 1, V]
     for cache in caches:
         cache.append(1)
     return [logits[c.slot - lo, -1].astype(np.float32) for c in caches]
+
+
+def slot_runs(caches: Sequence[SlotCache]) -> list[list[int]]:
+    """Indices into `caches` grouped in runs of consecutive slots (each run: one batched prefill call)."""
+    order = sorted(range(len(caches)), key=lambda i: caches[i].slot)
+    runs: list[list[int]] = []
+    for i in order:
+        if runs and caches[i].slot == caches[runs[-1][-1]].slot + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
+def prefill_rows(buffers: SlotBuffers, caches: Sequence[SlotCache], embeds: Sequence[np.ndarray],
+                 positions: Sequence[np.ndarray]) -> list[None]:
+    """The first prefill of several streams into their empty caches, n tokens each (embeds [1, n, D],
+    positions [3, 1, n]): one decoder call per run of consecutive slots, no logits. Only empty caches:
+    onnxruntime's GroupQueryAttention refuses S > 1 new rows over a past unless the batch is 1 ("batch_size
+    must be 1 when sequence_length > 1 and past context is given"), so a chunk's prefill runs alone. Only
+    prefilling rows go in a call: a row riding along would cost a whole prefill row."""
+    if len({c.slot for c in caches}) != len(caches):
+        raise UsageError("one prefill per stream and call")
+    n = {int(e.shape[1]) for e in embeds}
+    if len(n) != 1:
+        raise UsageError(f"a batched prefill takes rows of one length (got {sorted(n)})")
+    if any(c.length for c in caches):
+        raise UsageError("a batched prefill goes into empty caches only (GroupQueryAttention: batch 1 over a past)")
+    n = n.pop()
+    for cache in caches:
+        cache.reserve(n)
+    for run in slot_runs(caches):
+        batch_embeds = np.concatenate([embeds[i] for i in run], axis=0)                     # [B, n, D]
+        batch_positions = np.concatenate([np.asarray(positions[i]).reshape(3, 1, n) for i in run], axis=1)  # [3, B, n]
+        seqlens = np.full(len(run), n - 1, np.int32)                                        # valid rows after, - 1
+        _run_span(buffers, caches[run[0]], caches[run[0]].slot, batch_embeds, batch_positions, seqlens,
+                  np.zeros(0, np.int64))
+        for i in run:
+            caches[i].append(n)
+    return [None] * len(caches)

@@ -188,3 +188,108 @@ def test_pool_refuses_what_it_cannot_run(cfg):
         open_pool(cfg, max_streams=0)
     with pytest.raises(UsageError, match="onnxruntime stream pool runs on the cpu"):
         open_pool(RuntimeConfig(cfg.folder, backend="onnxruntime", ratio=0.25, device="cuda:0"), max_streams=2)
+
+
+def test_streams_opened_and_fed_together_equal_lone_streams(cfg):
+    """Four cameras open their streams and push their chunks at the same moment from threads: the prompt
+    prefixes go through the scheduler as batchable prefills, a chunk's prefill runs alone
+    (GroupQueryAttention), and each stream's kept sets, logits and greedy answers equal the same stream
+    run alone."""
+    plans = [(4.0, 20 + i, [("What happens?", 6)]) for i in range(4)]
+    alone = [OmniSession(cfg) for _ in plans]
+    alone_out = [_script(session, plan) for session, plan in zip(alone, plans)]
+    pool = open_pool(cfg, max_streams=4)
+    release, kept, got, errors = threading.Event(), {}, {}, []
+    barrier = threading.Barrier(5)
+
+    def camera(i):
+        try:
+            barrier.wait()
+            stream = pool.open_stream()
+            got[i] = _script(stream, plans[i])
+            kept[i] = [k.copy() for k in stream.stream.kept_indices]
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    holder = threading.Thread(target=pool.scheduler.call, args=(lambda: release.wait(30),))
+    holder.start()                               # holds the runner: the four opens queue behind it
+    threads = [threading.Thread(target=camera, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    _wait_for_queue(pool.scheduler, 4)
+    release.set()
+    for t in (holder, *threads):
+        t.join()
+    assert not errors
+    for i in range(4):
+        assert got[i][0] == alone_out[i][0]                                # greedy answers
+        assert len(kept[i]) == len(alone[i].stream.kept_indices) == 2
+        for pooled, single in zip(kept[i], alone[i].stream.kept_indices):
+            np.testing.assert_array_equal(pooled, single)                  # kept sets
+        assert len(got[i][1]) == len(alone_out[i][1])
+        for pooled, single in zip(got[i][1], alone_out[i][1]):
+            np.testing.assert_allclose(pooled, single, atol=1e-5, rtol=0)  # logits
+    calls = pool.scheduler.calls
+    assert calls["prefill_chunks"] == 4                                    # the four prompt prefixes, batchable
+    assert calls["prefill_retries"] == 0       # (how many shared a call depends on the threads' timing:
+    #                                            the next test queues them behind a held runner)
+    assert pool.free_slots == 4
+
+
+def _wait_for_queue(scheduler, n: int, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while len(scheduler._others) < n:
+        assert time.monotonic() < deadline, "the streams did not queue"
+        time.sleep(0.005)
+
+
+def test_batched_prefill_rows_equal_lone_prefills(cfg):
+    """The batched prefill itself: prompt prefixes into empty caches queued together (one scheduler batch),
+    one decoder call per run of consecutive slots,
+    a stream between the runs that is not prefilling (its cache stays as it was), each row equal to the lone
+    prefill; a cache with a past or rows of different lengths are refused (one call each instead)."""
+    from omnisift_edge.runtime.slots import slot_runs
+
+    pool = open_pool(cfg, max_streams=4)
+    streams = [pool.open_stream() for _ in range(4)]
+    lone = OmniSession(cfg)
+    clip = synthetic_clip(2.0, *RES, seed=30)
+    streams[2].append_chunk(clip.frames, clip.pcm)
+    idle_before = streams[2].stream.kv.valid()
+    chosen = [0, 1, 3]
+    caches = [streams[i].stream.kv for i in chosen]
+    for cache in caches:
+        cache.length = 0                                                  # empty again: prefill anew
+    ids, positions = streams[0].stream.layout.prefix()
+    embeds = streams[0].stream._embed(ids)                                # [1, n, D]
+    n = embeds.shape[1]
+    positions = np.asarray(positions, np.int64).reshape(3, 1, n)
+    assert slot_runs(caches) == [[0, 1], [2]]                             # two calls: slots 0-1, then 3
+    release, results = threading.Event(), []
+    holder = threading.Thread(target=pool.scheduler.call, args=(lambda: release.wait(30),))
+    holder.start()                                                        # the prefills queue behind it
+    threads = [threading.Thread(target=lambda c=c: results.append(pool.scheduler.prefill(n, c, embeds, positions)))
+               for c in caches]
+    for t in threads:
+        t.start()
+    _wait_for_queue(pool.scheduler, 3)
+    counted = dict(pool.scheduler.calls)
+    release.set()
+    for t in (holder, *threads):
+        t.join()
+    assert results == [None] * 3
+    assert pool.scheduler.calls["prefill_batches"] - counted["prefill_batches"] == 1     # one batch of 3
+    assert pool.scheduler.calls["prefill_chunks"] - counted["prefill_chunks"] == 3
+    for i in chosen:
+        assert streams[i].stream.kv.length == lone.stream.kv.length == n
+        for pooled, single in zip(streams[i].stream.kv.valid(), lone.stream.kv.valid()):
+            np.testing.assert_allclose(pooled, single, atol=1e-5, rtol=0)
+    for after, before in zip(streams[2].stream.kv.valid(), idle_before):
+        np.testing.assert_array_equal(after, before)                      # the idle stream is untouched
+    with pytest.raises(UsageError, match="empty caches only"):
+        pool.backend.run_prefills([(caches[0], embeds, positions)])
+    caches[0].length = caches[1].length = 0
+    with pytest.raises(UsageError, match="rows of one length"):
+        pool.backend.run_prefills([(caches[0], embeds, positions), (caches[1], embeds[:, :4], positions[..., :4])])
+    pool.close()

@@ -63,7 +63,80 @@ def test_pending_decodes_share_one_call_and_alternate_with_other_calls():
                      ("other", "prefill2")]                   # answers first; then the others, in arrival order
     assert results == {"prefill0": "prefill0", "prefill2": "prefill2", "a": "aa", "b": "bb", "c": "cc"}
     assert errors == {"broken": "only mine"}                   # one caller's error, the others served
-    assert scheduler.calls == {"decode_batches": 1, "decode_steps": 3, "other": 3}
+    assert scheduler.calls == {"decode_batches": 1, "decode_steps": 3, "prefill_batches": 0, "prefill_chunks": 0,
+                               "prefill_retries": 0, "other": 3}
     with pytest.raises(ValueError, match="a failed batch"):
         scheduler.decode("bad")
     assert scheduler.call(lambda: 7) == 7                      # still serving after a failed batch
+
+
+def test_pending_prefills_of_one_key_share_a_call_and_a_bad_one_fails_alone():
+    """Prefills queued together go in one call per key, in their turn; decode steps still go first; when a
+    batch fails, each prefill runs alone, so only the bad one's caller gets the error."""
+    order, release = [], threading.Event()
+
+    def run_prefills(jobs):
+        order.append(("prefill", sorted(j[0] for j in jobs)))
+        if len(jobs) > 1 and any(j[0] == "bad" for j in jobs):
+            raise ValueError("the batch failed")
+        if jobs[0][0] == "bad":
+            raise ValueError("bad chunk")
+        return [j[0].upper() for j in jobs]
+
+    def run_decodes(steps):
+        order.append(("decode", sorted(s[0] for s in steps)))
+        return [s[0] for s in steps]
+
+    scheduler = Scheduler(run_decodes, run_prefills=run_prefills)
+    results, errors = {}, {}
+
+    def submit(kind, name, key=None):
+        try:
+            if kind == "call":
+                results[name] = scheduler.call(lambda: (release.wait(10), order.append(("other", name)))[1] or name)
+            elif kind == "prefill":
+                results[name] = scheduler.prefill(key, name, name)
+            else:
+                results[name] = scheduler.decode(name)
+        except ValueError as error:
+            errors[name] = str(error)
+
+    threads = [threading.Thread(target=submit, args=("call", "encoder"))]
+    threads[0].start()
+    _wait_for(lambda: scheduler._running)
+    for kind, name, key in (("prefill", "p1", 10), ("prefill", "q1", 7), ("prefill", "p2", 10),
+                            ("prefill", "bad", 7), ("decode", "d", None)):
+        threads.append(threading.Thread(target=submit, args=(kind, name, key)))
+        threads[-1].start()
+        _wait_for(lambda: len(scheduler._others) + len(scheduler._decodes) == len(threads) - 1)
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert order == [("other", "encoder"), ("decode", ["d"]), ("prefill", ["p1", "p2"]),
+                     ("prefill", ["bad", "q1"]), ("prefill", ["q1"]), ("prefill", ["bad"])]
+    assert results == {"encoder": "encoder", "d": "d", "p1": "P1", "p2": "P2", "q1": "Q1"}
+    assert errors == {"bad": "bad chunk"}
+    assert scheduler.calls["prefill_batches"] == 2 and scheduler.calls["prefill_chunks"] == 4
+    assert scheduler.calls["prefill_retries"] == 1
+
+
+
+def test_other_calls_run_by_the_arrival_of_the_work_they_serve():
+    """A chunk's later calls rank as the chunk: an earlier chunk's call goes before a later chunk's, whatever
+    order they were queued in (earliest deadline first); equal ranks keep their queue order."""
+    order, release = [], threading.Event()
+    scheduler = Scheduler(lambda steps: [None] * len(steps))
+    holder = threading.Thread(target=scheduler.call, args=(lambda: release.wait(10),))
+    holder.start()
+    _wait_for(lambda: scheduler._running)
+    early, late = time.monotonic() - 1.0, time.monotonic()
+    threads = []
+    for name, rank in (("late chunk: vision", late), ("early chunk: prefill", early), ("late chunk: audio", late)):
+        threads.append(threading.Thread(target=scheduler.call, args=(lambda n=name: order.append(n),),
+                                        kwargs={"rank": rank}))
+        threads[-1].start()
+        _wait_for(lambda: len(scheduler._others) == len(threads))
+    release.set()
+    for t in (holder, *threads):
+        t.join(10)
+    assert order == ["early chunk: prefill", "late chunk: vision", "late chunk: audio"]
