@@ -38,6 +38,9 @@ def export_staged(module, config, path: Path, *, graph: str, dtype: str, opset: 
     (decoder.onnx, decoder_gqa.onnx, decoder_scatter.onnx)."""
     from optimum.exporters.onnx.convert import export
 
+    from omnisift_edge.export.memory_trace import mark
+
+    mark(f"{graph}: trace (Optimum)")
     device = str(next(module.parameters()).device)
     with staged_graph(path) as staged:
         _, output_names = export(module, config, staged, opset=opset, device=device,
@@ -45,8 +48,10 @@ def export_staged(module, config, path: Path, *, graph: str, dtype: str, opset: 
         _finish(staged, external_data, {"graph": graph, "dtype": dtype, "opset": str(opset),
                                         "max_context": str(max_context)})
         if rewrite is not None:
+            mark(f"{graph}: graph pass")
             rewrite(staged)
         if validate is not None:
+            mark(f"{graph}: Optimum's output check")
             validate(staged, output_names)
     return path
 
