@@ -66,8 +66,9 @@ def low_memory_sessions():
         _LOW_MEMORY.pop()
 
 
-def _low_memory(ort, options) -> None:
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+def low_memory_options(ort, options, optimize=None) -> None:
+    """Set `low_memory_sessions`' settings on `options` (`optimize`: a graph optimization level at most basic)."""
+    options.graph_optimization_level = optimize if optimize is not None else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.add_session_config_entry("session.disable_prepacking", "1")
     options.enable_cpu_mem_arena = False
     options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
@@ -78,7 +79,7 @@ def session_options(ort, threads: str = DEFAULT_THREAD_POLICY, *, spins: bool = 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if _LOW_MEMORY:
-        _low_memory(ort, options)
+        low_memory_options(ort, options)
     options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", QDQ_MATMULNBITS_ACCURACY_LEVEL)
     check_thread_policy(threads)
     if threads == "shared" or getattr(_use_global_pool, "done", False):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
-from omnisift_edge.model.host_memory import GB, MEASURED, export_peak_bytes, summary, thinker_bytes
+from omnisift_edge.model.host_memory import (GB, MEASURED, export_anon_bytes, export_peak_bytes, export_rss_bytes,
+                                             summary, thinker_bytes)
 
-__all__ = ["GB", "MEASURED", "export_peak_bytes", "summary", "thinker_bytes"]
+__all__ = ["GB", "MEASURED", "export_anon_bytes", "export_peak_bytes", "export_rss_bytes", "summary", "thinker_bytes"]

@@ -16,6 +16,7 @@ import json
 import os
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 ENV = "OMNISIFT_EDGE_TRACE_MEMORY"
@@ -36,6 +37,17 @@ def read_status() -> dict[str, int]:
     return values
 
 
+def _main_stack() -> str:
+    """Where the main thread is (innermost frames last): the line that was running at a step's anonymous peak."""
+    import sys
+    import traceback
+
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    if frame is None:
+        return ""
+    return " < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in traceback.extract_stack(frame)[-8:][::-1])
+
+
 def _reset_peak() -> None:
     """Reset VmHWM to the current RSS (Linux >= 4.0; ignored where refused)."""
     try:
@@ -51,6 +63,7 @@ class _Sampler:
     def __init__(self, file: str, interval: float = 0.05):
         self.file, self.interval, self.lock = file, interval, threading.Lock()
         self.name, self.started, self.peaks = "start", time.perf_counter(), read_status()
+        self.where = ""
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self) -> None:
@@ -61,13 +74,17 @@ class _Sampler:
     def _sample(self) -> None:
         now = read_status()
         with self.lock:
+            if now["RssAnon"] > self.peaks["RssAnon"]:
+                self.where = _main_stack()
             self.peaks = {k: max(self.peaks[k], now[k]) for k in KEYS}
 
     def step(self, name: str) -> None:
         """Close the running step (write its line) and open `name`."""
         self._sample()
         with self.lock:
-            record = {"step": self.name, "seconds": round(time.perf_counter() - self.started, 2), **self.peaks}
+            record = {"step": self.name, "seconds": round(time.perf_counter() - self.started, 2), **self.peaks,
+                      "anon_peak_at": self.where}
+            self.where = ""
             _reset_peak()
             self.name, self.started, self.peaks = name, time.perf_counter(), read_status()
         with open(self.file, "a") as out:
