@@ -1,9 +1,10 @@
 """Host memory that `export` needs, predicted from a model's config (printed by `plan`, checked by `export`).
 
-Measured, not derived: benchmarks/export_cost.py exports random weights at the real 7B widths with 2
-and 3 layers of every stack (the decoder graph is then over 2 GiB, so it takes the same path as a full
+Measured, not derived: benchmarks/export_cost.py exports random weights at the real 7B widths with 3
+and 4 layers of every stack (the decoder graph is then over 2 GiB, so it takes the same path as a full
 model: external data, mapped by ONNX Runtime) and fits, per thinker byte (the thinker's parameters in
-the export dtype), the peak *anonymous* memory and the peak RSS. The export maps the thinker's weights
+the export dtype), the peak *anonymous* memory (and, from the unconstrained run, the file-backed share).
+The export maps the thinker's weights
 from files (model/mapped.py: clean pages the kernel can drop and read back) and its checks' ONNX
 Runtime sessions keep no float32 copies (artifact/onnx_runtime.py, `low_memory_sessions`), so what must
 really be free is the anonymous peak plus a working set: `export_peak_bytes` (what `plan` prints and
@@ -22,15 +23,14 @@ from omnisift_edge.model.shape import ThinkerShape
 
 GB = 2**30
 SKIP_ENV = "OMNISIFT_EDGE_SKIP_MEMORY_CHECK"   # "1": export tries even with less memory available than predicted
-# measured (docs/benchmarks.md): 7B widths, 2 and 3 layers: weights W2, W3 GB; peak anonymous A2, A3 GB; peak RSS R2, R3
-_W2, _W3, _A2, _A3, _R2, _R3 = 3.15, 3.66, 0.0, 0.0, 0.0, 0.0
-ANON_PER_BYTE = (_A3 - _A2) / (_W3 - _W2)
-ANON_FIXED_BYTES = int((_A2 - ANON_PER_BYTE * _W2) * GB)
-RSS_PER_BYTE = (_R3 - _R2) / (_W3 - _W2)
-RSS_FIXED_BYTES = int((_R2 - RSS_PER_BYTE * _W2) * GB)
+# measured (docs/benchmarks.md): 7B widths, 3 and 4 layers: thinker weights 3.66 / 4.16 GB, peak anonymous
+# 3.91 / 4.34 GB; the 4-layer run (no cgroup) also held 7.07 GB of file-backed pages (1.70x its weights)
+ANON_PER_BYTE = (4.34 - 3.91) / (4.16 - 3.66)                      # 0.86 GB anonymous per GB of weights
+ANON_FIXED_BYTES = int((3.91 - ANON_PER_BYTE * 3.66) * GB)         # through the 3-layer point
+FILE_PER_BYTE = 7.07 / 4.16                                        # mapped checkpoint + graphs' data in the page cache
 WORKING_SET_BYTES = GB                       # mapped weights and page cache the export touches at once
 FLOOR_BYTES = GB // 2                        # the fit is for real widths; tiny models still load Python and torch
-MEASURED = "benchmarks/export_cost.py, 7B widths, 2 and 3 layers, fp16, 2026-12-05 (shared 2-core VM)"
+MEASURED = "benchmarks/export_cost.py, 7B widths, 3 and 4 layers, fp16, 2026-12-05 (shared 2-core VM)"
 
 
 def available_bytes() -> int | None:
@@ -85,8 +85,9 @@ def export_anon_bytes(shape: ThinkerShape, dtype: str = "fp16") -> int:
 
 
 def export_rss_bytes(shape: ThinkerShape, dtype: str = "fp16") -> int:
-    """Predicted peak RSS of `export` where memory is free (mapped weights stay resident)."""
-    return max(FLOOR_BYTES, int(RSS_FIXED_BYTES + RSS_PER_BYTE * thinker_bytes(shape, dtype)))
+    """Predicted peak RSS of `export` where memory is free (the mapped files' pages stay resident; one
+    measured point's file-backed share, so a rougher figure than the anonymous fit)."""
+    return export_anon_bytes(shape, dtype) + int(FILE_PER_BYTE * thinker_bytes(shape, dtype))
 
 
 def export_peak_bytes(shape: ThinkerShape, dtype: str = "fp16") -> int:
