@@ -4,15 +4,18 @@ Nothing real-size can be downloaded, so a model folder with *random* weights is 
 widths of tests/model/configs/qwen2_5_omni_{3b,7b}.json (hidden size, heads, intermediate size,
 vocab, tower widths) but only --layers decoder / vision / audio layers each. `export` runs in a
 child process (the CLI, as a user runs it; ratio 1, 112x84, so no selector and small towers
-inputs); its peak RSS (getrusage of the child) and wall time are measured per layer count, and a
-straight line through them (peak = a + b * layers, time likewise: every layer adds the same
-weights and the same graph nodes) predicts the full depth (3B: 36 layers, 7B: 28; the towers'
-32 layers are counted by the same per-layer slope, a stated approximation since a tower layer is
-smaller than a decoder layer: the prediction is an upper bound for the towers' share).
+inputs) with OMNISIFT_EDGE_TRACE_MEMORY set: each step's exact peak RSS and sampled peak anonymous /
+file-backed RSS are printed (export/memory_trace.py). A straight line through the runs (every layer
+adds the same weights and graph nodes) predicts the full depth. Use layer counts whose decoder graph
+is over 2 GiB (7B: 3 and more), the path a full model takes; below it torch and Optimum hold the
+graph in memory as one protobuf (docs/benchmarks.md).
 
-Run one size at a time (the machine is shared):
+--limit-goal / --limit-gb run the child in a cgroup v1 memory group under this process's own, with a
+hard limit (root): the kernel must reclaim the mapped weights' pages before it OOM-kills the export.
+The checkpoint's page cache is dropped before each run so its reads are charged to the export.
 
-    python -m benchmarks.export_cost --size 3b --layers 1 2 --weights fp16
+    python -m benchmarks.export_cost --size 7b --layers 3 --limit-goal
+    python -m benchmarks.export_cost --size 7b --layers 3 4
 """
 
 from __future__ import annotations
