@@ -13,6 +13,7 @@ session its own pool, no spinning) is the default because it measured fastest he
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from omnisift_edge.errors import UsageError, require
@@ -46,10 +47,39 @@ def _use_global_pool(ort) -> None:
         _use_global_pool.done = True
 
 
+_LOW_MEMORY: list[bool] = []
+
+
+@contextlib.contextmanager
+def low_memory_sessions():
+    """Within the block, every session `ort_session` opens keeps no float32 copy of fp16 weights (the export's
+    checks, issue 21). By default ONNX Runtime's CPU provider (no fp16 MatMul on x86) constant-folds a
+    Cast to float32 of every fp16 weight and prepacks the result: ~2-3.5x the graph's weights in anonymous
+    memory at load. Here: basic optimizations only (no folded casts), no prepacking, no CPU arena and
+    priority-based node order, so each weight is cast right before its MatMul and freed after it; external
+    data stays memory-mapped (clean file pages). Measured in docs/benchmarks.md ("Real-size export cost");
+    slower per call, which the checks' few calls do not notice. Numerics: the same graph, fewer fusions."""
+    _LOW_MEMORY.append(True)
+    try:
+        yield
+    finally:
+        _LOW_MEMORY.pop()
+
+
+def low_memory_options(ort, options, optimize=None) -> None:
+    """Set `low_memory_sessions`' settings on `options` (`optimize`: a graph optimization level at most basic)."""
+    options.graph_optimization_level = optimize if optimize is not None else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    options.enable_cpu_mem_arena = False
+    options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+
+
 def session_options(ort, threads: str = DEFAULT_THREAD_POLICY, *, spins: bool = False):
     """SessionOptions with this package's settings; `spins` marks the session decode runs back to back on."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if _LOW_MEMORY:
+        low_memory_options(ort, options)
     options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", QDQ_MATMULNBITS_ACCURACY_LEVEL)
     check_thread_policy(threads)
     if threads == "shared" or getattr(_use_global_pool, "done", False):

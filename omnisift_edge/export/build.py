@@ -56,6 +56,9 @@ def ratio_plan(cfg: ExportConfig, dims: Dims) -> tuple[RatioPlan, ...]:
 
 
 def _check(name: str, result, checks: dict) -> None:
+    from omnisift_edge.export.memory_trace import mark
+
+    mark(f"{name}: checked")
     checks[name] = asdict(result) | {"ok": bool(result.ok)}
     if not result.ok:
         raise ExportValidationError(f"{name} disagrees with PyTorch in ONNX Runtime: {checks[name]}; "
@@ -83,8 +86,16 @@ def build_folder(cfg: ExportConfig, folder: Path, progress: Callable[[str], None
     require("onnxruntime", extra="export")
     from omnisift_edge.model.load import load_model
 
+    from omnisift_edge.artifact.onnx_runtime import low_memory_sessions
+
     progress("loading the model")
-    model = load_model(cfg.source)
+    model = load_model(cfg.source, map_dir=folder)   # weights mapped from files: clean pages, not anonymous
+    with low_memory_sessions():   # the checks' sessions keep no float32 copies of the weights
+        return _build(cfg, folder, progress, model)
+
+
+def _build(cfg: ExportConfig, folder: Path, progress: Callable[[str], None], model) -> ExportArtifact:
+    """build_folder's steps, after the model is loaded."""
     dims = model_dims(model, cfg.resolution)
     plan = ratio_plan(cfg, dims)
     _check_model(cfg, model, plan)
@@ -168,8 +179,10 @@ def _export_decoder(cfg: ExportConfig, model, dims: Dims, folder: Path, checks: 
 
     progress("decoder")
     thinker, dtype = model.thinker, cfg.dtype
+    # check=False: Optimum's dummy-shape check opens one more ONNX Runtime session (its own options: float32
+    # copies of the weights); validate_decoder below checks prefill and decode steps in ONNX Runtime
     decoder_path = export_decoder(thinker, dims, folder / f"{DECODER}.onnx", dtype=dtype, opset=cfg.opset,
-                                  max_context=cfg.max_context)
+                                  max_context=cfg.max_context, check=False)
     weights, trt_form = _DequantizedWeights(thinker, None), {}
     if cfg.quantized:   # weight-only int8/int4: checked against PyTorch running the same dequantized weights
         from omnisift_edge.export.decoder.quantize import quantize_decoder
@@ -190,8 +203,10 @@ def _export_decoder(cfg: ExportConfig, model, dims: Dims, folder: Path, checks: 
 def _write_tables(model, dtype: str, folder: Path) -> tuple[TextEmbeddings, Tokenizer]:
     """The text embedding table (safetensors) and the tokenizer files the runtimes read."""
     save_file = require("safetensors.numpy").save_file
-    table = model.thinker.get_input_embeddings().weight.detach().float().numpy()
-    save_file({EMBED_TENSOR: table.astype(np.float16 if dtype == "fp16" else np.float32)}, str(folder / EMBED_FILE))
+    torch = require("torch")
+    weight = model.thinker.get_input_embeddings().weight.detach()     # [V, D]; no copy when already in dtype
+    table = weight.to(torch.float16 if dtype == "fp16" else torch.float32).numpy()
+    save_file({EMBED_TENSOR: table}, str(folder / EMBED_FILE))
     files = _copy_tokenizer(model, folder / TOKENIZER_DIR)
     return (TextEmbeddings(EMBED_FILE, EMBED_TENSOR, tuple(table.shape), "float16" if dtype == "fp16" else "float32"),
             Tokenizer(TOKENIZER_DIR, tuple(files)))

@@ -72,8 +72,11 @@ class OmniModel:
         return self.thinker.config.text_config.hidden_size
 
 
-def load_model(source: ModelSource) -> OmniModel:
-    """Load the thinker, tokenizer and selector that `source` names."""
+def load_model(source: ModelSource, map_dir: Path | None = None) -> OmniModel:
+    """Load the thinker, tokenizer and selector that `source` names. map_dir (a folder's model on the CPU):
+    hold the thinker's parameters memory-mapped from the checkpoint, or from a copy converted to the
+    dtype written once into map_dir and unlinked (model/mapped.py), instead of copied: clean file-backed
+    pages, not anonymous memory (the export does this, issue 21)."""
     torch = require("torch")
     transformers = require("transformers")
     transformers.logging.set_verbosity_error()   # rope-config chatter is not the user's business
@@ -84,7 +87,7 @@ def load_model(source: ModelSource) -> OmniModel:
     if source.is_default:
         model = _load_default(source)
     else:
-        model = _load_folder(source, dtype)
+        model = _load_folder(source, dtype, map_dir if source.device == "cpu" else None)
     if source.compressor is not None:
         from omnisift_edge.compress.selector import load_selector_state, recorded_heads
 
@@ -178,7 +181,7 @@ def weight_files(folder: Path) -> list[Path]:
     return files
 
 
-def _load_folder(source: ModelSource, dtype) -> OmniModel:
+def _load_folder(source: ModelSource, dtype, map_dir: Path | None = None) -> OmniModel:
     """A model folder: its config and tokenizer checked first, the thinker built empty in `dtype`, then
     filled from the safetensors files (the selector's tensors, if any, set aside for the selector)."""
     from omnisift_edge.model.tokenizer import load_tokenizer
@@ -188,7 +191,7 @@ def _load_folder(source: ModelSource, dtype) -> OmniModel:
     files = weight_files(folder)
     tokenizer = load_tokenizer(folder, default_template=source.default_chat_template)   # before the weights
     thinker = _empty_thinker(folder, thinker_cfg_dict, dtype)
-    compressor_state = _fill_weights(thinker, files, folder, prefix)
+    compressor_state = _fill_weights(thinker, files, folder, prefix, map_dir)
     selector = None
     if compressor_state and source.compressor is None:
         from omnisift_edge.compress.selector import load_selector_state
@@ -226,15 +229,19 @@ def _empty_thinker(folder: Path, thinker_cfg_dict: dict, dtype):
         torch.set_default_dtype(old_default)
 
 
-def _fill_weights(thinker, files: list[Path], folder: Path, prefix: str) -> dict[str, Any]:
-    """Copy every thinker tensor of `files` (keys under `prefix`) into `thinker`, tie or refuse what is
-    missing; returns the selector's tensors (under `prefix + "compressor."`), names without the prefix."""
+def _fill_weights(thinker, files: list[Path], folder: Path, prefix: str, map_dir: Path | None = None) -> dict[str, Any]:
+    """Copy (or, with `map_dir`, map) every thinker tensor of `files` (keys under `prefix`) into `thinker`,
+    tie or refuse what is missing; returns the selector's tensors (under `prefix + "compressor."`), names
+    without the prefix."""
     params = dict(thinker.named_parameters())
     params.update(dict(thinker.named_buffers()))
     loaded: set[str] = set()
     compressor_state: dict[str, Any] = {}
     for file in files:
-        loaded |= _read_weight_file(file, params, prefix, compressor_state)
+        if map_dir is not None:
+            loaded |= _map_weight_file(file, dict(thinker.named_parameters()), prefix, map_dir)
+        loaded |= _read_weight_file(file, {k: v for k, v in params.items() if k not in loaded}, prefix,
+                                    compressor_state)
     if "lm_head.weight" not in loaded and thinker.config.text_config.tie_word_embeddings:
         thinker.tie_weights()
         loaded.add("lm_head.weight")
@@ -274,6 +281,23 @@ def _read_weight_file(file: Path, params: dict, prefix: str, compressor_state: d
                 target.copy_(tensor)
             loaded.add(name)
     return loaded
+
+
+def _map_weight_file(file: Path, params: dict, prefix: str, map_dir: Path) -> set[str]:
+    """Point the parameters of `params` that `file` holds at mapped views of it (model/mapped.py); their names."""
+    from omnisift_edge.model.mapped import MappedWeights, read_header
+
+    names = {key: key[len(prefix):] for key in read_header(file)[0] if key.startswith(prefix)}
+    names = {key: name for key, name in names.items() if name in params and params[name].is_floating_point()}
+    first = next(iter(params.values()))
+    mapped = MappedWeights(file, first.dtype, names.__contains__, map_dir)
+    for key, name in names.items():
+        tensor = mapped.tensor(key)
+        if tuple(tensor.shape) != tuple(params[name].shape):
+            raise UsageError(f"{file.name}: {key} has shape {tuple(tensor.shape)} but config.json "
+                             f"says {tuple(params[name].shape)}; config and weights do not match")
+        params[name].data = tensor
+    return set(names.values())
 
 
 def _folder_selector_heads(folder: Path) -> int:

@@ -178,3 +178,25 @@ def test_low_precision_loads_keep_rotary_tables_in_fp32(tiny_checkpoints):
 
 def source_dtype(source):
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[source.dtype]
+
+
+def test_mapped_weights_view_the_checkpoint_or_a_converted_scratch_copy(tmp_path):
+    """model/mapped.py: tensors already in the dtype are views of the file; others are converted once
+    into a scratch file that is unlinked at once (nothing left in the folder)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from omnisift_edge.model.mapped import MappedWeights
+
+    tensors = {"a": torch.randn(3, 5).half(), "b": torch.randn(7).bfloat16(), "c": torch.randn(2, 2).half()}
+    save_file(tensors, str(tmp_path / "w.safetensors"))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    mapped = MappedWeights(tmp_path / "w.safetensors", torch.float16, lambda key: key != "c", scratch)
+    assert set(mapped.converted) == {"b"} and list(scratch.iterdir()) == []
+    assert torch.equal(mapped.tensor("a"), tensors["a"]) and mapped.tensor("a").dtype == torch.float16
+    assert torch.equal(mapped.tensor("b"), tensors["b"].half()) and tuple(mapped.tensor("b").shape) == (7,)
+    view = mapped.tensor("a")
+    view.mul_(2)                                           # copy-on-write: the file keeps its bytes
+    assert torch.equal(MappedWeights(tmp_path / "w.safetensors", torch.float16, lambda k: False,
+                                     scratch).tensor("a"), tensors["a"])

@@ -62,6 +62,9 @@ def validate_decoder_gqa(onnx_path, thinker, manifest_entry: dict, rope: dict, *
     """Prefill chunks (no logits but for the last), then greedy decode, through the runtime's
     `OrtInPlaceCache` (IOBinding, shared buffers of `capacity` rows) and through `thinker.model` on a
     DynamicCache; compares logits and the valid cache rows after every call."""
+    from omnisift_edge.export.memory_trace import mark
+
+    mark("decoder_gqa: ONNX Runtime check")
     from omnisift_edge.runtime.kv_buffers import OrtInPlaceCache
 
     check_capacity(capacity, chunk_lengths, decode_steps)

@@ -116,6 +116,9 @@ def validate_decoder(onnx_path, thinker, *, dtype: str | None = None, atol: floa
     Compares logits and presents after every call; attention masks are all ones. dtype (the
     graph's, read from it when None) picks the default tolerances of `TOLERANCES`.
     """
+    from omnisift_edge.export.memory_trace import mark
+
+    mark("decoder: ONNX Runtime check")
     require("torch")
     from transformers import DynamicCache
 

@@ -123,6 +123,9 @@ def validate_decoder_scatter(onnx_path, thinker, manifest_entry: dict, *, capaci
     """Chunk prefills without logits, a question (logits of its last row), greedy decode steps, through
     `decoder_scatter.onnx` in ONNX Runtime on a `capacity`-row cache and through PyTorch on a DynamicCache:
     logits and valid cache rows after every call, and the rows past the valid length untouched."""
+    from omnisift_edge.export.memory_trace import mark
+
+    mark("decoder_scatter: ONNX Runtime check")
     check_capacity(capacity, chunk_lengths, decode_steps)
     cache = OrtScatterCache(ort_session(Path(onnx_path)), manifest_entry, capacity)
     return check_in_place(cache, thinker, manifest_entry, lambda: cache.logits_rows, capacity=capacity,

@@ -9,6 +9,7 @@ file: traced under Optimum's ModelPatcher in a hidden folder beside the target
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 
@@ -38,17 +39,48 @@ def export_staged(module, config, path: Path, *, graph: str, dtype: str, opset: 
     (decoder.onnx, decoder_gqa.onnx, decoder_scatter.onnx)."""
     from optimum.exporters.onnx.convert import export
 
+    from omnisift_edge.export.memory_trace import mark
+
+    mark(f"{graph}: trace (Optimum)")
     device = str(next(module.parameters()).device)
-    with staged_graph(path) as staged:
+    with staged_graph(path) as staged, _optimum_sessions_low_memory():
         _, output_names = export(module, config, staged, opset=opset, device=device,
                                  dtype=dtype if dtype == "fp16" else None)
         _finish(staged, external_data, {"graph": graph, "dtype": dtype, "opset": str(opset),
                                         "max_context": str(max_context)})
         if rewrite is not None:
+            mark(f"{graph}: graph pass")
             rewrite(staged)
         if validate is not None:
+            mark(f"{graph}: Optimum's output check")
             validate(staged, output_names)
     return path
+
+
+@contextlib.contextmanager
+def _optimum_sessions_low_memory():
+    """Optimum's `fix_dynamic_axes` runs the traced graph once in its own ONNX Runtime session; with the default
+    node order every fp16 weight's Cast to float32 runs first, so that call held a float32 copy of all the
+    weights (2x them; measured, docs/benchmarks.md). Patched for the trace (it imports
+    `onnxruntime.InferenceSession` when it runs): the same session with the export's low-memory settings
+    (artifact/onnx_runtime.py, `low_memory_sessions`), its optimization level kept."""
+    import onnxruntime as ort
+
+    from omnisift_edge.artifact.onnx_runtime import low_memory_options
+
+    original = ort.InferenceSession
+
+    class LowMemorySession(original):
+        def __init__(self, path_or_bytes, sess_options=None, providers=None, **kwargs):
+            options = sess_options if sess_options is not None else ort.SessionOptions()
+            low_memory_options(ort, options, optimize=options.graph_optimization_level)
+            super().__init__(path_or_bytes, sess_options=options, providers=providers, **kwargs)
+
+    ort.InferenceSession = LowMemorySession
+    try:
+        yield
+    finally:
+        ort.InferenceSession = original
 
 
 def _finish(staged: Path, external_data: bool | None, metadata: dict[str, str]) -> None:
@@ -64,11 +96,26 @@ def _finish(staged: Path, external_data: bool | None, metadata: dict[str, str]) 
             raise UsageError(f"the decoder graph is over 2 GB, so ONNX needs its weights in external data; "
                              f"drop external_data=False (weights: {_folder_bytes(staged.parent) / 2**30:.1f} GB)")
         _rename_data(staged, external, location)
+        _embed_attribute_tensors(model, staged.parent)
     set_metadata(model, metadata)
     if external_data and not external:
         model = onnx.load(str(staged))   # small: under 2 GB
         set_metadata(model, metadata)
     write_graph(model, staged, external_data=bool(external_data and not external))   # else tensors stay put
+
+
+def _embed_attribute_tensors(model, folder: Path) -> None:
+    """Put Constant nodes' values back into the graph: Optimum saves a graph over 2 GB with
+    convert_attribute=True, so they went to the data file too, where `share_weights` (initializers only)
+    would leave them pointing at a file it deletes. They are small (the weights are initializers)."""
+    from onnx import TensorProto
+    from onnx.external_data_helper import _get_attribute_tensors, load_external_data_for_tensor, uses_external_data
+
+    for tensor in _get_attribute_tensors(model):
+        if uses_external_data(tensor):
+            load_external_data_for_tensor(tensor, str(folder))
+            del tensor.external_data[:]
+            tensor.data_location = TensorProto.DEFAULT
 
 
 def _rename_data(staged: Path, external: list, location: str) -> None:
