@@ -277,3 +277,40 @@ def test_a_graph_linear_without_calibrated_ints_is_an_error(float_graph, thinker
     ints.pop(next(iter(ints)))
     with pytest.raises(RuntimeError, match="no calibrated int4 weights"):
         quantize_decoder(float_graph, tmp_path / "decoder.onnx", QuantConfig("int4"), ints=ints)
+
+
+@pytest.fixture(scope="module")
+def fp16_graph(tmp_path_factory):
+    """The tiny model in fp16 and its float decoder graph (fp16 graph: o_proj's weight is float32 in it)."""
+    from omnisift_edge.model.load import ModelSource, load_model
+
+    thinker = load_model(ModelSource(dtype="fp16")).thinker
+    path = export_decoder(thinker, decoder_dims(thinker, BASE), tmp_path_factory.mktemp("fp16") / "decoder.onnx",
+                          dtype="fp16", check=False)
+    return thinker, path
+
+
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_fp16_graph_holds_exactly_the_weights_the_reference_runs(fp16_graph, tmp_path, calibrated):
+    """In an fp16 graph the exporter folds o_proj's fp16 weight into a float32 one (attention's output is
+    float32). Quantized in float32, its ints and scales were not the ones the PyTorch reference computes
+    from the fp16 module, and the 7B-width int4 check failed (logits 0.06 apart). Every form's q * scale,
+    rounded to fp16, must be exactly the weight the reference runs."""
+    from omnisift_edge.export.decoder.quantize import _module_path
+    from omnisift_edge.export.decoder.trt_int4 import write_trt_form
+
+    thinker, float16 = fp16_graph
+    ints = _calibrated_ints(thinker) if calibrated else None
+    cfg = QuantConfig("int4", block_size=32, method="gptq" if calibrated else "rtn")
+    report = quantize_decoder(float16, tmp_path / "decoder.onnx", cfg, ints=ints)
+    write_trt_form(float16, tmp_path / "decoder_trt10.onnx", cfg, ints)
+    model = onnx.load(str(tmp_path / "decoder.onnx"))
+    scales = {t.name: t.data_type for t in model.graph.initializer if t.name.endswith("_scale")}
+    assert onnx.TensorProto.FLOAT in scales.values() and onnx.TensorProto.FLOAT16 in scales.values()   # both kinds
+    with dequantized_weights(thinker, report):
+        for graph in ("decoder.onnx", "decoder_trt10.onnx"):
+            for node, (q, scale) in _graph_ints(tmp_path / graph).items():
+                held = (q * np.repeat(scale, 32, axis=0)).astype(np.float16)                     # [K, N]
+                ran = thinker.get_submodule(_module_path(node)).weight.detach().numpy().T   # [K, N]
+                assert np.array_equal(held, ran), (graph, node)
+        assert validate_decoder(tmp_path / "decoder.onnx", thinker).ok

@@ -111,19 +111,50 @@ def quantize_weight(w: np.ndarray, bits: int, block_size: int) -> tuple[np.ndarr
     return q, scale
 
 
-def layer_ints(w: np.ndarray, cfg: QuantConfig, node: str, ints: dict | None) -> tuple[np.ndarray, np.ndarray]:
+def layer_ints(w: np.ndarray, cfg: QuantConfig, node: str, ints: dict | None,
+               held=None) -> tuple[np.ndarray, np.ndarray]:
     """(q [K, N], scale) of the MatMul `node` reading W [K, N]: the calibrated ints when the export has them
     (export/decoder/awq.py: module path -> (q [K, N] int8, scale [K/B, N] float32), scale cast to W's dtype),
-    else RTN of W. Every decoder form and the PyTorch reference take their ints from here, so they agree."""
+    else RTN of W. Every decoder form and the PyTorch reference take their ints from here, so they agree.
+
+    held: the numpy dtype the model holds its weights in (the graph's float dtype, `graph_float_dtype`).
+    An fp16 graph can hold a weight in float32 (o_proj: the exporter runs attention's output in float32
+    and folds the fp16 weight's Cast): its ints and scale are then computed in fp16, as the PyTorch
+    reference (`dequantized_weights`, from the fp16 module) computes them, and the scale is returned in
+    W's dtype; quantized in float32 instead, some ints and every scale differ from the reference's."""
+    scale_dtype = w.dtype
+    if held is not None and w.dtype != held:
+        w = _as_held(w, held, node)
     if ints is None:
-        return quantize_weight(w, cfg.bits, cfg.block_size)
+        q, scale = quantize_weight(w, cfg.bits, cfg.block_size)
+        return q, scale.astype(scale_dtype)
     path = _module_path(node)
     if path not in ints:
         raise RuntimeError(f"{node}: no calibrated int4 weights for {path}; the calibration and the graph disagree")
     q, scale = ints[path]
     if q.shape != w.shape or scale.shape != (w.shape[0] // cfg.block_size, w.shape[1]):
         raise RuntimeError(f"{node}: calibrated ints {q.shape} / scales {scale.shape} do not fit the weight {w.shape}")
-    return q, scale.astype(w.dtype)
+    return q, scale.astype(w.dtype).astype(scale_dtype)
+
+
+def _as_held(w: np.ndarray, held, node: str) -> np.ndarray:
+    """W [K, N] in the dtype the model holds it in; it must be an exact upcast of that (a folded Cast)."""
+    back = w.astype(held)
+    if not np.array_equal(back.astype(w.dtype), w):
+        raise RuntimeError(f"{node}: its {w.dtype} weight is not the model's {np.dtype(held)} weight cast up; "
+                           "the graph and the PyTorch reference would quantize different weights")
+    return back
+
+
+def graph_float_dtype(graph):
+    """The numpy float dtype of `graph`'s first float input (inputs_embeds): the dtype of the model's weights."""
+    from onnx import TensorProto
+
+    for value in graph.input:
+        elem = value.type.tensor_type.elem_type
+        if elem in (TensorProto.FLOAT16, TensorProto.FLOAT):
+            return np.float16 if elem == TensorProto.FLOAT16 else np.float32
+    return None
 
 
 def dequantize_weight(q: np.ndarray, scale: np.ndarray, bits: int, block_size: int) -> np.ndarray:
@@ -171,7 +202,7 @@ def quantize_model(model, cfg: QuantConfig, *, logits: str = "logits", ints: dic
     for node in graph.node:
         for name in node.input:
             consumers[name] = consumers.get(name, 0) + 1
-    head = _lm_head_matmul(graph, logits)
+    head, held = _lm_head_matmul(graph, logits), graph_float_dtype(graph)
     layers, kept, new_nodes, before, after = [], [], [], 0, 0
     for node in graph.node:
         if node.op_type != "MatMul" or node.input[1] not in inits:
@@ -185,7 +216,7 @@ def quantize_model(model, cfg: QuantConfig, *, logits: str = "logits", ints: dic
         if consumers[init.name] != 1:
             raise RuntimeError(f"weight {init.name} feeds {consumers[init.name]} nodes; the pass expects one MatMul each")
         w = numpy_helper.to_array(init)                                                         # [K, N]
-        q, scale = layer_ints(w, cfg, node.name, ints)                                          # [K, N], [K/B, N] | [N]
+        q, scale = layer_ints(w, cfg, node.name, ints, held)                                    # [K, N], [K/B, N] | [N]
         base = init.name
         q_tensor = _int_tensor(q, cfg.bits, f"{base}_q")
         s_tensor = numpy_helper.from_array(scale, f"{base}_scale")

@@ -102,7 +102,7 @@ def _rewrite(model, cfg, ints: dict | None = None) -> int:
 
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
-    head = quantize._lm_head_matmul(graph, "logits")
+    head, held = quantize._lm_head_matmul(graph, "logits"), quantize.graph_float_dtype(graph)
     new_nodes = []
     for node in graph.node:
         init = inits.get(node.input[1]) if node.op_type == "MatMul" else None
@@ -111,7 +111,7 @@ def _rewrite(model, cfg, ints: dict | None = None) -> int:
         if node.name == head and not cfg.lm_head:
             continue
         w = numpy_helper.to_array(init)                                                          # [K, N]
-        q, scale = quantize.layer_ints(w, cfg, node.name, ints)                                  # [K, N], [K/B, N] | [N]
+        q, scale = quantize.layer_ints(w, cfg, node.name, ints, held)                            # [K, N], [K/B, N] | [N]
         base = init.name
         q_tensor = quantize._int_tensor(q, cfg.bits, f"{base}_q")
         s_tensor = numpy_helper.from_array(scale, f"{base}_scale")
