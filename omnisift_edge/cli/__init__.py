@@ -379,7 +379,7 @@ def plan(config, weights, dtype, block_size, quantize_lm_head, max_context, wind
     click.echo(result.summary())
     for speed in speeds:
         click.echo(speed.summary())
-    click.echo(host_summary(result.config.shape, "fp16" if dtype == "fp16" else "fp32"))
+    click.echo(host_summary(result.config.shape, "fp16" if dtype == "fp16" else "fp32", weights))
     if json_out is not None:
         write_plan_json(result, json_out, speeds=speeds)
 

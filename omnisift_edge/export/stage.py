@@ -31,11 +31,13 @@ def check_host_memory(cfg: ExportConfig) -> None:
     from omnisift_edge.model.load import read_folder_config
     from omnisift_edge.model.shape import ThinkerShape
 
-    need = host_memory.export_peak_bytes(ThinkerShape.from_config(read_folder_config(cfg.source.path)[0]), cfg.dtype)
+    shape = ThinkerShape.from_config(read_folder_config(cfg.source.path)[0])
+    need = host_memory.export_peak_bytes(shape, cfg.dtype, cfg.weights)
     have = host_memory.available_bytes()
     if have is not None and have < need:
         gb = host_memory.GB
-        raise UsageError(f"export --dtype {cfg.dtype} of this model needs about {need / gb:.1f} GB of host memory "
+        quant = f" --weights {cfg.weights}" if cfg.weights in ("int8", "int4") else ""
+        raise UsageError(f"export --dtype {cfg.dtype}{quant} of this model needs about {need / gb:.1f} GB of host memory "
                          f"(omnisift-edge plan) but {have / gb:.1f} GB is available; close other programs or export "
                          f"on a machine with more memory ({host_memory.SKIP_ENV}=1 tries anyway)")
 

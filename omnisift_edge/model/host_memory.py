@@ -28,6 +28,10 @@ SKIP_ENV = "OMNISIFT_EDGE_SKIP_MEMORY_CHECK"   # "1": export tries even with les
 ANON_PER_BYTE = (4.34 - 3.91) / (4.16 - 3.66)                      # 0.86 GB anonymous per GB of weights
 ANON_FIXED_BYTES = int((3.91 - ANON_PER_BYTE * 3.66) * GB)         # through the 3-layer point
 FILE_PER_BYTE = 7.07 / 4.16                                        # mapped checkpoint + graphs' data in the page cache
+# measured once (docs/benchmarks.md): the same 7B-width 3-layer export with --weights int4 --calibration rtn peaked
+# at 8.64 GB anonymous against fp16's 3.91: the quantize passes hold a decoder graph's float weights and its ints
+# (+1.29 GB per GB of weights, assumed to scale with the weights; int8 assumed alike, not measured)
+QUANT_EXTRA_PER_BYTE = (8.64 - 3.91) / 3.66
 WORKING_SET_BYTES = GB                       # mapped weights and page cache the export touches at once
 FLOOR_BYTES = GB // 2                        # the fit is for real widths; tiny models still load Python and torch
 MEASURED = "benchmarks/export_cost.py, 7B widths, 3 and 4 layers, fp16, 2026-12-05 (shared 2-core VM)"
@@ -79,26 +83,31 @@ def thinker_bytes(shape: ThinkerShape, dtype: str = "fp16") -> int:
     return sum(counts.values()) * (2 if dtype == "fp16" else 4)
 
 
-def export_anon_bytes(shape: ThinkerShape, dtype: str = "fp16") -> int:
-    """Predicted peak anonymous memory of `export` for this model (the fit in the module docstring)."""
-    return max(FLOOR_BYTES, int(ANON_FIXED_BYTES + ANON_PER_BYTE * thinker_bytes(shape, dtype)))
+def export_anon_bytes(shape: ThinkerShape, dtype: str = "fp16", weights: str | None = None) -> int:
+    """Predicted peak anonymous memory of `export` for this model (the fit in the module docstring);
+    `weights` int8 | int4: plus the quantize passes' share (QUANT_EXTRA_PER_BYTE)."""
+    size = thinker_bytes(shape, dtype)
+    extra = QUANT_EXTRA_PER_BYTE * size if weights in ("int8", "int4") else 0
+    return max(FLOOR_BYTES, int(ANON_FIXED_BYTES + ANON_PER_BYTE * size + extra))
 
 
-def export_rss_bytes(shape: ThinkerShape, dtype: str = "fp16") -> int:
+def export_rss_bytes(shape: ThinkerShape, dtype: str = "fp16", weights: str | None = None) -> int:
     """Predicted peak RSS of `export` where memory is free (the mapped files' pages stay resident; one
     measured point's file-backed share, so a rougher figure than the anonymous fit)."""
-    return export_anon_bytes(shape, dtype) + int(FILE_PER_BYTE * thinker_bytes(shape, dtype))
+    return export_anon_bytes(shape, dtype, weights) + int(FILE_PER_BYTE * thinker_bytes(shape, dtype))
 
 
-def export_peak_bytes(shape: ThinkerShape, dtype: str = "fp16") -> int:
+def export_peak_bytes(shape: ThinkerShape, dtype: str = "fp16", weights: str | None = None) -> int:
     """The host memory `export` needs for this model: its anonymous peak plus a working set (module docstring)."""
-    return export_anon_bytes(shape, dtype) + WORKING_SET_BYTES
+    return export_anon_bytes(shape, dtype, weights) + WORKING_SET_BYTES
 
 
-def summary(shape: ThinkerShape, dtype: str = "fp16") -> str:
-    weights = thinker_bytes(shape, dtype)
-    return (f"host memory: export --dtype {dtype} needs about {export_peak_bytes(shape, dtype) / GB:.1f} GB "
-            f"(peak anonymous {export_anon_bytes(shape, dtype) / GB:.1f} GB + a 1 GB working set; thinker weights "
-            f"{weights / GB:.1f} GB, mapped from files; RSS up to {export_rss_bytes(shape, dtype) / GB:.1f} GB where "
+def summary(shape: ThinkerShape, dtype: str = "fp16", weights: str | None = None) -> str:
+    size = thinker_bytes(shape, dtype)
+    quant = f" --weights {weights}" if weights in ("int8", "int4") else ""
+    return (f"host memory: export --dtype {dtype}{quant} needs about {export_peak_bytes(shape, dtype, weights) / GB:.1f} GB "
+            f"(peak anonymous {export_anon_bytes(shape, dtype, weights) / GB:.1f} GB + a 1 GB working set; thinker "
+            f"weights {size / GB:.1f} GB, mapped from files; RSS up to {export_rss_bytes(shape, dtype, weights) / GB:.1f} "
+            "GB where "
             f"memory is free; measured fit, {MEASURED}); the TensorRT build's peak is the plan's `build` column "
             "(a stated formula, not measured; on Jetson it shares the board's memory)")

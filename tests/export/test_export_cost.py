@@ -25,6 +25,10 @@ def test_plan_prints_the_export_host_memory_from_the_measured_fit():
         assert export_peak_bytes(shape) <= 1.5 * thinker_bytes(shape) + 2 * 2**30
     result = CliRunner().invoke(main, ["plan", str(CONFIGS / "qwen2_5_omni_7b.json")])
     assert result.exit_code == 0 and "host memory: export --dtype fp16 needs about" in result.output
+    # int4: the quantize passes' measured share on top (docs/benchmarks.md), printed for --weights int4
+    assert export_peak_bytes(big, "fp16", "int4") > export_peak_bytes(big, "fp16") + thinker_bytes(big)
+    result = CliRunner().invoke(main, ["plan", str(CONFIGS / "qwen2_5_omni_7b.json"), "--weights", "int4"])
+    assert result.exit_code == 0 and "host memory: export --dtype fp16 --weights int4 needs about" in result.output
 
 
 def test_export_refuses_a_machine_with_less_memory_than_its_predicted_peak(tmp_path, monkeypatch):
