@@ -48,7 +48,7 @@ def mid_int4(tmp_path_factory):
     write_folder(root / "model", mid_thinker_config())
     out = root / "export"
     export(ExportConfig(out=out, source=ModelSource(path=root / "model", dtype="fp16"), dtype="fp16", ratios=(1.0,),
-                        resolution=(112, 84), max_context=256, weights="int4"))
+                        resolution=(112, 84), max_context=1024, weights="int4"))
     return out
 
 
