@@ -24,7 +24,6 @@ A stream's kept sets, logits (fp32 within 1e-5) and greedy answers equal the sam
 
 from __future__ import annotations
 
-import heapq
 from typing import Sequence
 
 import numpy as np
@@ -32,39 +31,27 @@ import torch
 
 from omnisift_edge.errors import UsageError
 from omnisift_edge.model.inplace_kv import InPlaceDecoder, InPlaceKV, run_on_cache
+from omnisift_edge.runtime.slots import SlotBook
 from omnisift_edge.runtime.torch_kv import TorchInPlaceCache, kv_geometry
 from omnisift_edge.runtime.torch_pipeline import TorchStream, chunk_compressor
 
 ROWS_ATTENTION = "omnisift_pool_rows"     # our entry in transformers' AttentionInterface
 
 
-class TorchSlots:
+class TorchSlots(SlotBook):
     """The pool's KV buffers, per layer (key, value) [max_streams, kv, capacity, hd], and its free slots."""
 
     def __init__(self, thinker, max_streams: int, capacity: int):
+        super().__init__(max_streams)
         layers, kv_heads, head_dim, dtype, device = kv_geometry(thinker)
         shape = (max_streams, kv_heads, capacity, head_dim)                          # [S, kv, M, hd]
         self.buffers = [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
                         for _ in range(layers)]
-        self.max_streams, self.capacity = int(max_streams), int(capacity)
-        self._free = list(range(max_streams))                                        # a heap: lowest slot first
+        self.capacity = int(capacity)
 
     @property
     def nbytes(self) -> int:
         return sum(b.numel() * b.element_size() for pair in self.buffers for b in pair)
-
-    @property
-    def free(self) -> int:
-        return len(self._free)
-
-    def take(self) -> int | None:
-        """The lowest free slot, or None when every slot is in use."""
-        return heapq.heappop(self._free) if self._free else None
-
-    def give(self, slot: int) -> None:
-        """Free `slot` for the next stream (its rows are zeroed when that stream's cache allocates)."""
-        if slot not in self._free:
-            heapq.heappush(self._free, slot)
 
 
 class SlotTorchCache(TorchInPlaceCache):

@@ -28,13 +28,13 @@ the same graphs); the engines themselves need a GPU (the `trt` test there, docs/
 
 from __future__ import annotations
 
-import heapq
 import threading
 from typing import Sequence
 
 import numpy as np
 
 from omnisift_edge.errors import UsageError
+from omnisift_edge.runtime.slots import SlotBook
 from omnisift_edge.runtime.trt_pipeline import SCATTER, TrtStream, choose_profile, open_runners, scatter_limits
 
 
@@ -45,33 +45,6 @@ def check_build_streams(build, wanted: int, folder, target: str) -> None:
         raise UsageError(f"the {target} engines take decode batches of up to {built} stream{'s' if built > 1 else ''} "
                          f"(built with --max-streams {built}); rebuild with omnisift-edge build {folder} --target {target} "
                          f"--max-streams {wanted}, or open the pool with max_streams={built}")
-
-
-class SlotBook:
-    """Which of `max_streams` slots are free (handed out lowest first, to keep decode spans short) and whose cache
-    holds the others."""
-
-    def __init__(self, max_streams: int):
-        self.max_streams = int(max_streams)
-        self._free = list(range(self.max_streams))                        # a heap
-        self.owners: dict[int, object] = {}                               # slot -> the cache on it
-
-    @property
-    def free(self) -> int:
-        return len(self._free)
-
-    def take(self) -> int | None:
-        return heapq.heappop(self._free) if self._free else None
-
-    def give(self, slot: int) -> None:
-        self.owners.pop(slot, None)
-        if slot not in self._free:
-            heapq.heappush(self._free, slot)
-
-    def length(self, slot: int) -> int:
-        """Valid rows in `slot` (0 for a free slot)."""
-        cache = self.owners.get(slot)
-        return cache.length if cache is not None else 0
 
 
 class DeviceSlots(SlotBook):

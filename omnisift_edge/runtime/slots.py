@@ -29,20 +29,14 @@ from omnisift_edge.errors import UsageError
 from omnisift_edge.runtime.kv_buffers import OrtInPlaceCache
 
 
-class SlotBuffers:
-    """The pool's KV arrays [max_streams, kv_heads, capacity + 1, head_dim] per past name, and its free slots."""
+class SlotBook:
+    """Which of `max_streams` slots are free (handed out lowest first, to keep decode spans short) and whose cache
+    holds the others: the bookkeeping every pool backend's slots share (this module's, pool_torch's, pool_trt's)."""
 
-    def __init__(self, past_names: Sequence[str], max_streams: int, kv_heads: int, capacity: int, head_dim: int,
-                 float_type):
-        shape = (max_streams, kv_heads, capacity + 1, head_dim)         # [S, kv, M + 1 (scratch row), hd]
-        self.arrays = {name: np.zeros(shape, float_type) for name in past_names}
-        self.max_streams, self.capacity = int(max_streams), int(capacity)
-        self._free = list(range(max_streams))                           # a heap: lowest slot first
-        self.owners: dict[int, SlotCache] = {}                          # slot -> the cache on it
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.arrays.values())
+    def __init__(self, max_streams: int):
+        self.max_streams = int(max_streams)
+        self._free = list(range(self.max_streams))                      # a heap: lowest slot first
+        self.owners: dict[int, object] = {}                             # slot -> the cache on it
 
     @property
     def free(self) -> int:
@@ -62,6 +56,21 @@ class SlotBuffers:
         """Valid rows in `slot` (0 for a free slot)."""
         cache = self.owners.get(slot)
         return cache.length if cache is not None else 0
+
+
+class SlotBuffers(SlotBook):
+    """The pool's KV arrays [max_streams, kv_heads, capacity + 1, head_dim] per past name, and its free slots."""
+
+    def __init__(self, past_names: Sequence[str], max_streams: int, kv_heads: int, capacity: int, head_dim: int,
+                 float_type):
+        super().__init__(max_streams)
+        shape = (max_streams, kv_heads, capacity + 1, head_dim)         # [S, kv, M + 1 (scratch row), hd]
+        self.arrays = {name: np.zeros(shape, float_type) for name in past_names}
+        self.capacity = int(capacity)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays.values())
 
 
 class SlotCache(OrtInPlaceCache):

@@ -25,9 +25,9 @@ from omnisift_edge.artifact.manifest import write_manifest  # noqa: E402
 from omnisift_edge.errors import UsageError  # noqa: E402
 from omnisift_edge.model.synthetic import synthetic_clip  # noqa: E402
 from omnisift_edge.runtime.pool import open_pool  # noqa: E402
-from omnisift_edge.runtime.pool_trt import (SlotBook, batch_mask, gather_copies, scatter_copies,  # noqa: E402
-                                            span_feeds)
+from omnisift_edge.runtime.pool_trt import batch_mask, gather_copies, scatter_copies, span_feeds  # noqa: E402
 from omnisift_edge.runtime.session import OmniSession, RuntimeConfig  # noqa: E402
+from omnisift_edge.runtime.slots import SlotBook  # noqa: E402
 from tests.helpers import HostMemory  # noqa: E402
 from tests.runtime.test_trt_pipeline import _fake_build, _OrtEngineRunner  # noqa: E402
 
