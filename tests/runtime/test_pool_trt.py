@@ -29,6 +29,7 @@ from omnisift_edge.runtime.pool_trt import batch_mask, gather_copies, scatter_co
 from omnisift_edge.runtime.session import OmniSession, RuntimeConfig  # noqa: E402
 from omnisift_edge.runtime.slots import SlotBook  # noqa: E402
 from tests.helpers import HostMemory  # noqa: E402
+from tests.runtime.test_pool import _record_logits  # noqa: E402
 from tests.runtime.test_trt_pipeline import _fake_build, _OrtEngineRunner  # noqa: E402
 
 RES = (112, 84)
@@ -131,16 +132,7 @@ def _camera(session, plan):
     per_frame = int(session.spec.sample_rate / session.spec.fps)
     for j in range(0, len(clip.frames), 4):
         session.append_chunk(clip.frames[j:j + 4], clip.pcm[j * per_frame:(j + 4) * per_frame])
-    seen, step = [], session.stream._step
-
-    def recording(embeds, positions, want_logits=True):
-        logits = step(embeds, positions, want_logits)
-        if logits is not None:
-            seen.append(np.array(logits, dtype=np.float32))
-        return logits
-
-    session.stream._step = recording
-    return seen
+    return _record_logits(session)
 
 
 @pytest.mark.parametrize("in_place", [True, False], ids=["decoder_scatter", "decoder_past_present"])
