@@ -127,6 +127,46 @@ COMPRESSOR = GraphSpec(
 )
 
 
+# Batched forms of the per-chunk graphs for a stream pool (issue 23): the same computation on a leading
+# `batch_size` axis (dynamic: one call for the chunks of every camera that arrived together; row b of each
+# output equals the one-chunk graph on row b of each input). Optional graphs of an export (files
+# `vision_encoder_batch.onnx`, `audio_encoder_batch.onnx`, `compressor_batch_r{ratio}.onnx`); their weights
+# are the one-chunk graphs' (stored once, shared_weights.data). Per-row valid counts: a clip's short last
+# chunk may ride in a batch with whole ones.
+VISION_ENCODER_BATCH = GraphSpec(
+    "vision_encoder_batch",
+    inputs=(_t("pixel_values", "float", "batch_size", "chunk_patches", "patch_dim"),),
+    outputs=(_t("video_embeds", "float", "batch_size", "chunk_video_tokens", "hidden"),),
+)
+
+AUDIO_ENCODER_BATCH = GraphSpec(
+    "audio_encoder_batch",
+    inputs=(_t("input_features", "float", "batch_size", "n_mels", "window_frames"),
+            _t("valid_frames", "int64", "batch_size")),
+    outputs=(_t("audio_embeds", "float", "batch_size", "window_audio_tokens", "hidden"),),
+)
+
+COMPRESSOR_BATCH = GraphSpec(
+    "compressor_batch",
+    inputs=(
+        _t("video_embeds", "float", "batch_size", "frames_per_chunk", "tokens_per_frame", "hidden"),
+        _t("audio_embeds", "float", "batch_size", "window_audio_tokens", "hidden"),
+        _t("chunk_position_ids", "int64", "rope_rows", "batch_size", "chunk_tokens"),
+        _t("valid_grids", "int64", "batch_size"),
+        _t("valid_audio_tokens", "int64", "batch_size"),
+    ),
+    outputs=(
+        _t("kept_embeds", "float", "batch_size", "kept_tokens", "hidden"),
+        _t("kept_position_ids", "int64", "rope_rows", "batch_size", "kept_tokens"),
+        _t("kept_index", "int64", "batch_size", "kept_tokens"),
+        _t("kept_count", "int64", "batch_size"),
+    ),
+)
+
+BATCH_FORMS = {"vision_encoder": VISION_ENCODER_BATCH, "audio_encoder": AUDIO_ENCODER_BATCH,
+               "compressor": COMPRESSOR_BATCH}     # one-chunk graph -> its batched form
+
+
 def decoder_graph(num_layers: int) -> GraphSpec:
     """The thinker LLM with a KV cache (Optimum's naming), logits of the last position only."""
     past, present = [], []
