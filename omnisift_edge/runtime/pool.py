@@ -55,7 +55,8 @@ class PoolBackend(Protocol):
     `_load` ran; a backend may replace `template.export` with a shared wrapper), it owns the loaded graphs
     and the slots, opens a stream's pipeline stream on a slot (its model calls go through
     `pool.scheduler`) and runs a batch of decode steps (`Scheduler.decode` arguments) in one call; it may
-    also run a batch of prefills (`run_prefills`, `Scheduler.prefill` arguments; pool_ort.py has one)."""
+    also run batches of other calls (`run_batch(kind, items)`, `Scheduler.batch` arguments: prefills,
+    a chunk's encoders and compressor)."""
 
     slots: PoolSlots
 
@@ -115,7 +116,7 @@ class StreamPool:
         self.backend: PoolBackend = _backend_class(cfg.backend)(self, template)
         self.export = template.export                       # the backend may have wrapped it (shared tables)
         self.shared = dict(template.__dict__)
-        self.scheduler = Scheduler(self.backend.run_decodes, run_prefills=getattr(self.backend, "run_prefills", None))
+        self.scheduler = Scheduler(self.backend.run_decodes, run_batch=getattr(self.backend, "run_batch", None))
         self.slots = self.backend.slots
 
     # -- streams ---------------------------------------------------------------------------------

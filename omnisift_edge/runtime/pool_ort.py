@@ -138,8 +138,11 @@ class OrtPoolBackend:
         caches, embeds, positions = zip(*steps)
         return decode_rows(self.slots, caches, embeds, positions)
 
-    def run_prefills(self, prefills):
-        """Prompt prefixes of several new streams (empty caches), equal lengths: one decoder call per run of
-        consecutive slots (GroupQueryAttention batches S > 1 rows only without a past)."""
-        caches, embeds, positions = zip(*prefills)
+    def run_batch(self, kind: str, items):
+        """A batch of the calls `Scheduler.batch` gathered: "prefill": prompt prefixes of several new streams
+        (empty caches), equal lengths: one decoder call per run of consecutive slots (GroupQueryAttention
+        batches S > 1 rows only without a past)."""
+        if kind != "prefill":
+            raise ValueError(f"the onnxruntime pool batches no {kind!r} calls")
+        caches, embeds, positions = zip(*items)
         return prefill_rows(self.slots, caches, embeds, positions)

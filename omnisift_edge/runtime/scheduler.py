@@ -18,14 +18,14 @@ combining queue, no extra thread). The rule, kept simple:
   earlier chunk finishes before a later one starts instead of all of them advancing call by call
   together (earliest deadline first: every chunk's deadline is its arrival + one chunk length);
   no stream's chunk starves;
-- a prefill at the head of that queue takes every pending prefill of the same key with it (one
-  `run_prefills` call; the ones pulled forward are later arrivals, so nobody waits longer, and a
-  pending decode batch still goes first). Which prefills a backend can batch is its own business:
-  onnxruntime's GroupQueryAttention batches rows with S > 1 new tokens only into empty caches (a
-  stream's prompt prefix), so the ORT pool batches those and runs a chunk's prefill alone.
+- a batchable call (`batch(kind, key, ...)`: a prefill, a chunk's encoder or compressor call) at the
+  head of that queue takes every pending call of the same kind and key with it (one
+  `run_batch(kind, ...)` call; the ones pulled forward are later arrivals, so nobody waits longer, and
+  a pending decode batch still goes first). Which calls a backend can batch, and under which key
+  (equal shapes), is its own business (runtime/pool_ort.py, pool_trt.py).
 
 A job's error goes to its own caller only: a failed decode batch fails the steps in it; a failed
-prefill batch is run again one prefill at a time, so a bad one fails only its own stream.
+batch of other calls is run again one call at a time, so a bad one fails only its own stream.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class _Job:
     __slots__ = ("fn", "args", "key", "rank", "done", "result", "error")
 
     def __init__(self, fn: Callable | None, args: tuple = (), key: Any = None, rank: float | None = None):
-        self.fn, self.args, self.key = fn, args, key      # key: a prefill's batch key (None: not a prefill)
+        self.fn, self.args, self.key = fn, args, key      # key: (kind, key) of a batchable call (None: not one)
         self.rank = time.monotonic() if rank is None else rank   # its turn: when the work it serves arrived
         self.done, self.result, self.error = False, None, None
 
@@ -50,12 +50,13 @@ def _rank(job: _Job) -> float:
 
 
 class Scheduler:
-    """One runner at a time over a queue of decode steps (batched) and other calls (FIFO)."""
+    """One runner at a time over a queue of decode steps (batched) and other calls (by rank, batchable ones
+    batched by kind and key)."""
 
     def __init__(self, run_decodes: Callable[[Sequence[tuple]], Sequence[Any]], *, gather_seconds: float = 0.005,
-                 run_prefills: Callable[[Sequence[tuple]], Sequence[Any]] | None = None):
+                 run_batch: Callable[[str, Sequence[tuple]], Sequence[Any]] | None = None):
         self._run_decodes = run_decodes          # [args of each step] -> [result of each step]
-        self._run_prefills = run_prefills        # [args of each prefill] -> [result of each]; None: one by one
+        self._run_batch = run_batch              # (kind, [args of each call]) -> [result of each]; None: no batches
         self.gather_seconds = gather_seconds
         self.answering = 0                       # streams inside an answer (their next decode step is coming)
         self._gather_until: float | None = None  # when the pending decodes stop waiting for the others
@@ -65,7 +66,7 @@ class Scheduler:
         self._running = False
         self._after_decode = False               # the last run was a decode batch: another call may go next
         self.calls = {"decode_batches": 0, "decode_steps": 0, "prefill_batches": 0, "prefill_chunks": 0,
-                      "prefill_retries": 0, "other": 0}
+                      "prefill_retries": 0, "other": 0}   # + "{kind}_batches" / "_chunks" / "_retries" per kind
 
     def call(self, fn: Callable[[], Any], *, rank: float | None = None) -> Any:
         """Run `fn` (a model call that is not a decode step) in its turn; its result or its error. `rank`:
@@ -83,15 +84,20 @@ class Scheduler:
             self._cv.notify_all()                # a runner gathering a batch may be waiting for this one
         return self._drive(job)
 
-    def prefill(self, key: Any, *args, rank: float | None = None) -> Any:
-        """One prefill (`run_prefills`' arguments for one stream), batched with the pending ones of the same
-        `key` (equal shapes)."""
-        if self._run_prefills is None:
-            raise RuntimeError("this scheduler batches no prefills (no run_prefills); submit them with call()")
-        job = _Job(None, args, key, rank)
+    def batch(self, kind: str, key: Any, *args, rank: float | None = None) -> Any:
+        """One batchable call (`run_batch(kind, ...)`'s arguments for one stream), run together with the
+        pending calls of the same `kind` and `key` (equal shapes)."""
+        if self._run_batch is None:
+            raise RuntimeError("this scheduler batches no calls (no run_batch); submit them with call()")
+        job = _Job(None, args, (kind, key), rank)
         with self._cv:
             insort(self._others, job, key=_rank)
         return self._drive(job)
+
+    def prefill(self, key: Any, *args, rank: float | None = None) -> Any:
+        """One prefill (`run_batch("prefill", ...)`'s arguments for one stream), batched with the pending
+        ones of the same `key` (equal shapes)."""
+        return self.batch("prefill", key, *args, rank=rank)
 
     def begin_answer(self) -> None:
         with self._cv:
@@ -154,7 +160,7 @@ class Scheduler:
                 self.calls["other"] += 1
                 results = [work[0].fn()]
             elif work[0].key is not None:
-                results = self._prefills(work)
+                results = self._batch(work)
             else:
                 self.calls["decode_batches"] += 1
                 self.calls["decode_steps"] += len(work)
@@ -167,19 +173,23 @@ class Scheduler:
         for job in work:
             job.done = True
 
-    def _prefills(self, work: list[_Job]) -> list[Any]:
-        """One `run_prefills` call for the batch; if it fails, each prefill alone (an error stays its stream's)."""
-        self.calls["prefill_batches"] += 1
-        self.calls["prefill_chunks"] += len(work)
+    def _count(self, name: str, n: int = 1) -> None:
+        self.calls[name] = self.calls.get(name, 0) + n
+
+    def _batch(self, work: list[_Job]) -> list[Any]:
+        """One `run_batch` call for the batch; if it fails, each call alone (an error stays its stream's)."""
+        kind = work[0].key[0]
+        self._count(f"{kind}_batches")
+        self._count(f"{kind}_chunks", len(work))
         try:
-            return list(self._run_prefills([j.args for j in work]))
+            return list(self._run_batch(kind, [j.args for j in work]))
         except Exception:
             if len(work) == 1:
                 raise
-        self.calls["prefill_retries"] += 1
+        self._count(f"{kind}_retries")
         for job in work:
             try:
-                job.result = self._run_prefills([job.args])[0]
+                job.result = self._run_batch(kind, [job.args])[0]
             except Exception as error:  # noqa: BLE001 - its caller's alone
                 job.error = error
         return [job.result for job in work]

@@ -288,8 +288,8 @@ def test_batched_prefill_rows_equal_lone_prefills(cfg):
     for after, before in zip(streams[2].stream.kv.valid(), idle_before):
         np.testing.assert_array_equal(after, before)                      # the idle stream is untouched
     with pytest.raises(UsageError, match="empty caches only"):
-        pool.backend.run_prefills([(caches[0], embeds, positions)])
+        pool.backend.run_batch("prefill", [(caches[0], embeds, positions)])
     caches[0].length = caches[1].length = 0
     with pytest.raises(UsageError, match="rows of one length"):
-        pool.backend.run_prefills([(caches[0], embeds, positions), (caches[1], embeds[:, :4], positions[..., :4])])
+        pool.backend.run_batch("prefill", [(caches[0], embeds, positions), (caches[1], embeds[:, :4], positions[..., :4])])
     pool.close()

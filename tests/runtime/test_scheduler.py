@@ -75,7 +75,8 @@ def test_pending_prefills_of_one_key_share_a_call_and_a_bad_one_fails_alone():
     batch fails, each prefill runs alone, so only the bad one's caller gets the error."""
     order, release = [], threading.Event()
 
-    def run_prefills(jobs):
+    def run_batch(kind, jobs):
+        assert kind == "prefill"
         order.append(("prefill", sorted(j[0] for j in jobs)))
         if len(jobs) > 1 and any(j[0] == "bad" for j in jobs):
             raise ValueError("the batch failed")
@@ -87,7 +88,7 @@ def test_pending_prefills_of_one_key_share_a_call_and_a_bad_one_fails_alone():
         order.append(("decode", sorted(s[0] for s in steps)))
         return [s[0] for s in steps]
 
-    scheduler = Scheduler(run_decodes, run_prefills=run_prefills)
+    scheduler = Scheduler(run_decodes, run_batch=run_batch)
     results, errors = {}, {}
 
     def submit(kind, name, key=None):
