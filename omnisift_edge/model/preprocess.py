@@ -119,21 +119,43 @@ def _target_size(frames: np.ndarray, spec: OmniSpec, size, min_pixels: int, max_
     return smart_resize(frames.shape[1], frames.shape[2], spec, min_pixels=min_pixels, max_pixels=max_pixels)
 
 
+@functools.lru_cache(maxsize=4)
+def pixel_table(mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD) -> np.ndarray:
+    """Every normalized value a uint8 pixel can take: [channels, 256] float32, read-only.
+
+    Entry [c, v] is transformers' rescale + normalize of byte v in channel c, by the same operations
+    in the same dtypes (v / 255 in float64 cast to float32, then (x - mean) / std in float32), so a
+    lookup gives the bits the arithmetic gives (tested against the processor). A lookup table because
+    a frame has 256 distinct values per channel: one gather per pixel instead of five array passes
+    (two of them in float64) over the frames, and no broadcast over a length-3 innermost axis.
+    """
+    x = (np.arange(256, dtype=np.uint8).astype(np.float64) * (1 / 255)).astype(np.float32)   # [256]
+    mean32, std32 = np.asarray(mean, np.float32)[:, None], np.asarray(std, np.float32)[:, None]
+    table = (x[None, :] - mean32) / std32                                                   # [C, 256] float32
+    table.setflags(write=False)
+    return table
+
+
 def _patchify(frames: np.ndarray, spec: OmniSpec) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """Resized uint8 [T, H, W, 3] -> normalized patches [gt*gh*gw, 3*tp*p*p] in spatial-merge order."""
-    # rescale in float64 then cast, normalize in float32: the same ops (and bits) as transformers
-    x = (frames.astype(np.float64) * (1 / 255)).astype(np.float32)                    # [T, H, W, 3]
-    x = (x - np.asarray(CLIP_MEAN, np.float32)) / np.asarray(CLIP_STD, np.float32)    # [T, H, W, 3]
-    x = x.transpose(0, 3, 1, 2)                                                       # [T, 3, H, W]
+    """Resized uint8 [T, H, W, 3] -> normalized patches [gt*gh*gw, 3*tp*p*p] in spatial-merge order.
+
+    The bytes are put in patch order first (a quarter of the float32 traffic), then each channel's
+    bytes are looked up in `pixel_table`: bit-identical to normalizing in float and reordering after.
+    """
     tp, p, m = spec.temporal_patch_size, spec.patch_size, spec.spatial_merge_size
-    if x.shape[0] % tp:
-        pad = np.repeat(x[-1:], tp - x.shape[0] % tp, axis=0)                         # repeat the last frame
-        x = np.concatenate([x, pad], axis=0)                                          # [T', 3, H, W]
-    t, c, h, w = x.shape
+    if frames.shape[0] % tp:
+        pad = np.repeat(frames[-1:], tp - frames.shape[0] % tp, axis=0)                    # repeat the last frame
+        frames = np.concatenate([frames, pad], axis=0)                                       # [T', H, W, 3]
+    t, h, w, c = frames.shape
     gt, gh, gw = t // tp, h // p, w // p
-    x = x.reshape(gt, tp, c, gh // m, m, p, gw // m, m, p)
-    x = x.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)            # [gt, gh/m, gw/m, m, m, c, tp, p, p]
-    return np.ascontiguousarray(x.reshape(gt * gh * gw, c * tp * p * p)), (gt, gh, gw)
+    x = frames.reshape(gt, tp, gh // m, m, p, gw // m, m, p, c)
+    x = x.transpose(0, 2, 5, 3, 6, 8, 1, 4, 7)             # [gt, gh/m, gw/m, m, m, c, tp, p, p] uint8
+    x = np.ascontiguousarray(x).reshape(gt * gh * gw, c, tp * p * p)                       # [N, C, tp*p*p] uint8
+    table = pixel_table()                                                                  # [C, 256] float32
+    out = np.empty(x.shape, np.float32)                                                    # [N, C, tp*p*p]
+    for ch in range(c):       # mode="clip": bytes are always in range, and "raise" would buffer `out`
+        np.take(table[ch], x[:, ch], out=out[:, ch], mode="clip")
+    return out.reshape(gt * gh * gw, c * tp * p * p), (gt, gh, gw)
 
 
 def video_patches(frames: np.ndarray, spec: OmniSpec = OmniSpec(), *, size: tuple[int, int] | None = None,
