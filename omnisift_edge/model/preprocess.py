@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +40,7 @@ VIDEO_MAX_PIXELS = 768 * 28 * 28      # ... size["longest_edge"]
 WHISPER_PAD_SECONDS = 300
 LOG_FLOOR_RANGE = 8.0                 # floor at max - 8 (log10 units, 80 dB)
 POWER_CLAMP = 1e-10                   # mel power clamp before log10
+_TAKE_ROWS = 128                      # patch rows per table lookup (~400 KB of int64 indices per call)
 
 
 # ----------------------------------------------------------------------------------------- vision
@@ -153,8 +155,9 @@ def _patchify(frames: np.ndarray, spec: OmniSpec) -> tuple[np.ndarray, tuple[int
     x = np.ascontiguousarray(x).reshape(gt * gh * gw, c, tp * p * p)                       # [N, C, tp*p*p] uint8
     table = pixel_table()                                                                  # [C, 256] float32
     out = np.empty(x.shape, np.float32)                                                    # [N, C, tp*p*p]
-    for ch in range(c):       # mode="clip": bytes are always in range, and "raise" would buffer `out`
-        np.take(table[ch], x[:, ch], out=out[:, ch], mode="clip")
+    for r in range(0, x.shape[0], _TAKE_ROWS):     # blocks: take's int64 copy of the indices stays in cache
+        for ch in range(c):   # mode="wrap": bytes index 256 entries (a no-op); measured faster than clip/raise
+            np.take(table[ch], x[r:r + _TAKE_ROWS, ch], out=out[r:r + _TAKE_ROWS, ch], mode="wrap")
     return out.reshape(gt * gh * gw, c * tp * p * p), (gt, gh, gw)
 
 
@@ -236,8 +239,37 @@ def _log_spec(segment: np.ndarray, n_frames: int, spec: OmniSpec) -> np.ndarray:
     frames = np.lib.stride_tricks.sliding_window_view(segment, spec.n_fft)[::spec.hop_length][:n_frames]
     stft = np.fft.rfft(frames * _hann(spec.n_fft), axis=-1)                          # [n, 1 + n_fft//2]
     power = stft.real ** 2 + stft.imag ** 2                                         # [n, 1 + n_fft//2]
-    mel = mel_filters(spec.n_fft, spec.n_mels, spec.sample_rate).T @ power.T         # [n_mels, n]
+    mel = mel_projection(mel_filters(spec.n_fft, spec.n_mels, spec.sample_rate), power)   # [n_mels, n]
     return np.log10(np.maximum(mel, POWER_CLAMP))
+
+
+_BLAS_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller():
+    """threadpoolctl's view of the loaded BLAS libraries, looked up once; None without threadpoolctl."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:                    # an install from before it was a dependency: same numbers, slower
+        return None
+    return ThreadpoolController()
+
+
+def mel_projection(filters: np.ndarray, power: np.ndarray) -> np.ndarray:
+    """filters [n_freq, n_mels] float64, power [n, n_freq] float64 -> filters.T @ power.T [n_mels, n].
+
+    Run on one BLAS thread (threadpoolctl). The product is ~5 MFLOP, above OpenBLAS's threading
+    threshold, so numpy's OpenBLAS hands half to a worker that then spins for a while after the call:
+    on a 2-core machine it took a core from the chunk's next stages (the patches, the encoders; see
+    docs/preprocessing.md). One thread gives the same bits (OpenBLAS splits the output, not the sum;
+    tested). The lock keeps concurrent streams from restoring each other's limit in the wrong order.
+    """
+    controller = _blas_controller()
+    if controller is None:
+        return filters.T @ power.T
+    with _BLAS_LOCK, controller.limit(limits=1, user_api="blas"):
+        return filters.T @ power.T
 
 
 def floor_and_scale(log_spec: np.ndarray, max_value: float) -> np.ndarray:
@@ -325,7 +357,10 @@ class StreamingLogMel:
         i >= L reflects to 2(L-1) - i (the STFT's reflect padding at the end of the padded clip).
         """
         hop, half = self.spec.hop_length, self.spec.n_fft // 2
-        idx = np.arange(f0 * hop - half, (f0 + n - 1) * hop + half)                   # [hop*(n-1) + n_fft]
+        lo, hi = f0 * hop - half, (f0 + n - 1) * hop + half
+        if n_total is None and lo >= self._buf_start:     # no reflection, all received: a view of the buffer
+            return self._buf[lo - self._buf_start:hi - self._buf_start]
+        idx = np.arange(lo, hi)                                                       # [hop*(n-1) + n_fft]
         idx = np.abs(idx)
         if n_total is not None:
             L = max(n_total, WHISPER_PAD_SECONDS * self.spec.sample_rate)
