@@ -1,11 +1,12 @@
 """Frames -> pixel patches and PCM -> log-mel, exactly as Qwen2.5-Omni's processor does, with numpy.
 
 No torch at import or at run time: this is the runtime's preprocessing on a Jetson. Pillow is
-imported only when a frame must be resized.
+imported only when a frame must be resized, threadpoolctl at the first log-mel.
 
-Vision: `video_patches` equals transformers' `Qwen2VLImageProcessor` (resize with PIL bicubic,
-rescale 1/255, CLIP mean/std, temporal padding by repeating the last frame, spatial-merge patch
-order); `chunk_patches` does one 2-second chunk and the chunks concatenate to the whole clip.
+Vision: `video_patches` equals transformers' `Qwen2VLImageProcessor` bit for bit (resize with PIL
+bicubic, rescale 1/255, CLIP mean/std, temporal padding by repeating the last frame, spatial-merge
+patch order); the bytes are reordered first and rescale + normalize is one lookup in `pixel_table`.
+`chunk_patches` does one 2-second chunk and the chunks concatenate to the whole clip.
 
 Audio: `log_mel` equals `WhisperFeatureExtractor(feature_size=128)` called with
 `padding="max_length"` and Qwen2.5-Omni's chunk_length 300 (zero-padded to 300 s, centred STFT,
