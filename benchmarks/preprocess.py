@@ -209,6 +209,44 @@ def audio_parts(res, repeats: int) -> None:
     print(f"| other threads' CPU ms per chunk (mean, 10-ms ticks) | {spin['ref']:.0f} | {spin['new']:.0f} | - |")
 
 
+def ref_segment(buf, lo, hi):
+    """The index gather the stream used for every chunk before (now chunks past the first take a view)."""
+    idx = np.abs(np.arange(lo, hi))
+    inside = np.ones(idx.shape, bool)
+    seg = np.zeros(idx.shape, np.float64)
+    seg[inside] = buf[idx[inside]]
+    return seg
+
+
+def mel_parts(repeats: int) -> None:
+    """The log-mel chunk's steps, each in a tight loop (the package's path; the product on one thread)."""
+    from omnisift_edge.model.synthetic import synthetic_clip
+
+    pcm = synthetic_clip(6.0, 28, 28, seed=4).pcm.astype(np.float64)                    # [96000]
+    lo = SPEC.samples_per_chunk - SPEC.n_fft // 2
+    hi = lo + SPEC.hop_length * 199 + SPEC.n_fft
+    seg = pcm[lo:hi]                                                                      # [32240]
+    frames = np.lib.stride_tricks.sliding_window_view(seg, SPEC.n_fft)[::SPEC.hop_length][:200]
+    windowed = frames * P._hann(SPEC.n_fft)
+    stft = np.fft.rfft(windowed, axis=-1)
+    power = stft.real ** 2 + stft.imag ** 2                                               # [200, 201]
+    filters = P.mel_filters(SPEC.n_fft, SPEC.n_mels, SPEC.sample_rate)
+    mel = P.mel_projection(filters, power)
+    log_spec = np.log10(np.maximum(mel, P.POWER_CLAMP))
+    ms = alternate({"segment: index gather (before)": lambda: ref_segment(pcm, lo, hi),
+                    "segment: buffer view (now)": lambda: pcm[lo:hi],
+                    "frames x Hann window": lambda: frames * P._hann(SPEC.n_fft),
+                    "rfft (float64)": lambda: np.fft.rfft(windowed, axis=-1),
+                    "power": lambda: stft.real ** 2 + stft.imag ** 2,
+                    "mel product, one BLAS thread": lambda: P.mel_projection(filters, power),
+                    "clamp + log10": lambda: np.log10(np.maximum(mel, P.POWER_CLAMP)),
+                    "floor + scale -> float32": lambda: P.floor_and_scale(log_spec, float(log_spec.max()))}, repeats)
+    print(f"\n### log-mel steps of one chunk, each in a tight loop (median ms of {repeats})\n")
+    print("| step | ms |\n|---|---|")
+    for name, value in ms.items():
+        print(f"| {name} | {value:.3f} |")
+
+
 NEW_PROJECTION = P.mel_projection
 NEW_PATCHIFY = P._patchify
 
@@ -316,6 +354,7 @@ def main() -> None:
     resolutions = [parse(r) for r in args.resolutions.split(",")]
     for res in resolutions:
         vision_parts(res, args.repeats, with_transformers)
+    mel_parts(args.repeats)
     audio_parts(resolutions[0], args.repeats)
     if not args.no_session:
         with tempfile.TemporaryDirectory() as tmp:
