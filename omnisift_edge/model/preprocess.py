@@ -1,11 +1,12 @@
 """Frames -> pixel patches and PCM -> log-mel, exactly as Qwen2.5-Omni's processor does, with numpy.
 
 No torch at import or at run time: this is the runtime's preprocessing on a Jetson. Pillow is
-imported only when a frame must be resized.
+imported only when a frame must be resized, threadpoolctl at the first log-mel.
 
-Vision: `video_patches` equals transformers' `Qwen2VLImageProcessor` (resize with PIL bicubic,
-rescale 1/255, CLIP mean/std, temporal padding by repeating the last frame, spatial-merge patch
-order); `chunk_patches` does one 2-second chunk and the chunks concatenate to the whole clip.
+Vision: `video_patches` equals transformers' `Qwen2VLImageProcessor` bit for bit (resize with PIL
+bicubic, rescale 1/255, CLIP mean/std, temporal padding by repeating the last frame, spatial-merge
+patch order); the bytes are reordered first and rescale + normalize is one lookup in `pixel_table`.
+`chunk_patches` does one 2-second chunk and the chunks concatenate to the whole clip.
 
 Audio: `log_mel` equals `WhisperFeatureExtractor(feature_size=128)` called with
 `padding="max_length"` and Qwen2.5-Omni's chunk_length 300 (zero-padded to 300 s, centred STFT,
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +41,7 @@ VIDEO_MAX_PIXELS = 768 * 28 * 28      # ... size["longest_edge"]
 WHISPER_PAD_SECONDS = 300
 LOG_FLOOR_RANGE = 8.0                 # floor at max - 8 (log10 units, 80 dB)
 POWER_CLAMP = 1e-10                   # mel power clamp before log10
+_TAKE_ROWS = 128                      # patch rows per table lookup (~400 KB of int64 indices per call)
 
 
 # ----------------------------------------------------------------------------------------- vision
@@ -119,21 +122,44 @@ def _target_size(frames: np.ndarray, spec: OmniSpec, size, min_pixels: int, max_
     return smart_resize(frames.shape[1], frames.shape[2], spec, min_pixels=min_pixels, max_pixels=max_pixels)
 
 
+@functools.lru_cache(maxsize=4)
+def pixel_table(mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD) -> np.ndarray:
+    """Every normalized value a uint8 pixel can take: [channels, 256] float32, read-only.
+
+    Entry [c, v] is transformers' rescale + normalize of byte v in channel c, by the same operations
+    in the same dtypes (v / 255 in float64 cast to float32, then (x - mean) / std in float32), so a
+    lookup gives the bits the arithmetic gives (tested against the processor). A lookup table because
+    a frame has 256 distinct values per channel: one gather per pixel instead of five array passes
+    (two of them in float64) over the frames, and no broadcast over a length-3 innermost axis.
+    """
+    x = (np.arange(256, dtype=np.uint8).astype(np.float64) * (1 / 255)).astype(np.float32)   # [256]
+    mean32, std32 = np.asarray(mean, np.float32)[:, None], np.asarray(std, np.float32)[:, None]
+    table = (x[None, :] - mean32) / std32                                                   # [C, 256] float32
+    table.setflags(write=False)
+    return table
+
+
 def _patchify(frames: np.ndarray, spec: OmniSpec) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """Resized uint8 [T, H, W, 3] -> normalized patches [gt*gh*gw, 3*tp*p*p] in spatial-merge order."""
-    # rescale in float64 then cast, normalize in float32: the same ops (and bits) as transformers
-    x = (frames.astype(np.float64) * (1 / 255)).astype(np.float32)                    # [T, H, W, 3]
-    x = (x - np.asarray(CLIP_MEAN, np.float32)) / np.asarray(CLIP_STD, np.float32)    # [T, H, W, 3]
-    x = x.transpose(0, 3, 1, 2)                                                       # [T, 3, H, W]
+    """Resized uint8 [T, H, W, 3] -> normalized patches [gt*gh*gw, 3*tp*p*p] in spatial-merge order.
+
+    The bytes are put in patch order first (a quarter of the float32 traffic), then each channel's
+    bytes are looked up in `pixel_table`: bit-identical to normalizing in float and reordering after.
+    """
     tp, p, m = spec.temporal_patch_size, spec.patch_size, spec.spatial_merge_size
-    if x.shape[0] % tp:
-        pad = np.repeat(x[-1:], tp - x.shape[0] % tp, axis=0)                         # repeat the last frame
-        x = np.concatenate([x, pad], axis=0)                                          # [T', 3, H, W]
-    t, c, h, w = x.shape
+    if frames.shape[0] % tp:
+        pad = np.repeat(frames[-1:], tp - frames.shape[0] % tp, axis=0)                    # repeat the last frame
+        frames = np.concatenate([frames, pad], axis=0)                                       # [T', H, W, 3]
+    t, h, w, c = frames.shape
     gt, gh, gw = t // tp, h // p, w // p
-    x = x.reshape(gt, tp, c, gh // m, m, p, gw // m, m, p)
-    x = x.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)            # [gt, gh/m, gw/m, m, m, c, tp, p, p]
-    return np.ascontiguousarray(x.reshape(gt * gh * gw, c * tp * p * p)), (gt, gh, gw)
+    x = frames.reshape(gt, tp, gh // m, m, p, gw // m, m, p, c)
+    x = x.transpose(0, 2, 5, 3, 6, 8, 1, 4, 7)             # [gt, gh/m, gw/m, m, m, c, tp, p, p] uint8
+    x = np.ascontiguousarray(x).reshape(gt * gh * gw, c, tp * p * p)                       # [N, C, tp*p*p] uint8
+    table = pixel_table()                                                                  # [C, 256] float32
+    out = np.empty(x.shape, np.float32)                                                    # [N, C, tp*p*p]
+    for r in range(0, x.shape[0], _TAKE_ROWS):     # blocks: take's int64 copy of the indices stays in cache
+        for ch in range(c):   # mode="wrap": bytes index 256 entries (a no-op); measured faster than clip/raise
+            np.take(table[ch], x[r:r + _TAKE_ROWS, ch], out=out[r:r + _TAKE_ROWS, ch], mode="wrap")
+    return out.reshape(gt * gh * gw, c * tp * p * p), (gt, gh, gw)
 
 
 def video_patches(frames: np.ndarray, spec: OmniSpec = OmniSpec(), *, size: tuple[int, int] | None = None,
@@ -214,8 +240,37 @@ def _log_spec(segment: np.ndarray, n_frames: int, spec: OmniSpec) -> np.ndarray:
     frames = np.lib.stride_tricks.sliding_window_view(segment, spec.n_fft)[::spec.hop_length][:n_frames]
     stft = np.fft.rfft(frames * _hann(spec.n_fft), axis=-1)                          # [n, 1 + n_fft//2]
     power = stft.real ** 2 + stft.imag ** 2                                         # [n, 1 + n_fft//2]
-    mel = mel_filters(spec.n_fft, spec.n_mels, spec.sample_rate).T @ power.T         # [n_mels, n]
+    mel = mel_projection(mel_filters(spec.n_fft, spec.n_mels, spec.sample_rate), power)   # [n_mels, n]
     return np.log10(np.maximum(mel, POWER_CLAMP))
+
+
+_BLAS_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller():
+    """threadpoolctl's view of the loaded BLAS libraries, looked up once; None without threadpoolctl."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:                    # an install from before it was a dependency: same numbers, slower
+        return None
+    return ThreadpoolController()
+
+
+def mel_projection(filters: np.ndarray, power: np.ndarray) -> np.ndarray:
+    """filters [n_freq, n_mels] float64, power [n, n_freq] float64 -> filters.T @ power.T [n_mels, n].
+
+    Run on one BLAS thread (threadpoolctl). The product is ~5 MFLOP, above OpenBLAS's threading
+    threshold, so numpy's OpenBLAS hands half to a worker that then spins for a while after the call:
+    on a 2-core machine it took a core from the chunk's next stages (the patches, the encoders; see
+    docs/preprocessing.md). One thread gives the same bits (OpenBLAS splits the output, not the sum;
+    tested). The lock keeps concurrent streams from restoring each other's limit in the wrong order.
+    """
+    controller = _blas_controller()
+    if controller is None:
+        return filters.T @ power.T
+    with _BLAS_LOCK, controller.limit(limits=1, user_api="blas"):
+        return filters.T @ power.T
 
 
 def floor_and_scale(log_spec: np.ndarray, max_value: float) -> np.ndarray:
@@ -303,7 +358,10 @@ class StreamingLogMel:
         i >= L reflects to 2(L-1) - i (the STFT's reflect padding at the end of the padded clip).
         """
         hop, half = self.spec.hop_length, self.spec.n_fft // 2
-        idx = np.arange(f0 * hop - half, (f0 + n - 1) * hop + half)                   # [hop*(n-1) + n_fft]
+        lo, hi = f0 * hop - half, (f0 + n - 1) * hop + half
+        if n_total is None and lo >= self._buf_start:     # no reflection, all received: a view of the buffer
+            return self._buf[lo - self._buf_start:hi - self._buf_start]
+        idx = np.arange(lo, hi)                                                       # [hop*(n-1) + n_fft]
         idx = np.abs(idx)
         if n_total is not None:
             L = max(n_total, WHISPER_PAD_SECONDS * self.spec.sample_rate)

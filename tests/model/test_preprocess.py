@@ -5,14 +5,15 @@ from __future__ import annotations
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from omnisift_edge.errors import UsageError
 from omnisift_edge.model.preprocess import (
-    StreamingLogMel, chunk_patches, iter_chunk_patches, log_mel, log_mel_chunks, mel_filters, smart_resize,
-    video_patches,
+    CLIP_MEAN, CLIP_STD, StreamingLogMel, _log_spec, chunk_patches, iter_chunk_patches, log_mel, log_mel_chunks,
+    mel_filters, mel_projection, pixel_table, smart_resize, video_patches,
 )
 from omnisift_edge.model.spec import OmniSpec
 
@@ -81,6 +82,44 @@ def test_chunks_concatenate_to_whole_clip(t):
     assert len(chunks) == -(-t // 4)
     assert all(c.shape == (2 * 2 * 3 * 2 * 2, 1176) for c in chunks[:-1])        # 2 * gh * gw rows
     np.testing.assert_array_equal(np.concatenate(chunks), whole)
+
+
+def test_pixel_table_is_transformers_rescale_and_normalize_of_every_byte():
+    transformers = pytest.importorskip("transformers")
+    from transformers.image_transforms import normalize, rescale
+    from transformers.image_utils import ChannelDimension
+
+    image = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)       # [1, 256, 3]: every byte
+    last = ChannelDimension.LAST
+    ref = normalize(rescale(image, 1 / 255, dtype=np.float32, input_data_format=last), CLIP_MEAN, CLIP_STD,
+                    input_data_format=last)                                            # transformers' two steps
+    assert ref.dtype == np.float32 and transformers.__version__
+    np.testing.assert_array_equal(pixel_table(), ref[0].T)                            # [3, 256], bit for bit
+
+
+@pytest.mark.parametrize("h,w,t", [(448, 448, 4), (56, 84, 1), (100, 130, 5)])
+def test_video_patches_are_transformers_bit_for_bit(h, w, t):
+    frames = _frames(t, h, w, seed=t)
+    ref, _ = _oracle(frames, min_pixels=128 * 28 * 28, max_pixels=768 * 28 * 28)
+    np.testing.assert_array_equal(video_patches(frames, SPEC)[0], ref)
+
+
+def _float_patches(frames):
+    """The documented steps in floats (docs/preprocessing.md, vision 3-5): normalize, pad, reorder."""
+    x = (frames.astype(np.float64) * (1 / 255)).astype(np.float32)                    # [T, H, W, 3]
+    x = ((x - np.float32(CLIP_MEAN)) / np.float32(CLIP_STD)).transpose(0, 3, 1, 2)    # [T, 3, H, W]
+    if len(x) % 2:
+        x = np.concatenate([x, x[-1:]])
+    t, c, h, w = x.shape
+    x = x.reshape(t // 2, 2, c, h // 28, 2, 14, w // 28, 2, 14).transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    return x.reshape(-1, c * 2 * 14 * 14)                                             # [gt*gh*gw, 1176]
+
+
+@pytest.mark.parametrize("t,h,w", [(4, 252, 308), (3, 56, 84), (1, 28, 28), (4, 448, 448)])
+def test_byte_lookup_patches_equal_the_float_steps(t, h, w):
+    # 252x308: 792 rows per chunk, not a multiple of the lookup's 128-row blocks
+    frames = _frames(t, h, w, seed=h + t)
+    np.testing.assert_array_equal(chunk_patches(frames, SPEC, size=(h, w)), _float_patches(frames))
 
 
 def test_size_errors_name_a_fix():
@@ -227,6 +266,52 @@ def test_quiet_then_loud_deviation_is_confined_to_the_quiet_chunks():
     assert dev.max() > 0.1 and np.all(stream[:, :400] <= whole[:, :400])
     np.testing.assert_array_equal(np.concatenate([c.log_spec for c in got], 1),
                                   np.concatenate(log_mel_chunks(pcm, SPEC)[0], 1))
+
+
+def test_mel_projection_is_the_plain_product_and_leaves_blas_threads_as_they_were():
+    rng = np.random.default_rng(0)
+    filters = mel_filters(400, 128, 16000)
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    before = [lib["num_threads"] for lib in threadpoolctl.threadpool_info()]
+    for n in (1, 7, 200):
+        power = rng.random((n, 201)) ** 4 * 10.0                                        # [n, n_freq]
+        np.testing.assert_array_equal(mel_projection(filters, power), filters.T @ power.T)   # one thread, same bits
+    assert [lib["num_threads"] for lib in threadpoolctl.threadpool_info()] == before
+
+
+def test_chunk_log_spec_is_the_stft_of_its_own_samples():
+    # chunk 1 and later read received samples only (no reflection): the stream hands them over as they are
+    pcm = _noise(6.5, seed=4) + _sweep(6.5, amp=0.2)
+    got = _stream(pcm, seed=5)
+    x = pcm.astype(np.float64)
+    for c in got[1:3]:
+        lo = c.index * 200 * 160 - 200
+        np.testing.assert_array_equal(c.log_spec, _log_spec(x[lo:lo + 199 * 160 + 400], 200, SPEC))
+
+
+def test_streaming_chunks_leave_no_blas_helper_thread_running():
+    # OpenBLAS workers spin after a multithreaded product; the mel projection runs on the caller's thread,
+    # so pushing chunks must not add CPU time to any other thread of the process (Linux /proc)
+    pytest.importorskip("threadpoolctl")
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("needs Linux /proc to read per-thread CPU time")
+    code = """
+import os, threading, time, numpy as np
+from omnisift_edge.model.preprocess import StreamingLogMel
+def others():
+    main = str(threading.get_native_id())
+    return sum(sum(map(int, open(f"/proc/self/task/{t}/stat").read().rsplit(")", 1)[1].split()[11:13]))
+               for t in os.listdir("/proc/self/task") if t != main)
+pcm = (0.1 * np.random.default_rng(0).standard_normal(32000 * 40 + 40)).astype(np.float32)
+StreamingLogMel().push(pcm[:32040])
+before = others()
+for _ in range(3):
+    StreamingLogMel().push(pcm)
+time.sleep(0.3)
+print(others() - before)
+"""
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert int(out) == 0, f"other threads used {out.strip()} clock ticks while the log-mel ran"
 
 
 def test_push_after_finish_and_bad_shapes():
