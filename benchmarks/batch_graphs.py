@@ -4,8 +4,9 @@ each step (the batched graphs' export + check steps are named after them).
 
     python -m benchmarks.batch_graphs --resolution 448x448 --ratios 0.25 --rounds 3
 
-One unmeasured export first (imports, first model build). Prints each run's wall time, the ratio of the medians (with / without), the batched steps' seconds, and the
-folder sizes (their weights are shared, so the folder grows by the graphs' protos only).
+One unmeasured export first (imports, first model build). Prints each run's wall time, the ratio of the
+medians (with / without), the batched steps' seconds, and the folder sizes (their weights are shared, so
+the folder grows by the graphs' protos only). Results: docs/benchmarks.md.
 """
 
 from __future__ import annotations
