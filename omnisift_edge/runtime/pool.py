@@ -92,6 +92,24 @@ class PoolStream(OmniSession):
         self.pool, self.id, self.slot = pool, stream_id, slot
         self._begin(pool.backend.open_stream(slot, self._prefix_ids))
 
+    def _media(self, method, *args, **kwargs):
+        """An `OmniSession` media call, counted as pushing: a batch of chunk calls waits briefly for this stream's
+        next call while it prepares its chunk (runtime/scheduler.py, `begin_chunk`)."""
+        self.pool.scheduler.begin_chunk()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            self.pool.scheduler.end_chunk()
+
+    def append_chunk(self, frames, pcm):
+        return self._media(super().append_chunk, frames, pcm)
+
+    def append_file(self, path, **kwargs):
+        return self._media(super().append_file, path, **kwargs)
+
+    def finish(self):
+        return self._media(super().finish)
+
     def ask_ids(self, question: str, *, max_new_tokens: int = 64):
         """`OmniSession.ask_ids`, counted as answering: the scheduler gathers its decode steps with the others'."""
         self.pool.scheduler.begin_answer()

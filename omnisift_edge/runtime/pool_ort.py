@@ -93,15 +93,12 @@ class SlotStream(OrtStream):
         return self.pool.scheduler.call(lambda: OrtStream._step(self, embeds, positions, want_logits), rank=self._rank)
 
     def push(self, pixel_values, n_grids, mel):
-        """`ChunkStream.push`, its model calls ranked by when it began (the scheduler serves chunks in order)
-        and counted as a pushing stream's (a batch waits briefly for the others' calls: runtime/scheduler.py)."""
+        """`ChunkStream.push`, its model calls ranked by when it began (the scheduler serves chunks in order)."""
         self._rank = time.monotonic()
-        self.pool.scheduler.begin_chunk()
         try:
             return super().push(pixel_values, n_grids, mel)
         finally:
             self._rank = None
-            self.pool.scheduler.end_chunk()
 
     def _call(self, fn):
         return self.pool.scheduler.call(fn, rank=self._rank)

@@ -23,12 +23,14 @@ combining queue, no extra thread). The rule, kept simple:
   `run_batch(kind, ...)` call; the ones pulled forward are later arrivals, so nobody waits longer, and
   a pending decode batch still goes first). Which calls a backend can batch, and under which key
   (equal shapes), is its own business (runtime/pool_ort.py, pool_trt.py; runtime/chunk_batch.py);
-- chunks that arrive together reach each stage at about the same time, but not at once: after a batch
-  every stream does a little host work before its next call. So while streams are pushing a chunk
-  (`begin_chunk`/`end_chunk`) and some of them have no call queued (they are between two calls), a
-  batchable call at the head waits for them, at most `batch_gather_seconds` (no wait while a decode
-  step is pending; a stream that queues ends the wait at once). Without it the first stream back would
-  run its next call alone and the batch would fall apart after the first stage.
+- chunks that arrive together reach each stage at about the same time, but not at once: a stream
+  prepares its chunk (log-mel, patches) before its first call, and after a batch every stream does a
+  little host work before its next call. So while streams are inside a media call (`begin_chunk` /
+  `end_chunk`: runtime/pool.py's `PoolStream`) and some of them have no call queued (they are between
+  two calls), a batchable call at the head waits for them, at most `batch_gather_seconds` (no wait
+  while a decode step is pending; a stream that queues or leaves its media call ends the wait at
+  once). Without it the first stream back would run its next call alone and the batch would fall
+  apart after the first stage.
 
 A job's error goes to its own caller only: a failed decode batch fails the steps in it; a failed
 batch of other calls is run again one call at a time, so a bad one fails only its own stream.
