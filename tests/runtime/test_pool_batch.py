@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,6 +88,9 @@ def test_chunks_arriving_together_run_as_batches_and_equal_lone_streams(cfg, pre
     pool.scheduler.batch_gather_seconds = 2.0        # a loaded machine: wait long enough for the others' calls
     assert set(pool.backend.batched) == set(cb.BATCH_ROLES) and (pool.backend.scatter is not None) == prefill
     streams = [pool.open_stream() for _ in SECONDS]
+    loaded = {Path(path).name for path in pool.backend._graphs}          # the batched forms INSTEAD of the one-chunk
+    assert {"vision_encoder_batch.onnx", "audio_encoder_batch.onnx"} <= loaded
+    assert not {"vision_encoder.onnx", "audio_encoder.onnx", "compressor_r0.25.onnx"} & loaded
     barrier, errors = threading.Barrier(4), []
 
     def camera(i):
