@@ -309,6 +309,57 @@ def _call_summary(r: dict, kind: str) -> str:
     return f"{len(got)} calls of {rows.mean():.1f} rows: {np.median(ms):.1f} ms{alone} ({ms.sum() / rows.sum():.1f} ms/chunk)"
 
 
+def _random_feeds(graph, dims, batch: int | None, rng) -> dict:
+    """Feeds of `graph` (a one-chunk graph: batch None; a batched form: its batch_size) with whole-chunk valid counts."""
+    full = {"valid_frames": dims.window_frames, "valid_grids": dims.grids_per_chunk,
+            "valid_audio_tokens": dims.window_audio_tokens}
+    feeds = {}
+    for t in graph.inputs:
+        shape = [batch if size == "batch_size" else size for size in t.shape]
+        if t.name in full:
+            feeds[t.name] = np.full(shape, full[t.name], np.int64)
+        elif t.dtype == "int64":
+            feeds[t.name] = np.broadcast_to(np.arange(shape[-1]), shape).astype(np.int64).copy()
+        else:
+            feeds[t.name] = rng.standard_normal(shape).astype(np.float32)
+    return feeds
+
+
+def graph_calls_alone(folder: Path, repeats: int = 5) -> None:
+    """Each chunk graph alone, side by side: the one-chunk graph once and 4 times against its batched form at B = 1
+    and B = 4 (median ms; min over 3 alternating rounds), the pool's sessions' thread settings."""
+    from omnisift_edge.artifact.folder import ExportFolder
+    from omnisift_edge.artifact.onnx_runtime import ort_session
+    from omnisift_edge.runtime.chunk_batch import batch_graphs
+
+    export = ExportFolder.open(folder)
+    batched, single = batch_graphs(export, 0.25), export.graphs_for(0.25)
+    if not batched:
+        print("(this export has no batched forms)")
+        return
+    rng, dims = np.random.default_rng(0), export.manifest.dims
+    print("\n| graph, alone | one-chunk x1 | one-chunk x4 | batched B=1 | batched B=4 | B=4 / (x4) |\n|---|---|---|---|---|---|")
+    for role, graph in batched.items():
+        one, many = ort_session(export.file(single[role].file)), ort_session(export.file(graph.file))
+        feeds1, feeds_b1, feeds_b4 = (_random_feeds(single[role], dims, None, rng), _random_feeds(graph, dims, 1, rng),
+                                      _random_feeds(graph, dims, 4, rng))
+        ways = {"x1": lambda: one.run(None, feeds1), "x4": lambda: [one.run(None, feeds1) for _ in range(4)],
+                "b1": lambda: many.run(None, feeds_b1), "b4": lambda: many.run(None, feeds_b4)}
+        ms = {k: [] for k in ways}
+        for _ in range(3):
+            for k, fn in ways.items():
+                fn()
+                seconds = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    fn()
+                    seconds.append(time.perf_counter() - start)
+                ms[k].append(float(np.median(seconds)) * 1e3)
+        ms = {k: min(v) for k, v in ms.items()}
+        print(f"| {role} | {ms['x1']:.1f} ms | {ms['x4']:.1f} ms | {ms['b1']:.1f} ms | {ms['b4']:.1f} ms | "
+              f"x{ms['b4'] / ms['x4']:.2f} |", flush=True)
+
+
 def report_burst(name: str, folder: Path, args) -> None:
     """4 cameras pushing chunks together through one pool, chunk batching on / off (/ with prefills), alternating."""
     ways = args.burst_ways.split(",")
@@ -325,6 +376,7 @@ def report_burst(name: str, folder: Path, args) -> None:
             stages = " | ".join(_call_summary(r, k) for k in ("vision_encoder", "audio_encoder", "compressor", "prefill"))
             print(f"| {mode} | {r['chunks_per_s']:.2f} | {r['cpu'] / (4 * args.burst):.3f} | {r['cores']:.2f} | "
                   f"{r['load']:.1f} | {stages} |", flush=True)
+    graph_calls_alone(folder)
 
 
 class _Search:
