@@ -260,7 +260,7 @@ def _alone_ms(pool, seen, repeats: int = 5) -> dict:
     return out
 
 
-def burst_child(mode: str, n: int, folder: str, max_context: int, chunks: int) -> None:
+def burst_child(mode: str, n: int, folder: str, max_context: int, chunks: int, gather: float | None = None) -> None:
     """N cameras push `chunks` chunks each at the same moment, as fast as they are taken (after one warm-up chunk),
     through one pool with chunk batching `mode` (BURST_WAYS); prints one JSON line: wall seconds, this process's
     CPU seconds (all threads), the cores that makes, each chunk call in place (rows, ms) and alone, the counters."""
@@ -269,6 +269,8 @@ def burst_child(mode: str, n: int, folder: str, max_context: int, chunks: int) -
     from omnisift_edge.runtime.session import RuntimeConfig
 
     pool = open_pool(RuntimeConfig(folder, max_context=max_context), max_streams=n, **BURST_WAYS[mode])
+    if gather is not None:
+        pool.scheduler.batch_gather_seconds = gather
     streams = [pool.open_stream() for _ in range(n)]
     clips = [synthetic_clip(2.0 * (chunks + 2), *streams[0].resolution, seed=i) for i in range(n)]
     step = int(streams[0].spec.sample_rate * 2)
@@ -363,13 +365,15 @@ def graph_calls_alone(folder: Path, repeats: int = 5) -> None:
 def report_burst(name: str, folder: Path, args) -> None:
     """4 cameras pushing chunks together through one pool, chunk batching on / off (/ with prefills), alternating."""
     ways = args.burst_ways.split(",")
-    print(f"\n### {name}: 4 cameras pushing {args.burst} chunks each at the same moment, as fast as taken")
+    print(f"\n### {name}: 4 cameras pushing {args.burst} chunks each at the same moment, as fast as taken "
+          f"(batch_gather_seconds {args.batch_gather:g})")
     print("| way | chunks/s | CPU s per chunk | cores used | load | vision encoder | audio encoder | compressor | "
           "prefill |\n|---|---|---|---|---|---|---|---|---|")
     for round_ in range(args.burst_rounds):
         for mode in ways if round_ % 2 == 0 else ways[::-1]:
             done = subprocess.run([sys.executable, __file__, "--burst-child", mode, "4", str(folder),
-                                   str(args.max_context), str(args.burst)], capture_output=True, text=True)
+                                   str(args.max_context), str(args.burst), str(args.batch_gather)],
+                                  capture_output=True, text=True)
             if done.returncode:
                 raise SystemExit(f"the {mode} burst child failed:\n{done.stderr[-3000:]}")
             r = json.loads(done.stdout.strip().splitlines()[-1])
@@ -510,7 +514,7 @@ def main() -> None:
         child(sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), sys.argv[6])
         return
     if len(sys.argv) > 1 and sys.argv[1] == "--burst-child":
-        burst_child(sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6]))
+        burst_child(sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6]), float(sys.argv[7]))
         return
     if len(sys.argv) > 1 and sys.argv[1] == "--hold-child":
         hold_child(sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), float(sys.argv[6]))
@@ -528,6 +532,8 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=0, help="chunk throughput (N chunks per camera) instead")
     parser.add_argument("--burst-ways", default="on,off", help=f"--burst: pools compared ({', '.join(BURST_WAYS)})")
     parser.add_argument("--burst-rounds", type=int, default=2, help="--burst: rounds of every way (alternating)")
+    parser.add_argument("--batch-gather", type=float, default=0.02,
+                        help="--burst: the scheduler's batch_gather_seconds (how long a batch waits for the others)")
     parser.add_argument("--cameras", action="store_true", help="search the cameras held at real time instead")
     parser.add_argument("--hold-seconds", type=float, default=20.0, help="media per camera in a --cameras trial")
     parser.add_argument("--camera-start", type=int, default=1, help="first N a --cameras search tries")
