@@ -29,13 +29,19 @@ the same graphs); the engines themselves need a GPU (the `trt` test there, docs/
 from __future__ import annotations
 
 import threading
+import time
 from typing import Sequence
 
 import numpy as np
 
+from omnisift_edge.artifact.manifest import DECODER
 from omnisift_edge.errors import UsageError
+from omnisift_edge.runtime.chunk_batch import batch_graph_keys, engine_batch_limit, run_chunks
 from omnisift_edge.runtime.slots import SlotBook
 from omnisift_edge.runtime.trt_pipeline import SCATTER, TrtStream, choose_profile, open_runners, scatter_limits
+
+ALONE = {"vision_encoder": TrtStream._encode_video, "audio_encoder": TrtStream._encode_audio,
+         "compressor": TrtStream._compress}          # a chunk stage's one-chunk call (a batch of one)
 
 
 def check_build_streams(build, wanted: int, folder, target: str) -> None:
@@ -96,11 +102,12 @@ def span_feeds(slots: Sequence[int], embeds, positions, lengths: Sequence[int], 
     return batch_embeds, batch_positions, np.asarray(lengths, np.int64)
 
 
-def batch_mask(lengths: Sequence[int], past: int) -> np.ndarray:
-    """attention_mask [B, past + 1] of a gathered decode: row b's own rows [0, lengths[b]), padding up to
-    `past` masked, and the new row (column `past`)."""
-    mask = (np.arange(past + 1)[None, :] < np.asarray(lengths)[:, None]).astype(np.int64)   # [B, T + 1]
-    mask[:, past] = 1
+def batch_mask(lengths: Sequence[int], past: int, new: int = 1) -> np.ndarray:
+    """attention_mask [B, past + new] of a gathered call: row b's own rows [0, lengths[b]), padding up to
+    `past` masked, and the `new` rows (columns past ..; one for a decode step, a chunk's kept tokens for a
+    prefill: the decoder's causal mask orders them among themselves)."""
+    mask = (np.arange(past + new)[None, :] < np.asarray(lengths)[:, None]).astype(np.int64)   # [B, T + S]
+    mask[:, past:] = 1
     return mask
 
 
@@ -118,18 +125,43 @@ def gather_copies(slots: Sequence[int], lengths: Sequence[int], past: int, kv_he
 
 
 def scatter_copies(slots: Sequence[int], lengths: Sequence[int], past: int, kv_heads: int, head_row: int,
-                   slot_bytes: int) -> np.ndarray:
-    """Copies [n, 3] from a batch present [B, kv, past + 1, hd] back into the slots, packed as [1, kv, L + 1, hd]:
-    each head's own rows [0, L) and the new row (present column `past`) after them."""
+                   slot_bytes: int, new: int = 1) -> np.ndarray:
+    """Copies [n, 3] from a batch present [B, kv, past + new, hd] back into the slots, packed as
+    [1, kv, L + new, hd]: each head's own rows [0, L) and the new rows (present columns past ..) after them."""
     copies = []
     for b, (slot, n) in enumerate(zip(slots, lengths)):
         for h in range(kv_heads):
-            source = (b * kv_heads + h) * (past + 1) * head_row                                # present row b, head h
-            target = slot * slot_bytes + h * (n + 1) * head_row
+            source = (b * kv_heads + h) * (past + new) * head_row                              # present row b, head h
+            target = slot * slot_bytes + h * (n + new) * head_row
             if n:
                 copies.append((source, target, n * head_row))
-            copies.append((source + past * head_row, target + n * head_row, head_row))
+            copies.append((source + past * head_row, target + n * head_row, new * head_row))
     return np.asarray(copies, np.int64).reshape(-1, 3)
+
+
+def prefill_profile(entry, batch: int, n: int, past: int | None = None) -> int | None:
+    """The index of a decoder engine profile (its build report `entry`) that takes a prefill of `batch` rows of
+    `n` new tokens each after `past` cached ones (in place: `past` None, and no logits row), or None."""
+    for index, profile in enumerate(entry.profiles):
+        axes = profile.get("axes", {})
+        rows, seq = axes.get("batch_size", (1, 1, 1)), axes.get("sequence_length")
+        if batch < 2 or rows[2] < batch or seq is None or not seq[0] <= n <= seq[2]:
+            continue
+        held = axes.get("past_sequence_length") if past is not None else axes.get("logits_length")
+        if held is not None and held[0] <= (past or 0) <= held[2]:
+            return index
+    return None
+
+
+def consecutive_runs(slots: Sequence[int]) -> list[list[int]]:
+    """Indices into `slots` grouped in runs of consecutive slots (an in-place call binds one run: no copy)."""
+    runs: list[list[int]] = []
+    for i in sorted(range(len(slots)), key=lambda i: slots[i]):
+        if runs and slots[i] == slots[runs[-1][-1]] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
 
 
 def run_copies(memory, source, target, copies: np.ndarray) -> None:
@@ -167,6 +199,7 @@ class SlotTrtStream(TrtStream):
 
     def __init__(self, pool, slot: int, prefix_ids: Sequence[int]):
         self.pool, self.slot = pool, slot
+        self._rank: float | None = None                      # when the chunk being pushed began (None: none)
         super().__init__(pool.export, pool.ratio, prefix_ids, target=pool.cfg.target, max_context=pool.max_context,
                          context=pool.cfg.context)
 
@@ -187,31 +220,53 @@ class SlotTrtStream(TrtStream):
         return slot_cache_class(kind)(slots, self.slot, past_names, present_names, capacity=rows, memory=slots.memory,
                                       **shape)
 
+    def push(self, pixel_values, n_grids, mel):
+        """`ChunkStream.push`, counted as pushing (the scheduler gathers its stage calls with the other streams')
+        and its model calls ranked by when it began (chunks are served in order)."""
+        self._rank = time.monotonic()
+        self.pool.scheduler.begin_push()
+        try:
+            return super().push(pixel_values, n_grids, mel)
+        finally:
+            self.pool.scheduler.end_push()
+            self._rank = None
+
     def _step(self, embeds, positions, want_logits=True):
-        if want_logits and embeds.shape[1] == 1:             # one answer token: batched with the others'
+        n, backend = embeds.shape[1], self.pool.backend
+        if want_logits and n == 1:                           # one answer token: batched with the others'
             self.kv.reserve(1)
             return self.pool.scheduler.decode(self, embeds, positions.reshape(3, 1, 1))
-        return self.pool.scheduler.call(lambda: self._own_step(embeds, positions, want_logits))
+        if not want_logits and n > 1 and backend.batches_prefill:   # a chunk (or prompt) prefill: batched with
+            self.kv.reserve(n)                                     # the other streams' of n rows (checked first)
+            return self.pool.scheduler.prefill(n, self, embeds, np.asarray(positions).reshape(3, n), rank=self._rank)
+        return self.pool.scheduler.call(lambda: self._own_step(embeds, positions, want_logits), rank=self._rank)
 
     def _own_step(self, embeds, positions, want_logits):
         if self.in_place:
             self.pool.backend.use_profile(0)
         return TrtStream._step(self, embeds, positions, want_logits)
 
+    def _stage(self, role: str, alone, *args):
+        """A chunk's encoder or compressor call: batched with the other streams' (`run_batch(role, ...)`) where
+        the build has the role's batched engine, else one call (`alone`)."""
+        if role in self.pool.backend.batch_roles:
+            return self.pool.scheduler.batch(role, "chunk", self, *args, rank=self._rank)
+        return self.pool.scheduler.call(lambda: alone(self, *args), rank=self._rank)
+
     def _encode_video(self, pixel_values, n_grids):
-        return self.pool.scheduler.call(lambda: TrtStream._encode_video(self, pixel_values, n_grids))
+        return self._stage("vision_encoder", TrtStream._encode_video, pixel_values, n_grids)
 
     def _encode_audio(self, mel):
-        return self.pool.scheduler.call(lambda: TrtStream._encode_audio(self, mel))
+        return self._stage("audio_encoder", TrtStream._encode_audio, mel)
 
     def _compress(self, video, audio, n_grids, chunk_positions):
-        return self.pool.scheduler.call(lambda: TrtStream._compress(self, video, audio, n_grids, chunk_positions))
+        return self._stage("compressor", TrtStream._compress, video, audio, n_grids, chunk_positions)
 
     def _drop_kv(self, start, stop):          # the slot's rows must not move under a batched call
-        self.pool.scheduler.call(lambda: TrtStream._drop_kv(self, start, stop))
+        self.pool.scheduler.call(lambda: TrtStream._drop_kv(self, start, stop), rank=self._rank)
 
     def _rotate_kv(self, delta):
-        self.pool.scheduler.call(lambda: TrtStream._rotate_kv(self, delta))
+        self.pool.scheduler.call(lambda: TrtStream._rotate_kv(self, delta), rank=self._rank)
 
     def close(self) -> None:
         """Free the slot; the engines stay loaded for the pool's other streams."""
@@ -246,6 +301,23 @@ class TrtPoolBackend:
         self._lock = threading.Lock()
         self.memory = trt_kv.CudaMemory()
         self.slots, self.gathered = self._allocate(export, pool)
+        self.batch_roles = self._batch_roles(export, pool)      # role -> (engine key, batched graph, most rows)
+        decoder = self.build.engines[SCATTER if self.in_place else DECODER]
+        self.batches_prefill = pool.max_streams > 1 and any(    # a profile of several rows of several tokens
+            p.get("axes", {}).get("batch_size", (1, 1, 1))[2] > 1 and p.get("axes", {}).get("sequence_length",
+                                                                                            (1, 1, 1))[2] > 1
+            for p in decoder.profiles)
+
+    def _batch_roles(self, export, pool) -> dict:
+        """The chunk stages whose batched engine this build holds (`build --max-streams N` of an export with the
+        batched graphs): role -> (engine key, the batched graph's manifest entry, the most rows it takes)."""
+        graphs, roles = export.graphs_for(pool.ratio), {}
+        for role, key in batch_graph_keys(export.manifest, graphs["compressor"].key).items():
+            engine, entry = self.build.engines.get(key), export.manifest.graph(key)
+            if (pool.max_streams > 1 and engine is not None and engine_batch_limit(engine) > 1
+                    and len(entry.inputs) == len(graphs[role].inputs) and (export.path / engine.file).is_file()):
+                roles[role] = (key, entry, engine_batch_limit(engine))
+        return roles
 
     def _allocate(self, export, pool) -> tuple[DeviceSlots, DeviceSlots | None]:
         """The slots [max_streams, kv, rows, hd] per past name; past/present also a batch past of the same size."""
@@ -260,10 +332,12 @@ class TrtPoolBackend:
         return make(), None if self.in_place else make()
 
     def runners(self, files: dict) -> dict:
-        """The pool's one TrtRunner per engine (opened by the first stream)."""
+        """The pool's one TrtRunner per engine (opened by the first stream), the batched chunk engines with them."""
         with self._lock:
             if self._runners is None:
-                self._runners = open_runners(files, self.pool.export.path, self.target)
+                batched = {key: self.pool.export.path / self.build.engines[key].file
+                           for key, _, _ in self.batch_roles.values()}
+                self._runners = open_runners({**files, **batched}, self.pool.export.path, self.target)
             return self._runners
 
     def use_profile(self, index: int):
@@ -294,34 +368,100 @@ class TrtPoolBackend:
         feeds.update({name: self.slots.span(name, lo, lo + len(lengths)) for name in first.kv.past_names})
         out = self.use_profile(1 if len(self.build.engines[SCATTER].profiles) > 1 else 0).infer(
             feeds, copy_outputs_to_host=False)                    # presents: the slots, written in place
-        for past, present in zip(first.kv.past_names, first.kv.present_names):
-            if not self.memory.same_memory(out[present], self.slots.at(past, lo)):
-                raise UsageError(f"the decoder engine returned {present} in its own memory, not in the pool's slots; "
-                                 "upgrade polygraphy (>= 0.53.6) or rebuild the engines")
+        self._check_in_place(first, out, lo)
         for stream in streams:
             stream.kv.length += 1
         logits = self.memory.to_host(out[first.logits_name])                                   # [B, 1, V]
         return [logits[slot - lo, -1].astype(np.float32) for slot in slots]
 
+    def _check_in_place(self, first, out, lo: int) -> None:
+        for past, present in zip(first.kv.past_names, first.kv.present_names):
+            if not self.memory.same_memory(out[present], self.slots.at(past, lo)):
+                raise UsageError(f"the decoder engine returned {present} in its own memory, not in the pool's slots; "
+                                 "upgrade polygraphy (>= 0.53.6) or rebuild the engines")
+
     def _decode_gathered(self, streams, embeds, positions) -> list[np.ndarray]:
+        out = self._run_gathered(streams, embeds, positions, 1, None)
+        logits = self.memory.to_host(out[streams[0].logits_name])                              # [B, 1, V]
+        return [logits[b, -1].astype(np.float32) for b in range(len(streams))]
+
+    def _run_gathered(self, streams, embeds, positions, new: int, index: int | None) -> dict:
+        """One past/present call of `new` rows per stream over its slot gathered into a masked batch past
+        [B, kv, T, hd] (T: the longest stream's rows), each stream's rows and new ones copied back; the outputs."""
         first, slots = streams[0], [s.kv.slot for s in streams]
         lengths = [s.kv.length for s in streams]
         past, book = max(lengths), self.slots
         shape = (book.kv_heads, book.head_row, book.slot_bytes)
         embeds_name, positions_name, mask_name = first.decoder_inputs
-        feeds = {embeds_name: np.concatenate([np.asarray(e) for e in embeds]).astype(first.float_type),   # [B, 1, D]
-                 positions_name: np.concatenate([np.asarray(p).reshape(3, 1, 1) for p in positions], axis=1),
-                 mask_name: batch_mask(lengths, past)}                                                    # [B, T + 1]
+        feeds = {embeds_name: np.concatenate([np.asarray(e) for e in embeds]).astype(first.float_type),   # [B, S, D]
+                 positions_name: np.concatenate([np.asarray(p).reshape(3, 1, new) for p in positions], axis=1),
+                 mask_name: batch_mask(lengths, past, new)}                                               # [B, T + S]
         batch = (len(streams), book.kv_heads, past, book.head_dim)
         for name in first.kv.past_names:
             run_copies(self.memory, book.buffers[name], self.gathered.buffers[name],
                        gather_copies(slots, lengths, past, *shape))
             feeds[name] = self.memory.view(self.gathered.buffers[name], batch, book.float_type)   # [B, kv, T, hd]
-        index, _ = choose_profile(first.profiles, 1, past)
+        if index is None:
+            index, _ = choose_profile(first.profiles, 1, past)
         out = self.use_profile(index).infer(feeds, copy_outputs_to_host=False)
         for name, present in zip(first.kv.past_names, first.kv.present_names):
-            run_copies(self.memory, out[present], book.buffers[name], scatter_copies(slots, lengths, past, *shape))
+            run_copies(self.memory, out[present], book.buffers[name],
+                       scatter_copies(slots, lengths, past, *shape, new=new))
         for stream in streams:
-            stream.kv.length += 1
-        logits = self.memory.to_host(out[first.logits_name])                                   # [B, 1, V]
-        return [logits[b, -1].astype(np.float32) for b in range(len(streams))]
+            stream.kv.length += new
+        return out
+
+    # -- batches of other calls (Scheduler.batch) ---------------------------------------------------------------
+    def run_batch(self, kind: str, items) -> list:
+        """The calls `Scheduler.batch` gathered: "prefill" (stream, embeds [1, n, D], positions [3, n]) of
+        several streams, n equal; or a chunk stage (`batch_roles`: stream and the hook's arguments) through its
+        batched engine, at most its rows per call; a batch of one is the stream's own call."""
+        if kind == "prefill":
+            return self._prefill(items)
+        key, entry, most = self.batch_roles[kind]
+        runner, results = self._runners[key], []
+        for start in range(0, len(items), most):
+            group = items[start:start + most]
+            if len(group) == 1:
+                results.append(ALONE[kind](*group[0]))
+            else:
+                results += run_chunks(kind, entry, group, lambda feeds: TrtStream._run(runner, feeds))
+        return results
+
+    def _prefill(self, items) -> list[None]:
+        """Chunk prefills of n rows each: in place, one call per run of consecutive slots (bound where they lie);
+        past/present, one gathered call; a run of one, or rows no profile takes, each stream's own call."""
+        slots = [stream.kv.slot for stream, _, _ in items]
+        if len(set(slots)) != len(slots):
+            raise UsageError("one prefill per stream and call")
+        n = int(np.asarray(items[0][1]).shape[1])
+        for run in consecutive_runs(slots) if self.in_place else [list(range(len(items)))]:
+            group = [items[i] for i in run]
+            if len(group) < 2 or not self._prefill_together(group, n):
+                for stream, embeds, positions in group:
+                    stream._own_step(embeds, positions, False)
+        return [None] * len(items)
+
+    def _prefill_together(self, group, n: int) -> bool:
+        """One engine call for the group's prefills (True), or False where no profile takes it."""
+        streams, embeds, positions = zip(*group)
+        if not self.in_place:
+            index = prefill_profile(self.build.engines[DECODER], len(group), n, max(s.kv.length for s in streams))
+            if index is not None:
+                self._run_gathered(streams, embeds, positions, n, index)
+            return index is not None
+        index = prefill_profile(self.build.engines[SCATTER], len(group), n)
+        if index is None:
+            return False
+        first, lo = streams[0], streams[0].kv.slot                       # the group: slots lo, lo + 1, ...
+        names = first.scatter_inputs                                     # embeds, positions, write_index, logits_index
+        feeds = {names[0]: np.concatenate([np.asarray(e) for e in embeds]).astype(first.float_type),      # [B, n, D]
+                 names[1]: np.stack([np.asarray(p).reshape(3, n) for p in positions], axis=1),           # [3, B, n]
+                 names[2]: np.array([s.kv.length for s in streams], np.int64),                           # [B]
+                 names[3]: np.zeros(0, np.int64)}                                                        # no logits
+        feeds.update({name: self.slots.span(name, lo, lo + len(group)) for name in first.kv.past_names})
+        out = self.use_profile(index).infer(feeds, copy_outputs_to_host=False)      # presents: the slots, in place
+        self._check_in_place(first, out, lo)
+        for stream in streams:
+            stream.kv.length += n
+        return True
