@@ -143,14 +143,23 @@ def _pool_build(folder, dst, *, in_place: bool, max_streams: int, batched_prefil
     return built
 
 
-def _camera(session, plan):
-    """Append the plan's clip in 2-second chunks; the stream's logits are recorded from then on."""
+def _camera(session, plan, first: int = 0):
+    """Append the plan's clip in 2-second chunks (from chunk `first`); the stream's logits are recorded from then on."""
     seconds, seed, _, _ = plan
     clip = synthetic_clip(seconds, *RES, seed=seed)
     per_frame = int(session.spec.sample_rate / session.spec.fps)
-    for j in range(0, len(clip.frames), 4):
+    for j in range(4 * first, len(clip.frames), 4):
         session.append_chunk(clip.frames[j:j + 4], clip.pcm[j * per_frame:(j + 4) * per_frame])
     return _record_logits(session)
+
+
+def _first_chunks(session, plan, n: int):
+    """Append the first `n` 2-second pieces of the plan's clip (the log-mel stream holds the last one back)."""
+    seconds, seed, _, _ = plan
+    clip = synthetic_clip(seconds, *RES, seed=seed)
+    per_frame = int(session.spec.sample_rate / session.spec.fps)
+    for j in range(0, 4 * n, 4):
+        session.append_chunk(clip.frames[j:j + 4], clip.pcm[j * per_frame:(j + 4) * per_frame])
 
 
 @pytest.mark.parametrize("in_place", [True, False], ids=["decoder_scatter", "decoder_past_present"])
@@ -260,8 +269,8 @@ class _BatchLog(_OrtEngineRunner):
         return super().infer(feeds, copy_outputs_to_host)
 
 
-TOGETHER = [(4.0, 11, "What happens?", 5), (5.0, 12, "Describe it.", 6), (2.0, 13, "Who speaks?", 4),
-            (5.0, 14, "What happens?", 6)]       # 2, 3 (a short last chunk), 1 and 3 (short last) chunks
+TOGETHER = [(6.0, 11, "What happens?", 5), (5.0, 12, "Describe it.", 6), (2.0, 13, "Who speaks?", 4),
+            (5.0, 14, "What happens?", 6)]       # 3, 3 (a short last chunk), 1 and 3 (short last) chunks
 
 
 def _alone(cfg, plan):
@@ -274,10 +283,13 @@ def _alone(cfg, plan):
 
 
 def _cameras_together(pool):
-    """Streams 0-2 open, then push their chunks at the same moment from threads (their first calls queue behind a
+    """Streams 0-2 open; stream 0 pushes its first chunk alone (its cache is longer than the others' from then
+    on), then the three push their chunks at the same moment from threads (their first calls queue behind a
     held runner, so all three pushes have begun when the first runs); each asks once its clip is in and
     closes; stream 3 opens once stream 2 has closed (on its freed slot) and runs its clip then."""
     streams, got, errors = {i: pool.open_stream() for i in range(3)}, {}, []
+    _first_chunks(streams[0], TOGETHER[0], 2)
+    assert len(streams[0].stream.reports) == 1                   # one chunk in: a longer cache than the others'
     barrier, freed, release = threading.Barrier(3), threading.Event(), threading.Event()
     holder = threading.Thread(target=pool.scheduler.call, args=(lambda: release.wait(60),))
     holder.start()
@@ -289,7 +301,7 @@ def _cameras_together(pool):
             else:
                 assert freed.wait(300)
                 streams[i] = pool.open_stream()
-            seen = _camera(streams[i], TOGETHER[i])
+            seen = _camera(streams[i], TOGETHER[i], first=2 if i == 0 else 0)
             answer = list(streams[i].ask_ids(TOGETHER[i][2], max_new_tokens=TOGETHER[i][3]))
             got[i] = (answer, seen, [k.copy() for k in streams[i].stream.kept_indices])
             streams[i].close()
