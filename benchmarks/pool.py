@@ -21,8 +21,12 @@ benchmarks/streaming.py), exported once at --resolution, ratio 0.25, --max-conte
     python benchmarks/pool.py --cameras --resolution 448x448 --max-context 2048 [--hold-seconds 20]
 
 --stages instead times one stream's chunk stages and 4 chunks' prefill in one decoder call against 4;
---burst K the chunk throughput of 1 and 4 cameras pushing K chunks each as fast as taken, with the CPU
-seconds per chunk and the cores the process used (pool and separate sessions alternating).
+--burst K the chunk throughput of 4 cameras pushing K chunks each at the same moment (a barrier per phase),
+as fast as taken, through one pool with chunk batching on (`open_pool` default: the encoders and the
+compressor batched across the streams where the export has the batched forms) against off
+(`batch_chunks=False`: one call per chunk), and --burst-ways on+prefill (the prefills through
+decoder_scatter too), alternating, each trial a fresh process: chunks/s, CPU seconds per chunk, the
+cores used, and each chunk call timed in place (its rows, median ms, ms per chunk) and run again alone.
 """
 
 from __future__ import annotations
@@ -195,47 +199,132 @@ def hold(mode: str, n: int, folder: Path, max_context: int, seconds: float) -> d
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+BURST_WAYS = {"on": {"batch_chunks": True}, "off": {"batch_chunks": False},
+              "on+prefill": {"batch_chunks": True, "batch_prefill": True}}     # --burst: open_pool's switches
+
+
+def _time_calls(pool) -> dict:
+    """Record every chunk call the pool runs, in place: kind -> [(rows in the call, seconds)], and the last
+    arguments of each kind (to run the same call again alone). Batched calls: the backend's run_batch; single
+    calls: OrtStream's own hooks (what the pool's scheduler runs for them)."""
+    from omnisift_edge.runtime.ort_pipeline import OrtStream
+
+    seen: dict = {"calls": {}, "last": {}}
+
+    def record(kind, rows, seconds, args):
+        seen["calls"].setdefault(kind, []).append((rows, seconds))
+        seen["last"][kind] = args
+
+    run_batch = pool.scheduler._run_batch
+
+    def batched(kind, items):
+        start = time.perf_counter()
+        result = run_batch(kind, items)
+        record(kind, len(items), time.perf_counter() - start, items)
+        return result
+
+    pool.scheduler._run_batch = batched
+    for hook, kind in (("_encode_video", "vision_encoder"), ("_encode_audio", "audio_encoder"),
+                       ("_compress", "compressor"), ("_step", "prefill")):
+        original = getattr(OrtStream, hook)
+
+        def timed(self, *args, _original=original, _kind=kind, **kwargs):
+            start = time.perf_counter()
+            result = _original(self, *args, **kwargs)
+            want_logits = kwargs.get("want_logits", args[2] if len(args) > 2 else True)
+            if _kind != "prefill" or (args[0].shape[1] > 1 and not want_logits):
+                record(_kind, 1, time.perf_counter() - start, (self, args, kwargs, _original))
+            return result
+
+        setattr(OrtStream, hook, timed)
+    return seen
+
+
+def _alone_ms(pool, seen, repeats: int = 5) -> dict:
+    """Median ms of the last call of each encoder/compressor kind run again alone (nothing else queued)."""
+    out = {}
+    for kind, args in seen["last"].items():
+        if kind == "prefill":                       # it writes the caches: timed in place only
+            continue
+        if isinstance(args, tuple) and len(args) == 4 and callable(args[3]):
+            stream, a, kw, original = args
+            fn = lambda: original(stream, *a, **kw)   # noqa: E731
+        else:
+            fn = lambda: pool.backend.run_batch(kind, args)   # noqa: E731
+        seconds = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            seconds.append(time.perf_counter() - start)
+        out[kind] = float(np.median(seconds)) * 1e3
+    return out
+
+
 def burst_child(mode: str, n: int, folder: str, max_context: int, chunks: int) -> None:
-    """N cameras push `chunks` chunks each as fast as they are taken (after one warm-up chunk); prints one JSON
-    line: wall seconds, this process's CPU seconds (all threads) and the cores that makes."""
+    """N cameras push `chunks` chunks each at the same moment, as fast as they are taken (after one warm-up chunk),
+    through one pool with chunk batching `mode` (BURST_WAYS); prints one JSON line: wall seconds, this process's
+    CPU seconds (all threads), the cores that makes, each chunk call in place (rows, ms) and alone, the counters."""
     from omnisift_edge.model.synthetic import synthetic_clip
     from omnisift_edge.runtime.pool import open_pool
-    from omnisift_edge.runtime.session import OmniSession, RuntimeConfig
+    from omnisift_edge.runtime.session import RuntimeConfig
 
-    cfg = RuntimeConfig(folder, max_context=max_context)
-    pool = open_pool(cfg, max_streams=n) if mode == "pool" else None
-    streams = [pool.open_stream() if pool else OmniSession(cfg) for _ in range(n)]
-    clip = synthetic_clip(2.0 * (chunks + 1), *streams[0].resolution, seed=0)
+    pool = open_pool(RuntimeConfig(folder, max_context=max_context), max_streams=n, **BURST_WAYS[mode])
+    streams = [pool.open_stream() for _ in range(n)]
+    clips = [synthetic_clip(2.0 * (chunks + 2), *streams[0].resolution, seed=i) for i in range(n)]
     step = int(streams[0].spec.sample_rate * 2)
 
-    def camera(i: int, ks) -> None:
+    def camera(i: int, ks, barrier) -> None:
+        barrier.wait()
         for k in ks:
-            streams[i].append_chunk(clip.frames[4 * k:4 * k + 4], clip.pcm[step * k:step * (k + 1)])
+            streams[i].append_chunk(clips[i].frames[4 * k:4 * k + 4], clips[i].pcm[step * k:step * (k + 1)])
 
-    for phase in (range(1), range(1, chunks + 1)):                 # warm-up, then the timed chunks
-        threads = [threading.Thread(target=camera, args=(i, phase)) for i in range(n)]
+    seen = None
+    for phase in (range(2), range(2, chunks + 2)):                 # warm-up (a chunk waits for the next's audio)
+        barrier = threading.Barrier(n)
+        threads = [threading.Thread(target=camera, args=(i, phase, barrier)) for i in range(n)]
+        if phase.start:
+            seen = _time_calls(pool)
+        before = dict(pool.scheduler.calls)
         wall, cpu = time.perf_counter(), sum(os.times()[:2])
         for t in threads:
             t.start()
         for t in threads:
             t.join()
     wall, cpu = time.perf_counter() - wall, sum(os.times()[:2]) - cpu
-    print(json.dumps({"wall": wall, "cpu": cpu, "chunks_per_s": n * chunks / wall, "cores": cpu / wall}))
+    calls = {kind: [(rows, round(sec * 1e3, 2)) for rows, sec in got] for kind, got in seen["calls"].items()}
+    counts = {k: v - before.get(k, 0) for k, v in pool.scheduler.calls.items()}
+    print(json.dumps({"wall": wall, "cpu": cpu, "chunks_per_s": n * chunks / wall, "cores": cpu / wall,
+                      "calls": calls, "alone_ms": _alone_ms(pool, seen), "counts": counts,
+                      "load": os.getloadavg()[0]}))
+
+
+def _call_summary(r: dict, kind: str) -> str:
+    got = r["calls"].get(kind, [])
+    if not got:
+        return "-"
+    rows = np.array([g[0] for g in got])
+    ms = np.array([g[1] for g in got])
+    alone = r["alone_ms"].get(kind)
+    alone = f", alone {alone:.1f}" if alone is not None else ""
+    return f"{len(got)} calls of {rows.mean():.1f} rows: {np.median(ms):.1f} ms{alone} ({ms.sum() / rows.sum():.1f} ms/chunk)"
 
 
 def report_burst(name: str, folder: Path, args) -> None:
-    """Chunks/s of 1 and 4 cameras pushing as fast as they can, pool against separate sessions, alternating."""
-    print(f"\n### {name}: chunk throughput, cameras pushing {args.burst} chunks each as fast as taken")
-    print("| cameras | way | chunks/s | CPU s per chunk | cores used |\n|---|---|---|---|---|")
-    for n in (1, 4):
-        for mode in ("pool", "separate", "pool", "separate"):
-            done = subprocess.run([sys.executable, __file__, "--burst-child", mode, str(n), str(folder),
+    """4 cameras pushing chunks together through one pool, chunk batching on / off (/ with prefills), alternating."""
+    ways = args.burst_ways.split(",")
+    print(f"\n### {name}: 4 cameras pushing {args.burst} chunks each at the same moment, as fast as taken")
+    print("| way | chunks/s | CPU s per chunk | cores used | load | vision encoder | audio encoder | compressor | "
+          "prefill |\n|---|---|---|---|---|---|---|---|---|")
+    for round_ in range(args.burst_rounds):
+        for mode in ways if round_ % 2 == 0 else ways[::-1]:
+            done = subprocess.run([sys.executable, __file__, "--burst-child", mode, "4", str(folder),
                                    str(args.max_context), str(args.burst)], capture_output=True, text=True)
             if done.returncode:
                 raise SystemExit(f"the {mode} burst child failed:\n{done.stderr[-3000:]}")
             r = json.loads(done.stdout.strip().splitlines()[-1])
-            print(f"| {n} | {mode} | {r['chunks_per_s']:.2f} | {r['cpu'] / (n * args.burst):.3f} | "
-                  f"{r['cores']:.2f} |", flush=True)
+            stages = " | ".join(_call_summary(r, k) for k in ("vision_encoder", "audio_encoder", "compressor", "prefill"))
+            print(f"| {mode} | {r['chunks_per_s']:.2f} | {r['cpu'] / (4 * args.burst):.3f} | {r['cores']:.2f} | "
+                  f"{r['load']:.1f} | {stages} |", flush=True)
 
 
 class _Search:
@@ -385,6 +474,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="keep (and reuse) the exports in this folder")
     parser.add_argument("--stages", action="store_true", help="time a chunk's stages and a 4-chunk prefill instead")
     parser.add_argument("--burst", type=int, default=0, help="chunk throughput (N chunks per camera) instead")
+    parser.add_argument("--burst-ways", default="on,off", help=f"--burst: pools compared ({', '.join(BURST_WAYS)})")
+    parser.add_argument("--burst-rounds", type=int, default=2, help="--burst: rounds of every way (alternating)")
     parser.add_argument("--cameras", action="store_true", help="search the cameras held at real time instead")
     parser.add_argument("--hold-seconds", type=float, default=20.0, help="media per camera in a --cameras trial")
     parser.add_argument("--camera-start", type=int, default=1, help="first N a --cameras search tries")

@@ -1,94 +1,111 @@
-"""The batched forms of the per-chunk graphs (artifact/tensors.py BATCH_FORMS), backend-neutral numpy.
+"""A chunk's calls batched across the streams of a pool: what every pool backend shares (numpy only).
 
-A stream pool runs the chunks of several streams that arrived together through `vision_encoder_batch`,
-`audio_encoder_batch` and `compressor_batch_r{ratio}` (same computation, a leading dynamic
-`batch_size` axis; row b of each output is the one-chunk graph on row b of each input). Each stream
-builds its one-chunk feeds as ever (`ExportedStream.video_feed`, `audio_feeds`, `compressor_feeds`:
-padded to a whole chunk, real counts beside them), so every chunk has the same shapes; `stack_rows`
-puts them on the batch axis the manifest declares for each input, `split_rows` takes row b of every
-output back, with the batch axis kept at size 1 (the one-chunk graphs' `chunk_batch` axis).
-Nothing here knows a tensor name: the manifest's entries say where the batch axis is.
+When several cameras' chunks arrive together, their vision encoder, audio encoder and compressor
+calls can run as ONE call of the export's batched forms (artifact/tensors.py `BATCH_FORMS`:
+`vision_encoder_batch`, `audio_encoder_batch`, `compressor_batch_r{ratio}`, a leading `batch_size`
+axis; row b of every output is the one-chunk graph on row b of every input). This module holds the
+pieces the ONNX Runtime pool (runtime/pool_ort.py) and the TensorRT pool (runtime/pool_trt.py) share:
+
+- `batch_graphs(export, ratio)`: the batched forms an export has (all three, or none: exports
+  without them run one call per chunk);
+- the batch keys (`Scheduler.batch(kind, key, ...)`: calls of one kind and key run together): a
+  row's feeds padded to a whole chunk have the same shapes for every stream (a clip's short last chunk
+  rides along with its valid counts per row), so `shape_key(row)` is one key per graph; a chunk's
+  prefill keys on its kept rows (`prefill_key`: a short last chunk keeps fewer and is its own key);
+- `vision_row` / `audio_row` / `compressor_row`: one stream's inputs as the batched graph's feeds at
+  batch 1 (the one-chunk feeds of `runtime.exported.ExportedStream`, with the batch axis added);
+- `stack_rows` / `split_rows`: rows -> one batch's feeds (concatenated on each input's batch axis)
+  and a batch's outputs -> each row's, at batch 1;
+- `video_of` / `audio_of` / `kept_of`: a row's outputs cut to what the stream's hooks return.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+BATCH_ROLES = ("vision_encoder", "audio_encoder", "compressor")
 BATCH_AXIS = "batch_size"
 
 
-def batch_graph_keys(manifest, compressor_key: str) -> dict[str, str]:
-    """role -> the manifest key of its batched graph, for the roles whose batched graph the export holds
-    (`compressor_key` is the one-chunk compressor's, `compressor_r{ratio}`)."""
-    wanted = {"vision_encoder": "vision_encoder_batch", "audio_encoder": "audio_encoder_batch",
-              "compressor": compressor_key.replace("compressor_", "compressor_batch_", 1)}
-    return {role: key for role, key in wanted.items() if key in manifest.graphs}
+def batch_graph_keys(ratio: float) -> dict[str, str]:
+    """role -> the manifest key of its batched form (the contract with the export: artifact/tensors.py)."""
+    return {"vision_encoder": "vision_encoder_batch", "audio_encoder": "audio_encoder_batch",
+            "compressor": f"compressor_batch_r{ratio:g}"}
+
+
+def batch_graphs(export, ratio: float | None) -> dict[str, Any]:
+    """role -> GraphInfo of the export's batched forms for `ratio`: all three, or {} (then one call per chunk)."""
+    plan = export.manifest.ratio_plan(ratio)
+    graphs = export.manifest.graphs
+    found = {role: graphs.get(key) for role, key in batch_graph_keys(plan.ratio).items()}
+    return found if all(found.values()) else {}
+
+
+def shape_key(row: dict) -> tuple:
+    """The batch key of one row's feeds: its input shapes (rows of equal shapes stack)."""
+    return tuple((name, tuple(np.shape(a))) for name, a in row.items())
+
+
+def prefill_key(rows: int) -> tuple:
+    """The batch key of a chunk prefill of `rows` kept tokens over a past (prompt prefixes key on their length)."""
+    return ("chunk", int(rows))
 
 
 def _axis(tensor) -> int:
     return list(tensor.axes).index(BATCH_AXIS)
 
 
-def stack_rows(inputs, rows: Sequence[Sequence[np.ndarray]]) -> dict[str, np.ndarray]:
-    """The batched graph's feeds from B chunks' one-chunk feeds (`rows[b]`: that chunk's inputs in graph
-    order): input i is the rows' input i, each reshaped to the batched input's shape without its batch
-    axis, stacked on that axis (e.g. chunk_position_ids [3, n] -> [3, B, n]; valid counts [1] -> [B])."""
-    feeds = {}
-    for i, tensor in enumerate(inputs):
-        axis = _axis(tensor)
-        row_shape = tuple(d if isinstance(d, int) else -1 for j, d in enumerate(tensor.shape) if j != axis)
-        feeds[tensor.name] = np.ascontiguousarray(np.stack([np.asarray(r[i]).reshape(row_shape) for r in rows],
-                                                           axis=axis))
-    return feeds
+def vision_row(graph, stream, pixel_values, n_grids: int) -> dict:
+    """`vision_encoder_batch`'s feeds at batch 1: pixel patches [1, chunk_patches, patch_dim]."""
+    return {graph.input_names[0]: stream.video_feed(pixel_values, n_grids)[None]}
 
 
-def split_rows(outputs, out: dict, batch: int) -> list[list[np.ndarray]]:
-    """Row b of every output of a batched call (in graph order), its batch axis kept at size 1."""
-    found = [(np.asarray(out[tensor.name]), _axis(tensor)) for tensor in outputs]
-    return [[np.take(value, [b], axis=axis) for value, axis in found] for b in range(batch)]
+def audio_row(graph, stream, mel) -> tuple[dict, int]:
+    """(`audio_encoder_batch`'s feeds at batch 1: log-mel [1, n_mels, window_frames], valid_frames [1];
+    the audio tokens the row yields)."""
+    feeds, tokens = stream.audio_feeds(mel)
+    frames, valid = graph.input_names
+    one = list(feeds.values())
+    return {frames: one[0][None], valid: np.array([mel.shape[1]], np.int64)}, tokens
 
 
-def engine_batch_limit(entry) -> int:
-    """The most rows an engine's profiles take on their batch axis (1: no batch axis, or a build without it)."""
-    most = 1
-    for profile in getattr(entry, "profiles", None) or []:
-        batch = profile.get("axes", {}).get(BATCH_AXIS)
-        if batch is not None:
-            most = max(most, int(batch[2]))
-    return most
+def compressor_row(graph, stream, video, audio, n_grids: int, chunk_positions) -> dict:
+    """`compressor_batch`'s feeds at batch 1 (the one-chunk compressor's, padded to a whole chunk): video
+    [1, grids, n_p, D], audio [1, La, D], positions [3, 1, chunk_tokens], valid_grids [1], valid_audio [1]."""
+    one = list(stream.compressor_feeds(video, audio, n_grids, chunk_positions).values())
+    if len(one) != 5:
+        raise ValueError("a batched compressor needs the one-chunk graph's valid-count inputs (exports since issue 25)")
+    rows = {}
+    for tensor, array in zip(graph.inputs, one):
+        rows[tensor.name] = array[:, None] if _axis(tensor) == 1 else array.reshape(1, *array.shape[1:])
+    return rows
 
 
-def chunk_feeds(role: str, stream, *args) -> tuple[list[np.ndarray], int | None]:
-    """(one chunk's inputs to `role`'s graph in graph order, the audio tokens it yields) from the stream's own
-    feeds; `args` are the stream hook's (`_encode_video`: pixel_values, n_grids; `_encode_audio`: mel;
-    `_compress`: video, audio, n_grids, chunk_positions)."""
-    if role == "vision_encoder":
-        return [stream.video_feed(*args)], None
-    if role == "audio_encoder":
-        feeds, tokens = stream.audio_feeds(*args)
-    else:
-        feeds, tokens = stream.compressor_feeds(*args), None
-    return [feeds[name] for name in stream.graphs[role].input_names], tokens
+def stack_rows(graph, rows: Sequence[dict]) -> dict:
+    """The batch's feeds: each input's rows concatenated on its batch axis (row i of the batch is rows[i])."""
+    return {t.name: np.ascontiguousarray(np.concatenate([r[t.name] for r in rows], axis=_axis(t)))
+            for t in graph.inputs}
 
 
-def chunk_result(role: str, stream, args: tuple, row: list[np.ndarray], tokens: int | None):
-    """What the stream's hook returns for one chunk, from its row of the batched outputs (`split_rows`)."""
-    if role == "vision_encoder":
-        return row[0][0][:args[1] * stream.tokens_per_frame]                        # [n_grids * n_p, D]
-    if role == "audio_encoder":
-        return row[0][0][:tokens]                                                   # [La, D]
-    kept, index = row[0], row[2][0].astype(np.int64)                                # [1, K, D], [K]
-    if len(row) > 3:                                                                # the real rows first
-        count = int(row[3].reshape(-1)[0])
-        kept, index = kept[:, :count], index[:count]
-    return kept, index
+def split_rows(graph, outputs: Sequence[np.ndarray], n: int) -> list[list[np.ndarray]]:
+    """Each row's outputs at batch 1 (views), from the batch's outputs in the graph's output order."""
+    parts = [np.split(out, n, axis=_axis(t)) for t, out in zip(graph.outputs, outputs)]
+    return [[part[i] for part in parts] for i in range(n)]
 
 
-def run_chunks(role: str, entry, items: Sequence[tuple], run) -> list:
-    """B chunks of (stream, *hook args) through `role`'s batched graph (`entry`: its manifest entry) in one
-    `run(feeds) -> {output name: host array}` call; each chunk's hook result, as the one-chunk graph gives."""
-    rows, tokens = zip(*(chunk_feeds(role, stream, *args) for stream, *args in items))
-    outputs = split_rows(entry.outputs, run(stack_rows(entry.inputs, rows)), len(items))
-    return [chunk_result(role, stream, tuple(args), row, n) for (stream, *args), row, n in zip(items, outputs, tokens)]
+def video_of(outputs: Sequence[np.ndarray], n_grids: int, tokens_per_frame: int) -> np.ndarray:
+    """A vision row's embeddings [n_grids * n_p, D] (a one-step chunk's first half)."""
+    return outputs[0][0, :n_grids * tokens_per_frame]
+
+
+def audio_of(outputs: Sequence[np.ndarray], tokens: int) -> np.ndarray:
+    """An audio row's embeddings [La, D] (its real tokens)."""
+    return outputs[0][0, :tokens]
+
+
+def kept_of(outputs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """A compressor row's (kept [1, k, D], kept_index [k]): its first kept_count rows are the real ones."""
+    count = int(outputs[3].reshape(-1)[0])
+    return np.ascontiguousarray(outputs[0][:, :count]), outputs[2][0, :count]

@@ -6,9 +6,24 @@ graph) and preallocates the KV storage of `max_streams` streams (runtime/slots.p
 `PoolStream`: an `OmniSession` (append_chunk, append_file, finish, ask, ask_ids, close) on the
 pool's graphs and one KV slot, with its own layout, prompt state and media buffers. Closing it
 frees the slot for the next stream. Streams may be driven from different threads: every model call
-goes through the pool's scheduler (runtime/scheduler.py), which runs the decode steps of all the
-streams that are answering as one batched decoder call; a stream's results are the ones it gets
-alone (tests/runtime/test_pool.py).
+goes through the pool's scheduler (runtime/scheduler.py), which batches across streams:
+
+- the decode steps of all the streams that are answering: one decoder call;
+- the prompt prefixes of streams opened together: one prefill;
+- with `batch_chunks=True` (the default), the chunks that arrive together: their vision encoder,
+  audio encoder and compressor calls as one call each of the export's batched forms (where the export
+  has them: `vision_encoder_batch`, `audio_encoder_batch`, `compressor_batch_r{ratio}`);
+- with `batch_prefill=True` as well, their prefills (equal kept counts) as one decoder call (ONNX
+  Runtime: `decoder_scatter`, a write index per row, in place). Off by default: on the CPU one call of
+  4 x K rows over the pasts measured 1.3-2.2x slower than 4 calls of `decoder_gqa` (the scatter form's
+  attention is plain ops over the longest row's past; docs/runtime.md), where a GPU's weight-bound
+  calls would gain.
+The keys and the stacking are runtime/chunk_batch.py's; what each backend batches, its module's docstring.
+
+Not batched: a question and its prompt text (one stream's rows with logits), cache edits of the
+sliding context (drop, rotate). `batch_chunks=False` runs every chunk call alone (one call per chunk
+and graph, the one-chunk graphs). A stream's results are the ones it gets alone either way
+(tests/runtime/test_pool.py, test_pool_batch.py).
 
 Bad input is the caller's alone: a stream that is not open (`pool.stream(id)`), one stream more
 than `max_streams`, media for a closed stream, a wrong chunk: one `UsageError` to that caller; the
@@ -77,6 +92,24 @@ class PoolStream(OmniSession):
         self.pool, self.id, self.slot = pool, stream_id, slot
         self._begin(pool.backend.open_stream(slot, self._prefix_ids))
 
+    def _media(self, method, *args, **kwargs):
+        """An `OmniSession` media call, counted as pushing: a batch of chunk calls waits briefly for this stream's
+        next call while it prepares its chunk (runtime/scheduler.py, `begin_chunk`)."""
+        self.pool.scheduler.begin_chunk()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            self.pool.scheduler.end_chunk()
+
+    def append_chunk(self, frames, pcm):
+        return self._media(super().append_chunk, frames, pcm)
+
+    def append_file(self, path, **kwargs):
+        return self._media(super().append_file, path, **kwargs)
+
+    def finish(self):
+        return self._media(super().finish)
+
     def ask_ids(self, question: str, *, max_new_tokens: int = 64):
         """`OmniSession.ask_ids`, counted as answering: the scheduler gathers its decode steps with the others'."""
         self.pool.scheduler.begin_answer()
@@ -99,7 +132,7 @@ class PoolStream(OmniSession):
 class StreamPool:
     """The graphs of one export loaded once, KV slots for `max_streams` streams (see the module docstring)."""
 
-    def __init__(self, cfg: RuntimeConfig, max_streams: int):
+    def __init__(self, cfg: RuntimeConfig, max_streams: int, batch_chunks: bool = True, batch_prefill: bool = False):
         if isinstance(max_streams, bool) or not isinstance(max_streams, int) or max_streams < 1:
             raise UsageError(f"--max-streams must be a whole number of at least 1 (got {max_streams!r})")
         if cfg.backend not in BACKENDS:
@@ -108,6 +141,7 @@ class StreamPool:
         template = OmniSession.__new__(OmniSession)
         template._load(cfg)
         self.cfg, self.max_streams = cfg, max_streams
+        self.batch_chunks, self.batch_prefill = bool(batch_chunks), bool(batch_chunks and batch_prefill)
         self.ratio = template.ratio
         self.max_context = cfg.max_context or template.manifest.max_context
         self._streams: dict[int, PoolStream] = {}
@@ -163,6 +197,9 @@ class StreamPool:
             stream.close()
 
 
-def open_pool(cfg: RuntimeConfig, *, max_streams: int) -> StreamPool:
-    """Open an export once for up to `max_streams` concurrent streams (see the module docstring)."""
-    return StreamPool(cfg, max_streams)
+def open_pool(cfg: RuntimeConfig, *, max_streams: int, batch_chunks: bool = True,
+              batch_prefill: bool = False) -> StreamPool:
+    """Open an export once for up to `max_streams` concurrent streams (see the module docstring).
+    `batch_chunks`: the encoder and compressor calls of chunks that arrive together as one call (False: each
+    alone, for comparison); `batch_prefill`: their prefills too (slower on the CPU; see the docstring)."""
+    return StreamPool(cfg, max_streams, batch_chunks, batch_prefill)

@@ -4,7 +4,26 @@
 it loads each graph once (`graph`), preallocates the slots (runtime/slots.py: one buffer
 [max_streams, kv_heads, max_context + 1, head_dim] per layer and kind), opens a stream's backend
 (`SlotStream`: an `OrtStream` on the pool's sessions and its slot, every model call through the
-pool's scheduler) and runs a batch of decode steps as one decoder call (`run_decodes`).
+pool's scheduler) and runs batches of calls across streams:
+
+- decode steps: one `decoder_gqa` call (`run_decodes`, slots.decode_rows);
+- prompt prefixes of new streams: one `decoder_gqa` call per run of consecutive slots (empty caches);
+- with chunk batching (`open_pool(..., batch_chunks=True)`, the default), the chunks that arrive
+  together: their vision encoder, audio encoder and compressor calls as one call of the export's
+  batched forms (`vision_encoder_batch`, `audio_encoder_batch`, `compressor_batch_r{ratio}`; loaded
+  INSTEAD of the one-chunk graphs, so their weights are resident once; a chunk alone is a batch of 1),
+  keyed by their padded shapes (a clip's short last chunk rides along with its valid counts). Exports
+  without the batched forms run one encoder and compressor call per chunk;
+- with `batch_prefill=True` too, their prefills (equal kept counts: one key; a short last chunk keeps
+  fewer, its own key) as one `decoder_scatter` call per run of consecutive slots (slots.scatter_rows:
+  TensorScatter with a write index per row, in place; a run of one slot is its own `decoder_gqa`
+  call), loaded once per pool (its weights are shared_weights.data, as decoder_gqa's). Off by default:
+  slower than one `decoder_gqa` call per chunk on the CPU (runtime/pool.py, docs/runtime.md). Without
+  it, or on exports whose `decoder_scatter` takes one write index, one prefill call per chunk.
+- not batched: questions and other text (one stream's rows with logits), cache edits (drop, rotate).
+
+With `batch_chunks=False` every chunk call runs alone, as before (the benchmark's comparison).
+The keys, rows and splits both pool backends share are runtime/chunk_batch.py's.
 """
 
 from __future__ import annotations
@@ -15,10 +34,11 @@ from typing import Sequence
 
 import numpy as np
 
-from omnisift_edge.artifact.manifest import DECODER_GQA
+from omnisift_edge.artifact.manifest import DECODER_GQA, DECODER_SCATTER
 from omnisift_edge.errors import UsageError
+from omnisift_edge.runtime import chunk_batch as cb
 from omnisift_edge.runtime.ort_pipeline import OrtStream
-from omnisift_edge.runtime.slots import SlotBuffers, SlotCache, decode_rows, prefill_rows
+from omnisift_edge.runtime.slots import SlotBuffers, SlotCache, decode_rows, prefill_rows, scatter_rows
 
 
 class _SharedExport:
@@ -45,6 +65,8 @@ class SlotStream(OrtStream):
                          context=pool.cfg.context, kv_form="shared_buffer", threads=pool.cfg.ort_threads)
 
     def _open_graph(self, path, role, providers, threads):
+        if role in self.pool.backend.batched:                # the batched form serves this role
+            return None
         return self.pool.backend.graph(path, role, threads)
 
     def _open_cache(self, export, inplace_entry, max_context, providers):
@@ -63,7 +85,11 @@ class SlotStream(OrtStream):
         if not want_logits and n > 1 and self.kv.length == 0:   # the prompt prefix: batched with equal ones
             self.kv.reserve(n)                               # (checked per stream, before any batching)
             return self.pool.scheduler.prefill(n, self.kv, embeds, positions.reshape(3, 1, n), rank=self._rank)
-        # GroupQueryAttention takes S > 1 new rows over a past only at batch 1: a chunk's prefill runs alone
+        if not want_logits and self.pool.backend.scatter is not None:   # a chunk: batched with equal ones
+            self.kv.reserve(n)
+            return self.pool.scheduler.prefill(cb.prefill_key(n), self.kv, embeds, positions.reshape(3, 1, n),
+                                               rank=self._rank)
+        # GroupQueryAttention takes S > 1 new rows over a past only at batch 1: without decoder_scatter, alone
         return self.pool.scheduler.call(lambda: OrtStream._step(self, embeds, positions, want_logits), rank=self._rank)
 
     def push(self, pixel_values, n_grids, mel):
@@ -77,14 +103,30 @@ class SlotStream(OrtStream):
     def _call(self, fn):
         return self.pool.scheduler.call(fn, rank=self._rank)
 
+    def _batch(self, role: str, row: dict):
+        """This stream's row of a batched `role` call (runtime/chunk_batch.py): its outputs at batch 1."""
+        return self.pool.scheduler.batch(role, cb.shape_key(row), row, rank=self._rank)
+
     def _encode_video(self, pixel_values, n_grids):
-        return self._call(lambda: OrtStream._encode_video(self, pixel_values, n_grids))
+        graph = self.pool.backend.batched.get("vision_encoder")
+        if graph is None:
+            return self._call(lambda: OrtStream._encode_video(self, pixel_values, n_grids))
+        out = self._batch("vision_encoder", cb.vision_row(graph, self, pixel_values, n_grids))
+        return cb.video_of(out, n_grids, self.tokens_per_frame)                          # [n_grids*n_p, D]
 
     def _encode_audio(self, mel):
-        return self._call(lambda: OrtStream._encode_audio(self, mel))
+        graph = self.pool.backend.batched.get("audio_encoder")
+        if graph is None:
+            return self._call(lambda: OrtStream._encode_audio(self, mel))
+        row, tokens = cb.audio_row(graph, self, mel)
+        return cb.audio_of(self._batch("audio_encoder", row), tokens)                   # [La, D]
 
     def _compress(self, video, audio, n_grids, chunk_positions):
-        return self._call(lambda: OrtStream._compress(self, video, audio, n_grids, chunk_positions))
+        graph = self.pool.backend.batched.get("compressor")
+        if graph is None:
+            return self._call(lambda: OrtStream._compress(self, video, audio, n_grids, chunk_positions))
+        row = cb.compressor_row(graph, self, video, audio, n_grids, chunk_positions)
+        return cb.kept_of(self._batch("compressor", row))                               # [1, k, D], [k]
 
     def _drop_kv(self, start, stop):          # the slot's rows must not move under a batched call
         self._call(lambda: OrtStream._drop_kv(self, start, stop))
@@ -113,6 +155,11 @@ class OrtPoolBackend:
         self._graphs: dict[str, object] = {}
         self._lock = threading.Lock()
         self.slots = self._allocate(template.export.manifest, pool.max_streams, pool.max_context)
+        chunks = getattr(pool, "batch_chunks", True)
+        self.batched = cb.batch_graphs(self.export, pool.ratio) if chunks else {}    # role -> batched GraphInfo
+        self.sessions = {role: self.graph(self.export.file(g.file), role, cfg.ort_threads)
+                         for role, g in self.batched.items()}
+        self.scatter, self.scatter_names = self._scatter(cfg) if getattr(pool, "batch_prefill", False) else (None, ())
 
     def _allocate(self, manifest, max_streams: int, max_context: int) -> SlotBuffers:
         from omnisift_edge.artifact.tensors import decoder_gqa_graph
@@ -120,6 +167,15 @@ class OrtPoolBackend:
         dims = manifest.dims
         names = decoder_gqa_graph(dims.num_layers).input_names[5:]
         return SlotBuffers(names, max_streams, dims.kv_heads, max_context, dims.head_dim, self.export.float_type)
+
+    def _scatter(self, cfg):
+        """(the `decoder_scatter` session, its embeds/positions/write_index/logits_index names), or (None, ()):
+        chunk prefills batch only on a form whose write index is per batch row (exports since issue 23)."""
+        form = self.export.manifest.kv_cache.get(DECODER_SCATTER)
+        entry = form.entry if form is not None else None
+        if entry is None or form.file is None or list(entry.inputs[2].shape) != [cb.BATCH_AXIS]:
+            return None, ()
+        return self.graph(self.export.file(form.file), "decoder", cfg.ort_threads), tuple(entry.input_names[:4])
 
     def graph(self, path, role: str, threads: str):
         """The pool's one ONNX Runtime session of the graph at `path` (opened on first use)."""
@@ -139,10 +195,19 @@ class OrtPoolBackend:
         return decode_rows(self.slots, caches, embeds, positions)
 
     def run_batch(self, kind: str, items):
-        """A batch of the calls `Scheduler.batch` gathered: "prefill": prompt prefixes of several new streams
-        (empty caches), equal lengths: one decoder call per run of consecutive slots (GroupQueryAttention
-        batches S > 1 rows only without a past)."""
-        if kind != "prefill":
+        """A batch of the calls `Scheduler.batch` gathered (equal keys), each call's result in order:
+        "prefill": prompt prefixes of new streams (empty caches: `decoder_gqa`, slots.prefill_rows) or chunk
+        prefills over pasts (`decoder_scatter`, slots.scatter_rows), one call per run of consecutive slots;
+        "vision_encoder" / "audio_encoder" / "compressor": the batched form once on the stacked rows, its
+        outputs split per row (runtime/chunk_batch.py)."""
+        if kind == "prefill":
+            caches, embeds, positions = zip(*items)
+            if self.scatter is None or not any(c.length for c in caches):
+                return prefill_rows(self.slots, caches, embeds, positions)
+            return scatter_rows(self.slots, self.scatter, self.scatter_names, caches, embeds, positions)
+        graph = self.batched.get(kind)
+        if graph is None:
             raise ValueError(f"the onnxruntime pool batches no {kind!r} calls")
-        caches, embeds, positions = zip(*items)
-        return prefill_rows(self.slots, caches, embeds, positions)
+        rows = [row for (row,) in items]
+        outputs = self.sessions[kind].run(None, cb.stack_rows(graph, rows))       # each [B, ...] (or [3, B, ...])
+        return cb.split_rows(graph, outputs, len(rows))

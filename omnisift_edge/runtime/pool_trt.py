@@ -36,12 +36,9 @@ import numpy as np
 
 from omnisift_edge.artifact.manifest import DECODER
 from omnisift_edge.errors import UsageError
-from omnisift_edge.runtime.chunk_batch import batch_graph_keys, engine_batch_limit, run_chunks
-from omnisift_edge.runtime.slots import SlotBook
+from omnisift_edge.runtime import chunk_batch as cb
+from omnisift_edge.runtime.slots import SlotBook, slot_runs
 from omnisift_edge.runtime.trt_pipeline import SCATTER, TrtStream, choose_profile, open_runners, scatter_limits
-
-ALONE = {"vision_encoder": TrtStream._encode_video, "audio_encoder": TrtStream._encode_audio,
-         "compressor": TrtStream._compress}          # a chunk stage's one-chunk call (a batch of one)
 
 
 def check_build_streams(build, wanted: int, folder, target: str) -> None:
@@ -153,15 +150,13 @@ def prefill_profile(entry, batch: int, n: int, past: int | None = None) -> int |
     return None
 
 
-def consecutive_runs(slots: Sequence[int]) -> list[list[int]]:
-    """Indices into `slots` grouped in runs of consecutive slots (an in-place call binds one run: no copy)."""
-    runs: list[list[int]] = []
-    for i in sorted(range(len(slots)), key=lambda i: slots[i]):
-        if runs and slots[i] == slots[runs[-1][-1]] + 1:
-            runs[-1].append(i)
-        else:
-            runs.append([i])
-    return runs
+def engine_batch_limit(entry) -> int:
+    """The most rows an engine's profiles take on their batch axis (1: none, or a build without one)."""
+    most = 1
+    for profile in entry.profiles:
+        rows = profile.get("axes", {}).get(cb.BATCH_AXIS)
+        most = max(most, int(rows[2])) if rows is not None else most
+    return most
 
 
 def run_copies(memory, source, target, copies: np.ndarray) -> None:
@@ -224,11 +219,11 @@ class SlotTrtStream(TrtStream):
         """`ChunkStream.push`, counted as pushing (the scheduler gathers its stage calls with the other streams')
         and its model calls ranked by when it began (chunks are served in order)."""
         self._rank = time.monotonic()
-        self.pool.scheduler.begin_push()
+        self.pool.scheduler.begin_chunk()
         try:
             return super().push(pixel_values, n_grids, mel)
         finally:
-            self.pool.scheduler.end_push()
+            self.pool.scheduler.end_chunk()
             self._rank = None
 
     def _step(self, embeds, positions, want_logits=True):
@@ -238,7 +233,8 @@ class SlotTrtStream(TrtStream):
             return self.pool.scheduler.decode(self, embeds, positions.reshape(3, 1, 1))
         if not want_logits and n > 1 and backend.batches_prefill:   # a chunk (or prompt) prefill: batched with
             self.kv.reserve(n)                                     # the other streams' of n rows (checked first)
-            return self.pool.scheduler.prefill(n, self, embeds, np.asarray(positions).reshape(3, n), rank=self._rank)
+            return self.pool.scheduler.prefill(cb.prefill_key(n), self, embeds, np.asarray(positions).reshape(3, n),
+                                               rank=self._rank)
         return self.pool.scheduler.call(lambda: self._own_step(embeds, positions, want_logits), rank=self._rank)
 
     def _own_step(self, embeds, positions, want_logits):
@@ -246,21 +242,33 @@ class SlotTrtStream(TrtStream):
             self.pool.backend.use_profile(0)
         return TrtStream._step(self, embeds, positions, want_logits)
 
-    def _stage(self, role: str, alone, *args):
-        """A chunk's encoder or compressor call: batched with the other streams' (`run_batch(role, ...)`) where
-        the build has the role's batched engine, else one call (`alone`)."""
-        if role in self.pool.backend.batch_roles:
-            return self.pool.scheduler.batch(role, "chunk", self, *args, rank=self._rank)
-        return self.pool.scheduler.call(lambda: alone(self, *args), rank=self._rank)
+    def _call(self, fn):
+        return self.pool.scheduler.call(fn, rank=self._rank)
+
+    def _batch(self, role: str, row: dict):
+        """This stream's row of a batched `role` call (runtime/chunk_batch.py): its outputs at batch 1."""
+        return self.pool.scheduler.batch(role, cb.shape_key(row), row, rank=self._rank)
 
     def _encode_video(self, pixel_values, n_grids):
-        return self._stage("vision_encoder", TrtStream._encode_video, pixel_values, n_grids)
+        graph = self.pool.backend.batched.get("vision_encoder")
+        if graph is None:
+            return self._call(lambda: TrtStream._encode_video(self, pixel_values, n_grids))
+        out = self._batch("vision_encoder", cb.vision_row(graph, self, pixel_values, n_grids))
+        return cb.video_of(out, n_grids, self.tokens_per_frame)                          # [n_grids*n_p, D]
 
     def _encode_audio(self, mel):
-        return self._stage("audio_encoder", TrtStream._encode_audio, mel)
+        graph = self.pool.backend.batched.get("audio_encoder")
+        if graph is None:
+            return self._call(lambda: TrtStream._encode_audio(self, mel))
+        row, tokens = cb.audio_row(graph, self, mel)
+        return cb.audio_of(self._batch("audio_encoder", row), tokens)                   # [La, D]
 
     def _compress(self, video, audio, n_grids, chunk_positions):
-        return self._stage("compressor", TrtStream._compress, video, audio, n_grids, chunk_positions)
+        graph = self.pool.backend.batched.get("compressor")
+        if graph is None:
+            return self._call(lambda: TrtStream._compress(self, video, audio, n_grids, chunk_positions))
+        row = cb.compressor_row(graph, self, video, audio, n_grids, chunk_positions)
+        return cb.kept_of(self._batch("compressor", row))                               # [1, k, D], [k]
 
     def _drop_kv(self, start, stop):          # the slot's rows must not move under a batched call
         self.pool.scheduler.call(lambda: TrtStream._drop_kv(self, start, stop), rank=self._rank)
@@ -301,23 +309,23 @@ class TrtPoolBackend:
         self._lock = threading.Lock()
         self.memory = trt_kv.CudaMemory()
         self.slots, self.gathered = self._allocate(export, pool)
-        self.batch_roles = self._batch_roles(export, pool)      # role -> (engine key, batched graph, most rows)
+        chunks = getattr(pool, "batch_chunks", True) and pool.max_streams > 1
+        self.batched, self.batch_rows = self._batched(export, pool) if chunks else ({}, 1)
         decoder = self.build.engines[SCATTER if self.in_place else DECODER]
-        self.batches_prefill = pool.max_streams > 1 and any(    # a profile of several rows of several tokens
+        self.batches_prefill = chunks and any(                  # a profile of several rows of several tokens
             p.get("axes", {}).get("batch_size", (1, 1, 1))[2] > 1 and p.get("axes", {}).get("sequence_length",
                                                                                             (1, 1, 1))[2] > 1
             for p in decoder.profiles)
 
-    def _batch_roles(self, export, pool) -> dict:
-        """The chunk stages whose batched engine this build holds (`build --max-streams N` of an export with the
-        batched graphs): role -> (engine key, the batched graph's manifest entry, the most rows it takes)."""
-        graphs, roles = export.graphs_for(pool.ratio), {}
-        for role, key in batch_graph_keys(export.manifest, graphs["compressor"].key).items():
-            engine, entry = self.build.engines.get(key), export.manifest.graph(key)
-            if (pool.max_streams > 1 and engine is not None and engine_batch_limit(engine) > 1
-                    and len(entry.inputs) == len(graphs[role].inputs) and (export.path / engine.file).is_file()):
-                roles[role] = (key, entry, engine_batch_limit(engine))
-        return roles
+    def _batched(self, export, pool) -> tuple[dict, int]:
+        """(role -> GraphInfo of the batched forms whose engines this build holds (`build --max-streams N` of an
+        export with them: all three, or {}), the most rows each takes)."""
+        graphs = cb.batch_graphs(export, pool.ratio)
+        engines = [self.build.engines.get(g.key) for g in graphs.values()]
+        if not graphs or any(e is None or not (export.path / e.file).is_file() for e in engines):
+            return {}, 1
+        most = min(engine_batch_limit(e) for e in engines)
+        return (graphs, most) if most > 1 else ({}, 1)
 
     def _allocate(self, export, pool) -> tuple[DeviceSlots, DeviceSlots | None]:
         """The slots [max_streams, kv, rows, hd] per past name; past/present also a batch past of the same size."""
@@ -332,12 +340,15 @@ class TrtPoolBackend:
         return make(), None if self.in_place else make()
 
     def runners(self, files: dict) -> dict:
-        """The pool's one TrtRunner per engine (opened by the first stream), the batched chunk engines with them."""
+        """The pool's one TrtRunner per engine (opened by the first stream); where the batched chunk engines serve
+        a role, they are loaded instead of its one-chunk engine (weights resident once; a chunk alone is a
+        batch of one), under the batched graph's key."""
         with self._lock:
             if self._runners is None:
-                batched = {key: self.pool.export.path / self.build.engines[key].file
-                           for key, _, _ in self.batch_roles.values()}
-                self._runners = open_runners({**files, **batched}, self.pool.export.path, self.target)
+                files = {role: path for role, path in files.items() if role not in self.batched}
+                files.update({g.key: self.pool.export.path / self.build.engines[g.key].file
+                              for g in self.batched.values()})
+                self._runners = open_runners(files, self.pool.export.path, self.target)
             return self._runners
 
     def use_profile(self, index: int):
@@ -413,19 +424,20 @@ class TrtPoolBackend:
 
     # -- batches of other calls (Scheduler.batch) ---------------------------------------------------------------
     def run_batch(self, kind: str, items) -> list:
-        """The calls `Scheduler.batch` gathered: "prefill" (stream, embeds [1, n, D], positions [3, n]) of
-        several streams, n equal; or a chunk stage (`batch_roles`: stream and the hook's arguments) through its
-        batched engine, at most its rows per call; a batch of one is the stream's own call."""
+        """The calls `Scheduler.batch` gathered (equal keys), each call's result in order: "prefill" (stream,
+        embeds [1, n, D], positions [3, n]) of several streams; "vision_encoder" / "audio_encoder" /
+        "compressor": rows at batch 1 (runtime/chunk_batch.py) through the batched engine, at most its rows per
+        call, its outputs split per row."""
         if kind == "prefill":
             return self._prefill(items)
-        key, entry, most = self.batch_roles[kind]
-        runner, results = self._runners[key], []
-        for start in range(0, len(items), most):
-            group = items[start:start + most]
-            if len(group) == 1:
-                results.append(ALONE[kind](*group[0]))
-            else:
-                results += run_chunks(kind, entry, group, lambda feeds: TrtStream._run(runner, feeds))
+        graph = self.batched.get(kind)
+        if graph is None:
+            raise ValueError(f"the tensorrt pool batches no {kind!r} calls")
+        runner, rows, results = self._runners[graph.key], [row for (row,) in items], []
+        for start in range(0, len(rows), self.batch_rows):
+            part = rows[start:start + self.batch_rows]
+            out = TrtStream._run(runner, cb.stack_rows(graph, part))                   # each [B, ...] (or [3, B, ...])
+            results += cb.split_rows(graph, [out[name] for name in graph.output_names], len(part))
         return results
 
     def _prefill(self, items) -> list[None]:
@@ -435,7 +447,7 @@ class TrtPoolBackend:
         if len(set(slots)) != len(slots):
             raise UsageError("one prefill per stream and call")
         n = int(np.asarray(items[0][1]).shape[1])
-        for run in consecutive_runs(slots) if self.in_place else [list(range(len(items)))]:
+        for run in slot_runs([stream.kv for stream, _, _ in items]) if self.in_place else [list(range(len(items)))]:
             group = [items[i] for i in run]
             if len(group) < 2 or not self._prefill_together(group, n):
                 for stream, embeds, positions in group:

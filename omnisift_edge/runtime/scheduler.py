@@ -22,13 +22,15 @@ combining queue, no extra thread). The rule, kept simple:
   head of that queue takes every pending call of the same kind and key with it (one
   `run_batch(kind, ...)` call; the ones pulled forward are later arrivals, so nobody waits longer, and
   a pending decode batch still goes first). Which calls a backend can batch, and under which key
-  (equal shapes), is its own business (runtime/pool_ort.py, pool_trt.py);
-- the chunks that arrived together batch: while streams push a chunk (`begin_push`/`end_push`), a
-  batchable call at the head waits, at most `batch_gather_seconds` from when it became the head, until
-  every pushing stream has a call of its kind pending; meanwhile the first pending call of another kind
-  runs (another stream's earlier stage: it is what brings that stream to the batch), and a pending
-  decode batch goes first as ever. Their host work between two stages is short; a stream at another
-  stage costs the others at most that wait. Backends that never call `begin_push` see no wait.
+  (equal shapes), is its own business (runtime/pool_ort.py, pool_trt.py; runtime/chunk_batch.py);
+- chunks that arrive together reach each stage at about the same time, but not at once: a stream
+  prepares its chunk (log-mel, patches) before its first call, and after a batch every stream does a
+  little host work before its next call. So while streams are inside a media call (`begin_chunk` /
+  `end_chunk`: runtime/pool.py's `PoolStream`) and some of them have no call queued (they are between
+  two calls), a batchable call at the head waits for them, at most `batch_gather_seconds` (no wait
+  while a decode step is pending; a stream that queues or leaves its media call ends the wait at
+  once). Without it the first stream back would run its next call alone and the batch would fall
+  apart after the first stage.
 
 A job's error goes to its own caller only: a failed decode batch fails the steps in it; a failed
 batch of other calls is run again one call at a time, so a bad one fails only its own stream.
@@ -43,10 +45,11 @@ from typing import Any, Callable, Sequence
 
 
 class _Job:
-    __slots__ = ("fn", "args", "key", "rank", "done", "result", "error")
+    __slots__ = ("fn", "args", "key", "rank", "pushed", "done", "result", "error")
 
     def __init__(self, fn: Callable | None, args: tuple = (), key: Any = None, rank: float | None = None):
         self.fn, self.args, self.key = fn, args, key      # key: (kind, key) of a batchable call (None: not one)
+        self.pushed = rank is not None                    # a call of a chunk being pushed (it ranks as the chunk)
         self.rank = time.monotonic() if rank is None else rank   # its turn: when the work it serves arrived
         self.done, self.result, self.error = False, None, None
 
@@ -61,15 +64,15 @@ class Scheduler:
 
     def __init__(self, run_decodes: Callable[[Sequence[tuple]], Sequence[Any]], *, gather_seconds: float = 0.005,
                  run_batch: Callable[[str, Sequence[tuple]], Sequence[Any]] | None = None,
-                 batch_gather_seconds: float = 0.005):
+                 batch_gather_seconds: float = 0.02):
         self._run_decodes = run_decodes          # [args of each step] -> [result of each step]
         self._run_batch = run_batch              # (kind, [args of each call]) -> [result of each]; None: no batches
         self.gather_seconds = gather_seconds
-        self.answering = 0                       # streams inside an answer (their next decode step is coming)
-        self._gather_until: float | None = None  # when the pending decodes stop waiting for the others
         self.batch_gather_seconds = batch_gather_seconds
-        self.pushing = 0                         # streams inside a chunk push (their next stage call is coming)
-        self._batch_until: tuple[_Job, float] | None = None   # (head, when it stops waiting for its batch)
+        self.answering = 0                       # streams inside an answer (their next decode step is coming)
+        self.pushing = 0                         # streams inside a chunk's push (their next chunk call is coming)
+        self._gather_until: float | None = None  # when the pending decodes stop waiting for the others
+        self._batch_until: float | None = None   # when the batchable call at the head stops waiting for the pushers
         self._cv = threading.Condition()
         self._decodes: list[_Job] = []
         self._others: list[_Job] = []           # by rank, then arrival (insort is stable)
@@ -84,6 +87,7 @@ class Scheduler:
         job = _Job(fn, rank=rank)
         with self._cv:
             insort(self._others, job, key=_rank)
+            self._cv.notify_all()                # a runner gathering a batch counts the pushers' queued calls
         return self._drive(job)
 
     def decode(self, *args) -> Any:
@@ -102,7 +106,7 @@ class Scheduler:
         job = _Job(None, args, (kind, key), rank)
         with self._cv:
             insort(self._others, job, key=_rank)
-            self._cv.notify_all()                # a head gathering its batch may be waiting for this one
+            self._cv.notify_all()                # a runner gathering this key's batch may be waiting for it
         return self._drive(job)
 
     def prefill(self, key: Any, *args, rank: float | None = None) -> Any:
@@ -119,40 +123,30 @@ class Scheduler:
             self.answering -= 1
             self._cv.notify_all()
 
-    def begin_push(self) -> None:
-        """A stream starts pushing a chunk: its encoder, compressor and prefill calls are coming."""
+    def begin_chunk(self) -> None:
+        """A stream starts pushing a chunk: its calls (ranked as the chunk) may batch with the others'."""
         with self._cv:
             self.pushing += 1
 
-    def end_push(self) -> None:
+    def end_chunk(self) -> None:
         with self._cv:
             self.pushing -= 1
             self._cv.notify_all()
 
-    def _next_other(self) -> tuple[int, float]:
-        """(index in the queue of the call to run next, 0.0), or (-1, seconds to wait): the batchable call at the
-        head waits for the same kind of call of every pushing stream, the other calls pending run meanwhile."""
-        head = self._others[0]
-        if head.key is None or self.batch_gather_seconds <= 0 or self._decodes:    # answers never wait for it
-            return 0, 0.0
-        kind = head.key[0]
-        if sum(job.key is not None and job.key[0] == kind for job in self._others) >= self.pushing:
-            return 0, 0.0
+    def _batch_wait(self) -> float:
+        """Seconds the batchable call at the head waits for pushing streams still between two calls (0: run now)."""
+        if self._decodes or not self._others or self._others[0].key is None or self.pushing < 2:
+            return 0.0
+        if sum(1 for job in self._others if job.pushed) >= self.pushing:   # every pusher has its call queued
+            return 0.0
         now = time.monotonic()
-        if self._batch_until is None or self._batch_until[0] is not head:
-            self._batch_until = (head, now + self.batch_gather_seconds)
-        if now >= self._batch_until[1]:
-            return 0, 0.0
-        for index, job in enumerate(self._others):
-            if job.key is None or job.key[0] != kind:       # another stream's earlier stage: it feeds the batch
-                return index, 0.0
-        return -1, self._batch_until[1] - now
+        if self._batch_until is None:
+            self._batch_until = now + self.batch_gather_seconds
+        return max(0.0, self._batch_until - now)
 
     def _gather_wait(self) -> float:
-        """Seconds to wait for the decode steps (or a batch's calls) still missing from the next run (0: run now)."""
-        if self._others and (self._after_decode or not self._decodes):       # another call goes next
-            return max(0.0, self._next_other()[1])
-        if not self._decodes or len(self._decodes) >= self.answering:
+        """Seconds to wait for the decode steps still missing from the next batch (0: run now)."""
+        if not self._decodes or (self._others and self._after_decode) or len(self._decodes) >= self.answering:
             return 0.0
         now = time.monotonic()
         if self._gather_until is None:
@@ -161,8 +155,8 @@ class Scheduler:
 
     def _take(self) -> list[_Job]:
         if self._others and (self._after_decode or not self._decodes):
-            self._after_decode = False
-            head = self._others.pop(max(0, self._next_other()[0]))
+            self._after_decode, self._batch_until = False, None
+            head = self._others.pop(0)
             if head.key is None:
                 return [head]
             same = [job for job in self._others if job.key == head.key]     # later arrivals, pulled forward
@@ -179,7 +173,7 @@ class Scheduler:
                 if self._running:
                     self._cv.wait()
                     continue
-                wait = self._gather_wait()
+                wait = self._gather_wait() or self._batch_wait()
                 if wait > 0:
                     self._cv.wait(wait)
                     continue

@@ -14,8 +14,14 @@ their own length, so their write lands on row `length`, past their valid rows: t
 every slot is the scratch row a full stream's write lands on. Such a row costs one wasted decode
 row (attention over its own cached rows); slots are handed out lowest first to keep spans short.
 `prefill_rows` runs the first prefill (the prompt prefix) of several streams as one call per run of
-consecutive slots; GroupQueryAttention takes S > 1 new rows over a past only at batch 1, so a
-chunk's prefill runs alone. The pool runs ONNX Runtime on the CPU (the slot views wrap host memory).
+consecutive slots; GroupQueryAttention takes S > 1 new rows over a past only at batch 1 ("batch_size
+must be 1 when sequence_length > 1 and past context is given"). `scatter_rows` runs the chunk
+prefills of several streams (S kept rows each, over pasts of any lengths) as one `decoder_scatter` call
+per run of consecutive slots: ONNX TensorScatter with a write index per row, the slot span bound as both
+past and present, so ONNX Runtime 1.32's CPU kernel writes the new rows in place (its output is its
+input: no copy of the cache; measured in /work/notes/poolbatch.md and docs/runtime.md) and each row
+attends over its own rows under the graph's per-row causal mask. The pool runs ONNX Runtime on the CPU
+(the slot views wrap host memory).
 """
 
 from __future__ import annotations
@@ -177,3 +183,47 @@ def prefill_rows(buffers: SlotBuffers, caches: Sequence[SlotCache], embeds: Sequ
         for i in run:
             caches[i].append(n)
     return [None] * len(caches)
+
+
+def scatter_rows(buffers: SlotBuffers, session, names: Sequence[str], caches: Sequence[SlotCache],
+                 embeds: Sequence[np.ndarray], positions: Sequence[np.ndarray]) -> list[None]:
+    """The chunk prefills of several streams, n kept rows each (embeds [1, n, D], positions [3, 1, n]) over
+    pasts of any lengths: one `decoder_scatter` call per run of consecutive slots (`session`; `names`: its
+    embeds, positions, write_index and logits_index inputs), each row written at its own length, no logits.
+    A run of one slot goes through its own cache's `decoder_gqa` call instead (exactly a lone stream's)."""
+    if len({c.slot for c in caches}) != len(caches):
+        raise UsageError("one prefill per stream and call")
+    n = {int(e.shape[1]) for e in embeds}
+    if len(n) != 1:
+        raise UsageError(f"a batched prefill takes rows of one length (got {sorted(n)})")
+    n = n.pop()
+    for cache in caches:
+        cache.reserve(n)
+    for run in slot_runs(caches):
+        if len(run) == 1:
+            caches[run[0]].step(embeds[run[0]], np.asarray(positions[run[0]]).reshape(3, 1, n), False)
+            continue
+        _scatter_span(buffers, session, names, [caches[i] for i in run],
+                      np.concatenate([embeds[i] for i in run], axis=0),                              # [B, n, D]
+                      np.concatenate([np.asarray(positions[i]).reshape(3, 1, n) for i in run], axis=1))  # [3, B, n]
+        for i in run:
+            caches[i].append(n)
+    return [None] * len(caches)
+
+
+def _scatter_span(buffers: SlotBuffers, session, names: Sequence[str], run: Sequence[SlotCache],
+                  embeds: np.ndarray, positions: np.ndarray) -> None:
+    """One `decoder_scatter` call on the consecutive slots of `run`: embeds [B, n, D], positions [3, B, n]."""
+    first, lo = run[0], run[0].slot
+    embeds_name, positions_name, write_name, logits_index_name = names
+    binding = session.io_binding()
+    binding.bind_output(first.logits_name, "cpu")                                           # [B, 0, V]
+    for past, present in zip(first.past_names, first.present_names):
+        value = first.ort.OrtValue.ortvalue_from_numpy(buffers.arrays[past][lo:lo + len(run)])  # [B, kv, M + 1, hd]
+        binding.bind_ortvalue_input(past, value)
+        binding.bind_ortvalue_output(present, value)            # the same memory: TensorScatter writes in place
+    binding.bind_cpu_input(embeds_name, np.ascontiguousarray(embeds, dtype=first.float_type))
+    binding.bind_cpu_input(positions_name, np.ascontiguousarray(positions, dtype=np.int64))
+    binding.bind_cpu_input(write_name, np.array([c.length for c in run], np.int64))        # [B] rows cached
+    binding.bind_cpu_input(logits_index_name, np.zeros(0, np.int64))
+    session.run_with_iobinding(binding)

@@ -351,10 +351,78 @@ def test_chunks_that_arrive_together_are_prefilled_in_one_call_and_equal_lone_st
         for pooled, single in zip(seen, alone[i][1]):
             np.testing.assert_allclose(pooled, single, atol=1e-4, rtol=0)          # logits
     calls = pool.scheduler.calls
-    assert calls["prefill_chunks"] > calls["prefill_batches"] and calls["prefill_retries"] == 0
+    assert calls["prefill_retries"] == 0
+    assert calls["prefill_chunks"] == sum(len(plan[2]) for plan in alone) + 4     # the chunks, the prompt prefixes
     chunk_rows = {len(k) for plan in alone for k in plan[2]}                       # kept counts: whole, short
     assert len(chunk_rows) == 2
     together = [c[1:3] for c in _BatchLog.calls if c[0] == "trt-decoder" and c[1] > 1 and c[2] > 1]
-    assert (3, max(chunk_rows)) in together                        # the first chunks of streams 0-2: one call
     assert {rows for _, rows in together} <= chunk_rows            # (only chunk prefills go in batches)
+    if pool.backend.batched:          # the export's batched chunk graphs, built: every stage of a chunk batches,
+        for kind in ("vision_encoder", "audio_encoder", "compressor", "prefill"):   # so the prefills do too
+            assert calls[f"{kind}_chunks"] > calls[f"{kind}_batches"], kind
+        assert (3, max(chunk_rows)) in together                    # the first chunks of streams 0-2: one call
+        assert not any(c[0] in ("trt-vision_encoder", "trt-audio_encoder") for c in _BatchLog.calls)   # not loaded
     assert pool.free_slots == 4 and pool.open_streams == 0
+
+
+def _valid_rows(kv) -> list[np.ndarray]:
+    """A device cache's valid rows [1, kv, length, hd] per past name (host memory here)."""
+    return [np.array(view)[:, :, :kv.length] for view in kv.bind().values()]
+
+
+@pytest.mark.parametrize("in_place", [True, False], ids=["decoder_scatter", "decoder_past_present"])
+def test_a_batched_chunk_prefill_writes_each_streams_rows_as_its_own_prefill(folder, tmp_path, monkeypatch, in_place):
+    """The batched chunk prefill itself, queued behind a held runner (one scheduler batch): streams on slots 0-2,
+    slot 2's cache a chunk longer than the others', slot 3 open but not prefilling. In place: one decoder call of
+    3 rows on slots 0-2, each at its own write_index; past/present: one call over their gathered, masked pasts.
+    Each stream's cache afterwards equals a lone stream's that did the same prefill; slot 3's is untouched."""
+    from omnisift_edge.runtime import chunk_batch as cb
+
+    built = _pool_build(folder, tmp_path / "built", in_place=in_place, max_streams=4, batched_prefill=True)
+    _stand_ins(monkeypatch, built)
+    monkeypatch.setattr("polygraphy.backend.trt.TrtRunner", _BatchLog)
+    cfg = RuntimeConfig(built, backend="tensorrt", ratio=0.25)
+    pool = open_pool(cfg, max_streams=4)
+    streams = [pool.open_stream() for _ in range(4)]
+    lone = [OmniSession(cfg) for _ in range(3)]
+    for session in (streams[2], lone[2], streams[3]):
+        _first_chunks(session, TOGETHER[1], 2)                               # one chunk in
+    idle = _valid_rows(streams[3].stream.kv)
+    table = streams[0].stream.embed_table
+    embeds = table[np.arange(100, 119)][None]                               # [1, 19, D]: 19 rows, as a chunk's
+    n = embeds.shape[1]
+    rows = lambda kv: np.repeat(np.arange(kv.length, kv.length + n)[None], 3, axis=0)   # noqa: E731 [3, n]
+    for session in lone:
+        session.stream._step(embeds, rows(session.stream.kv), want_logits=False)
+    release, errors = threading.Event(), []
+    holder = threading.Thread(target=pool.scheduler.call, args=(lambda: release.wait(60),))
+    holder.start()                                                           # the prefills queue behind it
+
+    def prefill(stream):
+        try:
+            stream.kv.reserve(n)
+            pool.scheduler.prefill(cb.prefill_key(n), stream, embeds, rows(stream.kv))
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=prefill, args=(s.stream,)) for s in streams[:3]]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 60
+    while len(pool.scheduler._others) < 3:
+        assert time.monotonic() < deadline, "the prefills did not queue"
+        time.sleep(0.005)
+    _BatchLog.calls, counted = [], dict(pool.scheduler.calls)
+    release.set()
+    for t in (holder, *threads):
+        t.join()
+    assert not errors, errors
+    assert pool.scheduler.calls["prefill_batches"] - counted["prefill_batches"] == 1
+    assert pool.scheduler.calls["prefill_chunks"] - counted["prefill_chunks"] == 3
+    assert [c[1:3] for c in _BatchLog.calls if c[0] == "trt-decoder"] == [(3, n)]     # one engine call, 3 rows
+    for stream, session in zip(streams, lone):
+        assert stream.stream.kv.length == session.stream.kv.length
+        for pooled, single in zip(_valid_rows(stream.stream.kv), _valid_rows(session.stream.kv)):
+            np.testing.assert_allclose(pooled, single, atol=1e-5, rtol=0)
+    for after, before in zip(_valid_rows(streams[3].stream.kv), idle):
+        np.testing.assert_array_equal(after, before)                         # the stream not prefilling

@@ -141,3 +141,40 @@ def test_other_calls_run_by_the_arrival_of_the_work_they_serve():
     for t in (holder, *threads):
         t.join(10)
     assert order == ["early chunk: prefill", "late chunk: vision", "late chunk: audio"]
+
+
+def test_a_batch_waits_for_pushing_streams_between_two_calls():
+    """Streams inside a push (begin_chunk) whose next call is not queued yet: the batchable call at the head waits
+    for them (at most batch_gather_seconds), so the chunks that arrived together stay one batch; a lone pusher
+    never waits."""
+    batches = []
+
+    def run_batch(kind, items):
+        batches.append((kind, sorted(i[0] for i in items)))
+        return [i[0] for i in items]
+
+    scheduler = Scheduler(lambda steps: [None] * len(steps), run_batch=run_batch, batch_gather_seconds=5.0)
+    results = {}
+
+    def push(name, delay):
+        try:
+            time.sleep(delay)                                 # host work before the call
+            results[name] = scheduler.batch("vision", "shape", name, rank=time.monotonic())
+        finally:
+            scheduler.end_chunk()
+
+    threads = [threading.Thread(target=push, args=(name, delay)) for name, delay in (("a", 0.0), ("b", 0.3))]
+    scheduler.begin_chunk()                                   # both streams are inside a media call
+    scheduler.begin_chunk()
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert batches == [("vision", ["a", "b"])] and results == {"a": "a", "b": "b"}
+    assert time.monotonic() - start < 4.0                     # b's call ended the wait, not the 5-s limit
+    scheduler.begin_chunk()
+    start = time.monotonic()
+    assert scheduler.batch("vision", "shape", "c", rank=time.monotonic()) == "c"    # alone: no wait
+    scheduler.end_chunk()
+    assert time.monotonic() - start < 1.0 and scheduler.calls["vision_batches"] == 2
