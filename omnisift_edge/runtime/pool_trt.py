@@ -216,14 +216,12 @@ class SlotTrtStream(TrtStream):
                                       **shape)
 
     def push(self, pixel_values, n_grids, mel):
-        """`ChunkStream.push`, counted as pushing (the scheduler gathers its stage calls with the other streams')
-        and its model calls ranked by when it began (chunks are served in order)."""
+        """`ChunkStream.push`, its model calls ranked by when it began (the scheduler serves chunks in order, and
+        gathers a chunk's batchable calls with the other pushing streams': runtime/pool.py counts them)."""
         self._rank = time.monotonic()
-        self.pool.scheduler.begin_chunk()
         try:
             return super().push(pixel_values, n_grids, mel)
         finally:
-            self.pool.scheduler.end_chunk()
             self._rank = None
 
     def _step(self, embeds, positions, want_logits=True):
