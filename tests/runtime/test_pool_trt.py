@@ -426,3 +426,38 @@ def test_a_batched_chunk_prefill_writes_each_streams_rows_as_its_own_prefill(fol
             np.testing.assert_allclose(pooled, single, atol=1e-5, rtol=0)
     for after, before in zip(_valid_rows(streams[3].stream.kv), idle):
         np.testing.assert_array_equal(after, before)                         # the stream not prefilling
+
+
+@pytest.mark.trt
+@pytest.mark.gpu
+def test_chunks_together_on_real_engines_match_lone_sessions(folder, tmp_path):
+    """The GPU check of the batched chunks (docs/runtime.md): engines built here with --max-streams 4 (the decoder's
+    batched prefill profile, and the batched encoder/compressor engines where the export has their graphs);
+    three cameras push together, a fourth starts later, two clips end short: kept sets, logits within fp32
+    engine noise and greedy answers as each stream alone; the prefills (and the chunk stages) ran in batches."""
+    import shutil
+
+    from omnisift_edge.engines.build import build_engines
+    from omnisift_edge.engines.plan import BuildConfig
+
+    export = tmp_path / "export"
+    shutil.copytree(folder, export)
+    build_engines(BuildConfig(export, target="auto", precision="fp32", max_streams=4))
+    cfg = RuntimeConfig(export, backend="tensorrt", ratio=0.25)
+    alone = [_alone(cfg, plan) for plan in TOGETHER]
+    pool = open_pool(cfg, max_streams=4)
+    pool.scheduler.gather_seconds = pool.scheduler.batch_gather_seconds = 1.0
+    assert pool.backend.batches_prefill                       # the build's batched chunk-prefill profile
+    got = _cameras_together(pool)
+    for i in range(4):
+        answer, seen, kept = got[i]
+        assert answer == alone[i][0]
+        for pooled, single in zip(kept, alone[i][2]):
+            np.testing.assert_array_equal(pooled, single)
+        for pooled, single in zip(seen, alone[i][1]):
+            np.testing.assert_allclose(pooled, single, atol=2e-3, rtol=0)
+    calls = pool.scheduler.calls
+    kinds = ("vision_encoder", "audio_encoder", "compressor", "prefill") if pool.backend.batched else ("prefill",)
+    for kind in kinds:
+        assert calls[f"{kind}_chunks"] > calls[f"{kind}_batches"], kind
+    assert calls["prefill_retries"] == 0 and pool.free_slots == 4
