@@ -20,6 +20,13 @@ TensorRT twin of runtime/pool_ort.py:
     its attention_mask row), the engine's decode profile runs it, and each stream's rows plus its new
     one are copied back into its slot (device-to-device copies planned by `gather_copies` /
     `scatter_copies`: kv per stream and layer each way, the fallback's price).
+- the chunks that arrive together (`batch_chunks`, the default; `run_batch`): the encoders and compressor as
+  one call each of the batched engines where the build has them (runtime/chunk_batch.py; loaded instead
+  of the one-chunk engines), and the chunk prefills of equal kept counts (`prefill_key`) as one decoder
+  call on the batched chunk-prefill profile (engines/profiles.py `in_place_prefill` / `prefill_batch`):
+  in place, per run of consecutive slots (no riders: they would write S rows), each row's S rows at its
+  own write_index; past/present, the decode steps' gather with S new rows. A run of one, or rows no
+  profile holds, is the stream's own call.
 The engines' decode profile takes at most the build's `--max-streams` rows: a pool asking for more is
 refused (`check_build_streams`). The plans of the copies and the batch's feeds are plain numpy
 (checked on the CPU: tests/runtime/test_pool_trt.py, with TensorRT stood in for by ONNX Runtime on
