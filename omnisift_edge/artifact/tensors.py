@@ -167,6 +167,31 @@ BATCH_FORMS = {"vision_encoder": VISION_ENCODER_BATCH, "audio_encoder": AUDIO_EN
                "compressor": COMPRESSOR_BATCH}     # one-chunk graph -> its batched form
 
 
+def batch_form_key(graph: str) -> str:
+    """Manifest key of the batched form of the one-chunk graph `graph`: vision_encoder -> vision_encoder_batch,
+    audio_encoder -> audio_encoder_batch, compressor_r0.25 -> compressor_batch_r0.25 (also its file's stem)."""
+    if graph.startswith("compressor_r"):
+        return "compressor_batch_r" + graph[len("compressor_r"):]
+    if graph in BATCH_FORMS:
+        return BATCH_FORMS[graph].name
+    raise KeyError(f"{graph!r} has no batched form")
+
+
+def is_batch_form(graph: str) -> bool:
+    """Whether manifest key `graph` names a batched form (built as engines only for a stream pool)."""
+    return graph.startswith("compressor_batch_r") or graph in (VISION_ENCODER_BATCH.name, AUDIO_ENCODER_BATCH.name)
+
+
+def one_chunk_key(graph: str) -> str:
+    """The one-chunk graph whose batched form is manifest key `graph` (batch_form_key's inverse)."""
+    if graph.startswith("compressor_batch_r"):
+        return "compressor_r" + graph[len("compressor_batch_r"):]
+    for key, spec in BATCH_FORMS.items():
+        if spec.name == graph:
+            return key
+    raise KeyError(f"{graph!r} is not a batched form")
+
+
 def decoder_graph(num_layers: int) -> GraphSpec:
     """The thinker LLM with a KV cache (Optimum's naming), logits of the last position only."""
     past, present = [], []

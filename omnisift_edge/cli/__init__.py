@@ -93,10 +93,12 @@ def demo(model_dir, compressor, compressor_heads, model_seed, video, audio, seco
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder (only once the new export passed).")
 @click.option("--default-chat-template", is_flag=True,
               help="A --model folder without a chat template: use Qwen2.5-Omni's built-in one (else refused).")
+@click.option("--batch-graphs/--no-batch-graphs", default=True, show_default=True,
+              help="Also write the batched forms of the encoders and compressors (a stream pool's chunks in one call).")
 @_user_errors(interrupted="interrupted; nothing was written (the output folder is as it was)")
 def export(model_dir, compressor, compressor_heads, model_seed, ratio, ratios, video_drop, audio_drop, resolution,
            dtype, max_context, opset, weights, block_size, quantize_lm_head, calibration, calibration_data, out,
-           overwrite, default_chat_template):
+           overwrite, default_chat_template, batch_graphs):
     """Export ONNX graphs + manifest.json for the per-chunk streaming pipeline, validated and linted."""
     from omnisift_edge.export.stage import ExportConfig, export as run_export
     from omnisift_edge.model.load import ModelSource
@@ -109,7 +111,7 @@ def export(model_dir, compressor, compressor_heads, model_seed, ratio, ratios, v
                        max_context=max_context, video_drop=video_drop, audio_drop=audio_drop,
                        overwrite=overwrite, opset=opset, weights=weights, block_size=block_size,
                        quantize_lm_head=quantize_lm_head, calibration=calibration,
-                       calibration_data=tuple(calibration_data))
+                       calibration_data=tuple(calibration_data), batch_graphs=batch_graphs)
     artifact = run_export(cfg, progress=lambda step: click.echo(f"- {step}", err=True))
     for entry in artifact.manifest.ratios:
         click.echo(f"ratio {entry.ratio:g}: video drop {entry.rho_video:.4f}, audio drop {entry.rho_audio:.4f}, "

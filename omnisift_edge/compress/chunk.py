@@ -16,6 +16,8 @@ check it), in inference mode only: no straight-through estimator (train with `co
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -47,9 +49,8 @@ class ChunkCompressor(nn.Module):
 
     def forward(self, video: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """video [B, F, n_p, D], audio [B, La, D] -> kept [B, K, D], kept_index [B, K] int64 ascending."""
-        B, F, P, D = self._check(video, audio)
-        La = audio.shape[1]
-        n_vk, v_index, context = self._prune_video(video)                     # [B, Nv], [B, Nv, D]
+        B, F, P, D, La = self._check(video, audio)
+        n_vk, v_index, context = self._prune_video(video, F, P, D)                   # [B, Nv], [B, Nv, D]
         n_ka = audio_keep_count(La, self.rho_audio, F * n_vk)
         if n_ka < La:
             # fp32 whatever the embeddings' dtype: fp16/bf16 scores round to exact ties that a backend's
@@ -67,39 +68,44 @@ class ChunkCompressor(nn.Module):
 
     def forward_valid(self, video: torch.Tensor, audio: torch.Tensor, grids: torch.Tensor,
                       audio_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """A whole chunk's static shapes of which only the first `grids` [1] frames and `audio_tokens`
-        [1] audio tokens are real (a clip's short last chunk) -> kept [B, K, D], kept_index [B, K],
-        kept_count [1]: the first kept_count rows are exactly what `forward` keeps of the real part
-        alone, the rest padding. Frame 0's selection never reads frame 1 (STVP), audio queries never
-        attend to each other (VGAS), so padding is masked out of the context and ranked last.
+        """A whole chunk's static shapes of which only the first `grids` frames and `audio_tokens` audio
+        tokens are real (a clip's short last chunk) -> kept [B, K, D], kept_index [B, K], kept_count [B]
+        ([1] when the counts are [1]): row b's first kept_count[b] rows are exactly what `forward` keeps of
+        row b's real part alone, the rest padding. The counts are [1] (one for every row) or [B] (one per
+        row: a batch of chunks from different streams, a short last chunk among whole ones). Frame 0's
+        selection never reads frame 1 (STVP), audio queries never attend to each other (VGAS), so padding
+        is masked out of the context and ranked last; every rank is within a row (the tie rule per row).
         """
-        B, F, P, D = self._check(video, audio)
-        La = audio.shape[1]
-        n_vk, v_index, context = self._prune_video(video)                     # [B, Nv], [B, Nv, D]
-        v_valid = torch.arange(F * n_vk, device=video.device).view(1, -1) < grids * n_vk   # [1, Nv]
+        B, F, P, D, La = self._check(video, audio)
+        grids, audio_tokens = grids.unsqueeze(-1), audio_tokens.unsqueeze(-1)   # [B|1, 1]: per row, or one for all
+        n_vk, v_index, context = self._prune_video(video, F, P, D)                   # [B, Nv], [B, Nv, D]
+        v_valid = torch.arange(F * n_vk, device=video.device).view(1, -1) < grids * n_vk   # [B|1, Nv]
         a_slot = torch.arange(La, device=video.device).view(1, -1)           # [1, La]
         n_ka_max = audio_keep_count(La, self.rho_audio, 1)
-        if self.rho_audio > 0 and n_ka_max < La:
+        drops = self.rho_audio > 0 and n_ka_max < La
+        n_a = n_ka_max if drops else La                                       # audio slots of the output (an int)
+        if drops:
             table = torch.tensor([audio_keep_count(n, self.rho_audio, 1) for n in range(La + 1)], device=video.device)
-            n_ka = table.index_select(0, audio_tokens)                        # [1] kept of the real audio
+            n_ka = table.index_select(0, audio_tokens.reshape(-1)).reshape(-1, 1)   # [B|1, 1] kept of the real audio
             scores = self.selector(context.float(), audio.float(), video_valid=v_valid.expand(B, -1))   # [B, La]
             scores = share_identical_scores(scores, audio)                    # a padding row never comes first
-            scores = torch.where(a_slot < audio_tokens, scores, float("-inf"))   # padding ranks last
-            chosen = select_mask(scores, n_ka.expand(B), method=self.method, check=False)   # [B, La]
+            scores = torch.where(a_slot < audio_tokens, scores, float("-inf"))   # [B, La] padding ranks last
+            chosen = select_mask(scores, n_ka.reshape(-1).expand(B), method=self.method, check=False)   # [B, La]
             a_index = compact_indices(chosen, n_ka_max)                       # [B, n_ka_max] chosen first
         else:   # nothing to drop: every real audio token
             n_ka, a_index = audio_tokens, a_slot.expand(B, La)
-        kept_audio = audio.gather(1, a_index.unsqueeze(-1).expand(B, a_index.shape[1], D))
+        kept_audio = audio.gather(1, a_index.unsqueeze(-1).expand(B, n_a, D))   # [B, n_a, D]
         index = torch.cat((v_index, a_index + grids * P), dim=1)             # [B, K] audio after the real frames
-        real = torch.cat((v_valid, torch.arange(a_index.shape[1], device=video.device).view(1, -1) < n_ka), dim=1)
-        order = compact_indices(real.expand(B, -1), index.shape[1])           # [B, K] real slots first, in order
+        audio_real = torch.arange(n_a, device=video.device).view(1, -1) < n_ka   # [B|1, n_a]
+        real = torch.cat((v_valid, audio_real), dim=1)                        # [B|1, K]
+        order = compact_indices(real.expand(B, -1), F * n_vk + n_a)           # [B, K] real slots first, in order
         kept = torch.cat((context, kept_audio), dim=1).gather(1, order.unsqueeze(-1).expand(B, -1, D))
-        return kept, index.gather(1, order), grids * n_vk + n_ka
+        return kept, index.gather(1, order), (grids * n_vk + n_ka).reshape(-1)   # ..., [B|1]
 
-    def _prune_video(self, video: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
+    def _prune_video(self, video: torch.Tensor, F: int, P: int, D: int) -> tuple[int, torch.Tensor, torch.Tensor]:
         """STVP on [B, F, n_p, D]: (kept per frame n_vk, kept indices [B, F*n_vk] into [F*n_p] ascending,
         the kept embeddings [B, F*n_vk, D]: the context VGAS scores audio against)."""
-        B, F, P, D = video.shape
+        B = video.shape[0]                                                    # F, P, D: `_check`'s ints
         n_vk = P - drop_count(P, self.rho_video)                              # video kept per frame
         keep = keep_unchecked(video, P - n_vk, method=self.method)            # [B, F, P]
         slots = compact_indices(keep, n_vk)                                   # [B, F, n_vk] ascending
@@ -115,7 +121,10 @@ class ChunkCompressor(nn.Module):
             self.selector.float()
         return self
 
-    def _check(self, video: torch.Tensor, audio: torch.Tensor) -> tuple[int, int, int, int]:
+    def _check(self, video: torch.Tensor, audio: torch.Tensor) -> tuple[int, int, int, int, int]:
+        """(B, F, n_p, D, La) of valid inputs, or a UsageError. All but B are Python ints even while tracing: a
+        batched graph keeps only its batch axis dynamic, and K (TopK's k) a constant (from a traced size it would
+        be a runtime tensor, which TensorRT 10.3 refuses)."""
         if video.dim() != 4 or video.shape[1] not in (1, 2) or video.shape[2] < 1:
             raise UsageError(f"video must be [B, F, n_p, D] with F = 1 or 2 and n_p >= 1; got {tuple(video.shape)}")
         B, F, P, D = video.shape
@@ -126,7 +135,9 @@ class ChunkCompressor(nn.Module):
         width = D if self.selector is None else self.selector.cfg.d_model
         if width != D:
             raise UsageError(f"the selector is {width} wide but the embeddings are {D} wide; use the matching compressor")
-        return B, F, P, D
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)   # the fixed sizes: constants on purpose
+            return B, int(F), int(P), int(D), int(audio.shape[1])
 
 
 def gather_positions(positions: torch.Tensor, kept_index: torch.Tensor) -> torch.Tensor:

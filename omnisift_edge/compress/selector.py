@@ -76,7 +76,7 @@ class AudioSelector(nn.Module):
             ignore = ~video_valid & video_valid.any(dim=-1, keepdim=True)   # [B, Nv]; all-invalid rows: none ignored
         x, _ = self.cross_attn(a, v, v, key_padding_mask=ignore, need_weights=False)   # [B, Na, H]
         x = self.post_attn_norm(x + a)                               # [B, Na, H]
-        return torch.sigmoid(self.score_head(x).squeeze(-1))        # [B, Na]
+        return torch.sigmoid(self.score_head(x)[..., 0])            # [B, Na] (indexing, not squeeze: no If when traced)
 
 
 def fp32_selector(selector: nn.Module) -> nn.Module:

@@ -34,7 +34,7 @@ EPS = 1e-8   # F.cosine_similarity's default
 
 def rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Row-wise dot products [...] of `a`, `b` [..., D]: one (1 x D) @ (D x 1) product per row."""
-    return torch.matmul(a.unsqueeze(-2), b.unsqueeze(-1)).squeeze(-1).squeeze(-1)
+    return torch.matmul(a.unsqueeze(-2), b.unsqueeze(-1))[..., 0, 0]   # [..., 1, 1] -> [...] (indexing: no If in a batched graph)
 
 
 def cosine_from_dots(dot: torch.Tensor, sq1: torch.Tensor, sq2: torch.Tensor) -> torch.Tensor:
@@ -53,7 +53,7 @@ def spatial_scores(x1: torch.Tensor, mean: torch.Tensor, sq1: torch.Tensor) -> t
     """Cosine similarity of tokens `x1` [..., n, D] (squared norms `sq1` [..., n]) to `mean` [..., D]."""
     n, d = x1.shape[-2:]
     m = mean.unsqueeze(-2).unsqueeze(-1).expand(*mean.shape[:-1], n, d, 1)   # [..., n, D, 1] stride-0 view
-    dots = torch.matmul(x1.unsqueeze(-2), m).squeeze(-1).squeeze(-1)         # [..., n]
+    dots = torch.matmul(x1.unsqueeze(-2), m)[..., 0, 0]                      # [..., n]
     return cosine_from_dots(dots, sq1, rowdot(mean, mean).unsqueeze(-1))
 
 

@@ -67,16 +67,19 @@ def trt10_form_applies(manifest: Manifest, tensorrt: str) -> bool:
     return quantized and TRT10 in manifest.kv_cache and TRT_INT4_TENSORRT <= _version(tensorrt) < QDQ_TENSORRT
 
 
-def build_graphs(manifest: Manifest, form: str) -> dict[str, GraphInfo]:
+def build_graphs(manifest: Manifest, form: str, max_streams: int = 1) -> dict[str, GraphInfo]:
     """graph -> manifest entry of everything a build holds: `graphs`, with `decoder` swapped for `form`
-    (`decoder_trt10` keeps the engine name `decoder`: same inputs and outputs, other weight nodes)."""
+    (`decoder_trt10` keeps the engine name `decoder`: same inputs and outputs, other weight nodes); the
+    batched encoders and compressors (artifact/tensors.py BATCH_FORMS) only for a stream pool (`max_streams` > 1)."""
+    from omnisift_edge.artifact.tensors import is_batch_form
     from omnisift_edge.engines.profiles import graph_entry
 
     manifest = as_manifest(manifest)
+    graphs = [graph for graph in manifest.graphs if max_streams > 1 or not is_batch_form(graph)]
     if form == TRT10:
-        return {graph: graph_entry(manifest, TRT10 if graph == FALLBACK else graph) for graph in manifest.graphs}
+        return {graph: graph_entry(manifest, TRT10 if graph == FALLBACK else graph) for graph in graphs}
     return {(form if graph == FALLBACK else graph): graph_entry(manifest, form if graph == FALLBACK else graph)
-            for graph in manifest.graphs}
+            for graph in graphs}
 
 
 def static_sizes(graph: str, max_context: int, max_streams: int = 1) -> dict[str, int]:

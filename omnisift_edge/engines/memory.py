@@ -20,10 +20,11 @@ export recorded) and the run settings. Parts, in bytes:
 - workspace: the target's builder workspace (the preset's default), and a fixed runtime reserve
   (CUDA context + TensorRT runtime; on Jetson also the OS) -- both stated, both assumptions.
 
-A stream pool (`streams` N > 1, `build --max-streams`): weights once, N KV slots (in place: one
-buffer each; past/present: the slot plus the batch gathered into past and present, three), and the
-activations of one decode call of N rows beside a stream's own prefill. Each target's largest stream
-count at the planned cache (`Fit.max_streams`) is solved as the largest context is.
+A stream pool (`streams` N > 1, `build --max-streams`): weights once (plus the batched encoders' and
+compressor's engines, which hold their own copy), N KV slots (in place: one buffer each; past/present:
+the slot plus the batch gathered into past and present, three), and the activations of one decode
+call of N rows, or of N chunks through a batched encoder, beside a stream's own prefill. Each target's
+largest stream count at the planned cache (`Fit.max_streams`) is solved as the largest context is.
 
 The decoder's activations and the KV cache grow with the context, so the largest max context that
 fits is solved from the rest. Checked against ONNX Runtime CPU peak memory (tests, benchmarks).
@@ -41,6 +42,7 @@ FLOAT_BYTES = {"fp32": 4, "fp16": 2}
 RESERVE_GB = {"jetson": 1.5, "datacenter": 1.0}   # OS + CUDA context + TensorRT runtime (assumption, docs/quantization.md)
 SELECTOR_PARAMS_PER_D = 2 * 512                    # the selector's two projections D -> 512 dominate its size
 FIT_TARGETS = ("orin-nano", "orin-nx", "orin-agx-32", "orin-agx", "l4", "a100", "h100")
+BATCH_ENCODERS = ("vision_encoder_batch", "audio_encoder_batch")   # with compressor_batch: a pool's batched chunk graphs
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,8 @@ def weight_bytes(cfg: MemoryConfig) -> tuple[dict[str, int], int]:
     selector = SELECTOR_PARAMS_PER_D * t.hidden
     weights = {"vision_encoder": counts["vision_encoder"] * fb, "audio_encoder": counts["audio_encoder"] * fb,
                "compressor": selector * fb, "decoder": linear + head_bytes + counts["decoder_other"] * fb}
+    if cfg.streams > 1:   # a pool's batched encoders and compressor: engines of their own, weights copied in
+        weights.update({f"{g}_batch": weights[g] for g in ("vision_encoder", "audio_encoder", "compressor")})
     return weights, counts["embed_tokens"] * fb
 
 
@@ -248,6 +252,12 @@ def kv_bytes(cfg: MemoryConfig, cache_tokens: int, streams: int = 1) -> int:
     return streams * one * cache_tokens * (1 if cfg.kv_in_place else 3)
 
 
+def batch_activation_bytes(cfg: MemoryConfig, streams: int) -> int:
+    """The largest activations of a batched encoder or compressor call of `streams` chunks (0 for one stream)."""
+    one = activation_bytes(cfg, 1)                         # per chunk; the decoder's entry is not used
+    return 0 if streams == 1 else streams * max(one[g] for g in ("vision_encoder", "audio_encoder", "compressor"))
+
+
 def decode_activation_bytes(cfg: MemoryConfig, cache_tokens: int, streams: int) -> int:
     """The decoder's activations in one decode call of `streams` rows (one new token each) on a full cache."""
     from dataclasses import replace
@@ -266,7 +276,8 @@ def largest_streams(cfg: MemoryConfig, weights: dict[str, int], host: int, jetso
     fixed = sum(weights.values()) + (host if jetson else 0) + workspace_gb * GB
 
     def fits(n: int) -> bool:
-        return (fixed + kv_bytes(cfg, cache, n) + max(acts, decode_activation_bytes(cfg, cache, n))) / GB <= usable_gb
+        calls = max(acts, decode_activation_bytes(cfg, cache, n), batch_activation_bytes(cfg, n))
+        return (fixed + kv_bytes(cfg, cache, n) + calls) / GB <= usable_gb
 
     lo, hi = 0, STREAMS_CAP
     while lo < hi:   # the need grows with the streams: bisect
@@ -289,6 +300,7 @@ def plan_memory(cfg: MemoryConfig, *, targets=FIT_TARGETS, weights: dict[str, in
     acts = activation_bytes(cfg, cache)
     if cfg.streams > 1:
         acts["decoder (decode x streams)"] = decode_activation_bytes(cfg, cache, cfg.streams)
+        acts["encoders (chunks x streams)"] = batch_activation_bytes(cfg, cfg.streams)
     plan = MemoryPlan(cfg, weights, host, kv_bytes(cfg, cache, cfg.streams), per_token, acts, cache,
                       onnx_weights=onnx_weights)
     stored = onnx_weights or weights
@@ -323,7 +335,8 @@ def _largest_context(cfg: MemoryConfig, weights: dict[str, int], host: int, jets
 
     def need(tokens: int) -> float:
         c = replace(cfg, max_context=max(tokens, 1), window=None)
-        acts = max(max(activation_bytes(c, tokens).values()), decode_activation_bytes(c, tokens, c.streams))
+        acts = max(max(activation_bytes(c, tokens).values()), decode_activation_bytes(c, tokens, c.streams),
+                   batch_activation_bytes(c, c.streams))
         total = sum(weights.values()) + (host if jetson else 0) + kv_bytes(c, tokens, c.streams) + acts
         return (total + workspace_gb * GB) / GB
 
@@ -415,6 +428,7 @@ def plan_export(folder, manifest: dict, *, precision: str, max_context: int, pre
     from pathlib import Path
 
     from omnisift_edge.artifact.manifest import as_manifest, graph_file_bytes
+    from omnisift_edge.artifact.tensors import is_batch_form
 
     manifest = as_manifest(manifest)
     record = manifest.section("thinker_shape")
@@ -434,12 +448,16 @@ def plan_export(folder, manifest: dict, *, precision: str, max_context: int, pre
     stored: dict[str, int] = {}
     scale = FLOAT_BYTES[dtype] / FLOAT_BYTES[manifest.dtype]   # float weights: graph -> engine dtype
     for graph, entry in manifest.graphs.items():
-        part = graph if graph in ("vision_encoder", "audio_encoder", "decoder") else "compressor"
+        if is_batch_form(graph) and streams == 1:
+            continue   # batched encoders / compressors: engines of a stream pool only (build --max-streams N > 1)
+        part = graph if graph in ("vision_encoder", "audio_encoder", "decoder", *BATCH_ENCODERS) else \
+            "compressor_batch" if is_batch_form(graph) else "compressor"
         size = file = graph_file_bytes(Path(folder), manifest, entry.file)
         fixed = quant.quantized_weight_bytes if part == "decoder" and quant is not None else 0   # packed ints stay as they are
         size = int((size - fixed) * scale + fixed)   # file sizes, not the protos: planning imports no onnx
-        weights[part] = max(weights.get(part, 0), size) if part == "compressor" else size   # one compressor runs
-        stored[part] = max(stored.get(part, 0), file) if part == "compressor" else file
+        one = part.startswith("compressor")          # one compressor (and one batched) runs: the largest counts
+        weights[part] = max(weights.get(part, 0), size) if one else size
+        stored[part] = max(stored.get(part, 0), file) if one else file
     return with_forms(plan_memory(cfg, weights=weights, onnx_weights=stored), manifest)
 
 
@@ -468,32 +486,6 @@ def with_forms(plan: MemoryPlan, manifest) -> MemoryPlan:
     return replace(plan, fits=tuple(fits))
 
 
-ORT_ATTENTION_COPIES, ORT_MASK_BYTES = 4, 12   # calibration: see ort_cpu_decoder_peak
-ORT_SESSION_BYTES = 12 << 20                    # a session's own structures (graph, kernels): resident minus weights
-
-
-def ort_cpu_decoder_peak(shape: ThinkerShape, weights: int, *, dtype: str, sequence: int, past: int) -> int:
-    """What the plan predicts for ONNX Runtime CPU's peak host memory of loading a decoder graph
-    holding `weights` bytes and one call of `sequence` tokens on a cache of `past` (the check of the
-    plan: tests/engines/test_memory.py, benchmarks/quantize.py).
-
-    ONNX Runtime holds the parsed model and its initializer tensors together while it loads
-    (2 x weights); then the weights, the cache in (past) and out (past + sequence), the last
-    position's logits and the decoder's activations at that call. The exported attention (SDPA
-    decomposed into MatMul, Add, Softmax, ...) keeps ORT_ATTENTION_COPIES [heads, S, T] tensors and
-    ORT_MASK_BYTES per [S, T] element of masks live on ORT's CPU provider: calibrated on the
-    embedded default at S=512, P=4096 (docs/quantization.md), checked on other shapes and models;
-    plus ORT_SESSION_BYTES, the session's resident size beyond its weights (measured on the default).
-    An fp16 graph runs in fp32 on the CPU provider (Casts inserted, fp32 copies of the weights
-    folded): it is predicted as an fp32 graph of twice the weight bytes (measured: fp16 and fp32
-    graphs of one model peak within 3% of each other, docs/benchmarks.md).
-    """
-    if dtype == "fp16":   # the CPU provider has few fp16 kernels: it inserts Casts and folds fp32 copies of the weights
-        weights, dtype = 2 * weights, "fp32"
-    cfg = MemoryConfig(shape, dtype=dtype, max_context=min(shape.text.max_position, max(past + sequence, 1)),
-                       prefill=sequence)
-    per_token = kv_per_token(cfg) // 2                                                # one buffer
-    run = (weights + per_token * past + per_token * (past + sequence)
-           + activation_bytes(cfg, past + sequence, attention_copies=ORT_ATTENTION_COPIES,
-                              mask_bytes=ORT_MASK_BYTES)["decoder"])
-    return ORT_SESSION_BYTES + max(2 * weights, run)
+# ONNX Runtime CPU's decoder peak (the plan's check) lives in ort_peak.py; its names stay importable from here
+from omnisift_edge.engines.ort_peak import (ORT_ATTENTION_COPIES, ORT_MASK_BYTES, ORT_SESSION_BYTES,  # noqa: E402,F401
+                                            ort_cpu_decoder_peak)

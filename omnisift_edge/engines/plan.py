@@ -429,7 +429,7 @@ def _engine_plans(folder: Path, manifest, env: BuildEnv, decoder: str, graph_dty
     from omnisift_edge.artifact.manifest import graph_file_bytes
 
     engines = []
-    for graph, entry in build_graphs(manifest, decoder).items():
+    for graph, entry in build_graphs(manifest, decoder, limits.max_streams).items():
         size = graph_file_bytes(folder, manifest, entry.file)   # weights maybe in shared_weights.data
         mode = precision_mode(graph, graph_dtype, precision, _major(env.tensorrt), env.flavour.strongly_typed_only)
         engines.append(EnginePlan(graph, folder / entry.file, engine_path(folder, env.target.name, graph),

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from omnisift_edge.errors import UsageError
 from omnisift_edge.artifact.manifest import DECODER_SCATTER, GraphInfo, Manifest, as_manifest  # noqa: F401
-from omnisift_edge.artifact.tensors import DYNAMIC_AXES
+from omnisift_edge.artifact.tensors import DYNAMIC_AXES, is_batch_form
 
 DEFAULT_MAX_PROMPT = 512      # longest text prefill (system prompt + question) the decoder profile covers
 Range = tuple[int, int, int]  # (min, opt, max)
@@ -108,10 +108,10 @@ def check_prefill_chunks(value) -> int:
 
 
 def kept_tokens(manifest: Manifest) -> dict[str, int]:
-    """K of every compressor graph, read from its outputs' `kept_tokens` axis."""
+    """K of every one-chunk compressor graph, read from its outputs' `kept_tokens` axis (a batched form's is its one's)."""
     found = {}
     for name, entry in as_manifest(manifest).graphs.items():
-        for tensor in entry.outputs:
+        for tensor in entry.outputs if not is_batch_form(name) else ():
             if "kept_tokens" in tensor.axes:
                 found[name] = int(tensor.shape[tensor.axes.index("kept_tokens")])
                 break
@@ -254,13 +254,25 @@ def in_place_profiles(manifest: Manifest, limits: DecoderLimits) -> tuple[Profil
                             for p in (decode, prefill))
 
 
+def batch_profiles(entry: GraphInfo, max_streams: int) -> tuple[Profile, ...]:
+    """The one profile of a batched encoder or compressor (artifact/tensors.py BATCH_FORMS): its dynamic axis,
+    `batch_size`, takes 1 .. max_streams chunks (opt max_streams: every stream's chunk arrived together)."""
+    dynamic = {d for t in entry.inputs for d in t.shape if isinstance(d, str)}
+    if dynamic != {"batch_size"}:
+        raise UsageError(f"{entry.key} has dynamic axes {sorted(dynamic)}, not only batch_size; the manifest is "
+                         "damaged or from another omnisift-edge version")
+    return (_profile("batch", entry, {"batch_size": (1, max_streams, max_streams)}),)
+
+
 def graph_profiles(manifest: Manifest, graph: str, limits: DecoderLimits | None = None) -> tuple[Profile, ...]:
-    """The profiles of one graph: one fixed profile, prefill + decode for a graph with dynamic axes, or
-    the in-place decoder's one profile."""
+    """The profiles of one graph: one fixed profile, prefill + decode for a graph with dynamic axes, the
+    in-place decoder's, or a batched form's one (batch 1 .. max_streams)."""
     manifest = as_manifest(manifest)
     entry = graph_entry(manifest, graph)
     if graph == SCATTER:
         return in_place_profiles(manifest, limits or decoder_limits(manifest))
+    if is_batch_form(graph):
+        return batch_profiles(entry, (limits or decoder_limits(manifest)).max_streams)
     if not _graph_dynamic_axes(manifest, entry):
         return (_profile("static", entry, {}),)
     limits = limits or decoder_limits(manifest)
@@ -270,8 +282,9 @@ def graph_profiles(manifest: Manifest, graph: str, limits: DecoderLimits | None 
 def engine_profiles(manifest: Manifest, *, max_context: int | None = None, ratio: float | None = None,
                     max_prompt: int = DEFAULT_MAX_PROMPT, prefill_chunks: int = 1,
                     max_streams: int = 1) -> dict[str, tuple[Profile, ...]]:
-    """graph -> its profiles, for every graph in the manifest."""
+    """graph -> its profiles, for every graph in the manifest (the batched forms with `max_streams` > 1 only)."""
     manifest = as_manifest(manifest)
     limits = decoder_limits(manifest, max_context=max_context, ratio=ratio, max_prompt=max_prompt,
                             prefill_chunks=prefill_chunks, max_streams=max_streams)
-    return {graph: graph_profiles(manifest, graph, limits) for graph in manifest.graphs}
+    return {graph: graph_profiles(manifest, graph, limits) for graph in manifest.graphs
+            if max_streams > 1 or not is_batch_form(graph)}

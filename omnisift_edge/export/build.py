@@ -102,6 +102,7 @@ def _build(cfg: ExportConfig, folder: Path, progress: Callable[[str], None], mod
     awq = _calibrate(model, cfg, plan, progress)   # awq: scales folded into the thinker before any graph is written
     checks: dict = {}
     graphs = _export_encoders(cfg, model, dims, plan, folder, checks, progress)
+    graphs.update(_export_batch_graphs(cfg, model, dims, plan, folder, checks, progress))
     decoder, weights, trt_form = _export_decoder(cfg, model, dims, folder, checks, progress, awq)
     graphs[DECODER] = decoder
     progress("decoder, in-place KV form for ONNX Runtime")
@@ -167,6 +168,24 @@ def _export_encoders(cfg: ExportConfig, model, dims: Dims, plan: tuple[RatioPlan
         kept_dims = Dims(**{**asdict(dims), "kept_tokens": entry.kept_total})
         graphs[entry.graph] = _typed(entry.graph, graph_entry(COMPRESSOR, kept_dims, file, opset, dtype,
                                                               rho_video=entry.rho_video, rho_audio=entry.rho_audio))
+    return graphs
+
+
+def _export_batch_graphs(cfg: ExportConfig, model, dims: Dims, plan: tuple[RatioPlan, ...], folder: Path, checks: dict,
+                         progress: Callable[[str], None]) -> dict[str, GraphInfo]:
+    """The batched forms of the encoders and of each compressor (export/batch_graphs.py; a stream pool's chunks in
+    one call), each validated at B = 3 against the one-chunk PyTorch module per row; none with --no-batch-graphs."""
+    if not cfg.batch_graphs:
+        return {}
+    from omnisift_edge.export.batch_graphs import batch_graphs
+
+    graphs = {}
+    for graph in batch_graphs(model, dims, plan, dtype=cfg.dtype, opset=cfg.opset):
+        progress(graph.key.replace("_", " "))
+        graph.export(folder / graph.file)
+        _check(graph.key, graph.validate(folder / graph.file), checks)
+        graphs[graph.key] = _typed(graph.key, graph_entry(graph.spec, graph.dims, graph.file, cfg.opset, cfg.dtype,
+                                                          **graph.extra))
     return graphs
 
 

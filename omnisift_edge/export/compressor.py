@@ -25,7 +25,9 @@ class CompressorGraph(nn.Module):
     """video [1, 2, n_p, D], audio [1, La, D], chunk positions [3, n], valid grids [1], valid audio
     tokens [1] -> kept, positions, index, kept count. A whole chunk has 2 grids and La audio tokens; a
     clip's short last chunk fewer (padding after them): its first `kept count` outputs are what the
-    per-chunk module keeps of the real part alone (`ChunkCompressor.forward_valid`)."""
+    per-chunk module keeps of the real part alone (`ChunkCompressor.forward_valid`). The same module
+    traced with a leading batch of B chunks (video [B, 2, n_p, D], audio [B, La, D], positions [3, B, n],
+    counts [B]) is `compressor_batch_r*`: every count, rank and gather is per row."""
 
     def __init__(self, selector: nn.Module, rho_video: float, rho_audio: float):
         super().__init__()
@@ -61,6 +63,15 @@ def example_inputs(dims: Dims, dtype: torch.dtype, seed: int = 0, *, ties: str |
 
 # (valid grids, valid audio tokens) of the short last chunks the graph's check also runs
 SHORT_CHUNKS = ((1, 13), (1, 1), (2, 25))
+
+
+def case_inputs(dims: Dims, dtype: torch.dtype, seed: int = 0, *, ties: str | None = None,
+                valid: tuple[int, int] | None = None):
+    """`example_inputs`, and with `valid` (grids, audio tokens) a short last chunk: padding after the real part."""
+    inputs = example_inputs(dims, dtype, seed, ties=ties)
+    if valid is None:
+        return inputs
+    return (*inputs[:3], torch.tensor([valid[0]]), torch.tensor([valid[1]]))
 
 
 def export_compressor(selector: nn.Module, dims: Dims, rho_video: float, rho_audio: float, path: Path, *,
@@ -100,11 +111,9 @@ def validate_compressor(path: Path, selector: nn.Module, dims: Dims, rho_video: 
     short = [(None, 0, valid) for valid in SHORT_CHUNKS]
     for ties, seed, valid in [(t, s, None) for t in (None, "frames", "silence", "both")
                               for s in range(seeds if t is None else 1)] + short:
-        inputs = example_inputs(dims, torch_dtype, seed, ties=ties)
-        if valid is not None:                          # a short last chunk: padding after the real part
-            inputs = (*inputs[:3], torch.tensor([valid[0]]), torch.tensor([valid[1]]))
+        inputs = case_inputs(dims, torch_dtype, seed, ties=ties, valid=valid)
         with torch.no_grad():
-            kept, positions, index = _reference(graph, inputs)
+            kept, positions, index = reference_outputs(graph, inputs)
         feeds = dict(zip(COMPRESSOR.input_names, (t.numpy() for t in inputs)))
         o_kept, o_positions, o_index, o_count = session.run(COMPRESSOR.output_names, feeds)
         n = int(o_count[0])
@@ -117,7 +126,7 @@ def validate_compressor(path: Path, selector: nn.Module, dims: Dims, rho_video: 
     return CompressorCheck(cases, index_equal, positions_equal, max_abs)
 
 
-def _reference(graph: CompressorGraph, inputs):
+def reference_outputs(graph: CompressorGraph, inputs):
     """What the per-chunk module keeps of the inputs' real part alone (the contract the graph keeps)."""
     video, audio, positions, grids, audio_tokens = inputs
     f, la = int(grids[0]), int(audio_tokens[0])

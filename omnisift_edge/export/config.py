@@ -34,6 +34,7 @@ class ExportConfig:
     quantize_lm_head: bool = False                  # int8/int4: the LM head too
     calibration: str | None = None                  # int4: gptq (default) | awq | rtn; int8: rtn (export/decoder/awq.py)
     calibration_data: tuple[Path, ...] = ()         # awq: clips to calibrate on (default: generated clips)
+    batch_graphs: bool = True                       # also the batched forms of the encoders and compressors (stream pools)
 
     def __post_init__(self):
         from omnisift_edge.paths import check_output_dir
@@ -57,6 +58,8 @@ class ExportConfig:
                     raise UsageError(f"{name} must be in [0, 1) (got {value})")
             if self.ratios != DEFAULT_RATIOS:
                 raise UsageError("give either --ratio/--ratios or --video-drop/--audio-drop, not both")
+        if not isinstance(self.batch_graphs, bool):
+            raise UsageError(f"batch_graphs must be True or False (got {self.batch_graphs!r})")
         if self.weights is None:
             object.__setattr__(self, "weights", self.dtype)
         if self.weights in ("fp32", "fp16") and self.weights != self.dtype:

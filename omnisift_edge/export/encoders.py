@@ -97,20 +97,24 @@ class SegmentAttention(_Fp32Tables):
             self.scatter = torch.tensor(scatter, device=device)
             self.key_bias = torch.tensor(bias, dtype=torch.float32, device=device)
 
-    def forward(self, q, k, v, scaling: float, extra_bias=None):  # each [seq, H, hd]; extra_bias [L] float32
-        heads, hd = q.shape[1], q.shape[2]
+    def forward(self, q, k, v, scaling: float, extra_bias=None):
+        """q, k, v [*B, seq, H, hd] (*B: no axis for one sequence, or a leading batch axis: B sequences with the
+        same segments, B*n segments in all); extra_bias float32 broadcast onto the scores [*B, n, H, L, L]
+        (e.g. [*B, 1, 1, 1, L]: keys past a valid length) -> [*B, seq, H, hd]. (The caller merges H and hd with
+        its own constant width: a width computed from traced sizes would leave the batched graphs' axes unknown.)"""
+        lead, heads, hd = q.shape[:-3], q.shape[-2], q.shape[-1]
         if self.gather is not None:
-            q, k, v = (t.index_select(0, self.gather) for t in (q, k, v))      # [n*L, H, hd]
-        q, k, v = (t.reshape(self.n, self.L, heads, hd).transpose(1, 2) for t in (q, k, v))  # [n, H, L, hd]
-        scores = (torch.matmul(q, k.transpose(2, 3)) * scaling).float()       # [n, H, L, L]
+            q, k, v = (t.index_select(-3, self.gather) for t in (q, k, v))     # [*B, n*L, H, hd]
+        q, k, v = (t.reshape(*lead, self.n, self.L, heads, hd).transpose(-3, -2) for t in (q, k, v))  # [*B, n, H, L, hd]
+        scores = (torch.matmul(q, k.transpose(-2, -1)) * scaling).float()     # [*B, n, H, L, L]
         if self.key_bias is not None:
-            scores = scores + self.key_bias
+            scores = scores + self.key_bias                                     # [n, 1, 1, L]
         if extra_bias is not None:                                              # keys past a valid length
             scores = scores + extra_bias
         probs = scores.softmax(dim=-1).to(v.dtype)
-        out = torch.matmul(probs, v).transpose(1, 2).reshape(self.n * self.L, heads * hd)   # [n*L, H*hd]
+        out = torch.matmul(probs, v).transpose(-3, -2).reshape(*lead, self.n * self.L, heads, hd)   # [*B, n*L, H, hd]
         if self.scatter is not None:
-            out = out.index_select(0, self.scatter)                            # [seq, H*hd]
+            out = out.index_select(-3, self.scatter)                           # [*B, seq, H, hd]
         return out
 
 
@@ -123,7 +127,9 @@ class VisionChunkEncoder(_Fp32Tables):
     """pixel_values [chunk_patches, 1176] -> video_embeds [chunk_video_tokens, D] for one chunk.
 
     Equals `thinker.get_video_features(pixel_values, [[grids_per_chunk, grid_h, grid_w]])`. Holds
-    the tower by reference: casting the wrapper casts the tower (the exporters cast a copy).
+    the tower by reference: casting the wrapper casts the tower (the exporters cast a copy). With a
+    leading batch axis (pixel_values [B, chunk_patches, 1176], B chunks of the same grid: the stream
+    pool's `vision_encoder_batch`) row b of the output is the one-chunk output of row b.
     """
 
     _fp32 = ("rope_cos", "rope_sin")
@@ -158,28 +164,35 @@ class VisionChunkEncoder(_Fp32Tables):
     def from_dims(cls, visual: nn.Module, dims: Dims) -> "VisionChunkEncoder":
         return cls(visual, grid_h=dims.grid_h, grid_w=dims.grid_w, grids_per_chunk=dims.grids_per_chunk)
 
-    def _rope(self, x):                                            # [seq, H, hd], rotated in float32
+    def _rope(self, x):                                            # [*B, seq, H, hd], rotated in float32
         x32 = x.float()
-        return (x32 * self.rope_cos + _rotate_half(x32) * self.rope_sin).to(x.dtype)
+        return (x32 * self.rope_cos + _rotate_half(x32) * self.rope_sin).to(x.dtype)   # tables [seq, 1, hd]
 
-    def _attention(self, attn: nn.Module, x, segments: SegmentAttention):   # x [seq, C]
-        q = self._rope(attn.q(x).reshape(self.seq, attn.num_heads, -1))      # [seq, H, hd]
-        k = self._rope(attn.k(x).reshape(self.seq, attn.num_heads, -1))
-        v = attn.v(x).reshape(self.seq, attn.num_heads, -1)
-        return attn.proj(segments(q, k, v, attn.scaling))                   # [seq, C]
+    def _attention(self, attn: nn.Module, x, segments: SegmentAttention, lead):   # x [N, C], N = B·seq
+        shape = (*lead, self.seq, attn.num_heads, attn.head_dim)            # static but the batch axis
+        q = self._rope(attn.q(x).reshape(shape))                             # [*B, seq, H, hd]
+        k = self._rope(attn.k(x).reshape(shape))
+        v = attn.v(x).reshape(shape)
+        out = segments(q, k, v, attn.scaling).reshape(-1, attn.proj.in_features)   # [N, C]
+        return attn.proj(out)                                               # [N, C]
 
-    def forward(self, pixel_values):                               # [seq, 1176]
-        visual = self.visual
+    def forward(self, pixel_values):               # [*B, seq, 1176]: one chunk, or B chunks (a leading batch axis)
+        """The tokens of all chunks go through the norms, projections and MLPs as one [N, C] matrix (N = B·seq:
+        the one-chunk graph's ops and weights, in the batched graph too); attention and the window order are
+        per chunk."""
+        visual, lead = self.visual, pixel_values.shape[:-2]
         weight = visual.patch_embed.proj.weight                    # Conv3d [C, 3, 2, 14, 14], kernel == stride
-        x = F.linear(pixel_values.to(weight.dtype), weight.reshape(weight.shape[0], -1))   # [seq, C]
-        x = x.reshape(self.seq // self.unit, self.unit, -1).index_select(0, self.window_index)
-        x = x.reshape(self.seq, -1)                                # [seq, C] window order
+        width = weight.shape[0]                                    # C
+        x = F.linear(pixel_values.reshape(-1, weight[0].numel()).to(weight.dtype), weight.reshape(width, -1))   # [N, C]
+        x = x.reshape(*lead, self.seq // self.unit, self.unit, width).index_select(-3, self.window_index)
+        x = x.reshape(-1, width)                                   # [N, C] window order within each chunk
         for i, blk in enumerate(visual.blocks):
             segments = self.full if i in self.full_blocks else self.windows
-            x = x + self._attention(blk.attn, blk.norm1(x), segments)
+            x = x + self._attention(blk.attn, blk.norm1(x), segments, lead)
             x = x + blk.mlp(blk.norm2(x))
-        x = visual.merger(x)                                       # [seq/unit, D] window order
-        return x.index_select(0, self.reverse_index)               # [seq/unit, D] raster order
+        out = visual.merger.mlp[-1].out_features                   # D (a constant: the graph's output axis stays static)
+        x = visual.merger(x).reshape(*lead, self.seq // self.unit, out)   # [*B, seq/unit, D] window order
+        return x.index_select(-2, self.reverse_index)              # [*B, seq/unit, D] raster order
 
 
 class AudioWindowEncoder(nn.Module):
@@ -191,7 +204,8 @@ class AudioWindowEncoder(nn.Module):
     n <= 200: frames from n on are zeroed before and after conv1 and their keys masked, which is
     what transformers does to a clip's last, short window (padded to the longest, masked after
     conv1), so the first ((n - 1) // 2 + 1) // 2 output rows equal the short window's; the rest are
-    padding.
+    padding. With a leading batch axis (input_features [B, n_mels, frames], valid_frames [B]: the stream
+    pool's `audio_encoder_batch`) row b of the output is the one-window output of row b with its own count.
     """
 
     def __init__(self, audio_tower: nn.Module, *, window_frames: int | None = None):
@@ -214,33 +228,41 @@ class AudioWindowEncoder(nn.Module):
     def tokens(self) -> int:
         return self.after_cnn // 2
 
-    def _attention(self, attn: nn.Module, x, bias):                # [T, d]
-        q, k, v = (proj(x).reshape(self.after_cnn, attn.num_heads, -1)          # [T, H, hd]
+    def _attention(self, attn: nn.Module, x, bias, lead):           # x [N, d], N = B·T
+        q, k, v = (proj(x).reshape(*lead, self.after_cnn, attn.num_heads, attn.head_dim)   # [*B, T, H, hd]
                    for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
-        return attn.out_proj(self.attend(q, k, v, attn.scaling, bias))   # [T, d]
+        out = self.attend(q, k, v, attn.scaling, bias).reshape(-1, attn.out_proj.in_features)   # [N, d]
+        return attn.out_proj(out)                                          # [N, d]
 
-    def forward(self, input_features, valid_frames=None):         # [n_mels, frames], [1] int64
-        tower = self.tower
-        x = input_features.to(tower.conv1.weight.dtype)[None]      # [1, n_mels, frames]
+    def forward(self, input_features, valid_frames=None):  # [*B, n_mels, frames], [B] or [1] int64 (*B: batch axis)
+        """As `VisionChunkEncoder.forward`: the windows' frames as one [N, d] matrix (N = B·T) through the
+        layers' norms, projections and MLPs; convolutions, attention and pooling per window."""
+        tower, lead = self.tower, input_features.shape[:-2]
+        x = input_features.to(tower.conv1.weight.dtype)
+        x = x if lead else x[None]                                 # [B|1, n_mels, frames]
         bias = None
         if valid_frames is not None:
-            keep = (self.frame_index < valid_frames).to(x.dtype)   # [frames]
-            x = F.gelu(tower.conv1(x * keep)) * keep               # [1, d, frames], padding zeroed
-            after = (valid_frames - 1) // 2 + 1                    # [1] valid frames after conv2
-            bias = (self.cnn_index >= after).float() * _MASKED     # [T]: 0 for real frames, _MASKED after
+            valid = valid_frames.unsqueeze(-1)                     # [B|1, 1]
+            keep = (self.frame_index < valid).to(x.dtype).unsqueeze(-2)   # [B|1, 1, frames]
+            x = F.gelu(tower.conv1(x * keep)) * keep               # [B|1, d, frames], padding zeroed
+            after = (valid - 1) // 2 + 1                           # [B|1, 1] valid frames after conv2
+            bias = (self.cnn_index >= after).float() * _MASKED     # [B|1, T]: 0 for real frames, _MASKED after
+            bias = bias[:, None, None, None, :] if lead else bias[0]   # [B, 1, 1, 1, T] onto the scores, or [T]
         else:
-            x = F.gelu(tower.conv1(x))                             # [1, d, frames]
-        x = F.gelu(tower.conv2(x))                                 # [1, d, T]
-        x = x[0].transpose(0, 1) + self.positions.to(x.dtype)      # [T, d]
+            x = F.gelu(tower.conv1(x))                             # [B|1, d, frames]
+        width = tower.conv2.out_channels                           # d
+        x = F.gelu(tower.conv2(x)).transpose(-1, -2) + self.positions.to(x.dtype)   # [B|1, T, d]
+        x = x.reshape(-1, width)                                   # [N, d]
         for layer in tower.layers:
-            x = x + self._attention(layer.self_attn, layer.self_attn_layer_norm(x), bias)
+            x = x + self._attention(layer.self_attn, layer.self_attn_layer_norm(x), bias, lead)
             h = layer.activation_fn(layer.fc1(layer.final_layer_norm(x)))
-            x = x + layer.fc2(h)                                   # [T, d]
+            x = x + layer.fc2(h)                                   # [N, d]
             if x.dtype == torch.float16:                           # as the stock layer does
                 bound = torch.finfo(torch.float16).max - 1000
                 x = x.clamp(min=-bound, max=bound)
-        x = tower.avg_pooler(x.transpose(0, 1)[None])[0].transpose(0, 1)   # [T/2, d]
-        return tower.proj(tower.ln_post(x))                        # [T/2, D]
+        x = tower.avg_pooler(x.reshape(-1, self.after_cnn, width).transpose(-1, -2))   # [B|1, d, T/2]
+        x = tower.proj(tower.ln_post(x.transpose(-1, -2).reshape(-1, width)))         # [N/2, D]
+        return x.reshape(*lead, self.tokens, tower.proj.out_features)                 # [*B, T/2, D]
 
 
 # ------------------------------------------------------------------------------------------- export
@@ -257,9 +279,12 @@ def _in_dtype(module: nn.Module, dtype: torch.dtype) -> nn.Module:
     return copy.deepcopy(module).to(dtype)
 
 
-def _write_onnx(module: nn.Module, example, spec: GraphSpec, dims: Dims, path: Path, *,
-                opset: int, external_data: bool) -> Path:
-    """Trace `module` into `path` atomically: staged beside `path`, data file first (export.onnx_io)."""
+def write_traced(module: nn.Module, example, spec: GraphSpec, dims: Dims, path: Path, *,
+                 opset: int, external_data: bool, declare_outputs: bool = False) -> Path:
+    """Trace `module` into `path` atomically: staged beside `path`, data file first (export.onnx_io); the
+    graph's names, shapes and dynamic axes (a batched form's `batch_size`) are `spec`'s, checked after.
+    `declare_outputs`: output axes the exporter could not size (it names them after the last op) get the
+    declared fixed sizes (the compressor's kept_tokens after its batch-sized gathers; its check runs it)."""
     onnx = require("onnx", extra="export")
     from omnisift_edge.export.onnx_io import staged_graph, write_graph
 
@@ -271,15 +296,26 @@ def _write_onnx(module: nn.Module, example, spec: GraphSpec, dims: Dims, path: P
             torch.onnx.export(module, example if isinstance(example, tuple) else (example,), str(traced),
                               input_names=spec.input_names,
                               output_names=spec.output_names, opset_version=opset, dynamo=False,
-                              do_constant_folding=True)
+                              do_constant_folding=True, dynamic_axes=spec.dynamic_axes() or None)
         proto = onnx.load(str(traced))                            # external data (if torch wrote any) loaded
         proto.graph.name = spec.name
+        if declare_outputs:
+            _declare_output_sizes(proto, spec, dims)
         _check_io(proto, spec, dims, onnx.helper.tensor_dtype_to_np_dtype)
         float_example = example[0] if isinstance(example, tuple) else example
         external = external_data or _param_bytes(module, float_example.dtype) > TWO_GB - (64 << 20)
         write_graph(proto, final, external_data=external)
         onnx.checker.check_model(str(final))
     return Path(path)
+
+
+def _declare_output_sizes(proto, spec: GraphSpec, dims: Dims) -> None:
+    """Give the outputs' unsized axes (a name the exporter made up) the sizes `spec` declares for them."""
+    for declared, actual in zip(spec.outputs, proto.graph.output):
+        for want, dim in zip(declared.shape(dims), actual.type.tensor_type.shape.dim):
+            if isinstance(want, int) and not dim.HasField("dim_value"):
+                dim.Clear()
+                dim.dim_value = want
 
 
 def _check_io(proto, spec: GraphSpec, dims: Dims, np_dtype) -> None:
@@ -318,7 +354,7 @@ def export_vision_encoder(thinker, dims: Dims, path: Path, *, dtype: str = "fp32
     torch_dtype = _torch_dtype(dtype)
     module = VisionChunkEncoder.from_dims(_in_dtype(thinker.visual, torch_dtype), dims).eval()
     example = example_pixels(dims, torch_dtype, device=next(module.parameters()).device)
-    return _write_onnx(module, example, VISION_ENCODER, dims, path, opset=opset, external_data=external_data)
+    return write_traced(module, example, VISION_ENCODER, dims, path, opset=opset, external_data=external_data)
 
 
 def export_audio_encoder(thinker, dims: Dims, path: Path, *, dtype: str = "fp32", opset: int = 17,
@@ -332,7 +368,7 @@ def export_audio_encoder(thinker, dims: Dims, path: Path, *, dtype: str = "fp32"
     module = AudioWindowEncoder(tower).eval()
     device = next(module.parameters()).device
     example = (example_features(dims, torch_dtype, device=device), torch.tensor([dims.window_frames], device=device))
-    return _write_onnx(module, example, AUDIO_ENCODER, dims, path, opset=opset, external_data=external_data)
+    return write_traced(module, example, AUDIO_ENCODER, dims, path, opset=opset, external_data=external_data)
 
 
 # --------------------------------------------------------------------------------------- validation
@@ -378,6 +414,12 @@ def validate_encoder(onnx_path: Path, torch_module: nn.Module, example_input, *,
         want = torch_module(torch.from_numpy(np.ascontiguousarray(cropped)).to(param.device, param.dtype))
     want = want.float().cpu().numpy()[:rows]
     got = session.run([graph_output.name], feeds)[0][:len(want)]
+    return compare_outputs(got, want, atol=atol, rtol=rtol, relative_atol=relative_atol)
+
+
+def compare_outputs(got: np.ndarray, want: np.ndarray, *, atol: float, rtol: float,
+                    relative_atol: bool = False) -> EncoderCheck:
+    """A graph's output `got` against PyTorch's `want` (same shape, else not ok) under numpy's allclose rule."""
     ref_max = float(np.abs(want).max())
     atol = atol * ref_max if relative_atol else atol
     diff = np.abs(got.astype(np.float32) - want) if got.shape == want.shape else np.full(1, np.inf)

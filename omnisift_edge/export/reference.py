@@ -20,6 +20,7 @@ import numpy as np
 from omnisift_edge.artifact.manifest import REFERENCE_DIR, Manifest
 from omnisift_edge.atomic import atomic_write
 from omnisift_edge.artifact.reference import Case
+from omnisift_edge.artifact.tensors import is_batch_form, one_chunk_key
 from omnisift_edge.errors import UsageError, require
 
 
@@ -31,6 +32,8 @@ def _inputs(manifest: Manifest, graph: str, session, ratio_k: int) -> list[Case]
     tdt, ndt = (torch.float16, np.float16) if fp16 else (torch.float32, np.float32)
     entry = manifest.graph(graph)
     names = entry.input_names
+    if is_batch_form(graph):
+        return _batch_cases(manifest, graph, session, ratio_k)
     if graph == "vision_encoder":
         from omnisift_edge.export.encoders import example_pixels
 
@@ -74,6 +77,26 @@ def _inputs(manifest: Manifest, graph: str, session, ratio_k: int) -> list[Case]
             position = int(positions.max()) + 1
         return cases
     raise UsageError(f"no reference inputs for graph {graph!r}; this omnisift-edge does not know it")
+
+
+def _batch_cases(manifest: Manifest, graph: str, session, ratio_k: int) -> list[Case]:
+    """A batched form's cases (profile `batch`): its one-chunk graph's first case alone (B = 1), and with its
+    last (B = 2: a short last window / chunk among whole ones, where the one-chunk graph has one). Each input
+    is the rows stacked on the declared `batch_size` axis (concatenated where the one-chunk input has a size-1
+    axis there)."""
+    one = one_chunk_key(graph)
+    rows = _inputs(manifest, one, session, ratio_k)
+    single, batched = manifest.graph(one), manifest.graph(graph)
+    cases = []
+    for label, picked in (("one", rows[:1]), ("pair", [rows[0], rows[-1]])):
+        feeds = {}
+        for part, whole in zip(single.inputs, batched.inputs):
+            axis = whole.axes.index("batch_size")
+            arrays = [case.inputs[part.name] for case in picked]
+            same_rank = len(part.axes) == len(whole.axes)
+            feeds[whole.name] = np.concatenate(arrays, axis) if same_rank else np.stack(arrays, axis)
+        cases.append(Case(label, "batch", feeds))
+    return cases
 
 
 def record_reference(folder: Path, progress: Callable[[str], None] = lambda _: None) -> Path:

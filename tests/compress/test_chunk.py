@@ -91,6 +91,28 @@ def test_methods_agree_and_batch_rows_are_independent(selector):
     assert index[2, -35:].tolist() == [40 + i for i in range(35)]             # silence: the first 35 kept
 
 
+@pytest.mark.parametrize("rhos", [(0.7, 0.3), (0.0, 0.0)])
+def test_forward_valid_takes_one_count_per_row(selector, rhos):
+    """A batch of chunks with their own valid counts (a stream pool's batch with a clip's short last chunks):
+    row b's first kept_count[b] outputs are what `forward` keeps of row b's real part alone."""
+    gen = torch.Generator().manual_seed(3)
+    video, audio = torch.randn(4, 2, 20, 32, generator=gen), torch.randn(4, 50, 32, generator=gen)
+    audio[3] = audio[3, :1].clone()                                          # silence: ties within one row
+    grids, tokens = torch.tensor([2, 1, 2, 1]), torch.tensor([50, 13, 7, 1])
+    module = ChunkCompressor(selector, *rhos)
+    with torch.no_grad():
+        kept, index, count = module.forward_valid(video, audio, grids, tokens)
+        assert count.shape == (4,) and kept.shape[:2] == index.shape == (4, module.kept_count(2, 20, 50))
+        for b in range(4):
+            f, la = int(grids[b]), int(tokens[b])
+            want_kept, want_index = module(video[b:b + 1, :f], audio[b:b + 1, :la])
+            n = int(count[b])
+            assert n == want_index.shape[1] and torch.equal(index[b, :n], want_index[0]), b
+            assert torch.equal(kept[b, :n], want_kept[0])
+        one = module.forward_valid(video[1:2], audio[1:2], grids[1:2], tokens[1:2])   # [1] counts: the same row
+        assert torch.equal(one[1][0], index[1]) and one[2].tolist() == [int(count[1])]
+
+
 def test_trace_has_no_data_dependent_shapes(selector):
     gen = torch.Generator().manual_seed(0)
     video, audio = torch.randn(2, 2, 16, 32, generator=gen), torch.randn(2, 50, 32, generator=gen)

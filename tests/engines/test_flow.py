@@ -20,6 +20,7 @@ from omnisift_edge.runtime.trt_env import DeviceInfo
 from omnisift_edge.errors import UsageError
 from omnisift_edge.artifact.manifest import read_manifest
 from omnisift_edge.artifact.onnx_runtime import ort_session
+from omnisift_edge.artifact.tensors import is_batch_form
 
 pytest.importorskip("polygraphy", reason="the engines extra (polygraphy) is not installed")
 
@@ -51,7 +52,7 @@ def test_build_flow_writes_engines_report_and_checksums(recorded_export, tmp_pat
     shutil.copytree(recorded_export, folder)
     art = build_mod.build_engines(BuildConfig(folder, target="auto", timing_cache=tmp_path / "t.cache"))
     assert art.target.name == "orin-agx" and art.target.memory_gb == 61.4
-    assert [ep.graph for ep in stand_ins] == list(read_manifest(folder)["graphs"])
+    assert [ep.graph for ep in stand_ins] == [g for g in read_manifest(folder)["graphs"] if not is_batch_form(g)]
     manifest = read_manifest(folder, verify=True)
     report = manifest["builds"]["orin-agx"]
     assert (report["tensorrt"], report["compute_capability"], report["board"]) == ("10.3.0.30", "8.7", AGX.board)
@@ -123,7 +124,8 @@ def test_verify_flow_with_onnx_runtime_standing_in_for_the_engines(recorded_expo
     report = verify_mod.verify_engines(verify_mod.VerifyConfig(folder))
     assert report.ok, report.summary()
     assert (report.target, report.tensorrt, report.device) == ("orin-agx", "10.3.0.30", "Orin")
-    assert set(report.graphs) == set(manifest["graphs"]) and report.graphs["decoder"].precision == "fp16"
+    assert set(report.graphs) == set(manifest["builds"]["orin-agx"]["engines"]) and report.graphs["decoder"].precision == "fp16"
+    assert not any(is_batch_form(g) for g in report.graphs)                      # one stream: no batched engines
 
     def drifting(path, cases, profiles):
         got = fake_run_engine(path, cases, profiles)

@@ -162,7 +162,8 @@ def before_and_after(tmp_path_factory):
     root = tmp_path_factory.mktemp("share")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(build, "_share_weights", lambda folder, manifest: manifest)   # the manifest unchanged
-        export(ExportConfig(out=root / "before", ratios=(1.0, 0.25), resolution=(112, 84)))
+        # without the batched forms (they share the encoders' weights: tests/export/test_batch_graphs.py)
+        export(ExportConfig(out=root / "before", ratios=(1.0, 0.25), resolution=(112, 84), batch_graphs=False))
     shutil.copytree(root / "before", root / "after")
     return root / "before", root / "after", share_weights(root / "after")
 
@@ -198,11 +199,15 @@ def test_the_export_records_lints_and_checksums_the_shared_file(small_export):
     folder = small_export()
     manifest = read_manifest(folder, verify=True)
     record = manifest["shared_weights"]
-    assert record["file"] == SHARED_FILE and record["graphs"] == ["decoder.onnx", "decoder_gqa.onnx", "decoder_scatter.onnx"]
+    decoders = ["decoder.onnx", "decoder_gqa.onnx", "decoder_scatter.onnx"]
+    batched = [f"{g}.onnx" for g in ("audio_encoder", "audio_encoder_batch", "compressor_batch_r0.25", "compressor_r0.25",
+                                     "vision_encoder", "vision_encoder_batch")]   # each one-chunk graph and its batched form
+    assert record["file"] == SHARED_FILE and record["graphs"] == sorted(decoders + batched)
     assert manifest["files"][SHARED_FILE]["bytes"] == record["bytes"] == (folder / SHARED_FILE).stat().st_size
     assert manifest["graphs"]["decoder"]["external_data"] is True
     assert manifest["kv_cache"]["decoder_gqa"]["entry"]["external_data"] is True
-    assert not manifest["graphs"]["vision_encoder"].get("external_data")
+    assert manifest["graphs"]["vision_encoder"]["external_data"] is True                  # shared with its batched form
+    assert not manifest["graphs"]["compressor_r1"].get("external_data")                   # no weights: nothing shared
     assert not any((folder / f"{g}.data").exists() for g in record["graphs"])
     assert not has_errors(lint_export(folder))
     # what an engine of the decoder holds: its proto and the shared weights (engines' build --plan)
