@@ -260,7 +260,7 @@ def _alone_ms(pool, seen, repeats: int = 5) -> dict:
     return out
 
 
-def burst_child(mode: str, n: int, folder: str, max_context: int, chunks: int) -> None:
+def burst_child(mode: str, n: int, folder: str, max_context: int, chunks: int, gather: float | None = None) -> None:
     """N cameras push `chunks` chunks each at the same moment, as fast as they are taken (after one warm-up chunk),
     through one pool with chunk batching `mode` (BURST_WAYS); prints one JSON line: wall seconds, this process's
     CPU seconds (all threads), the cores that makes, each chunk call in place (rows, ms) and alone, the counters."""
@@ -269,6 +269,8 @@ def burst_child(mode: str, n: int, folder: str, max_context: int, chunks: int) -
     from omnisift_edge.runtime.session import RuntimeConfig
 
     pool = open_pool(RuntimeConfig(folder, max_context=max_context), max_streams=n, **BURST_WAYS[mode])
+    if gather is not None:
+        pool.scheduler.batch_gather_seconds = gather
     streams = [pool.open_stream() for _ in range(n)]
     clips = [synthetic_clip(2.0 * (chunks + 2), *streams[0].resolution, seed=i) for i in range(n)]
     step = int(streams[0].spec.sample_rate * 2)
@@ -309,22 +311,76 @@ def _call_summary(r: dict, kind: str) -> str:
     return f"{len(got)} calls of {rows.mean():.1f} rows: {np.median(ms):.1f} ms{alone} ({ms.sum() / rows.sum():.1f} ms/chunk)"
 
 
+def _random_feeds(graph, dims, batch: int | None, rng) -> dict:
+    """Feeds of `graph` (a one-chunk graph: batch None; a batched form: its batch_size) with whole-chunk valid counts."""
+    full = {"valid_frames": dims.window_frames, "valid_grids": dims.grids_per_chunk,
+            "valid_audio_tokens": dims.window_audio_tokens}
+    feeds = {}
+    for t in graph.inputs:
+        shape = [batch if size == "batch_size" else size for size in t.shape]
+        if t.name in full:
+            feeds[t.name] = np.full(shape, full[t.name], np.int64)
+        elif t.dtype == "int64":
+            feeds[t.name] = np.broadcast_to(np.arange(shape[-1]), shape).astype(np.int64).copy()
+        else:
+            feeds[t.name] = rng.standard_normal(shape).astype(np.float32)
+    return feeds
+
+
+def graph_calls_alone(folder: Path, repeats: int = 5) -> None:
+    """Each chunk graph alone, side by side: the one-chunk graph once and 4 times against its batched form at B = 1
+    and B = 4 (median ms; min over 3 alternating rounds), the pool's sessions' thread settings."""
+    from omnisift_edge.artifact.folder import ExportFolder
+    from omnisift_edge.artifact.onnx_runtime import ort_session
+    from omnisift_edge.runtime.chunk_batch import batch_graphs
+
+    export = ExportFolder.open(folder)
+    batched, single = batch_graphs(export, 0.25), export.graphs_for(0.25)
+    if not batched:
+        print("(this export has no batched forms)")
+        return
+    rng, dims = np.random.default_rng(0), export.manifest.dims
+    print("\n| graph, alone | one-chunk x1 | one-chunk x4 | batched B=1 | batched B=4 | B=4 / (x4) |\n|---|---|---|---|---|---|")
+    for role, graph in batched.items():
+        one, many = ort_session(export.file(single[role].file)), ort_session(export.file(graph.file))
+        feeds1, feeds_b1, feeds_b4 = (_random_feeds(single[role], dims, None, rng), _random_feeds(graph, dims, 1, rng),
+                                      _random_feeds(graph, dims, 4, rng))
+        ways = {"x1": lambda: one.run(None, feeds1), "x4": lambda: [one.run(None, feeds1) for _ in range(4)],
+                "b1": lambda: many.run(None, feeds_b1), "b4": lambda: many.run(None, feeds_b4)}
+        ms = {k: [] for k in ways}
+        for _ in range(3):
+            for k, fn in ways.items():
+                fn()
+                seconds = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    fn()
+                    seconds.append(time.perf_counter() - start)
+                ms[k].append(float(np.median(seconds)) * 1e3)
+        ms = {k: min(v) for k, v in ms.items()}
+        print(f"| {role} | {ms['x1']:.1f} ms | {ms['x4']:.1f} ms | {ms['b1']:.1f} ms | {ms['b4']:.1f} ms | "
+              f"x{ms['b4'] / ms['x4']:.2f} |", flush=True)
+
+
 def report_burst(name: str, folder: Path, args) -> None:
     """4 cameras pushing chunks together through one pool, chunk batching on / off (/ with prefills), alternating."""
     ways = args.burst_ways.split(",")
-    print(f"\n### {name}: 4 cameras pushing {args.burst} chunks each at the same moment, as fast as taken")
+    print(f"\n### {name}: 4 cameras pushing {args.burst} chunks each at the same moment, as fast as taken "
+          f"(batch_gather_seconds {args.batch_gather:g})")
     print("| way | chunks/s | CPU s per chunk | cores used | load | vision encoder | audio encoder | compressor | "
           "prefill |\n|---|---|---|---|---|---|---|---|---|")
     for round_ in range(args.burst_rounds):
         for mode in ways if round_ % 2 == 0 else ways[::-1]:
             done = subprocess.run([sys.executable, __file__, "--burst-child", mode, "4", str(folder),
-                                   str(args.max_context), str(args.burst)], capture_output=True, text=True)
+                                   str(args.max_context), str(args.burst), str(args.batch_gather)],
+                                  capture_output=True, text=True)
             if done.returncode:
                 raise SystemExit(f"the {mode} burst child failed:\n{done.stderr[-3000:]}")
             r = json.loads(done.stdout.strip().splitlines()[-1])
             stages = " | ".join(_call_summary(r, k) for k in ("vision_encoder", "audio_encoder", "compressor", "prefill"))
             print(f"| {mode} | {r['chunks_per_s']:.2f} | {r['cpu'] / (4 * args.burst):.3f} | {r['cores']:.2f} | "
                   f"{r['load']:.1f} | {stages} |", flush=True)
+    graph_calls_alone(folder)
 
 
 class _Search:
@@ -458,7 +514,7 @@ def main() -> None:
         child(sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), sys.argv[6])
         return
     if len(sys.argv) > 1 and sys.argv[1] == "--burst-child":
-        burst_child(sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6]))
+        burst_child(sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6]), float(sys.argv[7]))
         return
     if len(sys.argv) > 1 and sys.argv[1] == "--hold-child":
         hold_child(sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), float(sys.argv[6]))
@@ -476,6 +532,8 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=0, help="chunk throughput (N chunks per camera) instead")
     parser.add_argument("--burst-ways", default="on,off", help=f"--burst: pools compared ({', '.join(BURST_WAYS)})")
     parser.add_argument("--burst-rounds", type=int, default=2, help="--burst: rounds of every way (alternating)")
+    parser.add_argument("--batch-gather", type=float, default=0.02,
+                        help="--burst: the scheduler's batch_gather_seconds (how long a batch waits for the others)")
     parser.add_argument("--cameras", action="store_true", help="search the cameras held at real time instead")
     parser.add_argument("--hold-seconds", type=float, default=20.0, help="media per camera in a --cameras trial")
     parser.add_argument("--camera-start", type=int, default=1, help="first N a --cameras search tries")

@@ -15,9 +15,10 @@ goes through the pool's scheduler (runtime/scheduler.py), which batches across s
   has them: `vision_encoder_batch`, `audio_encoder_batch`, `compressor_batch_r{ratio}`);
 - with `batch_prefill=True` as well, their prefills (equal kept counts) as one decoder call (ONNX
   Runtime: `decoder_scatter`, a write index per row, in place). Off by default: on the CPU one call of
-  4 x K rows over the pasts measured 1.3-2.2x slower than 4 calls of `decoder_gqa` (the scatter form's
-  attention is plain ops over the longest row's past; docs/runtime.md), where a GPU's weight-bound
-  calls would gain.
+  4 x K rows measured 1.1-1.4x the time of 4 `decoder_gqa` calls at equal pasts and 2x at mixed ones
+  (the scatter form's attention is plain ops over the longest row's past), and its session holds a
+  second copy of the decoder's weights (+445 MiB at 512x12); docs/runtime.md. A GPU's weight-bound
+  calls may gain.
 The keys and the stacking are runtime/chunk_batch.py's; what each backend batches, its module's docstring.
 
 Not batched: a question and its prompt text (one stream's rows with logits), cache edits of the

@@ -19,9 +19,10 @@ must be 1 when sequence_length > 1 and past context is given"). `scatter_rows` r
 prefills of several streams (S kept rows each, over pasts of any lengths) as one `decoder_scatter` call
 per run of consecutive slots: ONNX TensorScatter with a write index per row, the slot span bound as both
 past and present, so ONNX Runtime 1.32's CPU kernel writes the new rows in place (its output is its
-input: no copy of the cache; measured in /work/notes/poolbatch.md and docs/runtime.md) and each row
-attends over its own rows under the graph's per-row causal mask. The pool runs ONNX Runtime on the CPU
-(the slot views wrap host memory).
+input: no copy of the cache; measured in docs/runtime.md, benchmarks/pool_scatter.py) and each row
+attends over its own rows under the graph's per-row causal mask. The pool uses it only with
+`open_pool(..., batch_prefill=True)`: on the CPU it measured slower than one `decoder_gqa` call per
+chunk (runtime/pool.py). The pool runs ONNX Runtime on the CPU (the slot views wrap host memory).
 """
 
 from __future__ import annotations
