@@ -13,7 +13,10 @@ compressor_r*) get one fixed profile. The decoder gets two:
 total_sequence_length = past + sequence at min, opt and max, so each profile covers exactly the
 calls whose cache ends within max_context. batch_size is 1 for a prefill (a stream's own chunk or
 question); for a decode it is 1 .. N (opt N), N = `--max-streams` (default 1): a stream pool
-(runtime/pool_trt.py) runs the decode steps of every answering stream in one call.
+(runtime/pool_trt.py) runs the decode steps of every answering stream in one call. With N > 1 a third
+profile, `prefill_batch`: the chunks of N streams that arrived together in one call, batch 1 .. N, each
+row one chunk's kept tokens (sequence_length 1 .. K_max, the largest compressor's K), past 0 ..
+max_context - K_max; its activations are N x K_max rows, not N x S_max (a prompt's 512).
 
 The in-place decoder (`decoder_scatter`, declared in the manifest's `kv_cache`) gets one profile,
 `in_place`: sequence_length 1 .. S_max (opt K), logits_length 0 .. 1 (none on a chunk prefill),
@@ -24,6 +27,8 @@ slice); with a dynamic batch (`--max-streams` > 1) it stays data and the range i
 With `--max-streams N` > 1 it gets a second profile, `in_place_decode`: batch 1 .. N (opt N), one new
 row and one logits row per batch row, each row with its own write_index (the form takes one per row,
 artifact/tensors.py); batch 1 prefills keep profile 0 unchanged, and their activations do not grow.
+And a third, `in_place_prefill`: batch 1 .. N, sequence_length 1 .. K_max (one chunk's kept tokens per
+row, each row written at its own write_index), logits_length 0 .. 1 (a chunk prefill reads none).
 """
 
 from __future__ import annotations
@@ -83,6 +88,7 @@ class DecoderLimits:
     main_ratio: float
     prefill_chunks: int = 1     # chunks' kept tokens one prefill call takes (grouped prefill of a file)
     max_streams: int = 1        # decode rows one call takes: a stream pool's answering streams (build --max-streams)
+    max_kept: int = 0           # K_max: the most kept tokens of one chunk (a batched chunk prefill's rows per stream)
 
 
 def check_max_streams(value) -> int:
@@ -157,7 +163,7 @@ def decoder_limits(manifest: Manifest, *, max_context: int | None = None, ratio:
     if max_context <= s_max:
         raise UsageError(f"--max-context {max_context} leaves no room after one prefill of {s_max} tokens "
                          f"(the largest kept count or prompt); use at least {s_max + 1}")
-    return DecoderLimits(max_context, s_max, ks[graph], ratio, chunks, check_max_streams(max_streams))
+    return DecoderLimits(max_context, s_max, ks[graph], ratio, chunks, check_max_streams(max_streams), max(ks.values()))
 
 
 def axis_ranges(limits: DecoderLimits) -> dict[str, dict[str, Range]]:
@@ -169,12 +175,19 @@ def axis_ranges(limits: DecoderLimits) -> dict[str, dict[str, Range]]:
     dec_seq = (1, 1, 1)
     streams = limits.max_streams
     total = lambda past, seq: tuple(p + s for p, s in zip(past, seq))  # noqa: E731
-    return {
+    ranges = {
         "prefill": {"batch_size": (1, 1, 1), "sequence_length": pre_seq, "past_sequence_length": pre_past,
                     "total_sequence_length": total(pre_past, pre_seq)},
         "decode": {"batch_size": (1, streams, streams), "sequence_length": dec_seq, "past_sequence_length": dec_past,
                    "total_sequence_length": total(dec_past, dec_seq)},
     }
+    if streams > 1:                          # the chunks of every stream that arrived together: one call
+        kept = limits.max_kept or s_max
+        batch_past, batch_seq = (0, (c - kept) // 2, c - kept), (1, min(k, kept), kept)
+        ranges["prefill_batch"] = {"batch_size": (1, streams, streams), "sequence_length": batch_seq,
+                                   "past_sequence_length": batch_past,
+                                   "total_sequence_length": total(batch_past, batch_seq)}
+    return ranges
 
 
 def _graph_dynamic_axes(manifest: Manifest, entry: GraphInfo) -> set[str]:
@@ -234,7 +247,11 @@ def in_place_profiles(manifest: Manifest, limits: DecoderLimits) -> tuple[Profil
                          f"before stream pools); export again for --max-streams {n}, or build with --max-streams 1")
     ranges = {**in_place_ranges(limits), "batch_size": (1, n, n), "sequence_length": (1, 1, 1), "logits_length": (1, 1, 1)}
     decode = _profile("in_place_decode", entry, ranges)
-    return profiles + (dataclasses.replace(decode, values=((write_index, (0, (c - 1) // 2, c - 1)),)),)
+    kept = limits.max_kept or s_max
+    ranges = {**ranges, "sequence_length": (1, min(limits.opt_sequence, kept), kept), "logits_length": (0, 0, 1)}
+    prefill = _profile("in_place_prefill", entry, ranges)
+    return profiles + tuple(dataclasses.replace(p, values=((write_index, (0, (c - 1) // 2, c - 1)),))
+                            for p in (decode, prefill))
 
 
 def batch_profiles(entry: GraphInfo, max_streams: int) -> tuple[Profile, ...]:

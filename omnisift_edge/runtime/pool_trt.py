@@ -20,6 +20,13 @@ TensorRT twin of runtime/pool_ort.py:
     its attention_mask row), the engine's decode profile runs it, and each stream's rows plus its new
     one are copied back into its slot (device-to-device copies planned by `gather_copies` /
     `scatter_copies`: kv per stream and layer each way, the fallback's price).
+- the chunks that arrive together (`batch_chunks`, the default; `run_batch`): the encoders and compressor as
+  one call each of the batched engines where the build has them (runtime/chunk_batch.py; loaded instead
+  of the one-chunk engines), and the chunk prefills of equal kept counts (`prefill_key`) as one decoder
+  call on the batched chunk-prefill profile (engines/profiles.py `in_place_prefill` / `prefill_batch`):
+  in place, per run of consecutive slots (no riders: they would write S rows), each row's S rows at its
+  own write_index; past/present, the decode steps' gather with S new rows. A run of one, or rows no
+  profile holds, is the stream's own call.
 The engines' decode profile takes at most the build's `--max-streams` rows: a pool asking for more is
 refused (`check_build_streams`). The plans of the copies and the batch's feeds are plain numpy
 (checked on the CPU: tests/runtime/test_pool_trt.py, with TensorRT stood in for by ONNX Runtime on
@@ -29,12 +36,15 @@ the same graphs); the engines themselves need a GPU (the `trt` test there, docs/
 from __future__ import annotations
 
 import threading
+import time
 from typing import Sequence
 
 import numpy as np
 
+from omnisift_edge.artifact.manifest import DECODER
 from omnisift_edge.errors import UsageError
-from omnisift_edge.runtime.slots import SlotBook
+from omnisift_edge.runtime import chunk_batch as cb
+from omnisift_edge.runtime.slots import SlotBook, slot_runs
 from omnisift_edge.runtime.trt_pipeline import SCATTER, TrtStream, choose_profile, open_runners, scatter_limits
 
 
@@ -96,11 +106,12 @@ def span_feeds(slots: Sequence[int], embeds, positions, lengths: Sequence[int], 
     return batch_embeds, batch_positions, np.asarray(lengths, np.int64)
 
 
-def batch_mask(lengths: Sequence[int], past: int) -> np.ndarray:
-    """attention_mask [B, past + 1] of a gathered decode: row b's own rows [0, lengths[b]), padding up to
-    `past` masked, and the new row (column `past`)."""
-    mask = (np.arange(past + 1)[None, :] < np.asarray(lengths)[:, None]).astype(np.int64)   # [B, T + 1]
-    mask[:, past] = 1
+def batch_mask(lengths: Sequence[int], past: int, new: int = 1) -> np.ndarray:
+    """attention_mask [B, past + new] of a gathered call: row b's own rows [0, lengths[b]), padding up to
+    `past` masked, and the `new` rows (columns past ..; one for a decode step, a chunk's kept tokens for a
+    prefill: the decoder's causal mask orders them among themselves)."""
+    mask = (np.arange(past + new)[None, :] < np.asarray(lengths)[:, None]).astype(np.int64)   # [B, T + S]
+    mask[:, past:] = 1
     return mask
 
 
@@ -118,18 +129,41 @@ def gather_copies(slots: Sequence[int], lengths: Sequence[int], past: int, kv_he
 
 
 def scatter_copies(slots: Sequence[int], lengths: Sequence[int], past: int, kv_heads: int, head_row: int,
-                   slot_bytes: int) -> np.ndarray:
-    """Copies [n, 3] from a batch present [B, kv, past + 1, hd] back into the slots, packed as [1, kv, L + 1, hd]:
-    each head's own rows [0, L) and the new row (present column `past`) after them."""
+                   slot_bytes: int, new: int = 1) -> np.ndarray:
+    """Copies [n, 3] from a batch present [B, kv, past + new, hd] back into the slots, packed as
+    [1, kv, L + new, hd]: each head's own rows [0, L) and the new rows (present columns past ..) after them."""
     copies = []
     for b, (slot, n) in enumerate(zip(slots, lengths)):
         for h in range(kv_heads):
-            source = (b * kv_heads + h) * (past + 1) * head_row                                # present row b, head h
-            target = slot * slot_bytes + h * (n + 1) * head_row
+            source = (b * kv_heads + h) * (past + new) * head_row                              # present row b, head h
+            target = slot * slot_bytes + h * (n + new) * head_row
             if n:
                 copies.append((source, target, n * head_row))
-            copies.append((source + past * head_row, target + n * head_row, head_row))
+            copies.append((source + past * head_row, target + n * head_row, new * head_row))
     return np.asarray(copies, np.int64).reshape(-1, 3)
+
+
+def prefill_profile(entry, batch: int, n: int, past: int | None = None) -> int | None:
+    """The index of a decoder engine profile (its build report `entry`) that takes a prefill of `batch` rows of
+    `n` new tokens each after `past` cached ones (in place: `past` None, and no logits row), or None."""
+    for index, profile in enumerate(entry.profiles):
+        axes = profile.get("axes", {})
+        rows, seq = axes.get("batch_size", (1, 1, 1)), axes.get("sequence_length")
+        if batch < 2 or rows[2] < batch or seq is None or not seq[0] <= n <= seq[2]:
+            continue
+        held = axes.get("past_sequence_length") if past is not None else axes.get("logits_length")
+        if held is not None and held[0] <= (past or 0) <= held[2]:
+            return index
+    return None
+
+
+def engine_batch_limit(entry) -> int:
+    """The most rows an engine's profiles take on their batch axis (1: none, or a build without one)."""
+    most = 1
+    for profile in entry.profiles:
+        rows = profile.get("axes", {}).get(cb.BATCH_AXIS)
+        most = max(most, int(rows[2])) if rows is not None else most
+    return most
 
 
 def run_copies(memory, source, target, copies: np.ndarray) -> None:
@@ -167,6 +201,7 @@ class SlotTrtStream(TrtStream):
 
     def __init__(self, pool, slot: int, prefix_ids: Sequence[int]):
         self.pool, self.slot = pool, slot
+        self._rank: float | None = None                      # when the chunk being pushed began (None: none)
         super().__init__(pool.export, pool.ratio, prefix_ids, target=pool.cfg.target, max_context=pool.max_context,
                          context=pool.cfg.context)
 
@@ -187,31 +222,64 @@ class SlotTrtStream(TrtStream):
         return slot_cache_class(kind)(slots, self.slot, past_names, present_names, capacity=rows, memory=slots.memory,
                                       **shape)
 
+    def push(self, pixel_values, n_grids, mel):
+        """`ChunkStream.push`, its model calls ranked by when it began (the scheduler serves chunks in order, and
+        gathers a chunk's batchable calls with the other pushing streams': runtime/pool.py counts them)."""
+        self._rank = time.monotonic()
+        try:
+            return super().push(pixel_values, n_grids, mel)
+        finally:
+            self._rank = None
+
     def _step(self, embeds, positions, want_logits=True):
-        if want_logits and embeds.shape[1] == 1:             # one answer token: batched with the others'
+        n, backend = embeds.shape[1], self.pool.backend
+        if want_logits and n == 1:                           # one answer token: batched with the others'
             self.kv.reserve(1)
             return self.pool.scheduler.decode(self, embeds, positions.reshape(3, 1, 1))
-        return self.pool.scheduler.call(lambda: self._own_step(embeds, positions, want_logits))
+        if not want_logits and n > 1 and backend.batches_prefill:   # a chunk (or prompt) prefill: batched with
+            self.kv.reserve(n)                                     # the other streams' of n rows (checked first)
+            return self.pool.scheduler.prefill(cb.prefill_key(n), self, embeds, np.asarray(positions).reshape(3, n),
+                                               rank=self._rank)
+        return self.pool.scheduler.call(lambda: self._own_step(embeds, positions, want_logits), rank=self._rank)
 
     def _own_step(self, embeds, positions, want_logits):
         if self.in_place:
             self.pool.backend.use_profile(0)
         return TrtStream._step(self, embeds, positions, want_logits)
 
+    def _call(self, fn):
+        return self.pool.scheduler.call(fn, rank=self._rank)
+
+    def _batch(self, role: str, row: dict):
+        """This stream's row of a batched `role` call (runtime/chunk_batch.py): its outputs at batch 1."""
+        return self.pool.scheduler.batch(role, cb.shape_key(row), row, rank=self._rank)
+
     def _encode_video(self, pixel_values, n_grids):
-        return self.pool.scheduler.call(lambda: TrtStream._encode_video(self, pixel_values, n_grids))
+        graph = self.pool.backend.batched.get("vision_encoder")
+        if graph is None:
+            return self._call(lambda: TrtStream._encode_video(self, pixel_values, n_grids))
+        out = self._batch("vision_encoder", cb.vision_row(graph, self, pixel_values, n_grids))
+        return cb.video_of(out, n_grids, self.tokens_per_frame)                          # [n_grids*n_p, D]
 
     def _encode_audio(self, mel):
-        return self.pool.scheduler.call(lambda: TrtStream._encode_audio(self, mel))
+        graph = self.pool.backend.batched.get("audio_encoder")
+        if graph is None:
+            return self._call(lambda: TrtStream._encode_audio(self, mel))
+        row, tokens = cb.audio_row(graph, self, mel)
+        return cb.audio_of(self._batch("audio_encoder", row), tokens)                   # [La, D]
 
     def _compress(self, video, audio, n_grids, chunk_positions):
-        return self.pool.scheduler.call(lambda: TrtStream._compress(self, video, audio, n_grids, chunk_positions))
+        graph = self.pool.backend.batched.get("compressor")
+        if graph is None:
+            return self._call(lambda: TrtStream._compress(self, video, audio, n_grids, chunk_positions))
+        row = cb.compressor_row(graph, self, video, audio, n_grids, chunk_positions)
+        return cb.kept_of(self._batch("compressor", row))                               # [1, k, D], [k]
 
     def _drop_kv(self, start, stop):          # the slot's rows must not move under a batched call
-        self.pool.scheduler.call(lambda: TrtStream._drop_kv(self, start, stop))
+        self.pool.scheduler.call(lambda: TrtStream._drop_kv(self, start, stop), rank=self._rank)
 
     def _rotate_kv(self, delta):
-        self.pool.scheduler.call(lambda: TrtStream._rotate_kv(self, delta))
+        self.pool.scheduler.call(lambda: TrtStream._rotate_kv(self, delta), rank=self._rank)
 
     def close(self) -> None:
         """Free the slot; the engines stay loaded for the pool's other streams."""
@@ -246,6 +314,23 @@ class TrtPoolBackend:
         self._lock = threading.Lock()
         self.memory = trt_kv.CudaMemory()
         self.slots, self.gathered = self._allocate(export, pool)
+        chunks = getattr(pool, "batch_chunks", True) and pool.max_streams > 1
+        self.batched, self.batch_rows = self._batched(export, pool) if chunks else ({}, 1)
+        decoder = self.build.engines[SCATTER if self.in_place else DECODER]
+        self.batches_prefill = chunks and any(                  # a profile of several rows of several tokens
+            p.get("axes", {}).get("batch_size", (1, 1, 1))[2] > 1 and p.get("axes", {}).get("sequence_length",
+                                                                                            (1, 1, 1))[2] > 1
+            for p in decoder.profiles)
+
+    def _batched(self, export, pool) -> tuple[dict, int]:
+        """(role -> GraphInfo of the batched forms whose engines this build holds (`build --max-streams N` of an
+        export with them: all three, or {}), the most rows each takes)."""
+        graphs = cb.batch_graphs(export, pool.ratio)
+        engines = [self.build.engines.get(g.key) for g in graphs.values()]
+        if not graphs or any(e is None or not (export.path / e.file).is_file() for e in engines):
+            return {}, 1
+        most = min(engine_batch_limit(e) for e in engines)
+        return (graphs, most) if most > 1 else ({}, 1)
 
     def _allocate(self, export, pool) -> tuple[DeviceSlots, DeviceSlots | None]:
         """The slots [max_streams, kv, rows, hd] per past name; past/present also a batch past of the same size."""
@@ -260,9 +345,14 @@ class TrtPoolBackend:
         return make(), None if self.in_place else make()
 
     def runners(self, files: dict) -> dict:
-        """The pool's one TrtRunner per engine (opened by the first stream)."""
+        """The pool's one TrtRunner per engine (opened by the first stream); where the batched chunk engines serve
+        a role, they are loaded instead of its one-chunk engine (weights resident once; a chunk alone is a
+        batch of one), under the batched graph's key."""
         with self._lock:
             if self._runners is None:
+                files = {role: path for role, path in files.items() if role not in self.batched}
+                files.update({g.key: self.pool.export.path / self.build.engines[g.key].file
+                              for g in self.batched.values()})
                 self._runners = open_runners(files, self.pool.export.path, self.target)
             return self._runners
 
@@ -294,34 +384,101 @@ class TrtPoolBackend:
         feeds.update({name: self.slots.span(name, lo, lo + len(lengths)) for name in first.kv.past_names})
         out = self.use_profile(1 if len(self.build.engines[SCATTER].profiles) > 1 else 0).infer(
             feeds, copy_outputs_to_host=False)                    # presents: the slots, written in place
-        for past, present in zip(first.kv.past_names, first.kv.present_names):
-            if not self.memory.same_memory(out[present], self.slots.at(past, lo)):
-                raise UsageError(f"the decoder engine returned {present} in its own memory, not in the pool's slots; "
-                                 "upgrade polygraphy (>= 0.53.6) or rebuild the engines")
+        self._check_in_place(first, out, lo)
         for stream in streams:
             stream.kv.length += 1
         logits = self.memory.to_host(out[first.logits_name])                                   # [B, 1, V]
         return [logits[slot - lo, -1].astype(np.float32) for slot in slots]
 
+    def _check_in_place(self, first, out, lo: int) -> None:
+        for past, present in zip(first.kv.past_names, first.kv.present_names):
+            if not self.memory.same_memory(out[present], self.slots.at(past, lo)):
+                raise UsageError(f"the decoder engine returned {present} in its own memory, not in the pool's slots; "
+                                 "upgrade polygraphy (>= 0.53.6) or rebuild the engines")
+
     def _decode_gathered(self, streams, embeds, positions) -> list[np.ndarray]:
+        out = self._run_gathered(streams, embeds, positions, 1, None)
+        logits = self.memory.to_host(out[streams[0].logits_name])                              # [B, 1, V]
+        return [logits[b, -1].astype(np.float32) for b in range(len(streams))]
+
+    def _run_gathered(self, streams, embeds, positions, new: int, index: int | None) -> dict:
+        """One past/present call of `new` rows per stream over its slot gathered into a masked batch past
+        [B, kv, T, hd] (T: the longest stream's rows), each stream's rows and new ones copied back; the outputs."""
         first, slots = streams[0], [s.kv.slot for s in streams]
         lengths = [s.kv.length for s in streams]
         past, book = max(lengths), self.slots
         shape = (book.kv_heads, book.head_row, book.slot_bytes)
         embeds_name, positions_name, mask_name = first.decoder_inputs
-        feeds = {embeds_name: np.concatenate([np.asarray(e) for e in embeds]).astype(first.float_type),   # [B, 1, D]
-                 positions_name: np.concatenate([np.asarray(p).reshape(3, 1, 1) for p in positions], axis=1),
-                 mask_name: batch_mask(lengths, past)}                                                    # [B, T + 1]
+        feeds = {embeds_name: np.concatenate([np.asarray(e) for e in embeds]).astype(first.float_type),   # [B, S, D]
+                 positions_name: np.concatenate([np.asarray(p).reshape(3, 1, new) for p in positions], axis=1),
+                 mask_name: batch_mask(lengths, past, new)}                                               # [B, T + S]
         batch = (len(streams), book.kv_heads, past, book.head_dim)
         for name in first.kv.past_names:
             run_copies(self.memory, book.buffers[name], self.gathered.buffers[name],
                        gather_copies(slots, lengths, past, *shape))
             feeds[name] = self.memory.view(self.gathered.buffers[name], batch, book.float_type)   # [B, kv, T, hd]
-        index, _ = choose_profile(first.profiles, 1, past)
+        if index is None:
+            index, _ = choose_profile(first.profiles, 1, past)
         out = self.use_profile(index).infer(feeds, copy_outputs_to_host=False)
         for name, present in zip(first.kv.past_names, first.kv.present_names):
-            run_copies(self.memory, out[present], book.buffers[name], scatter_copies(slots, lengths, past, *shape))
+            run_copies(self.memory, out[present], book.buffers[name],
+                       scatter_copies(slots, lengths, past, *shape, new=new))
         for stream in streams:
-            stream.kv.length += 1
-        logits = self.memory.to_host(out[first.logits_name])                                   # [B, 1, V]
-        return [logits[b, -1].astype(np.float32) for b in range(len(streams))]
+            stream.kv.length += new
+        return out
+
+    # -- batches of other calls (Scheduler.batch) ---------------------------------------------------------------
+    def run_batch(self, kind: str, items) -> list:
+        """The calls `Scheduler.batch` gathered (equal keys), each call's result in order: "prefill" (stream,
+        embeds [1, n, D], positions [3, n]) of several streams; "vision_encoder" / "audio_encoder" /
+        "compressor": rows at batch 1 (runtime/chunk_batch.py) through the batched engine, at most its rows per
+        call, its outputs split per row."""
+        if kind == "prefill":
+            return self._prefill(items)
+        graph = self.batched.get(kind)
+        if graph is None:
+            raise ValueError(f"the tensorrt pool batches no {kind!r} calls")
+        runner, rows, results = self._runners[graph.key], [row for (row,) in items], []
+        for start in range(0, len(rows), self.batch_rows):
+            part = rows[start:start + self.batch_rows]
+            out = TrtStream._run(runner, cb.stack_rows(graph, part))                   # each [B, ...] (or [3, B, ...])
+            results += cb.split_rows(graph, [out[name] for name in graph.output_names], len(part))
+        return results
+
+    def _prefill(self, items) -> list[None]:
+        """Chunk prefills of n rows each: in place, one call per run of consecutive slots (bound where they lie);
+        past/present, one gathered call; a run of one, or rows no profile takes, each stream's own call."""
+        slots = [stream.kv.slot for stream, _, _ in items]
+        if len(set(slots)) != len(slots):
+            raise UsageError("one prefill per stream and call")
+        n = int(np.asarray(items[0][1]).shape[1])
+        for run in slot_runs([stream.kv for stream, _, _ in items]) if self.in_place else [list(range(len(items)))]:
+            group = [items[i] for i in run]
+            if len(group) < 2 or not self._prefill_together(group, n):
+                for stream, embeds, positions in group:
+                    stream._own_step(embeds, positions, False)
+        return [None] * len(items)
+
+    def _prefill_together(self, group, n: int) -> bool:
+        """One engine call for the group's prefills (True), or False where no profile takes it."""
+        streams, embeds, positions = zip(*group)
+        if not self.in_place:
+            index = prefill_profile(self.build.engines[DECODER], len(group), n, max(s.kv.length for s in streams))
+            if index is not None:
+                self._run_gathered(streams, embeds, positions, n, index)
+            return index is not None
+        index = prefill_profile(self.build.engines[SCATTER], len(group), n)
+        if index is None:
+            return False
+        first, lo = streams[0], streams[0].kv.slot                       # the group: slots lo, lo + 1, ...
+        names = first.scatter_inputs                                     # embeds, positions, write_index, logits_index
+        feeds = {names[0]: np.concatenate([np.asarray(e) for e in embeds]).astype(first.float_type),      # [B, n, D]
+                 names[1]: np.stack([np.asarray(p).reshape(3, n) for p in positions], axis=1),           # [3, B, n]
+                 names[2]: np.array([s.kv.length for s in streams], np.int64),                           # [B]
+                 names[3]: np.zeros(0, np.int64)}                                                        # no logits
+        feeds.update({name: self.slots.span(name, lo, lo + len(group)) for name in first.kv.past_names})
+        out = self.use_profile(index).infer(feeds, copy_outputs_to_host=False)      # presents: the slots, in place
+        self._check_in_place(first, out, lo)
+        for stream in streams:
+            stream.kv.length += n
+        return True

@@ -1,6 +1,7 @@
 """A real TensorRT-RTX build (on this machine's CPU, ahead of time) with `--max-streams 4`: the in-place decoder
 engine gets a second profile, `in_place_decode`, whose batch runs 1 .. 4 with one row each and one write index
-per row, read back from the engine itself; the build report records max_streams where the runtime reads it.
+per row, and a third, `in_place_prefill`, 1 .. 4 rows of one chunk's kept tokens each (the chunks that arrived
+together), read back from the engine itself; the build report records max_streams where the runtime reads it.
 Marked `rtx`: skipped with the reason where tensorrt_rtx is absent."""
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ def test_the_in_place_decoder_builds_with_a_four_stream_decode_profile(engine_ex
     report = read_manifest(folder, verify=True)["builds"]["rtx"]              # engines checksummed too
     assert report["max_streams"] == 4
     entry = report["engines"]["decoder_scatter"]
-    prefill, decode = entry["profiles"]
-    assert (prefill["name"], decode["name"]) == ("in_place", "in_place_decode")
+    prefill, decode, chunks = entry["profiles"]
+    assert (prefill["name"], decode["name"], chunks["name"]) == ("in_place", "in_place_decode", "in_place_prefill")
     assert prefill["axes"]["batch_size"] == [1, 1, 1] and decode["axes"]["batch_size"] == [1, 4, 4]
     assert decode["axes"]["sequence_length"] == [1, 1, 1] and decode["axes"]["logits_length"] == [1, 1, 1]
     names = load_manifest(folder, verify=False).form_entry("decoder_scatter").input_names
@@ -54,10 +55,16 @@ def test_the_in_place_decoder_builds_with_a_four_stream_decode_profile(engine_ex
     inputs = {network.get_input(i).name: network.get_input(i) for i in range(network.num_inputs)}
     assert inputs[past].shape[0] == -1 and inputs[past].shape[2] == artifact.plan.max_context
     assert not shape_inputs(network)            # write_index [B], B dynamic: data, not a shape tensor (batch 1: one)
-    one, four = (p.to_trt(builder, network) for p in trt_profiles(polygraphy_trt, ep, shape_inputs(network)))
+    one, four, batch = (p.to_trt(builder, network) for p in trt_profiles(polygraphy_trt, ep, shape_inputs(network)))
     assert [tuple(s)[0] for s in one.get_shape(past)] == [1, 1, 1]
     assert [tuple(s)[0] for s in four.get_shape(past)] == [1, 4, 4]
     assert [tuple(s) for s in four.get_shape(write_index)] == [(1,), (4,), (4,)]
+    # profile 2: the chunks of 1 .. 4 streams prefilled together, K rows each, each row at its own write index
+    kept = chunks["axes"]["sequence_length"][2]
+    assert [tuple(s)[:2] for s in batch.get_shape(embeds)] == [(1, 1), (4, min(chunks["axes"]["sequence_length"][1],
+                                                                                 kept)), (4, kept)]
+    assert [tuple(s) for s in batch.get_shape(write_index)] == [(1,), (4,), (4,)]
+    assert [tuple(s)[0] for s in batch.get_shape(names[3])] == [0, 0, 1]            # logits_index: none needed
 
 
 def test_default_build_keeps_one_profile_of_batch_one(engine_export):

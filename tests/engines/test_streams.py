@@ -19,10 +19,16 @@ from omnisift_edge.errors import UsageError
 def test_four_streams_make_the_decode_batch_a_profile_axis(engine_export):
     plan = plan_build(BuildConfig(engine_export, target="rtx", max_streams=4), write=False)
     scatter = plan.engine("decoder_scatter")
-    assert [p.name for p in scatter.profiles] == ["in_place", "in_place_decode"]
-    first, decode = (dict(p.axes) for p in scatter.profiles)
+    assert [p.name for p in scatter.profiles] == ["in_place", "in_place_decode", "in_place_prefill"]
+    first, decode, chunks = (dict(p.axes) for p in scatter.profiles)
     assert first["batch_size"] == (1, 1, 1) and decode["batch_size"] == (1, 4, 4)
     assert decode["sequence_length"] == (1, 1, 1) and decode["logits_length"] == (1, 1, 1)
+    # the chunks of 4 streams prefilled together: 4 rows of at most one chunk's kept tokens, no logits needed
+    from omnisift_edge.engines.profiles import kept_tokens
+
+    kept = max(kept_tokens(read_manifest(engine_export)).values())
+    assert chunks["batch_size"] == (1, 4, 4) and chunks["sequence_length"][2] == kept < first["sequence_length"][2]
+    assert chunks["logits_length"][0] == 0 and dict(scatter.profiles[2].values)        # write_index per row
     assert "batch_size" not in scatter.static and scatter.static["cache_length"] == plan.max_context
     assert plan.record()["max_streams"] == 4 and plan.to_dict()["max_streams"] == 4
     assert "decode of up to 4 streams per call" in plan.summary()
@@ -30,8 +36,14 @@ def test_four_streams_make_the_decode_batch_a_profile_axis(engine_export):
     from omnisift_edge.engines.profiles import decoder_limits, graph_profiles
 
     limits = decoder_limits(read_manifest(engine_export), max_streams=4)
-    prefill, dec = (dict(p.axes) for p in graph_profiles(read_manifest(engine_export), "decoder", limits))
+    profiles = graph_profiles(read_manifest(engine_export), "decoder", limits)
+    assert [p.name for p in profiles] == ["prefill", "decode", "prefill_batch"]     # 0 and 1 as before
+    prefill, dec, chunks = (dict(p.axes) for p in profiles)
     assert prefill["batch_size"] == (1, 1, 1) and dec["batch_size"] == (1, 4, 4)
+    assert chunks["batch_size"] == (1, 4, 4) and chunks["sequence_length"][2] == kept   # a chunk per stream
+    assert chunks["past_sequence_length"][2] + kept == limits.max_context == chunks["total_sequence_length"][2]
+    one_stream = decoder_limits(read_manifest(engine_export))
+    assert [p.name for p in graph_profiles(read_manifest(engine_export), "decoder", one_stream)] == ["prefill", "decode"]
     one = plan_build(BuildConfig(engine_export, target="rtx"), write=False)
     assert [dict(p.axes)["batch_size"] for p in one.engine("decoder_scatter").profiles] == [(1, 1, 1)]
 
