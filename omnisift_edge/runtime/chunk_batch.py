@@ -25,21 +25,19 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from omnisift_edge.artifact.tensors import batch_form_key
+
 BATCH_ROLES = ("vision_encoder", "audio_encoder", "compressor")
 BATCH_AXIS = "batch_size"
 
 
-def batch_graph_keys(ratio: float) -> dict[str, str]:
-    """role -> the manifest key of its batched form (the contract with the export: artifact/tensors.py)."""
-    return {"vision_encoder": "vision_encoder_batch", "audio_encoder": "audio_encoder_batch",
-            "compressor": f"compressor_batch_r{ratio:g}"}
-
-
 def batch_graphs(export, ratio: float | None) -> dict[str, Any]:
-    """role -> GraphInfo of the export's batched forms for `ratio`: all three, or {} (then one call per chunk)."""
-    plan = export.manifest.ratio_plan(ratio)
+    """role -> GraphInfo of the export's batched forms for `ratio`: all three, or {} (then one call per chunk).
+    Their manifest keys come from the one-chunk graphs' (artifact/tensors.py `batch_form_key`)."""
+    one_chunk = {"vision_encoder": "vision_encoder", "audio_encoder": "audio_encoder",
+                 "compressor": export.manifest.ratio_plan(ratio).graph}
     graphs = export.manifest.graphs
-    found = {role: graphs.get(key) for role, key in batch_graph_keys(plan.ratio).items()}
+    found = {role: graphs.get(batch_form_key(graph)) for role, graph in one_chunk.items()}
     return found if all(found.values()) else {}
 
 
