@@ -86,7 +86,8 @@ def pool_activations(cfg, cache_tokens: int, streams: int) -> dict[str, int]:
 
 def pool_call_bytes(cfg, cache_tokens: int, streams: int) -> int:
     """The largest of a pool's own calls (a one-row decode for one stream: below its prefill)."""
-    return max([decode_activation_bytes(cfg, cache_tokens, streams), *pool_activations(cfg, cache_tokens, streams).values()])
+    calls = pool_activations(cfg, cache_tokens, streams)
+    return max([decode_activation_bytes(cfg, cache_tokens, streams), *calls.values()])
 
 
 def largest_streams(cfg, weights: dict[str, int], host: int, jetson: bool, workspace_gb: float,
