@@ -20,11 +20,13 @@ export recorded) and the run settings. Parts, in bytes:
 - workspace: the target's builder workspace (the preset's default), and a fixed runtime reserve
   (CUDA context + TensorRT runtime; on Jetson also the OS) -- both stated, both assumptions.
 
-A stream pool (`streams` N > 1, `build --max-streams`): weights once (plus the batched encoders' and
-compressor's engines, which hold their own copy), N KV slots (in place: one buffer each; past/present:
-the slot plus the batch gathered into past and present, three), and the activations of one decode
-call of N rows, or of N chunks through a batched encoder, beside a stream's own prefill. Each target's
-largest stream count at the planned cache (`Fit.max_streams`) is solved as the largest context is.
+A stream pool (`streams` N > 1, `build --max-streams`; engines/pool_memory.py): the engines the pool
+loads (the batched encoders and compressor instead of the one-chunk ones, which sessions and the C++ app
+load; the weights table lists both, each with its consumer), N KV slots (in place: one buffer each;
+past/present: the slot plus the batch gathered into past and present, three), and the largest call of
+any profile it uses: a stream's own prefill, a decode of N rows, N chunks through a batched encoder, a
+batched chunk prefill of N x K_max rows. Each target's largest stream count at the planned cache
+(`Fit.max_streams`) is solved as the largest context is.
 
 The decoder's activations and the KV cache grow with the context, so the largest max context that
 fits is solved from the rest. Checked against ONNX Runtime CPU peak memory (tests, benchmarks).
@@ -130,12 +132,24 @@ class MemoryPlan:
     onnx_weights: dict[str, int] | None = None   # graph -> bytes as the ONNX files store them (None: = weights)
 
     @property
+    def loaded_weights(self) -> dict[str, int]:
+        """The engines the planned consumer loads: a pool's (batched chunk engines) for streams > 1, else a session's."""
+        from omnisift_edge.engines.pool_memory import planned_weights
+
+        return planned_weights(self.weights, self.config.streams)
+
+    @property
     def weights_total(self) -> int:
-        return sum(self.weights.values())
+        return sum(self.loaded_weights.values())
 
     def device_bytes(self, jetson: bool, workspace_gb: float) -> int:
         return (self.weights_total + (self.host_tables if jetson else 0) + self.kv_cache
                 + max(self.activations.values()) + int(workspace_gb * GB))
+
+    def _loaded_by(self) -> dict[str, str]:
+        from omnisift_edge.engines.pool_memory import loaded_by
+
+        return loaded_by(self.weights) if self.config.streams > 1 else {g: "session" for g in self.weights}
 
     def to_dict(self) -> dict:
         c = self.config
@@ -143,10 +157,27 @@ class MemoryPlan:
                 "max_context": c.max_context, "window": c.window, "streams": c.streams, "cache_tokens": self.cache_tokens,
                 "resolution": list(c.resolution), "prefill_tokens": c.prefill_rows, "prefill_chunks": c.prefill_chunks,
                 "weights_bytes": self.weights, "text_embeddings_bytes": self.host_tables,
+                "loaded_weights_bytes": self.weights_total, "weights_loaded_by": self._loaded_by(),
                 "kv_cache_bytes": self.kv_cache, "kv_bytes_per_token": self.kv_per_token,
                 "activations_bytes": self.activations,
                 "fits": [f.__dict__ for f in self.fits], "reserve_gb": RESERVE_GB,
                 "build_peak": "parser (ONNX bytes) + builder (weights) + workspace + engine (weights), largest graph"}
+
+    def _weight_lines(self) -> list[str]:
+        """The weights table; for a pool build each engine's consumer, and what the pool loads in all."""
+        from omnisift_edge.engines.pool_memory import loaded_by, session_weights
+
+        pool = self.config.streams > 1
+        who = {"pool": "loaded by the pool", "sessions": "loaded by a session / the C++ app",
+               "both": "loaded by the pool and a session"}
+        width = max(18, *map(len, self.weights))
+        lines = [f"  weights {graph:<{width}} {size / GB:8.2f} GB" + (f"  ({who[w]})" if pool else "")
+                 for (graph, size), w in zip(self.weights.items(), loaded_by(self.weights).values())]
+        if pool:
+            session = sum(session_weights(self.weights).values())
+            lines.append(f"  {'weights the pool loads':<{width + 8}} {self.weights_total / GB:8.2f} GB  (the needs below; one session "
+                         f"loads {session / GB:.2f} GB)")
+        return lines
 
     def summary(self) -> str:
         c = self.config
@@ -154,14 +185,14 @@ class MemoryPlan:
                  + f", {c.dtype} elsewhere, cache {self.cache_tokens} tokens"
                  + (f" (sliding window of max context {c.max_context})" if c.window else "")
                  + (f", a pool of {c.streams} streams" if c.streams > 1 else "")]
-        for graph, size in self.weights.items():
-            lines.append(f"  weights {graph:<18} {size / GB:8.2f} GB")
+        lines += self._weight_lines()
         lines.append(f"  text embeddings (host)     {self.host_tables / GB:8.2f} GB  (device memory on Jetson)")
         kind = "in place" if c.kv_in_place else "past + present"
         kind += f", {c.streams} slots" if c.streams > 1 else ""
         lines.append(f"  KV cache ({kind})".ljust(28) + f"{self.kv_cache / GB:8.2f} GB  ({self.kv_per_token / 1024:.0f} KiB/token)")
+        width = max(14, *map(len, self.activations))
         for graph, size in self.activations.items():
-            lines.append(f"  activations {graph:<14} {size / GB:8.2f} GB"
+            lines.append(f"  activations {graph:<{width}} {size / GB:8.2f} GB"
                          + (f"  (prefill of {c.prefill_rows} rows, {c.prefill_chunks} chunks per call)"
                             if graph == "decoder" and c.prefill_chunks > 1 else ""))
         forms = any(f.decoder_form for f in self.fits)
@@ -173,7 +204,7 @@ class MemoryPlan:
                          f"{'yes ' if f.fits else 'NO  '}  {f.max_context if f.max_context else 'none':<19}"
                          f"  {f.max_streams if f.max_streams < STREAMS_CAP else f'{STREAMS_CAP}+':>7}"
                          f"  {f.build_gb:5.1f}G  {builds}" + (f"  {f.decoder_form}" if forms else ""))
-        lines.append(f"  (needs = weights + KV + largest activations + the target's workspace; usable = memory minus "
+        lines.append(f"  (needs = weights{' the pool loads' if c.streams > 1 else ''} + KV + largest activations + the target's workspace; usable = memory minus "
                      f"{RESERVE_GB['jetson']:g} GB on Jetson, {RESERVE_GB['datacenter']:g} GB elsewhere; streams = the "
                      f"most pool streams at cache {self.cache_tokens}: build --max-streams)")
         lines.append("  (build = the largest engine's build peak: parser (ONNX bytes) + builder (weights) + workspace + "
@@ -252,45 +283,12 @@ def kv_bytes(cfg: MemoryConfig, cache_tokens: int, streams: int = 1) -> int:
     return streams * one * cache_tokens * (1 if cfg.kv_in_place else 3)
 
 
-def batch_activation_bytes(cfg: MemoryConfig, streams: int) -> int:
-    """The largest activations of a batched encoder or compressor call of `streams` chunks (0 for one stream)."""
-    one = activation_bytes(cfg, 1)                         # per chunk; the decoder's entry is not used
-    return 0 if streams == 1 else streams * max(one[g] for g in ("vision_encoder", "audio_encoder", "compressor"))
-
-
-def decode_activation_bytes(cfg: MemoryConfig, cache_tokens: int, streams: int) -> int:
-    """The decoder's activations in one decode call of `streams` rows (one new token each) on a full cache."""
-    from dataclasses import replace
-
-    return streams * activation_bytes(replace(cfg, prefill=1, prefill_chunks=1), cache_tokens)["decoder"]
-
-
-STREAMS_CAP = 1 << 20   # the stream count search stops here (printed "1048576+")
-
-
-def largest_streams(cfg: MemoryConfig, weights: dict[str, int], host: int, jetson: bool, workspace_gb: float,
-                    usable_gb: float) -> int:
-    """The most pool streams (up to STREAMS_CAP) whose slots and batched decode fit `usable_gb` at cfg's cache."""
-    cache = cfg.window or cfg.max_context
-    acts = max(activation_bytes(cfg, cache).values())
-    fixed = sum(weights.values()) + (host if jetson else 0) + workspace_gb * GB
-
-    def fits(n: int) -> bool:
-        calls = max(acts, decode_activation_bytes(cfg, cache, n), batch_activation_bytes(cfg, n))
-        return (fixed + kv_bytes(cfg, cache, n) + calls) / GB <= usable_gb
-
-    lo, hi = 0, STREAMS_CAP
-    while lo < hi:   # the need grows with the streams: bisect
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
-    return lo
-
-
 def plan_memory(cfg: MemoryConfig, *, targets=FIT_TARGETS, weights: dict[str, int] | None = None,
                 onnx_weights: dict[str, int] | None = None) -> MemoryPlan:
     """The plan; `weights` (graph -> bytes) replaces the analytic weights when the graphs exist, and
     `onnx_weights` gives their bytes as stored (the build's parser term; default: `weights`)."""
     from omnisift_edge.engines.build_memory import build_peak
+    from omnisift_edge.engines.pool_memory import pool_activations
     from omnisift_edge.engines.presets import get_target
 
     analytic, host = weight_bytes(cfg)
@@ -298,9 +296,8 @@ def plan_memory(cfg: MemoryConfig, *, targets=FIT_TARGETS, weights: dict[str, in
     cache = cfg.window or cfg.max_context
     per_token = kv_per_token(cfg)
     acts = activation_bytes(cfg, cache)
-    if cfg.streams > 1:
-        acts["decoder (decode x streams)"] = decode_activation_bytes(cfg, cache, cfg.streams)
-        acts["encoders (chunks x streams)"] = batch_activation_bytes(cfg, cfg.streams)
+    if cfg.streams > 1:   # a pool's own calls: N-row decodes, N-chunk encoder calls, N-chunk prefills
+        acts.update(pool_activations(cfg, cache, cfg.streams))
     plan = MemoryPlan(cfg, weights, host, kv_bytes(cfg, cache, cfg.streams), per_token, acts, cache,
                       onnx_weights=onnx_weights)
     stored = onnx_weights or weights
@@ -333,11 +330,14 @@ def _largest_context(cfg: MemoryConfig, weights: dict[str, int], host: int, jets
     """The largest max context (multiple of 256, at most max_position) whose plan fits `usable_gb`."""
     from dataclasses import replace
 
+    from omnisift_edge.engines.pool_memory import planned_weights, pool_call_bytes
+
+    loaded = sum(planned_weights(weights, cfg.streams).values())
+
     def need(tokens: int) -> float:
         c = replace(cfg, max_context=max(tokens, 1), window=None)
-        acts = max(max(activation_bytes(c, tokens).values()), decode_activation_bytes(c, tokens, c.streams),
-                   batch_activation_bytes(c, c.streams))
-        total = sum(weights.values()) + (host if jetson else 0) + kv_bytes(c, tokens, c.streams) + acts
+        acts = max(max(activation_bytes(c, tokens).values()), pool_call_bytes(c, tokens, c.streams))
+        total = loaded + (host if jetson else 0) + kv_bytes(c, tokens, c.streams) + acts
         return (total + workspace_gb * GB) / GB
 
     if cfg.window is not None:   # the cache stops growing at the window: any context fits once the window does
@@ -489,3 +489,6 @@ def with_forms(plan: MemoryPlan, manifest) -> MemoryPlan:
 # ONNX Runtime CPU's decoder peak (the plan's check) lives in ort_peak.py; its names stay importable from here
 from omnisift_edge.engines.ort_peak import (ORT_ATTENTION_COPIES, ORT_MASK_BYTES, ORT_SESSION_BYTES,  # noqa: E402,F401
                                             ort_cpu_decoder_peak)
+# a stream pool's terms (what it loads, its calls, its most streams) live in pool_memory.py; importable from here
+from omnisift_edge.engines.pool_memory import (STREAMS_CAP, batch_activation_bytes,  # noqa: E402,F401
+                                               decode_activation_bytes, largest_streams)

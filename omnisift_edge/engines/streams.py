@@ -2,9 +2,11 @@
 
 A stream pool (runtime/pool_trt.py) loads the engines once and keeps one KV slot per stream; its
 decode steps go in one engine call of up to N rows, so N is a profile dimension of the decoder
-engine (engines/profiles.py). The memory plan (engines/memory.py: weights once, N slots, a batched
-decode's activations) gives the most streams the target holds at the plan's cache; asking for more
-is one line naming the fix, before TensorRT is imported.
+engine (engines/profiles.py). The memory plan (engines/pool_memory.py: the engines the pool loads --
+the batched encoders and compressor, not the one-chunk ones -- N slots, and its largest call: an N-row
+decode, N chunks through a batched encoder, or a chunk prefill of N x K_max rows) gives the most
+streams the target holds at the plan's cache; asking for more is one line naming the fix, before
+TensorRT is imported.
 """
 
 from __future__ import annotations
