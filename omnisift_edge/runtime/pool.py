@@ -10,9 +10,12 @@ goes through the pool's scheduler (runtime/scheduler.py), which batches across s
 
 - the decode steps of all the streams that are answering: one decoder call;
 - the prompt prefixes of streams opened together: one prefill;
-- with `batch_chunks=True` (the default), the chunks that arrive together: their vision encoder,
-  audio encoder and compressor calls as one call each of the export's batched forms (where the export
-  has them: `vision_encoder_batch`, `audio_encoder_batch`, `compressor_batch_r{ratio}`);
+- with `batch_chunks=True`, the chunks that arrive together: their vision encoder, audio encoder and
+  compressor calls as one call each of the export's batched forms (where the export has them:
+  `vision_encoder_batch`, `audio_encoder_batch`, `compressor_batch_r{ratio}`), at most the backend's
+  `max_batch` rows a call. The default (None) is the backend's `batch_chunks_default`: on for TensorRT
+  (a GPU's calls are weight-bound, a batch shares the weight reads), off for ONNX Runtime on the CPU
+  (measured: 0.9-1.0x the chunks/s, and at 32 cameras late chunks and 4x the RSS; docs/benchmarks.md);
 - with `batch_prefill=True` as well, their prefills (equal kept counts) as one decoder call (ONNX
   Runtime: `decoder_scatter`, a write index per row, in place). Off by default: on the CPU one call of
   4 x K rows measured 1.1-1.4x the time of 4 `decoder_gqa` calls at equal pasts and 2x at mixed ones
@@ -133,7 +136,8 @@ class PoolStream(OmniSession):
 class StreamPool:
     """The graphs of one export loaded once, KV slots for `max_streams` streams (see the module docstring)."""
 
-    def __init__(self, cfg: RuntimeConfig, max_streams: int, batch_chunks: bool = True, batch_prefill: bool = False):
+    def __init__(self, cfg: RuntimeConfig, max_streams: int, batch_chunks: bool | None = None,
+                 batch_prefill: bool = False):
         if isinstance(max_streams, bool) or not isinstance(max_streams, int) or max_streams < 1:
             raise UsageError(f"--max-streams must be a whole number of at least 1 (got {max_streams!r})")
         if cfg.backend not in BACKENDS:
@@ -142,16 +146,20 @@ class StreamPool:
         template = OmniSession.__new__(OmniSession)
         template._load(cfg)
         self.cfg, self.max_streams = cfg, max_streams
+        backend = _backend_class(cfg.backend)
+        if batch_chunks is None:                            # the backend's measured choice
+            batch_chunks = getattr(backend, "batch_chunks_default", False)
         self.batch_chunks, self.batch_prefill = bool(batch_chunks), bool(batch_chunks and batch_prefill)
         self.ratio = template.ratio
         self.max_context = cfg.max_context or template.manifest.max_context
         self._streams: dict[int, PoolStream] = {}
         self._next_id = 0
         self._lock = threading.Lock()
-        self.backend: PoolBackend = _backend_class(cfg.backend)(self, template)
+        self.backend: PoolBackend = backend(self, template)
         self.export = template.export                       # the backend may have wrapped it (shared tables)
         self.shared = dict(template.__dict__)
-        self.scheduler = Scheduler(self.backend.run_decodes, run_batch=getattr(self.backend, "run_batch", None))
+        self.scheduler = Scheduler(self.backend.run_decodes, run_batch=getattr(self.backend, "run_batch", None),
+                                   max_batch=getattr(self.backend, "max_batch", None))
         self.slots = self.backend.slots
 
     # -- streams ---------------------------------------------------------------------------------
@@ -198,9 +206,10 @@ class StreamPool:
             stream.close()
 
 
-def open_pool(cfg: RuntimeConfig, *, max_streams: int, batch_chunks: bool = True,
+def open_pool(cfg: RuntimeConfig, *, max_streams: int, batch_chunks: bool | None = None,
               batch_prefill: bool = False) -> StreamPool:
     """Open an export once for up to `max_streams` concurrent streams (see the module docstring).
     `batch_chunks`: the encoder and compressor calls of chunks that arrive together as one call (False: each
-    alone, for comparison); `batch_prefill`: their prefills too (slower on the CPU; see the docstring)."""
+    alone; None: the backend's default, on for TensorRT, off for ONNX Runtime on the CPU); `batch_prefill`:
+    their prefills too (ONNX Runtime; slower on the CPU; see the docstring)."""
     return StreamPool(cfg, max_streams, batch_chunks, batch_prefill)

@@ -8,8 +8,9 @@ pool's scheduler) and runs batches of calls across streams:
 
 - decode steps: one `decoder_gqa` call (`run_decodes`, slots.decode_rows);
 - prompt prefixes of new streams: one `decoder_gqa` call per run of consecutive slots (empty caches);
-- with chunk batching (`open_pool(..., batch_chunks=True)`, the default), the chunks that arrive
-  together: their vision encoder, audio encoder and compressor calls as one call of the export's
+- with chunk batching (`open_pool(..., batch_chunks=True)`; off by default here: on this CPU it gained
+  nothing and cost memory, docs/benchmarks.md), the chunks that arrive together, at most `max_batch`
+  a call: their vision encoder, audio encoder and compressor calls as one call of the export's
   batched forms (`vision_encoder_batch`, `audio_encoder_batch`, `compressor_batch_r{ratio}`; loaded
   INSTEAD of the one-chunk graphs, so their weights are resident once; a chunk alone is a batch of 1),
   keyed by their padded shapes (a clip's short last chunk rides along with its valid counts). Exports
@@ -22,7 +23,7 @@ pool's scheduler) and runs batches of calls across streams:
   it, or on exports whose `decoder_scatter` takes one write index, one prefill call per chunk.
 - not batched: questions and other text (one stream's rows with logits), cache edits (drop, rotate).
 
-With `batch_chunks=False` every chunk call runs alone, as before (the benchmark's comparison).
+With `batch_chunks=False` (the default) every chunk call runs alone, on the one-chunk graphs.
 The keys, rows and splits both pool backends share are runtime/chunk_batch.py's.
 """
 
@@ -142,6 +143,8 @@ class OrtPoolBackend:
     """ONNX Runtime on the CPU, the in-place decoder (`decoder_gqa`) with one KV slot per stream."""
 
     name = "onnxruntime"
+    batch_chunks_default = False    # measured on the CPU: batched chunk calls gain nothing, cost RSS (docs/benchmarks.md)
+    max_batch = 4                   # rows of one batched chunk call: the arena grows to the largest call's activations
 
     def __init__(self, pool, template):
         cfg = pool.cfg
@@ -155,7 +158,7 @@ class OrtPoolBackend:
         self._graphs: dict[str, object] = {}
         self._lock = threading.Lock()
         self.slots = self._allocate(template.export.manifest, pool.max_streams, pool.max_context)
-        chunks = getattr(pool, "batch_chunks", True)
+        chunks = getattr(pool, "batch_chunks", False)
         self.batched = cb.batch_graphs(self.export, pool.ratio) if chunks else {}    # role -> batched GraphInfo
         self.sessions = {role: self.graph(self.export.file(g.file), role, cfg.ort_threads)
                          for role, g in self.batched.items()}

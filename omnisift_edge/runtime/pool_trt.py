@@ -293,6 +293,7 @@ class TrtPoolBackend:
     """TensorRT engines loaded once, one device KV slot per stream, decode steps batched (see the module docstring)."""
 
     name = "tensorrt"
+    batch_chunks_default = True     # a GPU's chunk calls are weight-bound: one batched call shares the weight reads
 
     def __init__(self, pool, template):
         from omnisift_edge.errors import require

@@ -64,11 +64,12 @@ class Scheduler:
 
     def __init__(self, run_decodes: Callable[[Sequence[tuple]], Sequence[Any]], *, gather_seconds: float = 0.005,
                  run_batch: Callable[[str, Sequence[tuple]], Sequence[Any]] | None = None,
-                 batch_gather_seconds: float = 0.02):
+                 batch_gather_seconds: float = 0.02, max_batch: int | None = None):
         self._run_decodes = run_decodes          # [args of each step] -> [result of each step]
         self._run_batch = run_batch              # (kind, [args of each call]) -> [result of each]; None: no batches
         self.gather_seconds = gather_seconds
         self.batch_gather_seconds = batch_gather_seconds
+        self.max_batch = max_batch               # rows of one batchable call at most (None: every pending one)
         self.answering = 0                       # streams inside an answer (their next decode step is coming)
         self.pushing = 0                         # streams inside a chunk's push (their next chunk call is coming)
         self._gather_until: float | None = None  # when the pending decodes stop waiting for the others
@@ -139,6 +140,9 @@ class Scheduler:
             return 0.0
         if sum(1 for job in self._others if job.pushed) >= self.pushing:   # every pusher has its call queued
             return 0.0
+        head = self._others[0]
+        if self.max_batch and sum(1 for job in self._others if job.key == head.key) >= self.max_batch:
+            return 0.0                                                     # the batch is full already
         now = time.monotonic()
         if self._batch_until is None:
             self._batch_until = now + self.batch_gather_seconds
@@ -160,6 +164,7 @@ class Scheduler:
             if head.key is None:
                 return [head]
             same = [job for job in self._others if job.key == head.key]     # later arrivals, pulled forward
+            same = same[:self.max_batch - 1] if self.max_batch else same
             for job in same:
                 self._others.remove(job)
             return [head, *same]

@@ -84,7 +84,7 @@ def test_chunks_arriving_together_run_as_batches_and_equal_lone_streams(cfg, pre
     alone = [OmniSession(cfg) for _ in SECONDS]
     for i, session in enumerate(alone):
         _feed(session, SECONDS[i], 50 + i)
-    pool = open_pool(cfg, max_streams=4, batch_prefill=prefill)
+    pool = open_pool(cfg, max_streams=4, batch_chunks=True, batch_prefill=prefill)
     pool.scheduler.batch_gather_seconds = 2.0        # a loaded machine: wait long enough for the others' calls
     assert set(pool.backend.batched) == set(cb.BATCH_ROLES) and (pool.backend.scatter is not None) == prefill
     streams = [pool.open_stream() for _ in SECONDS]
@@ -127,7 +127,7 @@ def test_a_bad_chunk_in_a_batch_fails_only_its_stream(cfg):
     alone = [OmniSession(cfg) for _ in range(4)]
     for i, session in enumerate(alone):
         _feed(session, 4.0, 90 + i)
-    pool = open_pool(cfg, max_streams=4)
+    pool = open_pool(cfg, max_streams=4, batch_chunks=True)
     pool.scheduler.batch_gather_seconds = 2.0
     streams = [pool.open_stream() for _ in range(4)]
     feeds = streams[2].stream.compressor_feeds
@@ -163,7 +163,7 @@ def test_a_bad_chunk_in_a_batch_fails_only_its_stream(cfg):
 def test_batched_chunk_prefill_rows_equal_lone_prefills(cfg):
     """slots.scatter_rows itself: chunk prefills over pasts of different lengths, one decoder_scatter call per run of
     consecutive slots (a run of one: decoder_gqa), a stream between the runs untouched, every row as alone."""
-    pool = open_pool(cfg, max_streams=4, batch_prefill=True)
+    pool = open_pool(cfg, max_streams=4, batch_chunks=True, batch_prefill=True)
     streams = [pool.open_stream() for _ in range(4)]
     alone = [OmniSession(cfg) for _ in range(4)]
     for i, (pooled, lone) in enumerate(zip(streams, alone)):
@@ -200,7 +200,7 @@ def test_batched_chunk_prefill_rows_equal_lone_prefills(cfg):
 def test_a_bad_prefill_in_a_batch_fails_only_its_stream(cfg):
     """A batch with one prefill that cannot run (its slot is full) fails as a whole, is retried one by one, and only
     that stream's caller gets the error; the others are prefilled as alone and no slot leaks."""
-    pool = open_pool(cfg, max_streams=3, batch_prefill=True)
+    pool = open_pool(cfg, max_streams=3, batch_chunks=True, batch_prefill=True)
     streams = [pool.open_stream() for _ in range(3)]
     for i, s in enumerate(streams):
         _feed(s, 2.0, 70 + i)
@@ -250,6 +250,20 @@ def test_batching_off_runs_every_chunk_call_alone(cfg):
     assert not [k for k in pool.scheduler.calls if k.startswith(cb.BATCH_ROLES)]
     assert pool.scheduler.calls["prefill_chunks"] == 1                      # the prompt prefix only
     pool.close()
+
+
+def test_the_cpu_pool_batches_chunks_only_when_asked_and_caps_the_rows(cfg):
+    """ONNX Runtime on the CPU: chunk batching is off by default (measured: no gain, more memory), on when asked,
+    then at most `max_batch` rows a call."""
+    from omnisift_edge.runtime.pool_ort import OrtPoolBackend
+
+    default = open_pool(cfg, max_streams=2)
+    assert not default.batch_chunks and default.backend.batched == {}
+    default.close()
+    asked = open_pool(cfg, max_streams=2, batch_chunks=True)
+    assert asked.batch_chunks and set(asked.backend.batched) == set(cb.BATCH_ROLES)
+    assert asked.scheduler.max_batch == OrtPoolBackend.max_batch
+    asked.close()
 
 
 def test_rows_stack_on_each_inputs_batch_axis_and_split_back():

@@ -178,3 +178,30 @@ def test_a_batch_waits_for_pushing_streams_between_two_calls():
     assert scheduler.batch("vision", "shape", "c", rank=time.monotonic()) == "c"    # alone: no wait
     scheduler.end_chunk()
     assert time.monotonic() - start < 1.0 and scheduler.calls["vision_batches"] == 2
+
+
+def test_a_batch_takes_at_most_max_batch_calls_in_arrival_order():
+    """`max_batch`: five pending calls of one key run as batches of 2, 2 and 1, earliest first; another key apart."""
+    batches, release = [], threading.Event()
+
+    def run_batch(kind, items):
+        batches.append([item[0] for item in items])
+        return [item[0] for item in items]
+
+    scheduler = Scheduler(lambda steps: [], run_batch=run_batch, max_batch=2)
+    results = {}
+    hold = threading.Thread(target=lambda: scheduler.call(lambda: release.wait(10)))
+    hold.start()
+    _wait_for(lambda: scheduler._running)                       # the runner is busy: the calls below queue
+    threads = []
+    for i, key in enumerate(("k", "k", "other", "k", "k", "k")):
+        threads.append(threading.Thread(target=lambda i=i, key=key: results.update(
+            {i: scheduler.batch("vision_encoder", key, i, rank=float(i))})))
+        threads[-1].start()
+        _wait_for(lambda n=i + 1: len(scheduler._others) == n)
+    release.set()
+    for t in [hold, *threads]:
+        t.join(10)
+    assert results == {i: i for i in range(6)}                  # every caller its own result
+    assert batches == [[0, 1], [2], [3, 4], [5]]                # by rank, at most 2 rows, keys apart
+    assert scheduler.calls["vision_encoder_batches"] == 4 and scheduler.calls["vision_encoder_chunks"] == 6
