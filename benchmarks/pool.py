@@ -155,7 +155,8 @@ def hold_child(mode: str, n: int, folder: str, max_context: int, seconds: float)
     from omnisift_edge.runtime.session import OmniSession, RuntimeConfig
 
     cfg = RuntimeConfig(folder, max_context=max_context)
-    pool = open_pool(cfg, max_streams=n) if mode == "pool" else None
+    ways = {"pool": {}, "pool-batched": {"batch_chunks": True}}           # mode -> open_pool's switches
+    pool = open_pool(cfg, max_streams=n, **ways[mode]) if mode in ways else None
     streams = [pool.open_stream() if pool else OmniSession(cfg) for _ in range(n)]
     chunks = int(seconds // 2)
     clips = [synthetic_clip(2.0 * (chunks + 1), *streams[0].resolution, seed=i) for i in range(min(n, 4))]
@@ -410,8 +411,8 @@ def report_cameras(name: str, folder: Path, args) -> None:
     print(f"\n### {name}: cameras held at real time ({args.hold_seconds:g} s of 2-s chunks at real pace each)")
     print("| way | cameras | held | late chunks | p50 latency | max latency | RSS |")
     print("|---|---|---|---|---|---|---|")
-    searches = [_Search("pool", args.camera_start, args.camera_limit),
-                _Search("separate", args.camera_start, args.separate_camera_limit)]
+    searches = [_Search(way, args.camera_start, args.separate_camera_limit if way == "separate" else args.camera_limit)
+                for way in args.camera_ways.split(",")]
     round_ = 0
     while not all(s.done for s in searches):
         for search in searches[::1 if round_ % 2 == 0 else -1]:
@@ -423,8 +424,11 @@ def report_cameras(name: str, folder: Path, args) -> None:
                   flush=True)
             search.record(result["held"])
         round_ += 1
-    pooled, separate = searches[0].held, searches[1].held
+    held = {s.mode: s.held for s in searches}
+    pooled, separate = held.get("pool", 0), held.get("separate", 0)
     ratio = f"x{pooled / separate:.2f}" if separate else "(separate sessions held none)"
+    if "pool-batched" in held:
+        print(f"{name}: the pool with chunk batching on holds {held['pool-batched']}")
     for search in searches:
         if search.held == search.limit:
             print(f"({search.mode}: held at the search limit {search.limit}; the real count may be higher)")
@@ -538,6 +542,8 @@ def main() -> None:
     parser.add_argument("--hold-seconds", type=float, default=20.0, help="media per camera in a --cameras trial")
     parser.add_argument("--camera-start", type=int, default=1, help="first N a --cameras search tries")
     parser.add_argument("--camera-limit", type=int, default=64, help="largest N a --cameras search tries (pool)")
+    parser.add_argument("--camera-ways", default="pool,separate",
+                        help="--cameras: ways searched in lockstep (pool, pool-batched: chunk batching on, separate)")
     parser.add_argument("--separate-camera-limit", type=int, default=64,
                         help="largest N tried as separate sessions (each holds its own graphs: memory)")
     args = parser.parse_args()
