@@ -137,7 +137,9 @@ class SegmentAttention(_Fp32Tables):
 
 
 def _rotate_half(x):
-    half = x.shape[-1] // 2
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)   # hd: a constant on purpose
+        half = int(x.shape[-1]) // 2    # (a traced size leaves Slices ONNX Runtime cannot fuse into a Split when batched)
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
