@@ -139,7 +139,7 @@ class SegmentAttention(_Fp32Tables):
 def _rotate_half(x):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)   # hd: a constant on purpose
-        half = int(x.shape[-1]) // 2    # (a traced size leaves Slices ONNX Runtime cannot fuse into a Split when batched)
+        half = int(x.shape[-1]) // 2    # a constant: a traced size adds Shape/Gather/Div ops to the batched graph
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
