@@ -9,9 +9,12 @@ One unmeasured export first (imports, first model build). Prints each run's wall
 medians (with / without), the batched steps' seconds, and the folder sizes (their weights are shared, so
 the folder grows by the graphs' protos only). Results: docs/benchmarks.md.
 
-`--calls DIR`: what a batch saves at run time in ONNX Runtime (CPU): per graph, B chunks as one batched
-call against B one-chunk calls, side by side (alternating, best of --repeats each), on the export's
-generated reference inputs (random chunks; the compressor's own example rows).
+`--calls DIR [DIR ...]`: what a batch saves at run time in ONNX Runtime (CPU): per graph, B chunks as one
+batched call against B one-chunk calls, and the batched form at B = 1 against the one-chunk graph, wall and
+CPU ms (the process's CPU time: less sensitive to a loaded machine than wall time), all folders and ways
+interleaved round by round in one process (several folders: e.g. an export of main against one of a branch),
+on the export's generated reference inputs (distinct random chunks; the compressor's own example rows).
+Exports of the embedded default and the 512 x 12 random thinker: `benchmarks/pool.py --work DIR` keeps them.
 """
 
 from __future__ import annotations
@@ -69,23 +72,61 @@ def chunk_feeds(manifest, graph: str, streams: int) -> tuple[list[dict], dict]:
     return rows, dict(zip(batched.input_names, (t.numpy() for t in stack_chunks(tensors)))), single, batched
 
 
-def calls(folder: Path, streams: int, repeats: int) -> None:
-    """Print, per graph, B one-chunk calls against one batched call of B chunks (ms, best of `repeats`)."""
+GRAPHS = ("vision_encoder", "audio_encoder", "compressor")
+WAYS = ("x1", "x4", "b1", "b4")   # one-chunk graph once, 4 times (4 rows); batched form at B = 1, at B = 4
+
+
+def _timed(fn, repeats: int) -> tuple[float, float]:
+    """(median wall ms, median CPU ms of this process: all ONNX Runtime threads) of `repeats` calls after one."""
+    import numpy as np
+
+    fn()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        started, used = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - started)
+        cpu.append(time.process_time() - used)
+    return float(np.median(wall)) * 1e3, float(np.median(cpu)) * 1e3
+
+
+def _ways(folder: Path, graph: str, streams: int) -> dict:
+    """way -> a call: `streams` one-chunk calls (x4), one batched call of as many rows (b4), and both at one row."""
     from omnisift_edge.artifact.manifest import load_manifest
     from omnisift_edge.artifact.onnx_runtime import ort_session
 
-    manifest = load_manifest(folder, verify=False)
-    for graph in ("vision_encoder", "audio_encoder", "compressor"):
-        rows, feed, single, batched = chunk_feeds(manifest, graph, streams)
-        one, many = ort_session(folder / single.file), ort_session(folder / batched.file)
-        best = {"one": float("inf"), "batch": float("inf")}
-        for _ in range(repeats):
-            for name, run in (("one", lambda: [one.run(None, r) for r in rows]), ("batch", lambda: many.run(None, feed))):
-                started = time.perf_counter()
-                run()
-                best[name] = min(best[name], time.perf_counter() - started)
-        print(f"{graph}: {streams} one-chunk calls {best['one'] * 1e3:.1f} ms, one call of {streams} chunks "
-              f"{best['batch'] * 1e3:.1f} ms: {best['one'] / best['batch']:.2f}x")
+    rows, feed, single, batched = chunk_feeds(load_manifest(folder, verify=False), graph, streams)
+    one, many = ort_session(folder / single.file), ort_session(folder / batched.file)
+    first = {k: v[:1] if k != "chunk_position_ids" else v[:, :1] for k, v in feed.items()}   # B = 1: row 0
+    return {"x1": lambda: one.run(None, rows[0]), "x4": lambda: [one.run(None, r) for r in rows],
+            "b1": lambda: many.run(None, first), "b4": lambda: many.run(None, feed)}
+
+
+def calls(folders: list[Path], streams: int, repeats: int, rounds: int = 3) -> None:
+    """Per export folder and graph: B one-chunk calls against one batched call of B chunks, and the batched form
+    at B = 1 against the one-chunk graph, side by side in one process (every folder's and way's timings
+    interleaved round by round; min over rounds of the median ms, wall and CPU), the pool's session settings."""
+    import os
+
+    ways = {(f, g): _ways(f, g, streams) for f in folders for g in GRAPHS}
+    wall = {key: {w: [] for w in WAYS} for key in ways}
+    cpu = {key: {w: [] for w in WAYS} for key in ways}
+    for _ in range(rounds):
+        for key, fns in ways.items():
+            for way in WAYS:
+                w, c = _timed(fns[way], repeats)
+                wall[key][way].append(w)
+                cpu[key][way].append(c)
+    print(f"load average {os.getloadavg()[0]:.2f} (1 min) after the run; B = {streams}; ms: wall (CPU)")
+    print(f"| export | graph | one-chunk x1 | one-chunk x{streams} | batched B=1 | batched B={streams} | "
+          f"B={streams} / x{streams} wall | CPU | B=1 / x1 wall |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (folder, graph) in ways:
+        w = {k: min(v) for k, v in wall[(folder, graph)].items()}
+        c = {k: min(v) for k, v in cpu[(folder, graph)].items()}
+        cells = " | ".join(f"{w[k]:.1f} ({c[k]:.1f})" for k in WAYS)
+        print(f"| {folder.parent.name}/{folder.name} | {graph} | {cells} | x{w['b4'] / w['x4']:.2f} | x{c['b4'] / c['x4']:.2f} | "
+              f"x{w['b1'] / w['x1']:.2f} |", flush=True)
 
 
 def main() -> None:
@@ -93,12 +134,14 @@ def main() -> None:
     parser.add_argument("--resolution", default="448x448")
     parser.add_argument("--ratios", default="0.25")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--calls", type=Path, default=None, help="an export folder: time the calls instead")
+    parser.add_argument("--calls", type=Path, nargs="+", default=None,
+                        help="export folders: time the calls instead (several: side by side, e.g. before / after)")
     parser.add_argument("--streams", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--call-rounds", type=int, default=3, help="--calls: rounds (all folders and ways in each)")
     args = parser.parse_args()
     if args.calls is not None:
-        return calls(args.calls, args.streams, args.repeats)
+        return calls(args.calls, args.streams, args.repeats, args.call_rounds)
     h, w = (int(v) for v in args.resolution.split("x"))
     ratios = tuple(float(r) for r in args.ratios.split(","))
     times = {True: [], False: []}

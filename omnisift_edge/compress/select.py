@@ -28,6 +28,8 @@ traced graph) pass `check=False`; with NaN there the result is deterministic but
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from omnisift_edge.errors import UsageError
@@ -99,7 +101,9 @@ def _rank_pairwise(scores: torch.Tensor) -> torch.Tensor:
     idx = torch.arange(n, device=scores.device)
     j_before_i = idx.unsqueeze(0) < idx.unsqueeze(1)               # [N(i), N(j)]
     ahead = (s_j > s_i) | ((s_j == s_i) & j_before_i)              # [..., N(i), N(j)]
-    return ahead.sum(dim=-1)                                       # [..., N] int64
+    # counted in float32 (exact: N < 2^24), not int64: the traced graph's Cast + ReduceSum over [..., N, N] in
+    # int64 moves twice the bytes through a slower reduction kernel (ONNX Runtime), most of all at a batch of chunks
+    return ahead.to(torch.float32).sum(dim=-1).to(torch.int64)     # [..., N] int64
 
 
 def _rank_sort(scores: torch.Tensor) -> torch.Tensor:
@@ -144,8 +148,14 @@ def share_identical_scores(scores: torch.Tensor, tokens: torch.Tensor) -> torch.
     does: rows in the remainder block take another path). Copying the score of the first identical
     token makes the tie exact on every backend. tokens [B, N, D]; O(N^2 D) compares, static shapes.
     """
-    n = tokens.shape[1]
-    same = (tokens.unsqueeze(2) == tokens.unsqueeze(1)).all(dim=-1)             # [B, N, N]: token i == token j
+    n, width = tokens.shape[1], tokens.shape[2]
+    # all D components equal, counted in float32 (exact: D < 2^24): `.all(-1)` traces to Not + Cast(int64) +
+    # ReduceSum over [B, N, N, D], 8 bytes a compare, ~8x slower in ONNX Runtime (and worse per row at B > 1)
+    equal = (tokens.unsqueeze(2) == tokens.unsqueeze(1)).to(torch.float32)     # [B, N, N, D]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)   # D: a constant on purpose
+        width = int(width)
+    same = equal.sum(dim=-1) == width                                           # [B, N, N]: token i == token j
     index = torch.arange(n, device=tokens.device).view(1, n, 1)
     first = torch.where(same, index, torch.full_like(index, n)).amin(dim=1)     # [B, N]: lowest identical i
     return scores.gather(1, first)

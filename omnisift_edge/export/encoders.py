@@ -32,6 +32,8 @@ from omnisift_edge.model.spec import OmniSpec
 
 TWO_GB = 2 * 1024**3
 _MASKED = -1e9   # additive score of a padding key (scores are float32 when it is added)
+_BLOCK_SCORE_BYTES = 2 << 20   # a batched call's attention scores per chunk and query block (SegmentAttention)
+_MAX_QUERY_BLOCKS = 8          # query blocks at most (each is its own MatMul-Softmax-MatMul in the graph)
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 
@@ -106,20 +108,38 @@ class SegmentAttention(_Fp32Tables):
         if self.gather is not None:
             q, k, v = (t.index_select(-3, self.gather) for t in (q, k, v))     # [*B, n*L, H, hd]
         q, k, v = (t.reshape(*lead, self.n, self.L, heads, hd).transpose(-3, -2) for t in (q, k, v))  # [*B, n, H, L, hd]
-        scores = (torch.matmul(q, k.transpose(-2, -1)) * scaling).float()     # [*B, n, H, L, L]
-        if self.key_bias is not None:
-            scores = scores + self.key_bias                                     # [n, 1, 1, L]
-        if extra_bias is not None:                                              # keys past a valid length
-            scores = scores + extra_bias
-        probs = scores.softmax(dim=-1).to(v.dtype)
-        out = torch.matmul(probs, v).transpose(-3, -2).reshape(*lead, self.n * self.L, heads, hd)   # [*B, n*L, H, hd]
+        keys = k.transpose(-2, -1)                                              # [*B, n, H, hd, L]
+        rows = -(-self.L // self.query_blocks(heads)) if lead else self.L      # queries per block (batched only)
+        out = torch.cat([self._block(block, keys, v, scaling, extra_bias) for block in q.split(rows, dim=-2)], -2) \
+            if rows < self.L else self._block(q, keys, v, scaling, extra_bias)  # [*B, n, H, L, hd]
+        out = out.transpose(-3, -2).reshape(*lead, self.n * self.L, heads, hd)  # [*B, n*L, H, hd]
         if self.scatter is not None:
             out = out.index_select(-3, self.scatter)                           # [*B, seq, H, hd]
         return out
 
 
+    def query_blocks(self, heads: int) -> int:
+        """Query blocks of a batched call: one chunk's float32 scores [n, H, L, L] cut along the queries into at most
+        _MAX_QUERY_BLOCKS pieces of about _BLOCK_SCORE_BYTES. A batch of B chunks otherwise writes B times the
+        one-chunk scores before its softmax reads them: past the CPU's last-level cache at B = 4 (448 px: 16 MiB a
+        chunk at 2 heads), so each row cost more batched than alone. The one-chunk graph keeps one block."""
+        per_chunk = self.n * heads * self.L * self.L * 4
+        return int(min(_MAX_QUERY_BLOCKS, self.L, max(1, -(-per_chunk // _BLOCK_SCORE_BYTES))))
+
+    def _block(self, q, keys, v, scaling: float, extra_bias):
+        """Softmax attention of query rows q [*B, n, H, Lq, hd] over every key of their segment -> [*B, n, H, Lq, hd]."""
+        scores = (torch.matmul(q, keys) * scaling).float()                      # [*B, n, H, Lq, L]
+        if self.key_bias is not None:
+            scores = scores + self.key_bias                                     # [n, 1, 1, L]
+        if extra_bias is not None:                                              # keys past a valid length
+            scores = scores + extra_bias
+        return torch.matmul(scores.softmax(dim=-1).to(v.dtype), v)
+
+
 def _rotate_half(x):
-    half = x.shape[-1] // 2
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)   # hd: a constant on purpose
+        half = int(x.shape[-1]) // 2    # a constant: a traced size adds Shape/Gather/Div ops to the batched graph
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 

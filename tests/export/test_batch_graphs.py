@@ -16,6 +16,7 @@ from omnisift_edge.artifact.tensors import (AUDIO_ENCODER, AUDIO_ENCODER_BATCH, 
                                             VISION_ENCODER, VISION_ENCODER_BATCH, batch_form_key, is_batch_form,
                                             one_chunk_key)
 from omnisift_edge.export import batch_graphs as bg
+from omnisift_edge.export import encoders
 from omnisift_edge.export.compressor import CompressorGraph, case_inputs, export_compressor, reference_outputs
 from omnisift_edge.export.encoders import (AudioWindowEncoder, VisionChunkEncoder, clip_inputs, example_features,
                                            example_pixels, export_audio_encoder, export_vision_encoder)
@@ -35,8 +36,10 @@ def graphs(tiny_model, tmp_path_factory):
     export_vision_encoder(tiny_model.thinker, dims, folder / "vision_encoder.onnx")
     export_audio_encoder(tiny_model.thinker, dims, folder / "audio_encoder.onnx")
     made = {g.key: g for g in bg.batch_graphs(tiny_model, dims, plan, dtype="fp32", opset=17)}
-    for g in made.values():
-        g.export(folder / g.file)
+    with pytest.MonkeyPatch.context() as patch:   # attention in query blocks (as at 448 px), at this small size
+        patch.setattr(encoders, "_BLOCK_SCORE_BYTES", 16 << 10)
+        for g in made.values():
+            g.export(folder / g.file)
     entry = plan[0]
     export_compressor(tiny_model.selector, made["compressor_batch_r0.25"].dims, entry.rho_video, entry.rho_audio,
                       folder / "compressor_r0.25.onnx")
@@ -45,6 +48,21 @@ def graphs(tiny_model, tmp_path_factory):
 
 def _run(path, feeds: dict) -> list[np.ndarray]:
     return ort_session(path).run(None, feeds)
+
+
+def test_batched_attention_in_query_blocks_equals_each_row_alone(monkeypatch):
+    """SegmentAttention of a batch cuts each segment's queries into blocks (cache-sized scores); every row still
+    equals the one-sequence attention, ragged segments (padding keys masked) and a per-row key bias included."""
+    monkeypatch.setattr(encoders, "_BLOCK_SCORE_BYTES", 1 << 10)
+    for cu in ([0, 32, 64], [0, 5, 12, 20]):
+        attend = encoders.SegmentAttention(cu)
+        assert attend.query_blocks(2) > 1
+        q, k, v = torch.randn(3, 3, cu[-1], 2, 8).unbind(0)                       # [B=3, seq, H, hd] each
+        bias = torch.tensor([0.0, -1e9, 0.0])[:, None, None, None, None] * (torch.arange(attend.L) >= 3)   # row 1: 3 keys
+        with torch.no_grad():
+            batch = attend(q, k, v, 0.3, bias)                                   # [3, seq, H, hd]
+            for b in range(3):
+                np.testing.assert_allclose(batch[b], attend(q[b], k[b], v[b], 0.3, bias[b]), rtol=1e-5, atol=1e-6)
 
 
 def test_keys_map_both_ways():
