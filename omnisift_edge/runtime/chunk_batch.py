@@ -16,11 +16,13 @@ pieces the ONNX Runtime pool (runtime/pool_ort.py) and the TensorRT pool (runtim
   batch 1 (the one-chunk feeds of `runtime.exported.ExportedStream`, with the batch axis added);
 - `stack_rows` / `split_rows`: rows -> one batch's feeds (concatenated on each input's batch axis)
   and a batch's outputs -> each row's, at batch 1;
-- `video_of` / `audio_of` / `kept_of`: a row's outputs cut to what the stream's hooks return.
+- `video_of` / `audio_of` / `kept_of`: a row's outputs cut to what the stream's hooks return;
+- `PoolChunkCalls`: the pool streams' chunk hooks built on the above (both backends' streams mix it in).
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, Sequence
 
 import numpy as np
@@ -107,3 +109,60 @@ def kept_of(outputs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """A compressor row's (kept [1, k, D], kept_index [k]): its first kept_count rows are the real ones."""
     count = int(outputs[3].reshape(-1)[0])
     return np.ascontiguousarray(outputs[0][:, :count]), outputs[2][0, :count]
+
+
+class PoolChunkCalls:
+    """A pool stream's chunk calls through the pool's scheduler, for both pool backends' streams (mixed in before
+    `OrtStream` / `TrtStream`): a chunk's calls rank as its push (served in arrival order), its encoder and
+    compressor calls are `Scheduler.batch` rows of the backend's batched forms (`pool.backend.batched`; without
+    them, the stream's own one-chunk call in its turn), and its cache edits wait their turn (a slot's rows must
+    not move under a batched call). Needs `self.pool` and `self.tokens_per_frame`."""
+
+    _rank: float | None = None                     # when the chunk being pushed began (None: none)
+
+    def push(self, pixel_values, n_grids, mel):
+        """`ChunkStream.push`, its model calls ranked by when it began."""
+        self._rank = time.monotonic()
+        try:
+            return super().push(pixel_values, n_grids, mel)
+        finally:
+            self._rank = None
+
+    def _call(self, fn):
+        return self.pool.scheduler.call(fn, rank=self._rank)
+
+    def _batch(self, role: str, row: dict):
+        """This stream's row of a batched `role` call: its outputs at batch 1."""
+        return self.pool.scheduler.batch(role, shape_key(row), row, rank=self._rank)
+
+    def _encode_video(self, pixel_values, n_grids):
+        graph = self.pool.backend.batched.get("vision_encoder")
+        if graph is None:
+            own = super()._encode_video
+            return self._call(lambda: own(pixel_values, n_grids))
+        out = self._batch("vision_encoder", vision_row(graph, self, pixel_values, n_grids))
+        return video_of(out, n_grids, self.tokens_per_frame)                             # [n_grids*n_p, D]
+
+    def _encode_audio(self, mel):
+        graph = self.pool.backend.batched.get("audio_encoder")
+        if graph is None:
+            own = super()._encode_audio
+            return self._call(lambda: own(mel))
+        row, tokens = audio_row(graph, self, mel)
+        return audio_of(self._batch("audio_encoder", row), tokens)                       # [La, D]
+
+    def _compress(self, video, audio, n_grids, chunk_positions):
+        graph = self.pool.backend.batched.get("compressor")
+        if graph is None:
+            own = super()._compress
+            return self._call(lambda: own(video, audio, n_grids, chunk_positions))
+        row = compressor_row(graph, self, video, audio, n_grids, chunk_positions)
+        return kept_of(self._batch("compressor", row))                                   # [1, k, D], [k]
+
+    def _drop_kv(self, start, stop):
+        own = super()._drop_kv
+        self._call(lambda: own(start, stop))
+
+    def _rotate_kv(self, delta):
+        own = super()._rotate_kv
+        self._call(lambda: own(delta))

@@ -30,7 +30,6 @@ The keys, rows and splits both pool backends share are runtime/chunk_batch.py's.
 from __future__ import annotations
 
 import threading
-import time
 from typing import Sequence
 
 import numpy as np
@@ -56,12 +55,11 @@ class _SharedExport:
         return getattr(self._export, name)
 
 
-class SlotStream(OrtStream):
+class SlotStream(cb.PoolChunkCalls, OrtStream):
     """An `OrtStream` on the pool's graphs and KV slot; its model calls go through the pool's scheduler."""
 
     def __init__(self, pool, slot: int, prefix_ids: Sequence[int]):
         self.pool, self.slot = pool, slot
-        self._rank: float | None = None                      # when the chunk being pushed began (None: none)
         super().__init__(pool.export, pool.ratio, prefix_ids, max_context=pool.max_context,
                          context=pool.cfg.context, kv_form="shared_buffer", threads=pool.cfg.ort_threads)
 
@@ -92,48 +90,6 @@ class SlotStream(OrtStream):
                                                rank=self._rank)
         # GroupQueryAttention takes S > 1 new rows over a past only at batch 1: without decoder_scatter, alone
         return self.pool.scheduler.call(lambda: OrtStream._step(self, embeds, positions, want_logits), rank=self._rank)
-
-    def push(self, pixel_values, n_grids, mel):
-        """`ChunkStream.push`, its model calls ranked by when it began (the scheduler serves chunks in order)."""
-        self._rank = time.monotonic()
-        try:
-            return super().push(pixel_values, n_grids, mel)
-        finally:
-            self._rank = None
-
-    def _call(self, fn):
-        return self.pool.scheduler.call(fn, rank=self._rank)
-
-    def _batch(self, role: str, row: dict):
-        """This stream's row of a batched `role` call (runtime/chunk_batch.py): its outputs at batch 1."""
-        return self.pool.scheduler.batch(role, cb.shape_key(row), row, rank=self._rank)
-
-    def _encode_video(self, pixel_values, n_grids):
-        graph = self.pool.backend.batched.get("vision_encoder")
-        if graph is None:
-            return self._call(lambda: OrtStream._encode_video(self, pixel_values, n_grids))
-        out = self._batch("vision_encoder", cb.vision_row(graph, self, pixel_values, n_grids))
-        return cb.video_of(out, n_grids, self.tokens_per_frame)                          # [n_grids*n_p, D]
-
-    def _encode_audio(self, mel):
-        graph = self.pool.backend.batched.get("audio_encoder")
-        if graph is None:
-            return self._call(lambda: OrtStream._encode_audio(self, mel))
-        row, tokens = cb.audio_row(graph, self, mel)
-        return cb.audio_of(self._batch("audio_encoder", row), tokens)                   # [La, D]
-
-    def _compress(self, video, audio, n_grids, chunk_positions):
-        graph = self.pool.backend.batched.get("compressor")
-        if graph is None:
-            return self._call(lambda: OrtStream._compress(self, video, audio, n_grids, chunk_positions))
-        row = cb.compressor_row(graph, self, video, audio, n_grids, chunk_positions)
-        return cb.kept_of(self._batch("compressor", row))                               # [1, k, D], [k]
-
-    def _drop_kv(self, start, stop):          # the slot's rows must not move under a batched call
-        self._call(lambda: OrtStream._drop_kv(self, start, stop))
-
-    def _rotate_kv(self, delta):
-        self._call(lambda: OrtStream._rotate_kv(self, delta))
 
     def close(self) -> None:
         self.kv.close()

@@ -36,7 +36,6 @@ the same graphs); the engines themselves need a GPU (the `trt` test there, docs/
 from __future__ import annotations
 
 import threading
-import time
 from typing import Sequence
 
 import numpy as np
@@ -196,12 +195,11 @@ def slot_cache_class(kind):
     return type(f"Slot{kind.__name__}", (_SlotCache, kind), {})
 
 
-class SlotTrtStream(TrtStream):
+class SlotTrtStream(cb.PoolChunkCalls, TrtStream):
     """A `TrtStream` on the pool's engines and KV slot; its model calls go through the pool's scheduler."""
 
     def __init__(self, pool, slot: int, prefix_ids: Sequence[int]):
         self.pool, self.slot = pool, slot
-        self._rank: float | None = None                      # when the chunk being pushed began (None: none)
         super().__init__(pool.export, pool.ratio, prefix_ids, target=pool.cfg.target, max_context=pool.max_context,
                          context=pool.cfg.context)
 
@@ -222,15 +220,6 @@ class SlotTrtStream(TrtStream):
         return slot_cache_class(kind)(slots, self.slot, past_names, present_names, capacity=rows, memory=slots.memory,
                                       **shape)
 
-    def push(self, pixel_values, n_grids, mel):
-        """`ChunkStream.push`, its model calls ranked by when it began (the scheduler serves chunks in order, and
-        gathers a chunk's batchable calls with the other pushing streams': runtime/pool.py counts them)."""
-        self._rank = time.monotonic()
-        try:
-            return super().push(pixel_values, n_grids, mel)
-        finally:
-            self._rank = None
-
     def _step(self, embeds, positions, want_logits=True):
         n, backend = embeds.shape[1], self.pool.backend
         if want_logits and n == 1:                           # one answer token: batched with the others'
@@ -246,40 +235,6 @@ class SlotTrtStream(TrtStream):
         if self.in_place:
             self.pool.backend.use_profile(0)
         return TrtStream._step(self, embeds, positions, want_logits)
-
-    def _call(self, fn):
-        return self.pool.scheduler.call(fn, rank=self._rank)
-
-    def _batch(self, role: str, row: dict):
-        """This stream's row of a batched `role` call (runtime/chunk_batch.py): its outputs at batch 1."""
-        return self.pool.scheduler.batch(role, cb.shape_key(row), row, rank=self._rank)
-
-    def _encode_video(self, pixel_values, n_grids):
-        graph = self.pool.backend.batched.get("vision_encoder")
-        if graph is None:
-            return self._call(lambda: TrtStream._encode_video(self, pixel_values, n_grids))
-        out = self._batch("vision_encoder", cb.vision_row(graph, self, pixel_values, n_grids))
-        return cb.video_of(out, n_grids, self.tokens_per_frame)                          # [n_grids*n_p, D]
-
-    def _encode_audio(self, mel):
-        graph = self.pool.backend.batched.get("audio_encoder")
-        if graph is None:
-            return self._call(lambda: TrtStream._encode_audio(self, mel))
-        row, tokens = cb.audio_row(graph, self, mel)
-        return cb.audio_of(self._batch("audio_encoder", row), tokens)                   # [La, D]
-
-    def _compress(self, video, audio, n_grids, chunk_positions):
-        graph = self.pool.backend.batched.get("compressor")
-        if graph is None:
-            return self._call(lambda: TrtStream._compress(self, video, audio, n_grids, chunk_positions))
-        row = cb.compressor_row(graph, self, video, audio, n_grids, chunk_positions)
-        return cb.kept_of(self._batch("compressor", row))                               # [1, k, D], [k]
-
-    def _drop_kv(self, start, stop):          # the slot's rows must not move under a batched call
-        self.pool.scheduler.call(lambda: TrtStream._drop_kv(self, start, stop), rank=self._rank)
-
-    def _rotate_kv(self, delta):
-        self.pool.scheduler.call(lambda: TrtStream._rotate_kv(self, delta), rank=self._rank)
 
     def close(self) -> None:
         """Free the slot; the engines stay loaded for the pool's other streams."""
