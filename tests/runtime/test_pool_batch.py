@@ -43,6 +43,13 @@ def _feed(session, seconds: float, seed: int) -> None:
     session.finish()
 
 
+def _wait_until(condition, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
 def _answer(session, tokens: int = 6):
     """(greedy answer, logits of the question and of every decode step) of one question."""
     seen, step = [], session.stream._step
@@ -138,19 +145,25 @@ def test_a_bad_chunk_in_a_batch_fails_only_its_stream(cfg):
         return out
 
     streams[2].stream.compressor_feeds = bad_feeds
-    barrier, errors = threading.Barrier(4), {}
+    errors, release = {}, threading.Event()
 
     def camera(i):
         try:
-            barrier.wait()
             _feed(streams[i], 4.0, 90 + i)
         except Exception as error:  # noqa: BLE001 - checked below
             errors[i] = error
 
+    # the runner held until every camera's first call is queued, so the four start together (a camera that
+    # reached its first chunk alone, the others still making their clips, would run its chunk alone)
+    holder = threading.Thread(target=lambda: pool.scheduler.call(lambda: release.wait(60)))
+    holder.start()
+    _wait_until(lambda: pool.scheduler._running)
     threads = [threading.Thread(target=camera, args=(i,)) for i in range(4)]
     for t in threads:
         t.start()
-    for t in threads:
+    _wait_until(lambda: len(pool.scheduler._others) == 4)                   # each camera's first call
+    release.set()
+    for t in [holder, *threads]:
         t.join()
     assert list(errors) == [2]
     assert pool.scheduler.calls.get("compressor_retries", 0) >= 1
