@@ -181,12 +181,16 @@ def staged_folder(out: str | os.PathLike, owned: Callable[[Path], bool] = lambda
     """Yield a new staging folder for `out`; when the block completes it replaces `out` (see the module
     docstring), on any error (or Ctrl-C) it is removed and `out` is as it was."""
     check_replaceable(out, owned, refuse)
-    staging = new_staging(out)
+    staging = None
     try:
+        staging = new_staging(out)
         yield staging
         publish_folder(staging, out)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        else:   # Ctrl-C while it was being made: a staging folder of this process counts as stale, so it goes too
+            remove_stale(real_folder(out))
 
 
 def remove_folder(folder: str | os.PathLike) -> None:
